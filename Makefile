@@ -1,0 +1,23 @@
+# Front door over CMake. `make` builds the native library into build/; `make test-native` runs the native
+# tests (ctest); `make bench` runs the engine benchmark on a MiniCPM4-0.5B-shaped checkpoint.
+BUILD ?= build
+JOBS  ?= $(shell nproc)
+BUN   ?= node_modules/.bin/bun
+
+.PHONY: all native test-native bench dist clean
+
+all: native
+
+native:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release > /dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test-native: native
+	@cd $(BUILD) && ctest --output-on-failure
+
+bench: native
+	@$(BUN) src/cli/main.ts make-checkpoint --preset 0.5b --out .cache/bench-0.5b --quiet-if-exists
+	@$(BUILD)/bench-engine .cache/bench-0.5b
+
+clean:
+	rm -rf $(BUILD) dist

@@ -1,0 +1,321 @@
+/*
+ * minicpm.h - the one public C header of the minicpm-edge engine.
+ *
+ * Rules of this ABI (see docs/ARCHITECTURE.md in the shared docs):
+ *   - Opaque handles; every object has an init/free pair. Free functions accept NULL.
+ *   - Params structs are passed by pointer and filled first by *_default_params(); each carries its own
+ *     size in its first field so that an older caller is detected (MINICPM_STATUS_ABI_MISMATCH).
+ *   - Fixed-width fields only; no struct by value; no bool.
+ *   - Every function that can fail returns int32_t: 0 = ok, > 0 = recoverable / "try again", < 0 = error.
+ *     The message of the last failure on the calling thread is read with minicpm_last_error().
+ *   - No function aborts or exits the process; C++ exceptions stop at this boundary.
+ *   - Callbacks are doorbells: integer arguments, void return, called from an engine thread.
+ *
+ * Units: token counts are tokens, sizes are bytes, times are microseconds on the engine's monotonic clock
+ * (minicpm_time_us()).
+ */
+#ifndef MINICPM_H
+#define MINICPM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#    define MINICPM_API __declspec(dllexport)
+#else
+#    define MINICPM_API __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever a function signature or struct layout changes. */
+#define MINICPM_ABI_VERSION 1
+
+/* Fixed maxima that size the arrays inside the ABI structs. */
+#define MINICPM_MAX_TOP_LOGPROBS 20 /* top-n alternatives carried by one event      */
+#define MINICPM_MAX_EOS_IDS      8  /* end-of-sequence ids reported by model info   */
+#define MINICPM_KV_BLOCK_SIZE    64 /* tokens per KV cache block                    */
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Status codes
+ * ------------------------------------------------------------------------------------------------------- */
+enum minicpm_status {
+    MINICPM_STATUS_OK               = 0,
+    MINICPM_STATUS_QUEUE_FULL       = 1,   /* recoverable: the waiting queue is full, retry later            */
+    MINICPM_STATUS_INVALID_ARGUMENT = -1,  /* a NULL pointer, a bad parameter value, a token id out of range  */
+    MINICPM_STATUS_IO               = -2,  /* a file is missing or cannot be read / mapped                    */
+    MINICPM_STATUS_BAD_MODEL        = -3,  /* config.json or a safetensors file is malformed or inconsistent  */
+    MINICPM_STATUS_UNSUPPORTED      = -4,  /* valid input this build does not handle (dtype, arch, feature)   */
+    MINICPM_STATUS_OUT_OF_MEMORY    = -5,  /* an allocation failed                                            */
+    MINICPM_STATUS_NOT_FOUND        = -6,  /* unknown (or already released) request id                        */
+    MINICPM_STATUS_TOO_LARGE        = -7,  /* the request can never fit: context length or KV budget          */
+    MINICPM_STATUS_ABI_MISMATCH     = -8,  /* a params struct's size field does not match this library        */
+    MINICPM_STATUS_INTERNAL         = -100 /* a bug: an unexpected exception was caught at the boundary       */
+};
+
+/* Why a request ended; carried by its last event. */
+enum minicpm_finish {
+    MINICPM_FINISH_NONE      = 0, /* not finished: the event carries a token                              */
+    MINICPM_FINISH_STOP      = 1, /* an EOS id or a stop id was generated (it is the event's token)       */
+    MINICPM_FINISH_LENGTH    = 2, /* n_max_tokens generated, or the context is full                       */
+    MINICPM_FINISH_CANCELLED = 3, /* minicpm_engine_cancel() was called                                   */
+    MINICPM_FINISH_ERROR     = 4  /* the engine failed on this request; the others keep running          */
+};
+
+enum minicpm_dtype {
+    MINICPM_DTYPE_F32  = 0,
+    MINICPM_DTYPE_F16  = 1,
+    MINICPM_DTYPE_BF16 = 2
+};
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Library
+ * ------------------------------------------------------------------------------------------------------- */
+
+/* MINICPM_ABI_VERSION of the built library; the caller compares it with the version it was written for. */
+MINICPM_API uint32_t minicpm_abi_version(void);
+
+/* sizeof() of each ABI struct, so bindings can assert their layout. Returns 0 for an unknown name.
+ * Names: "model_params", "model_info", "context_params", "engine_params", "sampling_params", "event",
+ *        "request_info", "engine_stats". */
+MINICPM_API uint32_t minicpm_struct_size(const char * name);
+
+/* Copies the calling thread's last error message (NUL-terminated, truncated to cap-1 bytes) into buf.
+ * Returns the full message length in bytes (0 when there is none). buf may be NULL when cap is 0. */
+MINICPM_API int32_t minicpm_last_error(char * buf, int32_t cap);
+
+/* Short static name of a status code, e.g. "bad_model". Never NULL. */
+MINICPM_API const char * minicpm_status_name(int32_t status);
+
+/* Space-separated CPU features the fast kernels use on this machine, e.g. "avx512f avx512_bf16 amx_bf16".
+ * Same buffer convention as minicpm_last_error. */
+MINICPM_API int32_t minicpm_system_info(char * buf, int32_t cap);
+
+/* Microseconds on the monotonic clock used for all timings in events and request info. */
+MINICPM_API int64_t minicpm_time_us(void);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Model: weights + config, immutable after load, shareable by any number of contexts and engines.
+ * ------------------------------------------------------------------------------------------------------- */
+typedef struct minicpm_model minicpm_model_t;
+
+struct minicpm_model_params {
+    uint32_t size;      /* = sizeof(struct minicpm_model_params), set by the default function          */
+    int32_t  n_threads; /* threads used for load-time checks; 0 = number of cores                      */
+    uint8_t  use_mmap;  /* 1 (default): weights stay in the page cache; 0: read into private memory    */
+    uint8_t  pad_[7];
+};
+
+struct minicpm_model_info {
+    uint32_t size;
+    int32_t  n_vocab;
+    int32_t  n_ctx_train;       /* max_position_embeddings                                             */
+    int32_t  n_embd;            /* hidden_size                                                         */
+    int32_t  n_layer;
+    int32_t  n_head;
+    int32_t  n_head_kv;
+    int32_t  n_head_dim;
+    int32_t  n_ff;              /* intermediate_size                                                   */
+    int32_t  bos_token_id;      /* -1 when absent                                                      */
+    int32_t  n_eos;             /* number of valid entries in eos_token_ids                            */
+    int32_t  eos_token_ids[MINICPM_MAX_EOS_IDS];
+    int32_t  weight_dtype;      /* enum minicpm_dtype of the projection weights                        */
+    uint8_t  tied_head;         /* 1 when the LM head is the embedding matrix                          */
+    uint8_t  pad_[3];
+    float    rms_norm_eps;
+    float    rope_theta;
+    float    scale_emb;
+    float    residual_scale;    /* scale_depth / sqrt(n_layer)                                         */
+    float    logit_divisor;     /* hidden_size / dim_model_base                                        */
+    float    rope_mscale;       /* LongRoPE amplitude factor (1 when not scaled)                       */
+    uint64_t n_params;          /* parameter count                                                     */
+    uint64_t weight_bytes;      /* bytes of all weight tensors as stored                               */
+    uint64_t kv_bytes_per_token;/* KV cache bytes for one token of one sequence (at the engine's dtype) */
+};
+
+MINICPM_API void minicpm_model_default_params(struct minicpm_model_params * out);
+
+/* Loads a model directory as published on the hub: config.json plus model.safetensors, or sharded files
+ * listed by model.safetensors.index.json. Every header, dtype, shape and offset is validated against the
+ * config; on failure *out is NULL and the last error names the file, the tensor and the problem.
+ * Returns MINICPM_STATUS_OK, _INVALID_ARGUMENT, _IO, _BAD_MODEL, _UNSUPPORTED, _OUT_OF_MEMORY or _ABI_MISMATCH.
+ * The caller owns *out and releases it with minicpm_model_free() after every context/engine using it. */
+MINICPM_API int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params * params,
+                                       minicpm_model_t ** out);
+
+/* Fills *out (whose size field must be set; the default function is not needed for info structs:
+ * the library writes the whole struct and checks out->size == sizeof). */
+MINICPM_API int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_info * out);
+
+MINICPM_API void minicpm_model_free(minicpm_model_t * model);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Context: synchronous evaluation for tests and tools. Owns a KV cache for up to n_seq_max sequences;
+ * tokens are appended to their sequence at its current length. Not thread-safe: one caller at a time.
+ * ------------------------------------------------------------------------------------------------------- */
+typedef struct minicpm_context minicpm_context_t;
+
+struct minicpm_context_params {
+    uint32_t size;
+    int32_t  n_ctx;      /* max tokens per sequence; 0 = model n_ctx_train                              */
+    int32_t  n_seq_max;  /* number of sequences (ids 0 .. n_seq_max-1); default 1                       */
+    int32_t  n_threads;  /* 0 = number of cores                                                         */
+    int32_t  kv_dtype;   /* enum minicpm_dtype: F32 (default, exact) or BF16 / F16                      */
+    int32_t  n_chunk;    /* internal prefill chunk in tokens; 0 = default (whole batch at once)         */
+    uint8_t  use_reference; /* 1: run the plain reference ops instead of the fast kernels (for tests)   */
+    uint8_t  pad_[7];
+};
+
+MINICPM_API void minicpm_context_default_params(struct minicpm_context_params * out);
+
+MINICPM_API int32_t minicpm_context_init(minicpm_model_t * model, const struct minicpm_context_params * params,
+                                         minicpm_context_t ** out);
+
+/* Evaluates n_tokens tokens. seq_ids[i] (NULL = all 0) names the sequence token i is appended to; a
+ * sequence's tokens must appear in order. output[i] != 0 (NULL = only the last token of the batch) asks for
+ * the logits after token i; they are written as consecutive rows of n_vocab floats, in batch order, into
+ * logits (capacity logits_cap floats). Returns the number of rows written (>= 0) or an error:
+ * _INVALID_ARGUMENT (bad token id or seq id, capacity too small) or _TOO_LARGE (n_ctx exceeded); on error no
+ * sequence is changed. */
+MINICPM_API int32_t minicpm_context_eval(minicpm_context_t * ctx, const int32_t * tokens, const int32_t * seq_ids,
+                                         const uint8_t * output, int32_t n_tokens, float * logits,
+                                         int64_t logits_cap);
+
+/* Current length (tokens in the KV cache) of a sequence, or a negative status. */
+MINICPM_API int32_t minicpm_context_seq_len(const minicpm_context_t * ctx, int32_t seq_id);
+
+/* Truncates a sequence to its first n_keep tokens (0 clears it). */
+MINICPM_API int32_t minicpm_context_seq_truncate(minicpm_context_t * ctx, int32_t seq_id, int32_t n_keep);
+
+MINICPM_API void minicpm_context_free(minicpm_context_t * ctx);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Engine: owns a KV pool and a scheduler thread that runs every active request together (continuous
+ * batching, chunked prefill interleaved with decode). All engine functions are thread-safe and return
+ * quickly; none waits for compute.
+ * ------------------------------------------------------------------------------------------------------- */
+typedef struct minicpm_engine minicpm_engine_t;
+
+struct minicpm_engine_params {
+    uint32_t size;
+    int32_t  n_threads;     /* compute threads including the scheduler thread; 0 = number of cores        */
+    int32_t  n_batch_max;   /* most sequences decoded in one step; default 64                              */
+    int32_t  n_chunk;       /* most prompt tokens prefilled in one step (all requests together); default 256 */
+    int32_t  n_ctx;         /* most tokens (prompt + generated) of one request; 0 = model n_ctx_train      */
+    int32_t  n_queue_max;   /* most waiting requests; a submit beyond it returns _QUEUE_FULL; default 256  */
+    int32_t  kv_dtype;      /* enum minicpm_dtype of the KV cache; default BF16                             */
+    uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB)                   */
+};
+
+struct minicpm_sampling_params {
+    uint32_t size;
+    float    temperature;        /* <= 0: greedy                                                         */
+    float    top_p;              /* 1 = off                                                              */
+    float    min_p;              /* 0 = off                                                              */
+    int32_t  top_k;              /* <= 0 = off                                                           */
+    float    repetition_penalty; /* 1 = off; HF/CTRL style over prompt + generated tokens                */
+    float    presence_penalty;   /* 0 = off; OpenAI style over generated tokens                          */
+    float    frequency_penalty;  /* 0 = off; OpenAI style over generated tokens                          */
+    int32_t  penalty_last_n;     /* window of tokens the penalties look at; -1 = all (default)           */
+    int32_t  n_max_tokens;       /* most tokens to generate; <= 0 = until the context is full            */
+    int32_t  n_top_logprobs;     /* 0..MINICPM_MAX_TOP_LOGPROBS alternatives per event                   */
+    uint8_t  logprobs;           /* 1: fill event.logprob (log-softmax of the raw logits)                */
+    uint8_t  ignore_eos;         /* 1: do not stop on the model's EOS ids                                */
+    uint8_t  pad_[2];
+    uint64_t seed;               /* same seed + same inputs = same tokens                                */
+};
+
+/* One generated token, or the end of a request. */
+struct minicpm_event {
+    int32_t token;          /* generated token id; -1 on a finish-only event                             */
+    int32_t finish_reason;  /* enum minicpm_finish; != NONE on the request's last event                  */
+    float   logprob;        /* log-probability of token under the model's distribution (if requested)    */
+    int32_t n_top;          /* valid entries in top_tokens / top_logprobs                                */
+    int32_t top_tokens[MINICPM_MAX_TOP_LOGPROBS];
+    float   top_logprobs[MINICPM_MAX_TOP_LOGPROBS];
+    int64_t t_us;           /* when the token was sampled (minicpm_time_us clock)                        */
+};
+
+enum minicpm_request_state {
+    MINICPM_REQUEST_WAITING    = 0, /* queued, no KV yet                                                   */
+    MINICPM_REQUEST_PREFILLING = 1,
+    MINICPM_REQUEST_DECODING   = 2,
+    MINICPM_REQUEST_FINISHED   = 3  /* the finish event is waiting to be drained                          */
+};
+
+struct minicpm_request_info {
+    uint32_t size;
+    int32_t  state;             /* enum minicpm_request_state                                            */
+    int32_t  n_prompt;          /* prompt tokens                                                          */
+    int32_t  n_prefilled;       /* prompt tokens already in the KV cache                                 */
+    int32_t  n_generated;
+    int32_t  pad_;
+    int64_t  t_submit_us;
+    int64_t  t_admit_us;        /* KV reserved and prefill started; 0 until then                          */
+    int64_t  t_first_token_us;  /* 0 until the first token is sampled                                     */
+    int64_t  t_end_us;          /* 0 until finished                                                       */
+};
+
+struct minicpm_engine_stats {
+    uint32_t size;
+    int32_t  n_running;         /* admitted requests (prefilling or decoding)                             */
+    int32_t  n_waiting;         /* queued requests                                                        */
+    int32_t  n_undrained;       /* finished requests whose last event was not drained yet                 */
+    int32_t  kv_tokens_used;    /* KV slots held by requests (whole 64-token blocks)                      */
+    int32_t  kv_tokens_total;   /* KV budget in tokens                                                    */
+    uint64_t n_steps;           /* engine steps run                                                       */
+    uint64_t n_prompt_tokens;   /* prompt tokens prefilled since init                                     */
+    uint64_t n_generated_tokens;/* tokens sampled since init                                              */
+    uint64_t n_errors;          /* requests finished with MINICPM_FINISH_ERROR                            */
+};
+
+/* Doorbell: rung from the engine thread when a request goes from no pending events to some. n_ready is the
+ * number of events pending at that moment. It must return quickly and may call any engine function. */
+typedef void (*minicpm_notify_fn)(int32_t request_id, int32_t n_ready);
+
+MINICPM_API void minicpm_engine_default_params(struct minicpm_engine_params * out);
+MINICPM_API void minicpm_sampling_default_params(struct minicpm_sampling_params * out);
+
+/* Starts the scheduler thread. The model must outlive the engine. */
+MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct minicpm_engine_params * params,
+                                        minicpm_engine_t ** out);
+
+/* Installs (or with NULL removes) the doorbell. Without one, callers poll with minicpm_engine_poll(). */
+MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm_notify_fn fn);
+
+/* Queues a request: the prompt tokens (copied), its sampling params, and extra stop token ids (copied; may be
+ * NULL) and a logit bias (n_bias pairs; copied; may be NULL). On success *request_id > 0.
+ * Returns _OK, _QUEUE_FULL (retry later), _INVALID_ARGUMENT (empty prompt, token id out of range, bad
+ * sampling value) or _TOO_LARGE (prompt longer than n_ctx, or more KV than the whole budget). */
+MINICPM_API int32_t minicpm_engine_submit(minicpm_engine_t * engine, const int32_t * tokens, int32_t n_tokens,
+                                          const struct minicpm_sampling_params * sampling,
+                                          const int32_t * stop_ids, int32_t n_stop_ids,
+                                          const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
+                                          int32_t * request_id);
+
+/* Moves up to cap pending events of a request into out, oldest first. Returns the count (>= 0) or
+ * _NOT_FOUND. Once the event with finish_reason != NONE has been drained the request id is released. */
+MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, int32_t request_id, struct minicpm_event * out,
+                                         int32_t cap);
+
+/* Writes up to cap ids of requests with pending events into ids. Returns the count (>= 0). */
+MINICPM_API int32_t minicpm_engine_poll(minicpm_engine_t * engine, int32_t * ids, int32_t cap);
+
+/* Cancels a request at any point (waiting, prefilling or decoding). Its KV is released before the next step
+ * and it ends with a MINICPM_FINISH_CANCELLED event. Returns _OK or _NOT_FOUND. */
+MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, int32_t request_id);
+
+MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, int32_t request_id,
+                                                struct minicpm_request_info * out);
+
+MINICPM_API int32_t minicpm_engine_stats(minicpm_engine_t * engine, struct minicpm_engine_stats * out);
+
+/* Stops the scheduler thread (requests still running are dropped) and frees the KV pool. */
+MINICPM_API void minicpm_engine_free(minicpm_engine_t * engine);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MINICPM_H */

@@ -1,0 +1,43 @@
+// MiniCPM4 hyper-parameters parsed from a hub config.json, with the defaults the published configs rely on.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace minicpm {
+
+struct model_config {
+    int32_t n_vocab = 0;        // vocab_size
+    int32_t n_embd = 0;         // hidden_size
+    int32_t n_layer = 0;        // num_hidden_layers
+    int32_t n_head = 0;         // num_attention_heads
+    int32_t n_head_kv = 0;      // num_key_value_heads (default n_head)
+    int32_t n_head_dim = 0;     // head_dim, or hidden_size / num_attention_heads when absent
+    int32_t n_ff = 0;           // intermediate_size
+    int32_t n_ctx_train = 0;    // max_position_embeddings
+    float   rms_norm_eps = 1e-6f;
+    float   rope_theta = 10000.0f;      // absent in the 0.5B config -> 10000
+    float   scale_emb = 1.0f;
+    float   scale_depth = 1.0f;
+    int32_t dim_model_base = 0;         // 0 when absent -> logit divisor 1
+    bool    tie_word_embeddings = true; // absent in the 0.5B config -> tied
+    int32_t bos_token_id = -1;
+    std::vector<int32_t> eos_token_ids; // eos_token_id may be an int or a list
+
+    // LongRoPE (rope_scaling.rope_type == "longrope"); empty factors = plain RoPE.
+    std::vector<float> rope_long_factor;
+    std::vector<float> rope_short_factor;
+    int32_t n_ctx_orig = 0;             // rope_scaling.original_max_position_embeddings
+
+    // Derived, exactly as MINICPM4.md section 1 gives them.
+    float residual_scale() const;       // scale_depth / sqrt(n_layer)
+    float logit_divisor() const;        // hidden_size / dim_model_base (1 when dim_model_base is absent)
+    float rope_mscale() const;          // sqrt(1 + ln(max/orig) / ln(orig)) when max > orig, else 1
+};
+
+// Parses and validates config.json text; throws minicpm::error(MINICPM_STATUS_BAD_MODEL / _UNSUPPORTED)
+// naming the field. `source` is the path used in messages.
+model_config parse_config(const std::string & json_text, const std::string & source);
+
+}  // namespace minicpm

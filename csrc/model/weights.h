@@ -1,0 +1,62 @@
+// The model's tensors, mapped from safetensors files and checked against the config.
+#pragma once
+
+#include "core/tensor.h"
+#include "model/config.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace minicpm {
+
+struct layer_weights {
+    tensor_view attn_norm;  // [n_embd]
+    tensor_view wq;         // [n_head * n_head_dim, n_embd]
+    tensor_view wk;         // [n_head_kv * n_head_dim, n_embd]
+    tensor_view wv;         // [n_head_kv * n_head_dim, n_embd]
+    tensor_view wo;         // [n_embd, n_head * n_head_dim]
+    tensor_view ffn_norm;   // [n_embd]
+    tensor_view w_gate;     // [n_ff, n_embd]
+    tensor_view w_up;       // [n_ff, n_embd]
+    tensor_view w_down;     // [n_embd, n_ff]
+};
+
+struct model_weights {
+    tensor_view                embed;   // model.embed_tokens.weight [n_vocab, n_embd]
+    std::vector<layer_weights> layers;
+    tensor_view                norm;    // model.norm.weight [n_embd]
+    tensor_view                head;    // lm_head.weight, or embed when tied
+    dtype                      weight_type = dtype::bf16; // dtype of the projection matrices
+    uint64_t                   n_params = 0;
+    uint64_t                   n_bytes = 0;
+};
+
+// Owns the mapped files; the tensor views in `weights` point into them.
+class model_files {
+  public:
+    virtual ~model_files() = default;
+    model_config  config;
+    model_weights weights;
+};
+
+// Loads dir/config.json and dir/model.safetensors or the shards named by dir/model.safetensors.index.json.
+// Throws minicpm::error with a message naming the file, the tensor and the problem.
+std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap);
+
+// Parses one safetensors header (the 8-byte length + JSON) against a file of file_size bytes.
+// Exposed for the fuzz test. Each entry: name, dtype, shape, byte range relative to the data section.
+struct safetensors_entry {
+    std::string          name;
+    std::string          dtype;   // "BF16", "F16", "F32", ... as written in the file
+    std::vector<int64_t> shape;
+    uint64_t             begin = 0;
+    uint64_t             end = 0;
+};
+struct safetensors_header {
+    uint64_t                       data_offset = 0;  // 8 + header length
+    std::vector<safetensors_entry> entries;
+};
+safetensors_header parse_safetensors_header(const uint8_t * data, uint64_t file_size, const std::string & source);
+
+}  // namespace minicpm

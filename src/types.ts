@@ -1,0 +1,92 @@
+/**
+ * The library API's public types: what `loadModel()` returns and what `generate()` yields.
+ * routes/ and the CLI consume only these.
+ */
+
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error'
+
+export interface ChatMessage {
+  role: 'system' | 'developer' | 'user' | 'assistant'
+  content: string | Array<{ type: 'text'; text: string }>
+}
+
+export interface SamplingOptions {
+  temperature?: number // <= 0: greedy
+  topP?: number
+  topK?: number
+  minP?: number
+  repetitionPenalty?: number
+  presencePenalty?: number
+  frequencyPenalty?: number
+  penaltyLastN?: number
+  seed?: number
+  logitBias?: Record<number, number>
+  maxTokens?: number
+  ignoreEos?: boolean
+  stop?: string[] // stop strings, cut from the output
+  stopTokenIds?: number[]
+  logprobs?: boolean
+  topLogprobs?: number // 0..20
+}
+
+export interface GenerateRequest extends SamplingOptions {
+  prompt?: string | number[] // text (tokenized with BOS per addSpecialTokens) or token ids
+  messages?: ChatMessage[] // rendered with the model's chat template
+  addGenerationPrompt?: boolean // default true
+  addSpecialTokens?: boolean // BOS; default true
+  chatTemplateKwargs?: Record<string, unknown>
+  skipSpecialTokens?: boolean // default true
+  signal?: AbortSignal
+}
+
+export interface TokenLogprob {
+  token: number
+  text: string
+  logprob: number
+  top: Array<{ token: number; text: string; logprob: number }>
+}
+
+export interface Usage {
+  promptTokens: number
+  completionTokens: number
+}
+
+export interface Timings {
+  queueMs: number // submit -> admitted
+  prefillMs: number // admitted -> first token
+  decodeMs: number // first token -> end
+  perTokenMs: number // mean inter-token latency
+}
+
+export type GenerateEvent =
+  | { type: 'start'; promptTokens: number } // accepted by the engine
+  | { type: 'prefill'; done: number; total: number } // progress of a long prompt
+  | { type: 'delta'; text: string; tokens: number[]; logprobs?: TokenLogprob[]; tUs: number }
+  | { type: 'finish'; reason: FinishReason; usage: Usage; timings: Timings; error?: string }
+
+export interface ModelInfo {
+  id: string
+  dir: string
+  randomWeights: boolean // the generated default checkpoint
+  nVocab: number
+  nCtx: number
+  nCtxTrain: number
+  nLayer: number
+  nEmbd: number
+  weightDtype: string
+  nParams: number
+  weightBytes: number
+  eosTokenIds: number[]
+  bosTokenId: number
+}
+
+export interface EngineStats {
+  running: number
+  waiting: number
+  kvTokensUsed: number
+  kvTokensTotal: number
+  steps: number
+  promptTokens: number
+  generatedTokens: number
+  errors: number
+}
