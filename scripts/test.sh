@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The project's test command (`npm test`): builds the native library, runs the native tests (ctest) and the
+# Bun suite, and ends with one line "N passed, N failed, N skipped" over both.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if ! make native; then
+    echo "native build failed"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
+logs=$(mktemp -d)
+(cd build && ctest --output-on-failure 2>&1) | tee "$logs/native.log"
+native_rc=${PIPESTATUS[0]}
+node_modules/.bin/bun test "$@" 2>&1 | tee "$logs/bun.log"
+bun_rc=${PIPESTATUS[0]}
+
+# ctest: "100% tests passed, 0 tests failed out of 7"; bun: " 12 pass", " 0 fail", " 3 skip".
+n_total=$(sed -nE 's/.*tests passed, ([0-9]+) tests? failed out of ([0-9]+).*/\2/p' "$logs/native.log" | tail -n 1)
+n_failed=$(sed -nE 's/.*tests passed, ([0-9]+) tests? failed out of ([0-9]+).*/\1/p' "$logs/native.log" | tail -n 1)
+b_pass=$(sed -nE 's/^ *([0-9]+) pass$/\1/p' "$logs/bun.log" | tail -n 1)
+b_fail=$(sed -nE 's/^ *([0-9]+) fail$/\1/p' "$logs/bun.log" | tail -n 1)
+b_skip=$(sed -nE 's/^ *([0-9]+) skip$/\1/p' "$logs/bun.log" | tail -n 1)
+n_total=${n_total:-0}; n_failed=${n_failed:-0}; b_pass=${b_pass:-0}; b_fail=${b_fail:-0}; b_skip=${b_skip:-0}
+
+passed=$((n_total - n_failed + b_pass))
+failed=$((n_failed + b_fail))
+# A runner that crashed or printed no summary counts as a failure rather than silently as zero tests.
+if [ "$native_rc" -ne 0 ] && [ "$n_failed" -eq 0 ]; then failed=$((failed + 1)); fi
+if [ "$bun_rc" -ne 0 ] && [ "$b_fail" -eq 0 ]; then failed=$((failed + 1)); fi
+rm -rf "$logs"
+echo "native: $((n_total - n_failed)) passed, $n_failed failed; bun: $b_pass passed, $b_fail failed, $b_skip skipped"
+echo "$passed passed, $failed failed, $b_skip skipped"
+[ "$failed" -eq 0 ]
