@@ -11,6 +11,7 @@ namespace minicpm {
 
 void set_last_error(const std::string & message);
 void clear_last_error();
+const std::string & last_error_text();  // the calling thread's message ("" when none)
 
 template <typename F> int32_t guarded(F && fn) {
     try {

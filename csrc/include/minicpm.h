@@ -158,7 +158,7 @@ typedef struct minicpm_context minicpm_context_t;
 
 struct minicpm_context_params {
     uint32_t size;
-    int32_t  n_ctx;      /* max tokens per sequence; 0 = model n_ctx_train                              */
+    int32_t  n_ctx;      /* max tokens per sequence, at most the model's n_ctx_train; 0 = n_ctx_train   */
     int32_t  n_seq_max;  /* number of sequences (ids 0 .. n_seq_max-1); default 1                       */
     int32_t  n_threads;  /* 0 = number of cores                                                         */
     int32_t  kv_dtype;   /* enum minicpm_dtype: F32 (default, exact) or BF16 / F16                      */
@@ -172,8 +172,9 @@ MINICPM_API void minicpm_context_default_params(struct minicpm_context_params * 
 MINICPM_API int32_t minicpm_context_init(minicpm_model_t * model, const struct minicpm_context_params * params,
                                          minicpm_context_t ** out);
 
-/* Evaluates n_tokens tokens. seq_ids[i] (NULL = all 0) names the sequence token i is appended to; a
- * sequence's tokens must appear in order. output[i] != 0 (NULL = only the last token of the batch) asks for
+/* Evaluates n_tokens (>= 1) tokens. seq_ids[i] (NULL = all 0) names the sequence token i is appended to; a
+ * sequence's tokens must appear in order, but sequences may interleave. output[i] != 0 (NULL = only the last
+ * token of the batch) asks for
  * the logits after token i; they are written as consecutive rows of n_vocab floats, in batch order, into
  * logits (capacity logits_cap floats). Returns the number of rows written (>= 0) or an error:
  * _INVALID_ARGUMENT (bad token id or seq id, capacity too small) or _TOO_LARGE (n_ctx exceeded); on error no
@@ -185,7 +186,8 @@ MINICPM_API int32_t minicpm_context_eval(minicpm_context_t * ctx, const int32_t 
 /* Current length (tokens in the KV cache) of a sequence, or a negative status. */
 MINICPM_API int32_t minicpm_context_seq_len(const minicpm_context_t * ctx, int32_t seq_id);
 
-/* Truncates a sequence to its first n_keep tokens (0 clears it). */
+/* Truncates a sequence to its first n_keep tokens (0 clears it; n_keep >= its length changes nothing) and
+ * releases the KV blocks past them. Returns _OK or _INVALID_ARGUMENT (bad seq id, n_keep < 0). */
 MINICPM_API int32_t minicpm_context_seq_truncate(minicpm_context_t * ctx, int32_t seq_id, int32_t n_keep);
 
 MINICPM_API void minicpm_context_free(minicpm_context_t * ctx);
@@ -205,7 +207,8 @@ struct minicpm_engine_params {
     int32_t  n_ctx;         /* most tokens (prompt + generated) of one request; 0 = model n_ctx_train      */
     int32_t  n_queue_max;   /* most waiting requests; a submit beyond it returns _QUEUE_FULL; default 256  */
     int32_t  kv_dtype;      /* enum minicpm_dtype of the KV cache; default BF16                             */
-    uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB)                   */
+    uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB). The pool never   */
+                            /* exceeds n_batch_max * n_ctx tokens, which is all admitted requests can use */
 };
 
 struct minicpm_sampling_params {
@@ -225,6 +228,8 @@ struct minicpm_sampling_params {
     uint8_t  pad_[2];
     uint64_t seed;               /* same seed + same inputs = same tokens                                */
 };
+/* Defaults: temperature 1, top_p 1, min_p 0, top_k 0, repetition_penalty 1, presence/frequency 0,
+ * penalty_last_n -1 (0 turns the penalties off), n_max_tokens 0, no logprobs, seed 0. */
 
 /* One generated token, or the end of a request. */
 struct minicpm_event {
@@ -281,11 +286,14 @@ MINICPM_API void minicpm_sampling_default_params(struct minicpm_sampling_params 
 MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct minicpm_engine_params * params,
                                         minicpm_engine_t ** out);
 
-/* Installs (or with NULL removes) the doorbell. Without one, callers poll with minicpm_engine_poll(). */
+/* Installs (or with NULL removes) the doorbell. Without one, callers poll with minicpm_engine_poll().
+ * Returns once no call of the previous callback is in flight (unless called from inside the callback), so
+ * the previous callback can be released afterwards. */
 MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm_notify_fn fn);
 
-/* Queues a request: the prompt tokens (copied), its sampling params, and extra stop token ids (copied; may be
- * NULL) and a logit bias (n_bias pairs; copied; may be NULL). On success *request_id > 0.
+/* Queues a request: the prompt tokens (copied), its sampling params (NULL = defaults), and extra stop token ids
+ * (copied; may be NULL) and a logit bias (n_bias pairs added to the logits; -inf forbids a token; copied; may
+ * be NULL). On success *request_id > 0 (ids increase).
  * Returns _OK, _QUEUE_FULL (retry later), _INVALID_ARGUMENT (empty prompt, token id out of range, bad
  * sampling value) or _TOO_LARGE (prompt longer than n_ctx, or more KV than the whole budget). */
 MINICPM_API int32_t minicpm_engine_submit(minicpm_engine_t * engine, const int32_t * tokens, int32_t n_tokens,
@@ -295,7 +303,8 @@ MINICPM_API int32_t minicpm_engine_submit(minicpm_engine_t * engine, const int32
                                           int32_t * request_id);
 
 /* Moves up to cap pending events of a request into out, oldest first. Returns the count (>= 0) or
- * _NOT_FOUND. Once the event with finish_reason != NONE has been drained the request id is released. */
+ * _NOT_FOUND. Once the event with finish_reason != NONE has been drained the request id is released.
+ * When the drained events end with MINICPM_FINISH_ERROR, minicpm_last_error() returns why. */
 MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, int32_t request_id, struct minicpm_event * out,
                                          int32_t cap);
 
@@ -311,7 +320,8 @@ MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, int32
 
 MINICPM_API int32_t minicpm_engine_stats(minicpm_engine_t * engine, struct minicpm_engine_stats * out);
 
-/* Stops the scheduler thread (requests still running are dropped) and frees the KV pool. */
+/* Stops the scheduler thread after the step in flight (requests still running are dropped) and frees the KV
+ * pool. Must not be called from the notify callback. */
 MINICPM_API void minicpm_engine_free(minicpm_engine_t * engine);
 
 #ifdef __cplusplus

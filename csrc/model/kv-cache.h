@@ -20,7 +20,7 @@ class kv_pool {
     kv_pool(const kv_pool &) = delete;
     kv_pool & operator=(const kv_pool &) = delete;
 
-    // Blocks needed to hold n_tokens tokens of the model described by cfg at this dtype.
+    // Bytes of K plus V of one block (MINICPM_KV_BLOCK_SIZE tokens, all layers) for cfg at this dtype.
     static uint64_t bytes_per_block(const model_config & cfg, dtype type);
 
     kv_layer layer(int32_t il) const;
@@ -29,7 +29,7 @@ class kv_pool {
     int32_t  n_free() const { return int32_t(free_.size()); }
 
     int32_t alloc();          // a free block index, or -1 when none is left
-    void    release(int32_t block);
+    void    release(int32_t block);  // throws MINICPM_STATUS_INTERNAL for a block that is not allocated
 
   private:
     dtype                type_;
@@ -40,6 +40,7 @@ class kv_pool {
     void *               k_ = nullptr;
     void *               v_ = nullptr;
     std::vector<int32_t> free_;
+    std::vector<uint8_t> used_;  // 1 while a block is handed out: catches double release
 };
 
 }  // namespace minicpm

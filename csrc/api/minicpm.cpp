@@ -1,0 +1,212 @@
+// The library, model and context exports of minicpm.h (the engine and sampling ones are in engine.cpp).
+// Every function that can fail goes through guarded(): no exception crosses the C boundary.
+#include "minicpm.h"
+
+#include "api/boundary.h"
+#include "core/backend.h"
+#include "engine/context.h"
+#include "model/kv-cache.h"
+#include "model/minicpm4.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <string>
+
+using namespace minicpm;
+
+// The shared buffer convention: copy up to cap-1 bytes plus a NUL, return the full length.
+static int32_t copy_out(const std::string & text, char * buf, int32_t cap) {
+    if (buf && cap > 0) {
+        const size_t n = std::min(text.size(), size_t(cap - 1));
+        std::memcpy(buf, text.data(), n);
+        buf[n] = '\0';
+    }
+    return int32_t(std::min(text.size(), size_t(INT32_MAX)));
+}
+
+static void require(const void * p, const char * what) {
+    if (!p) fail(MINICPM_STATUS_INVALID_ARGUMENT, std::string(what) + " is NULL");
+}
+
+// ---- library -----------------------------------------------------------------------------------------------
+
+uint32_t minicpm_abi_version(void) { return MINICPM_ABI_VERSION; }
+
+uint32_t minicpm_struct_size(const char * name) {
+    if (!name) return 0;
+    static const struct {
+        const char * name;
+        uint32_t     size;
+    } sizes[] = {
+        {"model_params", sizeof(struct minicpm_model_params)},
+        {"model_info", sizeof(struct minicpm_model_info)},
+        {"context_params", sizeof(struct minicpm_context_params)},
+        {"engine_params", sizeof(struct minicpm_engine_params)},
+        {"sampling_params", sizeof(struct minicpm_sampling_params)},
+        {"event", sizeof(struct minicpm_event)},
+        {"request_info", sizeof(struct minicpm_request_info)},
+        {"engine_stats", sizeof(struct minicpm_engine_stats)},
+    };
+    for (const auto & s : sizes)
+        if (std::strcmp(s.name, name) == 0) return s.size;
+    return 0;
+}
+
+// Not guarded: reading the last error must not clear it.
+int32_t minicpm_last_error(char * buf, int32_t cap) { return copy_out(last_error_text(), buf, cap); }
+
+const char * minicpm_status_name(int32_t status) {
+    switch (status) {
+        case MINICPM_STATUS_OK: return "ok";
+        case MINICPM_STATUS_QUEUE_FULL: return "queue_full";
+        case MINICPM_STATUS_INVALID_ARGUMENT: return "invalid_argument";
+        case MINICPM_STATUS_IO: return "io";
+        case MINICPM_STATUS_BAD_MODEL: return "bad_model";
+        case MINICPM_STATUS_UNSUPPORTED: return "unsupported";
+        case MINICPM_STATUS_OUT_OF_MEMORY: return "out_of_memory";
+        case MINICPM_STATUS_NOT_FOUND: return "not_found";
+        case MINICPM_STATUS_TOO_LARGE: return "too_large";
+        case MINICPM_STATUS_ABI_MISMATCH: return "abi_mismatch";
+        case MINICPM_STATUS_INTERNAL: return "internal";
+        default: return "unknown";
+    }
+}
+
+int32_t minicpm_system_info(char * buf, int32_t cap) {
+    int32_t n = 0;
+    const int32_t rc = guarded([&]() {
+        n = copy_out(cpu_features(), buf, cap);
+        return MINICPM_STATUS_OK;
+    });
+    return rc == MINICPM_STATUS_OK ? n : rc;
+}
+
+int64_t minicpm_time_us(void) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// ---- model -------------------------------------------------------------------------------------------------
+
+void minicpm_model_default_params(struct minicpm_model_params * out) {
+    if (!out) return;
+    std::memset(out, 0, sizeof(*out));
+    out->size = sizeof(*out);
+    out->n_threads = 0;
+    out->use_mmap = 1;
+}
+
+int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params * params, minicpm_model_t ** out) {
+    if (out) *out = nullptr;
+    return guarded([&]() {
+        MINICPM_CHECK_PARAMS(params, struct minicpm_model_params);
+        require(out, "minicpm_model_load: out");
+        require(dir, "minicpm_model_load: dir");
+        struct minicpm_model_params p;
+        minicpm_model_default_params(&p);
+        if (params) p = *params;
+        if (p.n_threads < 0)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: n_threads " + std::to_string(p.n_threads) + " < 0");
+        std::unique_ptr<minicpm_model> m(new minicpm_model());
+        m->impl = model::load(dir, p.use_mmap != 0);
+        *out = m.release();
+        return MINICPM_STATUS_OK;
+    });
+}
+
+int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_info * out) {
+    return guarded([&]() {
+        require(model, "minicpm_model_info: model");
+        require(out, "minicpm_model_info: out");
+        MINICPM_CHECK_PARAMS(out, struct minicpm_model_info);
+        const model_config &  c = model->impl->config();
+        const model_weights & w = model->impl->weights();
+        struct minicpm_model_info info;
+        std::memset(&info, 0, sizeof(info));
+        info.size = sizeof(info);
+        info.n_vocab = c.n_vocab;
+        info.n_ctx_train = c.n_ctx_train;
+        info.n_embd = c.n_embd;
+        info.n_layer = c.n_layer;
+        info.n_head = c.n_head;
+        info.n_head_kv = c.n_head_kv;
+        info.n_head_dim = c.n_head_dim;
+        info.n_ff = c.n_ff;
+        info.bos_token_id = c.bos_token_id;
+        info.n_eos = int32_t(std::min<size_t>(c.eos_token_ids.size(), MINICPM_MAX_EOS_IDS));
+        for (int32_t i = 0; i < info.n_eos; ++i) info.eos_token_ids[i] = c.eos_token_ids[size_t(i)];
+        info.weight_dtype = int32_t(w.weight_type);
+        info.tied_head = w.head.data == w.embed.data ? 1 : 0;
+        info.rms_norm_eps = c.rms_norm_eps;
+        info.rope_theta = c.rope_theta;
+        info.scale_emb = c.scale_emb;
+        info.residual_scale = c.residual_scale();
+        info.logit_divisor = c.logit_divisor();
+        info.rope_mscale = c.rope_mscale();
+        info.n_params = w.n_params;
+        info.weight_bytes = w.n_bytes;
+        // BF16 is the engine's default KV dtype.
+        info.kv_bytes_per_token = kv_pool::bytes_per_block(c, dtype::bf16) / MINICPM_KV_BLOCK_SIZE;
+        *out = info;
+        return MINICPM_STATUS_OK;
+    });
+}
+
+void minicpm_model_free(minicpm_model_t * model) { delete model; }
+
+// ---- context -----------------------------------------------------------------------------------------------
+
+void minicpm_context_default_params(struct minicpm_context_params * out) {
+    if (!out) return;
+    std::memset(out, 0, sizeof(*out));
+    out->size = sizeof(*out);
+    out->n_ctx = 0;
+    out->n_seq_max = 1;
+    out->n_threads = 0;
+    out->kv_dtype = MINICPM_DTYPE_F32;
+    out->n_chunk = 0;
+    out->use_reference = 0;
+}
+
+int32_t minicpm_context_init(minicpm_model_t * model, const struct minicpm_context_params * params,
+                             minicpm_context_t ** out) {
+    if (out) *out = nullptr;
+    return guarded([&]() {
+        MINICPM_CHECK_PARAMS(params, struct minicpm_context_params);
+        require(out, "minicpm_context_init: out");
+        require(model, "minicpm_context_init: model");
+        struct minicpm_context_params p;
+        minicpm_context_default_params(&p);
+        if (params) p = *params;
+        std::unique_ptr<minicpm_context> c(new minicpm_context());
+        c->impl.reset(new context(*model->impl, p));
+        *out = c.release();
+        return MINICPM_STATUS_OK;
+    });
+}
+
+int32_t minicpm_context_eval(minicpm_context_t * ctx, const int32_t * tokens, const int32_t * seq_ids,
+                             const uint8_t * output, int32_t n_tokens, float * logits, int64_t logits_cap) {
+    return guarded([&]() {
+        require(ctx, "minicpm_context_eval: ctx");
+        return ctx->impl->eval(tokens, seq_ids, output, n_tokens, logits, logits_cap);
+    });
+}
+
+int32_t minicpm_context_seq_len(const minicpm_context_t * ctx, int32_t seq_id) {
+    return guarded([&]() {
+        require(ctx, "minicpm_context_seq_len: ctx");
+        return ctx->impl->seq_len(seq_id);
+    });
+}
+
+int32_t minicpm_context_seq_truncate(minicpm_context_t * ctx, int32_t seq_id, int32_t n_keep) {
+    return guarded([&]() {
+        require(ctx, "minicpm_context_seq_truncate: ctx");
+        ctx->impl->seq_truncate(seq_id, n_keep);
+        return MINICPM_STATUS_OK;
+    });
+}
+
+void minicpm_context_free(minicpm_context_t * ctx) { delete ctx; }

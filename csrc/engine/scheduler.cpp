@@ -1,0 +1,498 @@
+#include "engine/scheduler.h"
+
+#include "core/status.h"
+
+#include <algorithm>
+
+namespace minicpm {
+
+static constexpr int32_t kBlock = MINICPM_KV_BLOCK_SIZE;
+
+static int32_t blocks_for(int64_t n_tokens) { return int32_t((n_tokens + kBlock - 1) / kBlock); }
+
+static minicpm_event end_event(int32_t reason) {
+    minicpm_event ev{};
+    ev.token = -1;
+    ev.finish_reason = reason;
+    ev.t_us = minicpm_time_us();
+    return ev;
+}
+
+static void invalid(const std::string & msg) { fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine params: " + msg); }
+
+scheduler::config scheduler::resolve(const model & m, const minicpm_engine_params & p) {
+    const model_config & mc = m.config();
+    config c{};
+    if (p.n_threads < 0) invalid("n_threads must be >= 0 (0 = all cores), got " + std::to_string(p.n_threads));
+    if (p.n_batch_max < 1) invalid("n_batch_max must be >= 1, got " + std::to_string(p.n_batch_max));
+    if (p.n_chunk < 1) invalid("n_chunk must be >= 1, got " + std::to_string(p.n_chunk));
+    if (p.n_queue_max < 1) invalid("n_queue_max must be >= 1, got " + std::to_string(p.n_queue_max));
+    if (p.n_ctx < 0 || p.n_ctx > mc.n_ctx_train)
+        invalid("n_ctx must be in [0, " + std::to_string(mc.n_ctx_train) + "] (the model's positions), got " +
+                std::to_string(p.n_ctx));
+    if (p.kv_dtype != MINICPM_DTYPE_F32 && p.kv_dtype != MINICPM_DTYPE_F16 && p.kv_dtype != MINICPM_DTYPE_BF16)
+        invalid("kv_dtype must be a minicpm_dtype (0 f32, 1 f16, 2 bf16), got " + std::to_string(p.kv_dtype));
+    c.n_threads = p.n_threads > 0 ? p.n_threads : default_thread_count();
+    c.n_batch_max = p.n_batch_max;
+    c.n_chunk = p.n_chunk;
+    c.n_queue_max = p.n_queue_max;
+    c.n_ctx = p.n_ctx > 0 ? p.n_ctx : mc.n_ctx_train;
+    c.kv_type = dtype(p.kv_dtype);
+
+    const uint64_t kv_bytes = p.kv_bytes > 0 ? p.kv_bytes : (uint64_t(1) << 30);
+    const uint64_t per_block = kv_pool::bytes_per_block(mc, c.kv_type);
+    const uint64_t budget = kv_bytes / per_block;
+    if (budget < 1)
+        invalid("kv_bytes " + std::to_string(kv_bytes) + " is smaller than one KV block (" +
+                std::to_string(per_block) + " bytes = " + std::to_string(kBlock) + " tokens)");
+    // More than every admitted request at full context could ever hold is memory that is never used.
+    const uint64_t useful = uint64_t(c.n_batch_max) * uint64_t(blocks_for(c.n_ctx));
+    c.n_blocks = int32_t(std::min({budget, useful, uint64_t(INT32_MAX / kBlock)}));
+    return c;
+}
+
+scheduler::scheduler(const model & m, const minicpm_engine_params & params, const backend_ops & ops)
+    : model_(m),
+      ops_(ops),
+      cfg_(resolve(m, params)),
+      n_vocab_(m.config().n_vocab),
+      eos_ids_(m.config().eos_token_ids),
+      pool_(cfg_.n_threads),
+      kv_(m.config(), cfg_.kv_type, cfg_.n_blocks) {
+    sampler_scratch_.resize(size_t(pool_.size()));
+    thread_ = std::thread([this] { loop(); });
+}
+
+scheduler::~scheduler() {
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+void scheduler::set_notify(minicpm_notify_fn fn) {
+    std::unique_lock<std::mutex> lk(mu_);
+    notify_ = fn;
+    if (std::this_thread::get_id() != thread_.get_id()) cv_idle_.wait(lk, [this] { return n_ringing_ == 0; });
+}
+
+void scheduler::set_step_observer(std::function<void(const step_trace &)> fn) {
+    std::lock_guard<std::mutex> lk(mu_);
+    observer_ = std::move(fn);
+}
+
+int32_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
+                          const int32_t * stop_ids, int32_t n_stop_ids, const int32_t * bias_ids,
+                          const float * bias_values, int32_t n_bias) {
+    if (tokens == nullptr || n_tokens <= 0)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "prompt is empty (tokens " + std::string(tokens ? "set" : "NULL") +
+                                                  ", n_tokens " + std::to_string(n_tokens) + ")");
+    minicpm_sampling_params sp;
+    if (sampling != nullptr) {
+        sp = *sampling;
+    } else {
+        default_sampling_params(sp);
+    }
+    validate_sampling_params(sp);
+    for (int32_t i = 0; i < n_tokens; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= n_vocab_)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
+                                                      " is out of range [0, " + std::to_string(n_vocab_) + ")");
+    }
+    if (int64_t(n_tokens) + 1 > cfg_.n_ctx)
+        fail(MINICPM_STATUS_TOO_LARGE, "prompt of " + std::to_string(n_tokens) +
+                                           " tokens leaves no room to generate: prompt + 1 must fit n_ctx " +
+                                           std::to_string(cfg_.n_ctx));
+    const int32_t need = blocks_for(int64_t(n_tokens) + 1);
+    if (need > kv_.n_blocks())
+        fail(MINICPM_STATUS_TOO_LARGE,
+             "prompt of " + std::to_string(n_tokens) + " tokens needs " + std::to_string(need) + " KV blocks (" +
+                 std::to_string(need * kBlock) + " tokens) but the whole KV pool has " +
+                 std::to_string(kv_.n_blocks()) + " blocks (" + std::to_string(kv_.n_blocks() * kBlock) +
+                 " tokens); raise kv_bytes");
+
+    auto r = std::make_unique<request>(sampler(sp, n_vocab_, eos_ids_, stop_ids, n_stop_ids, bias_ids, bias_values,
+                                               n_bias, tokens, n_tokens));
+    r->n_prompt = n_tokens;
+    r->n_max_tokens = sp.n_max_tokens;
+    r->tokens.assign(tokens, tokens + n_tokens);
+    r->t_submit = minicpm_time_us();
+
+    std::lock_guard<std::mutex> lk(mu_);
+    if (int32_t(waiting_.size()) >= cfg_.n_queue_max)
+        fail(MINICPM_STATUS_QUEUE_FULL, std::to_string(waiting_.size()) + " requests are waiting (n_queue_max " +
+                                            std::to_string(cfg_.n_queue_max) + "); retry later");
+    if (next_id_ == INT32_MAX) fail(MINICPM_STATUS_INTERNAL, "request ids exhausted");
+    r->id = next_id_++;
+    waiting_.push_back(r.get());
+    const int32_t id = r->id;
+    table_.emplace(id, std::move(r));
+    cv_.notify_one();
+    return id;
+}
+
+int32_t scheduler::drain(int32_t id, minicpm_event * out, int32_t cap, std::string * error_message) {
+    if (cap < 0 || (cap > 0 && out == nullptr))
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "drain: out is NULL or cap < 0 (cap " + std::to_string(cap) + ")");
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = table_.find(id);
+    if (it == table_.end())
+        fail(MINICPM_STATUS_NOT_FOUND, "request " + std::to_string(id) +
+                                           " not found (never submitted, or released after its last event)");
+    request & r = *it->second;
+    const int32_t n = std::min<int32_t>(cap, int32_t(r.events.size()));
+    std::copy_n(r.events.begin(), n, out);
+    r.events.erase(r.events.begin(), r.events.begin() + n);
+    if (n > 0 && out[n - 1].finish_reason != MINICPM_FINISH_NONE) {
+        if (out[n - 1].finish_reason == MINICPM_FINISH_ERROR && error_message != nullptr) *error_message = r.error;
+        table_.erase(it);
+        n_undrained_--;
+    }
+    return n;
+}
+
+int32_t scheduler::poll(int32_t * ids, int32_t cap) {
+    if (cap < 0 || (cap > 0 && ids == nullptr))
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "poll: ids is NULL or cap < 0 (cap " + std::to_string(cap) + ")");
+    std::lock_guard<std::mutex> lk(mu_);
+    int32_t n = 0;
+    for (auto it = table_.begin(); it != table_.end() && n < cap; ++it) {
+        if (!it->second->events.empty()) ids[n++] = it->first;
+    }
+    return n;
+}
+
+void scheduler::cancel(int32_t id) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = table_.find(id);
+    if (it == table_.end())
+        fail(MINICPM_STATUS_NOT_FOUND, "request " + std::to_string(id) +
+                                           " not found (never submitted, or released after its last event)");
+    request & r = *it->second;
+    if (r.state == MINICPM_REQUEST_FINISHED || r.cancel_requested) return;
+    r.cancel_requested = true;
+    n_cancel_pending_++;
+    cv_.notify_one();
+}
+
+void scheduler::request_info(int32_t id, minicpm_request_info & out) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = table_.find(id);
+    if (it == table_.end())
+        fail(MINICPM_STATUS_NOT_FOUND, "request " + std::to_string(id) +
+                                           " not found (never submitted, or released after its last event)");
+    const request & r = *it->second;
+    out = {};
+    out.size = sizeof(minicpm_request_info);
+    out.state = r.state;
+    out.n_prompt = r.n_prompt;
+    out.n_prefilled = r.n_prefilled;
+    out.n_generated = r.n_generated;
+    out.t_submit_us = r.t_submit;
+    out.t_admit_us = r.t_admit;
+    out.t_first_token_us = r.t_first_token;
+    out.t_end_us = r.t_end;
+}
+
+void scheduler::stats(struct minicpm_engine_stats & out) {
+    std::lock_guard<std::mutex> lk(mu_);
+    out = {};
+    out.size = sizeof(struct minicpm_engine_stats);
+    out.n_running = int32_t(running_.size());
+    out.n_waiting = int32_t(waiting_.size());
+    out.n_undrained = n_undrained_;
+    out.kv_tokens_used = (kv_.n_blocks() - kv_.n_free()) * kBlock;
+    out.kv_tokens_total = kv_.n_blocks() * kBlock;
+    out.n_steps = n_steps_;
+    out.n_prompt_tokens = n_prompt_tokens_;
+    out.n_generated_tokens = n_generated_tokens_;
+    out.n_errors = n_errors_;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// scheduler thread
+
+void scheduler::loop() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+        // Nothing in the queues means nothing to do: a waiting request always fits once nothing runs.
+        cv_.wait(lk, [this] { return stop_ || n_cancel_pending_ > 0 || !waiting_.empty() || !running_.empty(); });
+        if (stop_) return;
+        try {
+            step(lk);
+        } catch (const std::exception & e) {
+            // A bug or an allocation failure outside forward: end what was running, keep serving.
+            if (!lk.owns_lock()) lk.lock();
+            fail_running(std::string("engine step failed: ") + e.what());
+            ring(lk);
+        }
+    }
+}
+
+void scheduler::step(std::unique_lock<std::mutex> & lk) {
+    apply_cancels();
+    admit();
+    build_batch();
+    ring(lk);
+    if (entries_.empty() || stop_) return;
+
+    lk.unlock();
+    std::string error;
+    try {
+        batch_view b;
+        b.tokens = batch_tokens_.data();
+        b.n_tokens = int64_t(batch_tokens_.size());
+        b.segs = segs_.data();
+        b.n_segs = int32_t(segs_.size());
+        b.logit_rows = logit_rows_.data();
+        b.n_logit_rows = int32_t(logit_rows_.size());
+        logits_.resize(logit_rows_.size() * size_t(n_vocab_));
+        model_.forward(ops_, pool_, kv_, b, logits_.data(), scratch_);
+
+        // Sampling touches only each request's own sampler, so rows run in parallel on the pool.
+        std::vector<request *> to_sample;
+        for (const batch_entry & e : entries_)
+            if (e.samples) to_sample.push_back(e.r);
+        results_.assign(to_sample.size(), sample_result{});
+        sample_errors_.assign(to_sample.size(), std::string());
+        pool_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
+            try {
+                const float * row = logits_.data() + size_t(k) * size_t(n_vocab_);
+                results_[size_t(k)] = to_sample[size_t(k)]->smp.sample(row, sampler_scratch_[size_t(thread)]);
+            } catch (const std::exception & e) {
+                sample_errors_[size_t(k)] = e.what();
+            }
+        });
+    } catch (const std::exception & e) {
+        error = std::string("forward failed: ") + e.what();
+    }
+
+    lk.lock();
+    ++n_steps_;
+    step_trace trace;
+    if (observer_) {
+        trace.step = n_steps_;
+        for (const batch_entry & e : entries_) trace.parts.push_back({e.r->id, e.n_rows, e.prefill});
+    }
+    if (error.empty()) {
+        commit();
+    } else {
+        for (const batch_entry & e : entries_) {
+            n_errors_++;
+            finish(*e.r, end_event(MINICPM_FINISH_ERROR), error);
+        }
+    }
+    entries_.clear();
+    ring(lk);
+    if (observer_) {
+        const auto observer = observer_;
+        lk.unlock();
+        observer(trace);
+        lk.lock();
+    }
+}
+
+void scheduler::apply_cancels() {
+    if (n_cancel_pending_ == 0) return;
+    std::vector<request *> cancelled;
+    for (request * r : waiting_)
+        if (r->cancel_requested) cancelled.push_back(r);
+    for (request * r : running_)
+        if (r->cancel_requested) cancelled.push_back(r);
+    for (request * r : cancelled) finish(*r, end_event(MINICPM_FINISH_CANCELLED));
+    n_cancel_pending_ = 0;
+}
+
+void scheduler::admit() {
+    // Headroom of one block per decoding sequence: without it a prompt admitted into the last free blocks is
+    // preempted again by the next decode step that crosses a block boundary.
+    int32_t headroom = 0;
+    for (const request * r : running_) headroom += r->state == MINICPM_REQUEST_DECODING;
+    while (!waiting_.empty() && int32_t(running_.size()) < cfg_.n_batch_max) {
+        request &     r = *waiting_.front();
+        const int32_t need = blocks_for(int64_t(r.tokens.size()));
+        if (need > kv_.n_blocks()) {
+            // Only a preempted request can get here: its generated tokens outgrew the whole pool.
+            finish(r, end_event(MINICPM_FINISH_LENGTH));
+            continue;
+        }
+        if (need + headroom > kv_.n_free()) break;
+        waiting_.pop_front();
+        for (int32_t i = 0; i < need; ++i) r.blocks.push_back(kv_.alloc());
+        r.n_past = 0;
+        r.state = MINICPM_REQUEST_PREFILLING;
+        r.admit_order = ++n_admitted_;
+        if (r.t_admit == 0) r.t_admit = minicpm_time_us();
+        running_.push_back(&r);
+    }
+}
+
+bool scheduler::grow_kv(request & r) {
+    if (size_t(r.n_past / kBlock) < r.blocks.size()) return true;
+    for (;;) {
+        const int32_t b = kv_.alloc();
+        if (b >= 0) {
+            r.blocks.push_back(b);
+            return true;
+        }
+        // running_ is in admission order, so its back is the newest request.
+        request * victim = running_.back();
+        if (victim != &r) {
+            preempt(*victim);
+            continue;
+        }
+        if (running_.size() == 1) {
+            finish(r, end_event(MINICPM_FINISH_LENGTH));  // r alone fills the whole pool
+        } else {
+            preempt(r);
+        }
+        return false;
+    }
+}
+
+void scheduler::build_batch() {
+    entries_.clear();
+    batch_tokens_.clear();
+    segs_.clear();
+    logit_rows_.clear();
+    auto add = [this](request & r, int32_t n_rows, bool prefill) {
+        const bool samples = r.n_past + n_rows == int32_t(r.tokens.size());
+        kv_segment s;
+        s.row_begin = int32_t(batch_tokens_.size());
+        s.n_rows = n_rows;
+        s.n_past = r.n_past;
+        s.blocks = r.blocks.data();
+        segs_.push_back(s);
+        batch_tokens_.insert(batch_tokens_.end(), r.tokens.begin() + r.n_past, r.tokens.begin() + r.n_past + n_rows);
+        if (samples) logit_rows_.push_back(int32_t(batch_tokens_.size()) - 1);
+        entries_.push_back({&r, n_rows, prefill, samples});
+    };
+    // Decode first: one token per sequence. grow_kv may preempt the newest requests, which are always at the
+    // back of running_ (after i), so the index stays valid; if it removes running_[i] itself the loop ends.
+    for (size_t i = 0; i < running_.size(); ++i) {
+        request & r = *running_[i];
+        if (r.state != MINICPM_REQUEST_DECODING) continue;
+        if (!grow_kv(r)) break;
+        add(r, 1, false);
+    }
+    // Then prompt chunks, oldest first, within the n_chunk budget (their blocks were reserved at admission).
+    int32_t budget = cfg_.n_chunk;
+    for (request * r : running_) {
+        if (budget == 0) break;
+        if (r->state != MINICPM_REQUEST_PREFILLING) continue;
+        const int32_t n = std::min(budget, int32_t(r->tokens.size()) - r->n_past);
+        budget -= n;
+        add(*r, n, true);
+    }
+}
+
+void scheduler::commit() {
+    size_t k = 0;
+    for (const batch_entry & e : entries_) {
+        request & r = *e.r;
+        r.n_past += e.n_rows;
+        r.n_prefilled = std::min(r.n_past, r.n_prompt);
+        if (e.prefill) n_prompt_tokens_ += uint64_t(e.n_rows);
+        if (!e.samples) continue;
+        const sample_result & res = results_[k];
+        const std::string &   err = sample_errors_[k];
+        ++k;
+        if (r.cancel_requested) {
+            finish(r, end_event(MINICPM_FINISH_CANCELLED));
+            continue;
+        }
+        if (!err.empty()) {
+            n_errors_++;
+            finish(r, end_event(MINICPM_FINISH_ERROR), err);
+            continue;
+        }
+        r.smp.accept(res.token);
+        r.tokens.push_back(res.token);
+        r.n_generated++;
+        n_generated_tokens_++;
+        r.state = MINICPM_REQUEST_DECODING;
+
+        minicpm_event ev{};
+        ev.token = res.token;
+        ev.t_us = minicpm_time_us();
+        ev.logprob = res.logprob;
+        ev.n_top = res.n_top;
+        std::copy_n(res.top_tokens, res.n_top, ev.top_tokens);
+        std::copy_n(res.top_logprobs, res.n_top, ev.top_logprobs);
+        if (r.t_first_token == 0) r.t_first_token = ev.t_us;
+        if (r.smp.is_stop(res.token)) {
+            ev.finish_reason = MINICPM_FINISH_STOP;
+        } else if ((r.n_max_tokens > 0 && r.n_generated >= r.n_max_tokens) ||
+                   int32_t(r.tokens.size()) >= cfg_.n_ctx) {
+            ev.finish_reason = MINICPM_FINISH_LENGTH;
+        }
+        if (ev.finish_reason != MINICPM_FINISH_NONE) {
+            finish(r, ev);
+        } else {
+            push_event(r, ev);
+        }
+    }
+}
+
+void scheduler::push_event(request & r, const minicpm_event & ev) {
+    r.events.push_back(ev);
+    if (r.events.size() == 1) bells_.push_back({r.id, 1});
+}
+
+void scheduler::finish(request & r, const minicpm_event & last, const std::string & error) {
+    release_kv(r);
+    if (r.state == MINICPM_REQUEST_WAITING) {
+        waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &r));
+    } else {
+        running_.erase(std::find(running_.begin(), running_.end(), &r));
+    }
+    r.state = MINICPM_REQUEST_FINISHED;
+    r.t_end = last.t_us;
+    r.error = error;
+    n_undrained_++;
+    push_event(r, last);
+}
+
+void scheduler::release_kv(request & r) {
+    for (int32_t b : r.blocks) kv_.release(b);
+    r.blocks.clear();
+    r.n_past = 0;
+}
+
+void scheduler::preempt(request & r) {
+    release_kv(r);
+    running_.erase(std::find(running_.begin(), running_.end(), &r));
+    r.state = MINICPM_REQUEST_WAITING;
+    r.n_prefilled = 0;
+    waiting_.push_front(&r);
+}
+
+void scheduler::fail_running(const std::string & message) {
+    const std::vector<request *> running = running_;
+    for (request * r : running) {
+        n_errors_++;
+        finish(*r, end_event(MINICPM_FINISH_ERROR), message);
+    }
+    entries_.clear();
+}
+
+void scheduler::ring(std::unique_lock<std::mutex> & lk) {
+    if (bells_.empty()) return;
+    const minicpm_notify_fn fn = notify_;
+    if (fn == nullptr) {
+        bells_.clear();  // no doorbell: callers poll
+        return;
+    }
+    ringing_.swap(bells_);
+    n_ringing_++;
+    lk.unlock();
+    for (const doorbell & b : ringing_) fn(b.id, b.n_ready);
+    ringing_.clear();
+    lk.lock();
+    n_ringing_--;
+    cv_idle_.notify_all();
+}
+
+}  // namespace minicpm

@@ -1,0 +1,171 @@
+// The engine behind minicpm_engine_*: one scheduler thread that owns a thread pool, a KV pool and the request
+// table, and runs continuous batching. Each step:
+//   (a) apply cancels (KV released at once, CANCELLED event);
+//   (b) admit waiting requests FIFO while the KV pool holds their prompt (blocks reserved for the whole prompt)
+//       plus one spare block per decoding sequence;
+//   (c) build one batch: every decoding sequence (1 token each; at most n_batch_max requests are admitted) plus
+//       prefill chunks of admitted prompts, n_chunk prompt tokens in all, so a long prompt never stalls streams;
+//   (d) one model::forward over the batch, logits only for the last row of each sequence that samples;
+//   (e) sample, append events, ring the doorbell on empty -> non-empty, finish on stop / length / n_ctx.
+// KV grows one 64-token block at a time during decode. When the pool runs dry the newest running request is
+// preempted by recompute: its KV is released and it goes back to the head of the queue with prompt + generated
+// tokens as its new prompt (its sampler state is kept, the client sees nothing).
+//
+// Locking: one mutex guards the table and the queues; forward and sampling run without it. Fields marked
+// [engine] are read and written by the scheduler thread only; the others need the mutex.
+#pragma once
+
+#include "engine/sampler.h"
+#include "minicpm.h"
+#include "model/minicpm4.h"
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace minicpm {
+
+// What one step ran; handed to the step observer (tests record interleaving with it).
+struct step_trace {
+    struct part {
+        int32_t request_id;
+        int32_t n_rows;    // tokens of this request in the batch
+        bool    prefill;   // prompt chunk (true) or one decode token (false)
+    };
+    uint64_t          step = 0;
+    std::vector<part> parts;
+};
+
+class scheduler {
+  public:
+    // Validates params (see minicpm_engine_params), allocates the KV pool and starts the thread. ops is the
+    // backend table (the fast CPU ops in the library; tests may pass the reference ops).
+    scheduler(const model & m, const minicpm_engine_params & params, const backend_ops & ops);
+    // Stops the thread (after the step in flight) and joins it. Must not run on the notify callback.
+    ~scheduler();
+    scheduler(const scheduler &) = delete;
+    scheduler & operator=(const scheduler &) = delete;
+
+    // Waits until a callback in flight has returned (unless called from the callback itself), so the old
+    // callback is never called after this returns.
+    void set_notify(minicpm_notify_fn fn);
+    // Called on the scheduler thread after every step, without the lock.
+    void set_step_observer(std::function<void(const step_trace &)> fn);
+
+    // Throws minicpm::error: _QUEUE_FULL, _INVALID_ARGUMENT (naming the field), _TOO_LARGE (with the numbers).
+    // sampling may be NULL (library defaults).
+    int32_t submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
+                   const int32_t * stop_ids, int32_t n_stop_ids, const int32_t * bias_ids, const float * bias_values,
+                   int32_t n_bias);
+    // Returns the count moved; *error_message receives the error text when an ERROR finish event was drained.
+    int32_t drain(int32_t id, minicpm_event * out, int32_t cap, std::string * error_message);
+    int32_t poll(int32_t * ids, int32_t cap);
+    void    cancel(int32_t id);
+    void    request_info(int32_t id, minicpm_request_info & out);
+    void    stats(struct minicpm_engine_stats & out);
+
+  private:
+    struct request {
+        int32_t              id = 0;
+        int32_t              n_prompt = 0;     // tokens the client submitted
+        int32_t              n_max_tokens = 0;
+        std::vector<int32_t> tokens;           // [engine] prompt, then generated tokens
+        std::vector<int32_t> blocks;           // [engine] KV blocks for positions [64 i, 64 i + 64)
+        int32_t              n_past = 0;       // [engine] tokens in the KV cache
+        uint64_t             admit_order = 0;  // [engine] larger = admitted later (the preemption victim)
+        sampler              smp;              // [engine]
+
+        int32_t                   state = MINICPM_REQUEST_WAITING;
+        int32_t                   n_prefilled = 0;
+        int32_t                   n_generated = 0;
+        bool                      cancel_requested = false;
+        std::deque<minicpm_event> events;
+        std::string               error;
+        int64_t t_submit = 0, t_admit = 0, t_first_token = 0, t_end = 0;
+
+        request(sampler && s) : smp(std::move(s)) {}
+    };
+
+    // One segment of the batch being built.
+    struct batch_entry {
+        request * r;
+        int32_t   n_rows;
+        bool      prefill;
+        bool      samples;  // the segment ends at the last known token: its last row gives the next token
+    };
+
+    struct doorbell {
+        int32_t id;
+        int32_t n_ready;
+    };
+
+    void loop();
+    void step(std::unique_lock<std::mutex> & lk);
+    void apply_cancels();
+    void admit();
+    void build_batch();
+    void commit();
+
+    // All with the mutex held.
+    void push_event(request & r, const minicpm_event & ev);
+    void finish(request & r, const minicpm_event & last, const std::string & error = {});
+    void release_kv(request & r);
+    void preempt(request & r);
+    bool grow_kv(request & r);  // block for position n_past; may preempt others (or r itself: returns false)
+    void fail_running(const std::string & message);
+    void ring(std::unique_lock<std::mutex> & lk);  // rings bells_ without the lock; returns with it held
+
+    // minicpm_engine_params with defaults applied and every value checked.
+    struct config {
+        int32_t  n_threads, n_batch_max, n_chunk, n_ctx, n_queue_max;
+        dtype    kv_type;
+        int32_t  n_blocks;
+    };
+    static config resolve(const model & m, const minicpm_engine_params & p);
+
+    const model &        model_;
+    const backend_ops &  ops_;
+    const config         cfg_;
+    const int32_t        n_vocab_;
+    std::vector<int32_t> eos_ids_;
+    thread_pool          pool_;
+    kv_pool              kv_;
+
+    std::mutex                                  mu_;
+    std::condition_variable                     cv_;       // wakes the scheduler: submit, cancel, stop
+    std::condition_variable                     cv_idle_;  // wakes set_notify when a callback returns
+    bool                                        stop_ = false;
+    minicpm_notify_fn                           notify_ = nullptr;
+    int32_t                                     n_ringing_ = 0;
+    std::function<void(const step_trace &)>     observer_;
+    std::map<int32_t, std::unique_ptr<request>> table_;
+    std::deque<request *>                       waiting_;
+    std::vector<request *>                      running_;  // admission order
+    std::vector<doorbell>                       bells_;    // collected under the lock, rung without it
+    std::vector<doorbell>                       ringing_;  // [engine] the bells being rung
+    int32_t                                     next_id_ = 1;
+    int32_t                                     n_cancel_pending_ = 0;
+    int32_t                                     n_undrained_ = 0;
+    uint64_t                                    n_admitted_ = 0;
+    uint64_t n_steps_ = 0, n_prompt_tokens_ = 0, n_generated_tokens_ = 0, n_errors_ = 0;
+
+    // [engine] the batch under construction and reused buffers.
+    std::vector<batch_entry>     entries_;
+    std::vector<int32_t>         batch_tokens_, logit_rows_;
+    std::vector<kv_segment>      segs_;
+    std::vector<float>           logits_, scratch_;
+    std::vector<sampler_scratch> sampler_scratch_;  // one per pool thread
+    std::vector<sample_result>   results_;          // one per sampling entry, in batch order
+    std::vector<std::string>     sample_errors_;    // "" or why sampling that entry failed
+
+    std::thread thread_;  // last: started once everything above exists
+};
+
+}  // namespace minicpm

@@ -1,0 +1,194 @@
+#include "model/config.h"
+
+#include "core/json.h"
+#include "core/status.h"
+
+#include <cmath>
+#include <limits>
+
+namespace minicpm {
+
+namespace {
+
+constexpr size_t k_max_eos_ids = 16;  // generation stops on any of them; more than a handful means a broken file
+
+class config_reader {
+  public:
+    config_reader(const json_value & root, const std::string & source) : root_(root), source_(source) {}
+
+    [[noreturn]] void bad(const std::string & field, const std::string & what,
+                          int32_t status = MINICPM_STATUS_BAD_MODEL) const {
+        fail(status, source_ + ": '" + field + "' " + what);
+    }
+
+    static std::string show(const json_value & v) {
+        if (v.is_number()) {
+            char buf[32];
+            std::snprintf(buf, sizeof(buf), "%.17g", v.number);
+            return buf;
+        }
+        if (v.is_string()) return "\"" + v.string + "\"";
+        return json_type_name(v.type);
+    }
+
+    // A required (or defaulted) integer in [lo, hi].
+    int32_t integer(const json_value * v, const std::string & field, int64_t lo, int64_t hi) const {
+        if (v == nullptr) bad(field, "is missing");
+        if (!v->is_number() || !v->is_int) bad(field, "must be an integer, got " + show(*v));
+        if (v->integer < lo || v->integer > hi) {
+            bad(field, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + show(*v));
+        }
+        return int32_t(v->integer);
+    }
+    int32_t positive(const std::string & field) const {
+        return integer(root_.find(field), field, 1, std::numeric_limits<int32_t>::max());
+    }
+    int32_t positive_or(const std::string & field, int32_t dflt) const {
+        const json_value * v = root_.find(field);
+        return v == nullptr || v->is_null() ? dflt : integer(v, field, 1, std::numeric_limits<int32_t>::max());
+    }
+
+    float positive_real(const json_value * v, const std::string & field) const {
+        if (!v->is_number()) bad(field, "must be a number, got " + show(*v));
+        const float f = float(v->number);
+        if (!(f > 0.0f) || !std::isfinite(f)) bad(field, "must be a positive finite number, got " + show(*v));
+        return f;
+    }
+    float positive_real_or(const std::string & field, float dflt) const {
+        const json_value * v = root_.find(field);
+        return v == nullptr || v->is_null() ? dflt : positive_real(v, field);
+    }
+
+    // An optional string that must equal `want` when present.
+    void string_is(const std::string & field, const char * want) const {
+        const json_value * v = root_.find(field);
+        if (v == nullptr || v->is_null()) return;
+        if (!v->is_string()) bad(field, "must be a string, got " + show(*v));
+        if (v->string != want) {
+            bad(field, "is " + show(*v) + ", only \"" + want + "\" is supported", MINICPM_STATUS_UNSUPPORTED);
+        }
+    }
+
+    std::vector<float> factors(const json_value & rs, const std::string & key, int32_t want) const {
+        const std::string field = "rope_scaling." + key;
+        const json_value * v = rs.find(key);
+        if (v == nullptr || !v->is_array()) bad(field, v == nullptr ? "is missing" : "must be an array");
+        if (int64_t(v->items.size()) != want) {
+            bad(field, "has " + std::to_string(v->items.size()) + " factors, expected head_dim / 2 = " +
+                           std::to_string(want));
+        }
+        std::vector<float> out;
+        for (size_t i = 0; i < v->items.size(); i++) {
+            out.push_back(positive_real(&v->items[i], field + "[" + std::to_string(i) + "]"));
+        }
+        return out;
+    }
+
+  private:
+    const json_value &  root_;
+    const std::string & source_;
+};
+
+}  // namespace
+
+model_config parse_config(const std::string & json_text, const std::string & source) {
+    const json_value root = json_parse(json_text.data(), json_text.size(), source);
+    if (!root.is_object()) fail(MINICPM_STATUS_BAD_MODEL, source + ": the top level must be a JSON object");
+    config_reader r(root, source);
+    model_config c;
+
+    if (const json_value * a = root.find("architectures"); a != nullptr && !a->is_null()) {
+        bool found = false;
+        if (!a->is_array()) r.bad("architectures", "must be an array of strings");
+        for (const json_value & s : a->items) found = found || (s.is_string() && s.string == "MiniCPMForCausalLM");
+        if (!found) r.bad("architectures", "does not list MiniCPMForCausalLM", MINICPM_STATUS_UNSUPPORTED);
+    }
+    r.string_is("model_type", "minicpm");
+    r.string_is("hidden_act", "silu");
+
+    c.n_vocab = r.positive("vocab_size");
+    c.n_embd = r.positive("hidden_size");
+    c.n_layer = r.positive("num_hidden_layers");
+    c.n_head = r.positive("num_attention_heads");
+    c.n_head_kv = r.positive_or("num_key_value_heads", c.n_head);
+    c.n_ff = r.positive("intermediate_size");
+    c.n_ctx_train = r.positive("max_position_embeddings");
+    if (c.n_head % c.n_head_kv != 0) {
+        r.bad("num_key_value_heads", "(" + std::to_string(c.n_head_kv) + ") must divide num_attention_heads (" +
+                                         std::to_string(c.n_head) + ")");
+    }
+    if (root.find("head_dim") != nullptr && !root.find("head_dim")->is_null()) {
+        c.n_head_dim = r.positive("head_dim");
+    } else {
+        if (c.n_embd % c.n_head != 0) {
+            r.bad("hidden_size", "(" + std::to_string(c.n_embd) + ") is not a multiple of num_attention_heads (" +
+                                     std::to_string(c.n_head) + ") and head_dim is not given");
+        }
+        c.n_head_dim = c.n_embd / c.n_head;
+    }
+    if (c.n_head_dim % 2 != 0) {
+        r.bad("head_dim", "must be even for rotary embeddings, got " + std::to_string(c.n_head_dim));
+    }
+
+    c.rms_norm_eps = r.positive_real_or("rms_norm_eps", c.rms_norm_eps);
+    c.rope_theta = r.positive_real_or("rope_theta", c.rope_theta);
+    c.scale_emb = r.positive_real_or("scale_emb", c.scale_emb);
+    c.scale_depth = r.positive_real_or("scale_depth", c.scale_depth);
+    c.dim_model_base = r.positive_or("dim_model_base", 0);
+
+    if (const json_value * t = root.find("tie_word_embeddings"); t != nullptr && !t->is_null()) {
+        if (!t->is_bool()) r.bad("tie_word_embeddings", "must be true or false, got " + config_reader::show(*t));
+        c.tie_word_embeddings = t->boolean;
+    }
+
+    if (const json_value * b = root.find("bos_token_id"); b != nullptr && !b->is_null()) {
+        c.bos_token_id = r.integer(b, "bos_token_id", 0, c.n_vocab - 1);
+    }
+    if (const json_value * e = root.find("eos_token_id"); e != nullptr && !e->is_null()) {
+        if (e->is_array()) {
+            if (e->items.size() > k_max_eos_ids) {
+                r.bad("eos_token_id", "lists " + std::to_string(e->items.size()) + " ids, at most " +
+                                          std::to_string(k_max_eos_ids) + " are supported");
+            }
+            for (size_t i = 0; i < e->items.size(); i++) {
+                c.eos_token_ids.push_back(
+                    r.integer(&e->items[i], "eos_token_id[" + std::to_string(i) + "]", 0, c.n_vocab - 1));
+            }
+        } else {
+            c.eos_token_ids.push_back(r.integer(e, "eos_token_id", 0, c.n_vocab - 1));
+        }
+    }
+
+    if (const json_value * rs = root.find("rope_scaling"); rs != nullptr && !rs->is_null()) {
+        if (!rs->is_object()) r.bad("rope_scaling", "must be an object or null");
+        const json_value * type = rs->find("rope_type");
+        if (type == nullptr) type = rs->find("type");  // older transformers spelling
+        if (type == nullptr || !type->is_string()) r.bad("rope_scaling.rope_type", "is missing or not a string");
+        if (type->string == "longrope") {
+            const int32_t half = c.n_head_dim / 2;
+            c.rope_long_factor = r.factors(*rs, "long_factor", half);
+            c.rope_short_factor = r.factors(*rs, "short_factor", half);
+            c.n_ctx_orig = r.integer(rs->find("original_max_position_embeddings"),
+                                     "rope_scaling.original_max_position_embeddings", 1,
+                                     std::numeric_limits<int32_t>::max());
+        } else if (type->string != "default") {
+            r.bad("rope_scaling.rope_type", "is \"" + type->string + "\", only \"longrope\" is supported",
+                  MINICPM_STATUS_UNSUPPORTED);
+        }
+    }
+    return c;
+}
+
+float model_config::residual_scale() const { return float(double(scale_depth) / std::sqrt(double(n_layer))); }
+
+float model_config::logit_divisor() const {
+    return dim_model_base > 0 ? float(double(n_embd) / double(dim_model_base)) : 1.0f;
+}
+
+float model_config::rope_mscale() const {
+    if (n_ctx_orig <= 1 || n_ctx_train <= n_ctx_orig) return 1.0f;
+    const double s = double(n_ctx_train) / double(n_ctx_orig);
+    return float(std::sqrt(1.0 + std::log(s) / std::log(double(n_ctx_orig))));
+}
+
+}  // namespace minicpm

@@ -1,0 +1,210 @@
+// load_model_files: config.json + one safetensors file or the shards of model.safetensors.index.json, mapped
+// and checked tensor by tensor against the config (MINICPM4.md section 2).
+#include "model/weights.h"
+
+#include "core/json.h"
+#include "core/status.h"
+#include "model/safetensors.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <sys/stat.h>
+
+namespace minicpm {
+
+namespace {
+
+class loaded_model_files : public model_files {
+  public:
+    std::vector<std::unique_ptr<mapped_file>> files;
+    std::vector<std::unique_ptr<uint8_t, decltype(&std::free)>> realigned;  // copies of misaligned tensors
+};
+
+bool file_exists(const std::string & path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string read_text(const std::string & path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) fail(MINICPM_STATUS_IO, path + ": cannot open: " + std::strerror(errno));
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    if (f.bad()) fail(MINICPM_STATUS_IO, path + ": read failed");
+    return ss.str();
+}
+
+std::string show_shape(const std::vector<int64_t> & s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); i++) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+}
+
+struct located {
+    const mapped_file *       file;
+    const safetensors_entry * entry;
+    uint64_t                  data_offset;
+};
+
+// Resolves expected tensor names to views, checking presence, dtype and shape.
+class tensor_binder {
+  public:
+    tensor_binder(loaded_model_files & out, std::map<std::string, located> && table, const std::string & listing)
+        : out_(out), table_(std::move(table)), listing_(listing) {}
+
+    bool has(const std::string & name) const { return table_.count(name) != 0; }
+
+    tensor_view bind(const std::string & name, std::vector<int64_t> want) {
+        const auto it = table_.find(name);
+        if (it == table_.end()) fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": missing tensor '" + name + "'");
+        const located &           loc = it->second;
+        const safetensors_entry & e = *loc.entry;
+        const std::string         where = loc.file->path() + ": tensor '" + name + "'";
+        tensor_view               v;
+        if (e.dtype == "BF16") v.type = dtype::bf16;
+        else if (e.dtype == "F16") v.type = dtype::f16;
+        else if (e.dtype == "F32") v.type = dtype::f32;
+        else fail(MINICPM_STATUS_UNSUPPORTED, where + " has dtype " + e.dtype + "; only BF16, F16 and F32 are supported");
+        if (e.shape != want) {
+            fail(MINICPM_STATUS_BAD_MODEL, where + " has shape " + show_shape(e.shape) + ", expected " + show_shape(want));
+        }
+        v.rows = want.size() == 2 ? want[0] : 1;
+        v.cols = want.back();
+        const uint8_t * p = loc.file->data() + loc.data_offset + e.begin;
+        const size_t    esize = dtype_size(v.type);
+        if (uintptr_t(p) % esize != 0) {
+            // A valid but oddly laid out file: kernels read whole elements, so give them an aligned copy.
+            const size_t n = size_t(e.end - e.begin);
+            uint8_t *    copy = (uint8_t *) std::aligned_alloc(64, (n + 63) / 64 * 64);
+            if (copy == nullptr) fail(MINICPM_STATUS_OUT_OF_MEMORY, where + ": cannot allocate an aligned copy");
+            std::memcpy(copy, p, n);
+            out_.realigned.emplace_back(copy, &std::free);
+            p = copy;
+        }
+        v.data = p;
+        out_.weights.n_params += uint64_t(v.rows * v.cols);
+        out_.weights.n_bytes += v.bytes();
+        return v;
+    }
+
+  private:
+    loaded_model_files &            out_;
+    std::map<std::string, located> table_;
+    std::string                     listing_;
+};
+
+// Shard names come from a file we do not control: keep them inside the model directory.
+bool plain_file_name(const std::string & s) {
+    return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos && s.find('\0') == std::string::npos;
+}
+
+}  // namespace
+
+std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap) {
+    auto out = std::make_unique<loaded_model_files>();
+    const std::string config_path = dir + "/config.json";
+    out->config = parse_config(read_text(config_path), config_path);
+    const model_config & c = out->config;
+
+    // file name -> tensors the index assigns to it (single-file checkpoints list no names: take all)
+    std::map<std::string, std::vector<std::string>> assigned;
+    const std::string index_path = dir + "/model.safetensors.index.json";
+    const bool sharded = file_exists(index_path);
+    std::string listing = dir + "/model.safetensors";
+    if (sharded) {
+        listing = index_path;
+        const std::string text = read_text(index_path);
+        const json_value  index = json_parse(text.data(), text.size(), index_path);
+        const json_value * map = index.is_object() ? index.find("weight_map") : nullptr;
+        if (map == nullptr || !map->is_object()) {
+            fail(MINICPM_STATUS_BAD_MODEL, index_path + ": 'weight_map' is missing or not an object");
+        }
+        for (const auto & m : map->members) {
+            if (!m.second.is_string() || !plain_file_name(m.second.string)) {
+                fail(MINICPM_STATUS_BAD_MODEL,
+                     index_path + ": weight_map entry '" + m.first + "' must name a file in the model directory");
+            }
+            assigned[m.second.string].push_back(m.first);
+        }
+    } else {
+        if (!file_exists(listing)) {
+            fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists");
+        }
+        assigned["model.safetensors"];
+    }
+
+    std::vector<safetensors_header> headers;  // kept alive: the table points into them
+    headers.reserve(assigned.size());
+    std::map<std::string, located> table;
+    for (const auto & a : assigned) {
+        const std::string path = dir + "/" + a.first;
+        out->files.push_back(std::make_unique<mapped_file>(path, use_mmap));
+        const mapped_file & f = *out->files.back();
+        headers.push_back(parse_safetensors_header(f.data(), f.size(), path));
+        const safetensors_header & h = headers.back();
+        std::map<std::string, const safetensors_entry *> in_file;
+        for (const safetensors_entry & e : h.entries) in_file[e.name] = &e;
+        if (!sharded) {
+            for (const auto & e : in_file) table[e.first] = located{&f, e.second, h.data_offset};
+            continue;
+        }
+        for (const std::string & name : a.second) {
+            const auto it = in_file.find(name);
+            if (it == in_file.end()) {
+                fail(MINICPM_STATUS_BAD_MODEL, index_path + " puts tensor '" + name + "' in " + a.first +
+                                                   ", but that file has no such tensor");
+            }
+            table[name] = located{&f, it->second, h.data_offset};
+        }
+    }
+
+    tensor_binder b(*out, std::move(table), listing);
+    model_weights & w = out->weights;
+    const int64_t H = c.n_embd, I = c.n_ff, V = c.n_vocab;
+    const int64_t q = int64_t(c.n_head) * c.n_head_dim, kv = int64_t(c.n_head_kv) * c.n_head_dim;
+    w.embed = b.bind("model.embed_tokens.weight", {V, H});
+    w.layers.resize(size_t(c.n_layer));
+    for (int32_t l = 0; l < c.n_layer; l++) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        layer_weights &   L = w.layers[size_t(l)];
+        L.attn_norm = b.bind(p + "input_layernorm.weight", {H});
+        L.wq = b.bind(p + "self_attn.q_proj.weight", {q, H});
+        L.wk = b.bind(p + "self_attn.k_proj.weight", {kv, H});
+        L.wv = b.bind(p + "self_attn.v_proj.weight", {kv, H});
+        L.wo = b.bind(p + "self_attn.o_proj.weight", {H, q});
+        L.ffn_norm = b.bind(p + "post_attention_layernorm.weight", {H});
+        L.w_gate = b.bind(p + "mlp.gate_proj.weight", {I, H});
+        L.w_up = b.bind(p + "mlp.up_proj.weight", {I, H});
+        L.w_down = b.bind(p + "mlp.down_proj.weight", {H, I});
+    }
+    w.norm = b.bind("model.norm.weight", {H});
+    if (c.tie_word_embeddings) {
+        w.head = w.embed;  // any lm_head.weight in the file is ignored, as HF does when tied
+    } else {
+        if (!b.has("lm_head.weight")) {
+            fail(MINICPM_STATUS_BAD_MODEL,
+                 listing + ": missing tensor 'lm_head.weight' (config.json sets tie_word_embeddings to false)");
+        }
+        w.head = b.bind("lm_head.weight", {V, H});
+    }
+
+    // Kernels pick one matmul path per model, so every projection must share the first one's dtype.
+    w.weight_type = w.layers[0].wq.type;
+    for (int32_t l = 0; l < c.n_layer; l++) {
+        const layer_weights & L = w.layers[size_t(l)];
+        for (const tensor_view * t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
+            if (t->type != w.weight_type) {
+                fail(MINICPM_STATUS_UNSUPPORTED, listing + ": layer " + std::to_string(l) + " mixes projection dtypes " +
+                                                     dtype_name(t->type) + " and " + dtype_name(w.weight_type) +
+                                                     "; all projection matrices must share one dtype");
+            }
+        }
+    }
+    return out;
+}
+
+}  // namespace minicpm

@@ -1,0 +1,156 @@
+/* The public ABI seen from C through minicpm.h only: struct sizes, defaults, status names, the last-error
+ * buffer convention, NULL handling and the params size check. Linked against the shared library. */
+#include "minicpm.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int g_checks = 0;
+static int g_failures = 0;
+
+#define CHECK(cond, ...)                                             \
+    do {                                                             \
+        g_checks++;                                                  \
+        printf("%s ", (cond) ? "ok  " : "FAIL");                     \
+        printf(__VA_ARGS__);                                         \
+        if (!(cond)) {                                               \
+            g_failures++;                                            \
+            printf("   [%s:%d: %s]", __FILE__, __LINE__, #cond);     \
+        }                                                            \
+        printf("\n");                                                \
+    } while (0)
+
+static void check_size(const char * name, uint32_t want) {
+    uint32_t got = minicpm_struct_size(name);
+    CHECK(got == want, "struct_size(\"%s\") = %u, sizeof here = %u", name, got, want);
+}
+
+static void check_status_name(int32_t status, const char * want) {
+    const char * got = minicpm_status_name(status);
+    CHECK(got != NULL && strcmp(got, want) == 0, "status_name(%d) = \"%s\" (want \"%s\")", status, got ? got : "(null)",
+          want);
+}
+
+static void print_last_error(const char * label) {
+    char buf[512];
+    int32_t n = minicpm_last_error(buf, (int32_t) sizeof(buf));
+    printf("     %s: last error (%d bytes): %s\n", label, n, buf);
+}
+
+int main(void) {
+    CHECK(minicpm_abi_version() == MINICPM_ABI_VERSION, "abi version %u (header %d)", minicpm_abi_version(),
+          MINICPM_ABI_VERSION);
+
+    check_size("model_params", sizeof(struct minicpm_model_params));
+    check_size("model_info", sizeof(struct minicpm_model_info));
+    check_size("context_params", sizeof(struct minicpm_context_params));
+    check_size("engine_params", sizeof(struct minicpm_engine_params));
+    check_size("sampling_params", sizeof(struct minicpm_sampling_params));
+    check_size("event", sizeof(struct minicpm_event));
+    check_size("request_info", sizeof(struct minicpm_request_info));
+    check_size("engine_stats", sizeof(struct minicpm_engine_stats));
+    CHECK(minicpm_struct_size("no_such_struct") == 0, "unknown struct name -> %u",
+          minicpm_struct_size("no_such_struct"));
+    CHECK(minicpm_struct_size(NULL) == 0, "NULL struct name -> %u", minicpm_struct_size(NULL));
+
+    /* Default params: the documented defaults. */
+    struct minicpm_model_params mp;
+    memset(&mp, 0xff, sizeof(mp));
+    minicpm_model_default_params(&mp);
+    CHECK(mp.size == sizeof(mp) && mp.use_mmap == 1 && mp.n_threads == 0,
+          "model defaults: size %u use_mmap %u n_threads %d", mp.size, mp.use_mmap, mp.n_threads);
+    struct minicpm_context_params cp;
+    memset(&cp, 0xff, sizeof(cp));
+    minicpm_context_default_params(&cp);
+    CHECK(cp.size == sizeof(cp) && cp.n_ctx == 0 && cp.n_seq_max == 1 && cp.kv_dtype == MINICPM_DTYPE_F32 &&
+              cp.n_chunk == 0 && cp.use_reference == 0,
+          "context defaults: size %u n_ctx %d n_seq_max %d kv_dtype %d n_chunk %d use_reference %u", cp.size, cp.n_ctx,
+          cp.n_seq_max, cp.kv_dtype, cp.n_chunk, cp.use_reference);
+    struct minicpm_engine_params ep;
+    minicpm_engine_default_params(&ep);
+    CHECK(ep.size == sizeof(ep) && ep.n_batch_max == 64 && ep.n_chunk == 256 && ep.n_queue_max == 256 &&
+              ep.kv_dtype == MINICPM_DTYPE_BF16,
+          "engine defaults: size %u n_batch_max %d n_chunk %d n_queue_max %d kv_dtype %d", ep.size, ep.n_batch_max,
+          ep.n_chunk, ep.n_queue_max, ep.kv_dtype);
+    struct minicpm_sampling_params sp;
+    minicpm_sampling_default_params(&sp);
+    CHECK(sp.size == sizeof(sp) && sp.top_p == 1.0f && sp.min_p == 0.0f && sp.penalty_last_n == -1,
+          "sampling defaults: size %u top_p %g min_p %g penalty_last_n %d", sp.size, sp.top_p, sp.min_p,
+          sp.penalty_last_n);
+    minicpm_model_default_params(NULL);   /* must not crash */
+    minicpm_context_default_params(NULL);
+
+    check_status_name(MINICPM_STATUS_OK, "ok");
+    check_status_name(MINICPM_STATUS_QUEUE_FULL, "queue_full");
+    check_status_name(MINICPM_STATUS_INVALID_ARGUMENT, "invalid_argument");
+    check_status_name(MINICPM_STATUS_IO, "io");
+    check_status_name(MINICPM_STATUS_BAD_MODEL, "bad_model");
+    check_status_name(MINICPM_STATUS_UNSUPPORTED, "unsupported");
+    check_status_name(MINICPM_STATUS_OUT_OF_MEMORY, "out_of_memory");
+    check_status_name(MINICPM_STATUS_NOT_FOUND, "not_found");
+    check_status_name(MINICPM_STATUS_TOO_LARGE, "too_large");
+    check_status_name(MINICPM_STATUS_ABI_MISMATCH, "abi_mismatch");
+    check_status_name(MINICPM_STATUS_INTERNAL, "internal");
+    check_status_name(12345, "unknown");
+
+    /* A missing model directory: IO, *out reset to NULL, a message naming the path. */
+    minicpm_model_t * model = (minicpm_model_t *) &mp; /* any non-NULL value: load must reset it */
+    int32_t rc = minicpm_model_load("/nonexistent/minicpm-model-dir", NULL, &model);
+    char msg[512];
+    int32_t len = minicpm_last_error(msg, (int32_t) sizeof(msg));
+    CHECK(rc == MINICPM_STATUS_IO && model == NULL, "load of a missing dir: %s, out %s", minicpm_status_name(rc),
+          model ? "not NULL" : "NULL");
+    CHECK(len > 0 && strstr(msg, "/nonexistent/minicpm-model-dir") != NULL, "its message (%d bytes): %s", len, msg);
+    char small[8];
+    int32_t len_small = minicpm_last_error(small, (int32_t) sizeof(small));
+    CHECK(len_small == len && strlen(small) == 7 && strncmp(small, msg, 7) == 0,
+          "truncated copy: returns %d, holds \"%s\"", len_small, small);
+    CHECK(minicpm_last_error(NULL, 0) == len, "last_error(NULL, 0) returns the length %d", minicpm_last_error(NULL, 0));
+
+    /* A successful call clears the last error. */
+    char info[256];
+    int32_t n_info = minicpm_system_info(info, (int32_t) sizeof(info));
+    CHECK(n_info >= 0 && minicpm_last_error(NULL, 0) == 0, "system_info: \"%s\" (%d bytes); last error cleared",
+          n_info >= 0 ? info : "", n_info);
+
+    /* NULL arguments: an error with a message, never a crash. */
+    rc = minicpm_model_load(NULL, NULL, &model);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "model_load(NULL dir): %s", minicpm_status_name(rc));
+    print_last_error("model_load(NULL dir)");
+    rc = minicpm_model_load("/tmp", NULL, NULL);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "model_load(NULL out): %s", minicpm_status_name(rc));
+    struct minicpm_model_info mi;
+    mi.size = sizeof(mi);
+    rc = minicpm_model_info(NULL, &mi);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "model_info(NULL model): %s", minicpm_status_name(rc));
+    minicpm_context_t * ctx = NULL;
+    rc = minicpm_context_init(NULL, NULL, &ctx);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT && ctx == NULL, "context_init(NULL model): %s",
+          minicpm_status_name(rc));
+    print_last_error("context_init(NULL model)");
+    int32_t tok = 1;
+    float   logits[4];
+    rc = minicpm_context_eval(NULL, &tok, NULL, NULL, 1, logits, 4);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "context_eval(NULL ctx): %s", minicpm_status_name(rc));
+    rc = minicpm_context_seq_len(NULL, 0);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "context_seq_len(NULL ctx): %s", minicpm_status_name(rc));
+    rc = minicpm_context_seq_truncate(NULL, 0, 0);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "context_seq_truncate(NULL ctx): %s", minicpm_status_name(rc));
+    minicpm_model_free(NULL);
+    minicpm_context_free(NULL);
+
+    /* A params struct of another size (an older or newer caller): ABI mismatch, checked first. */
+    mp.size = (uint32_t) sizeof(mp) - 4;
+    rc = minicpm_model_load("/nonexistent/minicpm-model-dir", &mp, &model);
+    CHECK(rc == MINICPM_STATUS_ABI_MISMATCH, "model_load with params.size %u: %s", mp.size, minicpm_status_name(rc));
+    print_last_error("model params size");
+    cp.size = (uint32_t) sizeof(cp) + 8;
+    rc = minicpm_context_init(NULL, &cp, &ctx);
+    CHECK(rc == MINICPM_STATUS_ABI_MISMATCH, "context_init with params.size %u: %s", cp.size, minicpm_status_name(rc));
+
+    int64_t t0 = minicpm_time_us(), t1 = minicpm_time_us();
+    CHECK(t0 > 0 && t1 >= t0, "time_us monotonic: %lld then %lld", (long long) t0, (long long) t1);
+
+    printf("%d checks, %d failed\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+}

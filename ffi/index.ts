@@ -1,0 +1,15 @@
+/**
+ * The bun:ffi bindings of libminicpm: one class per native handle plus the library facts.
+ */
+export { NativeError } from './errors'
+export { nativeLibrary, ABI_VERSION } from './library'
+export { NativeModel, type NativeModelInfo } from './model'
+export { NativeContext, type NativeContextOptions, type EvalOptions } from './context'
+export {
+  NativeEngine,
+  type NativeEngineOptions,
+  type NativeSampling,
+  type NativeRequestInfo,
+  type NativeEngineStats,
+} from './engine'
+export { structSizes, type NativeEvent, type NativeFinish, type KvDtype } from './structs'

@@ -1,0 +1,142 @@
+/**
+ * @module
+ * createApp: the Hono app with every route, usable before the model has loaded. Middleware order:
+ * request id -> access log -> CORS -> API key (all but /health) -> body limit; every error, thrown
+ * anywhere, leaves through one onError as the OpenAI envelope.
+ */
+
+import { timingSafeEqual } from 'node:crypto'
+import { Hono, type MiddlewareHandler } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
+import { cors } from 'hono/cors'
+import { requestId } from 'hono/request-id'
+import { ApiError, errorResponse, toApiError } from './errors.ts'
+import { generateRoutes } from './native/generate.ts'
+import { healthRoutes } from './native/health.ts'
+import { metricsRoutes } from './native/metrics.ts'
+import { tokenizeRoutes } from './native/tokenize.ts'
+import { chatRoutes } from './openai/chat.ts'
+import { completionRoutes } from './openai/completions.ts'
+import { modelRoutes } from './openai/models.ts'
+import { AppState, type StateOptions } from './state.ts'
+
+export type { ServedModel } from './state.ts'
+
+export interface AppOptions extends StateOptions {
+  /** Bearer key required on every route but /health (also accepted as x-api-key). Unset: no auth. */
+  apiKey?: string
+  /** Allowed CORS origins ('*' for any). Unset: no CORS headers. */
+  corsOrigins?: string | string[]
+  /** Largest request body in bytes; default 4 MiB. */
+  bodyLimitBytes?: number
+  /** One line per request (id, method, path, status, ms); unset: silent. */
+  log?: (line: string) => void
+}
+
+const GENERATION_PATHS = new Set(['/v1/chat/completions', '/v1/completions', '/generate'])
+
+function apiKeyAuth(key: string): MiddlewareHandler {
+  const want = Buffer.from(key)
+  const matches = (got: string | undefined) => {
+    if (got == null) return false
+    const b = Buffer.from(got)
+    return b.length === want.length && timingSafeEqual(b, want)
+  }
+  return async function apiKeyAuth(c, next) {
+    if (c.req.path === '/health') return next()
+    const auth = c.req.header('authorization')
+    const bearer = auth?.match(/^Bearer\s+(.+)$/i)?.[1]
+    if (!matches(bearer) && !matches(c.req.header('x-api-key'))) {
+      throw new ApiError(
+        401,
+        auth || c.req.header('x-api-key')
+          ? 'Incorrect API key provided'
+          : 'Missing API key: send Authorization: Bearer <key>',
+        'authentication_error',
+        null,
+        'invalid_api_key',
+        { 'www-authenticate': 'Bearer' },
+      )
+    }
+    return next()
+  }
+}
+
+function accessLog(log: (line: string) => void): MiddlewareHandler {
+  return async function accessLog(c, next) {
+    const t0 = performance.now()
+    await next()
+    const ms = (performance.now() - t0).toFixed(1)
+    log(`${c.get('requestId')} ${c.req.method} ${c.req.path} ${c.res.status} ${ms}ms`)
+  }
+}
+
+/**
+ * Builds the app. `model` may be a promise: /health answers 503 + retry-after and the other model
+ * routes 503 until it resolves.
+ *
+ * @example
+ * const app = createApp({ model: loadModel(dir), apiKey: process.env.API_KEY })
+ * Bun.serve({ fetch: app.fetch, port: 8080 })
+ */
+export function createApp(opts: AppOptions): Hono {
+  const state = new AppState(opts)
+  const app = new Hono()
+  app.use(requestId({ headerName: 'x-request-id' }))
+  if (opts.log) app.use(accessLog(opts.log))
+  if (opts.corsOrigins) {
+    app.use(cors({ origin: opts.corsOrigins, exposeHeaders: ['x-request-id', 'retry-after'] }))
+  }
+  if (opts.apiKey) app.use(apiKeyAuth(opts.apiKey))
+  const maxSize = opts.bodyLimitBytes ?? 4 * 1024 * 1024
+  app.use(
+    bodyLimit({
+      maxSize,
+      onError: () => {
+        throw new ApiError(
+          413,
+          `request body exceeds the limit of ${maxSize} bytes`,
+          'invalid_request_error',
+          null,
+          'request_too_large',
+        )
+      },
+    }),
+  )
+  app.use(async function longRequests(c, next) {
+    if (c.req.method === 'POST' && GENERATION_PATHS.has(c.req.path)) opts.onLongRequest?.(c.req.raw)
+    return next()
+  })
+  for (const routes of [
+    healthRoutes,
+    metricsRoutes,
+    modelRoutes,
+    chatRoutes,
+    completionRoutes,
+    tokenizeRoutes,
+    generateRoutes,
+  ]) {
+    app.route('/', routes(state))
+  }
+  app.notFound((c) =>
+    errorResponse(
+      new ApiError(
+        404,
+        `no route for ${c.req.method} ${c.req.path}`,
+        'invalid_request_error',
+        null,
+        'not_found',
+      ),
+      { 'x-request-id': c.get('requestId') ?? '' },
+    ),
+  )
+  app.onError((err, c) => {
+    const e = toApiError(err)
+    // A client that hung up mid-request ends its generation as 'cancelled': not a server error.
+    if (!c.req.raw.signal.aborted) state.metrics.errors.inc(1, { type: e.type })
+    if (e.status >= 500 && e.status !== 503)
+      opts.log?.(`${c.get('requestId')} error: ${err.stack ?? err}`)
+    return errorResponse(e, { 'x-request-id': c.get('requestId') ?? '' })
+  })
+  return app
+}

@@ -1,0 +1,45 @@
+/**
+ * @module
+ * GET /v1/models and /v1/models/:id: the served model, with its context length and whether its
+ * weights are random (the generated default checkpoint), so a client can tell it is not a real model.
+ */
+
+import { Hono } from 'hono'
+import { ApiError } from '../errors.ts'
+import type { AppState } from '../state.ts'
+
+function entry(state: AppState, id: string) {
+  const info = state.get().info
+  return {
+    id,
+    object: 'model',
+    created: state.created,
+    owned_by: 'minicpm-edge',
+    root: info.id,
+    max_model_len: info.nCtx,
+    context_length: info.nCtx,
+    random_weights: info.randomWeights,
+  }
+}
+
+/** Registers the model listing routes on a sub-app. */
+export function modelRoutes(state: AppState): Hono {
+  const app = new Hono()
+  app.get('/v1/models', (c) =>
+    c.json({ object: 'list', data: state.modelIds().map((id) => entry(state, id)) }),
+  )
+  app.get('/v1/models/:id{.+}', (c) => {
+    const id = c.req.param('id')
+    if (!state.modelIds().includes(id)) {
+      throw new ApiError(
+        404,
+        `The model '${id}' does not exist`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      )
+    }
+    return c.json(entry(state, id))
+  })
+  return app
+}

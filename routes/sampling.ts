@@ -1,0 +1,130 @@
+/**
+ * @module
+ * Request fields -> the runtime's SamplingOptions, with the checks that need the model (token id
+ * ranges, context length). Only fields the client set are copied, so the model's generation_config
+ * defaults still apply to the others.
+ */
+
+import type { ModelInfo, SamplingOptions } from '../src/types.ts'
+import { ApiError, badRequest, unsupported } from './errors.ts'
+
+/** The snake_case sampling fields as validated by schemas.ts `samplingFields`. */
+export interface SamplingBody {
+  temperature?: number | null
+  top_p?: number | null
+  top_k?: number | null
+  min_p?: number | null
+  repetition_penalty?: number | null
+  presence_penalty?: number | null
+  frequency_penalty?: number | null
+  penalty_last_n?: number | null
+  seed?: number | null
+  max_tokens?: number | null
+  stop?: string | string[] | null
+  stop_token_ids?: number[] | null
+  logit_bias?: Record<string, number> | Array<[number, number]> | null
+  ignore_eos?: boolean | null
+  n?: number | null
+}
+
+function checkTokenId(id: number, info: ModelInfo, param: string): number {
+  if (!Number.isInteger(id) || id < 0 || id >= info.nVocab) {
+    throw badRequest(
+      `${param}: token id ${id} is out of range [0, ${info.nVocab})`,
+      param,
+      'invalid_token',
+    )
+  }
+  return id
+}
+
+/** Validates token ids against the vocabulary (a token prompt, /detokenize). */
+export function checkTokenIds(ids: number[], info: ModelInfo, param: string): number[] {
+  for (const id of ids) checkTokenId(id, info, param)
+  return ids
+}
+
+function logitBias(body: SamplingBody, info: ModelInfo): Record<number, number> | undefined {
+  const lb = body.logit_bias
+  if (lb == null) return undefined
+  const out: Record<number, number> = {}
+  const entries: Array<[string | number, number]> = Array.isArray(lb) ? lb : Object.entries(lb)
+  for (const [k, v] of entries) {
+    const id = typeof k === 'number' ? k : /^\d+$/.test(k) ? Number(k) : NaN
+    if (Number.isNaN(id)) throw badRequest(`logit_bias: key '${k}' is not a token id`, 'logit_bias')
+    out[checkTokenId(id, info, 'logit_bias')] = v
+  }
+  return out
+}
+
+/**
+ * Maps the shared sampling fields. `maxTokens` is the already-resolved limit (max_completion_tokens
+ * or max_tokens or an endpoint default); a limit beyond the context is a 400 here.
+ */
+export function toSampling(
+  body: SamplingBody,
+  info: ModelInfo,
+  maxTokens: number | null | undefined,
+): SamplingOptions {
+  if (body.n != null && body.n > 1) {
+    throw unsupported(
+      'n',
+      `n=${body.n} is not supported: this server returns exactly one choice (n=1)`,
+    )
+  }
+  if (maxTokens != null && maxTokens > info.nCtx) {
+    throw badRequest(
+      `max_tokens=${maxTokens} exceeds the model's context length of ${info.nCtx} tokens`,
+      'max_tokens',
+      'context_length_exceeded',
+    )
+  }
+  const s: SamplingOptions = {}
+  const set = <K extends keyof SamplingOptions>(k: K, v: SamplingOptions[K] | null | undefined) => {
+    if (v != null) s[k] = v
+  }
+  set('temperature', body.temperature)
+  set('topP', body.top_p)
+  // -1 is llama.cpp's and vLLM's spelling of "top-k off"; the engine uses 0.
+  set('topK', body.top_k == null ? null : Math.max(0, body.top_k))
+  set('minP', body.min_p)
+  set('repetitionPenalty', body.repetition_penalty)
+  set('presencePenalty', body.presence_penalty)
+  set('frequencyPenalty', body.frequency_penalty)
+  set('penaltyLastN', body.penalty_last_n)
+  set('seed', body.seed)
+  set('maxTokens', maxTokens)
+  set('ignoreEos', body.ignore_eos)
+  if (body.stop != null) {
+    const stops = (typeof body.stop === 'string' ? [body.stop] : body.stop).filter((x) => x !== '')
+    if (stops.length > 0) s.stop = stops
+  }
+  if (body.stop_token_ids != null) {
+    s.stopTokenIds = body.stop_token_ids.map((id) => checkTokenId(id, info, 'stop_token_ids'))
+  }
+  set('logitBias', logitBias(body, info))
+  return s
+}
+
+/**
+ * After the engine reported the prompt size: a prompt that leaves no room, or an explicit limit
+ * that does not fit beside it, is the client's error (vLLM and OpenAI answer 400 the same way).
+ */
+export function checkContext(
+  promptTokens: number,
+  maxTokens: number | undefined,
+  info: ModelInfo,
+  param = 'messages',
+) {
+  if (promptTokens >= info.nCtx || (maxTokens != null && promptTokens + maxTokens > info.nCtx)) {
+    const asked = maxTokens != null ? ` + ${maxTokens} completion tokens` : ''
+    throw new ApiError(
+      400,
+      `This model's maximum context length is ${info.nCtx} tokens. However, you requested ` +
+        `${promptTokens} prompt tokens${asked}. Shorten the prompt or lower max_tokens.`,
+      'invalid_request_error',
+      param,
+      'context_length_exceeded',
+    )
+  }
+}

@@ -1,0 +1,225 @@
+/**
+ * @module
+ * What every route shares: the model slot (usable while the model is still loading), the bound on
+ * generations in flight, the metrics, and `startGeneration`, the one place a route starts engine work.
+ */
+
+import type {
+  ChatMessage,
+  EngineStats,
+  GenerateEvent,
+  GenerateRequest,
+  ModelInfo,
+} from '../src/types.ts'
+import { ApiError, overloaded, toApiError, unavailable } from './errors.ts'
+import { createServerMetrics, type ServerMetrics } from './server-metrics.ts'
+
+/** The part of src/index.ts `Model` the server uses (kept structural so tests can pass a fake). */
+export interface ServedModel {
+  info: ModelInfo
+  tokenize(text: string, opts?: { addSpecialTokens?: boolean }): number[]
+  detokenize(ids: number[], opts?: { skipSpecialTokens?: boolean }): string
+  tokenText(id: number): string
+  applyChatTemplate(
+    messages: ChatMessage[],
+    opts?: { addGenerationPrompt?: boolean; kwargs?: Record<string, unknown> },
+  ): string
+  generate(req: GenerateRequest): AsyncIterable<GenerateEvent>
+  stats(): EngineStats
+}
+
+/** Options shared by all routes; see createApp for defaults. */
+export interface StateOptions {
+  /** The model, or the promise of it while it loads (health answers 503 until it resolves). */
+  model: ServedModel | Promise<ServedModel>
+  /** Extra id accepted in `model` fields and listed first in /v1/models. */
+  servedModelName?: string
+  /** Most generations in flight (running + waiting) before 429; default 128. */
+  maxInFlight?: number
+  /** Interval of `: ping` comments before the first token of a stream; default 1000 ms. */
+  pingIntervalMs?: number
+  /** Called for every streaming/generation request (the server lifts its idle timeout there). */
+  onLongRequest?: (req: Request) => void
+}
+
+export class AppState {
+  model: ServedModel | null = null
+  loadError: Error | null = null
+  inFlight = 0
+  readonly maxInFlight: number
+  readonly pingIntervalMs: number
+  readonly metrics: ServerMetrics
+  readonly created = Math.floor(Date.now() / 1000)
+
+  constructor(readonly opts: StateOptions) {
+    this.maxInFlight = opts.maxInFlight ?? 128
+    this.pingIntervalMs = opts.pingIntervalMs ?? 1000
+    this.metrics = createServerMetrics(this)
+    if (opts.model instanceof Promise) {
+      opts.model.then(
+        (m) => (this.model = m),
+        (e) => (this.loadError = e instanceof Error ? e : new Error(String(e))),
+      )
+    } else {
+      this.model = opts.model
+    }
+  }
+
+  /** The loaded model, or a 503 (with retry-after while loading). */
+  get(): ServedModel {
+    if (this.model) return this.model
+    if (this.loadError) {
+      throw new ApiError(
+        503,
+        `model failed to load: ${this.loadError.message}`,
+        'unavailable_error',
+      )
+    }
+    throw unavailable('Loading model', 2)
+  }
+
+  /** Ids a request's `model` field may name. */
+  modelIds(): string[] {
+    const ids = [this.get().info.id]
+    if (this.opts.servedModelName && this.opts.servedModelName !== ids[0]) {
+      ids.unshift(this.opts.servedModelName)
+    }
+    return ids
+  }
+
+  /** 404 model_not_found unless `model` is absent (accepted leniently) or a served id. */
+  checkModel(model: string | null | undefined): string {
+    const ids = this.modelIds()
+    if (model == null || model === '') return ids[0]!
+    if (!ids.includes(model)) {
+      throw new ApiError(
+        404,
+        `The model '${model}' does not exist; this server serves ${ids.map((i) => `'${i}'`).join(', ')}`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      )
+    }
+    return model
+  }
+}
+
+/** A started generation: the prompt size the engine accepted and the rest of its events. */
+export interface Generation {
+  promptTokens: number
+  events: AsyncGenerator<GenerateEvent>
+  /** Cancels in the engine (idempotent); also done when `events` is closed early. */
+  cancel(): void
+}
+
+/**
+ * Submits `req` and waits for the engine to accept it, so that queue-full, too-large and bad-token
+ * errors become a proper HTTP status before any response header is sent. `signal` is the client's
+ * disconnect; either it or `cancel()` aborts the request in the engine, including during prefill.
+ */
+export async function startGeneration(
+  state: AppState,
+  req: GenerateRequest,
+  signal: AbortSignal,
+): Promise<Generation> {
+  const model = state.get()
+  if (state.inFlight >= state.maxInFlight) {
+    throw overloaded(`too many requests in flight (${state.inFlight}), retry later`)
+  }
+  const ac = new AbortController()
+  const onClientAbort = () => ac.abort()
+  signal.addEventListener('abort', onClientAbort)
+  if (signal.aborted) ac.abort()
+  state.inFlight++
+  const t0 = performance.now()
+  let released = false
+  const release = () => {
+    if (released) return
+    released = true
+    signal.removeEventListener('abort', onClientAbort)
+    state.inFlight--
+  }
+  const it = model.generate({ ...req, signal: ac.signal })[Symbol.asyncIterator]()
+  let first: IteratorResult<GenerateEvent>
+  try {
+    first = await it.next()
+  } catch (e) {
+    release()
+    throw toApiError(e)
+  }
+  const pending = first.done ? null : first.value
+  const promptTokens =
+    pending?.type === 'start'
+      ? pending.promptTokens
+      : pending?.type === 'finish'
+        ? pending.usage.promptTokens
+        : 0
+  let started = false
+  const events = track(
+    state,
+    it,
+    pending?.type === 'start' ? null : pending,
+    t0,
+    ac,
+    release,
+    () => {
+      started = true
+    },
+  )
+  const cancel = () => {
+    ac.abort()
+    // A generator whose body never ran has no finally to run: release here instead.
+    if (!started) {
+      release()
+      void it.return?.()
+    }
+  }
+  return { promptTokens, events, cancel }
+}
+
+async function* track(
+  state: AppState,
+  it: AsyncIterator<GenerateEvent>,
+  pending: GenerateEvent | null,
+  t0: number,
+  ac: AbortController,
+  release: () => void,
+  onStart: () => void,
+): AsyncGenerator<GenerateEvent> {
+  onStart()
+  const m = state.metrics
+  let last = 0
+  let finished = false
+  const observe = (ev: GenerateEvent) => {
+    const now = performance.now()
+    if (ev.type === 'delta' && ev.tokens.length > 0) {
+      if (last === 0) m.ttft.observe((now - t0) / 1000)
+      else for (const _ of ev.tokens) m.itl.observe((now - last) / 1000 / ev.tokens.length)
+      last = now
+      m.generationTokens.inc(ev.tokens.length)
+    } else if (ev.type === 'finish') {
+      finished = true
+      m.promptTokens.inc(ev.usage.promptTokens)
+      m.finished.inc(1, { finished_reason: ev.reason })
+      m.e2e.observe((now - t0) / 1000)
+      m.queueTime.observe(ev.timings.queueMs / 1000)
+      if (ev.reason === 'error') m.errors.inc(1, { type: 'engine_error' })
+    }
+  }
+  try {
+    if (pending) {
+      observe(pending)
+      yield pending
+    }
+    for (;;) {
+      const r = await it.next()
+      if (r.done) break
+      observe(r.value)
+      yield r.value
+    }
+  } finally {
+    if (!finished) ac.abort()
+    release()
+    await it.return?.()
+  }
+}

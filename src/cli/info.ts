@@ -1,0 +1,159 @@
+/**
+ * `info`: what a model directory holds (config summary, tensors, dtypes, bytes, tokenizer, random-weights
+ * label) and whether the engine loads it. Exit code 1 when it does not load.
+ */
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { NativeModel, nativeLibrary } from '../../ffi/index'
+import { resolveModelDir } from '../runtime/load'
+import { readModelDir } from '../runtime/model-dir'
+import { modelHelp, parse, progressBar, type Command } from './common'
+
+const options = {
+  model: { type: 'string', short: 'm' },
+  json: { type: 'boolean' },
+} as const
+
+export const info: Command = {
+  name: 'info',
+  summary: 'describe a model directory and check that it loads',
+  usage: `Usage: minicpm-edge info [--model DIR] [--json]
+
+Prints the config summary, the safetensors files (tensor count, dtypes, bytes), the tokenizer kind, whether the
+weights are generated random ones, and whether the engine loads the model (exit code 1 when it does not).
+
+      --json               print one JSON object instead of text
+
+${modelHelp.split('\n').slice(0, 2).join('\n')}`,
+
+  async run(argv) {
+    const { values } = parse(argv, options)
+    const dir = resolveModelDir(values.model, progressBar())
+    const facts = readModelDir(dir)
+    const c = facts.config
+    const files = weightFiles(facts.dir)
+    const tensors = files.map((f) => ({ file: f, ...safetensorsSummary(join(facts.dir, f)) }))
+    const dtypes: Record<string, number> = {}
+    for (const t of tensors) for (const [d, n] of Object.entries(t.dtypes)) dtypes[d] = (dtypes[d] ?? 0) + n
+    const tokenizer = existsSync(join(facts.dir, 'tokenizer.json'))
+      ? 'tokenizer.json'
+      : existsSync(join(facts.dir, 'tokenizer.model'))
+        ? 'tokenizer.model (SentencePiece, converted at load)'
+        : 'none'
+    let load: { ok: true; nParams: number; weightBytes: number; library: string } | { ok: false; error: string }
+    try {
+      using model = NativeModel.load(facts.dir)
+      const i = model.info()
+      load = { ok: true, nParams: i.nParams, weightBytes: i.weightBytes, library: nativeLibrary.path }
+    } catch (e) {
+      load = { ok: false, error: (e as Error).message }
+    }
+    const report = {
+      dir: facts.dir,
+      id: facts.id,
+      randomWeights: facts.randomWeights,
+      architecture: (c.architectures as string[] | undefined)?.[0] ?? 'unknown',
+      config: pick(c, [
+        'hidden_size',
+        'num_hidden_layers',
+        'num_attention_heads',
+        'num_key_value_heads',
+        'intermediate_size',
+        'vocab_size',
+        'max_position_embeddings',
+        'tie_word_embeddings',
+        'torch_dtype',
+      ]),
+      files: tensors.map((t) => ({ file: t.file, tensors: t.count, bytes: t.bytes })),
+      tensors: tensors.reduce((a, t) => a + t.count, 0),
+      dtypes,
+      bytes: tensors.reduce((a, t) => a + t.bytes, 0),
+      tokenizer,
+      generationDefaults: facts.generationDefaults,
+      load,
+    }
+    if (values.json) console.log(JSON.stringify(report, null, 2))
+    else printReport(report)
+    return load.ok ? 0 : 1
+  },
+}
+
+function pick(obj: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+  return Object.fromEntries(keys.filter((k) => obj[k] !== undefined).map((k) => [k, obj[k]]))
+}
+
+function weightFiles(dir: string): string[] {
+  const index = join(dir, 'model.safetensors.index.json')
+  if (existsSync(index)) {
+    const map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {}
+    return [...new Set(Object.values(map))].sort()
+  }
+  return existsSync(join(dir, 'model.safetensors')) ? ['model.safetensors'] : []
+}
+
+/** Reads only the JSON header of a safetensors file (8-byte little-endian length, then the header). */
+function safetensorsSummary(path: string): { count: number; bytes: number; dtypes: Record<string, number> } {
+  if (!existsSync(path)) return { count: 0, bytes: 0, dtypes: { missing: 1 } }
+  const fd = openSync(path, 'r')
+  try {
+    const len = Buffer.alloc(8)
+    readSync(fd, len, 0, 8, 0)
+    const n = Number(len.readBigUInt64LE(0))
+    if (n <= 0 || n > 100 * 1024 * 1024 || n + 8 > statSync(path).size)
+      return { count: 0, bytes: 0, dtypes: { unreadable: 1 } }
+    const header = Buffer.alloc(n)
+    readSync(fd, header, 0, n, 8)
+    const entries = Object.entries(
+      JSON.parse(header.toString('utf8')) as Record<string, { dtype?: string; data_offsets?: number[] }>,
+    )
+    const dtypes: Record<string, number> = {}
+    let bytes = 0
+    let count = 0
+    for (const [name, t] of entries) {
+      if (name === '__metadata__') continue
+      count++
+      dtypes[t.dtype ?? '?'] = (dtypes[t.dtype ?? '?'] ?? 0) + 1
+      if (t.data_offsets?.length === 2) bytes += t.data_offsets[1]! - t.data_offsets[0]!
+    }
+    return { count, bytes, dtypes }
+  } catch {
+    return { count: 0, bytes: 0, dtypes: { unreadable: 1 } }
+  } finally {
+    closeSync(fd)
+  }
+}
+
+function printReport(r: {
+  dir: string
+  id: string
+  randomWeights: boolean
+  architecture: string
+  config: Record<string, unknown>
+  files: Array<{ file: string; tensors: number; bytes: number }>
+  tensors: number
+  dtypes: Record<string, number>
+  bytes: number
+  tokenizer: string
+  generationDefaults: object
+  load: { ok: true; nParams: number; weightBytes: number; library: string } | { ok: false; error: string }
+}): void {
+  const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`
+  const lines = [
+    `model        ${r.id}  (${r.dir})`,
+    `weights      ${r.randomWeights ? 'RANDOM (generated test checkpoint; output is meaningless)' : 'trained (as published)'}`,
+    `architecture ${r.architecture}`,
+    `config       ${Object.entries(r.config)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}`,
+    `tensors      ${r.tensors} in ${r.files.length} file(s), ${mb(r.bytes)}; dtypes ${Object.entries(r.dtypes)
+      .map(([d, n]) => `${d}:${n}`)
+      .join(' ')}`,
+    ...r.files.map((f) => `  ${f.file}: ${f.tensors} tensors, ${mb(f.bytes)}`),
+    `tokenizer    ${r.tokenizer}`,
+    `generation   ${JSON.stringify(r.generationDefaults)}`,
+    r.load.ok
+      ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} (${r.load.library})`
+      : `loads        NO: ${r.load.error}`,
+  ]
+  console.log(lines.join('\n'))
+}

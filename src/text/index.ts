@@ -1,0 +1,4 @@
+/** Streaming text helpers: incremental detokenization and stop strings. */
+
+export { StreamDecoder } from './stream-decoder'
+export { StopMatcher } from './stop-matcher'

@@ -1,0 +1,131 @@
+/**
+ * The Tokenizer implementation: a tokenizer.json object run by @huggingface/tokenizers, plus the per-token byte
+ * table that logprobs and the stream decoder need, and the model's BOS/EOS/special ids.
+ */
+
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers'
+import { MergeTable } from './bpe'
+import { tokenContent, type AddedTokenJson, type TokenizerConfigJson } from './convert'
+import type { Tokenizer } from './index'
+
+const BYTE_PIECE = /^<0x([0-9A-Fa-f]{2})>$/
+const utf8 = new TextEncoder()
+const utf8Decoder = new TextDecoder()
+
+interface TokenizerJson {
+  added_tokens: AddedTokenJson[]
+  model: { type: string; vocab: Record<string, number> }
+  decoder?: { type: string; decoders?: Array<{ type: string }> } | null
+}
+
+export interface TokenizerSources {
+  json: TokenizerJson & Record<string, unknown>
+  config: TokenizerConfigJson
+  /** eos ids from generation_config.json / config.json, merged after tokenizer_config's eos_token */
+  extraEosIds: number[]
+  /** config.json bos_token_id, used when tokenizer_config names no bos_token */
+  configBosId: number | null
+  kind: Tokenizer['kind']
+}
+
+export class JsonTokenizer implements Tokenizer {
+  readonly vocabSize: number
+  readonly bosId: number | null
+  readonly eosIds: number[]
+  readonly specialIds: Set<number>
+  readonly kind: Tokenizer['kind']
+  private readonly hf: HfTokenizer
+  private readonly pieces: string[] = []
+  private readonly added = new Set<number>()
+  private readonly bytesCache: Array<Uint8Array | undefined> = []
+
+  constructor(src: TokenizerSources) {
+    if (src.json.model?.type !== 'BPE') {
+      throw new Error(`unsupported tokenizer.json model type '${src.json.model?.type}' (expected BPE)`)
+    }
+    // tokenBytes() reads pieces SentencePiece-style ('▁' = space, <0xNN> = one byte); GPT-2 byte-level differs.
+    const decoders = src.json.decoder?.decoders ?? (src.json.decoder ? [src.json.decoder] : [])
+    if (decoders.some((d) => d.type === 'ByteLevel')) {
+      throw new Error('unsupported tokenizer.json: ByteLevel (GPT-2 style) tokenizers are not supported')
+    }
+    // clean_up_tokenization_spaces defaults to false (tokenizers.js would default it to true).
+    const cfg = { ...src.config, clean_up_tokenization_spaces: src.config.clean_up_tokenization_spaces ?? false }
+    this.hf = new HfTokenizer(src.json, cfg)
+    const model = this.hf.model as unknown as Parameters<typeof MergeTable.fromModel>[0]
+    MergeTable.fromModel(model)?.install(model)
+    this.kind = src.kind
+    for (const [piece, id] of Object.entries(src.json.model.vocab)) this.pieces[id] = piece
+    for (const t of src.json.added_tokens) {
+      this.pieces[t.id] = t.content
+      this.added.add(t.id)
+    }
+    this.vocabSize = this.pieces.length
+    this.specialIds = new Set(src.json.added_tokens.filter((t) => t.special).map((t) => t.id))
+    const idOf = (c: string | null) => (c === null ? undefined : this.hf.token_to_id(c))
+    this.bosId = idOf(tokenContent(src.config.bos_token)) ?? src.configBosId
+    const eos = idOf(tokenContent(src.config.eos_token))
+    this.eosIds = [...new Set([...(eos === undefined ? [] : [eos]), ...src.extraEosIds])]
+  }
+
+  encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    if (typeof text !== 'string') throw new TypeError('encode: text must be a string')
+    return this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids
+  }
+
+  decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
+    for (const id of ids) this.check(id)
+    if (ids.length === 0) return '' // tokenizers.js throws on an empty list
+    return this.hf.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false })
+  }
+
+  tokenText(id: number): string {
+    return utf8Decoder.decode(this.tokenBytes(id))
+  }
+
+  /** Byte-fallback pieces give their byte; other pieces their text with '▁' as a space (the decoder's Replace). */
+  tokenBytes(id: number): Uint8Array {
+    this.check(id)
+    let b = this.bytesCache[id]
+    if (b === undefined) {
+      const piece = this.pieces[id]
+      const m = this.added.has(id) ? null : BYTE_PIECE.exec(piece)
+      b = m ? Uint8Array.of(parseInt(m[1], 16)) : utf8.encode(this.added.has(id) ? piece : piece.replaceAll('▁', ' '))
+      this.bytesCache[id] = b
+    }
+    return b
+  }
+
+  private check(id: number): void {
+    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.pieces[id] === undefined) {
+      throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`)
+    }
+  }
+}
+
+/**
+ * Tokenizer throughput on `text`, for the CLI's bench command: encode and decode tokens per second, each
+ * repeated until at least `minMs` has passed so that short texts still give a stable figure.
+ */
+export function benchTokenizer(
+  tokenizer: Tokenizer,
+  text: string,
+  opts: { minMs?: number } = {},
+): { tokens: number; encodeTokensPerS: number; decodeTokensPerS: number } {
+  const minMs = opts.minMs ?? 200
+  const ids = tokenizer.encode(text, { addSpecialTokens: false })
+  if (ids.length === 0) throw new Error('benchTokenizer: text encodes to no tokens')
+  const rate = (fn: () => void) => {
+    let n = 0
+    const t0 = performance.now()
+    do {
+      fn()
+      n++
+    } while (performance.now() - t0 < minMs)
+    return (n * ids.length * 1000) / (performance.now() - t0)
+  }
+  return {
+    tokens: ids.length,
+    encodeTokensPerS: rate(() => tokenizer.encode(text, { addSpecialTokens: false })),
+    decodeTokensPerS: rate(() => tokenizer.decode(ids)),
+  }
+}

@@ -1,0 +1,197 @@
+/**
+ * Every CLI command end to end as a subprocess (`bun src/cli/main.ts ...`) on a generated 'tiny' checkpoint:
+ * --help, make-checkpoint, info, generate, chat with piped stdin, bench, serve, and one-line errors.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { loadModel } from '../src/index'
+import { cachedCheckpoint } from './helpers/checkpoints'
+
+const REPO = join(import.meta.dir, '..')
+const MAIN = join(REPO, 'src', 'cli', 'main.ts')
+const COMMANDS = ['serve', 'generate', 'chat', 'bench', 'info', 'make-checkpoint']
+
+let dir: string
+let scratch: string
+
+beforeAll(() => {
+  dir = cachedCheckpoint('tiny', { preset: 'tiny' })
+  scratch = mkdtempSync(join(tmpdir(), 'minicpm-cli-'))
+})
+afterAll(() => rmSync(scratch, { recursive: true, force: true }))
+
+function cli(args: string[], opts: { stdin?: string } = {}) {
+  const p = Bun.spawnSync([process.execPath, MAIN, ...args], {
+    cwd: REPO,
+    env: { ...process.env, MINICPM_MODEL: '' },
+    stdin: opts.stdin === undefined ? 'ignore' : new TextEncoder().encode(opts.stdin),
+  })
+  return { code: p.exitCode, stdout: p.stdout.toString(), stderr: p.stderr.toString() }
+}
+
+/** Asserts the failure shape every command shares: one line on stderr, no stack trace, exit code != 0. */
+function expectOneLineError(r: ReturnType<typeof cli>, command: string, text: string) {
+  console.log(`exit ${r.code}: ${r.stderr.trim()}`)
+  expect(r.code).not.toBe(0)
+  const lines = r.stderr
+    .trim()
+    .split('\n')
+    .filter((l) => !l.includes('RANDOM weights'))
+  expect(lines.length).toBe(1)
+  expect(lines[0]).toStartWith(`minicpm-edge ${command}: `)
+  expect(lines[0]).toContain(text)
+  expect(r.stderr).not.toMatch(/^\s+at /m)
+}
+
+describe('help', () => {
+  test('top-level --help lists every command; no command is a usage error', () => {
+    const r = cli(['--help'])
+    expect(r.code).toBe(0)
+    for (const c of COMMANDS) expect(r.stdout).toContain(`  ${c} `)
+    expect(cli([]).code).toBe(1)
+    const unknown = cli(['frobnicate'])
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr).toContain("unknown command 'frobnicate'")
+  })
+
+  for (const c of COMMANDS) {
+    test(`${c} --help`, () => {
+      const r = cli([c, '--help'])
+      expect(r.code).toBe(0)
+      expect(r.stdout).toStartWith(`Usage: minicpm-edge ${c}`)
+    })
+  }
+})
+
+describe('commands', () => {
+  test('make-checkpoint writes a loadable checkpoint; --quiet-if-exists leaves it alone', () => {
+    const out = join(scratch, 'ckpt')
+    const r = cli(['make-checkpoint', '--preset', 'tiny', '--out', out, '--shards', '2', '--seed', '5'])
+    console.log(r.stderr.trim())
+    expect(r.code).toBe(0)
+    expect(readdirSync(out).sort()).toEqual([
+      'added_tokens.json',
+      'config.json',
+      'generation_config.json',
+      'model-00001-of-00002.safetensors',
+      'model-00002-of-00002.safetensors',
+      'model.safetensors.index.json',
+      'special_tokens_map.json',
+      'tokenizer.model',
+      'tokenizer_config.json',
+    ])
+    const again = cli(['make-checkpoint', '--preset', 'tiny', '--out', out, '--quiet-if-exists'])
+    expect(again).toEqual({ code: 0, stdout: '', stderr: '' })
+    const info = cli(['info', '--model', out, '--json'])
+    expect(info.code).toBe(0)
+    const report = JSON.parse(info.stdout)
+    expect(report).toMatchObject({ randomWeights: true, tensors: 2 * 9 + 2, dtypes: { BF16: 20 }, load: { ok: true } })
+    expect(report.files.length).toBe(2)
+    expectOneLineError(
+      cli(['make-checkpoint', '--out', out, '--preset', 'huge']),
+      'make-checkpoint',
+      '--preset must be one of',
+    )
+  }, 60_000)
+
+  test('info describes the model and says it loads', () => {
+    const r = cli(['info', '-m', dir])
+    console.log(r.stdout)
+    expect(r.code).toBe(0)
+    expect(r.stdout).toContain('RANDOM')
+    expect(r.stdout).toContain('tokenizer    tokenizer.model')
+    expect(r.stdout).toMatch(/loads {8}yes: [\d.]+ M parameters/)
+  })
+
+  test('generate streams the same text as the library, for --prompt and --messages', async () => {
+    const messages = [{ role: 'user' as const, content: 'Tell me a story' }]
+    const flags = ['-m', dir, '-n', '6', '--temperature', '0', '--ignore-eos']
+    let expected = ''
+    {
+      using model = await loadModel(dir)
+      for await (const ev of model.generate({ messages, maxTokens: 6, temperature: 0, ignoreEos: true })) {
+        if (ev.type === 'delta') expected += ev.text
+      }
+    }
+    const r = cli(['generate', ...flags, '-p', 'Tell me a story', '-v'])
+    console.log(`stdout ${JSON.stringify(r.stdout)}; stderr ${r.stderr.trim()}`)
+    expect(r.code).toBe(0)
+    expect(r.stdout).toBe(expected + '\n')
+    expect(r.stderr).toMatch(/\[length\] \d+ prompt \+ 6 generated tokens/)
+    const file = join(scratch, 'messages.json')
+    writeFileSync(file, JSON.stringify(messages))
+    expect(cli(['generate', ...flags, '--messages', file]).stdout).toBe(expected + '\n')
+    expectOneLineError(cli(['generate', ...flags]), 'generate', 'a prompt is required')
+    expectOneLineError(
+      cli(['generate', ...flags, '-p', 'x', '--temperature', 'hot']),
+      'generate',
+      "--temperature expects a number, got 'hot'",
+    )
+  }, 60_000)
+
+  test('chat with piped stdin answers each line, keeping the conversation', () => {
+    const r = cli(['chat', '-m', dir, '-n', '3', '--temperature', '0', '--ignore-eos', '-v'], {
+      stdin: 'hello\nand again\n',
+    })
+    const turns = r.stderr.split('\n').filter((l) => l.startsWith('[length]'))
+    console.log(turns.join('\n'))
+    expect(r.code).toBe(0)
+    expect(turns.length).toBe(2)
+    const promptTokens = turns.map((l) => Number(/\] (\d+) prompt/.exec(l)![1]))
+    // The second turn's prompt holds the first exchange.
+    expect(promptTokens[1]!).toBeGreaterThan(promptTokens[0]! + 3)
+  }, 60_000)
+
+  test('bench prints tokenizer, load and per-token figures', () => {
+    const r = cli(['bench', '-m', dir, '-n', '8'])
+    console.log(r.stdout)
+    expect(r.code).toBe(0)
+    expect(r.stdout).toMatch(/tokenizer +encode [\d.]+ M tokens\/s/)
+    expect(r.stdout).toMatch(/load +.*first token \d+ ms/)
+    expect(r.stdout).toMatch(
+      /decode +8 tokens: engine [\d.]+ ms\/token, JS [\d.]+ us CPU\/token = [\d.]+% of the engine step/,
+    )
+  }, 60_000)
+
+  test('serve answers /health and /v1/models, and stops on SIGINT', async () => {
+    const p = Bun.spawn([process.execPath, MAIN, 'serve', '-m', dir, '--port', '0', '-q'], {
+      cwd: REPO,
+      stderr: 'pipe',
+      stdout: 'ignore',
+    })
+    let stderr = ''
+    const reader = p.stderr.getReader()
+    while (!stderr.includes('ready:')) {
+      const { value, done } = await reader.read()
+      if (done) break
+      stderr += new TextDecoder().decode(value)
+    }
+    const url = /listening on (http:\/\/\S+)/.exec(stderr)?.[1]
+    console.log(stderr.trim())
+    expect(url).toBeDefined()
+    expect((await fetch(`${url}/health`)).status).toBe(200)
+    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string }> }
+    expect(models.data.map((m) => m.id)).toContain(dir.split('/').at(-1)!)
+    p.kill('SIGINT')
+    expect(await p.exited).toBe(0)
+  }, 60_000)
+})
+
+describe('errors', () => {
+  test('a bad model directory is one clear line and a non-zero exit, for every model command', () => {
+    const bad = join(scratch, 'not-a-model')
+    for (const c of ['generate', 'info', 'bench', 'chat']) {
+      const r = cli([c, '-m', bad, ...(c === 'generate' ? ['-p', 'hi'] : [])])
+      expectOneLineError(r, c, `${bad} is not a model directory: config.json is missing`)
+    }
+    expect(existsSync(bad)).toBe(false)
+  })
+
+  test('unknown flags are usage errors (exit 2)', () => {
+    const r = cli(['info', '--bogus'])
+    expectOneLineError(r, 'info', "Unknown option '--bogus'")
+    expect(r.code).toBe(2)
+  })
+})
