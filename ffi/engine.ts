@@ -191,7 +191,8 @@ export class NativeEngine extends NativeHandle {
       const n = l.minicpm_engine_drain(engine, id, this.#drainBuf, DRAIN_CAP)
       if (n < 0) throw nativeError(n, `drain request ${id}`)
       for (let i = 0; i < n; i++) events.push(readEvent(this.#drainView, i))
-      if (n < DRAIN_CAP) break
+      // A full buffer ending in the finish event has released the id: draining again would be NOT_FOUND.
+      if (n < DRAIN_CAP || events[events.length - 1]!.finish !== 'none') break
     }
     const last = events[events.length - 1]
     if (last && last.finish !== 'none') this.offReady(id)

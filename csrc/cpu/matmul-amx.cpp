@@ -7,7 +7,12 @@
 // (token, k pair). Register blocking: 2 A tiles (32 weight rows) x 2 B tiles (32 tokens) -> 4 C tiles.
 #include "cpu/ops-fast.h"
 
+// GCC 12 reports false (maybe-)uninitialized warnings inside the intrinsics' _mm*_undefined_* placeholders.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -167,12 +172,13 @@ void amx_matmul_rows(float * y, int64_t ldy, const uint16_t * xb, int64_t T, con
             if (n_tok > 16) {
                 for (int64_t kb = 0; kb < nkb; ++kb) {
                     prefetch_rows(a, lda / 2, next, K, kb + k_pf_ahead, nkb);
+                    // Loads interleaved with the products that need them, so the first product starts early.
                     _tile_loadd(4, a + kb * 32, lda);
-                    _tile_loadd(5, a + 16 * (lda / 2) + kb * 32, lda);
                     _tile_loadd(6, b0 + kb * 512, 64);
-                    _tile_loadd(7, b1 + kb * 512, 64);
                     _tile_dpbf16ps(0, 4, 6);
+                    _tile_loadd(7, b1 + kb * 512, 64);
                     _tile_dpbf16ps(1, 4, 7);
+                    _tile_loadd(5, a + 16 * (lda / 2) + kb * 32, lda);
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
                 }

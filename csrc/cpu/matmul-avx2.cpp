@@ -2,7 +2,12 @@
 // weights and f32 activations, f32 accumulation (summation order differs from the reference).
 #include "cpu/ops-fast.h"
 
+// GCC 12 reports false (maybe-)uninitialized warnings inside the intrinsics' _mm*_undefined_* placeholders.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 namespace minicpm {
 

@@ -5,7 +5,12 @@
 // elements as f32, masking off the low half gives the odd ones, and x is pre-split into even/odd halves to match.
 #include "cpu/ops-fast.h"
 
+// GCC 12 reports false (maybe-)uninitialized warnings inside the intrinsics' _mm*_undefined_* placeholders.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 namespace minicpm {
 
