@@ -31,6 +31,10 @@ const STATUS_NOT_FOUND = -6
 const DRAIN_CAP = 64
 const POLL_INTERVAL_MS = 1
 const DOORBELL_CLOSE_DELAY_MS = 100
+// Bun 1.4.5 busy-spins the JS thread (a whole core, measured) while a threadsafe JSCallback is the only thing
+// keeping the event loop alive; any ref'd timer makes the loop block in epoll instead, and the ring still
+// wakes it at once. On a 2-core machine that spin halved decode speed.
+const LOOP_KEEPALIVE_MS = 1000
 
 export interface NativeEngineOptions {
   nThreads?: number
@@ -92,6 +96,7 @@ export class NativeEngine extends NativeHandle {
   readonly #idBuf = new Int32Array(1)
   #pollIds = new Int32Array(64)
   #pollTimer: ReturnType<typeof setTimeout> | null = null
+  #keepAlive: ReturnType<typeof setInterval> | null = null
 
   constructor(model: NativeModel, opts: NativeEngineOptions = {}) {
     const l = lib()
@@ -231,17 +236,25 @@ export class NativeEngine extends NativeHandle {
     this.guard()
     this.#listeners.set(id, fn)
     if (this.polling) this.#schedulePoll()
+    else this.#keepAlive ??= setInterval(() => {}, LOOP_KEEPALIVE_MS)
   }
 
   /** Stops calling the listener of id (the request itself keeps running: cancel it separately). */
   offReady(id: number): void {
     this.#listeners.delete(id)
+    if (this.#listeners.size === 0) this.#stopKeepAlive()
+  }
+
+  #stopKeepAlive(): void {
+    if (this.#keepAlive) clearInterval(this.#keepAlive)
+    this.#keepAlive = null
   }
 
   protected override beforeFree(): void {
     // Wake every waiting listener once so that its loop sees the engine is gone instead of waiting forever.
     const waiting = [...this.#listeners.values()]
     this.#listeners.clear()
+    this.#stopKeepAlive()
     for (const fn of waiting) fn()
     if (this.#pollTimer) clearTimeout(this.#pollTimer)
     this.#pollTimer = null
