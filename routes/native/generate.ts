@@ -2,7 +2,7 @@
  * @module
  * POST /generate: the native streaming endpoint. SSE (default) or NDJSON (Accept:
  * application/x-ndjson or "format":"ndjson") events carrying token ids, text deltas, optional
- * logprobs and timings; or one JSON object with "stream": false. Documented in routes/README-http.md.
+ * logprobs and timings; or one JSON object with "stream": false. Documented in README.md (Native streaming).
  */
 
 import { Hono } from 'hono'
