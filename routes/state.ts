@@ -4,29 +4,16 @@
  * generations in flight, the metrics, and `startGeneration`, the one place a route starts engine work.
  */
 
-import type {
-  ChatMessage,
-  EngineStats,
-  GenerateEvent,
-  GenerateRequest,
-  ModelInfo,
-} from '../src/types.ts'
+import type { Model } from '../src/runtime/load.ts'
+import type { GenerateEvent, GenerateRequest } from '../src/types.ts'
 import { ApiError, overloaded, toApiError, unavailable } from './errors.ts'
 import { createServerMetrics, type ServerMetrics } from './server-metrics.ts'
 
-/** The part of src/index.ts `Model` the server uses (kept structural so tests can pass a fake). */
-export interface ServedModel {
-  info: ModelInfo
-  tokenize(text: string, opts?: { addSpecialTokens?: boolean }): number[]
-  detokenize(ids: number[], opts?: { skipSpecialTokens?: boolean }): string
-  tokenText(id: number): string
-  applyChatTemplate(
-    messages: ChatMessage[],
-    opts?: { addGenerationPrompt?: boolean; kwargs?: Record<string, unknown> },
-  ): string
-  generate(req: GenerateRequest): AsyncIterable<GenerateEvent>
-  stats(): EngineStats
-}
+/** The part of the runtime's `Model` the server uses (structural, so tests can pass a fake). */
+export type ServedModel = Pick<
+  Model,
+  'info' | 'tokenize' | 'detokenize' | 'tokenText' | 'applyChatTemplate' | 'generate' | 'stats'
+>
 
 /** Options shared by all routes; see createApp for defaults. */
 export interface StateOptions {
