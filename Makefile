@@ -29,4 +29,4 @@ dist: native
 	@echo "dist/minicpm-edge"
 
 clean:
-	rm -rf $(BUILD) dist
+	rm -rf $(BUILD) build-arm64 dist
