@@ -85,17 +85,30 @@ void store_transposed(float * y, int64_t ldy, const float * c, int n_rows, int n
 
 constexpr int64_t k_pf_ahead = 4;
 
-// Prefetches k block pk of the 32 rows at a (row stride lda elements), or once pk runs past the last of nkb
-// blocks, the matching block of the next 32 rows (next, stride K; nullptr when there are none).
-inline void prefetch_rows(const uint16_t * a, int64_t lda, const uint16_t * next, int64_t K, int64_t pk,
-                          int64_t nkb) {
+// Prefetches k block pk of the 32 weight rows at a (row stride K), or once pk runs past the last of nkb blocks,
+// the matching block of the next 32 rows.
+inline void prefetch_rows(const uint16_t * a, int64_t K, const uint16_t * next, int64_t pk, int64_t nkb) {
     if (pk >= nkb) {
-        if (!next) return;
         a = next;
-        lda = K;
         pk -= nkb;
     }
-    for (int r = 0; r < 32; ++r) _mm_prefetch((const char *) (a + r * lda + pk * 32), _MM_HINT_T0);
+    for (int r = 0; r < 32; ++r) _mm_prefetch((const char *) (a + r * K + pk * 32), _MM_HINT_T0);
+}
+
+// Copies weight rows [nb, nb + 32) into tile order: per k block, 32 rows x 32 bf16 (2 KiB, the two A tiles back
+// to back with a 64-byte row stride), zero-padded past row N and column K. Tile loads from it touch consecutive
+// lines instead of 32 lines one row stride apart, which conflict in L1 when the stride is a multiple of 4 KiB.
+void pack_rows(uint16_t * dst, const uint16_t * w, int64_t K, int64_t N, int64_t nb) {
+    const int64_t nkb = amx_k_pad(K) / 32;
+    for (int r = 0; r < 32; ++r) {
+        const bool valid = nb + r < N;
+        const uint16_t * src = w + (nb + r) * K;
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+            const int64_t left = valid ? K - kb * 32 : 0;
+            const __mmask32 m = left >= 32 ? ~__mmask32(0) : __mmask32((1u << left) - 1);
+            _mm512_storeu_si512(dst + (kb * 32 + r) * 32, _mm512_maskz_loadu_epi16(m, src + kb * 32));
+        }
+    }
 }
 
 }  // namespace
@@ -139,8 +152,13 @@ void amx_pack_x(uint16_t * xb, const float * x, int64_t T, int64_t K, int64_t t0
 }
 
 void amx_matmul_rows(float * y, int64_t ldy, const uint16_t * xb, int64_t T, const uint16_t * w, int64_t K,
-                     int64_t N, int64_t n0, int64_t n1, uint16_t * pad) {
+                     int64_t N, int64_t n0, int64_t n1, uint16_t * scratch) {
     const int64_t Kp = amx_k_pad(K), nkb = Kp / 32, Tp = amx_t_pad(T);
+    // With several token pairs each weight block is reused: copy the task's rows once into tile order (see
+    // pack_rows). With one pair (decode) W is read in place; only a partial block is copied.
+    const bool reuse = Tp > 32;
+    if (reuse)
+        for (int64_t nb = n0; nb < n1; nb += 32) pack_rows(scratch + (nb - n0) * Kp, w, K, N, nb);
     load_tile_config();
     alignas(64) float c[4][256];
     // Results of one token pair for all rows of the task, written out as contiguous row pieces: scattering
@@ -153,42 +171,43 @@ void amx_matmul_rows(float * y, int64_t ldy, const uint16_t * xb, int64_t T, con
         const uint16_t * b1 = b0 + nkb * 512;
         for (int64_t nb = n0; nb < n1; nb += 32) {
             const int rows = int(N - nb < 32 ? N - nb : 32);
+            // A tiles of k block kb: rows 0-15 at a + kb * a_step, rows 16-31 a_half further, row stride lda bytes.
             const uint16_t * a = w + nb * K;
-            int64_t lda = K * 2;
-            if (rows < 32 || Kp != K) {
-                // Partial block: a zero-padded copy of just these rows, so tile loads stay inside the weights.
-                std::memset(pad, 0, size_t(32 * Kp) * 2);
-                for (int r = 0; r < rows; ++r) std::memcpy(pad + r * Kp, w + (nb + r) * K, size_t(K) * 2);
-                a = pad;
-                lda = Kp * 2;
+            int64_t a_step = 32, a_half = 16 * K, lda = K * 2;
+            const uint16_t * next = nullptr;  // rows to prefetch while streaming W in place
+            if (reuse || rows < 32 || Kp != K) {
+                a = reuse ? scratch + (nb - n0) * Kp : scratch;
+                if (!reuse) pack_rows(scratch, w, K, N, nb);  // partial block: keeps tile loads inside W
+                a_step = 1024;
+                a_half = 512;
+                lda = 64;
+            } else if (nb + 64 <= N) {
+                next = w + (nb + 32) * K;
             }
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
-            // Decode-sized batches are bound by streaming W: each row is fetched k_pf_ahead 64-byte steps ahead,
-            // running on into the next block's rows near the end of this one.
-            const uint16_t * next = nb + 64 <= N ? w + (nb + 32) * K : nullptr;
             if (n_tok > 16) {
                 for (int64_t kb = 0; kb < nkb; ++kb) {
-                    prefetch_rows(a, lda / 2, next, K, kb + k_pf_ahead, nkb);
+                    if (next) prefetch_rows(a, K, next, kb + k_pf_ahead, nkb);
                     // Loads interleaved with the products that need them, so the first product starts early.
-                    _tile_loadd(4, a + kb * 32, lda);
+                    _tile_loadd(4, a + kb * a_step, lda);
                     _tile_loadd(6, b0 + kb * 512, 64);
                     _tile_dpbf16ps(0, 4, 6);
                     _tile_loadd(7, b1 + kb * 512, 64);
                     _tile_dpbf16ps(1, 4, 7);
-                    _tile_loadd(5, a + 16 * (lda / 2) + kb * 32, lda);
+                    _tile_loadd(5, a + kb * a_step + a_half, lda);
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
                 }
             } else {
                 for (int64_t kb = 0; kb < nkb; ++kb) {
-                    prefetch_rows(a, lda / 2, next, K, kb + k_pf_ahead, nkb);
-                    _tile_loadd(4, a + kb * 32, lda);
-                    _tile_loadd(5, a + 16 * (lda / 2) + kb * 32, lda);
+                    if (next) prefetch_rows(a, K, next, kb + k_pf_ahead, nkb);
+                    _tile_loadd(4, a + kb * a_step, lda);
                     _tile_loadd(6, b0 + kb * 512, 64);
                     _tile_dpbf16ps(0, 4, 6);
+                    _tile_loadd(5, a + kb * a_step + a_half, lda);
                     _tile_dpbf16ps(2, 5, 6);
                 }
             }

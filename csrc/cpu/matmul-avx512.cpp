@@ -159,9 +159,9 @@ void rows_bf16_tt(float * y, int64_t ldy, const float * xs, int64_t Kp, const ui
     for (; n < n1; ++n) tile_bf16<1, TT>(y + n, ldy, xs, Kp, K, w + n * K, K);
 }
 
-// Decode batches (T <= 4) with the split x on the stack; larger T goes to the widening path, whose row-group-outer
-// loop streams W once for any T.
-constexpr int64_t k_split_max = 32768;
+// Decode batches (T <= 4) with the split x in a 64 KiB stack buffer; larger T (or T * K) goes to the widening
+// path, whose row-group-outer loop streams W once for any T.
+constexpr int64_t k_split_max = 16384;
 
 bool rows_bf16(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K, int64_t n0,
                int64_t n1) {

@@ -61,16 +61,17 @@ void matmul_amx(thread_pool & tp, float * y, const float * x, const tensor_view 
     const int64_t n_blocks = ceil_div(N, 32);
     // Several 32-row blocks per task: each token pair's results are written as one contiguous piece per row.
     // Still >= 4 tasks per thread so uneven progress balances.
-    // A task's weight rows are re-read for every 32 tokens: keep them within ~512 KiB so they stay in L2.
+    // A task's weight rows (copied in tile order) are re-read for every 32 tokens: keep them within ~512 KiB so
+    // they stay in L2.
     const int64_t l2_blocks = std::max<int64_t>(1, (int64_t(512) << 10) / (32 * K * 2));
     const int64_t per_task = std::max<int64_t>(
         1, std::min({k_amx_rows_per_task / 32, l2_blocks, n_blocks / (4 * int64_t(tp.size()))}));
     tp.run(ceil_div(n_blocks, per_task), [&](int64_t i, int) {
         if (!amx_request_permission()) fail(MINICPM_STATUS_UNSUPPORTED, "AMX tile data permission refused");
-        static thread_local std::vector<uint16_t> pad;
-        if (pad.size() < size_t(32 * Kp)) pad.resize(size_t(32 * Kp));
+        static thread_local std::vector<uint16_t> scratch;
+        if (scratch.size() < size_t(per_task * 32 * Kp)) scratch.resize(size_t(per_task * 32 * Kp));
         const int64_t n0 = i * per_task * 32, n1 = std::min(N, n0 + per_task * 32);
-        amx_matmul_rows(y, N, xbp, T, (const uint16_t *) w.data, K, N, n0, n1, pad.data());
+        amx_matmul_rows(y, N, xbp, T, (const uint16_t *) w.data, K, N, n0, n1, scratch.data());
     });
 #else
     fail(MINICPM_STATUS_INTERNAL, "AMX kernel selected on a non-x86 build");

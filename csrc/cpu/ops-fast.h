@@ -14,8 +14,8 @@ namespace minicpm {
 typedef void (*matmul_rows_fn)(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt,
                                int64_t K, int64_t n0, int64_t n1);
 
-// One attention task: query rows [r0, r1) of segment sg, the `group` query heads [h0, h0 + group) that share
-// KV head hk. scratch holds attention_scratch_floats() floats.
+// One attention task: query rows [r0, r1) of segment sg, the `group` query heads hk * group .. hk * group +
+// group - 1 that share KV head hk. scratch holds attention_scratch_floats(rows * group, hd) floats.
 typedef void (*attention_task_fn)(float * out, const float * q, const kv_layer & kv, const kv_segment & sg,
                                   int32_t r0, int32_t r1, int32_t n_head, int32_t hk, int32_t group, float scale,
                                   float * scratch);
@@ -62,14 +62,14 @@ void attention_task_avx512(float * out, const float * q, const kv_layer & kv, co
 
 // AMX BF16: xb holds x converted by amx_pack_x (tokens padded to 32, K padded to 32; amx_pack_x fills the
 // 16-token blocks of tokens [t0, t1), both multiples of 16). amx_matmul_rows computes rows [n0, n1)
-// of y (n0 a multiple of 32, n1 - n0 <= k_amx_rows_per_task). pad is a scratch of 32 * amx_k_pad(K) bf16 for
-// partial blocks.
+// of y (n0 a multiple of 32, n1 - n0 <= k_amx_rows_per_task). scratch holds (n1 - n0 rounded up to 32) *
+// amx_k_pad(K) bf16: the task's weight rows in tile order when they are reused across token pairs.
 constexpr int64_t k_amx_rows_per_task = 256;
 int64_t amx_k_pad(int64_t K);
 int64_t amx_t_pad(int64_t T);
 void    amx_pack_x(uint16_t * xb, const float * x, int64_t T, int64_t K, int64_t t0, int64_t t1);
 void    amx_matmul_rows(float * y, int64_t ldy, const uint16_t * xb, int64_t T, const uint16_t * w, int64_t K,
-                        int64_t N, int64_t n0, int64_t n1, uint16_t * pad);
+                        int64_t N, int64_t n0, int64_t n1, uint16_t * scratch);
 bool    amx_request_permission();  // once per thread that uses AMX; false when the OS refuses
 #endif
 

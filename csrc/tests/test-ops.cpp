@@ -70,7 +70,7 @@ std::vector<const cpu_kernel_table *> variants() {
 
 void test_matmul(thread_pool & tp) {
     const dtype types[] = {dtype::bf16, dtype::f16, dtype::f32};
-    // {9, 8200}: 4 rows of split x no longer fit the AVX-512 decode kernel's stack buffer (its fallback path).
+    // {9, 8200}: from T = 2 the split x no longer fits the AVX-512 decode kernel's stack buffer (fallback path).
     const int64_t shapes[][2] = {{77, 1000}, {128, 1024}, {33, 64}, {100, 4096}, {5, 40}, {9, 8200}};
     const int64_t Ts[] = {1, 3, 4, 5, 8, 17, 33, 100};
     for (const cpu_kernel_table * kt : variants()) {
