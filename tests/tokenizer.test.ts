@@ -4,7 +4,7 @@
  * tokenizer.json of the same vocabulary, behaviour 2).
  */
 import { beforeAll, describe, expect, setDefaultTimeout, test } from 'bun:test'
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -313,5 +313,24 @@ describe('loadTokenizer on a model directory', () => {
     await expect(loadTokenizer(byteLevel)).rejects.toThrow(/ByteLevel .* not supported/)
     writeFileSync(join(byteLevel, 'tokenizer.json'), JSON.stringify({ ...json, model: { type: 'WordPiece' } }))
     await expect(loadTokenizer(byteLevel)).rejects.toThrow(/model type 'WordPiece' \(expected BPE\)/)
+  })
+})
+
+describe('converted tokenizer cache', () => {
+  test('a second load reads the cached conversion and encodes the same; a corrupt cache entry is replaced', async () => {
+    const cacheDir = mkdtempSync(join(tmpdir(), 'minicpm-tok-cache-'))
+    const first = await loadTokenizer(ASSETS, { cacheDir })
+    const entries = readdirSync(cacheDir).filter((f) => f.endsWith('.json'))
+    expect(entries.length).toBe(1)
+    const t0 = performance.now()
+    const second = await loadTokenizer(ASSETS, { cacheDir })
+    console.log(`cache entry ${entries[0]}: second load ${(performance.now() - t0).toFixed(0)} ms`)
+    expect(second.encode(CHAT)).toEqual(first.encode(CHAT))
+    expect(second.encode(CHAT)).toEqual([1, 73441, 1836, 5, 10643, 1458, 4695, 1835, 46715, 28344, 72, 73440, 5, 73441, 43686, 5])
+
+    writeFileSync(join(cacheDir, entries[0]!), '{ truncated')
+    const third = await loadTokenizer(ASSETS, { cacheDir })
+    expect(third.encode(CHAT)).toEqual(first.encode(CHAT))
+    expect(() => JSON.parse(readFileSync(join(cacheDir, entries[0]!), 'utf8'))).not.toThrow()
   })
 })

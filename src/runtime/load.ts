@@ -2,11 +2,12 @@
  * loadModel(): a model directory -> native model + tokenizer + chat template + engine, behind the Model
  * interface that routes/ and the CLI use.
  */
+import { join } from 'node:path'
 import { NativeEngine, NativeModel, type KvDtype } from '../../ffi/index'
 import { ChatTemplate } from '../chat/index'
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index'
 import type { ChatMessage, EngineStats, GenerateEvent, GenerateRequest, ModelInfo, SamplingOptions } from '../types'
-import { DEFAULT_MODEL_ID, ensureDefaultModel } from './default-model'
+import { cacheRoot, DEFAULT_MODEL_ID, ensureDefaultModel } from './default-model'
 import { generate, PREFILL_TICK_MS, type GenerateDeps } from './generate'
 import { readModelDir } from './model-dir'
 
@@ -60,7 +61,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   try {
     progress('weights', 1, 1)
     progress('tokenizer', 0, 1)
-    const tokenizer = await loadTokenizer(facts.dir)
+    const tokenizer = await loadTokenizer(facts.dir, { cacheDir: join(cacheRoot(), 'tokenizers') })
     progress('tokenizer', 1, 1)
     progress('engine', 0, 1)
     // A model without a chat template still serves plain prompts; chat use reports why it cannot.

@@ -6,6 +6,8 @@
  * tokenizer.model is converted in process to reproduce SentencePiece / the slow LlamaTokenizer (no dummy prefix).
  */
 
+import { createHash } from 'node:crypto'
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { convertSentencePiece, type TokenizerConfigJson } from './convert'
 import { parseSentencePieceModel } from './sentencepiece-model'
@@ -46,8 +48,11 @@ function idList(v: unknown): number[] {
   return list.filter((x): x is number => Number.isInteger(x))
 }
 
-/** Loads the tokenizer of a model directory; prefers tokenizer.json, else converts tokenizer.model. */
-export async function loadTokenizer(dir: string): Promise<Tokenizer> {
+/**
+ * Loads the tokenizer of a model directory; prefers tokenizer.json, else converts tokenizer.model.
+ * With cacheDir, the converted tokenizer.json is kept there for the next load.
+ */
+export async function loadTokenizer(dir: string, opts: { cacheDir?: string } = {}): Promise<Tokenizer> {
   const config = (await readJson<TokenizerConfigJson>(join(dir, 'tokenizer_config.json'))) ?? {}
   const genConfig = (await readJson<{ eos_token_id?: unknown }>(join(dir, 'generation_config.json'))) ?? {}
   const modelConfig =
@@ -65,13 +70,37 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   if (!(await spm.exists())) {
     throw new Error(`no tokenizer in ${dir}: expected tokenizer.json or tokenizer.model`)
   }
-  let model
-  try {
-    model = parseSentencePieceModel(new Uint8Array(await spm.arrayBuffer()))
-  } catch (e) {
-    throw new Error(`${join(dir, 'tokenizer.model')}: ${(e as Error).message}`)
-  }
+  const spmBytes = new Uint8Array(await spm.arrayBuffer())
   const added = (await readJson<Record<string, number>>(join(dir, 'added_tokens.json'))) ?? {}
-  const converted = convertSentencePiece(model, config, added) as TokenizerSources['json']
+  // The conversion takes ~0.3 s; its result depends only on these inputs, so it is cached by their hash.
+  const key = createHash('sha256')
+    .update(spmBytes)
+    .update(JSON.stringify([config, added]))
+    .digest('hex')
+    .slice(0, 32)
+  const cached = opts.cacheDir ? join(opts.cacheDir, `${key}.json`) : null
+  let converted = cached ? await readJson<TokenizerSources['json']>(cached).catch(() => null) : null
+  if (converted === null) {
+    let model
+    try {
+      model = parseSentencePieceModel(spmBytes)
+    } catch (e) {
+      throw new Error(`${join(dir, 'tokenizer.model')}: ${(e as Error).message}`)
+    }
+    converted = convertSentencePiece(model, config, added) as TokenizerSources['json']
+    if (cached) writeCache(cached, converted)
+  }
   return new JsonTokenizer({ ...common, json: converted, kind: 'tokenizer.model' })
+}
+
+/** Best effort: a cache that cannot be written only costs the next load the conversion again. */
+function writeCache(path: string, json: unknown): void {
+  try {
+    mkdirSync(join(path, '..'), { recursive: true })
+    const tmp = `${path}.${process.pid}.tmp`
+    writeFileSync(tmp, JSON.stringify(json))
+    renameSync(tmp, path)
+  } catch {
+    // read-only or full cache dir: keep working without it
+  }
 }
