@@ -5,7 +5,7 @@
  * defaults still apply to the others.
  */
 
-import type { ModelInfo, SamplingOptions } from '../src/types.ts'
+import type { GenerateRequest, ModelInfo, SamplingOptions } from '../src/types.ts'
 import { ApiError, badRequest, unsupported } from './errors.ts'
 
 /** The snake_case sampling fields as validated by schemas.ts `samplingFields`. */
@@ -127,4 +127,21 @@ export function checkContext(
       'context_length_exceeded',
     )
   }
+}
+
+/** The prompt-building fields chat and /generate share (snake_case body -> GenerateRequest). */
+export interface PromptOptionsBody {
+  add_special_tokens?: boolean | null
+  skip_special_tokens?: boolean | null
+  add_generation_prompt?: boolean | null
+  chat_template_kwargs?: Record<string, unknown> | null
+}
+
+export function toPromptOptions(body: PromptOptionsBody): Partial<GenerateRequest> {
+  const out: Partial<GenerateRequest> = {}
+  if (body.add_special_tokens != null) out.addSpecialTokens = body.add_special_tokens
+  if (body.skip_special_tokens != null) out.skipSpecialTokens = body.skip_special_tokens
+  if (body.add_generation_prompt != null) out.addGenerationPrompt = body.add_generation_prompt
+  if (body.chat_template_kwargs != null) out.chatTemplateKwargs = body.chat_template_kwargs
+  return out
 }

@@ -10,16 +10,6 @@
 
 constexpr int k_blk = MINICPM_KV_BLOCK_SIZE;
 
-inline float attn_half_to_f32(uint16_t h, bool is_bf16) {
-    if (is_bf16) {
-        const uint32_t u = uint32_t(h) << 16;
-        float f;
-        std::memcpy(&f, &u, 4);
-        return f;
-    }
-    return minicpm::f16_to_f32(h);
-}
-
 // dst[n] = src[n] as f32 for one pool row of hd values.
 inline void attn_row_f32(float * __restrict dst, const void * src, minicpm::dtype t, int64_t off, int32_t n) {
     if (t == minicpm::dtype::f32) {
@@ -27,8 +17,11 @@ inline void attn_row_f32(float * __restrict dst, const void * src, minicpm::dtyp
         return;
     }
     const uint16_t * s = (const uint16_t *) src + off;
-    const bool is_bf16 = t == minicpm::dtype::bf16;
-    for (int32_t i = 0; i < n; ++i) dst[i] = attn_half_to_f32(s[i], is_bf16);
+    if (t == minicpm::dtype::bf16) {
+        for (int32_t i = 0; i < n; ++i) dst[i] = minicpm::bf16_to_f32(s[i]);
+    } else {
+        for (int32_t i = 0; i < n; ++i) dst[i] = minicpm::f16_to_f32(s[i]);
+    }
 }
 
 // 16 floats; aligned(4) so loads and stores need no alignment. GCC lowers it to the widest vectors the file

@@ -1,5 +1,6 @@
 // AVX2 + FMA + F16C matmul for machines without AVX-512. Precision: exact f32 products of the widened
 // weights and f32 activations, f32 accumulation (summation order differs from the reference).
+#include "cpu/cpu-common.h"
 #include "cpu/ops-fast.h"
 
 // GCC 12 reports false (maybe-)uninitialized warnings inside the intrinsics' _mm*_undefined_* placeholders.
@@ -23,13 +24,6 @@ template <> inline __m256 load8<dtype::bf16>(const uint8_t * row, int64_t k) {
 }
 template <> inline __m256 load8<dtype::f16>(const uint8_t * row, int64_t k) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) ((const uint16_t *) row + k)));
-}
-
-template <dtype DT> inline float load1(const uint8_t * row, int64_t k) {
-    if (DT == dtype::f32) return ((const float *) row)[k];
-    const uint16_t h = ((const uint16_t *) row)[k];
-    if (DT == dtype::f16) return _cvtsh_ss(h);
-    return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int(uint32_t(h) << 16))));
 }
 
 inline float hsum(__m256 v) {
@@ -67,7 +61,7 @@ void tile(float * y, int64_t ldy, const float * x, int64_t K, const uint8_t * w,
 #pragma GCC unroll 4
         for (int t = 0; t < TT; ++t) {
             float s = hsum(acc[r][t]);
-            for (int64_t j = k; j < K; ++j) s += load1<DT>(w + r * w_stride, j) * x[t * K + j];
+            for (int64_t j = k; j < K; ++j) s += load_f32(w + r * w_stride, DT, j) * x[t * K + j];
             y[t * ldy + r] = s;
         }
     }

@@ -9,7 +9,7 @@ import { Hono } from 'hono'
 import type { GenerateRequest, TokenLogprob } from '../../src/types.ts'
 import { badRequest } from '../errors.ts'
 import { responseId, timingsOf, usageOf, type FinishEvent } from '../format.ts'
-import { checkContext, checkTokenIds, toSampling } from '../sampling.ts'
+import { checkContext, checkTokenIds, toPromptOptions, toSampling } from '../sampling.ts'
 import { generateRequest, parseBody, type NativeGenerateRequest } from '../schemas.ts'
 import { clientAbort, eventStream, type Framing } from '../sse.ts'
 import { startGeneration, type AppState } from '../state.ts'
@@ -48,10 +48,7 @@ export function generateRoutes(state: AppState): Hono {
     if (body.messages != null) req.messages = body.messages as GenerateRequest['messages']
     const top = body.top_logprobs ?? 0
     if (body.logprobs) Object.assign(req, { logprobs: true, topLogprobs: top })
-    if (body.add_special_tokens != null) req.addSpecialTokens = body.add_special_tokens
-    if (body.skip_special_tokens != null) req.skipSpecialTokens = body.skip_special_tokens
-    if (body.add_generation_prompt != null) req.addGenerationPrompt = body.add_generation_prompt
-    if (body.chat_template_kwargs != null) req.chatTemplateKwargs = body.chat_template_kwargs
+    Object.assign(req, toPromptOptions(body))
 
     const client = clientAbort(c)
     const t0 = performance.now()

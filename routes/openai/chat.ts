@@ -15,7 +15,7 @@ import {
   usageOf,
   type FinishEvent,
 } from '../format.ts'
-import { checkContext, toSampling } from '../sampling.ts'
+import { checkContext, toPromptOptions, toSampling } from '../sampling.ts'
 import { chatRequest, parseBody, type ChatRequest } from '../schemas.ts'
 import { clientAbort, eventStream } from '../sse.ts'
 import { startGeneration, type AppState, type Generation } from '../state.ts'
@@ -100,10 +100,7 @@ export function chatRoutes(state: AppState): Hono {
     }
     const top = body.logprobs ? (body.top_logprobs ?? 0) : 0
     if (body.logprobs) Object.assign(req, { logprobs: true, topLogprobs: top })
-    if (body.add_special_tokens != null) req.addSpecialTokens = body.add_special_tokens
-    if (body.skip_special_tokens != null) req.skipSpecialTokens = body.skip_special_tokens
-    if (body.add_generation_prompt != null) req.addGenerationPrompt = body.add_generation_prompt
-    if (body.chat_template_kwargs != null) req.chatTemplateKwargs = body.chat_template_kwargs
+    Object.assign(req, toPromptOptions(body))
 
     const client = clientAbort(c)
     const gen = await startGeneration(state, req, client.signal)
