@@ -57,9 +57,9 @@ MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct mi
     });
 }
 
-MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm_notify_fn fn) {
+MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm_notify_fn fn, void * user_data) {
     return guarded([&] {
-        checked(engine, "engine_set_notify").set_notify(fn);
+        checked(engine, "engine_set_notify").set_notify(fn, user_data);
         return int32_t(MINICPM_STATUS_OK);
     });
 }
@@ -67,7 +67,7 @@ MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm
 MINICPM_API int32_t minicpm_engine_submit(minicpm_engine_t * engine, const int32_t * tokens, int32_t n_tokens,
                                           const struct minicpm_sampling_params * sampling, const int32_t * stop_ids,
                                           int32_t n_stop_ids, const int32_t * bias_ids, const float * bias_values,
-                                          int32_t n_bias, int32_t * request_id) {
+                                          int32_t n_bias, uint64_t * request_id) {
     return guarded([&] {
         minicpm::scheduler & s = checked(engine, "engine_submit");
         if (request_id == nullptr) fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_submit: request_id is NULL");
@@ -78,7 +78,7 @@ MINICPM_API int32_t minicpm_engine_submit(minicpm_engine_t * engine, const int32
     });
 }
 
-MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, int32_t request_id, struct minicpm_event * out,
+MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, uint64_t request_id, struct minicpm_event * out,
                                          int32_t cap) {
     return guarded([&] {
         std::string   error;
@@ -88,18 +88,18 @@ MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, int32_t requ
     });
 }
 
-MINICPM_API int32_t minicpm_engine_poll(minicpm_engine_t * engine, int32_t * ids, int32_t cap) {
+MINICPM_API int32_t minicpm_engine_poll(minicpm_engine_t * engine, uint64_t * ids, int32_t cap) {
     return guarded([&] { return checked(engine, "engine_poll").poll(ids, cap); });
 }
 
-MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, int32_t request_id) {
+MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, uint64_t request_id) {
     return guarded([&] {
         checked(engine, "engine_cancel").cancel(request_id);
         return int32_t(MINICPM_STATUS_OK);
     });
 }
 
-MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, int32_t request_id,
+MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, uint64_t request_id,
                                                 struct minicpm_request_info * out) {
     return guarded([&] {
         minicpm::scheduler & s = checked(engine, "engine_request_info");

@@ -72,9 +72,10 @@ scheduler::~scheduler() {
     if (thread_.joinable()) thread_.join();
 }
 
-void scheduler::set_notify(minicpm_notify_fn fn) {
+void scheduler::set_notify(minicpm_notify_fn fn, void * user_data) {
     std::unique_lock<std::mutex> lk(mu_);
     notify_ = fn;
+    notify_user_ = user_data;
     if (std::this_thread::get_id() != thread_.get_id()) cv_idle_.wait(lk, [this] { return n_ringing_ == 0; });
 }
 
@@ -83,7 +84,7 @@ void scheduler::set_step_observer(std::function<void(const step_trace &)> fn) {
     observer_ = std::move(fn);
 }
 
-int32_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
+uint64_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
                           const int32_t * stop_ids, int32_t n_stop_ids, const int32_t * bias_ids,
                           const float * bias_values, int32_t n_bias) {
     if (tokens == nullptr || n_tokens <= 0)
@@ -124,16 +125,15 @@ int32_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minicp
     if (int32_t(waiting_.size()) >= cfg_.n_queue_max)
         fail(MINICPM_STATUS_QUEUE_FULL, std::to_string(waiting_.size()) + " requests are waiting (n_queue_max " +
                                             std::to_string(cfg_.n_queue_max) + "); retry later");
-    if (next_id_ == INT32_MAX) fail(MINICPM_STATUS_INTERNAL, "request ids exhausted");
     r->id = next_id_++;
     waiting_.push_back(r.get());
-    const int32_t id = r->id;
+    const uint64_t id = r->id;
     table_.emplace(id, std::move(r));
     cv_.notify_one();
     return id;
 }
 
-int32_t scheduler::drain(int32_t id, minicpm_event * out, int32_t cap, std::string * error_message) {
+int32_t scheduler::drain(uint64_t id, minicpm_event * out, int32_t cap, std::string * error_message) {
     if (cap < 0 || (cap > 0 && out == nullptr))
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "drain: out is NULL or cap < 0 (cap " + std::to_string(cap) + ")");
     std::lock_guard<std::mutex> lk(mu_);
@@ -153,7 +153,7 @@ int32_t scheduler::drain(int32_t id, minicpm_event * out, int32_t cap, std::stri
     return n;
 }
 
-int32_t scheduler::poll(int32_t * ids, int32_t cap) {
+int32_t scheduler::poll(uint64_t * ids, int32_t cap) {
     if (cap < 0 || (cap > 0 && ids == nullptr))
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "poll: ids is NULL or cap < 0 (cap " + std::to_string(cap) + ")");
     std::lock_guard<std::mutex> lk(mu_);
@@ -164,7 +164,7 @@ int32_t scheduler::poll(int32_t * ids, int32_t cap) {
     return n;
 }
 
-void scheduler::cancel(int32_t id) {
+void scheduler::cancel(uint64_t id) {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = table_.find(id);
     if (it == table_.end())
@@ -177,7 +177,7 @@ void scheduler::cancel(int32_t id) {
     cv_.notify_one();
 }
 
-void scheduler::request_info(int32_t id, minicpm_request_info & out) {
+void scheduler::request_info(uint64_t id, minicpm_request_info & out) {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = table_.find(id);
     if (it == table_.end())
@@ -481,6 +481,7 @@ void scheduler::fail_running(const std::string & message) {
 void scheduler::ring(std::unique_lock<std::mutex> & lk) {
     if (bells_.empty()) return;
     const minicpm_notify_fn fn = notify_;
+    void * const            user = notify_user_;
     if (fn == nullptr) {
         bells_.clear();  // no doorbell: callers poll
         return;
@@ -488,7 +489,7 @@ void scheduler::ring(std::unique_lock<std::mutex> & lk) {
     ringing_.swap(bells_);
     n_ringing_++;
     lk.unlock();
-    for (const doorbell & b : ringing_) fn(b.id, b.n_ready);
+    for (const doorbell & b : ringing_) fn(user, b.id, b.n_ready);
     ringing_.clear();
     lk.lock();
     n_ringing_--;

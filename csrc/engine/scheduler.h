@@ -35,7 +35,7 @@ namespace minicpm {
 // What one step ran; handed to the step observer (tests record interleaving with it).
 struct step_trace {
     struct part {
-        int32_t request_id;
+        uint64_t request_id;
         int32_t n_rows;    // tokens of this request in the batch
         bool    prefill;   // prompt chunk (true) or one decode token (false)
     };
@@ -55,25 +55,25 @@ class scheduler {
 
     // Waits until a callback in flight has returned (unless called from the callback itself), so the old
     // callback is never called after this returns.
-    void set_notify(minicpm_notify_fn fn);
+    void set_notify(minicpm_notify_fn fn, void * user_data);
     // Called on the scheduler thread after every step, without the lock.
     void set_step_observer(std::function<void(const step_trace &)> fn);
 
     // Throws minicpm::error: _QUEUE_FULL, _INVALID_ARGUMENT (naming the field), _TOO_LARGE (with the numbers).
     // sampling may be NULL (library defaults).
-    int32_t submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
+    uint64_t submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
                    const int32_t * stop_ids, int32_t n_stop_ids, const int32_t * bias_ids, const float * bias_values,
                    int32_t n_bias);
     // Returns the count moved; *error_message receives the error text when an ERROR finish event was drained.
-    int32_t drain(int32_t id, minicpm_event * out, int32_t cap, std::string * error_message);
-    int32_t poll(int32_t * ids, int32_t cap);
-    void    cancel(int32_t id);
-    void    request_info(int32_t id, minicpm_request_info & out);
+    int32_t drain(uint64_t id, minicpm_event * out, int32_t cap, std::string * error_message);
+    int32_t poll(uint64_t * ids, int32_t cap);
+    void    cancel(uint64_t id);
+    void    request_info(uint64_t id, minicpm_request_info & out);
     void    stats(struct minicpm_engine_stats & out);
 
   private:
     struct request {
-        int32_t              id = 0;
+        uint64_t             id = 0;
         int32_t              n_prompt = 0;     // tokens the client submitted
         int32_t              n_max_tokens = 0;
         std::vector<int32_t> tokens;           // [engine] prompt, then generated tokens
@@ -102,8 +102,8 @@ class scheduler {
     };
 
     struct doorbell {
-        int32_t id;
-        int32_t n_ready;
+        uint64_t id;
+        int32_t  n_ready;
     };
 
     void loop();
@@ -143,14 +143,15 @@ class scheduler {
     std::condition_variable                     cv_idle_;  // wakes set_notify when a callback returns
     bool                                        stop_ = false;
     minicpm_notify_fn                           notify_ = nullptr;
+    void *                                      notify_user_ = nullptr;
     int32_t                                     n_ringing_ = 0;
     std::function<void(const step_trace &)>     observer_;
-    std::map<int32_t, std::unique_ptr<request>> table_;
+    std::map<uint64_t, std::unique_ptr<request>> table_;
     std::deque<request *>                       waiting_;
     std::vector<request *>                      running_;  // admission order
     std::vector<doorbell>                       bells_;    // collected under the lock, rung without it
     std::vector<doorbell>                       ringing_;  // [engine] the bells being rung
-    int32_t                                     next_id_ = 1;
+    uint64_t                                    next_id_ = 1;
     int32_t                                     n_cancel_pending_ = 0;
     int32_t                                     n_undrained_ = 0;
     uint64_t                                    n_admitted_ = 0;

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function signature or struct layout changes. */
-#define MINICPM_ABI_VERSION 1
+#define MINICPM_ABI_VERSION 2
 
 /* Fixed maxima that size the arrays inside the ABI structs. */
 #define MINICPM_MAX_TOP_LOGPROBS 20 /* top-n alternatives carried by one event      */
@@ -66,7 +66,16 @@ enum minicpm_finish {
 enum minicpm_dtype {
     MINICPM_DTYPE_F32  = 0,
     MINICPM_DTYPE_F16  = 1,
-    MINICPM_DTYPE_BF16 = 2
+    MINICPM_DTYPE_BF16 = 2,
+    MINICPM_DTYPE_Q8   = 3, /* int8 weights, symmetric, one scale per group of input features        */
+    MINICPM_DTYPE_Q4   = 4  /* int4 weights with group scales (and optional zero points)              */
+};
+
+/* Where the engine runs. AUTO picks the best compiled backend with a usable device (CPU today). */
+enum minicpm_backend {
+    MINICPM_BACKEND_AUTO = 0,
+    MINICPM_BACKEND_CPU  = 1,
+    MINICPM_BACKEND_CUDA = 2
 };
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -81,6 +90,11 @@ MINICPM_API uint32_t minicpm_abi_version(void);
  *        "request_info", "engine_stats". */
 MINICPM_API uint32_t minicpm_struct_size(const char * name);
 
+/* offsetof() of one field of an ABI struct (names as in minicpm_struct_size, fields as in this header, e.g.
+ * ("engine_params", "kv_bytes")), so bindings can assert every field, not just the size. Returns -1 for an
+ * unknown struct or field. */
+MINICPM_API int32_t minicpm_struct_offset(const char * name, const char * field);
+
 /* Copies the calling thread's last error message (NUL-terminated, truncated to cap-1 bytes) into buf.
  * Returns the full message length in bytes (0 when there is none). buf may be NULL when cap is 0. */
 MINICPM_API int32_t minicpm_last_error(char * buf, int32_t cap);
@@ -89,7 +103,7 @@ MINICPM_API int32_t minicpm_last_error(char * buf, int32_t cap);
 MINICPM_API const char * minicpm_status_name(int32_t status);
 
 /* Space-separated CPU features the fast kernels use on this machine, e.g. "avx512f avx512_bf16 amx_bf16".
- * Same buffer convention as minicpm_last_error. */
+ * Same buffer convention as minicpm_last_error; returns the length, or a negative status (_INTERNAL). */
 MINICPM_API int32_t minicpm_system_info(char * buf, int32_t cap);
 
 /* Microseconds on the monotonic clock used for all timings in events and request info. */
@@ -103,8 +117,9 @@ typedef struct minicpm_model minicpm_model_t;
 struct minicpm_model_params {
     uint32_t size;      /* = sizeof(struct minicpm_model_params), set by the default function          */
     int32_t  n_threads; /* threads used for load-time checks; 0 = number of cores                      */
+    int32_t  backend;   /* enum minicpm_backend; default AUTO. Contexts and engines run on the model's */
     uint8_t  use_mmap;  /* 1 (default): weights stay in the page cache; 0: read into private memory    */
-    uint8_t  pad_[7];
+    uint8_t  pad_[3];
 };
 
 struct minicpm_model_info {
@@ -132,6 +147,11 @@ struct minicpm_model_info {
     uint64_t n_params;          /* parameter count                                                     */
     uint64_t weight_bytes;      /* bytes of all weight tensors as stored                               */
     uint64_t kv_bytes_per_token;/* KV cache bytes for one token of one sequence (at the engine's dtype) */
+    int32_t  backend;           /* enum minicpm_backend the model runs on (never AUTO)                 */
+    uint8_t  sparse_config;     /* 1 when config.json has a sparse_config (see minicpm_model_warnings)  */
+    uint8_t  quantization_config; /* 1 when config.json has a quantization_config                     */
+    uint8_t  pad2_[2];
+    char     backend_name[32];  /* NUL-terminated, e.g. "cpu"                                           */
 };
 
 MINICPM_API void minicpm_model_default_params(struct minicpm_model_params * out);
@@ -147,6 +167,11 @@ MINICPM_API int32_t minicpm_model_load(const char * dir, const struct minicpm_mo
 /* Fills *out (whose size field must be set; the default function is not needed for info structs:
  * the library writes the whole struct and checks out->size == sizeof). */
 MINICPM_API int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_info * out);
+
+/* Newline-separated warnings of the load: configuration the engine does not honour and what runs instead
+ * (e.g. a sparse_config served with dense attention). Same buffer convention as minicpm_last_error; returns
+ * the length (0 when there are none) or _INVALID_ARGUMENT (model is NULL). */
+MINICPM_API int32_t minicpm_model_warnings(const minicpm_model_t * model, char * buf, int32_t cap);
 
 MINICPM_API void minicpm_model_free(minicpm_model_t * model);
 
@@ -207,6 +232,7 @@ struct minicpm_engine_params {
     int32_t  n_ctx;         /* most tokens (prompt + generated) of one request; 0 = model n_ctx_train      */
     int32_t  n_queue_max;   /* most waiting requests; a submit beyond it returns _QUEUE_FULL; default 256  */
     int32_t  kv_dtype;      /* enum minicpm_dtype of the KV cache; default BF16                             */
+    int32_t  pad_;
     uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB). The pool never   */
                             /* exceeds n_batch_max * n_ctx tokens, which is all admitted requests can use */
 };
@@ -269,6 +295,9 @@ struct minicpm_engine_stats {
     int32_t  n_undrained;       /* finished requests whose last event was not drained yet                 */
     int32_t  kv_tokens_used;    /* KV slots held by requests (whole 64-token blocks)                      */
     int32_t  kv_tokens_total;   /* KV budget in tokens                                                    */
+    int32_t  backend;           /* enum minicpm_backend the engine runs on                                */
+    char     backend_name[32];  /* NUL-terminated backend and kernel family, e.g. "cpu avx512+amx"        */
+    int32_t  pad_;
     uint64_t n_steps;           /* engine steps run                                                       */
     uint64_t n_prompt_tokens;   /* prompt tokens prefilled since init                                     */
     uint64_t n_generated_tokens;/* tokens sampled since init                                              */
@@ -276,8 +305,9 @@ struct minicpm_engine_stats {
 };
 
 /* Doorbell: rung from the engine thread when a request goes from no pending events to some. n_ready is the
- * number of events pending at that moment. It must return quickly and may call any engine function. */
-typedef void (*minicpm_notify_fn)(int32_t request_id, int32_t n_ready);
+ * number of events pending at that moment; user_data is the pointer given to minicpm_engine_set_notify. It
+ * must return quickly and may call any engine function. */
+typedef void (*minicpm_notify_fn)(void * user_data, uint64_t request_id, int32_t n_ready);
 
 MINICPM_API void minicpm_engine_default_params(struct minicpm_engine_params * out);
 MINICPM_API void minicpm_sampling_default_params(struct minicpm_sampling_params * out);
@@ -289,7 +319,7 @@ MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct mi
 /* Installs (or with NULL removes) the doorbell. Without one, callers poll with minicpm_engine_poll().
  * Returns once no call of the previous callback is in flight (unless called from inside the callback), so
  * the previous callback can be released afterwards. */
-MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm_notify_fn fn);
+MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm_notify_fn fn, void * user_data);
 
 /* Queues a request: the prompt tokens (copied), its sampling params (NULL = defaults), and extra stop token ids
  * (copied; may be NULL) and a logit bias (n_bias pairs added to the logits; -inf forbids a token; copied; may
@@ -300,22 +330,22 @@ MINICPM_API int32_t minicpm_engine_submit(minicpm_engine_t * engine, const int32
                                           const struct minicpm_sampling_params * sampling,
                                           const int32_t * stop_ids, int32_t n_stop_ids,
                                           const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
-                                          int32_t * request_id);
+                                          uint64_t * request_id);
 
 /* Moves up to cap pending events of a request into out, oldest first. Returns the count (>= 0) or
  * _NOT_FOUND. Once the event with finish_reason != NONE has been drained the request id is released.
  * When the drained events end with MINICPM_FINISH_ERROR, minicpm_last_error() returns why. */
-MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, int32_t request_id, struct minicpm_event * out,
+MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, uint64_t request_id, struct minicpm_event * out,
                                          int32_t cap);
 
 /* Writes up to cap ids of requests with pending events into ids. Returns the count (>= 0). */
-MINICPM_API int32_t minicpm_engine_poll(minicpm_engine_t * engine, int32_t * ids, int32_t cap);
+MINICPM_API int32_t minicpm_engine_poll(minicpm_engine_t * engine, uint64_t * ids, int32_t cap);
 
 /* Cancels a request at any point (waiting, prefilling or decoding). Its KV is released before the next step
  * and it ends with a MINICPM_FINISH_CANCELLED event. Returns _OK or _NOT_FOUND. */
-MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, int32_t request_id);
+MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, uint64_t request_id);
 
-MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, int32_t request_id,
+MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, uint64_t request_id,
                                                 struct minicpm_request_info * out);
 
 MINICPM_API int32_t minicpm_engine_stats(minicpm_engine_t * engine, struct minicpm_engine_stats * out);

@@ -46,12 +46,12 @@ static std::vector<int32_t> prompt_of(int32_t n, int32_t salt) {
     return t;
 }
 
-static int32_t submit(scheduler & s, const std::vector<int32_t> & prompt, const minicpm_sampling_params & sp) {
+static uint64_t submit(scheduler & s, const std::vector<int32_t> & prompt, const minicpm_sampling_params & sp) {
     return s.submit(prompt.data(), int32_t(prompt.size()), &sp, nullptr, 0, nullptr, nullptr, 0);
 }
 
 // Drains a request until its finish event (or a 60 s timeout, which fails the check that follows).
-static std::vector<minicpm_event> collect(scheduler & s, int32_t id) {
+static std::vector<minicpm_event> collect(scheduler & s, uint64_t id) {
     std::vector<minicpm_event> all;
     minicpm_event              buf[16];
     const auto                 deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -155,9 +155,9 @@ static void test_batching_invariance() {
         s.set_step_observer([&](const step_trace & t) {
             if (t.parts.size() > 1) n_mixed++;
         });
-        std::vector<int32_t> ids;
+        std::vector<uint64_t> ids;
         for (size_t i = 0; i < lens.size(); ++i) ids.push_back(submit(s, prompt_of(lens[i], int32_t(i)), sp));
-        for (int32_t id : ids) {
+        for (uint64_t id : ids) {
             together_ev.push_back(collect(s, id));
             together.push_back(tokens_of(together_ev.back()));
         }
@@ -189,7 +189,7 @@ static void test_batching_invariance() {
 static void test_preemption() {
     // 4 blocks (256 tokens) for 3 requests that each grow to 60 + 100 tokens (3 blocks): someone must yield.
     scheduler s(*g_model, engine_params(32, 4), minicpm::cpu_reference_ops());
-    std::vector<int32_t> ids;
+    std::vector<uint64_t> ids;
     for (int32_t i = 0; i < 3; ++i) ids.push_back(submit(s, prompt_of(60, 10 + i), greedy(100)));
     for (int32_t i = 0; i < 3; ++i) {
         const auto ev = collect(s, ids[size_t(i)]);
@@ -208,7 +208,7 @@ static void test_preemption() {
 
 static void test_cancel() {
     scheduler s(*g_model, engine_params(16), minicpm::cpu_reference_ops());
-    std::atomic<int32_t> target{0};
+    std::atomic<uint64_t> target{0};
     std::atomic<bool>    in_prefill{true};
     minicpm_request_info at_cancel{};
     // Cancels from the scheduler thread at a known point: after the target's first prefill chunk, or its first
@@ -260,10 +260,10 @@ static void test_limits() {
     gate g;
     g.set(true);
     s.set_step_observer([&](const step_trace &) { g.pass(); });
-    const int32_t first = submit(s, prompt_of(10, 1), greedy(5));
+    const uint64_t first = submit(s, prompt_of(10, 1), greedy(5));
     g.wait_holding();  // first is admitted (n_batch_max 1) and the thread is parked: the next two must wait
-    const int32_t w1 = submit(s, prompt_of(10, 2), greedy(5));
-    const int32_t w2 = submit(s, prompt_of(10, 3), greedy(5));
+    const uint64_t w1 = submit(s, prompt_of(10, 2), greedy(5));
+    const uint64_t w2 = submit(s, prompt_of(10, 3), greedy(5));
     struct minicpm_engine_stats st;
     s.stats(st);
     minicpm_test::expect_error("third waiting request", MINICPM_STATUS_QUEUE_FULL, {"n_queue_max 2"},
@@ -273,7 +273,7 @@ static void test_limits() {
     g.set(false);
     s.set_step_observer(nullptr);
     int32_t n_ok = 0;
-    for (int32_t id : {first, w1, w2}) n_ok += finish_of(collect(s, id)) == MINICPM_FINISH_LENGTH;
+    for (uint64_t id : {first, w1, w2}) n_ok += finish_of(collect(s, id)) == MINICPM_FINISH_LENGTH;
     CHECK(n_ok == 3 && first > 0 && w1 > first && w2 > w1, "all 3 finished (%d), ids increase: %d %d %d", n_ok,
           first, w1, w2);
 }
@@ -282,7 +282,7 @@ static void test_interleave() {
     scheduler s(*g_model, engine_params(32), minicpm::cpu_reference_ops());
     std::mutex              mu;
     std::vector<step_trace> steps;
-    int32_t                 b = 0;
+    uint64_t                b = 0;
     const std::vector<int32_t> long_prompt = prompt_of(200, 9);
     s.set_step_observer([&](const step_trace & t) {
         std::lock_guard<std::mutex> lk(mu);
@@ -290,7 +290,7 @@ static void test_interleave() {
         // Once a is decoding, a 200-token prompt arrives: it must be prefilled 32 tokens per step around a.
         if (b == 0 && !t.parts.empty() && !t.parts[0].prefill) b = submit(s, long_prompt, greedy(3));
     });
-    const int32_t a = submit(s, prompt_of(5, 8), greedy(30));
+    const uint64_t a = submit(s, prompt_of(5, 8), greedy(30));
     const auto    ev_a = collect(s, a);
     int32_t       b_id = 0;
     for (int i = 0; i < 1000 && b_id == 0; ++i) {
@@ -327,7 +327,7 @@ static void test_seed() {
         sp.temperature = 1.5f;
         sp.top_p = 0.95f;
         sp.seed = seed;
-        int32_t other = 0;
+        uint64_t other = 0;
         if (with_company) other = submit(s, prompt_of(40, 6), greedy(16));
         const auto t = tokens_of(collect(s, submit(s, prompt_of(12, 5), sp)));
         if (other) collect(s, other);
@@ -354,7 +354,7 @@ static void test_forward_error() {
     ops.matmul = failing_matmul;
     scheduler s(*g_model, engine_params(), ops);
     g_fail_matmul = true;
-    const int32_t bad = submit(s, prompt_of(8, 1), greedy(4));
+    const uint64_t bad = submit(s, prompt_of(8, 1), greedy(4));
     std::vector<minicpm_event> ev;
     std::string                msg;
     minicpm_event              buf[8];
@@ -395,10 +395,11 @@ static void test_free_mid_step() {
 static minicpm_engine_t *        g_engine = nullptr;
 static std::mutex                g_mu;
 static std::vector<minicpm_event> g_events;
-static std::atomic<int32_t>      g_rings{0}, g_ring_id{0};
+static std::atomic<int32_t>      g_rings{0};
+static std::atomic<uint64_t>     g_ring_id{0};
 
 // The doorbell pattern of RUNTIME_AND_API.md 1.3: ring, then drain from the callback.
-static void on_ready(int32_t id, int32_t n_ready) {
+static void on_ready(void *, uint64_t id, int32_t n_ready) {
     g_rings++;
     g_ring_id = id;
     minicpm_event buf[8];
@@ -414,7 +415,7 @@ static void test_c_api() {
     char err[256];
 
     const int32_t bad[3] = {5, 512, 6};
-    int32_t       id = -1;
+    uint64_t      id = 0;
     minicpm_sampling_params sp = greedy(6);
     const int32_t rc = minicpm_engine_submit(g_engine, bad, 3, &sp, nullptr, 0, nullptr, nullptr, 0, &id);
     minicpm_last_error(err, sizeof(err));
@@ -430,11 +431,11 @@ static void test_c_api() {
     CHECK(minicpm_engine_submit(g_engine, bad, 1, &sp, nullptr, 0, nullptr, nullptr, 0, &id) ==
               MINICPM_STATUS_ABI_MISMATCH, "sampling params with a wrong size -> abi_mismatch");
 
-    CHECK(minicpm_engine_set_notify(g_engine, on_ready) == MINICPM_STATUS_OK, "doorbell installed");
+    CHECK(minicpm_engine_set_notify(g_engine, on_ready, nullptr) == MINICPM_STATUS_OK, "doorbell installed");
     sp = greedy(6);
     const std::vector<int32_t> prompt = prompt_of(20, 4);
     const int32_t rc_ok = minicpm_engine_submit(g_engine, prompt.data(), 20, &sp, nullptr, 0, nullptr, nullptr, 0, &id);
-    CHECK(rc_ok == MINICPM_STATUS_OK && id > 0, "valid request after the errors: status %d, id %d", rc_ok, id);
+    CHECK(rc_ok == MINICPM_STATUS_OK && id > 0, "valid request after the errors: status %d, id %llu", rc_ok, (unsigned long long) id);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     for (;;) {
         {
@@ -444,12 +445,12 @@ static void test_c_api() {
         if (std::chrono::steady_clock::now() > deadline) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    minicpm_engine_set_notify(g_engine, nullptr);
+    minicpm_engine_set_notify(g_engine, nullptr, nullptr);
     std::vector<int32_t> got = tokens_of(g_events);
     CHECK(got.size() == 6 && finish_of(g_events) == MINICPM_FINISH_LENGTH && g_ring_id == id &&
               g_rings >= 1 && g_rings <= 7,
-          "doorbell: %d rings for request %d, drained %zu tokens [%s] from the callback, finish %d", g_rings.load(),
-          g_ring_id.load(), got.size(), str(got).c_str(), finish_of(g_events));
+          "doorbell: %d rings for request %llu, drained %zu tokens [%s] from the callback, finish %d", g_rings.load(),
+          (unsigned long long) g_ring_id.load(), got.size(), str(got).c_str(), finish_of(g_events));
     minicpm_request_info info;
     info.size = sizeof(info);
     CHECK(minicpm_engine_request_info(g_engine, id, &info) == MINICPM_STATUS_NOT_FOUND,
@@ -458,13 +459,13 @@ static void test_c_api() {
     // Polling without a doorbell, and the timings of request_info.
     sp = greedy(3);
     minicpm_engine_submit(g_engine, prompt.data(), 20, &sp, nullptr, 0, nullptr, nullptr, 0, &id);
-    int32_t ready[4] = {0};
+    uint64_t ready[4] = {0};
     int32_t n_ready = 0;
     for (int i = 0; i < 60000 && n_ready == 0; ++i) {
         n_ready = minicpm_engine_poll(g_engine, ready, 4);
         if (n_ready == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
-    CHECK(n_ready == 1 && ready[0] == id, "poll lists request %d (%d ready)", ready[0], n_ready);
+    CHECK(n_ready == 1 && ready[0] == id, "poll lists request %llu (%d ready)", (unsigned long long) ready[0], n_ready);
     for (int i = 0; i < 60000; ++i) {
         minicpm_engine_request_info(g_engine, id, &info);
         if (info.state == MINICPM_REQUEST_FINISHED) break;
