@@ -51,7 +51,7 @@ MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct mi
             minicpm_engine_default_params(&p);
         }
         auto engine = std::make_unique<minicpm_engine>();
-        engine->impl = std::make_unique<minicpm::scheduler>(*model->impl, p, minicpm::cpu_fast_ops());
+        engine->impl = std::make_unique<minicpm::scheduler>(*model->impl, p);
         *out = engine.release();
         return int32_t(MINICPM_STATUS_OK);
     });

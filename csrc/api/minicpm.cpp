@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -109,7 +110,7 @@ int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params *
         if (p.n_threads < 0)
             fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: n_threads " + std::to_string(p.n_threads) + " < 0");
         std::unique_ptr<minicpm_model> m(new minicpm_model());
-        m->impl = model::load(dir, p.use_mmap != 0);
+        m->impl = model::load(dir, p.use_mmap != 0, p.backend);
         *out = m.release();
         return MINICPM_STATUS_OK;
     });
@@ -148,9 +149,24 @@ int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_i
         info.weight_bytes = w.n_bytes;
         // BF16 is the engine's default KV dtype.
         info.kv_bytes_per_token = kv_pool::bytes_per_block(c, dtype::bf16) / MINICPM_KV_BLOCK_SIZE;
+        info.backend = int32_t(model->impl->backend_type());
+        info.sparse_config = c.sparse.present ? 1 : 0;
+        info.quantization_config = c.quant.present ? 1 : 0;
+        std::snprintf(info.backend_name, sizeof(info.backend_name), "%s",
+                      backend_kind_name(model->impl->backend_type()));
         *out = info;
         return MINICPM_STATUS_OK;
     });
+}
+
+int32_t minicpm_model_warnings(const minicpm_model_t * model, char * buf, int32_t cap) {
+    int32_t n = 0;
+    const int32_t rc = guarded([&]() {
+        require(model, "minicpm_model_warnings: model");
+        n = copy_out(model->impl->warnings(), buf, cap);
+        return MINICPM_STATUS_OK;
+    });
+    return rc == MINICPM_STATUS_OK ? n : rc;
 }
 
 void minicpm_model_free(minicpm_model_t * model) { delete model; }

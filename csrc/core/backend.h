@@ -1,19 +1,45 @@
-// The backend seam: the model graph (csrc/model/minicpm4.cpp) calls only these ops. The CPU reference table
-// is the specification; the fast CPU table (and later CUDA) must match it, op by op (csrc/tests/test-ops.cpp).
+// The backend seam (seam v2). A backend is an object: it owns its execution context (the CPU backend its
+// thread pool), allocates its own buffers (weights, KV pool, activations, tables), copies data in and out,
+// and runs the ops below over those buffers. The model graph (csrc/model/minicpm4.cpp) and the scheduler
+// (csrc/engine/) see only buffers and ops: they never dereference an activation on the host. A backend is
+// made in one place, make_backend(), from the public backend field.
 //
-// Shape letters: T = tokens in the batch, H = n_embd, N = output features, K = input features,
-// nh = query heads, nkv = KV heads, hd = head dim. All activations are f32, row-major.
+// The plain CPU ops are the specification; every other op set (fast CPU kernel families, CUDA) must match
+// them, op by op (csrc/tests/test-ops.cpp).
+//
+// Shape letters: T = rows (tokens) in the batch, H = n_embd, N = output features, K = input features,
+// nh = query heads, nkv = KV heads, hd = head dim. Activations are f32, row-major.
+//
+// Batch metadata (segments, block tables, ancestor masks) is host memory that an op reads when it runs; a
+// device backend copies what it needs. Token ids, positions and row lists are uploaded into backend buffers
+// by the caller, like activations.
 #pragma once
 
 #include "core/tensor.h"
-#include "core/threadpool.h"
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string>
 
 namespace minicpm {
 
-// One layer's slice of the KV pool. Layout: [n_blocks][nkv][MINICPM_KV_BLOCK_SIZE][hd] for k and for v,
-// so one KV head of one 64-token block is a contiguous 64 x hd tile.
+class thread_pool;
+
+enum class backend_kind : int32_t { cpu = MINICPM_BACKEND_CPU, cuda = MINICPM_BACKEND_CUDA };
+
+enum class buffer_usage : int32_t { weights, kv, compute };
+
+// A block of backend memory. `data` is an address in the backend's space (host memory on the CPU).
+struct buffer {
+    void *       data = nullptr;
+    size_t       size = 0;
+    buffer_usage usage = buffer_usage::compute;
+    bool         owned = true;  // false: wraps memory the backend did not allocate (mapped weights)
+};
+
+// One layer's slice of the KV pool. Layout: [n_blocks][nkv][MINICPM_KV_BLOCK_SIZE][hd] for k and for v, so
+// one KV head of one 64-token block is a contiguous 64 x hd tile.
 struct kv_layer {
     dtype   type = dtype::f32;
     void *  k = nullptr;
@@ -22,53 +48,99 @@ struct kv_layer {
     int32_t head_dim = 0;
 };
 
-// The tokens of one sequence inside a batch: rows [row_begin, row_begin + n_rows) of q/k/v/out hold its
-// positions [n_past, n_past + n_rows). blocks[i] is the pool block that holds positions [64 i, 64 i + 64).
+// The rows of one sequence inside a batch: rows [row_begin, row_begin + n_rows). Every row sees the n_past
+// committed KV slots of its sequence; row j writes its K/V to slot n_past + j and sees, among the batch's rows
+// of its sequence, itself and:
+//   mask == nullptr: every earlier row (causal);
+//   mask != nullptr: row i < j exactly when bit i of mask[j] is set (a token tree; n_rows <= 64).
+// Slot s lives in pool block blocks[s / 64] at index s % 64. Positions (for RoPE) are per row, explicit, and
+// independent of slots: siblings in a tree share a position.
 struct kv_segment {
-    int32_t         row_begin = 0;
-    int32_t         n_rows = 0;
-    int32_t         n_past = 0;
-    const int32_t * blocks = nullptr;
+    int32_t          row_begin = 0;
+    int32_t          n_rows = 0;
+    int32_t          n_past = 0;
+    const int32_t *  blocks = nullptr;
+    const uint64_t * mask = nullptr;
 };
 
-struct backend_ops {
-    const char * name;
+constexpr int32_t k_max_tree_rows = 64;  // rows of one masked segment (bits of a mask word)
 
-    // y[T,N] = x[T,K] . W[N,K]^T ; W in its stored dtype (f32, f16, bf16), used in place.
-    void (*matmul)(thread_pool & tp, float * y, const float * x, const tensor_view & w, int64_t T);
+// True when row j of segment sg sees row i (i <= j) of the same segment.
+inline bool kv_row_visible(const kv_segment & sg, int32_t j, int32_t i) {
+    return i == j || (i < j && (sg.mask == nullptr || ((sg.mask[j] >> i) & 1u)));
+}
 
-    // y[T,H] = x / sqrt(mean(x^2) + eps) * g ; g is a [H] vector in any dtype. y may alias x.
-    void (*rms_norm)(thread_pool & tp, float * y, const float * x, const tensor_view & g, int64_t T, float eps);
+struct backend_options {
+    int32_t     n_threads = 0;         // 0 = physical cores
+    bool        reference = false;     // run the plain reference ops (tests)
+    const char * kernels = nullptr;    // CPU kernel family to force (e.g. "avx2"); nullptr = best for this CPU
+};
 
+class backend {
+  public:
+    virtual ~backend() = default;
+
+    virtual backend_kind kind() const = 0;
+    // e.g. "cpu avx512+amx" or "cpu-reference": the backend and the kernel family that runs.
+    virtual const char * name() const = 0;
+    virtual const char * features() const = 0;  // space-separated hardware features the kernels use
+    virtual int          n_threads() const = 0;
+    // True when backend addresses are host addresses (CPU): results may then be written straight into host
+    // arrays instead of being downloaded.
+    virtual bool         host_memory() const = 0;
+    // The host thread pool of a CPU backend (host-side work such as sampling may share it); nullptr otherwise.
+    virtual thread_pool * host_pool() { return nullptr; }
+
+    // ---- memory. Failures throw minicpm::error (_OUT_OF_MEMORY naming the size and the usage).
+    virtual buffer alloc(size_t bytes, buffer_usage usage) = 0;  // zero-filled
+    virtual void   release(buffer & b) = 0;                      // idempotent; b becomes empty
+    // Weights as read from the checkpoint: a host backend wraps the mapping in place, a device copies it.
+    virtual buffer import_weights(const void * host, size_t bytes) = 0;
+    virtual void upload(const buffer & dst, size_t offset, const void * src, size_t bytes) = 0;
+    virtual void download(void * dst, const buffer & src, size_t offset, size_t bytes) = 0;
+    virtual void copy(const buffer & dst, size_t dst_offset, const buffer & src, size_t src_offset, size_t bytes) = 0;
+    virtual void fill_zero(const buffer & dst, size_t offset, size_t bytes) = 0;
+    virtual void synchronize() = 0;  // every op issued so far has finished
+
+    // ---- ops (pointers are addresses inside this backend's buffers).
+    // y[T,N] = x[T,K] . W[N,K]^T, W in its stored format (f32, f16, bf16, q8, q4).
+    virtual void matmul(float * y, const float * x, const tensor_desc & w, int64_t T) = 0;
+    // y[T,H] = x / sqrt(mean(x^2) + eps) * g ; g is a [H] vector of a plain type. y may alias x.
+    virtual void rms_norm(float * y, const float * x, const tensor_desc & g, int64_t T, float eps) = 0;
     // out[T,H] = E[tokens[t]] * scale ; token ids are already validated.
-    void (*embed)(thread_pool & tp, float * out, const int32_t * tokens, const tensor_view & e, int64_t T,
-                  float scale);
-
+    virtual void embed(float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale) = 0;
     // In place split-half RoPE on x[T, n_heads, hd]. cos_sin[p * hd + 2 i] = cos(theta_i(p)) * mscale and
-    // cos_sin[p * hd + 2 i + 1] = sin(theta_i(p)) * mscale for i < hd/2; pos[t] is token t's position.
-    void (*rope)(thread_pool & tp, float * x, const int32_t * pos, const float * cos_sin, int64_t T,
-                 int32_t n_heads, int32_t hd);
-
-    // Writes k[T, nkv*hd] and v[T, nkv*hd] rows into the pool at each segment's positions (converted to
-    // kv.type).
-    void (*kv_store)(thread_pool & tp, const kv_layer & kv, const float * k, const float * v,
-                     const kv_segment * segs, int32_t n_segs);
-
-    // Causal GQA attention over the pool: for each segment and row t, query head h attends to positions
-    // [0, n_past + t] of KV head h / (nh / nkv) with softmax(q.k * scale). out[T, nh*hd]. Memory use must not
-    // grow with the square of the context.
-    void (*attention)(thread_pool & tp, float * out, const float * q, const kv_layer & kv, const kv_segment * segs,
-                      int32_t n_segs, int32_t n_head, float scale);
-
-    // out[T,N] = silu(gate[T,N]) * up[T,N]; out may alias gate.
-    void (*silu_mul)(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n);
-
+    // cos_sin[p * hd + 2 i + 1] = sin(theta_i(p)) * mscale for i < hd/2; pos[t] is row t's position.
+    virtual void rope(float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t n_heads,
+                      int32_t hd) = 0;
+    // Writes rows of k[T, nkv*hd] and v[T, nkv*hd] into their segment's slots (converted to kv.type).
+    virtual void kv_store(const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
+                          int32_t n_segs) = 0;
+    // GQA attention over the pool: query head h of a row attends with softmax(q.k * scale) to the slots its
+    // row sees (see kv_segment), through KV head h / (nh / nkv). out[T, nh*hd]. Memory use must not grow with
+    // the square of the context.
+    virtual void attention(float * out, const float * q, const kv_layer & kv, const kv_segment * segs,
+                           int32_t n_segs, int32_t n_head, float scale) = 0;
+    // out[n] = silu(gate[n]) * up[n]; out may alias gate.
+    virtual void silu_mul(float * out, const float * gate, const float * up, int64_t n) = 0;
     // x[n] += a[n] * scale
-    void (*add_scaled)(thread_pool & tp, float * x, const float * a, float scale, int64_t n);
+    virtual void add_scaled(float * x, const float * a, float scale, int64_t n) = 0;
+    // x[n] /= d
+    virtual void div_scalar(float * x, float d, int64_t n) = 0;
+    // dst[r, :] = src[rows[r], :] for r < R; rows of H floats.
+    virtual void get_rows(float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) = 0;
 };
 
-const backend_ops & cpu_reference_ops();  // plain loops: the specification
-const backend_ops & cpu_fast_ops();       // SIMD + threads, chosen once by CPU features at first call
-const char *        cpu_features();       // space-separated features the fast table found and uses
+// The one place a backend is chosen. Throws _UNSUPPORTED for a kind this build or machine cannot run
+// (CUDA without the CUDA build or a device), _INVALID_ARGUMENT for an unknown kernel family.
+std::unique_ptr<backend> make_backend(backend_kind kind, const backend_options & opts);
+// MINICPM_BACKEND_AUTO / CPU / CUDA -> the kind that runs (AUTO: the best available). Throws as above.
+backend_kind resolve_backend(int32_t requested);
+const char * backend_kind_name(backend_kind k);
+
+// The CPU backend's kernel families runnable on this machine, best first ("avx512+amx", "avx512", "avx2",
+// "portable"), and the features the best one uses.
+int          cpu_kernel_family_names(const char ** out, int cap);
+const char * cpu_features();
 
 }  // namespace minicpm

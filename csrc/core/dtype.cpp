@@ -8,6 +8,8 @@ const char * dtype_name(dtype t) {
         case dtype::f32: return "f32";
         case dtype::f16: return "f16";
         case dtype::bf16: return "bf16";
+        case dtype::q8: return "q8";
+        case dtype::q4: return "q4";
     }
     return "unknown";
 }

@@ -1,4 +1,5 @@
-// Scalar types the weights and KV cache are stored in, and exact conversions to and from f32.
+// Storage formats of weights and the KV cache, and exact conversions to and from f32. f32/f16/bf16 are plain
+// element types; q8/q4 are block-quantized weight formats described by a tensor_desc (core/tensor.h).
 #pragma once
 
 #include "minicpm.h"
@@ -8,8 +9,16 @@
 
 namespace minicpm {
 
-enum class dtype : int32_t { f32 = MINICPM_DTYPE_F32, f16 = MINICPM_DTYPE_F16, bf16 = MINICPM_DTYPE_BF16 };
+enum class dtype : int32_t {
+    f32 = MINICPM_DTYPE_F32,
+    f16 = MINICPM_DTYPE_F16,
+    bf16 = MINICPM_DTYPE_BF16,
+    q8 = MINICPM_DTYPE_Q8,
+    q4 = MINICPM_DTYPE_Q4,
+};
 
+inline bool dtype_is_quantized(dtype t) { return t == dtype::q8 || t == dtype::q4; }
+// Bytes of one element of a plain type (f32, f16, bf16); quantized formats are sized by tensor_desc::bytes().
 inline size_t dtype_size(dtype t) { return t == dtype::f32 ? 4 : 2; }
 const char * dtype_name(dtype t);
 

@@ -68,11 +68,11 @@ inline void attn_pv(float * __restrict o, const float * __restrict p, const floa
     for (int i = 0; i < NV; ++i) attn_store(o + 16 * i, acc[i] + acc[NV + i]);
 }
 
-// One query against one 64-slot block (slots >= lim masked): online-softmax update of its running max m (the
-// new max is returned), sum l and unnormalised output o. s is a 64-float scratch.
+// One query against one 64-slot block (slots >= lim and the slots set in `hidden` masked): online-softmax update
+// of its running max m (the new max is returned), sum l and unnormalised output o. s is a 64-float scratch.
 inline float attn_query_block(const float * __restrict qh, float scale, const float * __restrict kt,
-                              const float * __restrict vb, int32_t hd, int32_t lim, float m, float & l,
-                              float * __restrict o, float * __restrict s) {
+                              const float * __restrict vb, int32_t hd, int32_t lim, uint64_t hidden, float m,
+                              float & l, float * __restrict o, float * __restrict s) {
     // Two sets of 4 accumulators (even and odd d): 8 independent FMA chains hide the FMA latency.
     attn_v16 a[8] = {};
     int32_t d = 0;
@@ -89,6 +89,7 @@ inline float attn_query_block(const float * __restrict qh, float scale, const fl
     }
     for (int i = 0; i < 4; ++i) attn_store(s + 16 * i, a[i] + a[4 + i]);
     for (int32_t j = lim; j < k_blk; ++j) s[j] = -INFINITY;
+    for (uint64_t h = hidden; h != 0; h &= h - 1) s[__builtin_ctzll(h)] = -INFINITY;
     attn_v16 mv = attn_at(s);
     for (int i = 1; i < 4; ++i) {
         const attn_v16 v = attn_at(s + 16 * i);
@@ -98,6 +99,7 @@ inline float attn_query_block(const float * __restrict qh, float scale, const fl
     for (int i = 0; i < 16; ++i) mx = mv[i] > mx ? mv[i] : mx;
     for (int32_t j = 0; j < k_blk; ++j) s[j] = fast_exp(s[j] - mx);
     for (int32_t j = lim; j < k_blk; ++j) s[j] = 0.0f;
+    for (uint64_t h = hidden; h != 0; h &= h - 1) s[__builtin_ctzll(h)] = 0.0f;
     const float alpha = fast_exp(m - mx);
     l = l * alpha + attn_hsum(attn_at(s) + attn_at(s + 16) + attn_at(s + 32) + attn_at(s + 48));
     switch (hd) {
@@ -145,11 +147,17 @@ inline void attention_task_impl(float * out, const float * q, const minicpm::kv_
             const int32_t visible = sg.n_past + r + 1 - p0;  // slots of this block row r may see
             if (visible <= 0) continue;
             const int32_t lim = visible < k_blk ? visible : k_blk;
+            // A token tree: batch rows the row does not descend from are hidden.
+            uint64_t hidden = 0;
+            if (sg.mask != nullptr)
+                for (int32_t j = sg.n_past > p0 ? sg.n_past - p0 : 0; j < lim; ++j)
+                    if (!minicpm::kv_row_visible(sg, r, p0 + j - sg.n_past)) hidden |= uint64_t(1) << j;
+            if (lim == 64 ? hidden == ~uint64_t(0) : hidden == (uint64_t(1) << lim) - 1) continue;
             for (int32_t g = 0; g < group; ++g) {
                 const int32_t h = hk * group + g;
                 const int32_t iq = (r - r0) * group + g;
                 const float * __restrict qh = q + (int64_t(sg.row_begin + r) * n_head + h) * hd;
-                m[iq] = attn_query_block(qh, scale, kt, vb, hd, lim, m[iq], l[iq], o + int64_t(iq) * hd, s);
+                m[iq] = attn_query_block(qh, scale, kt, vb, hd, lim, hidden, m[iq], l[iq], o + int64_t(iq) * hd, s);
             }
         }
     }

@@ -14,8 +14,8 @@ inline float load_f32(const void * p, dtype t, int64_t i) {
         case dtype::f32: return ((const float *) p)[i];
         case dtype::f16: return f16_to_f32(((const uint16_t *) p)[i]);
         case dtype::bf16: return bf16_to_f32(((const uint16_t *) p)[i]);
+        default: return 0.0f;  // quantized formats are read whole rows at a time (dequantize_row)
     }
-    return 0.0f;
 }
 
 inline void store_f32(void * p, dtype t, int64_t i, float v) {
@@ -23,6 +23,7 @@ inline void store_f32(void * p, dtype t, int64_t i, float v) {
         case dtype::f32: ((float *) p)[i] = v; break;
         case dtype::f16: ((uint16_t *) p)[i] = f32_to_f16(v); break;
         case dtype::bf16: ((uint16_t *) p)[i] = f32_to_bf16(v); break;
+        default: break;  // never a store target
     }
 }
 

@@ -1,6 +1,9 @@
 // Chooses the fast CPU kernels once, from cpuid (and, for AMX, the OS's permission to use tile state).
 #include "cpu/ops-fast.h"
 
+#include <algorithm>
+#include <cstring>
+
 #if defined(MINICPM_X86)
 #    include <cpuid.h>
 #endif
@@ -73,5 +76,20 @@ const cpu_kernel_table & cpu_kernels() {
 }
 
 const char * cpu_features() { return cpu_kernels().features; }
+
+const cpu_kernel_table * cpu_kernel_by_name(const char * name) {
+    const cpu_kernel_table * v[8];
+    const int n = std::min(cpu_kernel_variants(v, 8), 8);
+    for (int i = 0; i < n; ++i)
+        if (std::strcmp(v[i]->name, name) == 0) return v[i];
+    return nullptr;
+}
+
+int cpu_kernel_family_names(const char ** out, int cap) {
+    const cpu_kernel_table * v[8];
+    const int n = std::min(cpu_kernel_variants(v, 8), 8);
+    for (int i = 0; i < n && i < cap; ++i) out[i] = v[i]->name;
+    return n;
+}
 
 }  // namespace minicpm

@@ -95,6 +95,7 @@ void matmul_rows_avx2(float * y, int64_t ldy, const float * x, int64_t T, const 
         case dtype::f32: rows<dtype::f32>(y, ldy, x, T, w, K, n0, n1); break;
         case dtype::f16: rows<dtype::f16>(y, ldy, x, T, w, K, n0, n1); break;
         case dtype::bf16: rows<dtype::bf16>(y, ldy, x, T, w, K, n0, n1); break;
+        default: break;  // quantized weights never reach the float kernels (fast_matmul routes them)
     }
 }
 

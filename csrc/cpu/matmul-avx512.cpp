@@ -189,6 +189,7 @@ void matmul_rows_avx512(float * y, int64_t ldy, const float * x, int64_t T, cons
             if (!rows_bf16(y, ldy, x, T, (const uint16_t *) w, K, n0, n1))
                 rows<dtype::bf16>(y, ldy, x, T, w, K, n0, n1);
             break;
+        default: break;  // quantized weights never reach the float kernels (fast_matmul routes them)
     }
 }
 

@@ -7,6 +7,7 @@
 #include "core/status.h"
 #include "cpu/cpu-common.h"
 #include "cpu/ops-fast.h"
+#include "cpu/ops-ref.h"
 
 #include <algorithm>
 #include <cmath>
@@ -36,7 +37,7 @@ template <typename F> void parallel_range(thread_pool & tp, int64_t n, int64_t m
     tp.run(ceil_div(n, chunk), [&](int64_t i, int) { fn(i * chunk, std::min(n, (i + 1) * chunk)); });
 }
 
-void load_row(float * dst, const tensor_view & v, int64_t r) {
+void load_row(float * dst, const tensor_desc & v, int64_t r) {
     const uint8_t * src = v.row(r);
     switch (v.type) {
         case dtype::f32: std::memcpy(dst, src, size_t(v.cols) * 4); break;
@@ -46,10 +47,11 @@ void load_row(float * dst, const tensor_view & v, int64_t r) {
         case dtype::f16:
             for (int64_t i = 0; i < v.cols; ++i) dst[i] = f16_to_f32(((const uint16_t *) src)[i]);
             break;
+        default: fail(MINICPM_STATUS_INTERNAL, "load_row: a quantized tensor needs dequantize_row");
     }
 }
 
-void matmul_amx(thread_pool & tp, float * y, const float * x, const tensor_view & w, int64_t T) {
+void matmul_amx(thread_pool & tp, float * y, const float * x, const tensor_desc & w, int64_t T) {
 #if defined(MINICPM_X86)
     const int64_t N = w.rows, K = w.cols, Kp = amx_k_pad(K), Tp = amx_t_pad(T);
     static thread_local std::vector<uint16_t> xb;
@@ -78,18 +80,9 @@ void matmul_amx(thread_pool & tp, float * y, const float * x, const tensor_view 
 #endif
 }
 
-// ---- the backend_ops entries -----------------------------------------------------------------------------
+}  // namespace
 
-void op_matmul(thread_pool & tp, float * y, const float * x, const tensor_view & w, int64_t T) {
-    fast_matmul(cpu_kernels(), tp, y, x, w, T);
-}
-
-void op_attention(thread_pool & tp, float * out, const float * q, const kv_layer & kv, const kv_segment * segs,
-                  int32_t n_segs, int32_t n_head, float scale) {
-    fast_attention(cpu_kernels(), tp, out, q, kv, segs, n_segs, n_head, scale);
-}
-
-void op_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_view & g, int64_t T, float eps) {
+void fast_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps) {
     const int64_t H = g.cols;
     static thread_local std::vector<float> gf;
     gf.resize(size_t(H));
@@ -112,19 +105,23 @@ void op_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_view
     });
 }
 
-void op_embed(thread_pool & tp, float * out, const int32_t * tokens, const tensor_view & e, int64_t T, float scale) {
+void fast_embed(thread_pool & tp, float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale) {
     const int64_t H = e.cols;
     parallel_range(tp, T, std::max<int64_t>(1, k_par_min / H), [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
             float * o = out + t * H;
-            load_row(o, e, tokens[t]);
+            if (e.quantized()) {
+                dequantize_row(e, tokens[t], o);
+            } else {
+                load_row(o, e, tokens[t]);
+            }
             for (int64_t i = 0; i < H; ++i) o[i] *= scale;
         }
     });
 }
 
-void op_rope(thread_pool & tp, float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t n_heads,
-             int32_t hd) {
+void fast_rope(thread_pool & tp, float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t n_heads,
+               int32_t hd) {
     const int32_t half = hd / 2;
     parallel_range(tp, T, std::max<int64_t>(1, k_par_min / (int64_t(n_heads) * hd)), [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
@@ -142,8 +139,8 @@ void op_rope(thread_pool & tp, float * x, const int32_t * pos, const float * cos
     });
 }
 
-void op_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
-                 int32_t n_segs) {
+void fast_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
+                   int32_t n_segs) {
     const int32_t nkv = kv.n_head_kv, hd = kv.head_dim;
     for (int32_t s = 0; s < n_segs; ++s) {
         const kv_segment & sg = segs[s];
@@ -172,29 +169,55 @@ void op_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const f
                             ((uint16_t *) kv.v)[dst + d] = f32_to_f16(vs[d]);
                         }
                         break;
+                    default: fail(MINICPM_STATUS_UNSUPPORTED, "kv_store: KV dtype must be f32, f16 or bf16");
                 }
             }
         }
     }
 }
 
-void op_silu_mul(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n) {
+void fast_silu_mul(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n) {
     parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] / (1.0f + fast_exp(-gate[i])) * up[i];
     });
 }
 
-void op_add_scaled(thread_pool & tp, float * x, const float * a, float scale, int64_t n) {
+void fast_add_scaled(thread_pool & tp, float * x, const float * a, float scale, int64_t n) {
     parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) x[i] += a[i] * scale;
     });
 }
 
-}  // namespace
+void fast_div_scalar(thread_pool & tp, float * x, float d, int64_t n) {
+    parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) x[i] /= d;
+    });
+}
 
-void fast_matmul(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_view & w,
+void fast_get_rows(thread_pool & tp, float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) {
+    for (int64_t r = 0; r < R; ++r) std::memcpy(dst + r * H, src + int64_t(rows[r]) * H, size_t(H) * 4);
+}
+
+// Quantized weights: rows dequantized one at a time (the plain format definition), threads over rows. The
+// fast integer kernels come with the quantization work; this keeps every format runnable meanwhile.
+static void matmul_dequant(thread_pool & tp, float * y, const float * x, const tensor_desc & w, int64_t T) {
+    const int64_t N = w.rows, K = w.cols;
+    parallel_range(tp, N, 16, [&](int64_t n0, int64_t n1) {
+        std::vector<float> wr(static_cast<size_t>(K));
+        for (int64_t n = n0; n < n1; ++n) {
+            dequantize_row(w, n, wr.data());
+            matmul_rows_portable(y + n, N, x, T, wr.data(), dtype::f32, K, 0, 1);
+        }
+    });
+}
+
+void fast_matmul(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
                  int64_t T) {
     if (T <= 0) return;
+    if (w.quantized()) {
+        matmul_dequant(tp, y, x, w, T);
+        return;
+    }
     if (kt.amx_bf16 && w.type == dtype::bf16 && T >= k_amx_min_tokens) {
         matmul_amx(tp, y, x, w, T);
         return;
@@ -253,7 +276,11 @@ void matmul_rows_portable(float * y, int64_t ldy, const float * x, int64_t T, co
             for (int64_t k0 = 0; k0 < K; k0 += kc) {
                 const int64_t len = std::min(kc, K - k0);
                 float wf[kc];
-                const tensor_view part = {wt, 1, len, wr + k0 * esz};
+                tensor_desc part;
+                part.type = wt;
+                part.rows = 1;
+                part.cols = len;
+                part.data = wr + k0 * esz;
                 load_row(wf, part, 0);
                 const int64_t len16 = len / 16 * 16;
                 for (int64_t t = 0; t < nt; ++t) {
@@ -270,13 +297,6 @@ void matmul_rows_portable(float * y, int64_t ldy, const float * x, int64_t T, co
             }
         }
     }
-}
-
-const backend_ops & cpu_fast_ops() {
-    static const backend_ops ops = {
-        "cpu-fast", op_matmul, op_rms_norm, op_embed, op_rope, op_kv_store, op_attention, op_silu_mul, op_add_scaled,
-    };
-    return ops;
 }
 
 }  // namespace minicpm

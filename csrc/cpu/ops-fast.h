@@ -5,6 +5,7 @@
 #pragma once
 
 #include "core/backend.h"
+#include "core/threadpool.h"
 
 #include <cstdint>
 
@@ -38,12 +39,23 @@ constexpr int64_t k_amx_min_tokens = 5;  // below this the exact FMA path is as 
 
 const cpu_kernel_table & cpu_kernels();                   // the best variant, chosen once
 int                      cpu_kernel_variants(const cpu_kernel_table ** out, int cap);  // all runnable here
+const cpu_kernel_table * cpu_kernel_by_name(const char * name);  // nullptr when not runnable here
 
-// The fast ops with an explicit kernel table (the backend_ops entries pass cpu_kernels()).
-void fast_matmul(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_view & w,
+// The fast ops (semantics in backend.h), run with a kernel table on a thread pool.
+void fast_matmul(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
                  int64_t T);
 void fast_attention(const cpu_kernel_table & kt, thread_pool & tp, float * out, const float * q, const kv_layer & kv,
                     const kv_segment * segs, int32_t n_segs, int32_t n_head, float scale);
+void fast_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps);
+void fast_embed(thread_pool & tp, float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale);
+void fast_rope(thread_pool & tp, float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t n_heads,
+               int32_t hd);
+void fast_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
+                   int32_t n_segs);
+void fast_silu_mul(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n);
+void fast_add_scaled(thread_pool & tp, float * x, const float * a, float scale, int64_t n);
+void fast_div_scalar(thread_pool & tp, float * x, float d, int64_t n);
+void fast_get_rows(thread_pool & tp, float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H);
 
 void matmul_rows_portable(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
                           int64_t n0, int64_t n1);

@@ -1,8 +1,9 @@
-// The reference CPU ops: plain single-threaded loops with f32 accumulation. They are the specification every
-// fast op is tested against (csrc/tests/test-ops.cpp), so they favour obviousness over speed.
+// The reference CPU ops (see ops-ref.h): they favour obviousness over speed.
 //
 // Shape letters (as in core/backend.h): T tokens, H n_embd, N output features, K input features,
-// nh query heads, nkv KV heads, hd head dim, P positions attended.
+// nh query heads, nkv KV heads, hd head dim, P slots attended.
+#include "cpu/ops-ref.h"
+
 #include "cpu/cpu-common.h"
 
 #include <cmath>
@@ -10,23 +11,44 @@
 
 namespace minicpm {
 
-namespace {
+void dequantize_row(const tensor_desc & w, int64_t n, float * out) {
+    const int64_t K = w.cols;
+    if (!w.quantized()) {
+        for (int64_t k = 0; k < K; ++k) out[k] = load_f32(w.row(n), w.type, k);
+        return;
+    }
+    const int64_t G = w.n_groups();
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t g = w.perm ? w.perm[k] : k / w.group_size;
+        const float   s = load_f32(w.scales, w.scale_type, n * G + g);
+        const int64_t i = n * K + k;
+        if (w.type == dtype::q8) {
+            out[k] = float(((const int8_t *) w.data)[i]) * s;
+        } else {
+            const uint8_t byte = ((const uint8_t *) w.data)[i / 2];
+            const int32_t q = (i % 2 == 0) ? (byte & 0xf) : (byte >> 4);
+            const int32_t z = w.zeros ? w.zeros[n * G + g] : 8;
+            out[k] = float(q - z) * s;
+        }
+    }
+}
 
 // y[T,N] = x[T,K] . W[N,K]^T
-void ref_matmul(thread_pool & tp, float * y, const float * x, const tensor_view & w, int64_t T) {
+void ref_matmul(float * y, const float * x, const tensor_desc & w, int64_t T) {
     const int64_t N = w.rows, K = w.cols;
-    for (int64_t t = 0; t < T; ++t) {
-        for (int64_t n = 0; n < N; ++n) {
-            const void * wr = w.row(n);
+    std::vector<float> wr(static_cast<size_t>(K));
+    for (int64_t n = 0; n < N; ++n) {
+        dequantize_row(w, n, wr.data());
+        for (int64_t t = 0; t < T; ++t) {
             float acc = 0.0f;
-            for (int64_t k = 0; k < K; ++k) acc += x[t * K + k] * load_f32(wr, w.type, k);
+            for (int64_t k = 0; k < K; ++k) acc += x[t * K + k] * wr[size_t(k)];
             y[t * N + n] = acc;
         }
     }
 }
 
 // y[T,H] = x / sqrt(mean(x^2) + eps) * g
-void ref_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_view & g, int64_t T, float eps) {
+void ref_rms_norm(float * y, const float * x, const tensor_desc & g, int64_t T, float eps) {
     const int64_t H = g.cols;
     for (int64_t t = 0; t < T; ++t) {
         float ss = 0.0f;
@@ -37,18 +59,17 @@ void ref_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_vie
 }
 
 // out[T,H] = E[tokens[t]] * scale
-void ref_embed(thread_pool & tp, float * out, const int32_t * tokens, const tensor_view & e, int64_t T,
-               float scale) {
+void ref_embed(float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale) {
     const int64_t H = e.cols;
+    std::vector<float> row(static_cast<size_t>(H));
     for (int64_t t = 0; t < T; ++t) {
-        const void * er = e.row(tokens[t]);
-        for (int64_t i = 0; i < H; ++i) out[t * H + i] = load_f32(er, e.type, i) * scale;
+        dequantize_row(e, tokens[t], row.data());
+        for (int64_t i = 0; i < H; ++i) out[t * H + i] = row[size_t(i)] * scale;
     }
 }
 
 // x[T, nh, hd]: split-half rotation of (x[i], x[i + hd/2]) by the angle of position pos[t], frequency i.
-void ref_rope(thread_pool & tp, float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t n_heads,
-              int32_t hd) {
+void ref_rope(float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t n_heads, int32_t hd) {
     const int32_t half = hd / 2;
     for (int64_t t = 0; t < T; ++t) {
         const float * cs = cos_sin + int64_t(pos[t]) * hd;
@@ -64,9 +85,8 @@ void ref_rope(thread_pool & tp, float * x, const int32_t * pos, const float * co
     }
 }
 
-// k[T, nkv*hd], v[T, nkv*hd] -> pool slots of each segment's positions n_past .. n_past + n_rows - 1
-void ref_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
-                  int32_t n_segs) {
+// Row j of a segment -> slot n_past + j of its sequence.
+void ref_kv_store(const kv_layer & kv, const float * k, const float * v, const kv_segment * segs, int32_t n_segs) {
     const int32_t nkv = kv.n_head_kv, hd = kv.head_dim;
     for (int32_t s = 0; s < n_segs; ++s) {
         const kv_segment & sg = segs[s];
@@ -85,40 +105,48 @@ void ref_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const 
     }
 }
 
-// out[T, nh*hd]: per segment, row and query head, a full softmax over the P = n_past + row + 1 visible positions.
-void ref_attention(thread_pool & tp, float * out, const float * q, const kv_layer & kv, const kv_segment * segs,
-                   int32_t n_segs, int32_t n_head, float scale) {
+// out[T, nh*hd]: per segment, row and query head, a full softmax over the slots the row sees: the committed
+// slots [0, n_past) and the batch rows kv_row_visible() allows.
+void ref_attention(float * out, const float * q, const kv_layer & kv, const kv_segment * segs, int32_t n_segs,
+                   int32_t n_head, float scale) {
     const int32_t nkv = kv.n_head_kv, hd = kv.head_dim, group = n_head / nkv;
-    std::vector<float> w;
+    std::vector<int32_t> slots;
+    std::vector<float>   w;
     for (int32_t s = 0; s < n_segs; ++s) {
         const kv_segment & sg = segs[s];
         for (int32_t r = 0; r < sg.n_rows; ++r) {
-            const int32_t P = sg.n_past + r + 1;
+            slots.clear();
+            for (int32_t p = 0; p < sg.n_past; ++p) slots.push_back(p);
+            for (int32_t i = 0; i <= r; ++i)
+                if (kv_row_visible(sg, r, i)) slots.push_back(sg.n_past + i);
             const int64_t row = sg.row_begin + r;
-            w.assign(size_t(P), 0.0f);
+            const size_t  P = slots.size();
+            w.assign(P, 0.0f);
             for (int32_t h = 0; h < n_head; ++h) {
                 const float * qh = q + (row * n_head + h) * hd;
                 const int32_t hk = h / group;
                 float mx = -INFINITY;
-                for (int32_t p = 0; p < P; ++p) {
+                for (size_t j = 0; j < P; ++j) {
+                    const int32_t p = slots[j];
                     const int64_t off = kv_offset(kv, sg.blocks[p / MINICPM_KV_BLOCK_SIZE], hk,
                                                   p % MINICPM_KV_BLOCK_SIZE);
                     float dot = 0.0f;
                     for (int32_t d = 0; d < hd; ++d) dot += qh[d] * load_f32(kv.k, kv.type, off + d);
-                    w[p] = dot * scale;
-                    mx = std::fmax(mx, w[p]);
+                    w[j] = dot * scale;
+                    mx = std::fmax(mx, w[j]);
                 }
                 float sum = 0.0f;
-                for (int32_t p = 0; p < P; ++p) {
-                    w[p] = std::exp(w[p] - mx);
-                    sum += w[p];
+                for (size_t j = 0; j < P; ++j) {
+                    w[j] = std::exp(w[j] - mx);
+                    sum += w[j];
                 }
                 float * o = out + (row * n_head + h) * hd;
                 for (int32_t d = 0; d < hd; ++d) o[d] = 0.0f;
-                for (int32_t p = 0; p < P; ++p) {
+                for (size_t j = 0; j < P; ++j) {
+                    const int32_t p = slots[j];
                     const int64_t off = kv_offset(kv, sg.blocks[p / MINICPM_KV_BLOCK_SIZE], hk,
                                                   p % MINICPM_KV_BLOCK_SIZE);
-                    for (int32_t d = 0; d < hd; ++d) o[d] += w[p] / sum * load_f32(kv.v, kv.type, off + d);
+                    for (int32_t d = 0; d < hd; ++d) o[d] += w[j] / sum * load_f32(kv.v, kv.type, off + d);
                 }
             }
         }
@@ -126,23 +154,24 @@ void ref_attention(thread_pool & tp, float * out, const float * q, const kv_laye
 }
 
 // out[n] = silu(gate[n]) * up[n], silu(z) = z / (1 + exp(-z))
-void ref_silu_mul(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n) {
+void ref_silu_mul(float * out, const float * gate, const float * up, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 // x[n] += a[n] * scale
-void ref_add_scaled(thread_pool & tp, float * x, const float * a, float scale, int64_t n) {
+void ref_add_scaled(float * x, const float * a, float scale, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] += a[i] * scale;
 }
 
-}  // namespace
+// x[n] /= d (a division, as HF divides by the logit divisor: exact to the last bit)
+void ref_div_scalar(float * x, float d, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] /= d;
+}
 
-const backend_ops & cpu_reference_ops() {
-    static const backend_ops ops = {
-        "cpu-reference", ref_matmul, ref_rms_norm, ref_embed, ref_rope, ref_kv_store, ref_attention,
-        ref_silu_mul,    ref_add_scaled,
-    };
-    return ops;
+// dst[r, :] = src[rows[r], :]
+void ref_get_rows(float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) {
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < H; ++i) dst[r * H + i] = src[int64_t(rows[r]) * H + i];
 }
 
 }  // namespace minicpm

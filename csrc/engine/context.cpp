@@ -9,9 +9,14 @@
 
 namespace minicpm {
 
-static constexpr int32_t BLOCK = MINICPM_KV_BLOCK_SIZE;
+static int32_t blocks_for(int64_t n_tokens) { return kv_blocks_for(n_tokens); }
 
-static int32_t blocks_for(int64_t n_tokens) { return int32_t((n_tokens + BLOCK - 1) / BLOCK); }
+static backend_options options_of(const minicpm_context_params & p) {
+    backend_options o;
+    o.n_threads = p.n_threads;
+    o.reference = p.use_reference != 0;
+    return o;
+}
 
 // Validates the params that size the KV pool; returns the effective n_ctx.
 static int32_t checked_n_ctx(const model & m, const minicpm_context_params & p) {
@@ -40,28 +45,21 @@ static int32_t pool_blocks(const minicpm_context_params & p, int32_t n_ctx) { re
 
 context::context(const model & m, const minicpm_context_params & p)
     : model_(m),
-      ops_(p.use_reference ? cpu_reference_ops() : cpu_fast_ops()),
+      be_(m.make_backend(options_of(p))),
       n_ctx_(checked_n_ctx(m, p)),
       n_chunk_(p.n_chunk),
-      pool_(p.n_threads),
-      kv_(m.config(), dtype(p.kv_dtype), pool_blocks(p, n_ctx_)),
+      kv_(*be_, m.config(), dtype(p.kv_dtype), pool_blocks(p, n_ctx_)),
       seqs_(size_t(p.n_seq_max)) {
     // Block tables never reallocate, so segment pointers into them stay valid during an eval.
-    for (sequence & s : seqs_) s.blocks.reserve(size_t(blocks_for(n_ctx_)));
+    for (kv_seq & s : seqs_) s.blocks.reserve(size_t(blocks_for(n_ctx_)));
 }
+
+context::~context() { model_.release_workspace(*be_, ws_); }
 
 void context::check_seq(int32_t seq_id) const {
     if (seq_id < 0 || seq_id >= int32_t(seqs_.size()))
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "seq id " + std::to_string(seq_id) + " is out of range [0, " +
                                                   std::to_string(seqs_.size()) + ")");
-}
-
-void context::release_blocks_beyond(sequence & s, int32_t n_tokens) {
-    const size_t keep = size_t(blocks_for(n_tokens));
-    while (s.blocks.size() > keep) {
-        kv_.release(s.blocks.back());
-        s.blocks.pop_back();
-    }
 }
 
 int32_t context::seq_len(int32_t seq_id) const {
@@ -72,10 +70,74 @@ int32_t context::seq_len(int32_t seq_id) const {
 void context::seq_truncate(int32_t seq_id, int32_t n_keep) {
     check_seq(seq_id);
     if (n_keep < 0) fail(MINICPM_STATUS_INVALID_ARGUMENT, "seq_truncate: n_keep " + std::to_string(n_keep) + " < 0");
-    sequence & s = seqs_[size_t(seq_id)];
-    if (n_keep >= s.n_tokens) return;
-    s.n_tokens = n_keep;
-    release_blocks_beyond(s, n_keep);
+    kv_seq_truncate(kv_, seqs_[size_t(seq_id)], n_keep);
+}
+
+void context::seq_fork(int32_t src, int32_t dst, int32_t n) {
+    check_seq(src);
+    check_seq(dst);
+    if (src == dst) fail(MINICPM_STATUS_INVALID_ARGUMENT, "seq_fork: source and destination are the same");
+    if (n < 0 || n > seqs_[size_t(src)].n_tokens)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "seq_fork: prefix of " + std::to_string(n) + " tokens, source holds " +
+                                                  std::to_string(seqs_[size_t(src)].n_tokens));
+    kv_seq_free(kv_, seqs_[size_t(dst)]);
+    kv_seq_fork(kv_, seqs_[size_t(src)], n, seqs_[size_t(dst)]);
+}
+
+void context::seq_compact(int32_t seq_id, const int32_t * src_slots, const int32_t * dst_slots, int32_t n,
+                          int32_t n_keep) {
+    check_seq(seq_id);
+    kv_seq & s = seqs_[size_t(seq_id)];
+    int32_t lo = s.n_tokens;
+    for (int32_t i = 0; i < n; ++i) {
+        if (src_slots[i] < 0 || src_slots[i] >= s.n_tokens || dst_slots[i] < 0 || dst_slots[i] >= s.n_tokens)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "seq_compact: slot outside the sequence's " +
+                                                      std::to_string(s.n_tokens) + " tokens");
+        lo = std::min(lo, dst_slots[i]);
+    }
+    if (!kv_seq_prepare(kv_, s, lo, s.n_tokens)) fail(MINICPM_STATUS_OUT_OF_MEMORY, "seq_compact: KV pool exhausted");
+    kv_seq_copy_rows(kv_, s, src_slots, dst_slots, n);
+    kv_seq_truncate(kv_, s, n_keep);
+}
+
+void context::eval_tree(int32_t seq_id, const int32_t * tokens, const int32_t * pos, const uint64_t * mask,
+                        int32_t n, float * logits) {
+    check_seq(seq_id);
+    const int32_t n_vocab = model_.config().n_vocab;
+    if (n <= 0 || n > k_max_tree_rows || !tokens || !pos || !logits)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "eval_tree: 1.." + std::to_string(k_max_tree_rows) +
+                                                  " rows with tokens, positions and a logits buffer");
+    for (int32_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "eval_tree: token id " + std::to_string(tokens[i]) + " out of range");
+    kv_seq & s = seqs_[size_t(seq_id)];
+    if (int64_t(s.n_tokens) + n > n_ctx_)
+        fail(MINICPM_STATUS_TOO_LARGE, "eval_tree: " + std::to_string(n) + " rows exceed n_ctx " + std::to_string(n_ctx_));
+    if (!kv_seq_prepare(kv_, s, s.n_tokens, s.n_tokens + n))
+        fail(MINICPM_STATUS_OUT_OF_MEMORY, "eval_tree: KV pool exhausted");
+    kv_segment sg;
+    sg.row_begin = 0;
+    sg.n_rows = n;
+    sg.n_past = s.n_tokens;
+    sg.blocks = s.blocks.data();
+    sg.mask = mask;
+    local_rows_.resize(size_t(n));
+    for (int32_t i = 0; i < n; ++i) local_rows_[size_t(i)] = i;
+    batch_view b;
+    b.tokens = tokens;
+    b.pos = pos;
+    b.n_tokens = n;
+    b.segs = &sg;
+    b.n_segs = 1;
+    b.logit_rows = local_rows_.data();
+    b.n_logit_rows = n;
+    try {
+        model_.forward(*be_, ws_, kv_, b, logits);
+    } catch (...) {
+        kv_seq_truncate(kv_, s, s.n_tokens);
+        throw;
+    }
+    s.n_tokens += n;
 }
 
 int32_t context::eval(const int32_t * tokens, const int32_t * seq_ids, const uint8_t * output, int32_t n,
@@ -138,20 +200,16 @@ int32_t context::eval(const int32_t * tokens, const int32_t * seq_ids, const uin
         dest_.push_back(r);
     }
 
-    // 3. Blocks for the new positions (the pool holds n_seq_max * n_ctx tokens, so this cannot run dry).
+    // 3. Writable blocks for the new slots (shared ones are copied first).
     auto rollback = [&]() {
-        for (int32_t s = 0; s < n_seq; ++s) release_blocks_beyond(seqs_[size_t(s)], seqs_[size_t(s)].n_tokens);
+        for (int32_t s = 0; s < n_seq; ++s) kv_seq_truncate(kv_, seqs_[size_t(s)], seqs_[size_t(s)].n_tokens);
     };
     for (int32_t s = 0; s < n_seq; ++s) {
-        sequence & sq = seqs_[size_t(s)];
-        const size_t need = size_t(blocks_for(int64_t(sq.n_tokens) + seg_count_[size_t(s)]));
-        while (sq.blocks.size() < need) {
-            const int32_t b = kv_.alloc();
-            if (b < 0) {
-                rollback();
-                fail(MINICPM_STATUS_INTERNAL, "eval: KV pool exhausted");
-            }
-            sq.blocks.push_back(b);
+        kv_seq & sq = seqs_[size_t(s)];
+        if (seg_count_[size_t(s)] == 0) continue;
+        if (!kv_seq_prepare(kv_, sq, sq.n_tokens, sq.n_tokens + seg_count_[size_t(s)])) {
+            rollback();
+            fail(MINICPM_STATUS_OUT_OF_MEMORY, "eval: KV pool exhausted (shared blocks need copies)");
         }
     }
 
@@ -189,7 +247,7 @@ int32_t context::eval(const int32_t * tokens, const int32_t * seq_ids, const uin
             b.n_segs = int32_t(segs_.size());
             b.logit_rows = local_rows_.data();
             b.n_logit_rows = int32_t(local_rows_.size());
-            model_.forward(ops_, pool_, kv_, b, out ? out + k0 * size_t(n_vocab) : nullptr, scratch_);
+            model_.forward(*be_, ws_, kv_, b, out ? out + k0 * size_t(n_vocab) : nullptr);
         }
     } catch (...) {
         rollback();

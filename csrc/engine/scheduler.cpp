@@ -3,12 +3,13 @@
 #include "core/status.h"
 
 #include <algorithm>
+#include <cstdio>
 
 namespace minicpm {
 
 static constexpr int32_t kBlock = MINICPM_KV_BLOCK_SIZE;
 
-static int32_t blocks_for(int64_t n_tokens) { return int32_t((n_tokens + kBlock - 1) / kBlock); }
+static int32_t blocks_for(int64_t n_tokens) { return kv_blocks_for(n_tokens); }
 
 static minicpm_event end_event(int32_t reason) {
     minicpm_event ev{};
@@ -51,15 +52,29 @@ scheduler::config scheduler::resolve(const model & m, const minicpm_engine_param
     return c;
 }
 
-scheduler::scheduler(const model & m, const minicpm_engine_params & params, const backend_ops & ops)
+backend_options scheduler::with_threads(backend_options o, const config & c) {
+    o.n_threads = c.n_threads;
+    return o;
+}
+
+static thread_pool * host_pool_of(backend & be, std::unique_ptr<thread_pool> & own) {
+    if (be.host_pool() != nullptr) return be.host_pool();
+    own = std::make_unique<thread_pool>(1);
+    return own.get();
+}
+
+scheduler::scheduler(const model & m, const minicpm_engine_params & params, const backend_options & opts)
+    : scheduler(m, params, m.make_backend(with_threads(opts, resolve(m, params)))) {}
+
+scheduler::scheduler(const model & m, const minicpm_engine_params & params, std::unique_ptr<backend> be)
     : model_(m),
-      ops_(ops),
       cfg_(resolve(m, params)),
       n_vocab_(m.config().n_vocab),
       eos_ids_(m.config().eos_token_ids),
-      pool_(cfg_.n_threads),
-      kv_(m.config(), cfg_.kv_type, cfg_.n_blocks) {
-    sampler_scratch_.resize(size_t(pool_.size()));
+      be_(std::move(be)),
+      host_(*host_pool_of(*be_, own_pool_)),
+      kv_(*be_, m.config(), cfg_.kv_type, cfg_.n_blocks) {
+    sampler_scratch_.resize(size_t(host_.size()));
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -70,6 +85,7 @@ scheduler::~scheduler() {
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
+    model_.release_workspace(*be_, ws_);
 }
 
 void scheduler::set_notify(minicpm_notify_fn fn, void * user_data) {
@@ -205,6 +221,8 @@ void scheduler::stats(struct minicpm_engine_stats & out) {
     out.n_undrained = n_undrained_;
     out.kv_tokens_used = (kv_.n_blocks() - kv_.n_free()) * kBlock;
     out.kv_tokens_total = kv_.n_blocks() * kBlock;
+    out.backend = int32_t(be_->kind());
+    std::snprintf(out.backend_name, sizeof(out.backend_name), "%s", be_->name());
     out.n_steps = n_steps_;
     out.n_prompt_tokens = n_prompt_tokens_;
     out.n_generated_tokens = n_generated_tokens_;
@@ -249,7 +267,7 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         b.logit_rows = logit_rows_.data();
         b.n_logit_rows = int32_t(logit_rows_.size());
         logits_.resize(logit_rows_.size() * size_t(n_vocab_));
-        model_.forward(ops_, pool_, kv_, b, logits_.data(), scratch_);
+        model_.forward(*be_, ws_, kv_, b, logits_.data());
 
         // Sampling touches only each request's own sampler, so rows run in parallel on the pool.
         std::vector<request *> to_sample;
@@ -257,7 +275,7 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
             if (e.samples) to_sample.push_back(e.r);
         results_.assign(to_sample.size(), sample_result{});
         sample_errors_.assign(to_sample.size(), std::string());
-        pool_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
+        host_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
             try {
                 const float * row = logits_.data() + size_t(k) * size_t(n_vocab_);
                 results_[size_t(k)] = to_sample[size_t(k)]->smp.sample(row, sampler_scratch_[size_t(thread)]);
@@ -320,8 +338,8 @@ void scheduler::admit() {
         }
         if (need + headroom > kv_.n_free()) break;
         waiting_.pop_front();
-        for (int32_t i = 0; i < need; ++i) r.blocks.push_back(kv_.alloc());
-        r.n_past = 0;
+        if (!kv_seq_prepare(kv_, r.kv, 0, int32_t(r.tokens.size())))
+            fail(MINICPM_STATUS_INTERNAL, "admit: KV blocks counted free could not be allocated");
         r.state = MINICPM_REQUEST_PREFILLING;
         r.admit_order = ++n_admitted_;
         if (r.t_admit == 0) r.t_admit = minicpm_time_us();
@@ -330,13 +348,8 @@ void scheduler::admit() {
 }
 
 bool scheduler::grow_kv(request & r) {
-    if (size_t(r.n_past / kBlock) < r.blocks.size()) return true;
     for (;;) {
-        const int32_t b = kv_.alloc();
-        if (b >= 0) {
-            r.blocks.push_back(b);
-            return true;
-        }
+        if (kv_seq_prepare(kv_, r.kv, r.kv.n_tokens, r.kv.n_tokens + 1)) return true;
         // running_ is in admission order, so its back is the newest request.
         request * victim = running_.back();
         if (victim != &r) {
@@ -358,14 +371,15 @@ void scheduler::build_batch() {
     segs_.clear();
     logit_rows_.clear();
     auto add = [this](request & r, int32_t n_rows, bool prefill) {
-        const bool samples = r.n_past + n_rows == int32_t(r.tokens.size());
+        const int32_t n_past = r.kv.n_tokens;
+        const bool    samples = n_past + n_rows == int32_t(r.tokens.size());
         kv_segment s;
         s.row_begin = int32_t(batch_tokens_.size());
         s.n_rows = n_rows;
-        s.n_past = r.n_past;
-        s.blocks = r.blocks.data();
+        s.n_past = n_past;
+        s.blocks = r.kv.blocks.data();
         segs_.push_back(s);
-        batch_tokens_.insert(batch_tokens_.end(), r.tokens.begin() + r.n_past, r.tokens.begin() + r.n_past + n_rows);
+        batch_tokens_.insert(batch_tokens_.end(), r.tokens.begin() + n_past, r.tokens.begin() + n_past + n_rows);
         if (samples) logit_rows_.push_back(int32_t(batch_tokens_.size()) - 1);
         entries_.push_back({&r, n_rows, prefill, samples});
     };
@@ -382,7 +396,7 @@ void scheduler::build_batch() {
     for (request * r : running_) {
         if (budget == 0) break;
         if (r->state != MINICPM_REQUEST_PREFILLING) continue;
-        const int32_t n = std::min(budget, int32_t(r->tokens.size()) - r->n_past);
+        const int32_t n = std::min(budget, int32_t(r->tokens.size()) - r->kv.n_tokens);
         budget -= n;
         add(*r, n, true);
     }
@@ -392,8 +406,8 @@ void scheduler::commit() {
     size_t k = 0;
     for (const batch_entry & e : entries_) {
         request & r = *e.r;
-        r.n_past += e.n_rows;
-        r.n_prefilled = std::min(r.n_past, r.n_prompt);
+        r.kv.n_tokens += e.n_rows;
+        r.n_prefilled = std::min(r.kv.n_tokens, r.n_prompt);
         if (e.prefill) n_prompt_tokens_ += uint64_t(e.n_rows);
         if (!e.samples) continue;
         const sample_result & res = results_[k];
@@ -455,11 +469,7 @@ void scheduler::finish(request & r, const minicpm_event & last, const std::strin
     push_event(r, last);
 }
 
-void scheduler::release_kv(request & r) {
-    for (int32_t b : r.blocks) kv_.release(b);
-    r.blocks.clear();
-    r.n_past = 0;
-}
+void scheduler::release_kv(request & r) { kv_seq_free(kv_, r.kv); }
 
 void scheduler::preempt(request & r) {
     release_kv(r);

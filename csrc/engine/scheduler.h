@@ -15,6 +15,7 @@
 // [engine] are read and written by the scheduler thread only; the others need the mutex.
 #pragma once
 
+#include "core/threadpool.h"
 #include "engine/sampler.h"
 #include "minicpm.h"
 #include "model/minicpm4.h"
@@ -45,9 +46,12 @@ struct step_trace {
 
 class scheduler {
   public:
-    // Validates params (see minicpm_engine_params), allocates the KV pool and starts the thread. ops is the
-    // backend table (the fast CPU ops in the library; tests may pass the reference ops).
-    scheduler(const model & m, const minicpm_engine_params & params, const backend_ops & ops);
+    // Validates params (see minicpm_engine_params), makes the engine's backend (its own threads and buffers on
+    // the model's backend kind; n_threads comes from params), allocates the KV pool and starts the thread.
+    // opts selects the op set (tests pass reference = true).
+    scheduler(const model & m, const minicpm_engine_params & params, const backend_options & opts = {});
+    // Runs on a backend the caller made (tests wrap one to inject failures); params.n_threads is not used.
+    scheduler(const model & m, const minicpm_engine_params & params, std::unique_ptr<backend> be);
     // Stops the thread (after the step in flight) and joins it. Must not run on the notify callback.
     ~scheduler();
     scheduler(const scheduler &) = delete;
@@ -77,8 +81,7 @@ class scheduler {
         int32_t              n_prompt = 0;     // tokens the client submitted
         int32_t              n_max_tokens = 0;
         std::vector<int32_t> tokens;           // [engine] prompt, then generated tokens
-        std::vector<int32_t> blocks;           // [engine] KV blocks for positions [64 i, 64 i + 64)
-        int32_t              n_past = 0;       // [engine] tokens in the KV cache
+        kv_seq               kv;               // [engine] KV blocks; kv.n_tokens = tokens in the KV cache
         uint64_t             admit_order = 0;  // [engine] larger = admitted later (the preemption victim)
         sampler              smp;              // [engine]
 
@@ -129,14 +132,17 @@ class scheduler {
         int32_t  n_blocks;
     };
     static config resolve(const model & m, const minicpm_engine_params & p);
+    static backend_options with_threads(backend_options o, const config & c);
 
-    const model &        model_;
-    const backend_ops &  ops_;
-    const config         cfg_;
-    const int32_t        n_vocab_;
-    std::vector<int32_t> eos_ids_;
-    thread_pool          pool_;
-    kv_pool              kv_;
+    const model &                model_;
+    const config                 cfg_;
+    const int32_t                n_vocab_;
+    std::vector<int32_t>         eos_ids_;
+    std::unique_ptr<backend>     be_;
+    std::unique_ptr<thread_pool> own_pool_;  // host threads for sampling when the backend has none
+    thread_pool &                host_;
+    kv_pool                      kv_;
+    forward_workspace            ws_;
 
     std::mutex                                  mu_;
     std::condition_variable                     cv_;       // wakes the scheduler: submit, cancel, stop
@@ -161,7 +167,7 @@ class scheduler {
     std::vector<batch_entry>     entries_;
     std::vector<int32_t>         batch_tokens_, logit_rows_;
     std::vector<kv_segment>      segs_;
-    std::vector<float>           logits_, scratch_;
+    std::vector<float>           logits_;
     std::vector<sampler_scratch> sampler_scratch_;  // one per pool thread
     std::vector<sample_result>   results_;          // one per sampling entry, in batch order
     std::vector<std::string>     sample_errors_;    // "" or why sampling that entry failed

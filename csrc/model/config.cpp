@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include "core/json.h"
+#include "minicpm.h"
 #include "core/status.h"
 
 #include <cmath>
@@ -89,6 +90,67 @@ class config_reader {
     const std::string & source_;
 };
 
+// sparse_config: every field is validated; the engine does not run InfLLM v2 yet, so the model loads with a
+// warning saying that attention is dense (exact below dense_len, where the sparse layer is dense too).
+void parse_sparse_config(const config_reader & r, const json_value & root, model_config & c) {
+    const json_value * sc = root.find("sparse_config");
+    if (sc == nullptr || sc->is_null()) return;
+    if (!sc->is_object()) r.bad("sparse_config", "must be an object or null");
+    model_config::sparse_attention & s = c.sparse;
+    s.present = true;
+    auto field = [&](const char * key, int32_t & out, int64_t lo) {
+        const json_value * v = sc->find(key);
+        if (v != nullptr && !v->is_null())
+            out = r.integer(v, std::string("sparse_config.") + key, lo, std::numeric_limits<int32_t>::max());
+    };
+    field("kernel_size", s.kernel_size, 1);
+    field("kernel_stride", s.kernel_stride, 1);
+    field("init_blocks", s.init_blocks, 0);
+    field("block_size", s.block_size, 1);
+    field("window_size", s.window_size, 0);
+    field("topk", s.topk, 1);
+    field("dense_len", s.dense_len, 0);
+    if (const json_value * v = sc->find("use_nope"); v != nullptr && !v->is_null()) {
+        if (!v->is_bool()) r.bad("sparse_config.use_nope", "must be true or false, got " + config_reader::show(*v));
+        s.use_nope = v->boolean;
+    }
+    if (s.block_size != MINICPM_KV_BLOCK_SIZE)
+        r.bad("sparse_config.block_size", "is " + std::to_string(s.block_size) + "; the KV cache blocks are " +
+                                              std::to_string(MINICPM_KV_BLOCK_SIZE) + " tokens",
+              MINICPM_STATUS_UNSUPPORTED);
+    if (s.kernel_stride > s.kernel_size)
+        r.bad("sparse_config.kernel_stride", "(" + std::to_string(s.kernel_stride) + ") exceeds kernel_size (" +
+                                                 std::to_string(s.kernel_size) + ")");
+    if (s.window_size % s.block_size != 0)
+        r.bad("sparse_config.window_size", "(" + std::to_string(s.window_size) + ") must be a multiple of block_size");
+    c.warnings += "sparse_config (InfLLM v2, topk " + std::to_string(s.topk) + ", dense_len " +
+                  std::to_string(s.dense_len) +
+                  ") is not implemented yet: running dense attention (exact below dense_len; beyond it the output "
+                  "differs from the sparse model)\n";
+}
+
+// quantization_config: parsed so the refusal can name it. Quantized tensors (qweight / scales) cannot be run
+// as if they were plain weights, so such a model is refused rather than loaded wrong.
+void parse_quantization_config(const config_reader & r, const json_value & root, model_config & c) {
+    const json_value * qc = root.find("quantization_config");
+    if (qc == nullptr || qc->is_null()) return;
+    if (!qc->is_object()) r.bad("quantization_config", "must be an object or null");
+    model_config::quantization & q = c.quant;
+    q.present = true;
+    if (const json_value * m = qc->find("quant_method"); m != nullptr && m->is_string()) q.method = m->string;
+    if (const json_value * b = qc->find("bits"); b != nullptr && !b->is_null())
+        q.bits = r.integer(b, "quantization_config.bits", 1, 16);
+    if (const json_value * g = qc->find("group_size"); g != nullptr && !g->is_null())
+        q.group_size = r.integer(g, "quantization_config.group_size", -1, std::numeric_limits<int32_t>::max());
+    if (const json_value * v = qc->find("sym"); v != nullptr && v->is_bool()) q.sym = v->boolean;
+    if (const json_value * v = qc->find("desc_act"); v != nullptr && v->is_bool()) q.desc_act = v->boolean;
+    r.bad("quantization_config",
+          "declares " + (q.method.empty() ? std::string("quantized") : q.method) + " weights (" +
+              std::to_string(q.bits) + " bits, group " + std::to_string(q.group_size) +
+              "); loading quantized checkpoints is not supported yet: use the BF16 checkpoint",
+          MINICPM_STATUS_UNSUPPORTED);
+}
+
 }  // namespace
 
 model_config parse_config(const std::string & json_text, const std::string & source) {
@@ -176,6 +238,8 @@ model_config parse_config(const std::string & json_text, const std::string & sou
                   MINICPM_STATUS_UNSUPPORTED);
         }
     }
+    parse_sparse_config(r, root, c);
+    parse_quantization_config(r, root, c);
     return c;
 }
 

@@ -30,6 +30,25 @@ struct model_config {
     std::vector<float> rope_short_factor;
     int32_t n_ctx_orig = 0;             // rope_scaling.original_max_position_embeddings
 
+    // InfLLM v2 sparse attention (config.json "sparse_config", MINICPM4.md 3a); present = false when absent.
+    struct sparse_attention {
+        bool    present = false;
+        int32_t kernel_size = 32, kernel_stride = 16, init_blocks = 1, block_size = 64;
+        int32_t window_size = 2048, topk = 64, dense_len = 8192;
+        bool    use_nope = false;
+    } sparse;
+
+    // Weight quantization declared by config.json "quantization_config" (GPTQ and kin).
+    struct quantization {
+        bool        present = false;
+        std::string method;  // quant_method, e.g. "gptq"
+        int32_t     bits = 0, group_size = 0;
+        bool        sym = true, desc_act = false;
+    } quant;
+
+    // Lines about configuration the engine reads but does not honour yet, each naming what runs instead.
+    std::string warnings;
+
     // Derived, exactly as MINICPM4.md section 1 gives them.
     float residual_scale() const;       // scale_depth / sqrt(n_layer)
     float logit_divisor() const;        // hidden_size / dim_model_base (1 when dim_model_base is absent)

@@ -1,6 +1,17 @@
-// The KV pool: fixed-size 64-token blocks for every layer, handed out to sequences by block index.
-// A sequence's block table maps position p to block blocks[p / 64], slot p % 64 (same index in every
-// layer). Owned by one thread (a context's caller or the engine's scheduler thread).
+// The KV pool: 64-token blocks for every layer in backend memory, handed out to sequences by block index
+// with reference counts, plus per-block side storage that an attention variant can own. A sequence's block
+// table maps slot s to block blocks[s / 64], index s % 64 (same block index in every layer).
+//
+// Sharing: a block may be referenced by several sequences (a forked prefix). Rows are only ever written into
+// a block its sequence holds alone: kv_seq_prepare() copies a shared block before a write (copy on write).
+//
+// Side storage: each registered side area has a fixed number of bytes per (layer, block). The pool records,
+// per block, how many leading slots the side data describes (side_valid). Every change to a block's rows
+// lowers it: kv_seq_prepare() for the slots about to be written, kv_seq_copy_rows() for the slots written,
+// kv_seq_truncate() for the rows it drops from a block held alone, and a freed block starts again at 0. A copied (copy-on-write) block keeps its source's side data and count.
+// The owner of a side area updates the data and raises the count as it fills it in.
+//
+// Owned by one thread (a context's caller or the engine's scheduler thread).
 #pragma once
 
 #include "core/backend.h"
@@ -13,9 +24,8 @@ namespace minicpm {
 
 class kv_pool {
   public:
-    // n_blocks blocks of MINICPM_KV_BLOCK_SIZE tokens; throws MINICPM_STATUS_OUT_OF_MEMORY when it cannot
-    // allocate.
-    kv_pool(const model_config & cfg, dtype type, int32_t n_blocks);
+    // n_blocks blocks of MINICPM_KV_BLOCK_SIZE tokens allocated on be; throws _OUT_OF_MEMORY when it cannot.
+    kv_pool(backend & be, const model_config & cfg, dtype type, int32_t n_blocks);
     ~kv_pool();
     kv_pool(const kv_pool &) = delete;
     kv_pool & operator=(const kv_pool &) = delete;
@@ -28,19 +38,67 @@ class kv_pool {
     int32_t  n_blocks() const { return n_blocks_; }
     int32_t  n_free() const { return int32_t(free_.size()); }
 
-    int32_t alloc();          // a free block index, or -1 when none is left
-    void    release(int32_t block);  // throws MINICPM_STATUS_INTERNAL for a block that is not allocated
+    int32_t alloc();                  // a free block with reference count 1, or -1 when none is left
+    void    retain(int32_t block);    // one more reference
+    void    release(int32_t block);   // one reference less; freed at 0. Throws _INTERNAL for a free block.
+    int32_t refs(int32_t block) const;
+    // Copies n slots of K and V (every layer) from (src, src_slot) to (dst, dst_slot); lowers dst's side_valid.
+    void    copy_slots(int32_t dst, int32_t dst_slot, int32_t src, int32_t src_slot, int32_t n);
+
+    // Copies a whole block: every slot, every side area and side_valid.
+    void    copy_block(int32_t dst, int32_t src);
+
+    // Registers a side area of bytes_per_layer_block bytes per (layer, block), zero-filled; returns its id.
+    int32_t add_side(size_t bytes_per_layer_block);
+    void *  side(int32_t id, int32_t il, int32_t block) const;  // backend address of one (layer, block) part
+    int32_t side_valid(int32_t block) const;
+    void    set_side_valid(int32_t block, int32_t n_slots);
+    void    lower_side_valid(int32_t block, int32_t slot);  // side_valid = min(side_valid, slot)
 
   private:
-    dtype                type_;
-    int32_t              n_blocks_;
-    int32_t              n_layer_;
-    size_t               layer_stride_;  // bytes of k (or v) of one layer
-    int32_t              n_head_kv_, head_dim_;
-    void *               k_ = nullptr;
-    void *               v_ = nullptr;
-    std::vector<int32_t> free_;
-    std::vector<uint8_t> used_;  // 1 while a block is handed out: catches double release
+    void check_block(int32_t block, const char * what) const;
+
+    struct side_area {
+        buffer buf;
+        size_t per_layer_block = 0;
+    };
+
+    backend &              be_;
+    dtype                  type_;
+    int32_t                n_blocks_;
+    int32_t                n_layer_;
+    size_t                 layer_stride_;  // bytes of k (or v) of one layer
+    size_t                 block_stride_;  // bytes of k (or v) of one block in one layer
+    size_t                 slot_stride_;   // bytes of one slot of one head
+    int32_t                n_head_kv_, head_dim_;
+    buffer                 k_, v_;
+    std::vector<side_area> sides_;
+    std::vector<int32_t>   free_;
+    std::vector<int32_t>   refs_;
+    std::vector<int32_t>   side_valid_;
 };
+
+// One sequence's slots: n_tokens committed slots, held in blocks (blocks.size() * 64 >= n_tokens; more blocks
+// may be held for rows being written).
+struct kv_seq {
+    std::vector<int32_t> blocks;
+    int32_t              n_tokens = 0;
+};
+
+int32_t kv_blocks_for(int64_t n_slots);
+
+// Makes slots [from, to) of s writable: allocates missing blocks and copies shared blocks that hold slots in
+// the range; lowers side_valid of the touched blocks to the first written slot. Returns false (and leaves s
+// holding exactly what it held before, with its old contents) when the pool runs dry.
+bool kv_seq_prepare(kv_pool & pool, kv_seq & s, int32_t from, int32_t to);
+// Keeps the first n slots (n >= n_tokens changes nothing but dropping spare blocks past n_tokens): releases
+// every block past them.
+void kv_seq_truncate(kv_pool & pool, kv_seq & s, int32_t n);
+// dst (which must be empty) becomes the first n slots of src, sharing src's blocks (reference counted).
+void kv_seq_fork(kv_pool & pool, const kv_seq & src, int32_t n, kv_seq & dst);
+// Moves slot src_slots[i] to dst_slots[i] in order (compaction of an accepted draft path). The destination
+// slots must lie in blocks s holds alone (call kv_seq_prepare first); slots beyond n_tokens are allowed.
+void kv_seq_copy_rows(kv_pool & pool, kv_seq & s, const int32_t * src_slots, const int32_t * dst_slots, int32_t n);
+void kv_seq_free(kv_pool & pool, kv_seq & s);  // releases every block; n_tokens = 0
 
 }  // namespace minicpm

@@ -41,7 +41,8 @@ std::vector<float> build_rope_table(const model_config & cfg) {
     return table;
 }
 
-std::unique_ptr<model> model::load(const std::string & dir, bool use_mmap) {
+std::unique_ptr<model> model::load(const std::string & dir, bool use_mmap, int32_t backend_request) {
+    const backend_kind kind = resolve_backend(backend_request);
     std::unique_ptr<model> m(new model());
     m->files_ = load_model_files(dir, use_mmap);
     const model_config & c = m->files_->config;
@@ -49,15 +50,63 @@ std::unique_ptr<model> model::load(const std::string & dir, bool use_mmap) {
         fail(MINICPM_STATUS_BAD_MODEL, dir + "/config.json: max_position_embeddings " + std::to_string(c.n_ctx_train) +
                                            " and head_dim " + std::to_string(c.n_head_dim) +
                                            " must be positive (head_dim even)");
-    m->rope_ = build_rope_table(c);
+    m->warnings_ = c.warnings;
+    m->kind_ = kind;
+    backend_options o;
+    o.n_threads = 1;
+    m->loader_ = minicpm::make_backend(kind, o);
+    m->place_weights();
+    const std::vector<float> table = build_rope_table(c);
+    m->rope_ = m->loader_->alloc(table.size() * sizeof(float), buffer_usage::weights);
+    m->loader_->upload(m->rope_, 0, table.data(), table.size() * sizeof(float));
     return m;
 }
 
-// Scratch buffers start 64 bytes apart (16 floats) relative to the start of the caller's vector.
+model::~model() {
+    if (!loader_) return;
+    loader_->release(rope_);
+    for (buffer & b : imported_) loader_->release(b);
+}
+
+// Every weight tensor (and its quantization parts) goes into a buffer of the model's backend; the descriptors
+// then point into those buffers. On the CPU this wraps the mapped files in place.
+void model::place_weights() {
+    model_weights & w = files_->weights;
+    std::vector<tensor_desc *> all = {&w.embed, &w.norm};
+    if (w.head.data != w.embed.data) all.push_back(&w.head);
+    for (layer_weights & L : w.layers)
+        for (tensor_desc * t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_norm, &L.w_gate, &L.w_up, &L.w_down})
+            all.push_back(t);
+    size_t n_parts = 0;
+    for (const tensor_desc * t : all) n_parts += 1 + (t->scales ? 1 : 0) + (t->zeros ? 1 : 0) + (t->perm ? 1 : 0);
+    imported_.reserve(n_parts);  // descriptors keep pointers to these buffers: no reallocation
+    auto place = [&](const void * host, size_t bytes) -> const buffer & {
+        imported_.push_back(loader_->import_weights(host, bytes));
+        return imported_.back();
+    };
+    for (tensor_desc * t : all) {
+        const int64_t g = t->rows * t->n_groups();
+        const buffer & b = place(t->data, t->data_bytes());
+        t->data = b.data;
+        t->buf = &b;
+        if (t->scales) t->scales = place(t->scales, size_t(g) * dtype_size(t->scale_type)).data;
+        if (t->zeros) t->zeros = (const uint8_t *) place(t->zeros, size_t(g)).data;
+        if (t->perm) t->perm = (const int32_t *) place(t->perm, size_t(t->cols) * 4).data;
+    }
+    if (w.head.data == nullptr || files_->config.tie_word_embeddings) w.head = w.embed;
+}
+
+std::unique_ptr<backend> model::make_backend(const backend_options & opts) const {
+    return minicpm::make_backend(kind_, opts);
+}
+
+void model::release_workspace(backend & be, forward_workspace & ws) const { be.release(ws.buf); }
+
+// Activations start 64 bytes apart inside the workspace.
 static size_t round_up(size_t n) { return (n + 15) & ~size_t(15); }
 
-void model::forward(const backend_ops & ops, thread_pool & tp, kv_pool & kv, const batch_view & batch, float * logits,
-                    std::vector<float> & scratch) const {
+void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const batch_view & batch,
+                    float * logits) const {
     const model_config &  c = config();
     const model_weights & w = weights();
     const int64_t         T = batch.n_tokens;
@@ -65,21 +114,36 @@ void model::forward(const backend_ops & ops, thread_pool & tp, kv_pool & kv, con
     const int32_t         R = batch.n_logit_rows;
 
     // Checks that guard memory safety (the caller validated ids and capacity; a slip here must not read
-    // outside the rope table or the batch).
+    // outside the rope table, the batch or the pool).
     if (T <= 0 || batch.n_segs <= 0 || !batch.tokens || !batch.segs)
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: empty batch");
     if (R < 0 || (R > 0 && (!batch.logit_rows || !logits)))
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: logit rows without a destination");
+    ws.pos.resize(size_t(T));
     int64_t covered = 0;
     for (int32_t s = 0; s < batch.n_segs; ++s) {
         const kv_segment & sg = batch.segs[s];
         if (sg.n_rows <= 0 || sg.row_begin < 0 || sg.row_begin + int64_t(sg.n_rows) > T || sg.n_past < 0 || !sg.blocks)
             fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: segment " + std::to_string(s) + " is malformed");
-        if (int64_t(sg.n_past) + sg.n_rows > c.n_ctx_train)
-            fail(MINICPM_STATUS_TOO_LARGE, "forward: position " +
-                                               std::to_string(int64_t(sg.n_past) + sg.n_rows - 1) +
-                                               " is beyond the model's " + std::to_string(c.n_ctx_train) +
-                                               " positions");
+        if (sg.mask != nullptr) {
+            if (sg.n_rows > k_max_tree_rows)
+                fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: segment " + std::to_string(s) + " has " +
+                                                          std::to_string(sg.n_rows) + " masked rows; at most " +
+                                                          std::to_string(k_max_tree_rows));
+            for (int32_t j = 0; j < sg.n_rows; ++j)
+                if (j < 64 && (sg.mask[j] >> j) != 0)
+                    fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: mask of row " + std::to_string(j) +
+                                                              " of segment " + std::to_string(s) +
+                                                              " names itself or a later row");
+        }
+        for (int32_t j = 0; j < sg.n_rows; ++j) {
+            const int64_t p = batch.pos ? batch.pos[sg.row_begin + j] : int64_t(sg.n_past) + j;
+            if (p < 0 || p >= c.n_ctx_train)
+                fail(MINICPM_STATUS_TOO_LARGE, "forward: position " + std::to_string(p) +
+                                                   " is outside the model's " + std::to_string(c.n_ctx_train) +
+                                                   " positions");
+            ws.pos[size_t(sg.row_begin + j)] = int32_t(p);
+        }
         covered += sg.n_rows;
     }
     if (covered != T) fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: segments do not cover the batch");
@@ -88,21 +152,27 @@ void model::forward(const backend_ops & ops, thread_pool & tp, kv_pool & kv, con
             (r > 0 && batch.logit_rows[r] <= batch.logit_rows[r - 1]))
             fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: logit rows must be ascending batch rows");
 
+    // Workspace layout, in floats (int32 inputs take float-sized slots).
     size_t off = 0;
     auto take = [&](size_t n) {
         const size_t at = off;
         off += round_up(n);
         return at;
     };
+    const bool   direct = be.host_memory();  // the head writes straight into the caller's logits
     const size_t o_x = take(size_t(T) * H), o_a = take(size_t(T) * H);
     const size_t o_q = take(size_t(T) * nh * hd), o_k = take(size_t(T) * nkv * hd), o_v = take(size_t(T) * nkv * hd);
     const size_t o_att = take(size_t(T) * nh * hd), o_o = take(size_t(T) * H);
     const size_t o_gate = take(size_t(T) * F), o_up = take(size_t(T) * F);
-    const size_t o_pos = take(size_t(T));                    // int32 positions, see below
-    const size_t o_rows = take(size_t(R > 0 ? R : 1) * H);  // the logit rows, gathered
-    if (scratch.size() < off) scratch.resize(off);
+    const size_t o_tok = take(size_t(T)), o_pos = take(size_t(T)), o_rid = take(size_t(R > 0 ? R : 1));
+    const size_t o_rows = take(size_t(R > 0 ? R : 1) * H);
+    const size_t o_logits = take(direct ? 0 : size_t(R) * size_t(c.n_vocab));
+    if (ws.buf.size < off * sizeof(float)) {
+        be.release(ws.buf);
+        ws.buf = be.alloc(off * sizeof(float), buffer_usage::compute);
+    }
 
-    float * base = scratch.data();
+    float * base = (float *) ws.buf.data;
     float * x = base + o_x;
     float * a = base + o_a;
     float * q = base + o_q;
@@ -113,69 +183,81 @@ void model::forward(const backend_ops & ops, thread_pool & tp, kv_pool & kv, con
     float * gate = base + o_gate;
     float * up = base + o_up;
     float * rows = base + o_rows;
-    // int32 and float have the same size; placement new starts int32 objects in the float storage legally.
-    int32_t * pos = new (base + o_pos) int32_t[size_t(T)];
-    for (int32_t s = 0; s < batch.n_segs; ++s) {
-        const kv_segment & sg = batch.segs[s];
-        for (int32_t j = 0; j < sg.n_rows; ++j) pos[sg.row_begin + j] = sg.n_past + j;
-    }
+    const int32_t * tok = (const int32_t *) (base + o_tok);
+    const int32_t * pos = (const int32_t *) (base + o_pos);
+    const int32_t * rid = (const int32_t *) (base + o_rid);
+    be.upload(ws.buf, o_tok * 4, batch.tokens, size_t(T) * 4);
+    be.upload(ws.buf, o_pos * 4, ws.pos.data(), size_t(T) * 4);
+    if (R > 0) be.upload(ws.buf, o_rid * 4, batch.logit_rows, size_t(R) * 4);
 
     const float rscale = c.residual_scale();
     const float attn_scale = 1.0f / std::sqrt(float(hd));
 
     auto cb = [&](const char * name, int32_t il, const float * data, int64_t n_rows, int64_t n_cols) {
-        if (batch.hook) batch.hook(batch.hook_user, name, il, data, n_rows, n_cols);
+        if (!batch.hook) return;
+        ws.hook_copy.resize(size_t(n_rows * n_cols));
+        be.download(ws.hook_copy.data(), ws.buf, size_t((const uint8_t *) data - (const uint8_t *) ws.buf.data),
+                    ws.hook_copy.size() * sizeof(float));
+        batch.hook(batch.hook_user, name, il, ws.hook_copy.data(), n_rows, n_cols);
     };
 
-    ops.embed(tp, x, batch.tokens, w.embed, T, c.scale_emb);
+    be.embed(x, tok, w.embed, T, c.scale_emb);
     cb("inp_scaled", -1, x, T, H);
     for (int32_t il = 0; il < c.n_layer; ++il) {
         const layer_weights & lw = w.layers[size_t(il)];
         const kv_layer        kvl = kv.layer(il);
 
-        ops.rms_norm(tp, a, x, lw.attn_norm, T, c.rms_norm_eps);
+        be.rms_norm(a, x, lw.attn_norm, T, c.rms_norm_eps);
         cb("attn_norm", il, a, T, H);
-        ops.matmul(tp, q, a, lw.wq, T);
-        ops.matmul(tp, k, a, lw.wk, T);
-        ops.matmul(tp, v, a, lw.wv, T);
-        ops.rope(tp, q, pos, rope_.data(), T, nh, hd);
-        ops.rope(tp, k, pos, rope_.data(), T, nkv, hd);
+        be.matmul(q, a, lw.wq, T);
+        be.matmul(k, a, lw.wk, T);
+        be.matmul(v, a, lw.wv, T);
+        be.rope(q, pos, rope_table(), T, nh, hd);
+        be.rope(k, pos, rope_table(), T, nkv, hd);
         cb("q_rope", il, q, T, int64_t(nh) * hd);
         cb("k_rope", il, k, T, int64_t(nkv) * hd);
         cb("v", il, v, T, int64_t(nkv) * hd);
-        ops.kv_store(tp, kvl, k, v, batch.segs, batch.n_segs);  // keys are cached after RoPE
-        ops.attention(tp, att, q, kvl, batch.segs, batch.n_segs, nh, attn_scale);
+        be.kv_store(kvl, k, v, batch.segs, batch.n_segs);  // keys are cached after RoPE
+        be.attention(att, q, kvl, batch.segs, batch.n_segs, nh, attn_scale);
         cb("attn_out", il, att, T, int64_t(nh) * hd);
-        ops.matmul(tp, o, att, lw.wo, T);
+        be.matmul(o, att, lw.wo, T);
         cb("attn_proj", il, o, T, H);
-        ops.add_scaled(tp, x, o, rscale, int64_t(T) * H);
+        be.add_scaled(x, o, rscale, int64_t(T) * H);
         cb("ffn_inp", il, x, T, H);
 
-        ops.rms_norm(tp, a, x, lw.ffn_norm, T, c.rms_norm_eps);
+        be.rms_norm(a, x, lw.ffn_norm, T, c.rms_norm_eps);
         cb("ffn_norm", il, a, T, H);
-        ops.matmul(tp, gate, a, lw.w_gate, T);
-        ops.matmul(tp, up, a, lw.w_up, T);
-        ops.silu_mul(tp, gate, gate, up, int64_t(T) * F);
+        be.matmul(gate, a, lw.w_gate, T);
+        be.matmul(up, a, lw.w_up, T);
+        be.silu_mul(gate, gate, up, int64_t(T) * F);
         cb("ffn_act", il, gate, T, F);
-        ops.matmul(tp, o, gate, lw.w_down, T);
+        be.matmul(o, gate, lw.w_down, T);
         cb("ffn_out", il, o, T, H);
-        ops.add_scaled(tp, x, o, rscale, int64_t(T) * H);
+        be.add_scaled(x, o, rscale, int64_t(T) * H);
         cb("l_out", il, x, T, H);
     }
-    if (R == 0) return;
+    if (R == 0) {
+        be.synchronize();
+        return;
+    }
 
     // Only the requested rows pay for the final norm and the vocabulary-sized head.
-    for (int32_t r = 0; r < R; ++r) {
-        const float * src = x + size_t(batch.logit_rows[r]) * H;
-        std::copy(src, src + H, rows + size_t(r) * H);
-    }
-    ops.rms_norm(tp, rows, rows, w.norm, R, c.rms_norm_eps);
+    be.get_rows(rows, x, rid, R, H);
+    be.rms_norm(rows, rows, w.norm, R, c.rms_norm_eps);
     cb("result_norm", -1, rows, R, H);
-    // HF divides the hidden state by hidden_size / dim_model_base before the head (exact for powers of two).
-    const float divisor = c.logit_divisor();
-    for (size_t i = 0; i < size_t(R) * H; ++i) rows[i] /= divisor;
-    ops.matmul(tp, logits, rows, w.head, R);
-    cb("result_output", -1, logits, R, c.n_vocab);
+    // HF divides the hidden state by hidden_size / dim_model_base before the head.
+    be.div_scalar(rows, c.logit_divisor(), int64_t(R) * H);
+    if (direct) {
+        be.matmul(logits, rows, w.head, R);
+        be.synchronize();
+        if (batch.hook) batch.hook(batch.hook_user, "result_output", -1, logits, R, c.n_vocab);
+        return;
+    }
+    float * out = base + o_logits;
+    be.matmul(out, rows, w.head, R);
+    cb("result_output", -1, out, R, c.n_vocab);
+    be.download(logits, ws.buf, o_logits * sizeof(float), size_t(R) * size_t(c.n_vocab) * sizeof(float));
+    be.synchronize();
 }
 
 }  // namespace minicpm

@@ -1,4 +1,4 @@
-// The MiniCPM4 forward pass, written once over backend_ops (MINICPM4.md sections 3-4).
+// The MiniCPM4 forward pass, written once over the backend's ops (MINICPM4.md sections 3-4).
 #pragma once
 
 #include "core/backend.h"
@@ -11,18 +11,20 @@
 
 namespace minicpm {
 
-// Optional debug hook: called after each named intermediate of forward() with its f32 [rows, cols] data
-// (valid only during the call). il is the layer, -1 outside the layers. Names, in order: "inp_scaled";
+// Optional debug hook: called after each named intermediate of forward() with a host copy of its f32
+// [rows, cols] data (valid only during the call; copying costs time, so only tests and tools set one). il is the layer, -1 outside the layers. Names, in order: "inp_scaled";
 // per layer "attn_norm", "q_rope", "k_rope", "v", "attn_out", "attn_proj", "ffn_inp", "ffn_norm", "ffn_act",
 // "ffn_out", "l_out"; then for the logit rows "result_norm" (before the divisor) and "result_output".
 using forward_hook = void (*)(void * user, const char * name, int32_t il, const float * data, int64_t rows,
                               int64_t cols);
 
-// One batch for forward(): T tokens grouped into segments (one per sequence, see kv_segment). Each segment's
-// KV blocks for positions [0, n_past + n_rows) must already be allocated. logit_rows lists the batch rows
-// (ascending) whose logits are wanted.
+// One batch for forward(): T rows grouped into segments (one per sequence, see kv_segment), each row with its
+// token and its explicit position. Each segment's blocks for slots [0, n_past + n_rows) must be held by its
+// sequence alone where rows are written (kv_seq_prepare). logit_rows lists the batch rows (ascending) whose
+// logits are wanted. All arrays are host memory.
 struct batch_view {
     const int32_t *    tokens = nullptr;  // [T], validated by the caller (0 <= id < n_vocab)
+    const int32_t *    pos = nullptr;     // [T] positions; nullptr = n_past + j for row j of each segment
     int64_t            n_tokens = 0;
     const kv_segment * segs = nullptr;
     int32_t            n_segs = 0;
@@ -32,28 +34,53 @@ struct batch_view {
     void *             hook_user = nullptr;
 };
 
-// The cos/sin table for positions [0, n_ctx_train) (layout as backend_ops::rope), built the way HF builds its
+// The cos/sin table for positions [0, n_ctx_train) (layout as backend::rope), built the way HF builds its
 // first LongRoPE cache (MINICPM4.md section 4). Exposed for tests on the real configs.
 std::vector<float> build_rope_table(const model_config & cfg);
 
+// What forward() needs between calls of one owner (a context or an engine): one activation buffer on the
+// owner's backend, grown to the largest batch seen, and host staging for positions.
+struct forward_workspace {
+    buffer               buf;
+    std::vector<int32_t> pos;
+    std::vector<float>   hook_copy;
+};
+
 class model {
   public:
-    static std::unique_ptr<model> load(const std::string & dir, bool use_mmap);
+    // Loads the directory and places the weights on the requested backend (enum minicpm_backend).
+    static std::unique_ptr<model> load(const std::string & dir, bool use_mmap, int32_t backend_request);
+    ~model();
 
     const model_config &  config() const { return files_->config; }
     const model_weights & weights() const { return files_->weights; }
+    backend_kind          backend_type() const { return kind_; }
+    // Configuration in config.json that is not honoured, one line each, naming what runs instead.
+    const std::string &   warnings() const { return warnings_; }
 
-    // Writes n_logit_rows x n_vocab f32 logits (already divided by the logit divisor) into logits.
-    // Scratch buffers are grown as needed and reused across calls by the same owner.
-    void forward(const backend_ops & ops, thread_pool & tp, kv_pool & kv, const batch_view & batch,
-                 float * logits, std::vector<float> & scratch) const;
+    // A backend for a context or an engine: same kind as the weights, its own threads and buffers.
+    std::unique_ptr<backend> make_backend(const backend_options & opts) const;
 
-    // cos/sin table row for position p (hd floats, see backend_ops::rope); covers [0, n_ctx_train).
-    const float * rope_table() const { return rope_.data(); }
+    // Writes n_logit_rows x n_vocab f32 logits (already divided by the logit divisor) into the host array
+    // logits. be must come from make_backend(); ws is grown on be as needed. Validates the batch (segments,
+    // masks, positions) before running anything.
+    void forward(backend & be, forward_workspace & ws, kv_pool & kv, const batch_view & batch, float * logits) const;
+    void release_workspace(backend & be, forward_workspace & ws) const;
+
+    // cos/sin table for positions [0, n_ctx_train) in backend memory (hd floats per position, see
+    // backend::rope).
+    const float * rope_table() const { return (const float *) rope_.data; }
 
   private:
-    std::unique_ptr<model_files> files_;
-    std::vector<float>           rope_;
+    model() = default;
+    void place_weights();
+
+    std::unique_ptr<model_files>   files_;
+    backend_kind                   kind_ = backend_kind::cpu;
+    std::unique_ptr<backend>       loader_;   // owns the weight buffers and the RoPE table
+    std::vector<buffer>            imported_;
+    buffer                         rope_;
+    std::string                    warnings_;
 };
 
 }  // namespace minicpm

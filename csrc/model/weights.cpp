@@ -58,13 +58,13 @@ class tensor_binder {
 
     bool has(const std::string & name) const { return table_.count(name) != 0; }
 
-    tensor_view bind(const std::string & name, std::vector<int64_t> want) {
+    tensor_desc bind(const std::string & name, std::vector<int64_t> want) {
         const auto it = table_.find(name);
         if (it == table_.end()) fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": missing tensor '" + name + "'");
         const located &           loc = it->second;
         const safetensors_entry & e = *loc.entry;
         const std::string         where = loc.file->path() + ": tensor '" + name + "'";
-        tensor_view               v;
+        tensor_desc               v;
         if (e.dtype == "BF16") v.type = dtype::bf16;
         else if (e.dtype == "F16") v.type = dtype::f16;
         else if (e.dtype == "F32") v.type = dtype::f32;
@@ -192,18 +192,9 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
         w.head = b.bind("lm_head.weight", {V, H});
     }
 
-    // Kernels pick one matmul path per model, so every projection must share the first one's dtype.
+    // Formats may differ between tensors (an LM head in BF16 beside other projections); info reports the first
+    // projection's.
     w.weight_type = w.layers[0].wq.type;
-    for (int32_t l = 0; l < c.n_layer; l++) {
-        const layer_weights & L = w.layers[size_t(l)];
-        for (const tensor_view * t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
-            if (t->type != w.weight_type) {
-                fail(MINICPM_STATUS_UNSUPPORTED, listing + ": layer " + std::to_string(l) + " mixes projection dtypes " +
-                                                     dtype_name(t->type) + " and " + dtype_name(w.weight_type) +
-                                                     "; all projection matrices must share one dtype");
-            }
-        }
-    }
     return out;
 }
 

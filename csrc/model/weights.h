@@ -11,23 +11,23 @@
 namespace minicpm {
 
 struct layer_weights {
-    tensor_view attn_norm;  // [n_embd]
-    tensor_view wq;         // [n_head * n_head_dim, n_embd]
-    tensor_view wk;         // [n_head_kv * n_head_dim, n_embd]
-    tensor_view wv;         // [n_head_kv * n_head_dim, n_embd]
-    tensor_view wo;         // [n_embd, n_head * n_head_dim]
-    tensor_view ffn_norm;   // [n_embd]
-    tensor_view w_gate;     // [n_ff, n_embd]
-    tensor_view w_up;       // [n_ff, n_embd]
-    tensor_view w_down;     // [n_embd, n_ff]
+    tensor_desc attn_norm;  // [n_embd]
+    tensor_desc wq;         // [n_head * n_head_dim, n_embd]
+    tensor_desc wk;         // [n_head_kv * n_head_dim, n_embd]
+    tensor_desc wv;         // [n_head_kv * n_head_dim, n_embd]
+    tensor_desc wo;         // [n_embd, n_head * n_head_dim]
+    tensor_desc ffn_norm;   // [n_embd]
+    tensor_desc w_gate;     // [n_ff, n_embd]
+    tensor_desc w_up;       // [n_ff, n_embd]
+    tensor_desc w_down;     // [n_embd, n_ff]
 };
 
 struct model_weights {
-    tensor_view                embed;   // model.embed_tokens.weight [n_vocab, n_embd]
+    tensor_desc                embed;   // model.embed_tokens.weight [n_vocab, n_embd]
     std::vector<layer_weights> layers;
-    tensor_view                norm;    // model.norm.weight [n_embd]
-    tensor_view                head;    // lm_head.weight, or embed when tied
-    dtype                      weight_type = dtype::bf16; // dtype of the projection matrices
+    tensor_desc                norm;    // model.norm.weight [n_embd]
+    tensor_desc                head;    // lm_head.weight, or embed when tied
+    dtype                      weight_type = dtype::bf16; // format of the first projection matrix
     uint64_t                   n_params = 0;
     uint64_t                   n_bytes = 0;
 };

@@ -18,6 +18,13 @@ using minicpm::scheduler;
 using minicpm::step_trace;
 
 static const minicpm::model * g_model = nullptr;
+
+// The plain reference ops: the scheduler tests check scheduling, not kernels.
+static minicpm::backend_options reference() {
+    minicpm::backend_options o;
+    o.reference = true;
+    return o;
+}
 static minicpm_model_t *      g_handle = nullptr;
 
 static minicpm_engine_params engine_params(int32_t n_chunk = 32, int32_t kv_blocks = 64) {
@@ -143,14 +150,14 @@ static void test_batching_invariance() {
     std::vector<std::vector<int32_t>>       alone, together;
     std::vector<std::vector<minicpm_event>> alone_ev, together_ev;
     {
-        scheduler s(*g_model, engine_params(), minicpm::cpu_reference_ops());
+        scheduler s(*g_model, engine_params(), reference());
         for (size_t i = 0; i < lens.size(); ++i) {
             alone_ev.push_back(collect(s, submit(s, prompt_of(lens[i], int32_t(i)), sp)));
             alone.push_back(tokens_of(alone_ev.back()));
         }
     }
     {
-        scheduler s(*g_model, engine_params(), minicpm::cpu_reference_ops());
+        scheduler s(*g_model, engine_params(), reference());
         std::atomic<int32_t> n_mixed{0};
         s.set_step_observer([&](const step_trace & t) {
             if (t.parts.size() > 1) n_mixed++;
@@ -188,7 +195,7 @@ static void test_batching_invariance() {
 
 static void test_preemption() {
     // 4 blocks (256 tokens) for 3 requests that each grow to 60 + 100 tokens (3 blocks): someone must yield.
-    scheduler s(*g_model, engine_params(32, 4), minicpm::cpu_reference_ops());
+    scheduler s(*g_model, engine_params(32, 4), reference());
     std::vector<uint64_t> ids;
     for (int32_t i = 0; i < 3; ++i) ids.push_back(submit(s, prompt_of(60, 10 + i), greedy(100)));
     for (int32_t i = 0; i < 3; ++i) {
@@ -207,7 +214,7 @@ static void test_preemption() {
 }
 
 static void test_cancel() {
-    scheduler s(*g_model, engine_params(16), minicpm::cpu_reference_ops());
+    scheduler s(*g_model, engine_params(16), reference());
     std::atomic<uint64_t> target{0};
     std::atomic<bool>    in_prefill{true};
     minicpm_request_info at_cancel{};
@@ -251,7 +258,7 @@ static void test_limits() {
     minicpm_engine_params p = engine_params(32, 2);  // 2 blocks = 128 tokens
     p.n_queue_max = 2;
     p.n_batch_max = 1;
-    scheduler s(*g_model, p, minicpm::cpu_reference_ops());
+    scheduler s(*g_model, p, reference());
     minicpm_test::expect_error("prompt of 300 > n_ctx 256", MINICPM_STATUS_TOO_LARGE, {"300", "256"},
                                [&] { submit(s, prompt_of(300, 1), greedy(1)); });
     minicpm_test::expect_error("prompt of 200 > KV pool of 128 tokens", MINICPM_STATUS_TOO_LARGE, {"200", "128"},
@@ -279,7 +286,7 @@ static void test_limits() {
 }
 
 static void test_interleave() {
-    scheduler s(*g_model, engine_params(32), minicpm::cpu_reference_ops());
+    scheduler s(*g_model, engine_params(32), reference());
     std::mutex              mu;
     std::vector<step_trace> steps;
     uint64_t                b = 0;
@@ -321,7 +328,7 @@ static void test_interleave() {
 }
 
 static void test_seed() {
-    scheduler s(*g_model, engine_params(), minicpm::cpu_reference_ops());
+    scheduler s(*g_model, engine_params(), reference());
     auto run = [&](uint64_t seed, bool with_company) {
         minicpm_sampling_params sp = greedy(16);
         sp.temperature = 1.5f;
@@ -343,16 +350,59 @@ static void test_seed() {
 
 // A backend whose matmul fails on demand: the forward throws, the batch ends with FINISH_ERROR.
 static std::atomic<bool> g_fail_matmul{false};
-static void failing_matmul(minicpm::thread_pool & tp, float * y, const float * x, const minicpm::tensor_view & w,
-                           int64_t T) {
-    if (g_fail_matmul) minicpm::fail(MINICPM_STATUS_INTERNAL, "injected matmul failure");
-    minicpm::cpu_reference_ops().matmul(tp, y, x, w, T);
-}
+class failing_backend final : public minicpm::backend {
+  public:
+    explicit failing_backend(std::unique_ptr<minicpm::backend> inner) : in_(std::move(inner)) {}
+    minicpm::backend_kind kind() const override { return in_->kind(); }
+    const char * name() const override { return "failing"; }
+    const char * features() const override { return in_->features(); }
+    int n_threads() const override { return in_->n_threads(); }
+    bool host_memory() const override { return in_->host_memory(); }
+    minicpm::thread_pool * host_pool() override { return in_->host_pool(); }
+    minicpm::buffer alloc(size_t n, minicpm::buffer_usage u) override { return in_->alloc(n, u); }
+    void release(minicpm::buffer & b) override { in_->release(b); }
+    minicpm::buffer import_weights(const void * h, size_t n) override { return in_->import_weights(h, n); }
+    void upload(const minicpm::buffer & d, size_t o, const void * s, size_t n) override { in_->upload(d, o, s, n); }
+    void download(void * d, const minicpm::buffer & s, size_t o, size_t n) override { in_->download(d, s, o, n); }
+    void copy(const minicpm::buffer & d, size_t a, const minicpm::buffer & s, size_t b, size_t n) override {
+        in_->copy(d, a, s, b, n);
+    }
+    void fill_zero(const minicpm::buffer & d, size_t o, size_t n) override { in_->fill_zero(d, o, n); }
+    void synchronize() override { in_->synchronize(); }
+    void matmul(float * y, const float * x, const minicpm::tensor_desc & w, int64_t T) override {
+        if (g_fail_matmul) minicpm::fail(MINICPM_STATUS_INTERNAL, "injected matmul failure");
+        in_->matmul(y, x, w, T);
+    }
+    void rms_norm(float * y, const float * x, const minicpm::tensor_desc & g, int64_t T, float eps) override {
+        in_->rms_norm(y, x, g, T, eps);
+    }
+    void embed(float * o, const int32_t * t, const minicpm::tensor_desc & e, int64_t T, float s) override {
+        in_->embed(o, t, e, T, s);
+    }
+    void rope(float * x, const int32_t * p, const float * cs, int64_t T, int32_t nh, int32_t hd) override {
+        in_->rope(x, p, cs, T, nh, hd);
+    }
+    void kv_store(const minicpm::kv_layer & kv, const float * k, const float * v, const minicpm::kv_segment * s,
+                  int32_t n) override {
+        in_->kv_store(kv, k, v, s, n);
+    }
+    void attention(float * o, const float * q, const minicpm::kv_layer & kv, const minicpm::kv_segment * s,
+                   int32_t n, int32_t nh, float sc) override {
+        in_->attention(o, q, kv, s, n, nh, sc);
+    }
+    void silu_mul(float * o, const float * g, const float * u, int64_t n) override { in_->silu_mul(o, g, u, n); }
+    void add_scaled(float * x, const float * a, float s, int64_t n) override { in_->add_scaled(x, a, s, n); }
+    void div_scalar(float * x, float d, int64_t n) override { in_->div_scalar(x, d, n); }
+    void get_rows(float * d, const float * s, const int32_t * r, int64_t R, int64_t H) override {
+        in_->get_rows(d, s, r, R, H);
+    }
+
+  private:
+    std::unique_ptr<minicpm::backend> in_;
+};
 
 static void test_forward_error() {
-    minicpm::backend_ops ops = minicpm::cpu_reference_ops();
-    ops.matmul = failing_matmul;
-    scheduler s(*g_model, engine_params(), ops);
+    scheduler s(*g_model, engine_params(), std::make_unique<failing_backend>(g_model->make_backend(reference())));
     g_fail_matmul = true;
     const uint64_t bad = submit(s, prompt_of(8, 1), greedy(4));
     std::vector<minicpm_event> ev;
@@ -378,7 +428,7 @@ static void test_free_mid_step() {
     std::atomic<int32_t> n_steps{0};
     const auto           t0 = std::chrono::steady_clock::now();
     {
-        scheduler s(*g_model, engine_params(16), minicpm::cpu_reference_ops());
+        scheduler s(*g_model, engine_params(16), reference());
         s.set_step_observer([&](const step_trace &) { n_steps++; });
         for (int32_t i = 0; i < 3; ++i) submit(s, prompt_of(200, i), greedy(0));
         while (n_steps < 2) std::this_thread::sleep_for(std::chrono::microseconds(100));

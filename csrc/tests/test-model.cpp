@@ -55,7 +55,7 @@ static bool check_close(const char * what, const diff & d, double tol_rel) {
 static std::unique_ptr<model> tiny_model(const minicpm_test::tiny_model_spec & spec, const char * tag) {
     const std::string dir = minicpm_test::make_temp_dir(tag);
     minicpm_test::write_tiny_model(dir, spec);
-    std::unique_ptr<model> m = model::load(dir, true);
+    std::unique_ptr<model> m = model::load(dir, true, MINICPM_BACKEND_CPU);
     minicpm_test::remove_dir(dir);  // the mapping stays valid after unlink
     return m;
 }
@@ -101,14 +101,14 @@ static std::vector<double> naive_forward(const model & m, const std::vector<int3
     const int64_t T = int64_t(toks.size()), H = c.n_embd, nh = c.n_head, nkv = c.n_head_kv, hd = c.n_head_dim;
     const int64_t F = c.n_ff, V = c.n_vocab, half = hd / 2;
 
-    auto matvec = [](const tensor_view & W, const double * x, double * y) {
+    auto matvec = [](const tensor_desc & W, const double * x, double * y) {
         for (int64_t n = 0; n < W.rows; ++n) {
             double s = 0;
             for (int64_t k = 0; k < W.cols; ++k) s += x[k] * double(tensor_value(W, n * W.cols + k));
             y[n] = s;
         }
     };
-    auto rms_norm = [&](const double * x, const tensor_view & g, double * y) {
+    auto rms_norm = [&](const double * x, const tensor_desc & g, double * y) {
         double ms = 0;
         for (int64_t i = 0; i < H; ++i) ms += x[i] * x[i];
         const double r = 1.0 / std::sqrt(ms / double(H) + double(c.rms_norm_eps));
@@ -387,6 +387,86 @@ static void test_truncate(const model & m) {
                 compare(again, std::vector<float>(all.begin() + 40 * size_t(V), all.end())), 1e-6);
 }
 
+// A token tree as one batch: siblings share a position, each node sees its ancestors. For each root-to-leaf
+// path, the tree's logits at the path's nodes equal evaluating that path alone on a fork of the prompt. Then
+// the accepted path is compacted into consecutive slots and decoding continues as if only it had been seen;
+// and truncate-then-continue equals never having appended.
+static void test_tree_batch(const model & m, bool reference) {
+    const int32_t V = m.config().n_vocab;
+    const char *  ops = reference ? "reference" : "fast";
+    // Fast ops: a batch of 5+ rows may take the AMX path (activations rounded to bf16) while a shorter one
+    // does not, so the tolerance is the fast path's.
+    const double tol = reference ? 1e-6 : TOL_FAST;
+    context       ctx(m, ctx_params(reference, 3, 0, MINICPM_DTYPE_F32));
+    const std::vector<int32_t> p = prompt(61, V, 5);  // the tree crosses the first block boundary
+    eval_all(ctx, V, p, 0);
+    //        node: 0  1  2  3  4  5  6  7  8  9
+    const int32_t parent[] = {-1, 0, 0, 1, 1, 2, 3, 3, 6, 5};
+    const int32_t n = 10, n_past = 61;
+    std::vector<int32_t>  toks = prompt(n, V, 9), pos(static_cast<size_t>(n));
+    std::vector<uint64_t> mask(static_cast<size_t>(n), 0);
+    std::vector<int32_t>  depth(static_cast<size_t>(n), 0);
+    for (int32_t j = 0; j < n; ++j) {
+        const int32_t q = parent[j];
+        if (q >= 0) {
+            mask[size_t(j)] = mask[size_t(q)] | (uint64_t(1) << q);
+            depth[size_t(j)] = depth[size_t(q)] + 1;
+        }
+        pos[size_t(j)] = n_past + depth[size_t(j)];
+    }
+    ctx.seq_fork(0, 2, n_past);  // keep the prompt alone in seq 2 for the compaction check below
+    std::vector<float> tree(size_t(n) * size_t(V));
+    ctx.eval_tree(0, toks.data(), pos.data(), mask.data(), n, tree.data());
+
+    diff    worst;
+    int32_t n_paths = 0;
+    for (int32_t leaf : {4, 7, 8, 9}) {
+        std::vector<int32_t> path;
+        for (int32_t j = leaf; j >= 0; j = parent[j]) path.insert(path.begin(), j);
+        ctx.seq_fork(2, 1, n_past);
+        std::vector<int32_t> ptoks;
+        for (int32_t j : path) ptoks.push_back(toks[size_t(j)]);
+        const std::vector<float> alone = eval_all(ctx, V, ptoks, 1);
+        std::vector<float>       got;
+        for (int32_t j : path) got.insert(got.end(), tree.begin() + size_t(j) * V, tree.begin() + size_t(j + 1) * V);
+        const diff d = compare(got, alone);
+        if (d.rel() > worst.rel() || n_paths == 0) worst = d;
+        ++n_paths;
+    }
+    char what[96];
+    std::snprintf(what, sizeof(what), "tree of 10 (4 paths, %s ops) vs each path alone", ops);
+    check_close(what, worst, tol);
+
+    // Accept the path 0-1-3-6-8 (slots 61, 62, 64, 67, 69): move it to slots 61..65, keep 66 tokens, and continue.
+    const int32_t accepted[] = {0, 1, 3, 6, 8};
+    std::vector<int32_t> src, dst, ptoks;
+    for (int32_t i = 0; i < 5; ++i) {
+        src.push_back(n_past + accepted[i]);
+        dst.push_back(n_past + i);
+        ptoks.push_back(toks[size_t(accepted[i])]);
+    }
+    ctx.seq_compact(0, src.data(), dst.data(), 5, n_past + 5);
+    const std::vector<int32_t> more = prompt(3, V, 11);
+    const std::vector<float>   after_tree = eval_all(ctx, V, more, 0);
+    ctx.seq_fork(2, 1, n_past);
+    std::vector<int32_t> plain = ptoks;
+    plain.insert(plain.end(), more.begin(), more.end());
+    const std::vector<float> all = eval_all(ctx, V, plain, 1);
+    const std::vector<float> want(all.end() - 3 * size_t(V), all.end());
+    std::snprintf(what, sizeof(what), "compacted path + 3 tokens (%s) vs plain", ops);
+    check_close(what, compare(after_tree, want), tol);
+
+    // Truncate then continue: append 20, drop them, append 3 == the prompt followed by the 3 directly.
+    ctx.seq_fork(2, 1, n_past);
+    eval_all(ctx, V, prompt(20, V, 13), 1);
+    ctx.seq_truncate(1, n_past);
+    const std::vector<float> cont = eval_all(ctx, V, more, 1);
+    ctx.seq_fork(2, 1, n_past);
+    const std::vector<float> direct = eval_all(ctx, V, more, 1);
+    std::snprintf(what, sizeof(what), "truncate-then-continue (%s) vs never appended", ops);
+    check_close(what, compare(cont, direct), 0.0);
+}
+
 static void test_errors(const model & m) {
     const int32_t V = m.config().n_vocab;
     const std::vector<int32_t> toks = prompt(50, V, 51);
@@ -453,7 +533,11 @@ static void record(void * user, const char * name, int32_t il, const float * dat
 static void test_forward_direct(const model & m) {
     const model_config & c = m.config();
     const int32_t V = c.n_vocab, H = c.n_embd;
-    kv_pool pool(c, dtype::f32, 4);
+    backend_options ro;
+    ro.reference = true;
+    ro.n_threads = N_THREADS;
+    std::unique_ptr<backend> be = m.make_backend(ro);
+    kv_pool pool(*be, c, dtype::f32, 4);
     const uint64_t want_bpb = 2ull * c.n_layer * c.n_head_kv * MINICPM_KV_BLOCK_SIZE * c.n_head_dim * 4;
     const uint64_t bpb_f32 = kv_pool::bytes_per_block(c, dtype::f32);
     const uint64_t bpb_bf16 = kv_pool::bytes_per_block(c, dtype::bf16);
@@ -470,7 +554,7 @@ static void test_forward_direct(const model & m) {
     huge.n_head_kv = 64;
     huge.n_head_dim = 128;
     minicpm_test::expect_error("KV pool of 2^49 bytes", MINICPM_STATUS_OUT_OF_MEMORY, {"cannot allocate", "bytes"},
-                               [&] { kv_pool big(huge, dtype::f32, 1 << 20); });
+                               [&] { kv_pool big(*be, huge, dtype::f32, 1 << 20); });
 
     const std::vector<int32_t> toks = prompt(70, V, 61);  // crosses the first block boundary
     kv_segment seg;
@@ -487,9 +571,10 @@ static void test_forward_direct(const model & m) {
     b.n_logit_rows = 2;
     b.hook = record;
     b.hook_user = &log;
-    std::vector<float> logits(2 * size_t(V)), scratch;
-    thread_pool tp(N_THREADS);
-    m.forward(cpu_reference_ops(), tp, pool, b, logits.data(), scratch);
+    std::vector<float> logits(2 * size_t(V));
+    forward_workspace  ws;
+    m.forward(*be, ws, pool, b, logits.data());
+    m.release_workspace(*be, ws);
 
     context ctx(m, ctx_params(true));
     const std::vector<float> all = eval_all(ctx, V, toks);
@@ -586,6 +671,8 @@ int main() {
         test_batched(*m);
         test_kv_dtypes(*m);
         test_truncate(*m);
+        test_tree_batch(*m, true);
+        test_tree_batch(*m, false);
         test_errors(*m);
         test_forward_direct(*m);
         test_c_api();

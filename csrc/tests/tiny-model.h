@@ -79,7 +79,7 @@ bool expect_error(const char * label, int32_t status, std::initializer_list<cons
 }
 
 // Element i of a loaded tensor as f32, whatever its dtype.
-inline float tensor_value(const minicpm::tensor_view & t, int64_t i) {
+inline float tensor_value(const minicpm::tensor_desc & t, int64_t i) {
     const uint8_t * p = (const uint8_t *) t.data + size_t(i) * minicpm::dtype_size(t.type);
     if (t.type == minicpm::dtype::f32) {
         float f;
