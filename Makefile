@@ -16,16 +16,16 @@ test-native: native
 	@cd $(BUILD) && ctest --output-on-failure
 
 bench: native
-	@$(BUN) src/cli/main.ts make-checkpoint --preset 0.5b --out .cache/bench-0.5b --quiet-if-exists
+	@$(BUN) cli.ts make-checkpoint --preset 0.5b --out .cache/bench-0.5b --quiet-if-exists
 	@$(BUILD)/bench-engine .cache/bench-0.5b
-	@MINICPM_LIB=$(CURDIR)/$(BUILD)/libminicpm.so $(BUN) src/cli/main.ts bench --model .cache/bench-0.5b
+	@MINICPM_LIB=$(CURDIR)/$(BUILD)/libminicpm.so $(BUN) cli.ts bench --model .cache/bench-0.5b
 
 # One self-contained executable: the CLI bundle with libminicpm.so embedded (found via Bun.embeddedFiles).
 # .env and bunfig.toml of the directory it runs in are not read.
 dist: native
 	@mkdir -p dist
 	@$(BUN) build --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
-		src/cli/main.ts $(BUILD)/libminicpm.so --outfile dist/minicpm-edge
+		cli.ts $(BUILD)/libminicpm.so --outfile dist/minicpm-edge
 	@echo "dist/minicpm-edge"
 
 clean:

@@ -6,7 +6,7 @@
  * startGeneration.
  */
 
-import { Registry } from '../src/metrics.ts'
+import { Registry } from './prometheus.ts'
 import type { EngineStats } from '../src/types.ts'
 
 const LATENCY_BUCKETS = [

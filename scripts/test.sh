@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (`npm test`): builds the native library, runs the native tests (ctest) and the
-# Bun suite, and ends with one line "N passed, N failed, N skipped" over both.
+# The project's test command (`npm test`): builds the native library, runs the native tests (ctest), the
+# TypeScript type check and the Bun suite, and ends with one line "N passed, N failed, N skipped" over all three.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,9 @@ else
     echo "SKIPPED: ARM64 native tests (install g++-aarch64-linux-gnu and qemu-user to run them)"
     arm_skipped=1
 fi
+# The type check counts as one test: tsconfig.json is strict, and bun itself runs code with type errors.
+echo "TypeScript (tsc --noEmit -p .):"
+if node_modules/.bin/tsc --noEmit -p .; then tsc_pass=1; tsc_fail=0; else tsc_pass=0; tsc_fail=1; fi
 node_modules/.bin/bun test "$@" 2>&1 | tee "$logs/bun.log"
 bun_rc=${PIPESTATUS[0]}
 
@@ -42,12 +45,13 @@ b_fail=$(sed -nE 's/^ *([0-9]+) fail$/\1/p' "$logs/bun.log" | tail -n 1)
 b_skip=$(sed -nE 's/^ *([0-9]+) skip$/\1/p' "$logs/bun.log" | tail -n 1)
 n_total=${n_total:-0}; n_failed=${n_failed:-0}; b_pass=${b_pass:-0}; b_fail=${b_fail:-0}; b_skip=${b_skip:-0}
 
-passed=$((n_total - n_failed + b_pass))
-failed=$((n_failed + b_fail))
+passed=$((n_total - n_failed + tsc_pass + b_pass))
+failed=$((n_failed + tsc_fail + b_fail))
 # A runner that crashed or printed no summary counts as a failure rather than silently as zero tests.
 if [ "$native_rc" -ne 0 ] && [ "$n_failed" -eq 0 ]; then failed=$((failed + 1)); fi
 if [ "$bun_rc" -ne 0 ] && [ "$b_fail" -eq 0 ]; then failed=$((failed + 1)); fi
 rm -rf "$logs"
-echo "native: $((n_total - n_failed)) passed, $n_failed failed, $arm_skipped skipped; bun: $b_pass passed, $b_fail failed, $b_skip skipped"
+echo "native: $((n_total - n_failed)) passed, $n_failed failed, $arm_skipped skipped; tsc: $tsc_pass passed, $tsc_fail failed;" \
+    "bun: $b_pass passed, $b_fail failed, $b_skip skipped"
 echo "$passed passed, $failed failed, $((b_skip + arm_skipped)) skipped"
 [ "$failed" -eq 0 ]

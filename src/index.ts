@@ -6,7 +6,7 @@
  * for await (const ev of model.generate({ prompt: 'Hello', maxTokens: 16 })) if (ev.type === 'delta') write(ev.text)
  * model.dispose()
  */
-export { loadModel, resolveModelDir, type LoadOptions, type Model } from './runtime/load'
+export { DEFAULT_KV_DTYPE, KV_DTYPES, loadModel, resolveModelDir, type LoadOptions, type Model } from './runtime/load'
 export { ensureDefaultModel, DEFAULT_MODEL_ID, cacheRoot } from './runtime/default-model'
 export { readModelDir, samplingDefaults } from './runtime/model-dir'
 export { NativeError } from '../ffi/index'

@@ -74,6 +74,7 @@ export interface ModelInfo {
   nLayer: number
   nEmbd: number
   weightDtype: string
+  kvDtype: string // the engine's KV cache element type: f32, bf16 or f16
   nParams: number
   weightBytes: number
   eosTokenIds: number[]

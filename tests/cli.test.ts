@@ -131,13 +131,34 @@ describe('commands', () => {
     )
   }, 60_000)
 
+  test('--kv-dtype reaches the engine: f32 holds half the tokens of bf16 in the same --kv-bytes', () => {
+    const kv = (extra: string[]) => {
+      const r = cli(['generate', '-m', dir, '-p', 'hi', '-n', '2', '--kv-bytes', String(1 << 20), '-v', ...extra])
+      expect(r.code).toBe(0)
+      const m = /KV cache (\w+), (\d+) tokens/.exec(r.stderr)
+      expect(m).not.toBeNull()
+      return { dtype: m?.[1], tokens: Number(m?.[2]) }
+    }
+    const f32 = kv(['--kv-dtype', 'f32'])
+    const bf16 = kv(['--kv-dtype', 'bf16'])
+    const f16 = kv(['--kv-dtype', 'f16'])
+    const unset = kv([])
+    console.log(JSON.stringify({ f32, bf16, f16, unset }))
+    expect([f32.dtype, bf16.dtype, f16.dtype]).toEqual(['f32', 'bf16', 'f16'])
+    expect(f32.tokens).toBeGreaterThan(0)
+    expect(bf16.tokens).toBe(2 * f32.tokens)
+    expect(f16.tokens).toBe(bf16.tokens)
+    // The engine's default stays bf16.
+    expect(unset).toEqual(bf16)
+  }, 60_000)
+
   test('chat with piped stdin answers each line, keeping the conversation', () => {
-    const r = cli(['chat', '-m', dir, '-n', '3', '--temperature', '0', '--ignore-eos', '-v'], {
-      stdin: 'hello\nand again\n',
-    })
+    const flags = ['-n', '3', '--temperature', '0', '--ignore-eos', '-v', '--kv-dtype', 'f16']
+    const r = cli(['chat', '-m', dir, ...flags], { stdin: 'hello\nand again\n' })
     const turns = r.stderr.split('\n').filter((l) => l.startsWith('[length]'))
     console.log(turns.join('\n'))
     expect(r.code).toBe(0)
+    expect(r.stderr).toMatch(/^KV cache f16, \d+ tokens$/m)
     expect(turns.length).toBe(2)
     const promptTokens = turns.map((l) => Number(/\] (\d+) prompt/.exec(l)![1]))
     // The second turn's prompt holds the first exchange.
@@ -145,9 +166,10 @@ describe('commands', () => {
   }, 60_000)
 
   test('bench prints tokenizer, load and per-token figures', () => {
-    const r = cli(['bench', '-m', dir, '-n', '8'])
+    const r = cli(['bench', '-m', dir, '-n', '8', '--kv-dtype', 'f32'])
     console.log(r.stdout)
     expect(r.code).toBe(0)
+    expect(r.stdout).toMatch(/load +.*, KV f32, /)
     expect(r.stdout).toMatch(/tokenizer +encode [\d.]+ M tokens\/s/)
     expect(r.stdout).toMatch(/load +.*first token \d+ ms/)
     expect(r.stdout).toMatch(
@@ -156,7 +178,8 @@ describe('commands', () => {
   }, 60_000)
 
   test('serve answers /health and /v1/models, and stops on SIGINT', async () => {
-    const p = Bun.spawn([process.execPath, MAIN, 'serve', '-m', dir, '--port', '0', '-q'], {
+    const args = ['serve', '-m', dir, '--port', '0', '-q', '--kv-dtype', 'f32']
+    const p = Bun.spawn([process.execPath, MAIN, ...args], {
       cwd: REPO,
       stderr: 'pipe',
       stdout: 'ignore',
@@ -171,6 +194,7 @@ describe('commands', () => {
     const url = /listening on (http:\/\/\S+)/.exec(stderr)?.[1]
     console.log(stderr.trim())
     expect(url).toBeDefined()
+    expect(stderr).toMatch(/ready: .*; KV cache f32, \d+ tokens\)/)
     expect((await fetch(`${url}/health`)).status).toBe(200)
     const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string }> }
     expect(models.data.map((m) => m.id)).toContain(dir.split('/').at(-1)!)
@@ -187,6 +211,14 @@ describe('errors', () => {
       expectOneLineError(r, c, `${bad} is not a model directory: config.json is missing`)
     }
     expect(existsSync(bad)).toBe(false)
+  })
+
+  test('a --kv-dtype outside f32, bf16, f16 is a usage error (exit 2), for every command that loads the engine', () => {
+    for (const c of ['serve', 'generate', 'chat', 'bench']) {
+      const r = cli([c, '-m', dir, ...(c === 'generate' ? ['-p', 'hi'] : []), '--kv-dtype', 'fp8'])
+      expectOneLineError(r, c, "--kv-dtype must be one of f32, bf16, f16, got 'fp8'")
+      expect(r.code).toBe(2)
+    }
   })
 
   test('unknown flags are usage errors (exit 2)', () => {

@@ -32,7 +32,7 @@ beforeAll(() => {
       '--minify',
       '--no-compile-autoload-dotenv',
       '--no-compile-autoload-bunfig',
-      'src/cli/main.ts',
+      'cli.ts',
       lib,
       '--outfile',
       exe,

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, expect, test } from 'bun:test'
 import type { Model } from '../src/index.ts'
-import { startServer, type RunningServer } from '../src/server.ts'
+import { startServer, type RunningServer } from '../routes/server.ts'
 import { parseSse, readJson, waitFor } from './helpers/http.ts'
 import { LOAD_TIMEOUT_MS, loadTinyModel } from './helpers/server-model.ts'
 

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import OpenAI from 'openai'
 import type { Model } from '../src/index.ts'
-import { startServer, type RunningServer } from '../src/server.ts'
+import { startServer, type RunningServer } from '../routes/server.ts'
 import { FakeModel } from './helpers/fake-model.ts'
 import { parseSse, readJson, waitFor } from './helpers/http.ts'
 import { LOAD_TIMEOUT_MS, loadTinyModel } from './helpers/server-model.ts'

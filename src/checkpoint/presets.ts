@@ -20,7 +20,7 @@ export type HubConfig = Record<string, unknown>
 
 /** Tokenizer files copied verbatim into every checkpoint: file name -> embedded path. */
 export const TOKENIZER_FILES: Record<string, string> = {
-  'tokenizer.model': tokenizerModel as unknown as string,
+  'tokenizer.model': tokenizerModel,
   'tokenizer_config.json': tokenizerConfig as unknown as string,
   'special_tokens_map.json': specialTokensMap as unknown as string,
   'added_tokens.json': addedTokens as unknown as string,

@@ -9,30 +9,33 @@ import { nativeLibrary } from '../../ffi/index'
 import { writeCheckpoint } from '../checkpoint/write-checkpoint'
 import { cacheRoot } from '../runtime/default-model'
 import { generateProfile } from '../runtime/generate'
-import { loadModel } from '../runtime/load'
+import { KV_DTYPES, loadModel } from '../runtime/load'
 import { benchTokenizer } from '../tokenizer/index'
-import { num, parse, progressBar, type Command } from './common'
+import { kvDtypeOf, num, parse, progressBar, type Command } from './common'
 
 const options = {
   model: { type: 'string', short: 'm' },
   tokens: { type: 'string', short: 'n' },
   threads: { type: 'string', short: 't' },
+  'kv-dtype': { type: 'string' },
 } as const
 
 export const bench: Command = {
   name: 'bench',
   summary: 'tokenizer speed, load-to-first-token, JS cost per token',
-  usage: `Usage: minicpm-edge bench [--model DIR] [--tokens N] [--threads N]
+  usage: `Usage: minicpm-edge bench [--model DIR] [--tokens N] [--threads N] [--kv-dtype T]
 
   -m, --model DIR          a MiniCPM4-0.5B-shaped checkpoint (default: generated once, random weights, in
                            $MINICPM_CACHE/bench-0.5b)
   -n, --tokens N           tokens to generate for the per-token figures (default 32)
-  -t, --threads N          engine threads (default: all cores)`,
+  -t, --threads N          engine threads (default: all cores)
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16)`,
 
   async run(argv) {
     const { values } = parse(argv, options)
     const nTokens = num(values, 'tokens', { int: true, min: 2 }) ?? 32
     const nThreads = num(values, 'threads', { int: true, min: 0 })
+    const kvDtype = kvDtypeOf(values)
     const dir = values.model ?? join(cacheRoot(), 'bench-0.5b')
     if (!values.model && !existsSync(join(dir, 'config.json'))) {
       const bar = progressBar()
@@ -47,6 +50,7 @@ export const bench: Command = {
     let tPhase = t0
     const model = await loadModel(dir, {
       nThreads,
+      kvDtype,
       onProgress: (phase, done, total) => {
         if (done < total) return
         phases.push(`${phase} ${ms(performance.now() - tPhase)}`)
@@ -65,8 +69,8 @@ export const bench: Command = {
       }
       const i = model.info
       console.log(
-        `load         ${i.id}: ${(i.nParams / 1e6).toFixed(0)} M params ${i.weightDtype}, loadModel ${ms(tLoaded - t0)} ` +
-          `(${phases.join(', ')}), ` +
+        `load         ${i.id}: ${(i.nParams / 1e6).toFixed(0)} M params ${i.weightDtype}, KV ${i.kvDtype}, ` +
+          `loadModel ${ms(tLoaded - t0)} (${phases.join(', ')}), ` +
           `first token ${ms(tFirst - t0)} after loadModel() began (weights in the page cache when recently written)`,
       )
 

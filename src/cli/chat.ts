@@ -6,6 +6,7 @@ import { createInterface } from 'node:readline'
 import { loadModel } from '../runtime/load'
 import type { ChatMessage } from '../types'
 import {
+  kvSummary,
   loadOptionsOf,
   modelHelp,
   modelOptions,
@@ -33,7 +34,7 @@ Each line you type is a user message; the assistant's reply streams back. Comman
 conversation, /exit (or end of input) quits. Ctrl-C stops a reply; a second Ctrl-C quits.
 
   -s, --system TEXT        system message
-  -v, --verbose            print token counts and timings after each reply
+  -v, --verbose            print the KV cache type and size once, token counts and timings after each reply
 
 ${modelHelp}
 
@@ -43,6 +44,7 @@ ${samplingHelp}`,
     const { values } = parse(argv, options)
     const sampling = samplingOf(values)
     const model = await loadModel(values.model, loadOptionsOf(values))
+    if (values.verbose) process.stderr.write(`${kvSummary(model)}\n`)
     const interactive = process.stdin.isTTY === true
     const system: ChatMessage[] = values.system ? [{ role: 'system', content: values.system }] : []
     let history: ChatMessage[] = [...system]

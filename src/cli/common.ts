@@ -3,7 +3,7 @@
  * sampling flags, and the stderr progress bar.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import type { LoadOptions } from '../runtime/load'
+import { KV_DTYPES, type LoadOptions, type Model } from '../runtime/load'
 import type { SamplingOptions } from '../types'
 
 export interface Command {
@@ -36,13 +36,15 @@ export const modelOptions = {
   threads: { type: 'string', short: 't' },
   ctx: { type: 'string' },
   'kv-bytes': { type: 'string' },
+  'kv-dtype': { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
   -m, --model DIR          model directory (default: $MINICPM_MODEL, else the generated random-weight tiny model)
   -t, --threads N          engine threads (default: all cores)
       --ctx N              most tokens per request (default: the model's max_position_embeddings)
-      --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)`
+      --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -86,8 +88,22 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     nThreads: num(values, 'threads', { int: true, min: 0 }),
     nCtx: num(values, 'ctx', { int: true, min: 1 }),
     kvBytes: num(values, 'kv-bytes', { int: true, min: 1 }),
+    kvDtype: kvDtypeOf(values),
     onProgress: progressBar(),
   }
+}
+
+export function kvDtypeOf(values: Values): LoadOptions['kvDtype'] {
+  const raw = values['kv-dtype']
+  if (raw === undefined) return undefined
+  const dtype = KV_DTYPES.find((d) => d === raw)
+  if (dtype === undefined) throw new UsageError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got '${raw}'`)
+  return dtype
+}
+
+/** What the engine made of the KV flags, e.g. 'KV cache bf16, 16384 tokens': the budget is the engine's own. */
+export function kvSummary(model: Pick<Model, 'info' | 'stats'>): string {
+  return `KV cache ${model.info.kvDtype}, ${model.stats().kvTokensTotal} tokens`
 }
 
 export function samplingOf(values: Values): SamplingOptions {

@@ -1,56 +1,8 @@
 #!/usr/bin/env bun
 /**
- * minicpm-edge command line: `bun src/cli/main.ts <command> [flags]` (or the compiled dist/minicpm-edge).
- * Every failure ends as one line on stderr and a non-zero exit code, never a stack trace.
+ * `bun src/cli/main.ts <command> [flags]` runs the program in ../../cli.ts. That entry lives outside src/
+ * because `serve` needs the HTTP layer (routes/), which nothing under src/ imports; a dynamic import of the
+ * top-level entry keeps this path working without making src/ depend on it.
  */
-import { bench } from './bench'
-import { chat } from './chat'
-import { UsageError, type Command } from './common'
-import { generateCommand } from './generate'
-import { info } from './info'
-import { makeCheckpoint } from './make-checkpoint'
-import { serve } from './serve'
-
-const commands: Command[] = [serve, generateCommand, chat, bench, info, makeCheckpoint]
-
-function usage(): string {
-  const width = Math.max(...commands.map((c) => c.name.length))
-  return [
-    'Usage: minicpm-edge <command> [flags]',
-    '',
-    'Commands:',
-    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
-    '',
-    "Run 'minicpm-edge <command> --help' for a command's flags.",
-  ].join('\n')
-}
-
-export async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    console.log(usage())
-    return name === undefined ? 1 : 0
-  }
-  const command = commands.find((c) => c.name === name)
-  if (!command) {
-    process.stderr.write(`minicpm-edge: unknown command '${name}'\n${usage()}\n`)
-    return 2
-  }
-  if (rest.includes('--help') || rest.includes('-h')) {
-    console.log(command.usage)
-    return 0
-  }
-  try {
-    return (await command.run(rest)) ?? 0
-  } catch (e) {
-    const message = e instanceof Error ? e.message : String(e)
-    process.stderr.write(`minicpm-edge ${name}: ${message.split('\n')[0]}\n`)
-    if (process.env.MINICPM_DEBUG === '1' && e instanceof Error) process.stderr.write(`${e.stack}\n`)
-    return e instanceof UsageError ? 2 : 1
-  }
-}
-
-if (import.meta.main) {
-  const code = await main(process.argv.slice(2))
-  process.exit(code)
-}
+const { main } = await import('../../cli.ts')
+process.exit(await main(process.argv.slice(2)))

@@ -11,6 +11,10 @@ import { cacheRoot, DEFAULT_MODEL_ID, ensureDefaultModel } from './default-model
 import { generate, PREFILL_TICK_MS, type GenerateDeps } from './generate'
 import { readModelDir } from './model-dir'
 
+/** KV cache element types the engine takes. Without one it uses bf16 (minicpm.h, engine_params.kv_dtype). */
+export const KV_DTYPES = ['f32', 'bf16', 'f16'] as const satisfies readonly KvDtype[]
+export const DEFAULT_KV_DTYPE: KvDtype = 'bf16'
+
 export interface LoadOptions {
   nThreads?: number
   nCtx?: number
@@ -88,6 +92,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       nLayer: nativeInfo.nLayer,
       nEmbd: nativeInfo.nEmbd,
       weightDtype: nativeInfo.weightDtype,
+      kvDtype: opts.kvDtype ?? DEFAULT_KV_DTYPE,
       nParams: nativeInfo.nParams,
       weightBytes: nativeInfo.weightBytes,
       eosTokenIds: nativeInfo.eosTokenIds,

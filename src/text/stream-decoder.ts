@@ -51,16 +51,17 @@ export class StreamDecoder {
     let continuation = 0
     // A byte-fallback token is the only kind whose bytes are a single non-ASCII byte; pieces are valid UTF-8.
     for (let i = this.window.length - 1; i >= 0 && continuation < 4; i--) {
-      const id = this.window[i]
+      const id = this.window[i]! // i is within the window by the loop bounds
       // Skipped special tokens vanish before decoding, so bytes on both sides of one still join.
       if (this.opts.skipSpecialTokens && this.tokenizer.specialIds.has(id)) continue
       const bytes = this.tokenizer.tokenBytes(id)
-      if (bytes.length !== 1 || bytes[0] < 0x80) return false
-      if (bytes[0] < 0xc0) {
+      const b = bytes.length === 1 ? bytes[0] : undefined
+      if (b === undefined || b < 0x80) return false
+      if (b < 0xc0) {
         continuation++
         continue
       }
-      const need = bytes[0] >= 0xf0 ? 3 : bytes[0] >= 0xe0 ? 2 : 1
+      const need = b >= 0xf0 ? 3 : b >= 0xe0 ? 2 : 1
       return continuation < need
     }
     return false

@@ -60,35 +60,46 @@ export class MergeTable {
     const id = new Int32Array(n)
     const next = new Int32Array(n)
     const prev = new Int32Array(n)
-    for (let i = 0; i < n; i++) {
-      id[i] = this.ids.get(chars[i]) ?? -1
+    for (const [i, ch] of chars.entries()) {
+      id[i] = this.ids.get(ch) ?? -1
       next[i] = i + 1 < n ? i + 1 : -1
       prev[i] = i - 1
     }
     const heap: number[] = []
+    // Reads past either end of the typed arrays give undefined; -1 is the same "none" they use inside.
     const candidate = (i: number) => {
-      const j = next[i]
-      if (j < 0 || id[i] < 0 || id[j] < 0) return
-      const rank = this.ranks.get(id[i] * PAIR + id[j])
+      const j = next[i] ?? -1
+      if (j < 0) return
+      const left = id[i] ?? -1
+      const right = id[j] ?? -1
+      if (left < 0 || right < 0) return
+      const rank = this.ranks.get(left * PAIR + right)
       if (rank !== undefined) heapPush(heap, rank * POS + i)
     }
     for (let i = 0; i + 1 < n; i++) candidate(i)
-    while (heap.length > 0) {
-      const top = heapPop(heap)
+    for (let top = heapPop(heap); top !== undefined; top = heapPop(heap)) {
       const i = top % POS
       const rank = (top - i) / POS
-      const j = next[i]
+      const j = next[i] ?? -1
+      const left = id[i] ?? -1
+      const right = j < 0 ? -1 : (id[j] ?? -1)
       // Stale entry: the pair at i changed since it was queued (a rank names exactly one pair).
-      if (id[i] < 0 || j < 0 || id[j] < 0 || this.ranks.get(id[i] * PAIR + id[j]) !== rank) continue
-      id[i] = this.merged[rank]
+      if (left < 0 || right < 0 || this.ranks.get(left * PAIR + right) !== rank) continue
+      id[i] = this.merged[rank]! // rank came from this.ranks, whose values index merges
       id[j] = -2 // absorbed into i
-      next[i] = next[j]
-      if (next[j] >= 0) prev[next[j]] = i
-      if (prev[i] >= 0) candidate(prev[i])
+      const after = next[j] ?? -1
+      next[i] = after
+      if (after >= 0) prev[after] = i
+      const before = prev[i] ?? -1
+      if (before >= 0) candidate(before)
       candidate(i)
     }
     const out: string[] = []
-    for (let i = 0; i >= 0; i = next[i]) out.push(id[i] >= 0 ? this.pieces[id[i]] : chars[i])
+    for (let i = 0; i >= 0; i = next[i] ?? -1) {
+      const t = id[i] ?? -1
+      // The list only links positions 0..n-1, and ids >= 0 are vocab ids (from ids or merged), so both exist.
+      out.push(t >= 0 ? this.pieces[t]! : chars[i]!)
+    }
     return out
   }
 }
@@ -98,28 +109,34 @@ function heapPush(heap: number[], v: number): void {
   heap.push(v)
   while (i > 0) {
     const p = (i - 1) >> 1
-    if (heap[p] <= v) break
-    heap[i] = heap[p]
+    const parent = heap[p]
+    if (parent === undefined || parent <= v) break // p < i <= heap.length, so never undefined
+    heap[i] = parent
     i = p
   }
   heap[i] = v
 }
 
-function heapPop(heap: number[]): number {
+/** The smallest entry, or undefined when the heap is empty. */
+function heapPop(heap: number[]): number | undefined {
   const top = heap[0]
-  const last = heap.pop()!
-  const n = heap.length
-  if (n > 0) {
-    let i = 0
-    for (;;) {
-      let c = 2 * i + 1
-      if (c >= n) break
-      if (c + 1 < n && heap[c + 1] < heap[c]) c++
-      if (heap[c] >= last) break
-      heap[i] = heap[c]
-      i = c
+  const last = heap.pop()
+  if (last === undefined || heap.length === 0) return top
+  // Sift `last` down from the root; heap is dense, so heap[c] is undefined exactly when c is past the end.
+  let i = 0
+  for (;;) {
+    let c = 2 * i + 1
+    let child = heap[c]
+    if (child === undefined) break
+    const right = heap[c + 1]
+    if (right !== undefined && right < child) {
+      c++
+      child = right
     }
-    heap[i] = last
+    if (child >= last) break
+    heap[i] = child
+    i = c
   }
+  heap[i] = last
   return top
 }

@@ -95,8 +95,9 @@ function addedTokens(model: SpmModel, config: TokenizerConfigJson, addedJson: Re
     byId.set(id, { ...base, special: false, ...t, id })
   }
   for (const t of byId.values()) {
-    if (t.id < model.pieces.length && model.pieces[t.id].piece !== t.content) {
-      throw new Error(`added token ${t.id} '${t.content}' conflicts with vocab piece '${model.pieces[t.id].piece}'`)
+    const vocabPiece = model.pieces[t.id]?.piece
+    if (vocabPiece !== undefined && vocabPiece !== t.content) {
+      throw new Error(`added token ${t.id} '${t.content}' conflicts with vocab piece '${vocabPiece}'`)
     }
   }
   return [...byId.values()].sort((a, b) => a.id - b.id)

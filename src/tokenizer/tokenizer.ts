@@ -73,7 +73,7 @@ export class JsonTokenizer implements Tokenizer {
   }
 
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
-    for (const id of ids) this.check(id)
+    for (const id of ids) this.piece(id) // a RangeError naming the bad id
     if (ids.length === 0) return '' // tokenizers.js throws on an empty list
     return this.hf.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false })
   }
@@ -84,21 +84,23 @@ export class JsonTokenizer implements Tokenizer {
 
   /** Byte-fallback pieces give their byte; other pieces their text with '▁' as a space (the decoder's Replace). */
   tokenBytes(id: number): Uint8Array {
-    this.check(id)
+    const piece = this.piece(id)
     let b = this.bytesCache[id]
     if (b === undefined) {
-      const piece = this.pieces[id]
-      const m = this.added.has(id) ? null : BYTE_PIECE.exec(piece)
-      b = m ? Uint8Array.of(parseInt(m[1], 16)) : utf8.encode(this.added.has(id) ? piece : piece.replaceAll('▁', ' '))
+      const hex = this.added.has(id) ? undefined : BYTE_PIECE.exec(piece)?.[1]
+      b = hex ? Uint8Array.of(parseInt(hex, 16)) : utf8.encode(this.added.has(id) ? piece : piece.replaceAll('▁', ' '))
       this.bytesCache[id] = b
     }
     return b
   }
 
-  private check(id: number): void {
-    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.pieces[id] === undefined) {
+  /** The vocab piece of `id`; throws for an id outside the vocabulary (or a hole in it). */
+  private piece(id: number): string {
+    const piece = Number.isInteger(id) && id >= 0 && id < this.vocabSize ? this.pieces[id] : undefined
+    if (piece === undefined) {
       throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`)
     }
+    return piece
   }
 }
 

@@ -52,6 +52,7 @@ export class FakeModel implements ServedModel {
     nLayer: 1,
     nEmbd: 8,
     weightDtype: 'f32',
+    kvDtype: 'bf16',
     nParams: 1,
     weightBytes: 4,
     eosTokenIds: [EOS],

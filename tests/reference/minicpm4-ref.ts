@@ -211,12 +211,12 @@ export class ReferenceModel {
           for (let s = 0; s <= t; s++) {
             const pr = scores[s]! / sum
             const vo = (s * c.nHeadKv + kvh) * hd
-            for (let i = 0; i < hd; i++) o[qo + i] += pr * v[vo + i]!
+            for (let i = 0; i < hd; i++) o[qo + i]! += pr * v[vo + i]!
           }
         }
       }
       const attn = matmul(o, T, this.t(p + 'self_attn.o_proj.weight'))
-      for (let i = 0; i < x.length; i++) x[i] += c.residualScale * attn[i]!
+      for (let i = 0; i < x.length; i++) x[i]! += c.residualScale * attn[i]!
 
       const b = rmsnorm(x, T, H, this.t(p + 'post_attention_layernorm.weight'), c.eps)
       const gate = matmul(b, T, this.t(p + 'mlp.gate_proj.weight'))
@@ -224,7 +224,7 @@ export class ReferenceModel {
       for (let i = 0; i < gate.length; i++)
         gate[i] = (gate[i]! / (1 + Math.exp(-gate[i]!))) * up[i]!
       const m = matmul(gate, T, this.t(p + 'mlp.down_proj.weight'))
-      for (let i = 0; i < x.length; i++) x[i] += c.residualScale * m[i]!
+      for (let i = 0; i < x.length; i++) x[i]! += c.residualScale * m[i]!
     }
 
     const head = c.tied ? emb : this.t('lm_head.weight')

@@ -1,8 +1,9 @@
 /**
- * `serve`: the OpenAI-compatible + native HTTP server (src/server.ts) until SIGINT / SIGTERM.
+ * The CLI's `serve` command: the OpenAI-compatible + native HTTP server (./server.ts) until SIGINT / SIGTERM.
+ * It lives here, not in src/cli/, because src/ never imports the HTTP layer.
  */
-import { startServer } from '../server'
-import { loadOptionsOf, modelHelp, modelOptions, num, parse, type Command } from './common'
+import { kvSummary, loadOptionsOf, modelHelp, modelOptions, num, parse, type Command } from '../src/cli/common.ts'
+import { startServer } from './server.ts'
 
 const options = {
   ...modelOptions,
@@ -52,7 +53,7 @@ ${modelHelp}`,
     })
     try {
       const model = await server.model
-      process.stderr.write(`ready: ${model.info.id} (${server.url}/v1)\n`)
+      process.stderr.write(`ready: ${model.info.id} (${server.url}/v1; ${kvSummary(model)})\n`)
     } catch (e) {
       await server.stop()
       throw e

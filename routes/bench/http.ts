@@ -8,7 +8,7 @@
  */
 
 import { parseArgs } from 'node:util'
-import type { GenerateRequest, Model } from '../index.ts'
+import type { GenerateRequest, Model } from '../../src/index.ts'
 import { startServer } from '../server.ts'
 import type { StreamStat, WorkerJob, WorkerResult } from './http-worker.ts'
 
@@ -163,7 +163,7 @@ if (import.meta.main) {
       threads: { type: 'string' },
     },
   })
-  const { loadModel } = await import('../index.ts')
+  const { loadModel } = await import('../../src/index.ts')
   const model = await loadModel(values.model, {
     nBatchMax: 32,
     nThreads: values.threads ? Number(values.threads) : undefined,

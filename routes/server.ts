@@ -5,8 +5,8 @@
  * streams may sit silent through a long prefill (pings cover the client side).
  */
 
-import { createApp, type AppOptions, type ServedModel } from '../routes/app.ts'
-import type { LoadOptions } from './runtime/load.ts'
+import { createApp, type AppOptions, type ServedModel } from './app.ts'
+import type { LoadOptions } from '../src/runtime/load.ts'
 
 export interface ServerOptions extends Omit<AppOptions, 'model' | 'onLongRequest'> {
   /** A loaded model (or its promise). Omitted: loadModel(modelDir, load) is started here. */
@@ -45,7 +45,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const model: Promise<ServedModel> =
     opts.model != null
       ? Promise.resolve(opts.model)
-      : import('./index.ts').then(({ loadModel }) => loadModel(opts.modelDir, opts.load))
+      : import('../src/index.ts').then(({ loadModel }) => loadModel(opts.modelDir, opts.load))
   // The rejection is reported by /health and the model routes; keep it from being unhandled here.
   model.catch(() => {})
   let server: ReturnType<typeof Bun.serve> | null = null
