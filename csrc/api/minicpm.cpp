@@ -33,26 +33,6 @@ static void require(const void * p, const char * what) {
 
 uint32_t minicpm_abi_version(void) { return MINICPM_ABI_VERSION; }
 
-uint32_t minicpm_struct_size(const char * name) {
-    if (!name) return 0;
-    static const struct {
-        const char * name;
-        uint32_t     size;
-    } sizes[] = {
-        {"model_params", sizeof(struct minicpm_model_params)},
-        {"model_info", sizeof(struct minicpm_model_info)},
-        {"context_params", sizeof(struct minicpm_context_params)},
-        {"engine_params", sizeof(struct minicpm_engine_params)},
-        {"sampling_params", sizeof(struct minicpm_sampling_params)},
-        {"event", sizeof(struct minicpm_event)},
-        {"request_info", sizeof(struct minicpm_request_info)},
-        {"engine_stats", sizeof(struct minicpm_engine_stats)},
-    };
-    for (const auto & s : sizes)
-        if (std::strcmp(s.name, name) == 0) return s.size;
-    return 0;
-}
-
 // Not guarded: reading the last error must not clear it.
 int32_t minicpm_last_error(char * buf, int32_t cap) { return copy_out(last_error_text(), buf, cap); }
 
