@@ -114,8 +114,13 @@ int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_i
         info.n_head_dim = c.n_head_dim;
         info.n_ff = c.n_ff;
         info.bos_token_id = c.bos_token_id;
-        info.n_eos = int32_t(std::min<size_t>(c.eos_token_ids.size(), MINICPM_MAX_EOS_IDS));
-        for (int32_t i = 0; i < info.n_eos; ++i) info.eos_token_ids[i] = c.eos_token_ids[size_t(i)];
+        // The config parser refuses these; checked again because an overflow here would corrupt the caller.
+        if (c.eos_token_ids.size() > MINICPM_MAX_EOS_IDS)
+            fail(MINICPM_STATUS_UNSUPPORTED, "model info: " + std::to_string(c.eos_token_ids.size()) +
+                                                 " eos ids, at most " + std::to_string(MINICPM_MAX_EOS_IDS) +
+                                                 " (MINICPM_MAX_EOS_IDS)");
+        info.n_eos = int32_t(c.eos_token_ids.size());
+        std::copy(c.eos_token_ids.begin(), c.eos_token_ids.end(), info.eos_token_ids);
         info.weight_dtype = int32_t(w.weight_type);
         info.tied_head = w.head.data == w.embed.data ? 1 : 0;
         info.rms_norm_eps = c.rms_norm_eps;
