@@ -4,6 +4,7 @@
 #include "engine/scheduler.h"
 #include "minicpm.h"
 
+#include <cstdio>
 #include <memory>
 
 struct minicpm_engine {
@@ -116,6 +117,11 @@ MINICPM_API int32_t minicpm_engine_stats(minicpm_engine_t * engine, struct minic
         if (out == nullptr) fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_stats: out is NULL");
         MINICPM_CHECK_PARAMS(out, struct minicpm_engine_stats);
         s.stats(*out);
+        // Placeholder until the scheduler reports its backend: the CPU backend is the only one built.
+        if (out->backend == MINICPM_BACKEND_AUTO) {
+            out->backend = MINICPM_BACKEND_CPU;
+            std::snprintf(out->backend_name, sizeof(out->backend_name), "cpu");
+        }
         return int32_t(MINICPM_STATUS_OK);
     });
 }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -88,6 +89,11 @@ int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params *
         if (params) p = *params;
         if (p.n_threads < 0)
             fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: n_threads " + std::to_string(p.n_threads) + " < 0");
+        if (p.backend < MINICPM_BACKEND_AUTO || p.backend > MINICPM_BACKEND_CUDA)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: backend " + std::to_string(p.backend) +
+                                                      " is not a minicpm_backend (0 auto, 1 cpu, 2 cuda)");
+        if (p.backend == MINICPM_BACKEND_CUDA)
+            fail(MINICPM_STATUS_UNSUPPORTED, "model params: backend cuda: this build has only the CPU backend");
         std::unique_ptr<minicpm_model> m(new minicpm_model());
         m->impl = model::load(dir, p.use_mmap != 0);
         *out = m.release();
@@ -133,9 +139,22 @@ int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_i
         info.weight_bytes = w.n_bytes;
         // BF16 is the engine's default KV dtype.
         info.kv_bytes_per_token = kv_pool::bytes_per_block(c, dtype::bf16) / MINICPM_KV_BLOCK_SIZE;
+        // Placeholder until the backend seam reports its own: the CPU backend is the only one built.
+        info.backend = MINICPM_BACKEND_CPU;
+        std::snprintf(info.backend_name, sizeof(info.backend_name), "cpu");
         *out = info;
         return MINICPM_STATUS_OK;
     });
+}
+
+int32_t minicpm_model_warnings(const minicpm_model_t * model, char * buf, int32_t cap) {
+    int32_t n = 0;
+    const int32_t rc = guarded([&]() {
+        require(model, "minicpm_model_warnings: model");
+        n = copy_out(std::string(), buf, cap);
+        return MINICPM_STATUS_OK;
+    });
+    return rc == MINICPM_STATUS_OK ? n : rc;
 }
 
 void minicpm_model_free(minicpm_model_t * model) { delete model; }
