@@ -1,7 +1,9 @@
 /**
  * NativeEngine: the continuous-batching engine. submit() queues a request and returns at once; the engine
- * thread rings a doorbell (a threadsafe JSCallback carrying two integers) when a request has new events, and
- * the listener registered with onReady() drains them with a short synchronous call.
+ * thread rings a doorbell (a threadsafe JSCallback carrying user_data, a uint64 request id and a count) when a
+ * request has new events, and the listener registered with onReady() drains them with a short synchronous call.
+ * Request ids are uint64_t in the ABI and numbers here: they count up from 1, and submit() refuses one that a
+ * double cannot hold exactly, so every id a listener is keyed by converts back exactly.
  * MINICPM_FFI_POLL=1 replaces the doorbell with minicpm_engine_poll() on a short timer while requests live.
  */
 import { JSCallback, type Pointer } from 'bun:ffi'
@@ -11,10 +13,12 @@ import { lib } from './library'
 import { kvDtypeCode } from './context'
 import type { NativeModel } from './model'
 import {
+  backendName,
   engineParamsLayout,
   engineStatsLayout,
   MAX_TOP_LOGPROBS,
   newStruct,
+  readCString,
   readEvent,
   readStruct,
   requestInfoLayout,
@@ -28,6 +32,7 @@ import {
 } from './structs'
 
 const STATUS_NOT_FOUND = -6
+const STATUS_INTERNAL = -100
 const DRAIN_CAP = 64
 const POLL_INTERVAL_MS = 1
 const DOORBELL_CLOSE_DELAY_MS = 100
@@ -76,6 +81,8 @@ export interface NativeRequestInfo {
 }
 
 export interface NativeEngineStats {
+  backend: string // 'cpu' | 'cuda'
+  backendName: string // backend and kernel family, e.g. 'cpu avx512+amx'
   running: number
   waiting: number
   undrained: number
@@ -93,8 +100,8 @@ export class NativeEngine extends NativeHandle {
   readonly #drainBuf = new Uint8Array(new ArrayBuffer(DRAIN_CAP * structSizes.event))
   readonly #drainView = new DataView(this.#drainBuf.buffer)
   readonly #infoBuf = newStruct('request_info')
-  readonly #idBuf = new Int32Array(1)
-  #pollIds = new Int32Array(64)
+  readonly #idBuf = new BigUint64Array(1)
+  #pollIds = new BigUint64Array(64)
   #pollTimer: ReturnType<typeof setTimeout> | null = null
   #keepAlive: ReturnType<typeof setInterval> | null = null
 
@@ -120,13 +127,13 @@ export class NativeEngine extends NativeHandle {
     const listeners = new Map<number, () => void>()
     const doorbell = polling
       ? null
-      : new JSCallback((id: number) => listeners.get(id)?.(), {
-          args: ['i32', 'i32'],
+      : new JSCallback((_user: unknown, id: bigint) => listeners.get(Number(id))?.(), {
+          args: ['ptr', 'u64', 'i32'],
           returns: 'void',
           threadsafe: true,
         })
     if (doorbell) {
-      const st = l.minicpm_engine_set_notify(ptr, doorbell.ptr)
+      const st = l.minicpm_engine_set_notify(ptr, doorbell.ptr, null)
       if (st !== 0) {
         const err = nativeError(st, 'cannot install the engine doorbell')
         l.minicpm_engine_free(ptr)
@@ -184,7 +191,11 @@ export class NativeEngine extends NativeHandle {
       this.#idBuf,
     )
     if (status !== 0) throw nativeError(status, 'submit')
-    return this.#idBuf[0]!
+    const id = this.#idBuf[0]!
+    if (id < 1n || id > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new NativeError(STATUS_INTERNAL, 'internal', `submit: request id ${id} is outside 1..2^53-1`)
+    }
+    return Number(id)
   }
 
   /** Moves every pending event of a request out of the engine (copied). After the finish event the id is gone. */
@@ -224,8 +235,12 @@ export class NativeEngine extends NativeHandle {
   stats(): NativeEngineStats {
     const buf = newStruct('engine_stats')
     check(lib().minicpm_engine_stats(this.guard(), buf), 'engine stats')
-    const { size: _size, ...rest } = readStruct(buf, engineStatsLayout)
-    return rest
+    const { size: _size, backend, ...rest } = readStruct(buf, engineStatsLayout)
+    return {
+      backend: backendName(backend),
+      backendName: readCString(buf, engineStatsLayout.backendName),
+      ...rest,
+    }
   }
 
   /**
@@ -272,10 +287,10 @@ export class NativeEngine extends NativeHandle {
 
   #pollOnce(): void {
     const engine = this.guard()
-    if (this.#pollIds.length < this.#listeners.size) this.#pollIds = new Int32Array(this.#listeners.size * 2)
+    if (this.#pollIds.length < this.#listeners.size) this.#pollIds = new BigUint64Array(this.#listeners.size * 2)
     const n = lib().minicpm_engine_poll(engine, this.#pollIds, this.#pollIds.length)
     if (n < 0) throw nativeError(n, 'poll')
-    for (let i = 0; i < n; i++) this.#listeners.get(this.#pollIds[i]!)?.()
+    for (let i = 0; i < n; i++) this.#listeners.get(Number(this.#pollIds[i]!))?.()
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * Finds and opens libminicpm.so once, checks its ABI against the layouts in structs.ts, and hands out the
+ * Finds and opens libminicpm.so once, checks its ABI against the layouts in layouts.ts, and hands out the
  * symbol table (traced when MINICPM_TRACE_FFI=1).
  *
  * Location, first hit wins: $MINICPM_LIB, <repo>/build/libminicpm.so, the copy embedded in a compiled
@@ -8,12 +8,12 @@
 import { dlopen, type ConvertFns } from 'bun:ffi'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { structSizes, type StructName } from './structs'
+import { layoutProblems, layouts, structSizes, type Layout, type StructName } from './layouts'
 import { symbols, type Symbols } from './symbols'
 import { traceSymbols } from './trace'
 
 /** The MINICPM_ABI_VERSION these bindings were written for. */
-export const ABI_VERSION = 1
+export const ABI_VERSION = 2
 
 export type Lib = ConvertFns<Symbols>
 
@@ -50,10 +50,15 @@ function locate(): string {
   throw new Error(`libminicpm.so not found (tried ${tried}); build it with \`make\` or set MINICPM_LIB`)
 }
 
-export function checkAbi(
-  lib: { minicpm_abi_version(): number; minicpm_struct_size(name: Uint8Array): number },
-  path: string,
-): void {
+/** The part of the library checkAbi reads (tests pass doctored copies). */
+export interface AbiFacts {
+  minicpm_abi_version(): number
+  minicpm_struct_size(name: Uint8Array): number
+  minicpm_struct_offset(name: Uint8Array, field: Uint8Array): number
+}
+
+/** Throws unless the ABI version, every struct size and every field offset and size match the bindings. */
+export function checkAbi(lib: AbiFacts, path: string, bindings: Record<StructName, Layout> = layouts): void {
   const version = lib.minicpm_abi_version()
   if (version !== ABI_VERSION) {
     throw new Error(
@@ -64,9 +69,11 @@ export function checkAbi(
   for (const name of Object.keys(structSizes) as StructName[]) {
     const native = lib.minicpm_struct_size(cString(name))
     if (native !== structSizes[name]) wrong.push(`${name}: library ${native} bytes, bindings ${structSizes[name]}`)
+    const offsetOf = (field: string) => lib.minicpm_struct_offset(cString(name), cString(field))
+    wrong.push(...layoutProblems(name, bindings[name], native, offsetOf))
   }
   if (wrong.length > 0) {
-    throw new Error(`${path}: struct layouts differ from ffi/structs.ts (${wrong.join('; ')}); rebuild the library`)
+    throw new Error(`${path}: struct layouts differ from ffi/layouts.ts (${wrong.join('; ')}); rebuild the library`)
   }
 }
 

@@ -4,15 +4,19 @@
 import type { Pointer } from 'bun:ffi'
 import { check, nativeError } from './errors'
 import { NativeHandle } from './handle'
-import { cString, lib } from './library'
+import { cString, lib, readCopiedString } from './library'
 import {
+  backendName,
+  backendNames,
   dtypeNames,
   modelInfoLayout,
   modelParamsLayout,
   newStruct,
+  readCString,
   readEosIds,
   readStruct,
   writeStruct,
+  type Backend,
 } from './structs'
 
 export interface NativeModelInfo {
@@ -37,6 +41,16 @@ export interface NativeModelInfo {
   nParams: number
   weightBytes: number
   kvBytesPerToken: number
+  backend: string // 'cpu' | 'cuda': where the model runs
+  backendName: string // e.g. 'cpu'
+  sparseConfig: boolean // config.json has a sparse_config (see warnings())
+  quantizationConfig: boolean // config.json has a quantization_config
+}
+
+export interface NativeModelOptions {
+  useMmap?: boolean
+  nThreads?: number
+  backend?: Backend
 }
 
 export class NativeModel extends NativeHandle {
@@ -48,13 +62,14 @@ export class NativeModel extends NativeHandle {
   }
 
   /** Loads a hub-layout model directory; throws NativeError (io, bad_model, unsupported, ...). */
-  static load(dir: string, opts: { useMmap?: boolean; nThreads?: number } = {}): NativeModel {
+  static load(dir: string, opts: NativeModelOptions = {}): NativeModel {
     const l = lib()
     const params = newStruct('model_params')
     l.minicpm_model_default_params(params)
     writeStruct(params, modelParamsLayout, {
       useMmap: opts.useMmap === undefined ? undefined : opts.useMmap ? 1 : 0,
       nThreads: opts.nThreads,
+      backend: opts.backend === undefined ? undefined : backendNames.indexOf(opts.backend),
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_model_load(cString(dir), params, new Uint8Array(out.buffer))
@@ -71,12 +86,29 @@ export class NativeModel extends NativeHandle {
     const buf = newStruct('model_info')
     check(lib().minicpm_model_info(this.guard(), buf), 'model info')
     const raw = readStruct(buf, modelInfoLayout)
-    const { size: _size, nEos, weightDtype, tiedHead, ...rest } = raw
+    const { size: _size, nEos, weightDtype, tiedHead, backend, sparseConfig, quantizationConfig, ...rest } = raw
     return {
       ...rest,
       eosTokenIds: readEosIds(buf, nEos),
       weightDtype: dtypeNames[weightDtype] ?? `dtype${weightDtype}`,
       tiedHead: tiedHead !== 0,
+      backend: backendName(backend),
+      backendName: readCString(buf, modelInfoLayout.backendName),
+      sparseConfig: sparseConfig !== 0,
+      quantizationConfig: quantizationConfig !== 0,
     }
+  }
+
+  /** What the load did not honour and what runs instead, one line each ([] when nothing). */
+  warnings(): string[] {
+    const model = this.guard()
+    let status = 0
+    const text = readCopiedString((buf, cap) => {
+      const n = lib().minicpm_model_warnings(model, buf, cap)
+      if (n < 0) status = n
+      return Math.max(n, 0)
+    })
+    check(status, 'model warnings')
+    return text.split('\n').filter((line) => line.length > 0)
   }
 }

@@ -1,122 +1,19 @@
 /**
- * Byte layouts of the ABI structs of minicpm.h (x86-64 / arm64 SysV alignment), read and written with
- * DataView at fixed offsets. library.ts asserts every size against minicpm_struct_size() at load.
+ * Readers and writers of the ABI structs laid out in layouts.ts, with DataView at fixed offsets.
  */
+import {
+  eventLayout,
+  MAX_EOS_IDS,
+  MAX_TOP_LOGPROBS,
+  modelInfoLayout,
+  structSizes,
+  type Field,
+  type Layout,
+  type Scalar,
+  type StructName,
+} from './layouts'
 
-export const MAX_TOP_LOGPROBS = 20
-export const MAX_EOS_IDS = 8
-
-type Kind = 'u8' | 'i32' | 'u32' | 'f32' | 'i64' | 'u64'
-type Layout = Record<string, readonly [offset: number, kind: Kind]>
-
-export const modelParamsLayout = {
-  size: [0, 'u32'],
-  nThreads: [4, 'i32'],
-  useMmap: [8, 'u8'],
-} as const satisfies Layout
-
-export const modelInfoLayout = {
-  size: [0, 'u32'],
-  nVocab: [4, 'i32'],
-  nCtxTrain: [8, 'i32'],
-  nEmbd: [12, 'i32'],
-  nLayer: [16, 'i32'],
-  nHead: [20, 'i32'],
-  nHeadKv: [24, 'i32'],
-  nHeadDim: [28, 'i32'],
-  nFf: [32, 'i32'],
-  bosTokenId: [36, 'i32'],
-  nEos: [40, 'i32'],
-  // eos_token_ids[8] at 44
-  weightDtype: [76, 'i32'],
-  tiedHead: [80, 'u8'],
-  rmsNormEps: [84, 'f32'],
-  ropeTheta: [88, 'f32'],
-  scaleEmb: [92, 'f32'],
-  residualScale: [96, 'f32'],
-  logitDivisor: [100, 'f32'],
-  ropeMscale: [104, 'f32'],
-  nParams: [112, 'u64'],
-  weightBytes: [120, 'u64'],
-  kvBytesPerToken: [128, 'u64'],
-} as const satisfies Layout
-const EOS_IDS_OFFSET = 44
-
-export const contextParamsLayout = {
-  size: [0, 'u32'],
-  nCtx: [4, 'i32'],
-  nSeqMax: [8, 'i32'],
-  nThreads: [12, 'i32'],
-  kvDtype: [16, 'i32'],
-  nChunk: [20, 'i32'],
-  useReference: [24, 'u8'],
-} as const satisfies Layout
-
-export const engineParamsLayout = {
-  size: [0, 'u32'],
-  nThreads: [4, 'i32'],
-  nBatchMax: [8, 'i32'],
-  nChunk: [12, 'i32'],
-  nCtx: [16, 'i32'],
-  nQueueMax: [20, 'i32'],
-  kvDtype: [24, 'i32'],
-  kvBytes: [32, 'u64'],
-} as const satisfies Layout
-
-export const samplingParamsLayout = {
-  size: [0, 'u32'],
-  temperature: [4, 'f32'],
-  topP: [8, 'f32'],
-  minP: [12, 'f32'],
-  topK: [16, 'i32'],
-  repetitionPenalty: [20, 'f32'],
-  presencePenalty: [24, 'f32'],
-  frequencyPenalty: [28, 'f32'],
-  penaltyLastN: [32, 'i32'],
-  maxTokens: [36, 'i32'],
-  topLogprobs: [40, 'i32'],
-  logprobs: [44, 'u8'],
-  ignoreEos: [45, 'u8'],
-  seed: [48, 'u64'],
-} as const satisfies Layout
-
-export const requestInfoLayout = {
-  size: [0, 'u32'],
-  state: [4, 'i32'],
-  nPrompt: [8, 'i32'],
-  nPrefilled: [12, 'i32'],
-  nGenerated: [16, 'i32'],
-  tSubmitUs: [24, 'i64'],
-  tAdmitUs: [32, 'i64'],
-  tFirstTokenUs: [40, 'i64'],
-  tEndUs: [48, 'i64'],
-} as const satisfies Layout
-
-export const engineStatsLayout = {
-  size: [0, 'u32'],
-  running: [4, 'i32'],
-  waiting: [8, 'i32'],
-  undrained: [12, 'i32'],
-  kvTokensUsed: [16, 'i32'],
-  kvTokensTotal: [20, 'i32'],
-  steps: [24, 'u64'],
-  promptTokens: [32, 'u64'],
-  generatedTokens: [40, 'u64'],
-  errors: [48, 'u64'],
-} as const satisfies Layout
-
-/** sizeof() of each struct as laid out above, keyed by the names minicpm_struct_size() knows. */
-export const structSizes = {
-  model_params: 16,
-  model_info: 136,
-  context_params: 32,
-  engine_params: 40,
-  sampling_params: 56,
-  event: 184,
-  request_info: 56,
-  engine_stats: 56,
-} as const
-export type StructName = keyof typeof structSizes
+export * from './layouts'
 
 /** A zeroed struct buffer with its own ArrayBuffer (never a pooled slice: native code writes into it). */
 export function newStruct(name: StructName): Uint8Array {
@@ -125,14 +22,19 @@ export function newStruct(name: StructName): Uint8Array {
   return buf
 }
 
-export type Values<L extends Layout> = { [K in keyof L]: number }
+/** The scalar fields of a layout (arrays and pads have their own readers). */
+export type Values<L extends Layout> = {
+  -readonly [K in keyof L as L[K] extends readonly [number, Scalar, string] ? K : never]: number
+}
 
-/** Reads every field of a layout; 64-bit fields come back as numbers (all counts and bytes fit in 2^53). */
+const isScalar = (field: Field) => field.length === 3
+
+/** Reads every scalar field of a layout; 64-bit fields come back as numbers (all counts and bytes fit in 2^53). */
 export function readStruct<L extends Layout>(buf: Uint8Array, layout: L): Values<L> {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
   const out: Record<string, number> = {}
-  for (const [name, [offset, kind]] of Object.entries(layout)) {
-    out[name] = readField(view, offset, kind)
+  for (const [name, field] of Object.entries(layout)) {
+    if (isScalar(field)) out[name] = readField(view, field[0], field[1])
   }
   return out as Values<L>
 }
@@ -143,13 +45,13 @@ export function writeStruct<L extends Layout>(buf: Uint8Array, layout: L, values
   for (const [name, value] of Object.entries(values)) {
     if (value === undefined) continue
     const field = layout[name]
-    if (!field) throw new TypeError(`unknown struct field '${name}'`)
+    if (!field || !isScalar(field)) throw new TypeError(`unknown struct field '${name}'`)
     writeField(view, field[0], field[1], value as number)
   }
   return buf
 }
 
-function readField(view: DataView, offset: number, kind: Kind): number {
+function readField(view: DataView, offset: number, kind: Scalar): number {
   switch (kind) {
     case 'u8':
       return view.getUint8(offset)
@@ -166,7 +68,7 @@ function readField(view: DataView, offset: number, kind: Kind): number {
   }
 }
 
-function writeField(view: DataView, offset: number, kind: Kind, value: number): void {
+function writeField(view: DataView, offset: number, kind: Scalar, value: number): void {
   switch (kind) {
     case 'u8':
       return view.setUint8(offset, value)
@@ -187,16 +89,26 @@ export function readEosIds(buf: Uint8Array, nEos: number): number[] {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
   const ids: number[] = []
   for (let i = 0; i < Math.min(nEos, MAX_EOS_IDS); i++) {
-    ids.push(view.getInt32(EOS_IDS_OFFSET + 4 * i, true))
+    ids.push(view.getInt32(modelInfoLayout.eosTokenIds[0] + 4 * i, true))
   }
   return ids
 }
 
+/** A NUL-terminated char array field (the whole array when it has no NUL). */
+export function readCString(buf: Uint8Array, [offset, , , count = 1]: Field): string {
+  const bytes = buf.subarray(offset, offset + count)
+  const end = bytes.indexOf(0)
+  return new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end))
+}
+
 // struct minicpm_event, read on the token path: fixed offsets, no generic loop.
 const EVENT_SIZE = structSizes.event
-const EV_TOP_TOKENS = 16
-const EV_TOP_LOGPROBS = 96
-const EV_T_US = 176
+const EV_FINISH = eventLayout.finishReason[0]
+const EV_LOGPROB = eventLayout.logprob[0]
+const EV_N_TOP = eventLayout.nTop[0]
+const EV_TOP_TOKENS = eventLayout.topTokens[0]
+const EV_TOP_LOGPROBS = eventLayout.topLogprobs[0]
+const EV_T_US = eventLayout.tUs[0]
 
 export const finishNames = ['none', 'stop', 'length', 'cancelled', 'error'] as const
 export type NativeFinish = (typeof finishNames)[number]
@@ -214,7 +126,7 @@ const NO_TOP: Array<{ token: number; logprob: number }> = []
 /** Decodes event i of a drain buffer (copies: the buffer is reused by the next drain). */
 export function readEvent(view: DataView, i: number): NativeEvent {
   const base = i * EVENT_SIZE
-  const nTop = Math.min(view.getInt32(base + 12, true), MAX_TOP_LOGPROBS)
+  const nTop = Math.min(view.getInt32(base + EV_N_TOP, true), MAX_TOP_LOGPROBS)
   let top = NO_TOP
   if (nTop > 0) {
     top = new Array(nTop)
@@ -226,9 +138,9 @@ export function readEvent(view: DataView, i: number): NativeEvent {
     }
   }
   return {
-    token: view.getInt32(base, true),
-    finish: finishNames[view.getInt32(base + 4, true)] ?? 'error',
-    logprob: view.getFloat32(base + 8, true),
+    token: view.getInt32(base + eventLayout.token[0], true),
+    finish: finishNames[view.getInt32(base + EV_FINISH, true)] ?? 'error',
+    logprob: view.getFloat32(base + EV_LOGPROB, true),
     top,
     tUs: Number(view.getBigInt64(base + EV_T_US, true)),
   }
@@ -237,6 +149,14 @@ export function readEvent(view: DataView, i: number): NativeEvent {
 export const dtypeCodes = { f32: 0, f16: 1, bf16: 2 } as const
 export type KvDtype = keyof typeof dtypeCodes
 export const dtypeNames = ['f32', 'f16', 'bf16'] as const
+
+export const backendNames = ['auto', 'cpu', 'cuda'] as const
+export type Backend = (typeof backendNames)[number]
+
+/** enum minicpm_backend as a name ('backend<N>' for a code these bindings do not know). */
+export function backendName(code: number): string {
+  return backendNames[code] ?? `backend${code}`
+}
 
 export const requestStates = ['waiting', 'prefilling', 'decoding', 'finished'] as const
 export type RequestState = (typeof requestStates)[number]

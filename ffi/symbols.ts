@@ -1,6 +1,7 @@
 /**
  * The one dlopen table: every export of csrc/include/minicpm.h, same names and order.
  * Pointers travel as TypedArrays (`buffer`) for synchronous calls, or as numbers for opaque handles.
+ * Request ids are uint64_t: passed as numbers (ids count up from 1, far below 2^53), read back as BigInts.
  * Types are written as strings: Bun 1.4.5 rejects the numeric FFIType.buffer ("invalid ABI type").
  */
 
@@ -8,6 +9,7 @@ export const symbols = {
   // Library
   minicpm_abi_version: { args: [], returns: 'u32' },
   minicpm_struct_size: { args: ['buffer'], returns: 'u32' }, // NUL-terminated name
+  minicpm_struct_offset: { args: ['buffer', 'buffer'], returns: 'i32' }, // struct name, field name
   minicpm_last_error: { args: ['ptr', 'i32'], returns: 'i32' },
   minicpm_status_name: { args: ['i32'], returns: 'cstring' },
   minicpm_system_info: { args: ['ptr', 'i32'], returns: 'i32' },
@@ -20,6 +22,7 @@ export const symbols = {
     returns: 'i32',
   },
   minicpm_model_info: { args: ['ptr', 'buffer'], returns: 'i32' },
+  minicpm_model_warnings: { args: ['ptr', 'ptr', 'i32'], returns: 'i32' },
   minicpm_model_free: { args: ['ptr'], returns: 'void' },
 
   // Context
@@ -54,7 +57,7 @@ export const symbols = {
     args: ['ptr', 'buffer', 'buffer'],
     returns: 'i32',
   },
-  minicpm_engine_set_notify: { args: ['ptr', 'ptr'], returns: 'i32' },
+  minicpm_engine_set_notify: { args: ['ptr', 'ptr', 'ptr'], returns: 'i32' }, // engine, fn, user_data
   minicpm_engine_submit: {
     args: [
       'ptr', // engine
@@ -66,18 +69,18 @@ export const symbols = {
       'ptr', // bias_ids (nullable)
       'ptr', // bias_values (nullable)
       'i32', // n_bias
-      'buffer', // request_id out
+      'buffer', // uint64_t request_id out
     ],
     returns: 'i32',
   },
   minicpm_engine_drain: {
-    args: ['ptr', 'i32', 'buffer', 'i32'],
+    args: ['ptr', 'u64', 'buffer', 'i32'],
     returns: 'i32',
   },
-  minicpm_engine_poll: { args: ['ptr', 'buffer', 'i32'], returns: 'i32' },
-  minicpm_engine_cancel: { args: ['ptr', 'i32'], returns: 'i32' },
+  minicpm_engine_poll: { args: ['ptr', 'buffer', 'i32'], returns: 'i32' }, // uint64_t ids out
+  minicpm_engine_cancel: { args: ['ptr', 'u64'], returns: 'i32' },
   minicpm_engine_request_info: {
-    args: ['ptr', 'i32', 'buffer'],
+    args: ['ptr', 'u64', 'buffer'],
     returns: 'i32',
   },
   minicpm_engine_stats: { args: ['ptr', 'buffer'], returns: 'i32' },

@@ -19,6 +19,9 @@ const TOKEN_LATENCY_BUCKETS = [
 
 export type ServerMetrics = ReturnType<typeof createServerMetrics>
 
+/** The numeric stats: what a gauge can read. */
+type CountKey = { [K in keyof EngineStats]: EngineStats[K] extends number ? K : never }[keyof EngineStats]
+
 interface StatsSource {
   model: { stats(): EngineStats } | null
   inFlight: number
@@ -27,7 +30,7 @@ interface StatsSource {
 /** Registers every series; `source` gives the engine stats (absent while the model loads). */
 export function createServerMetrics(source: StatsSource) {
   const r = new Registry()
-  const stat = (k: keyof EngineStats) => () => source.model?.stats()[k] ?? 0
+  const stat = (k: CountKey) => () => source.model?.stats()[k] ?? 0
   r.gauge(
     'minicpm:num_requests_running',
     'Requests decoding or prefilling in the engine.',

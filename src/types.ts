@@ -79,9 +79,15 @@ export interface ModelInfo {
   weightBytes: number
   eosTokenIds: number[]
   bosTokenId: number
+  backend: string // 'cpu' | 'cuda'
+  backendName: string
+  sparseConfig: boolean // config.json has a sparse_config
+  quantizationConfig: boolean // config.json has a quantization_config
 }
 
 export interface EngineStats {
+  backend: string // 'cpu' | 'cuda'
+  backendName: string // backend and kernel family
   running: number
   waiting: number
   kvTokensUsed: number

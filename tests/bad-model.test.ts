@@ -209,6 +209,16 @@ describe('bad config.json', () => {
     expectNativeError('3 rope factors', load(dir), 'bad_model', ['rope_scaling'])
     expectLibraryHealthy()
   })
+
+  test('more eos ids than MINICPM_MAX_EOS_IDS: refused, not truncated; exactly 8 all reported', () => {
+    const dir = fresh()
+    const ids = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    editConfig(dir, (c) => (c.eos_token_id = ids))
+    expectNativeError('9 eos ids', load(dir), 'unsupported', ['config.json', "'eos_token_id'", '9 ids', 'at most 8'])
+    editConfig(dir, (c) => (c.eos_token_id = ids.slice(0, 8)))
+    using model = NativeModel.load(dir)
+    expect(model.info().eosTokenIds).toEqual(ids.slice(0, 8))
+  })
 })
 
 describe('bad requests', () => {

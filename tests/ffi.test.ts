@@ -1,14 +1,12 @@
 /**
- * The bun:ffi layer against the real library: ABI checks, struct layouts, handle lifetime, errors, and
- * event delivery through both the doorbell callback and the polling fallback.
+ * The bun:ffi layer against the real library: handle lifetime, errors, and event delivery through both the
+ * doorbell callback and the polling fallback (struct layouts: ffi-layout.test.ts).
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { NativeContext, NativeEngine, NativeError, NativeModel, nativeLibrary, structSizes } from '../ffi/index'
+import { NativeContext, NativeEngine, NativeError, NativeModel, nativeLibrary } from '../ffi/index'
 import type { NativeEvent } from '../ffi/index'
-import { checkAbi, cString, lib } from '../ffi/library'
-import { engineParamsLayout, newStruct, readStruct, samplingParamsLayout, writeStruct } from '../ffi/structs'
 import { cachedCheckpoint, SMALL } from './helpers/checkpoints'
 
 const REPO = join(import.meta.dir, '..')
@@ -42,73 +40,12 @@ function collect(engine: NativeEngine, ids: number[]): Promise<Map<number, Nativ
 describe('library', () => {
   test('opens, reports its ABI version and system info', () => {
     console.log(`library ${nativeLibrary.path} abi ${nativeLibrary.abiVersion} cpu '${nativeLibrary.systemInfo()}'`)
-    expect(nativeLibrary.abiVersion).toBe(1)
+    expect(nativeLibrary.abiVersion).toBe(2)
     const t0 = nativeLibrary.timeUs()
     expect(t0).toBeGreaterThan(0)
     expect(nativeLibrary.timeUs()).toBeGreaterThanOrEqual(t0)
   })
 
-  test('every struct size matches the TypeScript layout; unknown names give 0', () => {
-    for (const [name, size] of Object.entries(structSizes)) {
-      const native = lib().minicpm_struct_size(cString(name))
-      console.log(`sizeof ${name}: library ${native}, bindings ${size}`)
-      expect(native).toBe(size)
-    }
-    expect(lib().minicpm_struct_size(cString('no_such_struct'))).toBe(0)
-  })
-
-  test('an ABI version or struct size mismatch is refused with a message naming the difference', () => {
-    const sizeOf = (buf: Uint8Array) =>
-      structSizes[new TextDecoder().decode(buf.subarray(0, -1)) as keyof typeof structSizes]
-    const good = { minicpm_abi_version: () => 1, minicpm_struct_size: sizeOf }
-    expect(() => checkAbi(good, 'lib.so')).not.toThrow()
-    expect(() => checkAbi({ ...good, minicpm_abi_version: () => 2 }, 'lib.so')).toThrow(
-      'lib.so has ABI version 2 but these bindings expect 1',
-    )
-    const shrunk = (buf: Uint8Array) => (new TextDecoder().decode(buf) === 'event\0' ? 176 : sizeOf(buf))
-    expect(() => checkAbi({ ...good, minicpm_struct_size: shrunk }, 'lib.so')).toThrow(
-      'event: library 176 bytes, bindings 184',
-    )
-  })
-
-  test('params written at fixed offsets read back identically, defaults come from the library', () => {
-    const ep = newStruct('engine_params')
-    lib().minicpm_engine_default_params(ep)
-    const defaults = readStruct(ep, engineParamsLayout)
-    console.log('engine defaults', defaults)
-    expect(defaults.size).toBe(structSizes.engine_params)
-    expect(defaults.nBatchMax).toBe(64)
-    expect(defaults.nChunk).toBe(256)
-    expect(defaults.nQueueMax).toBe(256)
-    expect(defaults.kvDtype).toBe(2) // BF16
-    const values = {
-      nThreads: 3,
-      nBatchMax: 7,
-      nChunk: 100,
-      nCtx: 4096,
-      nQueueMax: 9,
-      kvDtype: 0,
-      kvBytes: 2 ** 40 + 5,
-    }
-    expect(readStruct(writeStruct(ep, engineParamsLayout, values), engineParamsLayout)).toEqual({ size: 40, ...values })
-
-    const sp = newStruct('sampling_params')
-    lib().minicpm_sampling_default_params(sp)
-    const sd = readStruct(sp, samplingParamsLayout)
-    expect(sd).toMatchObject({ size: 56, topP: 1, repetitionPenalty: 1, penaltyLastN: -1 })
-    const s = {
-      temperature: 0.5,
-      topP: 0.25,
-      minP: 0.125,
-      topK: 40,
-      maxTokens: 17,
-      topLogprobs: 20,
-      logprobs: 1,
-      ignoreEos: 1,
-      seed: 2 ** 52 + 1,
-    }
-    expect(readStruct(writeStruct(sp, samplingParamsLayout, s), samplingParamsLayout)).toMatchObject(s)
-  })
 })
 
 describe('handles', () => {
@@ -123,6 +60,8 @@ describe('handles', () => {
     expect(info.weightDtype).toBe('bf16')
     expect(info.tiedHead).toBe(true)
     expect(info.nParams).toBeGreaterThan(0)
+    expect(info).toMatchObject({ backend: 'cpu', backendName: 'cpu', sparseConfig: false, quantizationConfig: false })
+    expect(model.warnings()).toEqual([])
   })
 
   test('a failed load throws NativeError with the status name and the path', () => {
@@ -138,6 +77,19 @@ describe('handles', () => {
     expect((err as NativeError).statusName).toBe('io')
     expect((err as NativeError).status).toBe(-2)
     expect((err as Error).message).toContain(missing)
+  })
+
+  test('the backend option: cpu loads, cuda is unsupported in this build', () => {
+    using cpu = NativeModel.load(dir, { backend: 'cpu' })
+    expect(cpu.info().backend).toBe('cpu')
+    let err: unknown
+    try {
+      NativeModel.load(dir, { backend: 'cuda' })
+    } catch (e) {
+      err = e
+    }
+    console.log(`cuda load: ${(err as Error).message}`)
+    expect((err as NativeError).statusName).toBe('unsupported')
   })
 
   test('double dispose is safe and use after dispose throws, for every handle', () => {
@@ -202,7 +154,8 @@ describe('engine events', () => {
         expect(engine.cancel(id)).toBe(false)
       })
       const stats = engine.stats()
-      expect(stats).toMatchObject({ running: 0, waiting: 0, undrained: 0, kvTokensUsed: 0 })
+      expect(stats).toMatchObject({ backend: 'cpu', running: 0, waiting: 0, undrained: 0, kvTokensUsed: 0 })
+      expect(stats.backendName).toStartWith('cpu')
       expect(stats.generatedTokens).toBe(5 + 9 + 13)
     })
   }

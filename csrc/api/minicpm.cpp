@@ -34,26 +34,6 @@ static void require(const void * p, const char * what) {
 
 uint32_t minicpm_abi_version(void) { return MINICPM_ABI_VERSION; }
 
-uint32_t minicpm_struct_size(const char * name) {
-    if (!name) return 0;
-    static const struct {
-        const char * name;
-        uint32_t     size;
-    } sizes[] = {
-        {"model_params", sizeof(struct minicpm_model_params)},
-        {"model_info", sizeof(struct minicpm_model_info)},
-        {"context_params", sizeof(struct minicpm_context_params)},
-        {"engine_params", sizeof(struct minicpm_engine_params)},
-        {"sampling_params", sizeof(struct minicpm_sampling_params)},
-        {"event", sizeof(struct minicpm_event)},
-        {"request_info", sizeof(struct minicpm_request_info)},
-        {"engine_stats", sizeof(struct minicpm_engine_stats)},
-    };
-    for (const auto & s : sizes)
-        if (std::strcmp(s.name, name) == 0) return s.size;
-    return 0;
-}
-
 // Not guarded: reading the last error must not clear it.
 int32_t minicpm_last_error(char * buf, int32_t cap) { return copy_out(last_error_text(), buf, cap); }
 
@@ -135,8 +115,13 @@ int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_i
         info.n_head_dim = c.n_head_dim;
         info.n_ff = c.n_ff;
         info.bos_token_id = c.bos_token_id;
-        info.n_eos = int32_t(std::min<size_t>(c.eos_token_ids.size(), MINICPM_MAX_EOS_IDS));
-        for (int32_t i = 0; i < info.n_eos; ++i) info.eos_token_ids[i] = c.eos_token_ids[size_t(i)];
+        // The config parser refuses these; checked again because an overflow here would corrupt the caller.
+        if (c.eos_token_ids.size() > MINICPM_MAX_EOS_IDS)
+            fail(MINICPM_STATUS_UNSUPPORTED, "model info: " + std::to_string(c.eos_token_ids.size()) +
+                                                 " eos ids, at most " + std::to_string(MINICPM_MAX_EOS_IDS) +
+                                                 " (MINICPM_MAX_EOS_IDS)");
+        info.n_eos = int32_t(c.eos_token_ids.size());
+        std::copy(c.eos_token_ids.begin(), c.eos_token_ids.end(), info.eos_token_ids);
         info.weight_dtype = int32_t(w.weight_type);
         info.tied_head = w.head.data == w.embed.data ? 1 : 0;
         info.rms_norm_eps = c.rms_norm_eps;

@@ -7,7 +7,9 @@
  *     size in its first field so that an older caller is detected (MINICPM_STATUS_ABI_MISMATCH).
  *   - Fixed-width fields only; no struct by value; no bool.
  *   - Every function that can fail returns int32_t: 0 = ok, > 0 = recoverable / "try again", < 0 = error.
- *     The message of the last failure on the calling thread is read with minicpm_last_error().
+ *     The message of the last failure on the calling thread is read with minicpm_last_error(). Each one lists
+ *     its status codes; any of them may also return _OUT_OF_MEMORY or _INTERNAL (a bug caught at the boundary).
+ *   - ABI structs have no implicit padding: every gap the compiler would insert is a named pad field.
  *   - No function aborts or exits the process; C++ exceptions stop at this boundary.
  *   - Callbacks are doorbells: integer arguments, void return, called from an engine thread.
  *
@@ -117,7 +119,7 @@ typedef struct minicpm_model minicpm_model_t;
 struct minicpm_model_params {
     uint32_t size;      /* = sizeof(struct minicpm_model_params), set by the default function          */
     int32_t  n_threads; /* threads used for load-time checks; 0 = number of cores                      */
-    int32_t  backend;   /* enum minicpm_backend; default AUTO. Contexts and engines run on the model's */
+    int32_t  backend;   /* enum minicpm_backend; default AUTO. Contexts and engines use the model's    */
     uint8_t  use_mmap;  /* 1 (default): weights stay in the page cache; 0: read into private memory    */
     uint8_t  pad_[3];
 };
@@ -144,6 +146,7 @@ struct minicpm_model_info {
     float    residual_scale;    /* scale_depth / sqrt(n_layer)                                         */
     float    logit_divisor;     /* hidden_size / dim_model_base                                        */
     float    rope_mscale;       /* LongRoPE amplitude factor (1 when not scaled)                       */
+    uint8_t  pad1_[4];
     uint64_t n_params;          /* parameter count                                                     */
     uint64_t weight_bytes;      /* bytes of all weight tensors as stored                               */
     uint64_t kv_bytes_per_token;/* KV cache bytes for one token of one sequence (at the engine's dtype) */
@@ -154,18 +157,22 @@ struct minicpm_model_info {
     char     backend_name[32];  /* NUL-terminated, e.g. "cpu"                                           */
 };
 
+/* The *_default_params functions fill *out (including its size field); out may be NULL (nothing happens). */
 MINICPM_API void minicpm_model_default_params(struct minicpm_model_params * out);
 
 /* Loads a model directory as published on the hub: config.json plus model.safetensors, or sharded files
  * listed by model.safetensors.index.json. Every header, dtype, shape and offset is validated against the
  * config; on failure *out is NULL and the last error names the file, the tensor and the problem.
- * Returns MINICPM_STATUS_OK, _INVALID_ARGUMENT, _IO, _BAD_MODEL, _UNSUPPORTED, _OUT_OF_MEMORY or _ABI_MISMATCH.
+ * Returns MINICPM_STATUS_OK, _INVALID_ARGUMENT (NULL dir or out, a bad params value), _IO, _BAD_MODEL,
+ * _UNSUPPORTED (e.g. more than MINICPM_MAX_EOS_IDS eos ids, a backend this build lacks), _OUT_OF_MEMORY or
+ * _ABI_MISMATCH (params->size).
  * The caller owns *out and releases it with minicpm_model_free() after every context/engine using it. */
 MINICPM_API int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params * params,
                                        minicpm_model_t ** out);
 
 /* Fills *out (whose size field must be set; the default function is not needed for info structs:
- * the library writes the whole struct and checks out->size == sizeof). */
+ * the library writes the whole struct and checks out->size == sizeof). Returns _OK, _INVALID_ARGUMENT (model
+ * or out is NULL) or _ABI_MISMATCH (out->size); on error *out is unchanged. */
 MINICPM_API int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_info * out);
 
 /* Newline-separated warnings of the load: configuration the engine does not honour and what runs instead
@@ -194,6 +201,9 @@ struct minicpm_context_params {
 
 MINICPM_API void minicpm_context_default_params(struct minicpm_context_params * out);
 
+/* Creates a context over model (params NULL = defaults); the model must outlive it. Returns _OK,
+ * _INVALID_ARGUMENT (NULL model or out, a params value out of range), _TOO_LARGE (n_seq_max x n_ctx too
+ * many KV blocks), _OUT_OF_MEMORY (the KV cache) or _ABI_MISMATCH (params->size); on error *out is NULL. */
 MINICPM_API int32_t minicpm_context_init(minicpm_model_t * model, const struct minicpm_context_params * params,
                                          minicpm_context_t ** out);
 
@@ -202,17 +212,17 @@ MINICPM_API int32_t minicpm_context_init(minicpm_model_t * model, const struct m
  * token of the batch) asks for
  * the logits after token i; they are written as consecutive rows of n_vocab floats, in batch order, into
  * logits (capacity logits_cap floats). Returns the number of rows written (>= 0) or an error:
- * _INVALID_ARGUMENT (bad token id or seq id, capacity too small) or _TOO_LARGE (n_ctx exceeded); on error no
- * sequence is changed. */
+ * _INVALID_ARGUMENT (NULL ctx or tokens, bad token id or seq id, capacity too small) or _TOO_LARGE (n_ctx
+ * exceeded); on error no sequence is changed. */
 MINICPM_API int32_t minicpm_context_eval(minicpm_context_t * ctx, const int32_t * tokens, const int32_t * seq_ids,
                                          const uint8_t * output, int32_t n_tokens, float * logits,
                                          int64_t logits_cap);
 
-/* Current length (tokens in the KV cache) of a sequence, or a negative status. */
+/* Current length (tokens in the KV cache) of a sequence (>= 0), or _INVALID_ARGUMENT (NULL ctx, bad seq id). */
 MINICPM_API int32_t minicpm_context_seq_len(const minicpm_context_t * ctx, int32_t seq_id);
 
 /* Truncates a sequence to its first n_keep tokens (0 clears it; n_keep >= its length changes nothing) and
- * releases the KV blocks past them. Returns _OK or _INVALID_ARGUMENT (bad seq id, n_keep < 0). */
+ * releases the KV blocks past them. Returns _OK or _INVALID_ARGUMENT (NULL ctx, bad seq id, n_keep < 0). */
 MINICPM_API int32_t minicpm_context_seq_truncate(minicpm_context_t * ctx, int32_t seq_id, int32_t n_keep);
 
 MINICPM_API void minicpm_context_free(minicpm_context_t * ctx);
@@ -312,42 +322,52 @@ typedef void (*minicpm_notify_fn)(void * user_data, uint64_t request_id, int32_t
 MINICPM_API void minicpm_engine_default_params(struct minicpm_engine_params * out);
 MINICPM_API void minicpm_sampling_default_params(struct minicpm_sampling_params * out);
 
-/* Starts the scheduler thread. The model must outlive the engine. */
+/* Starts the scheduler thread (params NULL = defaults). The model must outlive the engine. Returns _OK,
+ * _INVALID_ARGUMENT (NULL model or out, a params value out of range, kv_bytes below one KV block),
+ * _OUT_OF_MEMORY (the KV pool) or _ABI_MISMATCH (params->size); on error *out is NULL. */
 MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct minicpm_engine_params * params,
                                         minicpm_engine_t ** out);
 
 /* Installs (or with NULL removes) the doorbell. Without one, callers poll with minicpm_engine_poll().
  * Returns once no call of the previous callback is in flight (unless called from inside the callback), so
- * the previous callback can be released afterwards. */
+ * the previous callback can be released afterwards. Returns _OK or _INVALID_ARGUMENT (engine is NULL). */
 MINICPM_API int32_t minicpm_engine_set_notify(minicpm_engine_t * engine, minicpm_notify_fn fn, void * user_data);
 
 /* Queues a request: the prompt tokens (copied), its sampling params (NULL = defaults), and extra stop token ids
  * (copied; may be NULL) and a logit bias (n_bias pairs added to the logits; -inf forbids a token; copied; may
  * be NULL). On success *request_id > 0 (ids increase).
- * Returns _OK, _QUEUE_FULL (retry later), _INVALID_ARGUMENT (empty prompt, token id out of range, bad
- * sampling value) or _TOO_LARGE (prompt longer than n_ctx, or more KV than the whole budget). */
+ * Returns _OK, _QUEUE_FULL (retry later), _INVALID_ARGUMENT (NULL engine or request_id, empty prompt, token
+ * id out of range, bad sampling value), _TOO_LARGE (prompt longer than n_ctx, or more KV than the whole
+ * budget) or _ABI_MISMATCH (sampling->size); on error *request_id is 0 and nothing is queued. */
 MINICPM_API int32_t minicpm_engine_submit(minicpm_engine_t * engine, const int32_t * tokens, int32_t n_tokens,
                                           const struct minicpm_sampling_params * sampling,
                                           const int32_t * stop_ids, int32_t n_stop_ids,
                                           const int32_t * bias_ids, const float * bias_values, int32_t n_bias,
                                           uint64_t * request_id);
 
-/* Moves up to cap pending events of a request into out, oldest first. Returns the count (>= 0) or
- * _NOT_FOUND. Once the event with finish_reason != NONE has been drained the request id is released.
- * When the drained events end with MINICPM_FINISH_ERROR, minicpm_last_error() returns why. */
+/* Moves up to cap pending events of a request into out, oldest first. Returns the count (>= 0),
+ * _NOT_FOUND or _INVALID_ARGUMENT (NULL engine or out, cap < 0). Once the event with finish_reason != NONE
+ * has been drained the request id is released. When the drained events end with MINICPM_FINISH_ERROR,
+ * minicpm_last_error() returns why. */
 MINICPM_API int32_t minicpm_engine_drain(minicpm_engine_t * engine, uint64_t request_id, struct minicpm_event * out,
                                          int32_t cap);
 
-/* Writes up to cap ids of requests with pending events into ids. Returns the count (>= 0). */
+/* Writes up to cap ids of requests with pending events into ids. Returns the count (>= 0) or
+ * _INVALID_ARGUMENT (NULL engine or ids, cap < 0). */
 MINICPM_API int32_t minicpm_engine_poll(minicpm_engine_t * engine, uint64_t * ids, int32_t cap);
 
 /* Cancels a request at any point (waiting, prefilling or decoding). Its KV is released before the next step
- * and it ends with a MINICPM_FINISH_CANCELLED event. Returns _OK or _NOT_FOUND. */
+ * and it ends with a MINICPM_FINISH_CANCELLED event. Returns _OK, _NOT_FOUND or _INVALID_ARGUMENT (NULL
+ * engine). */
 MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, uint64_t request_id);
 
+/* Fills *out (size field set, as for minicpm_model_info) with the state and timings of a request that has
+ * not been released. Returns _OK, _NOT_FOUND, _INVALID_ARGUMENT (NULL engine or out) or _ABI_MISMATCH. */
 MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, uint64_t request_id,
                                                 struct minicpm_request_info * out);
 
+/* Fills *out (size field set) with a snapshot of the engine. Returns _OK, _INVALID_ARGUMENT (NULL engine or
+ * out) or _ABI_MISMATCH. */
 MINICPM_API int32_t minicpm_engine_stats(minicpm_engine_t * engine, struct minicpm_engine_stats * out);
 
 /* Stops the scheduler thread after the step in flight (requests still running are dropped) and frees the KV

@@ -11,7 +11,7 @@ namespace minicpm {
 
 namespace {
 
-constexpr size_t k_max_eos_ids = 16;  // generation stops on any of them; more than a handful means a broken file
+constexpr size_t k_max_eos_ids = MINICPM_MAX_EOS_IDS;  // what minicpm_model_info can report
 
 class config_reader {
   public:
@@ -209,8 +209,10 @@ model_config parse_config(const std::string & json_text, const std::string & sou
     if (const json_value * e = root.find("eos_token_id"); e != nullptr && !e->is_null()) {
         if (e->is_array()) {
             if (e->items.size() > k_max_eos_ids) {
-                r.bad("eos_token_id", "lists " + std::to_string(e->items.size()) + " ids, at most " +
-                                          std::to_string(k_max_eos_ids) + " are supported");
+                r.bad("eos_token_id",
+                      "lists " + std::to_string(e->items.size()) + " ids, at most " + std::to_string(k_max_eos_ids) +
+                          " (MINICPM_MAX_EOS_IDS) are supported",
+                      MINICPM_STATUS_UNSUPPORTED);
             }
             for (size_t i = 0; i < e->items.size(); i++) {
                 c.eos_token_ids.push_back(

@@ -1,7 +1,9 @@
-/* The public ABI seen from C through minicpm.h only: struct sizes, defaults, status names, the last-error
- * buffer convention, NULL handling and the params size check. Linked against the shared library. */
+/* The public ABI seen from C through minicpm.h only: struct sizes and field offsets, defaults, status names,
+ * the last-error buffer convention, NULL handling and the params size check. Linked against the shared
+ * library. */
 #include "minicpm.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,10 +27,131 @@ static void check_size(const char * name, uint32_t want) {
     CHECK(got == want, "struct_size(\"%s\") = %u, sizeof here = %u", name, got, want);
 }
 
+/* One field as this C compiler lays it out. */
+struct field {
+    const char * name;
+    size_t       offset;
+    size_t       size;
+};
+
+#define FIELD(T, f) {#f, offsetof(struct T, f), sizeof(((struct T *) 0)->f)}
+#define N_FIELDS(a) ((int) (sizeof(a) / sizeof((a)[0])))
+
+static const struct field model_params_fields[] = {
+    FIELD(minicpm_model_params, size), FIELD(minicpm_model_params, n_threads), FIELD(minicpm_model_params, backend),
+    FIELD(minicpm_model_params, use_mmap), FIELD(minicpm_model_params, pad_),
+};
+static const struct field model_info_fields[] = {
+    FIELD(minicpm_model_info, size),           FIELD(minicpm_model_info, n_vocab),
+    FIELD(minicpm_model_info, n_ctx_train),    FIELD(minicpm_model_info, n_embd),
+    FIELD(minicpm_model_info, n_layer),        FIELD(minicpm_model_info, n_head),
+    FIELD(minicpm_model_info, n_head_kv),      FIELD(minicpm_model_info, n_head_dim),
+    FIELD(minicpm_model_info, n_ff),           FIELD(minicpm_model_info, bos_token_id),
+    FIELD(minicpm_model_info, n_eos),          FIELD(minicpm_model_info, eos_token_ids),
+    FIELD(minicpm_model_info, weight_dtype),   FIELD(minicpm_model_info, tied_head),
+    FIELD(minicpm_model_info, pad_),           FIELD(minicpm_model_info, rms_norm_eps),
+    FIELD(minicpm_model_info, rope_theta),     FIELD(minicpm_model_info, scale_emb),
+    FIELD(minicpm_model_info, residual_scale), FIELD(minicpm_model_info, logit_divisor),
+    FIELD(minicpm_model_info, rope_mscale),    FIELD(minicpm_model_info, pad1_),
+    FIELD(minicpm_model_info, n_params),       FIELD(minicpm_model_info, weight_bytes),
+    FIELD(minicpm_model_info, kv_bytes_per_token), FIELD(minicpm_model_info, backend),
+    FIELD(minicpm_model_info, sparse_config),  FIELD(minicpm_model_info, quantization_config),
+    FIELD(minicpm_model_info, pad2_),          FIELD(minicpm_model_info, backend_name),
+};
+static const struct field context_params_fields[] = {
+    FIELD(minicpm_context_params, size),      FIELD(minicpm_context_params, n_ctx),
+    FIELD(minicpm_context_params, n_seq_max), FIELD(minicpm_context_params, n_threads),
+    FIELD(minicpm_context_params, kv_dtype),  FIELD(minicpm_context_params, n_chunk),
+    FIELD(minicpm_context_params, use_reference), FIELD(minicpm_context_params, pad_),
+};
+static const struct field engine_params_fields[] = {
+    FIELD(minicpm_engine_params, size),        FIELD(minicpm_engine_params, n_threads),
+    FIELD(minicpm_engine_params, n_batch_max), FIELD(minicpm_engine_params, n_chunk),
+    FIELD(minicpm_engine_params, n_ctx),       FIELD(minicpm_engine_params, n_queue_max),
+    FIELD(minicpm_engine_params, kv_dtype),    FIELD(minicpm_engine_params, pad_),
+    FIELD(minicpm_engine_params, kv_bytes),
+};
+static const struct field sampling_params_fields[] = {
+    FIELD(minicpm_sampling_params, size),               FIELD(minicpm_sampling_params, temperature),
+    FIELD(minicpm_sampling_params, top_p),              FIELD(minicpm_sampling_params, min_p),
+    FIELD(minicpm_sampling_params, top_k),              FIELD(minicpm_sampling_params, repetition_penalty),
+    FIELD(minicpm_sampling_params, presence_penalty),   FIELD(minicpm_sampling_params, frequency_penalty),
+    FIELD(minicpm_sampling_params, penalty_last_n),     FIELD(minicpm_sampling_params, n_max_tokens),
+    FIELD(minicpm_sampling_params, n_top_logprobs),     FIELD(minicpm_sampling_params, logprobs),
+    FIELD(minicpm_sampling_params, ignore_eos),         FIELD(minicpm_sampling_params, pad_),
+    FIELD(minicpm_sampling_params, seed),
+};
+static const struct field event_fields[] = {
+    FIELD(minicpm_event, token),      FIELD(minicpm_event, finish_reason), FIELD(minicpm_event, logprob),
+    FIELD(minicpm_event, n_top),      FIELD(minicpm_event, top_tokens),    FIELD(minicpm_event, top_logprobs),
+    FIELD(minicpm_event, t_us),
+};
+static const struct field request_info_fields[] = {
+    FIELD(minicpm_request_info, size),        FIELD(minicpm_request_info, state),
+    FIELD(minicpm_request_info, n_prompt),    FIELD(minicpm_request_info, n_prefilled),
+    FIELD(minicpm_request_info, n_generated), FIELD(minicpm_request_info, pad_),
+    FIELD(minicpm_request_info, t_submit_us), FIELD(minicpm_request_info, t_admit_us),
+    FIELD(minicpm_request_info, t_first_token_us), FIELD(minicpm_request_info, t_end_us),
+};
+static const struct field engine_stats_fields[] = {
+    FIELD(minicpm_engine_stats, size),            FIELD(minicpm_engine_stats, n_running),
+    FIELD(minicpm_engine_stats, n_waiting),       FIELD(minicpm_engine_stats, n_undrained),
+    FIELD(minicpm_engine_stats, kv_tokens_used),  FIELD(minicpm_engine_stats, kv_tokens_total),
+    FIELD(minicpm_engine_stats, backend),         FIELD(minicpm_engine_stats, backend_name),
+    FIELD(minicpm_engine_stats, pad_),            FIELD(minicpm_engine_stats, n_steps),
+    FIELD(minicpm_engine_stats, n_prompt_tokens), FIELD(minicpm_engine_stats, n_generated_tokens),
+    FIELD(minicpm_engine_stats, n_errors),
+};
+
+/* Fields whose offset differs from minicpm_struct_offset(), each printed (quiet: only counts). */
+static int offset_mismatches(const char * name, const struct field * fields, int n, int quiet) {
+    int wrong = 0;
+    for (int i = 0; i < n; i++) {
+        const int32_t lib = minicpm_struct_offset(name, fields[i].name);
+        if (lib == (int32_t) fields[i].offset) continue;
+        wrong++;
+        if (!quiet) printf("     %s.%s: offset here %zu, library %d\n", name, fields[i].name, fields[i].offset, lib);
+    }
+    return wrong;
+}
+
+/* Every field offset agrees with the library, and the fields tile the struct with no gap. */
+static void check_layout(const char * name, const struct field * fields, int n, size_t size) {
+    size_t end = 0;
+    int    gaps = 0;
+    for (int i = 0; i < n; i++) {
+        gaps += fields[i].offset != end;
+        end = fields[i].offset + fields[i].size;
+    }
+    CHECK(offset_mismatches(name, fields, n, 0) == 0 && gaps == 0 && end == size,
+          "%s: %d field offsets match the library, no padding (%zu bytes)", name, n, size);
+}
+
+#define CHECK_LAYOUT(name) check_layout(#name, name##_fields, N_FIELDS(name##_fields), sizeof(struct minicpm_##name))
+
+/* The checker itself: two same-typed fields swapped in a copy of the engine_params table are both caught. */
+static void check_swap_detected(void) {
+    struct field swapped[N_FIELDS(engine_params_fields)];
+    memcpy(swapped, engine_params_fields, sizeof(swapped));
+    const size_t t = swapped[2].offset; /* n_batch_max <-> n_chunk, both int32_t */
+    swapped[2].offset = swapped[3].offset;
+    swapped[3].offset = t;
+    const int wrong = offset_mismatches("engine_params", swapped, N_FIELDS(swapped), 1);
+    CHECK(wrong == 2, "a table with %s and %s swapped has %d mismatching fields (want 2)", swapped[2].name,
+          swapped[3].name, wrong);
+}
+
 static void check_status_name(int32_t status, const char * want) {
     const char * got = minicpm_status_name(status);
     CHECK(got != NULL && strcmp(got, want) == 0, "status_name(%d) = \"%s\" (want \"%s\")", status, got ? got : "(null)",
           want);
+}
+
+/* A doorbell of type minicpm_notify_fn: never rung here, it proves the signature compiles from C. */
+static void notify(void * user_data, uint64_t request_id, int32_t n_ready) {
+    (void) user_data;
+    (void) request_id;
+    (void) n_ready;
 }
 
 static void print_last_error(const char * label) {
@@ -52,6 +175,20 @@ int main(void) {
     CHECK(minicpm_struct_size("no_such_struct") == 0, "unknown struct name -> %u",
           minicpm_struct_size("no_such_struct"));
     CHECK(minicpm_struct_size(NULL) == 0, "NULL struct name -> %u", minicpm_struct_size(NULL));
+
+    CHECK_LAYOUT(model_params);
+    CHECK_LAYOUT(model_info);
+    CHECK_LAYOUT(context_params);
+    CHECK_LAYOUT(engine_params);
+    CHECK_LAYOUT(sampling_params);
+    CHECK_LAYOUT(event);
+    CHECK_LAYOUT(request_info);
+    CHECK_LAYOUT(engine_stats);
+    check_swap_detected();
+    CHECK(minicpm_struct_offset("engine_params", "no_such_field") == -1 &&
+              minicpm_struct_offset("no_such_struct", "size") == -1 && minicpm_struct_offset(NULL, "size") == -1 &&
+              minicpm_struct_offset("engine_params", NULL) == -1,
+          "unknown or NULL struct / field -> -1");
 
     /* Default params: the documented defaults. */
     struct minicpm_model_params mp;
@@ -138,6 +275,30 @@ int main(void) {
     CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "context_seq_truncate(NULL ctx): %s", minicpm_status_name(rc));
     minicpm_model_free(NULL);
     minicpm_context_free(NULL);
+
+    /* Engine calls on a NULL engine, with the v2 signatures: user_data first, 64-bit request ids. */
+    int user = 0;
+    rc = minicpm_engine_set_notify(NULL, notify, &user);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_set_notify(NULL engine): %s", minicpm_status_name(rc));
+    const uint64_t big_id = ((uint64_t) 1 << 40) + 1;
+    struct minicpm_event ev;
+    rc = minicpm_engine_drain(NULL, big_id, &ev, 1);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_drain(NULL engine): %s", minicpm_status_name(rc));
+    rc = minicpm_engine_cancel(NULL, big_id);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_cancel(NULL engine): %s", minicpm_status_name(rc));
+    struct minicpm_request_info ri;
+    ri.size = sizeof(ri);
+    rc = minicpm_engine_request_info(NULL, big_id, &ri);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_request_info(NULL engine): %s", minicpm_status_name(rc));
+    uint64_t ids[4];
+    rc = minicpm_engine_poll(NULL, ids, 4);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_poll(NULL engine): %s", minicpm_status_name(rc));
+    uint64_t id = 7;
+    rc = minicpm_engine_submit(NULL, &tok, 1, NULL, NULL, 0, NULL, NULL, 0, &id);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_submit(NULL engine): %s", minicpm_status_name(rc));
+    rc = minicpm_model_warnings(NULL, NULL, 0);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "model_warnings(NULL model): %s", minicpm_status_name(rc));
+    minicpm_engine_free(NULL);
 
     /* A params struct of another size (an older or newer caller): ABI mismatch, checked first. */
     mp.size = (uint32_t) sizeof(mp) - 4;

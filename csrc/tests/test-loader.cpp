@@ -219,8 +219,9 @@ void test_bad_configs() {
     config_case("gelu", "\"silu\"", "\"gelu\"", unsup, "'hidden_act'");
     config_case("other model_type", "\"model_type\": \"minicpm\"", "\"model_type\": \"llama\"", unsup, "'model_type'");
     config_case("other architecture", "MiniCPMForCausalLM", "LlamaForCausalLM", unsup, "'architectures'");
-    config_case("too many eos ids", "\"eos_token_id\": [2, 3]",
-                "\"eos_token_id\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]", bad, "'eos_token_id'");
+    // One more than minicpm_model_info can carry: refused, never truncated.
+    config_case("too many eos ids", "\"eos_token_id\": [2, 3]", "\"eos_token_id\": [1,2,3,4,5,6,7,8,9]", unsup,
+                "'eos_token_id' lists 9 ids, at most 8 (MINICPM_MAX_EOS_IDS)");
     config_case("eos id out of range", "\"eos_token_id\": [2, 3]", "\"eos_token_id\": [2, 512]", bad,
                 "'eos_token_id[1]'");
     config_case("tie not a bool", "\"vocab_size\"", "\"tie_word_embeddings\": \"yes\", \"vocab_size\"", bad,

@@ -97,6 +97,10 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       weightBytes: nativeInfo.weightBytes,
       eosTokenIds: nativeInfo.eosTokenIds,
       bosTokenId: nativeInfo.bosTokenId,
+      backend: nativeInfo.backend,
+      backendName: nativeInfo.backendName,
+      sparseConfig: nativeInfo.sparseConfig,
+      quantizationConfig: nativeInfo.quantizationConfig,
     }
     const applyChatTemplate: Model['applyChatTemplate'] = (messages, o = {}) => {
       if (template instanceof Error) throw new Error(`${facts.id} has no usable chat template: ${template.message}`)

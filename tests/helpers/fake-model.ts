@@ -57,6 +57,10 @@ export class FakeModel implements ServedModel {
     weightBytes: 4,
     eosTokenIds: [EOS],
     bosTokenId: BOS,
+    backend: 'cpu',
+    backendName: 'fake',
+    sparseConfig: false,
+    quantizationConfig: false,
   }
   behaviour: FakeBehaviour = {
     reply: 'Hello world',
@@ -96,6 +100,8 @@ export class FakeModel implements ServedModel {
     let used = 0
     for (const n of this.running.values()) used += n
     return {
+      backend: 'cpu',
+      backendName: 'fake',
       running: this.running.size,
       waiting: 0,
       kvTokensUsed: used,
