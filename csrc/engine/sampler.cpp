@@ -118,6 +118,7 @@ sampler::sampler(const minicpm_sampling_params & params, int32_t n_vocab, const 
                       params.frequency_penalty != 0.0f);
     if (track_history_) {
         const int32_t first = params.penalty_last_n > 0 ? std::max(0, n_prompt - params.penalty_last_n) : 0;
+        for (int32_t i = 0; i < first; ++i) all_.emplace_back(prompt[i], false);  // outside the window for now
         for (int32_t i = first; i < n_prompt; ++i) push_history(prompt[i], false);
     }
 }
@@ -125,10 +126,42 @@ sampler::sampler(const minicpm_sampling_params & params, int32_t n_vocab, const 
 bool sampler::is_stop(int32_t token) const { return std::binary_search(stop_ids_.begin(), stop_ids_.end(), token); }
 
 void sampler::accept(int32_t token) {
+    ++n_accepted_;
     if (track_history_) push_history(token, true);
 }
 
+void sampler::rollback(int32_t n) {
+    if (n < 0 || n > n_accepted_)
+        fail(MINICPM_STATUS_INTERNAL, "sampler: rollback of " + std::to_string(n) + " tokens, " +
+                                          std::to_string(n_accepted_) + " accepted");
+    n_accepted_ -= n;
+    if (!track_history_) return;
+    const int64_t window = params_.penalty_last_n;
+    for (int32_t i = 0; i < n; ++i) {
+        const auto [token, generated] = all_.back();
+        all_.pop_back();
+        history_.pop_back();
+        forget(token, generated);
+        // The oldest token that had slid out of the window comes back in.
+        if (window > 0 && int64_t(all_.size()) >= window) {
+            const auto back_in = all_[all_.size() - size_t(window)];
+            history_.push_front(back_in);
+            seen & s = seen_[back_in.first];
+            s.n_all++;
+            s.n_generated += back_in.second;
+        }
+    }
+}
+
+void sampler::forget(int32_t token, bool generated) {
+    seen & o = seen_[token];
+    o.n_all--;
+    o.n_generated -= generated;
+    if (o.n_all == 0) seen_.erase(token);
+}
+
 void sampler::push_history(int32_t token, bool generated) {
+    all_.emplace_back(token, generated);
     history_.emplace_back(token, generated);
     seen & s = seen_[token];
     s.n_all++;
@@ -136,10 +169,7 @@ void sampler::push_history(int32_t token, bool generated) {
     if (params_.penalty_last_n > 0 && int64_t(history_.size()) > params_.penalty_last_n) {
         const auto [old, old_generated] = history_.front();
         history_.pop_front();
-        seen & o = seen_[old];
-        o.n_all--;
-        o.n_generated -= old_generated;
-        if (o.n_all == 0) seen_.erase(old);
+        forget(old, old_generated);
     }
 }
 

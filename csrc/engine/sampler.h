@@ -66,6 +66,11 @@ class sampler {
     // Records a generated token in the penalty history.
     void accept(int32_t token);
 
+    // Undoes the last n accept() calls (tokens drafted and verified, then not kept): the penalty window and its
+    // counts return to what they were. Throws _INTERNAL when fewer than n tokens were accepted.
+    void    rollback(int32_t n);
+    int32_t n_accepted() const { return n_accepted_; }
+
     // True for an EOS id of the model (unless ignore_eos) or one of the request's stop ids.
     bool is_stop(int32_t token) const;
 
@@ -76,6 +81,7 @@ class sampler {
     };
 
     void push_history(int32_t token, bool generated);
+    void forget(int32_t token, bool generated);  // one occurrence leaves the window
 
     minicpm_sampling_params                 params_;
     int32_t                                 n_vocab_;
@@ -85,6 +91,8 @@ class sampler {
     bool                                    track_history_;
     // Window of the last penalty_last_n tokens (all when -1) and their counts; flag = generated.
     std::deque<std::pair<int32_t, bool>>    history_;
+    std::vector<std::pair<int32_t, bool>>   all_;  // every token pushed (prompt + accepted): rollback refills
+    int32_t                                 n_accepted_ = 0;
     std::unordered_map<int32_t, seen>       seen_;
 };
 

@@ -100,6 +100,16 @@ void scheduler::set_step_observer(std::function<void(const step_trace &)> fn) {
     observer_ = std::move(fn);
 }
 
+void scheduler::set_drafter(draft_fn fn, int32_t max_draft) {
+    if (max_draft < 0 || max_draft >= k_max_tree_rows)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "drafter: max_draft must be in [0, " +
+                                                  std::to_string(k_max_tree_rows - 1) + "]");
+    std::lock_guard<std::mutex> lk(mu_);
+    drafter_ = std::move(fn);
+    max_draft_ = drafter_ ? max_draft : 0;
+    draft_buf_.resize(size_t(max_draft_));
+}
+
 uint64_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
                           const int32_t * stop_ids, int32_t n_stop_ids, const int32_t * bias_ids,
                           const float * bias_values, int32_t n_bias) {
@@ -269,18 +279,35 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         logits_.resize(logit_rows_.size() * size_t(n_vocab_));
         model_.forward(*be_, ws_, kv_, b, logits_.data());
 
-        // Sampling touches only each request's own sampler, so rows run in parallel on the pool.
-        std::vector<request *> to_sample;
-        for (const batch_entry & e : entries_)
-            if (e.samples) to_sample.push_back(e.r);
-        results_.assign(to_sample.size(), sample_result{});
+        // Sampling touches only each request's own sampler, so entries run in parallel on the pool. A drafted
+        // run samples its rows in order, accepting each confirmed draft before sampling the next row (so the
+        // penalties see it); commit() rolls those accepts back and replays what it keeps.
+        std::vector<const batch_entry *> to_sample;
+        std::vector<size_t>              first_row;
+        size_t                           n_rows = 0;
+        for (const batch_entry & e : entries_) {
+            if (!e.samples) continue;
+            to_sample.push_back(&e);
+            first_row.push_back(n_rows);
+            n_rows += size_t(1 + e.n_draft);
+        }
+        results_.assign(to_sample.size(), {});
         sample_errors_.assign(to_sample.size(), std::string());
         host_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
+            const batch_entry & e = *to_sample[size_t(k)];
+            std::vector<sample_result> & out = results_[size_t(k)];
             try {
-                const float * row = logits_.data() + size_t(k) * size_t(n_vocab_);
-                results_[size_t(k)] = to_sample[size_t(k)]->smp.sample(row, sampler_scratch_[size_t(thread)]);
-            } catch (const std::exception & e) {
-                sample_errors_[size_t(k)] = e.what();
+                for (int32_t i = 0; i <= e.n_draft; ++i) {
+                    const float * row = logits_.data() + (first_row[size_t(k)] + size_t(i)) * size_t(n_vocab_);
+                    out.push_back(e.r->smp.sample(row, sampler_scratch_[size_t(thread)]));
+                    const int32_t t = out.back().token;
+                    if (i == e.n_draft || t != batch_tokens_[size_t(e.row_begin + i + 1)] || e.r->smp.is_stop(t)) break;
+                    e.r->smp.accept(t);
+                }
+            } catch (const std::exception & ex) {
+                sample_errors_[size_t(k)] = ex.what();
+                e.r->smp.rollback(int32_t(out.size()));  // every row sampled so far was accepted
+                out.clear();
             }
         });
     } catch (const std::exception & e) {
@@ -347,9 +374,9 @@ void scheduler::admit() {
     }
 }
 
-bool scheduler::grow_kv(request & r) {
+bool scheduler::grow_kv(request & r, int32_t n) {
     for (;;) {
-        if (kv_seq_prepare(kv_, r.kv, r.kv.n_tokens, r.kv.n_tokens + 1)) return true;
+        if (kv_seq_prepare(kv_, r.kv, r.kv.n_tokens, r.kv.n_tokens + n)) return true;
         // running_ is in admission order, so its back is the newest request.
         request * victim = running_.back();
         if (victim != &r) {
@@ -370,26 +397,41 @@ void scheduler::build_batch() {
     batch_tokens_.clear();
     segs_.clear();
     logit_rows_.clear();
-    auto add = [this](request & r, int32_t n_rows, bool prefill) {
+    // n_draft > 0: decode rows followed by the drafts in draft_buf_, every row with logits.
+    auto add = [this](request & r, int32_t n_rows, bool prefill, int32_t n_draft) {
         const int32_t n_past = r.kv.n_tokens;
-        const bool    samples = n_past + n_rows == int32_t(r.tokens.size());
+        const bool    samples = n_past + n_rows - n_draft == int32_t(r.tokens.size());
         kv_segment s;
         s.row_begin = int32_t(batch_tokens_.size());
         s.n_rows = n_rows;
         s.n_past = n_past;
         s.blocks = r.kv.blocks.data();
         segs_.push_back(s);
-        batch_tokens_.insert(batch_tokens_.end(), r.tokens.begin() + n_past, r.tokens.begin() + n_past + n_rows);
-        if (samples) logit_rows_.push_back(int32_t(batch_tokens_.size()) - 1);
-        entries_.push_back({&r, n_rows, prefill, samples});
+        batch_tokens_.insert(batch_tokens_.end(), r.tokens.begin() + n_past,
+                             r.tokens.begin() + n_past + n_rows - n_draft);
+        batch_tokens_.insert(batch_tokens_.end(), draft_buf_.begin(), draft_buf_.begin() + n_draft);
+        for (int32_t i = n_draft; i >= 0 && samples; --i) logit_rows_.push_back(int32_t(batch_tokens_.size()) - 1 - i);
+        entries_.push_back({&r, n_rows, prefill, samples, n_draft, s.row_begin});
     };
-    // Decode first: one token per sequence. grow_kv may preempt the newest requests, which are always at the
-    // back of running_ (after i), so the index stays valid; if it removes running_[i] itself the loop ends.
+    // Decode first: one token per sequence, plus drafts when a drafter is set. grow_kv may preempt the newest
+    // requests, which are always at the back of running_ (after i), so the index stays valid; if it removes
+    // running_[i] itself the loop ends.
     for (size_t i = 0; i < running_.size(); ++i) {
         request & r = *running_[i];
         if (r.state != MINICPM_REQUEST_DECODING) continue;
-        if (!grow_kv(r)) break;
-        add(r, 1, false);
+        int32_t n_draft = 0;
+        if (drafter_) {
+            // Room for the drafts and the token sampled after them, in the context and in max_tokens.
+            int32_t room = std::min(max_draft_, cfg_.n_ctx - int32_t(r.tokens.size()) - 1);
+            if (r.n_max_tokens > 0) room = std::min(room, r.n_max_tokens - r.n_generated - 1);
+            if (room > 0)
+                n_draft = std::clamp(drafter_(r.id, r.tokens.data(), int32_t(r.tokens.size()), draft_buf_.data(), room),
+                                     0, room);
+            for (int32_t j = 0; j < n_draft; ++j)
+                if (draft_buf_[size_t(j)] < 0 || draft_buf_[size_t(j)] >= n_vocab_) n_draft = j;  // a bad draft ends it
+        }
+        if (!grow_kv(r, 1 + n_draft)) break;
+        add(r, 1 + n_draft, false, n_draft);
     }
     // Then prompt chunks, oldest first, within the n_chunk budget (their blocks were reserved at admission).
     int32_t budget = cfg_.n_chunk;
@@ -398,7 +440,7 @@ void scheduler::build_batch() {
         if (r->state != MINICPM_REQUEST_PREFILLING) continue;
         const int32_t n = std::min(budget, int32_t(r->tokens.size()) - r->kv.n_tokens);
         budget -= n;
-        add(*r, n, true);
+        add(*r, n, true, 0);
     }
 }
 
@@ -406,13 +448,15 @@ void scheduler::commit() {
     size_t k = 0;
     for (const batch_entry & e : entries_) {
         request & r = *e.r;
-        r.kv.n_tokens += e.n_rows;
+        r.kv.n_tokens += e.n_rows - e.n_draft;
         r.n_prefilled = std::min(r.kv.n_tokens, r.n_prompt);
         if (e.prefill) n_prompt_tokens_ += uint64_t(e.n_rows);
         if (!e.samples) continue;
-        const sample_result & res = results_[k];
-        const std::string &   err = sample_errors_[k];
+        const std::vector<sample_result> & res = results_[k];
+        const std::string &                err = sample_errors_[k];
         ++k;
+        // Undo the sampler's tentative accepts of confirmed drafts; the loop below accepts what is kept.
+        if (!res.empty()) r.smp.rollback(int32_t(res.size()) - 1);
         if (r.cancel_requested) {
             finish(r, end_event(MINICPM_FINISH_CANCELLED));
             continue;
@@ -422,31 +466,39 @@ void scheduler::commit() {
             finish(r, end_event(MINICPM_FINISH_ERROR), err);
             continue;
         }
-        r.smp.accept(res.token);
-        r.tokens.push_back(res.token);
-        r.n_generated++;
-        n_generated_tokens_++;
-        r.state = MINICPM_REQUEST_DECODING;
+        bool finished = false;
+        for (size_t j = 0; j < res.size() && !finished; ++j) {
+            const sample_result & rs = res[j];
+            if (j > 0) r.kv.n_tokens++;  // the confirmed draft before this token is in the KV cache
+            r.smp.accept(rs.token);
+            r.tokens.push_back(rs.token);
+            r.n_generated++;
+            n_generated_tokens_++;
+            r.state = MINICPM_REQUEST_DECODING;
 
-        minicpm_event ev{};
-        ev.token = res.token;
-        ev.t_us = minicpm_time_us();
-        ev.logprob = res.logprob;
-        ev.n_top = res.n_top;
-        std::copy_n(res.top_tokens, res.n_top, ev.top_tokens);
-        std::copy_n(res.top_logprobs, res.n_top, ev.top_logprobs);
-        if (r.t_first_token == 0) r.t_first_token = ev.t_us;
-        if (r.smp.is_stop(res.token)) {
-            ev.finish_reason = MINICPM_FINISH_STOP;
-        } else if ((r.n_max_tokens > 0 && r.n_generated >= r.n_max_tokens) ||
-                   int32_t(r.tokens.size()) >= cfg_.n_ctx) {
-            ev.finish_reason = MINICPM_FINISH_LENGTH;
+            minicpm_event ev{};
+            ev.token = rs.token;
+            ev.t_us = minicpm_time_us();
+            ev.logprob = rs.logprob;
+            ev.n_top = rs.n_top;
+            std::copy_n(rs.top_tokens, rs.n_top, ev.top_tokens);
+            std::copy_n(rs.top_logprobs, rs.n_top, ev.top_logprobs);
+            if (r.t_first_token == 0) r.t_first_token = ev.t_us;
+            if (r.smp.is_stop(rs.token)) {
+                ev.finish_reason = MINICPM_FINISH_STOP;
+            } else if ((r.n_max_tokens > 0 && r.n_generated >= r.n_max_tokens) ||
+                       int32_t(r.tokens.size()) >= cfg_.n_ctx) {
+                ev.finish_reason = MINICPM_FINISH_LENGTH;
+            }
+            finished = ev.finish_reason != MINICPM_FINISH_NONE;
+            if (finished) {
+                finish(r, ev);
+            } else {
+                push_event(r, ev);
+            }
         }
-        if (ev.finish_reason != MINICPM_FINISH_NONE) {
-            finish(r, ev);
-        } else {
-            push_event(r, ev);
-        }
+        // Drafted rows past the kept ones leave the KV cache.
+        if (!finished && e.n_draft > 0) kv_seq_truncate(kv_, r.kv, r.kv.n_tokens);
     }
 }
 

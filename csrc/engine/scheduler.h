@@ -63,6 +63,15 @@ class scheduler {
     // Called on the scheduler thread after every step, without the lock.
     void set_step_observer(std::function<void(const step_trace &)> fn);
 
+    // Proposes up to max tokens expected to follow tokens[0, n) (a decoding request's prompt + generated tokens)
+    // and returns how many it wrote. Called on the scheduler thread, with the lock held, while a step is built.
+    // The step then runs the request's last token and the drafts as one causal run, samples every row in order
+    // and keeps the drafts the samples confirm plus the sampled token after them; the rest leaves the KV cache
+    // (truncated) and the sampler (rolled back). Output equals decoding without drafts. Speculative decoding
+    // plugs in here; tests drive it directly.
+    using draft_fn = std::function<int32_t(uint64_t id, const int32_t * tokens, int32_t n, int32_t * out, int32_t max)>;
+    void set_drafter(draft_fn fn, int32_t max_draft);
+
     // Throws minicpm::error: _QUEUE_FULL, _INVALID_ARGUMENT (naming the field), _TOO_LARGE (with the numbers).
     // sampling may be NULL (library defaults).
     uint64_t submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
@@ -101,7 +110,9 @@ class scheduler {
         request * r;
         int32_t   n_rows;
         bool      prefill;
-        bool      samples;  // the segment ends at the last known token: its last row gives the next token
+        bool      samples;      // the segment ends at the last known token: its last row gives the next token
+        int32_t   n_draft = 0;  // decode rows after the first are drafts; every row then has logits
+        int32_t   row_begin = 0;
     };
 
     struct doorbell {
@@ -121,7 +132,8 @@ class scheduler {
     void finish(request & r, const minicpm_event & last, const std::string & error = {});
     void release_kv(request & r);
     void preempt(request & r);
-    bool grow_kv(request & r);  // block for position n_past; may preempt others (or r itself: returns false)
+    // Writable slots [n_past, n_past + n); may preempt others (or r itself: returns false).
+    bool grow_kv(request & r, int32_t n);
     void fail_running(const std::string & message);
     void ring(std::unique_lock<std::mutex> & lk);  // rings bells_ without the lock; returns with it held
 
@@ -152,6 +164,9 @@ class scheduler {
     void *                                      notify_user_ = nullptr;
     int32_t                                     n_ringing_ = 0;
     std::function<void(const step_trace &)>     observer_;
+    draft_fn                                    drafter_;
+    int32_t                                     max_draft_ = 0;
+    std::vector<int32_t>                        draft_buf_;  // [engine]
     std::map<uint64_t, std::unique_ptr<request>> table_;
     std::deque<request *>                       waiting_;
     std::vector<request *>                      running_;  // admission order
@@ -169,7 +184,7 @@ class scheduler {
     std::vector<kv_segment>      segs_;
     std::vector<float>           logits_;
     std::vector<sampler_scratch> sampler_scratch_;  // one per pool thread
-    std::vector<sample_result>   results_;          // one per sampling entry, in batch order
+    std::vector<std::vector<sample_result>> results_;  // per sampling entry, in batch order: one per kept row
     std::vector<std::string>     sample_errors_;    // "" or why sampling that entry failed
 
     std::thread thread_;  // last: started once everything above exists

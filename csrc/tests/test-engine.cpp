@@ -11,6 +11,7 @@
 #include <cmath>
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -348,6 +349,91 @@ static void test_seed() {
     CHECK(n_diff > 0, "seed 124 differs from seed 123 in %d of 16 tokens", n_diff);
 }
 
+// Multi-token steps: a drafter proposes continuations, the step verifies them in one causal run and keeps what
+// the samples confirm. The output must equal decoding without drafts token for token: greedy, and sampled with
+// penalties and a seed (each emitted token consumes one draw either way, and the sampler's penalty window is
+// rolled back past rejected drafts). Drafts come from the plain run (right) with every third one corrupted, or
+// are always wrong.
+static void test_drafts() {
+    struct req {
+        std::vector<int32_t>    prompt;
+        minicpm_sampling_params sp;
+    };
+    std::vector<req> reqs;
+    for (int32_t i = 0; i < 3; ++i) reqs.push_back({prompt_of(20 + 9 * i, 30 + i), greedy(i == 1 ? 23 : 40)});
+    minicpm_sampling_params hot = greedy(37);
+    hot.temperature = 0.9f;
+    hot.repetition_penalty = 1.3f;
+    hot.frequency_penalty = 0.2f;
+    hot.penalty_last_n = 8;
+    hot.seed = 42;
+    reqs.push_back({prompt_of(15, 77), hot});
+
+    auto run = [&](scheduler & s, std::vector<std::vector<int32_t>> & out) {
+        std::vector<uint64_t> ids;
+        for (const req & r : reqs) ids.push_back(submit(s, r.prompt, r.sp));
+        out.clear();
+        for (uint64_t id : ids) out.push_back(tokens_of(collect(s, id)));
+    };
+    std::vector<std::vector<int32_t>> plain, drafted, wrong;
+    std::atomic<int32_t> plain_steps{0}, drafted_steps{0}, n_proposed{0}, n_rows_drafted{0};
+    {
+        scheduler s(*g_model, engine_params(32, 64), reference());
+        s.set_step_observer([&](const step_trace &) { plain_steps++; });
+        run(s, plain);
+    }
+    std::map<uint64_t, std::vector<int32_t>> oracle;  // request id -> prompt + plain output
+    int32_t calls = 0;
+    {
+        scheduler s(*g_model, engine_params(32, 64), reference());
+        s.set_drafter(
+            [&](uint64_t id, const int32_t * toks, int32_t n, int32_t * out, int32_t max) {
+                const std::vector<int32_t> & o = oracle[id];
+                int32_t k = 0;
+                for (; k < max && n + k < int32_t(o.size()); ++k) out[k] = o[size_t(n + k)];
+                if (++calls % 2 == 0 && k >= 3) out[2] = (out[2] + 1) % 500;  // a wrong third draft
+                n_proposed += k;
+                return k;
+            },
+            5);
+        s.set_step_observer([&](const step_trace & t) {
+            drafted_steps++;
+            for (const auto & p : t.parts)
+                if (!p.prefill && p.n_rows > 1) n_rows_drafted += p.n_rows - 1;
+        });
+        // Request ids are 1.. in submit order: the oracle is known before the first step drafts.
+        for (size_t i = 0; i < reqs.size(); ++i) {
+            std::vector<int32_t> o = reqs[i].prompt;
+            o.insert(o.end(), plain[i].begin(), plain[i].end());
+            oracle[uint64_t(i + 1)] = o;
+        }
+        run(s, drafted);
+        struct minicpm_engine_stats st;
+        s.stats(st);
+        CHECK(st.kv_tokens_used == 0 && st.n_running == 0, "after drafted runs: kv used %d, running %d",
+              st.kv_tokens_used, st.n_running);
+    }
+    {
+        scheduler s(*g_model, engine_params(32, 64), reference());
+        s.set_drafter(
+            [&](uint64_t, const int32_t *, int32_t, int32_t * out, int32_t max) {
+                for (int32_t k = 0; k < max; ++k) out[k] = 3;  // never what the model picks here
+                return max;
+            },
+            4);
+        run(s, wrong);
+    }
+    int32_t n_tokens = 0;
+    for (const auto & t : plain) n_tokens += int32_t(t.size());
+    CHECK(drafted == plain && wrong == plain && plain[1].size() == 23 && plain[0].size() == 40,
+          "drafted (right with every 2nd call's 3rd draft wrong) and always-wrong drafts give the plain output: "
+          "%d tokens in 4 requests (greedy x3, temperature+penalties+seed x1); plain [%s]",
+          n_tokens, str(plain[3]).c_str());
+    CHECK(drafted_steps < plain_steps && n_rows_drafted > 0,
+          "multi-token steps: %d steps with drafts vs %d plain, %d draft rows verified of %d proposed",
+          drafted_steps.load(), plain_steps.load(), n_rows_drafted.load(), n_proposed.load());
+}
+
 // A backend whose matmul fails on demand: the forward throws, the batch ends with FINISH_ERROR.
 static std::atomic<bool> g_fail_matmul{false};
 class failing_backend final : public minicpm::backend {
@@ -555,6 +641,7 @@ int main() {
     test_limits();
     test_interleave();
     test_seed();
+    test_drafts();
     test_forward_error();
     test_free_mid_step();
     test_c_api();

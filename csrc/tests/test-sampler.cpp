@@ -75,8 +75,47 @@ static void check_frequencies(const char * label, const minicpm_sampling_params 
     }
 }
 
+// Rollback: accepting tokens then rolling some back leaves the penalties exactly as if only the kept tokens had
+// been accepted, for windows that do and do not slide back over the prompt.
+static void test_rollback() {
+    std::mt19937 rng(5);
+    int32_t      n_cases = 0, n_bad = 0;
+    for (int32_t window : {-1, 3, 8}) {
+        minicpm_sampling_params q = defaults();
+        q.repetition_penalty = 1.5f;
+        q.presence_penalty = 0.25f;
+        q.frequency_penalty = 0.125f;
+        q.penalty_last_n = window;
+        const std::vector<int32_t> prompt = {1, 4, 4, 9, 12, 4};
+        std::vector<int32_t>       gen(20);
+        for (int32_t & t : gen) t = int32_t(rng() % 16);
+        for (int32_t keep = 0; keep <= 20; keep += 3) {
+            sampler a = make(q, 16, prompt), b = make(q, 16, prompt);
+            for (int32_t t : gen) a.accept(t);
+            a.rollback(20 - keep);
+            for (int32_t i = 0; i < keep; ++i) b.accept(gen[size_t(i)]);
+            for (int32_t t : {7, 4, 7, 15, 1}) {  // and the window keeps sliding the same way afterwards
+                a.accept(t);
+                b.accept(t);
+            }
+            std::vector<float> la = random_logits(16, uint32_t(keep)), lb = la;
+            a.adjust(la.data());
+            b.adjust(lb.data());
+            ++n_cases;
+            n_bad += la != lb || a.n_accepted() != keep + 5;
+        }
+    }
+    CHECK(n_bad == 0, "rollback: %d of %d cases (windows -1/3/8, kept 0..20 of 20) differ from accepting only the "
+          "kept tokens", n_bad, n_cases);
+    sampler s = make(defaults(), 16);
+    s.accept(3);
+    minicpm_test::expect_error("rollback past the accepted tokens", MINICPM_STATUS_INTERNAL, {"rollback of 2"},
+                               [&] { s.rollback(2); });
+}
+
 int main() {
     sampler_scratch scratch;
+    test_rollback();
 
     // Greedy = argmax, and top-k = 1 at temperature 1 is greedy too.
     for (uint32_t seed = 1; seed <= 3; ++seed) {
