@@ -83,6 +83,7 @@ export interface ModelInfo {
   backendName: string
   sparseConfig: boolean // config.json has a sparse_config
   quantizationConfig: boolean // config.json has a quantization_config
+  warnings: string[] // configuration the engine reads but does not honour, each naming what runs instead
 }
 
 export interface EngineStats {

@@ -40,11 +40,20 @@ ${modelHelp.split('\n').slice(0, 2).join('\n')}`,
       : existsSync(join(facts.dir, 'tokenizer.model'))
         ? 'tokenizer.model (SentencePiece, converted at load)'
         : 'none'
-    let load: { ok: true; nParams: number; weightBytes: number; library: string } | { ok: false; error: string }
+    let load:
+      | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
+      | { ok: false; error: string }
     try {
       using model = NativeModel.load(facts.dir)
       const i = model.info()
-      load = { ok: true, nParams: i.nParams, weightBytes: i.weightBytes, library: nativeLibrary.path }
+      load = {
+        ok: true,
+        nParams: i.nParams,
+        weightBytes: i.weightBytes,
+        library: nativeLibrary.path,
+        backend: i.backendName,
+        warnings: model.warnings(),
+      }
     } catch (e) {
       load = { ok: false, error: (e as Error).message }
     }
@@ -135,7 +144,9 @@ function printReport(r: {
   bytes: number
   tokenizer: string
   generationDefaults: object
-  load: { ok: true; nParams: number; weightBytes: number; library: string } | { ok: false; error: string }
+  load:
+    | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
+    | { ok: false; error: string }
 }): void {
   const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`
   const lines = [
@@ -152,8 +163,9 @@ function printReport(r: {
     `tokenizer    ${r.tokenizer}`,
     `generation   ${JSON.stringify(r.generationDefaults)}`,
     r.load.ok
-      ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} (${r.load.library})`
+      ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} on ${r.load.backend} (${r.load.library})`
       : `loads        NO: ${r.load.error}`,
+    ...(r.load.ok ? r.load.warnings.map((w) => `warning      ${w}`) : []),
   ]
   console.log(lines.join('\n'))
 }

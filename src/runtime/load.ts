@@ -64,6 +64,8 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
   try {
     progress('weights', 1, 1)
+    const warnings = native.warnings()
+    for (const w of warnings) process.stderr.write(`minicpm-edge: ${facts.id}: warning: ${w}\n`)
     progress('tokenizer', 0, 1)
     const tokenizer = await loadTokenizer(facts.dir, { cacheDir: join(cacheRoot(), 'tokenizers') })
     progress('tokenizer', 1, 1)
@@ -101,6 +103,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       backendName: nativeInfo.backendName,
       sparseConfig: nativeInfo.sparseConfig,
       quantizationConfig: nativeInfo.quantizationConfig,
+      warnings,
     }
     const applyChatTemplate: Model['applyChatTemplate'] = (messages, o = {}) => {
       if (template instanceof Error) throw new Error(`${facts.id} has no usable chat template: ${template.message}`)

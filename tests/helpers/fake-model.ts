@@ -61,6 +61,7 @@ export class FakeModel implements ServedModel {
     backendName: 'fake',
     sparseConfig: false,
     quantizationConfig: false,
+    warnings: [],
   }
   behaviour: FakeBehaviour = {
     reply: 'Hello world',

@@ -1,0 +1,115 @@
+/**
+ * Configuration the engine reads but does not run yet is never ignored silently: a sparse_config (InfLLM v2)
+ * loads with one warning naming what runs instead (dense attention), invalid sparse fields and any
+ * quantization_config are refused with the field named. The backend field picks where the model runs.
+ */
+import { afterAll, expect, setDefaultTimeout, test } from 'bun:test'
+import { readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { NativeContext, NativeError, NativeModel } from '../ffi'
+import { freshCheckpoint, SMALL } from './helpers/checkpoints'
+
+setDefaultTimeout(60_000)
+
+const written: string[] = []
+afterAll(() => {
+  for (const d of written) rmSync(d, { recursive: true, force: true })
+})
+
+/** A small checkpoint whose config.json gets `extra` merged in. */
+function withConfig(extra: Record<string, unknown>): string {
+  const dir = freshCheckpoint({ ...SMALL, overrides: { ...SMALL.overrides } })
+  written.push(dir)
+  const path = join(dir, 'config.json')
+  writeFileSync(path, JSON.stringify({ ...JSON.parse(readFileSync(path, 'utf8')), ...extra }))
+  return dir
+}
+
+function loadError(dir: string): NativeError {
+  try {
+    NativeModel.load(dir).dispose()
+  } catch (e) {
+    if (e instanceof NativeError) return e
+    throw e
+  }
+  throw new Error(`${dir} loaded`)
+}
+
+const SPARSE = {
+  kernel_size: 32,
+  kernel_stride: 16,
+  init_blocks: 1,
+  block_size: 64,
+  window_size: 2048,
+  topk: 64,
+  use_nope: false,
+  dense_len: 8192,
+}
+
+test('sparse_config loads with one warning naming dense attention, and logits equal the dense model', () => {
+  const dense = withConfig({})
+  const sparse = withConfig({ sparse_config: SPARSE })
+  using m = NativeModel.load(sparse)
+  const warnings = m.warnings()
+  console.log(`warnings: ${JSON.stringify(warnings)}`)
+  expect(warnings.length).toBe(1)
+  expect(warnings[0]).toContain('sparse_config')
+  expect(warnings[0]).toContain('dense attention')
+  expect(m.info().sparseConfig).toBe(true)
+  using d = NativeModel.load(dense)
+  expect(d.warnings()).toEqual([])
+  expect(d.info().sparseConfig).toBe(false)
+  using cs = new NativeContext(m, { nThreads: 2, nCtx: 64 })
+  using cd = new NativeContext(d, { nThreads: 2, nCtx: 64 })
+  const a = cs.eval([5, 6, 7, 8])[0]!
+  const b = cd.eval([5, 6, 7, 8])[0]!
+  let maxDiff = 0
+  for (let i = 0; i < a.length; i++) maxDiff = Math.max(maxDiff, Math.abs(a[i]! - b[i]!))
+  console.log(`sparse_config model vs dense model: max |logit diff| ${maxDiff}`)
+  expect(maxDiff).toBe(0)
+})
+
+test('invalid sparse_config fields are refused, naming the field', () => {
+  const cases: Array<[Record<string, unknown>, string, string]> = [
+    [{ ...SPARSE, block_size: 32 }, 'unsupported', 'sparse_config.block_size'],
+    [{ ...SPARSE, topk: 'many' }, 'bad_model', 'sparse_config.topk'],
+    [{ ...SPARSE, kernel_stride: 64 }, 'bad_model', 'sparse_config.kernel_stride'],
+    [{ ...SPARSE, use_nope: 1 }, 'bad_model', 'sparse_config.use_nope'],
+  ]
+  for (const [sc, status, field] of cases) {
+    const e = loadError(withConfig({ sparse_config: sc }))
+    console.log(`${field}: ${e.statusName}: ${e.message}`)
+    expect(e.statusName).toBe(status)
+    expect(e.message).toContain(field)
+  }
+})
+
+test('quantization_config is refused (quantized tensors cannot run as plain weights), naming it', () => {
+  const e = loadError(
+    withConfig({ quantization_config: { quant_method: 'gptq', bits: 4, group_size: 128, sym: true, desc_act: false } }),
+  )
+  console.log(`${e.statusName}: ${e.message}`)
+  expect(e.statusName).toBe('unsupported')
+  expect(e.message).toContain('quantization_config')
+  expect(e.message).toContain('gptq')
+  expect(e.message).toContain('4 bits, group 128')
+})
+
+test('backend: auto and cpu run on the CPU backend; cuda is refused in a build without it', () => {
+  const dir = withConfig({})
+  for (const backend of ['auto', 'cpu'] as const) {
+    using m = NativeModel.load(dir, { backend })
+    console.log(`backend ${backend}: ${m.info().backendName}`)
+    expect(m.info().backendName).toBe('cpu')
+  }
+  let err: unknown
+  try {
+    NativeModel.load(dir, { backend: 'cuda' }).dispose()
+  } catch (e) {
+    err = e
+  }
+  expect(err).toBeInstanceOf(NativeError)
+  console.log(`backend cuda: ${(err as NativeError).message}`)
+  expect((err as NativeError).statusName).toBe('unsupported')
+})
