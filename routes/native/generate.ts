@@ -52,7 +52,7 @@ export function generateRoutes(state: AppState): Hono {
 
     const client = clientAbort(c)
     const t0 = performance.now()
-    const gen = await startGeneration(state, req, client.signal)
+    const gen = await startGeneration(state, req, client.signal, c.req.raw)
     try {
       checkContext(
         gen.promptTokens,
@@ -98,6 +98,7 @@ export function generateRoutes(state: AppState): Hono {
       sink.send({ type: 'start', id, model: modelId, prompt_tokens: gen.promptTokens })
       sink.startPings(state.pingIntervalMs)
       for await (const ev of gen.events) {
+        await sink.ready() // a client that stopped reading pauses delivery here
         if (sink.closed) break
         if (ev.type === 'prefill') sink.send({ type: 'prefill', done: ev.done, total: ev.total })
         else if (ev.type === 'delta') {

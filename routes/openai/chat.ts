@@ -103,7 +103,7 @@ export function chatRoutes(state: AppState): Hono {
     Object.assign(req, toPromptOptions(body))
 
     const client = clientAbort(c)
-    const gen = await startGeneration(state, req, client.signal)
+    const gen = await startGeneration(state, req, client.signal, c.req.raw)
     try {
       checkContext(gen.promptTokens, maxTokens, model.info)
     } catch (e) {
@@ -135,6 +135,7 @@ export function chatRoutes(state: AppState): Hono {
       sink.send(chunk({ delta: { role: 'assistant', content: '' }, finish_reason: null }))
       sink.startPings(state.pingIntervalMs)
       for await (const ev of gen.events) {
+        await sink.ready() // a client that stopped reading pauses delivery here
         if (sink.closed) break
         if (ev.type === 'delta') {
           sink.stopPings()

@@ -83,7 +83,7 @@ export function completionRoutes(state: AppState): Hono {
 
     const client = clientAbort(c)
     const started = await Promise.allSettled(
-      prompts.map((prompt) => startGeneration(state, { ...base, prompt }, client.signal)),
+      prompts.map((prompt) => startGeneration(state, { ...base, prompt }, client.signal, c.req.raw)),
     )
     const gens = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []))
     const failed = started.find((s) => s.status === 'rejected')
@@ -189,6 +189,7 @@ async function pump(
   const lp = top != null ? new LegacyLogprobBuilder(ch.echo.length, top) : null
   if (ch.echo) send(ch.echo, null, null)
   for await (const ev of ch.gen.events) {
+    await sink.ready() // a client that stopped reading pauses delivery here
     if (sink.closed) return null
     if (ev.type === 'delta') {
       sink.stopPings()
