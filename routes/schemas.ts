@@ -49,6 +49,17 @@ export const samplingFields = {
   stream_options: z.looseObject({ include_usage: z.boolean().nullish() }).nullish(),
 }
 
+/**
+ * chat_template_kwargs: only known keys with typed values. Anything else (tools, raise_exception, range,
+ * namespace, ...) is a 400: it would reach the template as a variable.
+ */
+const chatTemplateKwargs = z
+  .strictObject(
+    { enable_thinking: z.boolean().nullish() },
+    { error: (i) => (i.code === 'unrecognized_keys' ? `unknown key(s) ${i.keys.map((k) => `'${k}'`).join(', ')}; allowed: enable_thinking` : undefined) },
+  )
+  .nullish()
+
 const textPart = z.looseObject({ type: z.string(), text: z.string().optional() })
 
 export const chatMessage = z.looseObject({
@@ -70,7 +81,7 @@ export const chatRequest = z.looseObject({
   tools: z.array(z.unknown()).nullish(),
   tool_choice: z.unknown().optional(),
   response_format: z.looseObject({ type: z.string() }).nullish(),
-  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  chat_template_kwargs: chatTemplateKwargs,
   add_generation_prompt: z.boolean().nullish(),
 })
 export type ChatRequest = z.infer<typeof chatRequest>
@@ -86,6 +97,7 @@ export const completionRequest = z.looseObject({
   echo: z.boolean().nullish(),
   logprobs: z.number().int().min(0).max(20).nullish(),
   suffix: z.string().nullish(),
+  split_special_tokens: z.boolean().nullish(),
   best_of: int32(1).nullish(),
 })
 export type CompletionRequest = z.infer<typeof completionRequest>
@@ -98,8 +110,9 @@ export const generateRequest = z.looseObject({
   messages: z.array(chatMessage).min(1).optional(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
-  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  chat_template_kwargs: chatTemplateKwargs,
   add_generation_prompt: z.boolean().nullish(),
+  split_special_tokens: z.boolean().nullish(),
   format: z.enum(['sse', 'ndjson', 'json']).nullish(),
 })
 export type NativeGenerateRequest = z.infer<typeof generateRequest>
@@ -112,13 +125,20 @@ export const tokenizeRequest = z.looseObject({
   model: z.string().nullish(),
 })
 
+/** Most ids /detokenize takes (checked before the per-id validation, which would itself stall). */
+export const DETOKENIZE_MAX_IDS = 1 << 20
+
 export const detokenizeRequest = z.looseObject({
   tokens: tokenIds,
   model: z.string().nullish(),
 })
 
 /** Reads a JSON body and validates it; malformed JSON and schema failures become a 400 naming the field. */
-export async function parseBody<T extends z.ZodType>(req: Request, schema: T): Promise<z.infer<T>> {
+export async function parseBody<T extends z.ZodType>(
+  req: Request,
+  schema: T,
+  precheck?: (raw: Record<string, unknown>) => void,
+): Promise<z.infer<T>> {
   let raw: unknown
   try {
     raw = await req.json()
@@ -132,6 +152,7 @@ export async function parseBody<T extends z.ZodType>(req: Request, schema: T): P
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw badRequest('request body must be a JSON object', null, 'invalid_json')
   }
+  precheck?.(raw as Record<string, unknown>)
   const r = schema.safeParse(raw)
   if (!r.success) {
     const issue = r.error.issues[0]!

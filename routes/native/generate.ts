@@ -8,7 +8,7 @@
 import { Hono } from 'hono'
 import type { GenerateRequest, TokenLogprob } from '../../src/types.ts'
 import { badRequest } from '../errors.ts'
-import { responseId, timingsOf, usageOf, type FinishEvent } from '../format.ts'
+import { lengthCauseOf, responseId, timingsOf, usageOf, type FinishEvent } from '../format.ts'
 import { checkContext, checkTokenIds, toPromptOptions, toSampling } from '../sampling.ts'
 import { generateRequest, parseBody, type NativeGenerateRequest } from '../schemas.ts'
 import { clientAbort, eventStream, type Framing } from '../sse.ts'
@@ -67,6 +67,7 @@ export function generateRoutes(state: AppState): Hono {
     const id = responseId('gen')
     const finishOut = (fin: FinishEvent) => ({
       finish_reason: fin.reason,
+      ...lengthCauseOf(fin),
       ...(fin.error ? { error: fin.error } : {}),
       usage: usageOf(fin),
       timings: timingsOf(fin),

@@ -9,6 +9,7 @@ import type { ChatMessage, GenerateRequest } from '../../src/types.ts'
 import { badRequest, unsupported } from '../errors.ts'
 import {
   finishReasonOf,
+  lengthCauseOf,
   responseId,
   SYSTEM_FINGERPRINT,
   timingsOf,
@@ -151,7 +152,10 @@ export function chatRoutes(state: AppState): Hono {
         } else if (ev.type === 'finish') {
           if (client.signal.aborted) break
           const reason = finishReasonOf(ev)
-          sink.send({ ...chunk({ delta: {}, finish_reason: reason }), timings: timingsOf(ev) })
+          sink.send({
+            ...chunk({ delta: {}, finish_reason: reason, ...lengthCauseOf(ev) }),
+            timings: timingsOf(ev),
+          })
           if (includeUsage) sink.send({ ...base, choices: [], usage: usageOf(ev) })
           sink.raw('data: [DONE]\n\n')
         }
@@ -188,6 +192,7 @@ async function collect(
         message: { role: 'assistant', content: text, refusal: null },
         logprobs: wantLogprobs ? { content: lps, refusal: null } : null,
         finish_reason: reason,
+        ...lengthCauseOf(fin),
       },
     ],
     usage: usageOf(fin),

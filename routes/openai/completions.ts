@@ -9,6 +9,7 @@ import type { GenerateRequest, ModelInfo } from '../../src/types.ts'
 import { badRequest, unsupported } from '../errors.ts'
 import {
   finishReasonOf,
+  lengthCauseOf,
   responseId,
   SYSTEM_FINGERPRINT,
   timingsOf,
@@ -80,6 +81,7 @@ export function completionRoutes(state: AppState): Hono {
     if (body.logprobs != null) Object.assign(base, { logprobs: true, topLogprobs: top })
     if (body.add_special_tokens != null) base.addSpecialTokens = body.add_special_tokens
     if (body.skip_special_tokens != null) base.skipSpecialTokens = body.skip_special_tokens
+    if (body.split_special_tokens != null) base.splitSpecialTokens = body.split_special_tokens
 
     const client = clientAbort(c)
     const started = await Promise.allSettled(
@@ -167,6 +169,7 @@ async function collect(ch: Choice, top: number | null) {
     text,
     logprobs: lp?.value ?? null,
     finish_reason: finishReasonOf(fin),
+    ...lengthCauseOf(fin),
   }
   return { choice, fin }
 }
@@ -199,7 +202,9 @@ async function pump(
       const reason = finishReasonOf(ev)
       sink.send({
         ...base,
-        choices: [{ index: ch.index, text: '', logprobs: null, finish_reason: reason }],
+        choices: [
+          { index: ch.index, text: '', logprobs: null, finish_reason: reason, ...lengthCauseOf(ev) },
+        ],
         ...usageNull,
         timings: timingsOf(ev),
       })
