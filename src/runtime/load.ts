@@ -79,6 +79,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     const label = facts.id === DEFAULT_MODEL_ID ? 'the default model' : facts.id
     process.stderr.write(`minicpm-edge: ${label} (${facts.dir}) has RANDOM weights: its output is meaningless\n`)
   }
+  for (const w of facts.warnings) (opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`)))(`minicpm-edge: WARNING: ${w}`)
   progress('weights', 0, 1)
   const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
   try {
