@@ -75,12 +75,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   })
   const hostname0 = opts.host ?? '127.0.0.1'
   const warn = opts.warn ?? (opts.quiet ? () => {} : (line: string) => process.stderr.write(`${line}\n`))
-  if (!opts.apiKey && !isLoopback(hostname0)) {
-    warn(
-      `minicpm-edge serve: WARNING: listening on ${hostname0} without an API key: anyone who can reach ` +
-        'this port can use the model (set --api-key or MINICPM_API_KEY)',
-    )
-  }
+  const exposed = publicBindWarning(hostname0, opts.apiKey)
+  if (exposed) warn(exposed)
   server = Bun.serve({
     hostname: hostname0,
     port: opts.port ?? 8080,
@@ -116,6 +112,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
 
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.')
+}
+
+/** The warning for a bind other machines can reach with no API key (null when there is nothing to say). */
+export function publicBindWarning(host: string, apiKey: string | undefined): string | null {
+  if (apiKey || isLoopback(host)) return null
+  return (
+    `minicpm-edge serve: WARNING: listening on ${host} without an API key: anyone who can reach ` +
+    'this port can use the model (set --api-key or MINICPM_API_KEY)'
+  )
 }
 
 /**
