@@ -16,6 +16,7 @@ export type ServedModel = Pick<
   | 'tokenize'
   | 'detokenize'
   | 'tokenizeAsync'
+  | 'tokenizeJson'
   | 'detokenizeAsync'
   | 'tokenText'
   | 'applyChatTemplate'

@@ -57,6 +57,11 @@ export interface Model extends Disposable {
     text: string,
     opts?: { addSpecialTokens?: boolean; withPieces?: boolean },
   ): Promise<{ ids: number[]; pieces?: string[] }>
+  /**
+   * The JSON text of the token list (ids, or {id, piece} with withPieces) and its length: for large texts
+   * both the tokenizing and the stringify happen in the text worker.
+   */
+  tokenizeJson(text: string, opts?: { addSpecialTokens?: boolean; withPieces?: boolean }): Promise<{ count: number; json: string }>
   /** Like detokenize, off the main thread for long id lists. */
   detokenizeAsync(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string>
   generate(req: GenerateRequest): AsyncIterable<GenerateEvent>
@@ -210,6 +215,19 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
           tokenizeTimeout,
         )
         return { ids: Array.from(r.ids), ...(r.pieces ? { pieces: r.pieces } : {}) }
+      },
+      tokenizeJson: async (text, o = {}) => {
+        const addSpecialTokens = o.addSpecialTokens ?? true
+        if (text.length <= OFFLOAD_CHARS) {
+          const ids = tokenizer.encode(text, { addSpecialTokens })
+          const list = o.withPieces ? ids.map((id) => ({ id, piece: tokenizer.tokenText(id) })) : ids
+          return { count: ids.length, json: JSON.stringify(list) }
+        }
+        return worker.run<{ count: number; json: string }>(
+          { op: 'encode', ...tokenizerDir, text, addSpecialTokens, split: false, withPieces: o.withPieces, json: true },
+          TOKENIZE_BUDGET_MS,
+          tokenizeTimeout,
+        )
       },
       detokenizeAsync: async (ids, o = {}) => {
         if (ids.length <= OFFLOAD_IDS) return tokenizer.decode(ids, o)

@@ -36,6 +36,10 @@ async function run(job: TextJob): Promise<unknown> {
       const o = { addSpecialTokens: job.addSpecialTokens }
       const ids = Int32Array.from(job.split ? t.encodeText(job.text, o) : t.encode(job.text, o))
       const pieces = job.withPieces ? Array.from(ids, (id) => t.tokenText(id)) : undefined
+      if (job.json) {
+        const list = pieces ? Array.from(ids, (id, i) => ({ id, piece: pieces[i] })) : Array.from(ids)
+        return { count: ids.length, json: JSON.stringify(list) }
+      }
       return { ids, pieces }
     }
     case 'decode': {

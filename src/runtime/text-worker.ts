@@ -26,6 +26,8 @@ export type TextJob =
       addSpecialTokens: boolean
       split: boolean
       withPieces?: boolean
+      /** Reply with the JSON text of the token list instead (keeps a 1M-id stringify off the main thread). */
+      json?: boolean
     }
   | { op: 'decode'; dir: string; cacheDir?: string; ids: Int32Array; skipSpecialTokens: boolean }
 
@@ -72,7 +74,13 @@ export class TextWorker {
 
   #spawn(): Worker {
     if (this.#worker) return this.#worker
-    const w = new Worker(new URL('./text-worker-entry.ts', import.meta.url))
+    // In the one-file executable the bundle sits at the root of /$bunfs and the worker entry (a second entry
+    // point of `bun build --compile`, see the Makefile) keeps its repository path.
+    const here = import.meta.url
+    const entry = here.includes('/$bunfs/')
+      ? new URL('./src/runtime/text-worker-entry.ts', here)
+      : new URL('./text-worker-entry.ts', here)
+    const w = new Worker(entry)
     w.onmessage = (e: MessageEvent<Reply>) => {
       const r = e.data
       const p = this.#pending.get(r.seq)

@@ -94,6 +94,12 @@ export class FakeModel implements ServedModel {
     return { ids, ...(opts?.withPieces ? { pieces: ids.map((id) => this.tokenText(id)) } : {}) }
   }
 
+  async tokenizeJson(text: string, opts?: { addSpecialTokens?: boolean; withPieces?: boolean }) {
+    const r = await this.tokenizeAsync(text, opts)
+    const list = r.pieces ? r.ids.map((id, i) => ({ id, piece: r.pieces![i] })) : r.ids
+    return { count: r.ids.length, json: JSON.stringify(list) }
+  }
+
   async detokenizeAsync(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string> {
     return this.detokenize(ids, opts)
   }
