@@ -25,7 +25,7 @@ bench: native
 dist: native
 	@mkdir -p dist
 	@$(BUN) build --compile --minify --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
-		cli.ts $(BUILD)/libminicpm.so --outfile dist/minicpm-edge
+		cli.ts src/runtime/text-worker-entry.ts $(BUILD)/libminicpm.so --outfile dist/minicpm-edge
 	@echo "dist/minicpm-edge"
 
 clean:

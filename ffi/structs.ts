@@ -46,6 +46,7 @@ export function writeStruct<L extends Layout>(buf: Uint8Array, layout: L, values
     if (value === undefined) continue
     const field = layout[name]
     if (!field || !isScalar(field)) throw new TypeError(`unknown struct field '${name}'`)
+    checkRange(field[2], field[1], value as number)
     writeField(view, field[0], field[1], value as number)
   }
   return buf
@@ -68,6 +69,34 @@ function readField(view: DataView, offset: number, kind: Scalar): number {
   }
 }
 
+const INT_RANGES: Record<Exclude<Scalar, 'f32'>, [number | bigint, number | bigint]> = {
+  u8: [0, 255],
+  i32: [-(2 ** 31), 2 ** 31 - 1],
+  u32: [0, 2 ** 32 - 1],
+  i64: [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+  u64: [0, Number.MAX_SAFE_INTEGER],
+}
+
+/**
+ * A value the field cannot hold exactly is refused (a RangeError naming the C field), never wrapped: 2^31 written
+ * into an int32 would become negative, 2^32-1 would become -1.
+ */
+function checkRange(cName: string, kind: Scalar, value: number): void {
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    throw new RangeError(`${cName}: ${String(value)} is not a number`)
+  }
+  if (kind === 'f32') {
+    if (Number.isFinite(value) && Math.abs(value) > 3.4028234663852886e38) {
+      throw new RangeError(`${cName}: ${value} does not fit a float32`)
+    }
+    return
+  }
+  const [lo, hi] = INT_RANGES[kind]
+  if (!Number.isInteger(value) || value < lo || value > hi) {
+    throw new RangeError(`${cName}: ${value} is not an integer in [${lo}, ${hi}] (${kind})`)
+  }
+}
+
 function writeField(view: DataView, offset: number, kind: Scalar, value: number): void {
   switch (kind) {
     case 'u8':
@@ -79,9 +108,9 @@ function writeField(view: DataView, offset: number, kind: Scalar, value: number)
     case 'f32':
       return view.setFloat32(offset, value, true)
     case 'i64':
-      return view.setBigInt64(offset, BigInt(Math.trunc(value)), true)
+      return view.setBigInt64(offset, BigInt(value), true)
     case 'u64':
-      return view.setBigUint64(offset, BigInt.asUintN(64, BigInt(Math.trunc(value))), true)
+      return view.setBigUint64(offset, BigInt(value), true)
   }
 }
 

@@ -33,8 +33,6 @@ export interface AppOptions extends StateOptions {
   log?: (line: string) => void
 }
 
-const GENERATION_PATHS = new Set(['/v1/chat/completions', '/v1/completions', '/generate'])
-
 function apiKeyAuth(key: string): MiddlewareHandler {
   const want = Buffer.from(key)
   const matches = (got: string | undefined) => {
@@ -62,13 +60,32 @@ function apiKeyAuth(key: string): MiddlewareHandler {
   }
 }
 
+/**
+ * A request-controlled value made safe for a one-line log: control characters, spaces, backslashes and
+ * non-ASCII are \xNN / \uNNNN escaped, so a path with %0a or %00 cannot forge a line or write a NUL.
+ */
+export function logSafe(v: string): string {
+  return v.replace(/[^\x21-\x5b\x5d-\x7e]/g, (ch) => {
+    const n = ch.charCodeAt(0)
+    return n < 0x100 ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u${n.toString(16).padStart(4, '0')}`
+  })
+}
+
 function accessLog(log: (line: string) => void): MiddlewareHandler {
   return async function accessLog(c, next) {
     const t0 = performance.now()
     await next()
     const ms = (performance.now() - t0).toFixed(1)
-    log(`${c.get('requestId')} ${c.req.method} ${c.req.path} ${c.res.status} ${ms}ms`)
+    // Logged once the auth decision is made: a request refused with 401 logs no client-chosen path.
+    const path = c.res.status === 401 ? '-' : logSafe(c.req.path)
+    log(`${logSafe(c.get('requestId') ?? '-')} ${logSafe(c.req.method)} ${path} ${c.res.status} ${ms}ms`)
   }
+}
+
+/** '*' (alone or in a list) allows any origin; otherwise exactly the listed origins. */
+export function corsOrigin(origins: string | string[]): string | string[] {
+  const list = typeof origins === 'string' ? [origins] : origins
+  return list.includes('*') ? '*' : list
 }
 
 /**
@@ -85,7 +102,7 @@ export function createApp(opts: AppOptions): Hono {
   app.use(requestId({ headerName: 'x-request-id' }))
   if (opts.log) app.use(accessLog(opts.log))
   if (opts.corsOrigins) {
-    app.use(cors({ origin: opts.corsOrigins, exposeHeaders: ['x-request-id', 'retry-after'] }))
+    app.use(cors({ origin: corsOrigin(opts.corsOrigins), exposeHeaders: ['x-request-id', 'retry-after'] }))
   }
   if (opts.apiKey) app.use(apiKeyAuth(opts.apiKey))
   const maxSize = opts.bodyLimitBytes ?? 4 * 1024 * 1024
@@ -103,10 +120,6 @@ export function createApp(opts: AppOptions): Hono {
       },
     }),
   )
-  app.use(async function longRequests(c, next) {
-    if (c.req.method === 'POST' && GENERATION_PATHS.has(c.req.path)) opts.onLongRequest?.(c.req.raw)
-    return next()
-  })
   for (const routes of [
     healthRoutes,
     metricsRoutes,
@@ -135,7 +148,7 @@ export function createApp(opts: AppOptions): Hono {
     // A client that hung up mid-request ends its generation as 'cancelled': not a server error.
     if (!c.req.raw.signal.aborted) state.metrics.errors.inc(1, { type: e.type })
     if (e.status >= 500 && e.status !== 503)
-      opts.log?.(`${c.get('requestId')} error: ${err.stack ?? err}`)
+      opts.log?.(`${c.get('requestId')} error: ${logSafe(String(err.stack ?? err))}`)
     return errorResponse(e, { 'x-request-id': c.get('requestId') ?? '' })
   })
   return app

@@ -67,3 +67,8 @@ export function finishReasonOf(fin: FinishEvent): 'stop' | 'length' {
   }
   return fin.reason
 }
+
+/** `{length_cause}` when a length finish has a cause (kv_cache: cut by the shared KV pool, not by a limit). */
+export function lengthCauseOf(fin: FinishEvent): { length_cause?: string } {
+  return fin.reason === 'length' && fin.lengthCause ? { length_cause: fin.lengthCause } : {}
+}

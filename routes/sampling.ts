@@ -135,6 +135,7 @@ export interface PromptOptionsBody {
   skip_special_tokens?: boolean | null
   add_generation_prompt?: boolean | null
   chat_template_kwargs?: Record<string, unknown> | null
+  split_special_tokens?: boolean | null
 }
 
 export function toPromptOptions(body: PromptOptionsBody): Partial<GenerateRequest> {
@@ -142,6 +143,10 @@ export function toPromptOptions(body: PromptOptionsBody): Partial<GenerateReques
   if (body.add_special_tokens != null) out.addSpecialTokens = body.add_special_tokens
   if (body.skip_special_tokens != null) out.skipSpecialTokens = body.skip_special_tokens
   if (body.add_generation_prompt != null) out.addGenerationPrompt = body.add_generation_prompt
-  if (body.chat_template_kwargs != null) out.chatTemplateKwargs = body.chat_template_kwargs
+  if (body.chat_template_kwargs != null) {
+    const kw = Object.entries(body.chat_template_kwargs).filter(([, v]) => v != null)
+    if (kw.length > 0) out.chatTemplateKwargs = Object.fromEntries(kw)
+  }
+  if (body.split_special_tokens != null) out.splitSpecialTokens = body.split_special_tokens
   return out
 }

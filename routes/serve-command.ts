@@ -13,6 +13,7 @@ const options = {
   cors: { type: 'string', multiple: true },
   'served-model-name': { type: 'string' },
   'max-in-flight': { type: 'string' },
+  'max-connections': { type: 'string' },
   quiet: { type: 'boolean', short: 'q' },
 } as const
 
@@ -27,6 +28,7 @@ export const serve: Command = {
       --cors ORIGIN            allow a browser origin ('*' for any; repeatable)
       --served-model-name ID   extra model id accepted in requests and listed by /v1/models
       --max-in-flight N        generations running + waiting before 429 (default 128)
+      --max-connections N      requests open at once (bodies being read, streams) before 503 (default 1024)
   -q, --quiet                  no access log
 
 ${modelHelp}`,
@@ -43,6 +45,7 @@ ${modelHelp}`,
       corsOrigins: values.cors,
       servedModelName: values['served-model-name'],
       maxInFlight: num(values, 'max-in-flight', { int: true, min: 1 }),
+      maxConnections: num(values, 'max-connections', { int: true, min: 1 }),
       log: values.quiet ? undefined : (line) => process.stderr.write(line + '\n'),
     })
     process.stderr.write(`listening on ${server.url} (the model is loading; /health says when it is ready)\n`)

@@ -25,6 +25,7 @@ type CountKey = { [K in keyof EngineStats]: EngineStats[K] extends number ? K : 
 interface StatsSource {
   model: { stats(): EngineStats } | null
   inFlight: number
+  connections?: () => { open: number; requests: number }
 }
 
 /** Registers every series; `source` gives the engine stats (absent while the model loads). */
@@ -46,6 +47,16 @@ export function createServerMetrics(source: StatsSource) {
     'Generations the HTTP server has in flight.',
     () => source.inFlight,
   )
+  r.gauge(
+    'minicpm:http_connections_open',
+    'TCP connections open to the server (accepted, any state).',
+    () => source.connections?.().open ?? 0,
+  )
+  r.gauge(
+    'minicpm:http_requests_open',
+    'HTTP requests the server has open (incl. bodies still being read and streams).',
+    () => source.connections?.().requests ?? 0,
+  )
   r.gauge('minicpm:kv_cache_usage_perc', 'Fraction of the KV cache budget in use (0..1).', () => {
     const s = source.model?.stats()
     return s && s.kvTokensTotal > 0 ? s.kvTokensUsed / s.kvTokensTotal : 0
@@ -62,6 +73,14 @@ export function createServerMetrics(source: StatsSource) {
     ),
     finished: r.counter('minicpm:request_success_total', 'Finished requests by finished_reason.'),
     errors: r.counter('minicpm:errors_total', 'Error responses and mid-stream errors by type.'),
+    stalled: r.counter(
+      'minicpm:streams_stalled_total',
+      'Streams cancelled because the client read nothing for the stall timeout.',
+    ),
+    refused: r.counter(
+      'minicpm:http_connections_refused_total',
+      'Requests refused with 503 because the server had too many open.',
+    ),
     ttft: r.histogram(
       'minicpm:time_to_first_token_seconds',
       'Time from submit to the first generated token.',

@@ -1,14 +1,21 @@
 /**
  * @module
  * startServer: Bun.serve over createApp. Listens at once (health answers 503 while the model loads),
- * binds 127.0.0.1 unless told otherwise, and lifts Bun's idle timeout for generation requests, whose
- * streams may sit silent through a long prefill (pings cover the client side).
+ * binds 127.0.0.1 unless told otherwise, and lifts Bun's idle timeout for a generation once the engine
+ * accepted it (its stream may sit silent through a long prefill; pings cover the client side): header
+ * and body reads keep the timeout on every route, so a client that never finishes its request is cut.
+ * At most `maxConnections` requests are open at once (bodies being read and streams included); more
+ * get 503 + connection: close at once.
  */
 
+import { readFileSync } from 'node:fs'
 import { createApp, type AppOptions, type ServedModel } from './app.ts'
+import { errorResponse, unavailable } from './errors.ts'
+import type { ServerMetrics } from './server-metrics.ts'
 import type { LoadOptions } from '../src/runtime/load.ts'
 
-export interface ServerOptions extends Omit<AppOptions, 'model' | 'onLongRequest'> {
+export interface ServerOptions
+  extends Omit<AppOptions, 'model' | 'onLongRequest' | 'connections' | 'onMetrics'> {
   /** A loaded model (or its promise). Omitted: loadModel(modelDir, load) is started here. */
   model?: ServedModel | Promise<ServedModel>
   modelDir?: string
@@ -21,6 +28,10 @@ export interface ServerOptions extends Omit<AppOptions, 'model' | 'onLongRequest
   idleTimeoutS?: number
   /** No access log (by default one line per request goes to stderr). */
   quiet?: boolean
+  /** Most requests open at once (bodies being read, streams) before 503; default 1024. */
+  maxConnections?: number
+  /** Warnings (e.g. a public bind without an API key); default stderr unless quiet. */
+  warn?: (line: string) => void
 }
 
 export interface RunningServer {
@@ -49,17 +60,35 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   // The rejection is reported by /health and the model routes; keep it from being unhandled here.
   model.catch(() => {})
   let server: ReturnType<typeof Bun.serve> | null = null
+  const maxConnections = opts.maxConnections ?? 1024
+  let metrics: ServerMetrics | null = null
   const app = createApp({
     log: opts.quiet ? undefined : (line) => process.stderr.write(`${line}\n`),
     ...opts,
     model,
     onLongRequest: (req) => server?.timeout(req, 0),
+    onMetrics: (m) => (metrics = m),
+    connections: () => ({
+      open: server ? openConnections(server.port!) : 0,
+      requests: server?.pendingRequests ?? 0,
+    }),
   })
+  const hostname0 = opts.host ?? '127.0.0.1'
+  const warn = opts.warn ?? (opts.quiet ? () => {} : (line: string) => process.stderr.write(`${line}\n`))
+  const exposed = publicBindWarning(hostname0, opts.apiKey)
+  if (exposed) warn(exposed)
   server = Bun.serve({
-    hostname: opts.host ?? '127.0.0.1',
+    hostname: hostname0,
     port: opts.port ?? 8080,
     idleTimeout: opts.idleTimeoutS ?? 120,
-    fetch: (req, srv) => app.fetch(req, srv),
+    fetch: (req, srv) => {
+      if (srv.pendingRequests > maxConnections) {
+        metrics?.refused.inc()
+        const e = unavailable(`too many open requests (limit ${maxConnections}), retry later`)
+        return errorResponse(e, { connection: 'close' })
+      }
+      return app.fetch(req, srv)
+    },
   })
   const hostname = server.hostname ?? opts.host ?? '127.0.0.1'
   const host = hostname.includes(':') ? `[${hostname}]` : hostname
@@ -79,4 +108,40 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       }
     },
   }
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.')
+}
+
+/** The warning for a bind other machines can reach with no API key (null when there is nothing to say). */
+export function publicBindWarning(host: string, apiKey: string | undefined): string | null {
+  if (apiKey || isLoopback(host)) return null
+  return (
+    `minicpm-edge serve: WARNING: listening on ${host} without an API key: anyone who can reach ` +
+    'this port can use the model (set --api-key or MINICPM_API_KEY)'
+  )
+}
+
+/**
+ * TCP connections accepted on `port` and not yet closed, from /proc/net/tcp{,6} (Linux; 0 elsewhere).
+ * Bun.serve has no accept hook, so this also sees sockets whose request headers never completed.
+ */
+export function openConnections(port: number): number {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`
+  let n = 0
+  for (const f of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string
+    try {
+      text = readFileSync(f, 'utf8')
+    } catch {
+      continue
+    }
+    for (const line of text.split('\n')) {
+      const cols = line.trim().split(/\s+/)
+      // local_address ends in the port; st: 0A = LISTEN, 06 = TIME_WAIT, 07 = CLOSE (no socket held)
+      if (cols[1]?.endsWith(hex) && cols[3] !== '0A' && cols[3] !== '06' && cols[3] !== '07') n++
+    }
+  }
+  return n
 }

@@ -3,6 +3,11 @@
  * Event streams for the generation routes: SSE (`data: {json}\n\n`, `: ping` comments) or NDJSON,
  * written through a ReadableStream so each frame is one chunk. The client's disconnect (request
  * signal or the body being cancelled) aborts one AbortController that the generation listens to.
+ *
+ * Backpressure: the stream queues at most STREAM_HIGH_WATER_BYTES beyond what Bun has pulled into the
+ * socket (Bun pulls only while the socket takes data). Producers `await sink.ready()` before each event,
+ * so a client that does not read pauses its generation's delivery; one that makes no progress for
+ * `stallTimeoutMs` is cancelled (its KV freed) and counted in `minicpm:streams_stalled_total`.
  */
 
 import type { Context } from 'hono'
@@ -16,6 +21,8 @@ export interface EventSink {
   send(obj: unknown): void
   /** Raw text (the SSE `data: [DONE]` terminator). */
   raw(text: string): void
+  /** Resolves once the client has room for more (at once unless it stopped reading), or is gone. */
+  ready(): Promise<void>
   /** Keepalive frames every `ms` until stopPings(): idle proxies and Bun's idle timeout stay quiet. */
   startPings(ms: number): void
   stopPings(): void
@@ -45,6 +52,9 @@ const HEADERS: Record<Framing, Record<string, string>> = {
   },
 }
 
+/** Bytes queued for a client beyond what its socket took, before delivery pauses. */
+export const STREAM_HIGH_WATER_BYTES = 64 * 1024
+
 /**
  * Starts `run` writing into a streamed response. An error thrown after the stream started becomes
  * `data: {"error":{...}}` (the shape the openai SDK turns into an APIError), then the stream closes.
@@ -63,16 +73,30 @@ export function eventStream(
   let ctl!: ReadableStreamDefaultController<Uint8Array>
   let closed = false
   let ping: ReturnType<typeof setInterval> | null = null
-  const body = new ReadableStream<Uint8Array>({
-    start: (controller) => {
-      ctl = controller
+  let waiters: Array<() => void> = []
+  let stall: ReturnType<typeof setTimeout> | null = null
+  const wake = () => {
+    if (stall) clearTimeout(stall)
+    stall = null
+    const w = waiters
+    waiters = []
+    for (const f of w) f()
+  }
+  const body = new ReadableStream<Uint8Array>(
+    {
+      start: (controller) => {
+        ctl = controller
+      },
+      pull: wake,
+      cancel: () => {
+        closed = true
+        sink.stopPings()
+        client.abort()
+        wake()
+      },
     },
-    cancel: () => {
-      closed = true
-      sink.stopPings()
-      client.abort()
-    },
-  })
+    new ByteLengthQueuingStrategy({ highWaterMark: STREAM_HIGH_WATER_BYTES }),
+  )
   const write = (text: string) => {
     if (closed) return
     try {
@@ -85,6 +109,19 @@ export function eventStream(
     send: (obj) =>
       write(framing === 'sse' ? `data: ${JSON.stringify(obj)}\n\n` : JSON.stringify(obj) + '\n'),
     raw: write,
+    ready() {
+      if (sink.closed || (ctl.desiredSize ?? 1) > 0) return Promise.resolve()
+      return new Promise<void>((resolve) => {
+        waiters.push(resolve)
+        stall ??= setTimeout(() => {
+          state.metrics.stalled.inc()
+          closed = true
+          sink.stopPings()
+          client.abort() // cancels the generation in the engine
+          wake()
+        }, state.stallTimeoutMs)
+      })
+    },
     startPings(ms) {
       if (ping || ms <= 0) return
       ping = setInterval(() => write(framing === 'sse' ? ': ping\n\n' : '{"type":"ping"}\n'), ms)
@@ -97,7 +134,14 @@ export function eventStream(
       return closed || client.signal.aborted
     },
   }
-  client.signal.addEventListener('abort', () => sink.stopPings(), { once: true })
+  client.signal.addEventListener(
+    'abort',
+    () => {
+      sink.stopPings()
+      wake()
+    },
+    { once: true },
+  )
   void run(sink)
     .catch((e) => {
       const err = toApiError(e)
@@ -106,6 +150,7 @@ export function eventStream(
     })
     .finally(() => {
       sink.stopPings()
+      wake()
       if (!closed) {
         closed = true
         try {

@@ -12,7 +12,16 @@ import { createServerMetrics, type ServerMetrics } from './server-metrics.ts'
 /** The part of the runtime's `Model` the server uses (structural, so tests can pass a fake). */
 export type ServedModel = Pick<
   Model,
-  'info' | 'tokenize' | 'detokenize' | 'tokenText' | 'applyChatTemplate' | 'generate' | 'stats'
+  | 'info'
+  | 'tokenize'
+  | 'detokenize'
+  | 'tokenizeAsync'
+  | 'tokenizeJson'
+  | 'detokenizeAsync'
+  | 'tokenText'
+  | 'applyChatTemplate'
+  | 'generate'
+  | 'stats'
 >
 
 /** Options shared by all routes; see createApp for defaults. */
@@ -25,8 +34,14 @@ export interface StateOptions {
   maxInFlight?: number
   /** Interval of `: ping` comments before the first token of a stream; default 1000 ms. */
   pingIntervalMs?: number
-  /** Called for every streaming/generation request (the server lifts its idle timeout there). */
+  /** Called for a generation once the engine accepted it (the server lifts its idle timeout there). */
   onLongRequest?: (req: Request) => void
+  /** A stream whose client reads nothing for this long is cancelled; default 30000 ms. */
+  stallTimeoutMs?: number
+  /** Open connections and requests, for /metrics (the server's view; absent under app.request()). */
+  connections?: () => { open: number; requests: number }
+  /** Receives the metrics once created (the server counts refused connections into them). */
+  onMetrics?: (m: ServerMetrics) => void
 }
 
 export class AppState {
@@ -35,13 +50,18 @@ export class AppState {
   inFlight = 0
   readonly maxInFlight: number
   readonly pingIntervalMs: number
+  readonly stallTimeoutMs: number
+  readonly connections: StateOptions['connections']
   readonly metrics: ServerMetrics
   readonly created = Math.floor(Date.now() / 1000)
 
   constructor(readonly opts: StateOptions) {
     this.maxInFlight = opts.maxInFlight ?? 128
     this.pingIntervalMs = opts.pingIntervalMs ?? 1000
+    this.stallTimeoutMs = opts.stallTimeoutMs ?? 30_000
+    this.connections = opts.connections
     this.metrics = createServerMetrics(this)
+    opts.onMetrics?.(this.metrics)
     if (opts.model instanceof Promise) {
       opts.model.then(
         (m) => (this.model = m),
@@ -103,11 +123,16 @@ export interface Generation {
  * Submits `req` and waits for the engine to accept it, so that queue-full, too-large and bad-token
  * errors become a proper HTTP status before any response header is sent. `signal` is the client's
  * disconnect; either it or `cancel()` aborts the request in the engine, including during prefill.
+ * Every accepted generation ends in exactly one `request_success_total{finished_reason}` increment
+ * and one e2e observation, whichever way it ends (finish event, cancel, client gone before the
+ * first event was read). Once accepted, `raw` (the HTTP request) may idle: onLongRequest lifts the
+ * server's idle timeout for it, never before the body was read and the engine took the request.
  */
 export async function startGeneration(
   state: AppState,
   req: GenerateRequest,
   signal: AbortSignal,
+  raw?: Request,
 ): Promise<Generation> {
   const model = state.get()
   if (state.inFlight >= state.maxInFlight) {
@@ -119,7 +144,16 @@ export async function startGeneration(
   if (signal.aborted) ac.abort()
   state.inFlight++
   const t0 = performance.now()
+  const m = state.metrics
   let released = false
+  let ended = false
+  /** The one terminal count of an accepted generation. */
+  const end = (reason: string) => {
+    if (ended) return
+    ended = true
+    m.finished.inc(1, { finished_reason: reason })
+    m.e2e.observe((performance.now() - t0) / 1000)
+  }
   const release = () => {
     if (released) return
     released = true
@@ -134,6 +168,7 @@ export async function startGeneration(
     release()
     throw toApiError(e)
   }
+  if (raw) state.opts.onLongRequest?.(raw)
   const pending = first.done ? null : first.value
   const promptTokens =
     pending?.type === 'start'
@@ -148,7 +183,11 @@ export async function startGeneration(
     pending?.type === 'start' ? null : pending,
     t0,
     ac,
-    release,
+    () => {
+      release()
+      end('cancelled')
+    },
+    end,
     () => {
       started = true
     },
@@ -158,9 +197,12 @@ export async function startGeneration(
     // A generator whose body never ran has no finally to run: release here instead.
     if (!started) {
       release()
+      end('cancelled')
       void it.return?.()
     }
   }
+  // The client left before the route read a single event (its generator never started).
+  ac.signal.addEventListener('abort', () => queueMicrotask(() => !started && cancel()), { once: true })
   return { promptTokens, events, cancel }
 }
 
@@ -171,6 +213,7 @@ async function* track(
   t0: number,
   ac: AbortController,
   release: () => void,
+  end: (reason: string) => void,
   onStart: () => void,
 ): AsyncGenerator<GenerateEvent> {
   onStart()
@@ -187,8 +230,7 @@ async function* track(
     } else if (ev.type === 'finish') {
       finished = true
       m.promptTokens.inc(ev.usage.promptTokens)
-      m.finished.inc(1, { finished_reason: ev.reason })
-      m.e2e.observe((now - t0) / 1000)
+      end(ev.reason)
       m.queueTime.observe(ev.timings.queueMs / 1000)
       if (ev.reason === 'error') m.errors.inc(1, { type: 'engine_error' })
     }
@@ -206,7 +248,7 @@ async function* track(
     }
   } finally {
     if (!finished) ac.abort()
-    release()
+    release() // counts 'cancelled' unless a finish event was counted
     await it.return?.()
   }
 }

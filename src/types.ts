@@ -35,6 +35,12 @@ export interface GenerateRequest extends SamplingOptions {
   addGenerationPrompt?: boolean // default true
   addSpecialTokens?: boolean // BOS; default true
   chatTemplateKwargs?: Record<string, unknown>
+  /**
+   * A text prompt's special-token text ('<|im_start|>') is tokenized as plain text (default true), as HF's
+   * split_special_tokens does; false parses it into control tokens (the old behaviour, for hand-built raw
+   * prompts). Chat message content is always plain text: only the template's own markup is special.
+   */
+  splitSpecialTokens?: boolean
   skipSpecialTokens?: boolean // default true
   signal?: AbortSignal
 }
@@ -62,7 +68,15 @@ export type GenerateEvent =
   | { type: 'start'; promptTokens: number } // accepted by the engine
   | { type: 'prefill'; done: number; total: number } // progress of a long prompt
   | { type: 'delta'; text: string; tokens: number[]; logprobs?: TokenLogprob[]; tUs: number }
-  | { type: 'finish'; reason: FinishReason; usage: Usage; timings: Timings; error?: string }
+  | {
+      type: 'finish'
+      reason: FinishReason
+      usage: Usage
+      timings: Timings
+      error?: string
+      /** With reason 'length': what ended it ('max_tokens', the context 'n_ctx', or the shared 'kv_cache' pool). */
+      lengthCause?: 'max_tokens' | 'n_ctx' | 'kv_cache'
+    }
 
 export interface ModelInfo {
   id: string

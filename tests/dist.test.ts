@@ -33,6 +33,7 @@ beforeAll(() => {
       '--no-compile-autoload-dotenv',
       '--no-compile-autoload-bunfig',
       'cli.ts',
+      'src/runtime/text-worker-entry.ts',
       lib,
       '--outfile',
       exe,

@@ -168,13 +168,21 @@ model_config parse_config(const std::string & json_text, const std::string & sou
     r.string_is("model_type", "minicpm");
     r.string_is("hidden_act", "silu");
 
-    c.n_vocab = r.positive("vocab_size");
-    c.n_embd = r.positive("hidden_size");
-    c.n_layer = r.positive("num_hidden_layers");
-    c.n_head = r.positive("num_attention_heads");
-    c.n_head_kv = r.positive_or("num_key_value_heads", c.n_head);
-    c.n_ff = r.positive("intermediate_size");
-    c.n_ctx_train = r.positive("max_position_embeddings");
+    // Sizes are bounded before anything is allocated from them: a hostile config.json (num_hidden_layers 1e9,
+    // max_position_embeddings 2^31-1) is refused naming the field instead of failing later as "out of memory".
+    // The bounds are far above any MiniCPM (8B: 32 layers, 4096 wide, 73448 vocab, 32768 positions).
+    auto sized = [&](const char * field, int64_t hi) { return r.integer(root.find(field), field, 1, hi); };
+    c.n_vocab = sized("vocab_size", int64_t(1) << 22);
+    c.n_embd = sized("hidden_size", int64_t(1) << 16);
+    c.n_layer = sized("num_hidden_layers", 1024);
+    c.n_head = sized("num_attention_heads", 1024);
+    if (const json_value * kv = root.find("num_key_value_heads"); kv == nullptr || kv->is_null()) {
+        c.n_head_kv = c.n_head;
+    } else {
+        c.n_head_kv = r.integer(kv, "num_key_value_heads", 1, 1024);
+    }
+    c.n_ff = sized("intermediate_size", int64_t(1) << 18);
+    c.n_ctx_train = sized("max_position_embeddings", int64_t(1) << 21);
     if (c.n_head % c.n_head_kv != 0) {
         r.bad("num_key_value_heads", "(" + std::to_string(c.n_head_kv) + ") must divide num_attention_heads (" +
                                          std::to_string(c.n_head) + ")");

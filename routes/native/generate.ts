@@ -8,7 +8,7 @@
 import { Hono } from 'hono'
 import type { GenerateRequest, TokenLogprob } from '../../src/types.ts'
 import { badRequest } from '../errors.ts'
-import { responseId, timingsOf, usageOf, type FinishEvent } from '../format.ts'
+import { lengthCauseOf, responseId, timingsOf, usageOf, type FinishEvent } from '../format.ts'
 import { checkContext, checkTokenIds, toPromptOptions, toSampling } from '../sampling.ts'
 import { generateRequest, parseBody, type NativeGenerateRequest } from '../schemas.ts'
 import { clientAbort, eventStream, type Framing } from '../sse.ts'
@@ -52,7 +52,7 @@ export function generateRoutes(state: AppState): Hono {
 
     const client = clientAbort(c)
     const t0 = performance.now()
-    const gen = await startGeneration(state, req, client.signal)
+    const gen = await startGeneration(state, req, client.signal, c.req.raw)
     try {
       checkContext(
         gen.promptTokens,
@@ -67,6 +67,7 @@ export function generateRoutes(state: AppState): Hono {
     const id = responseId('gen')
     const finishOut = (fin: FinishEvent) => ({
       finish_reason: fin.reason,
+      ...lengthCauseOf(fin),
       ...(fin.error ? { error: fin.error } : {}),
       usage: usageOf(fin),
       timings: timingsOf(fin),
@@ -98,6 +99,7 @@ export function generateRoutes(state: AppState): Hono {
       sink.send({ type: 'start', id, model: modelId, prompt_tokens: gen.promptTokens })
       sink.startPings(state.pingIntervalMs)
       for await (const ev of gen.events) {
+        await sink.ready() // a client that stopped reading pauses delivery here
         if (sink.closed) break
         if (ev.type === 'prefill') sink.send({ type: 'prefill', done: ev.done, total: ev.total })
         else if (ev.type === 'delta') {

@@ -9,6 +9,7 @@ import type { ChatMessage, GenerateRequest } from '../../src/types.ts'
 import { badRequest, unsupported } from '../errors.ts'
 import {
   finishReasonOf,
+  lengthCauseOf,
   responseId,
   SYSTEM_FINGERPRINT,
   timingsOf,
@@ -103,7 +104,7 @@ export function chatRoutes(state: AppState): Hono {
     Object.assign(req, toPromptOptions(body))
 
     const client = clientAbort(c)
-    const gen = await startGeneration(state, req, client.signal)
+    const gen = await startGeneration(state, req, client.signal, c.req.raw)
     try {
       checkContext(gen.promptTokens, maxTokens, model.info)
     } catch (e) {
@@ -135,6 +136,7 @@ export function chatRoutes(state: AppState): Hono {
       sink.send(chunk({ delta: { role: 'assistant', content: '' }, finish_reason: null }))
       sink.startPings(state.pingIntervalMs)
       for await (const ev of gen.events) {
+        await sink.ready() // a client that stopped reading pauses delivery here
         if (sink.closed) break
         if (ev.type === 'delta') {
           sink.stopPings()
@@ -150,7 +152,10 @@ export function chatRoutes(state: AppState): Hono {
         } else if (ev.type === 'finish') {
           if (client.signal.aborted) break
           const reason = finishReasonOf(ev)
-          sink.send({ ...chunk({ delta: {}, finish_reason: reason }), timings: timingsOf(ev) })
+          sink.send({
+            ...chunk({ delta: {}, finish_reason: reason, ...lengthCauseOf(ev) }),
+            timings: timingsOf(ev),
+          })
           if (includeUsage) sink.send({ ...base, choices: [], usage: usageOf(ev) })
           sink.raw('data: [DONE]\n\n')
         }
@@ -187,6 +192,7 @@ async function collect(
         message: { role: 'assistant', content: text, refusal: null },
         logprobs: wantLogprobs ? { content: lps, refusal: null } : null,
         finish_reason: reason,
+        ...lengthCauseOf(fin),
       },
     ],
     usage: usageOf(fin),

@@ -9,6 +9,7 @@ import type { GenerateRequest, ModelInfo } from '../../src/types.ts'
 import { badRequest, unsupported } from '../errors.ts'
 import {
   finishReasonOf,
+  lengthCauseOf,
   responseId,
   SYSTEM_FINGERPRINT,
   timingsOf,
@@ -80,10 +81,11 @@ export function completionRoutes(state: AppState): Hono {
     if (body.logprobs != null) Object.assign(base, { logprobs: true, topLogprobs: top })
     if (body.add_special_tokens != null) base.addSpecialTokens = body.add_special_tokens
     if (body.skip_special_tokens != null) base.skipSpecialTokens = body.skip_special_tokens
+    if (body.split_special_tokens != null) base.splitSpecialTokens = body.split_special_tokens
 
     const client = clientAbort(c)
     const started = await Promise.allSettled(
-      prompts.map((prompt) => startGeneration(state, { ...base, prompt }, client.signal)),
+      prompts.map((prompt) => startGeneration(state, { ...base, prompt }, client.signal, c.req.raw)),
     )
     const gens = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []))
     const failed = started.find((s) => s.status === 'rejected')
@@ -167,6 +169,7 @@ async function collect(ch: Choice, top: number | null) {
     text,
     logprobs: lp?.value ?? null,
     finish_reason: finishReasonOf(fin),
+    ...lengthCauseOf(fin),
   }
   return { choice, fin }
 }
@@ -189,6 +192,7 @@ async function pump(
   const lp = top != null ? new LegacyLogprobBuilder(ch.echo.length, top) : null
   if (ch.echo) send(ch.echo, null, null)
   for await (const ev of ch.gen.events) {
+    await sink.ready() // a client that stopped reading pauses delivery here
     if (sink.closed) return null
     if (ev.type === 'delta') {
       sink.stopPings()
@@ -198,7 +202,9 @@ async function pump(
       const reason = finishReasonOf(ev)
       sink.send({
         ...base,
-        choices: [{ index: ch.index, text: '', logprobs: null, finish_reason: reason }],
+        choices: [
+          { index: ch.index, text: '', logprobs: null, finish_reason: reason, ...lengthCauseOf(ev) },
+        ],
         ...usageNull,
         timings: timingsOf(ev),
       })

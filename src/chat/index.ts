@@ -1,3 +1,3 @@
 /** Chat prompt rendering from the model's own chat template. */
 
-export { ChatTemplate, ChatTemplateError } from './template'
+export { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError, type TemplateConfig } from './template'

@@ -5,18 +5,82 @@
  */
 
 import { join } from 'node:path'
-import { Template } from '@huggingface/jinja'
+import { Environment, Interpreter, Template } from '@huggingface/jinja'
 import type { ChatMessage } from '../types'
 
+/** The request's fault (bad messages, a kwarg, the template's raise_exception): an HTTP 400. */
 export class ChatTemplateError extends Error {
   override name = 'ChatTemplateError'
+  readonly statusName = 'invalid_argument'
+}
+
+/** The template's fault (it ran past its time or output budget): a server error, not the request's. */
+export class ChatTemplateBudgetError extends Error {
+  override name = 'ChatTemplateBudgetError'
+}
+
+/** Most elements one `range()` call of a template may make (range(1000000000) would exhaust memory). */
+export const TEMPLATE_RANGE_MAX = 100_000
+
+/** Names a request's chat_template_kwargs may not set: the template's own inputs and helpers. */
+const RESERVED_KWARGS = new Set([
+  'messages',
+  'add_generation_prompt',
+  'bos_token',
+  'eos_token',
+  'unk_token',
+  'pad_token',
+  'raise_exception',
+  'strftime_now',
+  'range',
+  'namespace',
+  'tools',
+  'documents',
+  'cycler',
+  'joiner',
+  'lipsum',
+  'dict',
+])
+
+function strftimeNow(format: string): string {
+  const d = new Date()
+  const p2 = (n: number) => String(n).padStart(2, '0')
+  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec']
+  const f: Record<string, string> = {
+    d: p2(d.getDate()),
+    m: p2(d.getMonth() + 1),
+    Y: String(d.getFullYear()),
+    y: p2(d.getFullYear() % 100),
+    H: p2(d.getHours()),
+    M: p2(d.getMinutes()),
+    S: p2(d.getSeconds()),
+    b: months[d.getMonth()]!,
+    B: d.toLocaleString('en-US', { month: 'long' }),
+    '%': '%',
+  }
+  return String(format).replace(/%([a-zA-Z%])/g, (m, c: string) => f[c] ?? m)
+}
+
+function raiseException(message: unknown): never {
+  throw new ChatTemplateError(`chat template raised: ${String(message)}`)
+}
+
+function boundedRange(start: number, stop?: number, step = 1): number[] {
+  if (stop === undefined) [start, stop] = [0, start]
+  if (![start, stop, step].every(Number.isInteger)) throw new ChatTemplateError('range() takes integers')
+  if (step === 0) throw new ChatTemplateError('range() step must not be zero')
+  const n = Math.max(0, Math.ceil((stop - start) / step))
+  if (n > TEMPLATE_RANGE_MAX) {
+    throw new ChatTemplateBudgetError(`range() of ${n} elements exceeds the template budget of ${TEMPLATE_RANGE_MAX}`)
+  }
+  return Array.from({ length: n }, (_, i) => start + i * step)
 }
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant'])
 
 type TokenField = string | { content: string } | null | undefined
 
-interface TemplateConfig {
+export interface TemplateConfig {
   chat_template?: string | Array<{ name: string; template: string }>
   bos_token?: TokenField
   eos_token?: TokenField
@@ -51,6 +115,19 @@ function normalizeMessage(m: ChatMessage, i: number): Record<string, unknown> {
   return { ...m, role: m.role === 'developer' ? 'system' : m.role, content }
 }
 
+/** What @huggingface/jinja's Template.render() declares, with range() bounded and errors typed. */
+const GLOBALS: Record<string, unknown> = {
+  false: false,
+  true: true,
+  none: null,
+  False: false,
+  True: true,
+  None: null,
+  raise_exception: raiseException,
+  range: boundedRange,
+  strftime_now: strftimeNow,
+}
+
 export class ChatTemplate {
   private compiled: Template | null = null
   private readonly specials: Record<string, string>
@@ -58,8 +135,8 @@ export class ChatTemplate {
   /** `source` null means the model has no chat template: render() then throws a clear error. */
   constructor(
     readonly source: string | null,
-    config: TemplateConfig = {},
-    private readonly origin = 'this model',
+    readonly config: TemplateConfig = {},
+    readonly origin = 'this model',
   ) {
     this.specials = {
       bos_token: tokenString(config.bos_token),
@@ -103,9 +180,12 @@ export class ChatTemplate {
       )
     }
     if (!Array.isArray(messages)) throw new ChatTemplateError('messages must be an array')
+    // kwargs first: nothing a caller passes can replace the template's inputs or its helpers (those keys are
+    // dropped, as transformers treats them; the HTTP layer refuses any key it does not know).
     const vars = {
+      ...Object.fromEntries(Object.entries(opts.kwargs ?? {}).filter(([k]) => !RESERVED_KWARGS.has(k))),
+      ...GLOBALS,
       ...this.specials,
-      ...(opts.kwargs ?? {}),
       messages: messages.map(normalizeMessage),
       add_generation_prompt: opts.addGenerationPrompt ?? false,
     }
@@ -115,8 +195,13 @@ export class ChatTemplate {
       throw new ChatTemplateError(`chat template of ${this.origin} could not be parsed: ${(e as Error).message}`)
     }
     try {
-      return this.compiled.render(vars)
+      // Template.render() with our globals: raise_exception as a ChatTemplateError, range() bounded.
+      const env = new Environment()
+      for (const [k, v] of Object.entries(vars)) env.set(k, v)
+      const parsed = (this.compiled as unknown as { parsed: Parameters<Interpreter['run']>[0] }).parsed
+      return new Interpreter(env).run(parsed).value as string
     } catch (e) {
+      if (e instanceof ChatTemplateError || e instanceof ChatTemplateBudgetError) throw e
       throw new ChatTemplateError(`chat template raised: ${(e as Error).message}`)
     }
   }

@@ -8,7 +8,8 @@
 import { NativeError, type NativeEngine, type NativeEvent, type NativeSampling } from '../../ffi/index'
 import { StopMatcher, StreamDecoder } from '../text/index'
 import type { Tokenizer } from '../tokenizer/index'
-import type { FinishReason, GenerateEvent, GenerateRequest, SamplingOptions, TokenLogprob } from '../types'
+import { ChatTemplateError } from '../chat/index'
+import type { ChatMessage, FinishReason, GenerateEvent, GenerateRequest, SamplingOptions, TokenLogprob } from '../types'
 import { Timeline } from './timeline'
 
 /** While no token has come yet, request info is read this often to report prefill progress (default). */
@@ -28,21 +29,91 @@ const threadCpuUs = (): number => {
 export interface GenerateDeps {
   engine: NativeEngine
   tokenizer: Tokenizer
-  render: (req: GenerateRequest) => string // chat template (throws when the model has none)
+  /** Chat template (rejects when the model has none, or when the template runs past its budget). */
+  render: (req: GenerateRequest) => Promise<string>
+  /** Tokenizes (large texts off the main thread); split: special-token text stays text. */
+  encode: (text: string, o: { addSpecialTokens: boolean; split: boolean }) => Promise<number[]>
   defaults: SamplingOptions
   nVocab: number
+  nCtx: number
   prefillTickMs: number
 }
 
-export function promptTokens(deps: GenerateDeps, req: GenerateRequest): number[] {
+/** A prompt that cannot fit the context, found before any tokenizing: mapped to HTTP 400 context_length_exceeded. */
+export class PromptTooLongError extends Error {
+  override name = 'PromptTooLongError'
+  readonly statusName = 'too_large'
+}
+
+/** Refuses text that needs more tokens than the context holds even at the longest piece per token. */
+function checkChars(deps: GenerateDeps, chars: number, what: string): void {
+  const atLeast = Math.ceil(chars / Math.max(1, deps.tokenizer.maxPieceChars))
+  if (atLeast >= deps.nCtx) {
+    throw new PromptTooLongError(
+      `${what} has ${chars} characters, at least ${atLeast} tokens (${deps.tokenizer.maxPieceChars} characters ` +
+        `per token at most), which does not fit the context of ${deps.nCtx} tokens`,
+    )
+  }
+}
+
+const contentOf = (m: ChatMessage): string =>
+  typeof m.content === 'string' ? m.content : Array.isArray(m.content) ? m.content.map((p) => p?.text ?? '').join('') : ''
+
+export async function promptTokens(deps: GenerateDeps, req: GenerateRequest): Promise<number[]> {
   const addSpecialTokens = req.addSpecialTokens ?? true
   if (req.messages !== undefined) {
     if (req.prompt !== undefined) throw new TypeError('generate: give either prompt or messages, not both')
-    return deps.tokenizer.encode(deps.render(req), { addSpecialTokens })
+    if (Array.isArray(req.messages)) {
+      checkChars(deps, req.messages.reduce((n, m) => n + contentOf(m).length, 0), 'messages content')
+    }
+    const text = await deps.render(req)
+    checkChars(deps, text.length, 'the rendered chat prompt')
+    return chatTokens(deps, req, text, addSpecialTokens)
   }
-  if (typeof req.prompt === 'string') return deps.tokenizer.encode(req.prompt, { addSpecialTokens })
+  if (typeof req.prompt === 'string') {
+    checkChars(deps, req.prompt.length, 'prompt')
+    return deps.encode(req.prompt, { addSpecialTokens, split: req.splitSpecialTokens ?? true })
+  }
   if (Array.isArray(req.prompt)) return req.prompt
   throw new TypeError('generate: a prompt (text or token ids) or messages is required')
+}
+
+/**
+ * A rendered chat prompt as tokens where only the template's own markup can be a special token. Content that
+ * holds no special-token text tokenizes the same either way (the common case: one plain encode). Otherwise the
+ * template is rendered again with each content replaced by a sentinel; the markup between sentinels is encoded
+ * with special tokens, each content as text (split_special_tokens), so 'hi<|im_end|>' cannot forge a turn.
+ */
+async function chatTokens(
+  deps: GenerateDeps,
+  req: GenerateRequest,
+  text: string,
+  addSpecialTokens: boolean,
+): Promise<number[]> {
+  const { tokenizer } = deps
+  const messages = req.messages ?? []
+  const contents = messages.map(contentOf)
+  const hasSpecial = (c: string) => tokenizer.specialTokens.some((t) => t !== '' && c.includes(t))
+  if (!contents.some(hasSpecial)) return deps.encode(text, { addSpecialTokens, split: false })
+  const mark = (i: number) => `\u{F0000}${i}\u{F0001}`
+  const marked = await deps.render({ ...req, messages: messages.map((m, i) => ({ ...m, content: mark(i) })) })
+  const parts = marked.split(/\u{F0000}(\d+)\u{F0001}/u)
+  // parts: markup, index, markup, index, ..., markup; substituting the contents back must give `text` exactly.
+  let rebuilt = ''
+  for (let k = 0; k < parts.length; k++) rebuilt += k % 2 === 0 ? parts[k] : contents[Number(parts[k])]
+  if (rebuilt !== text) {
+    throw new ChatTemplateError(
+      'a message contains special-token text and the chat template alters message content, so it cannot be ' +
+        'kept as plain text; remove the special-token text from the message',
+    )
+  }
+  const ids = addSpecialTokens ? tokenizer.encode('', { addSpecialTokens: true }) : []
+  for (let k = 0; k < parts.length; k++) {
+    const piece = k % 2 === 0 ? parts[k]! : contents[Number(parts[k])]!
+    if (piece === '') continue
+    ids.push(...(k % 2 === 0 ? tokenizer.encode(piece, { addSpecialTokens: false }) : tokenizer.encodeText(piece, { addSpecialTokens: false })))
+  }
+  return ids
 }
 
 function samplingOf(req: GenerateRequest, defaults: SamplingOptions): NativeSampling {
@@ -67,8 +138,18 @@ function samplingOf(req: GenerateRequest, defaults: SamplingOptions): NativeSamp
 /** The request's events; throws (before any event) on a bad request or a submit the engine refuses. */
 export async function* generate(deps: GenerateDeps, req: GenerateRequest): AsyncGenerator<GenerateEvent> {
   const { engine, tokenizer } = deps
-  const ids = promptTokens(deps, req)
+  const ids = await promptTokens(deps, req)
   const sampling = samplingOf(req, deps.defaults)
+  if (sampling.maxTokens !== undefined) {
+    const pool = engine.stats().kvTokensTotal
+    if (ids.length + sampling.maxTokens > pool) {
+      throw new PromptTooLongError(
+        `prompt of ${ids.length} tokens + max_tokens ${sampling.maxTokens} = ${ids.length + sampling.maxTokens} ` +
+          `tokens can never fit the KV cache pool of ${pool} tokens (smaller than the context of ${deps.nCtx}); ` +
+          'lower max_tokens or start the server with a larger --kv-bytes',
+      )
+    }
+  }
   const signal = req.signal
   if (signal?.aborted) {
     yield {
@@ -173,12 +254,22 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
       }
     }
     const reason: FinishReason = stopString ? 'stop' : (finish ?? 'error')
+    // The engine says 'length' for three limits: tell them apart (a pool smaller than the context cuts early).
+    const lengthCause =
+      reason !== 'length'
+        ? undefined
+        : sampling.maxTokens !== undefined && completion >= sampling.maxTokens
+          ? 'max_tokens'
+          : ids.length + completion >= deps.nCtx
+            ? 'n_ctx'
+            : 'kv_cache'
     yield {
       type: 'finish',
       reason,
       usage: { promptTokens: ids.length, completionTokens: completion },
       timings: timeline.timings(completion),
       ...(reason === 'error' ? { error: failure } : {}),
+      ...(lengthCause ? { lengthCause } : {}),
     }
   } finally {
     signal?.removeEventListener('abort', onAbort)

@@ -4,12 +4,18 @@
  */
 import { join } from 'node:path'
 import { NativeEngine, NativeModel, type KvDtype } from '../../ffi/index'
-import { ChatTemplate } from '../chat/index'
+import { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError } from '../chat/index'
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index'
 import type { ChatMessage, EngineStats, GenerateEvent, GenerateRequest, ModelInfo, SamplingOptions } from '../types'
 import { cacheRoot, DEFAULT_MODEL_ID, ensureDefaultModel } from './default-model'
 import { generate, PREFILL_TICK_MS, type GenerateDeps } from './generate'
 import { readModelDir } from './model-dir'
+import { TextWorker } from './text-worker'
+
+/** Texts longer than this (UTF-16 units) and id lists longer than this are tokenized in the text worker. */
+export const OFFLOAD_CHARS = 64 * 1024
+export const OFFLOAD_IDS = 32 * 1024
+const TOKENIZE_BUDGET_MS = 120_000
 
 /** KV cache element types the engine takes. Without one it uses bf16 (minicpm.h, engine_params.kv_dtype). */
 export const KV_DTYPES = ['f32', 'bf16', 'f16'] as const satisfies readonly KvDtype[]
@@ -28,6 +34,12 @@ export interface LoadOptions {
   poll?: boolean
   /** How often a request waiting for its first token reports prefill progress; default 100 ms. */
   prefillTickMs?: number
+  /** Time budget of one chat template rendering (it runs in a worker that is terminated past it); default 2000 ms. */
+  templateBudgetMs?: number
+  /** Output budget of one chat template rendering, in characters; default 16 Mi. */
+  templateMaxChars?: number
+  /** Load warnings (pool smaller than the context, a broken template); default stderr. */
+  warn?: (line: string) => void
   onProgress?: (phase: string, done: number, total: number) => void
 }
 
@@ -40,6 +52,18 @@ export interface Model extends Disposable {
     messages: ChatMessage[],
     opts?: { addGenerationPrompt?: boolean; kwargs?: Record<string, unknown> },
   ): string
+  /** Like tokenize, off the main thread for large texts; withPieces adds each token's text. */
+  tokenizeAsync(
+    text: string,
+    opts?: { addSpecialTokens?: boolean; withPieces?: boolean },
+  ): Promise<{ ids: number[]; pieces?: string[] }>
+  /**
+   * The JSON text of the token list (ids, or {id, piece} with withPieces) and its length: for large texts
+   * both the tokenizing and the stringify happen in the text worker.
+   */
+  tokenizeJson(text: string, opts?: { addSpecialTokens?: boolean; withPieces?: boolean }): Promise<{ count: number; json: string }>
+  /** Like detokenize, off the main thread for long id lists. */
+  detokenizeAsync(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string>
   generate(req: GenerateRequest): AsyncIterable<GenerateEvent>
   stats(): EngineStats
   generationDefaults: SamplingOptions
@@ -60,6 +84,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     const label = facts.id === DEFAULT_MODEL_ID ? 'the default model' : facts.id
     process.stderr.write(`minicpm-edge: ${label} (${facts.dir}) has RANDOM weights: its output is meaningless\n`)
   }
+  for (const w of facts.warnings) (opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`)))(`minicpm-edge: WARNING: ${w}`)
   progress('weights', 0, 1)
   const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
   try {
@@ -71,7 +96,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     progress('tokenizer', 1, 1)
     progress('engine', 0, 1)
     // A model without a chat template still serves plain prompts; chat use reports why it cannot.
-    const template = await ChatTemplate.fromDir(facts.dir).catch((e: Error) => e)
+    let template: ChatTemplate | Error = await ChatTemplate.fromDir(facts.dir).catch((e: Error) => e)
     const engine = new NativeEngine(native, {
       nThreads: opts.nThreads,
       nCtx: opts.nCtx,
@@ -105,23 +130,75 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       quantizationConfig: nativeInfo.quantizationConfig,
       warnings,
     }
+    const warn = opts.warn ?? ((line: string) => process.stderr.write(`${line}\n`))
+    const kvTokens = engine.stats().kvTokensTotal
+    if (kvTokens < info.nCtx) {
+      warn(
+        `minicpm-edge: WARNING: the KV cache pool holds ${kvTokens} tokens, fewer than the context of ${info.nCtx}: ` +
+          'requests that need more are refused or cut (finish_reason length, cause kv_cache); raise --kv-bytes',
+      )
+    }
+    const worker = new TextWorker()
+    const budgetMs = opts.templateBudgetMs ?? 2000
+    const maxChars = opts.templateMaxChars ?? 16 * 1024 * 1024
+    const noTemplate = (t: Error) => new Error(`${facts.id} has no usable chat template: ${t.message}`)
+    const renderAsync = (messages: ChatMessage[], addGenerationPrompt: boolean, kwargs?: Record<string, unknown>) => {
+      const t = template
+      if (t instanceof Error) return Promise.reject(noTemplate(t))
+      if (t.source === null) return Promise.resolve(t.render(messages)) // throws: no template
+      return worker.run<string>(
+        { op: 'render', source: t.source, config: t.config, origin: t.origin, messages, addGenerationPrompt, kwargs, maxChars },
+        budgetMs,
+        () => new ChatTemplateBudgetError(`the chat template of ${facts.id} did not finish within ${budgetMs} ms`),
+      )
+    }
+    // A template must render a two-turn conversation within its budget, or chat is off (with the reason).
+    if (!(template instanceof Error) && template.available) {
+      const turns: ChatMessage[] = [
+        { role: 'user', content: 'Hello' },
+        { role: 'assistant', content: 'Hi' },
+      ]
+      const failed = await renderAsync(turns, true).then(
+        (out) => (typeof out === 'string' && out.includes('Hello') ? null : new Error('it dropped the messages')),
+        (e: Error) => e,
+      )
+      if (failed) {
+        template = new ChatTemplateError(`it failed the load check (a two-turn conversation): ${failed.message}`)
+        warn(`minicpm-edge: WARNING: ${facts.id}: chat disabled, the chat template ${template.message.slice(3)}`)
+      }
+    }
     const applyChatTemplate: Model['applyChatTemplate'] = (messages, o = {}) => {
-      if (template instanceof Error) throw new Error(`${facts.id} has no usable chat template: ${template.message}`)
+      if (template instanceof Error) throw noTemplate(template)
       return template.render(messages, { addGenerationPrompt: o.addGenerationPrompt ?? true, kwargs: o.kwargs })
+    }
+    const tokenizerDir = { dir: facts.dir, cacheDir: join(cacheRoot(), 'tokenizers') }
+    const tokenizeTimeout = () => new Error(`tokenizing did not finish within ${TOKENIZE_BUDGET_MS} ms`)
+    const encode: GenerateDeps['encode'] = async (text, o) => {
+      if (text.length <= OFFLOAD_CHARS) {
+        return o.split ? tokenizer.encodeText(text, o) : tokenizer.encode(text, o)
+      }
+      const r = await worker.run<{ ids: Int32Array }>(
+        { op: 'encode', ...tokenizerDir, text, addSpecialTokens: o.addSpecialTokens, split: o.split },
+        TOKENIZE_BUDGET_MS,
+        tokenizeTimeout,
+      )
+      return Array.from(r.ids)
     }
     const deps: GenerateDeps = {
       engine,
       tokenizer,
+      encode,
       defaults: facts.generationDefaults,
       nVocab: nativeInfo.nVocab,
+      nCtx: info.nCtx,
       prefillTickMs: opts.prefillTickMs ?? PREFILL_TICK_MS,
       render: (req) =>
-        applyChatTemplate(req.messages ?? [], {
-          addGenerationPrompt: req.addGenerationPrompt,
-          kwargs: req.chatTemplateKwargs,
-        }),
+        renderAsync(req.messages ?? [], req.addGenerationPrompt ?? true, req.chatTemplateKwargs),
     }
-    const dispose = () => native.dispose() // disposes the engine first (a child of the model)
+    const dispose = () => {
+      worker.close()
+      native.dispose() // disposes the engine first (a child of the model)
+    }
     return {
       info,
       tokenizer,
@@ -129,6 +206,41 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       generationDefaults: facts.generationDefaults,
       tokenize: (text, o) => tokenizer.encode(text, o),
       detokenize: (ids, o) => tokenizer.decode(ids, o),
+      tokenizeAsync: async (text, o = {}) => {
+        const addSpecialTokens = o.addSpecialTokens ?? true
+        if (text.length <= OFFLOAD_CHARS) {
+          const ids = tokenizer.encode(text, { addSpecialTokens })
+          return { ids, ...(o.withPieces ? { pieces: ids.map((id) => tokenizer.tokenText(id)) } : {}) }
+        }
+        const r = await worker.run<{ ids: Int32Array; pieces?: string[] }>(
+          { op: 'encode', ...tokenizerDir, text, addSpecialTokens, split: false, withPieces: o.withPieces },
+          TOKENIZE_BUDGET_MS,
+          tokenizeTimeout,
+        )
+        return { ids: Array.from(r.ids), ...(r.pieces ? { pieces: r.pieces } : {}) }
+      },
+      tokenizeJson: async (text, o = {}) => {
+        const addSpecialTokens = o.addSpecialTokens ?? true
+        if (text.length <= OFFLOAD_CHARS) {
+          const ids = tokenizer.encode(text, { addSpecialTokens })
+          const list = o.withPieces ? ids.map((id) => ({ id, piece: tokenizer.tokenText(id) })) : ids
+          return { count: ids.length, json: JSON.stringify(list) }
+        }
+        return worker.run<{ count: number; json: string }>(
+          { op: 'encode', ...tokenizerDir, text, addSpecialTokens, split: false, withPieces: o.withPieces, json: true },
+          TOKENIZE_BUDGET_MS,
+          tokenizeTimeout,
+        )
+      },
+      detokenizeAsync: async (ids, o = {}) => {
+        if (ids.length <= OFFLOAD_IDS) return tokenizer.decode(ids, o)
+        for (const id of ids) tokenizer.tokenText(id) // a RangeError naming a bad id, before any transfer
+        return worker.run<string>(
+          { op: 'decode', ...tokenizerDir, ids: Int32Array.from(ids), skipSpecialTokens: o.skipSpecialTokens ?? false },
+          TOKENIZE_BUDGET_MS,
+          tokenizeTimeout,
+        )
+      },
       tokenText: (id) => tokenizer.tokenText(id),
       applyChatTemplate,
       generate: (req) => generate(deps, req),

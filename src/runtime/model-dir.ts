@@ -12,6 +12,8 @@ export interface ModelDirFacts {
   randomWeights: boolean
   config: Record<string, unknown>
   generationDefaults: SamplingOptions
+  /** Fields of generation_config.json that were ignored, each naming the field and why. */
+  warnings: string[]
 }
 
 function readJson(path: string): Record<string, unknown> {
@@ -29,26 +31,67 @@ export function readModelDir(dir: string): ModelDirFacts {
   const config = readJson(configPath)
   const marker = config.minicpm_edge as { random_weights?: unknown } | undefined
   const genPath = join(abs, 'generation_config.json')
+  const warnings: string[] = []
+  const generationDefaults = existsSync(genPath)
+    ? samplingDefaults(readJson(genPath), (w) => warnings.push(`${genPath}: ${w}`))
+    : {}
   return {
     dir: abs,
     id: basename(abs),
     randomWeights: marker?.random_weights === true,
     config,
-    generationDefaults: existsSync(genPath) ? samplingDefaults(readJson(genPath)) : {},
+    generationDefaults,
+    warnings,
   }
 }
 
+const INT32_MAX = 2 ** 31 - 1
+
+/** Valid range of each generation_config field we read: [lo, hi, integer, lo exclusive]. */
+const GEN_FIELDS: Record<string, [number, number, boolean, boolean]> = {
+  temperature: [0, 100, false, false],
+  top_p: [0, 1, false, true],
+  top_k: [0, INT32_MAX, true, false],
+  min_p: [0, 1, false, false],
+  repetition_penalty: [0, 100, false, true],
+  max_new_tokens: [1, INT32_MAX, true, false],
+}
+
 /** HF generation_config.json -> the request fields it provides defaults for. */
-export function samplingDefaults(gen: Record<string, unknown>): SamplingOptions {
-  const num = (k: string) => (typeof gen[k] === 'number' ? (gen[k] as number) : undefined)
+export function samplingDefaults(
+  gen: Record<string, unknown>,
+  warn: (line: string) => void = () => {},
+): SamplingOptions {
+  // A value of the wrong type or out of range is ignored with a warning naming it (never sent to the engine).
+  const num = (k: string) => {
+    const v = gen[k]
+    if (v === undefined || v === null) return undefined
+    const [lo, hi, int, loOpen] = GEN_FIELDS[k]!
+    const ok =
+      typeof v === 'number' &&
+      Number.isFinite(v) &&
+      (!int || Number.isInteger(v)) &&
+      (loOpen ? v > lo : v >= lo) &&
+      v <= hi
+    if (!ok) {
+      const range = `${loOpen ? '(' : '['}${lo}, ${hi}]`
+      warn(`'${k}' ignored: ${JSON.stringify(v)} is not ${int ? 'an integer' : 'a number'} in ${range}`)
+      return undefined
+    }
+    return v as number
+  }
   const out: SamplingOptions = {}
   // HF: do_sample false means greedy whatever temperature says.
   const temperature = gen.do_sample === false ? 0 : num('temperature')
   if (temperature !== undefined) out.temperature = temperature
-  if (num('top_p') !== undefined) out.topP = num('top_p')
-  if (num('top_k') !== undefined) out.topK = num('top_k')
-  if (num('min_p') !== undefined) out.minP = num('min_p')
-  if (num('repetition_penalty') !== undefined) out.repetitionPenalty = num('repetition_penalty')
-  if (num('max_new_tokens') !== undefined) out.maxTokens = num('max_new_tokens')
+  const set = <K extends keyof SamplingOptions>(k: K, field: string) => {
+    const v = num(field)
+    if (v !== undefined) out[k] = v as SamplingOptions[K]
+  }
+  set('topP', 'top_p')
+  set('topK', 'top_k')
+  set('minP', 'min_p')
+  set('repetitionPenalty', 'repetition_penalty')
+  set('maxTokens', 'max_new_tokens')
   return out
 }

@@ -16,6 +16,11 @@ import { JsonTokenizer, type TokenizerSources } from './tokenizer'
 export interface Tokenizer {
   /** addSpecialTokens (default true) adds BOS per tokenizer_config add_bos_token */
   encode(text: string, opts?: { addSpecialTokens?: boolean }): number[]
+  /**
+   * Like encode, but special tokens are split (HF split_special_tokens): text such as '<|im_end|>' becomes the
+   * tokens of those characters, never the control token. For user content inside a chat prompt.
+   */
+  encodeText(text: string, opts?: { addSpecialTokens?: boolean }): number[]
   decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): string
   /** one token's surface text; a byte-fallback token gives its raw byte as text (U+FFFD when not ASCII) */
   tokenText(id: number): string
@@ -26,6 +31,10 @@ export interface Tokenizer {
   /** tokenizer_config eos_token, then generation_config / config eos_token_id, deduped */
   readonly eosIds: number[]
   readonly specialIds: Set<number>
+  /** The text of every special token (e.g. '<|im_start|>'), longest first. */
+  readonly specialTokens: string[]
+  /** Longest vocabulary piece in UTF-16 units: a text of n units needs at least n / maxPieceChars tokens. */
+  readonly maxPieceChars: number
   readonly kind: 'tokenizer.json' | 'tokenizer.model'
 }
 

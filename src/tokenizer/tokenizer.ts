@@ -33,8 +33,11 @@ export class JsonTokenizer implements Tokenizer {
   readonly bosId: number | null
   readonly eosIds: number[]
   readonly specialIds: Set<number>
+  readonly specialTokens: string[]
+  readonly maxPieceChars: number
   readonly kind: Tokenizer['kind']
   private readonly hf: HfTokenizer
+  private plain: HfTokenizer | null = null
   private readonly pieces: string[] = []
   private readonly added = new Set<number>()
   private readonly bytesCache: Array<Uint8Array | undefined> = []
@@ -61,6 +64,13 @@ export class JsonTokenizer implements Tokenizer {
     }
     this.vocabSize = this.pieces.length
     this.specialIds = new Set(src.json.added_tokens.filter((t) => t.special).map((t) => t.id))
+    this.specialTokens = src.json.added_tokens
+      .filter((t) => t.special)
+      .map((t) => t.content)
+      .sort((a, b) => b.length - a.length)
+    let longest = 1
+    for (const p of this.pieces) if (p !== undefined && p.length > longest) longest = p.length
+    this.maxPieceChars = longest
     const idOf = (c: string | null) => (c === null ? undefined : this.hf.token_to_id(c))
     this.bosId = idOf(tokenContent(src.config.bos_token)) ?? src.configBosId
     const eos = idOf(tokenContent(src.config.eos_token))
@@ -70,6 +80,13 @@ export class JsonTokenizer implements Tokenizer {
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
     if (typeof text !== 'string') throw new TypeError('encode: text must be a string')
     return this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids
+  }
+
+  encodeText(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    if (typeof text !== 'string') throw new TypeError('encodeText: text must be a string')
+    if (!this.specialTokens.some((t) => text.includes(t))) return this.encode(text, opts)
+    this.plain ??= withoutSpecialSplitting(this.hf)
+    return this.plain.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids
   }
 
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
@@ -102,6 +119,37 @@ export class JsonTokenizer implements Tokenizer {
     }
     return piece
   }
+}
+
+interface HfAddedToken {
+  content: string
+  special: boolean
+  normalized: boolean
+}
+interface HfInternals {
+  added_tokens: HfAddedToken[]
+  added_tokens_map: Map<string, HfAddedToken>
+  normalizer: ((s: string) => string) | null
+  splitter_unnormalized: { constructor: new (tokens: string[]) => unknown }
+  splitter_normalized: unknown
+}
+
+/**
+ * The same tokenizer with special tokens left out of the added-token splitting (what HF's
+ * split_special_tokens=True does): their text goes through the model like any other text. It shares
+ * everything else (vocab, merges, caches) with `hf`; tokenizers.js has no such option, so this swaps its
+ * two splitters and its added-token map on a prototype-linked copy.
+ */
+function withoutSpecialSplitting(hf: HfTokenizer): HfTokenizer {
+  const h = hf as unknown as HfInternals
+  const kept = h.added_tokens.filter((t) => !t.special)
+  const Splitter = h.splitter_unnormalized.constructor
+  const norm = h.normalizer
+  const copy = Object.create(hf) as HfInternals
+  copy.added_tokens_map = new Map([...h.added_tokens_map].filter(([, t]) => !t.special))
+  copy.splitter_unnormalized = new Splitter(kept.filter((t) => !(t.normalized && norm)).map((t) => t.content)) as never
+  copy.splitter_normalized = new Splitter(kept.filter((t) => t.normalized && norm).map((t) => norm!(t.content)))
+  return copy as unknown as HfTokenizer
 }
 
 /**

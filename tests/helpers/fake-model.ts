@@ -90,6 +90,21 @@ export class FakeModel implements ServedModel {
     return String.fromCodePoint(id)
   }
 
+  async tokenizeAsync(text: string, opts?: { addSpecialTokens?: boolean; withPieces?: boolean }) {
+    const ids = this.tokenize(text, opts)
+    return { ids, ...(opts?.withPieces ? { pieces: ids.map((id) => this.tokenText(id)) } : {}) }
+  }
+
+  async tokenizeJson(text: string, opts?: { addSpecialTokens?: boolean; withPieces?: boolean }) {
+    const r = await this.tokenizeAsync(text, opts)
+    const list = r.pieces ? r.ids.map((id, i) => ({ id, piece: r.pieces![i] })) : r.ids
+    return { count: r.ids.length, json: JSON.stringify(list) }
+  }
+
+  async detokenizeAsync(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string> {
+    return this.detokenize(ids, opts)
+  }
+
   applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string {
     const text = (c: ChatMessage['content']) =>
       typeof c === 'string' ? c : c.map((p) => p.text).join('')
