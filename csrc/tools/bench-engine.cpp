@@ -143,6 +143,8 @@ int main(int argc, char ** argv) {
 
     minicpm_model_params mp;
     minicpm_model_default_params(&mp);
+    if (const char * b = std::getenv("MINICPM_BACKEND"))  // cpu | cuda | auto (scripts/gpu-check.sh)
+        mp.backend = std::string(b) == "cuda" ? MINICPM_BACKEND_CUDA : std::string(b) == "cpu" ? MINICPM_BACKEND_CPU : 0;
     minicpm_model_t * model = nullptr;
     int32_t rc = minicpm_model_load(argv[1], &mp, &model);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_load", rc);
@@ -150,6 +152,7 @@ int main(int argc, char ** argv) {
     info.size = sizeof(info);
     rc = minicpm_model_info(model, &info);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_info", rc);
+    std::printf("backend: %s\n", info.backend_name);
 
     // Sequence 0 decodes alone, 1..8 as the batch of 8, 9..40 as the batch of 32.
     const int32_t n_prefill = 512, ctx_len = 64, n_rounds = 12, n_seq_max = 1 + 8 + 32;

@@ -1,0 +1,195 @@
+// The CUDA backend: device buffers, one stream, the kernels of csrc/cuda/*.cu. Batch metadata (segments, block
+// tables, masks) arrives as host memory and is flattened into one row table per batch, uploaded once and
+// reused by every layer's kv_store and attention.
+#include "cuda/ops.cuh"
+
+#include <cstring>
+#include <vector>
+
+namespace minicpm {
+
+namespace {
+
+using cuda::check;
+
+class cuda_backend final : public backend {
+  public:
+    explicit cuda_backend(const backend_options & o) {
+        int n = 0;
+        const cudaError_t e = cudaGetDeviceCount(&n);
+        if (e != cudaSuccess || n == 0)
+            fail(MINICPM_STATUS_UNSUPPORTED, std::string("backend cuda: no usable CUDA device (") +
+                                                 (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") + ")");
+        MINICPM_CUDA_CHECK(cudaSetDevice(0));
+        cudaDeviceProp prop;
+        MINICPM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+        if (prop.major < 8)
+            fail(MINICPM_STATUS_UNSUPPORTED, std::string("backend cuda: ") + prop.name + " is compute capability " +
+                                                 std::to_string(prop.major) + "." + std::to_string(prop.minor) +
+                                                 "; sm_80 or newer is needed (bf16 tensor cores)");
+        MINICPM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        name_ = std::string("cuda ") + prop.name;
+        (void) o;
+    }
+    ~cuda_backend() override {
+        release(rows_dev_);
+        release(blocks_dev_);
+        release(xb_);
+        if (stream_) cudaStreamDestroy(stream_);
+    }
+
+    backend_kind kind() const override { return backend_kind::cuda; }
+    const char * name() const override { return name_.c_str(); }
+    const char * features() const override { return "cuda sm_80+ bf16 tensor cores"; }
+    int          n_threads() const override { return 1; }
+    bool         host_memory() const override { return false; }
+
+    buffer alloc(size_t bytes, buffer_usage usage) override {
+        buffer b;
+        b.usage = usage;
+        if (bytes == 0) return b;
+        const cudaError_t e = cudaMalloc(&b.data, bytes);
+        if (e != cudaSuccess) {
+            cudaGetLastError();  // clear the sticky allocation error
+            fail(MINICPM_STATUS_OUT_OF_MEMORY, "backend cuda: cannot allocate " + std::to_string(bytes) +
+                                                   " bytes of device memory: " + cudaGetErrorString(e));
+        }
+        b.size = bytes;
+        MINICPM_CUDA_CHECK(cudaMemsetAsync(b.data, 0, bytes, stream_));
+        return b;
+    }
+    void release(buffer & b) override {
+        if (b.data && b.owned) cudaFree(b.data);
+        b = buffer{};
+    }
+    buffer import_weights(const void * host, size_t bytes) override {
+        buffer b = alloc(bytes, buffer_usage::weights);
+        upload(b, 0, host, bytes);
+        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
+        return b;
+    }
+    void upload(const buffer & dst, size_t off, const void * src, size_t n) override {
+        bounds(dst, off, n, "upload");
+        if (n) MINICPM_CUDA_CHECK(cudaMemcpyAsync((uint8_t *) dst.data + off, src, n, cudaMemcpyHostToDevice, stream_));
+    }
+    void download(void * dst, const buffer & src, size_t off, size_t n) override {
+        bounds(src, off, n, "download");
+        if (n) MINICPM_CUDA_CHECK(cudaMemcpyAsync(dst, (const uint8_t *) src.data + off, n, cudaMemcpyDeviceToHost, stream_));
+        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+    void copy(const buffer & dst, size_t doff, const buffer & src, size_t soff, size_t n) override {
+        bounds(dst, doff, n, "copy");
+        bounds(src, soff, n, "copy");
+        if (n)
+            MINICPM_CUDA_CHECK(cudaMemcpyAsync((uint8_t *) dst.data + doff, (const uint8_t *) src.data + soff, n,
+                                               cudaMemcpyDeviceToDevice, stream_));
+    }
+    void fill_zero(const buffer & dst, size_t off, size_t n) override {
+        bounds(dst, off, n, "fill_zero");
+        if (n) MINICPM_CUDA_CHECK(cudaMemsetAsync((uint8_t *) dst.data + off, 0, n, stream_));
+    }
+    void synchronize() override { MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+    void matmul(float * y, const float * x, const tensor_desc & w, int64_t T) override {
+        const cuda::wdesc d = cuda::to_wdesc(w);
+        if (cuda::matmul_uses_tensor_cores(d, T)) grow(xb_, size_t(T * w.cols) * 2);
+        cuda::launch_matmul(stream_, y, x, d, T, xb_.data);
+    }
+    void rms_norm(float * y, const float * x, const tensor_desc & g, int64_t T, float eps) override {
+        cuda::launch_rms_norm(stream_, y, x, cuda::to_wdesc(g), T, g.cols, eps);
+    }
+    void embed(float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale) override {
+        cuda::launch_embed(stream_, out, tokens, cuda::to_wdesc(e), T, scale);
+    }
+    void rope(float * x, const int32_t * pos, const float * cs, int64_t T, int32_t nh, int32_t hd) override {
+        cuda::launch_rope(stream_, x, pos, cs, T, nh, hd);
+    }
+    void kv_store(const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
+                  int32_t n_segs) override {
+        const int64_t T = stage_rows(segs, n_segs);
+        cuda::launch_kv_store(stream_, kv.k, kv.v, int32_t(kv.type), kv.n_head_kv, kv.head_dim, k, v,
+                              (const cuda::row_info *) rows_dev_.data, (const int32_t *) blocks_dev_.data, T);
+    }
+    void attention(float * out, const float * q, const kv_layer & kv, const kv_segment * segs, int32_t n_segs,
+                   int32_t n_head, float scale) override {
+        const int64_t T = stage_rows(segs, n_segs);
+        cuda::launch_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv, kv.head_dim,
+                               scale, (const cuda::row_info *) rows_dev_.data, (const int32_t *) blocks_dev_.data, T);
+    }
+    void silu_mul(float * out, const float * gate, const float * up, int64_t n) override {
+        cuda::launch_silu_mul(stream_, out, gate, up, n);
+    }
+    void add_scaled(float * x, const float * a, float scale, int64_t n) override {
+        cuda::launch_add_scaled(stream_, x, a, scale, n);
+    }
+    void div_scalar(float * x, float d, int64_t n) override { cuda::launch_div_scalar(stream_, x, d, n); }
+    void get_rows(float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) override {
+        cuda::launch_get_rows(stream_, dst, src, rows, R, H);
+    }
+
+  private:
+    static void bounds(const buffer & b, size_t off, size_t n, const char * what) {
+        if (off > b.size || n > b.size - off)
+            fail(MINICPM_STATUS_INTERNAL, std::string("backend cuda: ") + what + " outside a buffer");
+    }
+    void grow(buffer & b, size_t bytes) {
+        if (b.size >= bytes) return;
+        synchronize();  // kernels in flight may still read the old buffer
+        release(b);
+        b = alloc(bytes, buffer_usage::compute);
+    }
+
+    // Flattens the segments into per-row records and one block table; uploads them only when they differ
+    // from the last batch's (every layer of one forward passes the same segments).
+    int64_t stage_rows(const kv_segment * segs, int32_t n_segs) {
+        rows_.clear();
+        blocks_.clear();
+        for (int32_t s = 0; s < n_segs; ++s) {
+            const kv_segment & sg = segs[s];
+            const int32_t off = int32_t(blocks_.size());
+            const int32_t nb = (sg.n_past + sg.n_rows + MINICPM_KV_BLOCK_SIZE - 1) / MINICPM_KV_BLOCK_SIZE;
+            blocks_.insert(blocks_.end(), sg.blocks, sg.blocks + nb);
+            for (int32_t j = 0; j < sg.n_rows; ++j) {
+                cuda::row_info r;
+                r.j = j;
+                r.n_past = sg.n_past;
+                r.blocks_off = off;
+                r.causal = sg.mask == nullptr;
+                r.mask = sg.mask ? sg.mask[j] : 0;
+                if (size_t(sg.row_begin + j) >= rows_.size()) rows_.resize(size_t(sg.row_begin + j) + 1);
+                rows_[size_t(sg.row_begin + j)] = r;
+            }
+        }
+        const size_t rb = rows_.size() * sizeof(cuda::row_info), bb = blocks_.size() * sizeof(int32_t);
+        const bool same = rb == staged_rows_.size() && bb == staged_blocks_.size() &&
+                          std::memcmp(staged_rows_.data(), rows_.data(), rb) == 0 &&
+                          std::memcmp(staged_blocks_.data(), blocks_.data(), bb) == 0;
+        if (!same) {
+            grow(rows_dev_, rb);
+            grow(blocks_dev_, bb);
+            upload(rows_dev_, 0, rows_.data(), rb);
+            upload(blocks_dev_, 0, blocks_.data(), bb);
+            staged_rows_.assign((const uint8_t *) rows_.data(), (const uint8_t *) rows_.data() + rb);
+            staged_blocks_.assign((const uint8_t *) blocks_.data(), (const uint8_t *) blocks_.data() + bb);
+        }
+        return int64_t(rows_.size());
+    }
+
+    cudaStream_t                stream_ = nullptr;
+    std::string                 name_;
+    buffer                      xb_, rows_dev_, blocks_dev_;
+    std::vector<cuda::row_info> rows_;
+    std::vector<int32_t>        blocks_;
+    std::vector<uint8_t>        staged_rows_, staged_blocks_;
+};
+
+}  // namespace
+
+std::unique_ptr<backend> make_cuda_backend(const backend_options & o) { return std::make_unique<cuda_backend>(o); }
+
+bool cuda_device_available() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+}  // namespace minicpm

@@ -1,0 +1,151 @@
+// y[T,N] = x[T,K] . W[N,K]^T on the GPU.
+//   small batches (T <= 8, decode): one warp per output row streams the row once for all T activations
+//     (16-byte loads for f16/bf16 rows whose K is a multiple of 8); memory-bound by design;
+//   larger batches with f16/bf16 weights: tensor cores (WMMA 16x16x16, f32 accumulation) on 64x64 output
+//     tiles, activations rounded once to the weight's 16-bit type (the same class of rounding as the CPU's AMX
+//     path);
+//   anything else (f32, q8, q4 weights at large T): the warp-per-row kernel over chunks of 8 rows.
+#include "cuda/ops.cuh"
+
+#include <mma.h>
+
+namespace minicpm {
+namespace cuda {
+
+namespace {
+
+constexpr int k_gemv_rows = 8;     // T handled by one pass of the warp-per-row kernel
+constexpr int k_gemv_warps = 4;    // warps (output rows) per thread block
+
+template <int TT>
+__global__ void gemv_kernel(float * y, const float * x, wdesc w, int64_t T, int64_t t0) {
+    const int64_t n = int64_t(blockIdx.x) * k_gemv_warps + threadIdx.x / k_warp;
+    const int     lane = threadIdx.x % k_warp;
+    if (n >= w.rows) return;
+    const int64_t K = w.cols;
+    float         acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = 0.0f;
+    const bool vec = (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16) && K % 8 == 0;
+    if (vec) {
+        const uint4 * row = (const uint4 *) ((const uint16_t *) w.data + n * K);
+        for (int64_t c = lane; c < K / 8; c += k_warp) {
+            const uint4 raw = row[c];
+            float       wf[8];
+            const uint16_t * h = (const uint16_t *) &raw;
+            for (int e = 0; e < 8; ++e) {
+                if (w.type == MINICPM_DTYPE_BF16) {
+                    wf[e] = __uint_as_float(uint32_t(h[e]) << 16);
+                } else {
+                    wf[e] = __half2float(__ushort_as_half(h[e]));
+                }
+            }
+            for (int t = 0; t < TT; ++t) {
+                if (t0 + t >= T) break;
+                const float * xr = x + (t0 + t) * K + c * 8;
+                for (int e = 0; e < 8; ++e) acc[t] += wf[e] * xr[e];
+            }
+        }
+    } else {
+        for (int64_t k = lane; k < K; k += k_warp) {
+            const float wk = load_weight(w, n, k);
+            for (int t = 0; t < TT; ++t) {
+                if (t0 + t >= T) break;
+                acc[t] += wk * x[(t0 + t) * K + k];
+            }
+        }
+    }
+    for (int t = 0; t < TT; ++t) {
+        float v = acc[t];
+        for (int o = k_warp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && t0 + t < T) y[(t0 + t) * w.rows + n] = v;
+    }
+}
+
+template <typename H> __device__ __forceinline__ H to_half_type(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 to_half_type<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half to_half_type<__half>(float v) { return __float2half_rn(v); }
+
+template <typename H> __global__ void round_kernel(H * out, const float * x, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        out[i] = to_half_type<H>(x[i]);
+}
+
+constexpr int k_tile = 64, k_kstep = 32, k_pad = 8;
+
+// One 64 x 64 tile of y per block of 4 warps (2 x 2, each 32 x 32 = 2 x 2 fragments). Tiles past the edges
+// are zero-filled in shared memory, so any T, N and K work.
+template <typename H>
+__global__ void gemm_tc_kernel(float * y, const H * xb, const H * w, int64_t T, int64_t N, int64_t K) {
+    using namespace nvcuda;
+    __shared__ __align__(32) H  as[k_tile][k_kstep + k_pad];
+    __shared__ __align__(32) H  bs[k_tile][k_kstep + k_pad];
+    __shared__ __align__(32) float cs[k_tile][k_tile + 4];
+    const int64_t t0 = int64_t(blockIdx.y) * k_tile, n0 = int64_t(blockIdx.x) * k_tile;
+    const int     warp = threadIdx.x / k_warp, wr = warp / 2, wc = warp % 2;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    const H zero = to_half_type<H>(0.0f);
+    for (int64_t k0 = 0; k0 < K; k0 += k_kstep) {
+        for (int e = threadIdx.x; e < k_tile * k_kstep; e += blockDim.x) {
+            const int r = e / k_kstep, c = e % k_kstep;
+            const int64_t k = k0 + c;
+            as[r][c] = (t0 + r < T && k < K) ? xb[(t0 + r) * K + k] : zero;
+            bs[r][c] = (n0 + r < N && k < K) ? w[(n0 + r) * K + k] : zero;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < k_kstep; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::col_major> b[2];
+            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &as[wr * 32 + i * 16][kk], k_kstep + k_pad);
+            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &bs[wc * 32 + j * 16][kk], k_kstep + k_pad);
+            for (int i = 0; i < 2; ++i)
+                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j)
+            wmma::store_matrix_sync(&cs[wr * 32 + i * 16][wc * 32 + j * 16], acc[i][j], k_tile + 4, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = threadIdx.x; e < k_tile * k_tile; e += blockDim.x) {
+        const int r = e / k_tile, c = e % k_tile;
+        if (t0 + r < T && n0 + c < N) y[(t0 + r) * N + n0 + c] = cs[r][c];
+    }
+}
+
+template <typename H>
+void gemm_tc(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
+    const int64_t n = T * w.cols;
+    round_kernel<H><<<unsigned(std::min<int64_t>(ceil_div(n, 256), 65535)), 256, 0, s>>>((H *) xb, x, n);
+    MINICPM_CUDA_LAUNCHED("matmul: round activations");
+    const dim3 grid(unsigned(ceil_div(w.rows, k_tile)), unsigned(ceil_div(T, k_tile)));
+    gemm_tc_kernel<H><<<grid, 4 * k_warp, 0, s>>>(y, (const H *) xb, (const H *) w.data, T, w.rows, w.cols);
+    MINICPM_CUDA_LAUNCHED("matmul: tensor-core gemm");
+}
+
+}  // namespace
+
+bool matmul_uses_tensor_cores(const wdesc & w, int64_t T) {
+    return T > k_gemv_rows && (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16);
+}
+
+void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
+    if (T <= 0) return;
+    if (matmul_uses_tensor_cores(w, T)) {
+        if (w.type == MINICPM_DTYPE_BF16) {
+            gemm_tc<__nv_bfloat16>(s, y, x, w, T, xb);
+        } else {
+            gemm_tc<__half>(s, y, x, w, T, xb);
+        }
+        return;
+    }
+    const unsigned blocks = unsigned(ceil_div(w.rows, k_gemv_warps));
+    for (int64_t t0 = 0; t0 < T; t0 += k_gemv_rows) {
+        gemv_kernel<k_gemv_rows><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+        MINICPM_CUDA_LAUNCHED("matmul: gemv");
+    }
+}
+
+}  // namespace cuda
+}  // namespace minicpm

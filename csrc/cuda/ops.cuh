@@ -1,0 +1,32 @@
+// Kernel launchers of the CUDA backend (one family per .cu file, named like the CPU ops). Every pointer is a
+// device address; every launch goes on `stream` and is checked.
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace minicpm {
+namespace cuda {
+
+// elementwise.cu
+void launch_embed(cudaStream_t s, float * out, const int32_t * tokens, const wdesc & e, int64_t T, float scale);
+void launch_rms_norm(cudaStream_t s, float * y, const float * x, const wdesc & g, int64_t T, int64_t H, float eps);
+void launch_rope(cudaStream_t s, float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t nh,
+                 int32_t hd);
+void launch_silu_mul(cudaStream_t s, float * out, const float * gate, const float * up, int64_t n);
+void launch_add_scaled(cudaStream_t s, float * x, const float * a, float scale, int64_t n);
+void launch_div_scalar(cudaStream_t s, float * x, float d, int64_t n);
+void launch_get_rows(cudaStream_t s, float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H);
+
+// matmul.cu: y[T,N] = x[T,K] . W[N,K]^T. xb is scratch for T x K bf16/f16 activations (tensor-core path).
+void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb);
+bool matmul_uses_tensor_cores(const wdesc & w, int64_t T);
+
+// attention.cu: rows described by rows[T]; blocks is the flattened block table.
+void launch_kv_store(cudaStream_t s, void * k_pool, void * v_pool, int32_t kv_type, int32_t nkv, int32_t hd,
+                     const float * k, const float * v, const row_info * rows, const int32_t * blocks, int64_t T);
+void launch_attention(cudaStream_t s, float * out, const float * q, const void * k_pool, const void * v_pool,
+                      int32_t kv_type, int32_t nh, int32_t nkv, int32_t hd, float scale, const row_info * rows,
+                      const int32_t * blocks, int64_t T);
+
+}  // namespace cuda
+}  // namespace minicpm

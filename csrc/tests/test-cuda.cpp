@@ -1,0 +1,351 @@
+// Every op of the CUDA backend against the CPU reference op (the specification), then the whole model: logits
+// of a generated checkpoint on the CUDA backend vs the CPU reference. NMSE per case, printed. Exits 77 (ctest:
+// skipped, and reported as such by scripts/test.sh) when the build has no CUDA backend or the machine no device.
+// `test-cuda --perf` also times the GEMV (GB/s) and the tensor-core GEMM (TFLOP/s) for scripts/gpu-check.sh.
+#include "core/backend.h"
+#include "core/status.h"
+#include "cpu/cpu-common.h"
+#include "cpu/ops-ref.h"
+#include "tests/tiny-model.h"
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace minicpm;
+
+namespace {
+
+std::mt19937 g_rng(99);
+
+std::vector<float> rnd(size_t n, float lo = -1.0f, float hi = 1.0f) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (float & x : v) x = d(g_rng);
+    return v;
+}
+
+std::vector<uint8_t> raw(const std::vector<float> & v, dtype t) {
+    std::vector<uint8_t> out(v.size() * dtype_size(t));
+    for (size_t i = 0; i < v.size(); ++i) store_f32(out.data(), t, int64_t(i), v[i]);
+    return out;
+}
+
+double nmse(const std::vector<float> & ref, const std::vector<float> & got) {
+    double se = 0, sr = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        const double d = double(got[i]) - double(ref[i]);
+        se += std::isfinite(got[i]) ? d * d : 1e30;
+        sr += double(ref[i]) * double(ref[i]);
+    }
+    return sr > 0 ? se / sr : se;
+}
+
+// Device copies of host arrays, released with the harness.
+struct device {
+    backend & be;
+    std::vector<buffer> held;
+    template <typename T> T * put(const std::vector<T> & host) {
+        held.push_back(be.alloc(host.size() * sizeof(T) + 16, buffer_usage::compute));
+        be.upload(held.back(), 0, host.data(), host.size() * sizeof(T));
+        return (T *) held.back().data;
+    }
+    float * zeros(size_t n) {
+        held.push_back(be.alloc(n * sizeof(float) + 16, buffer_usage::compute));
+        return (float *) held.back().data;
+    }
+    template <typename T> std::vector<T> get(const T * p, size_t n) {
+        for (const buffer & b : held)
+            if (b.data == (const void *) p) {
+                std::vector<T> out(n);
+                be.download(out.data(), b, 0, n * sizeof(T));
+                return out;
+            }
+        fail(MINICPM_STATUS_INTERNAL, "test: not a device array of this harness");
+    }
+    ~device() {
+        for (buffer & b : held) be.release(b);
+    }
+};
+
+void expect(const std::string & name, const std::vector<float> & ref, const std::vector<float> & got, double thr) {
+    const double e = nmse(ref, got);
+    CHECK(e <= thr, "%-60s nmse %.3e (thr %.0e)", name.c_str(), e, thr);
+}
+
+tensor_desc plain(dtype t, int64_t rows, int64_t cols, const void * data) {
+    tensor_desc d;
+    d.type = t;
+    d.rows = rows;
+    d.cols = cols;
+    d.data = data;
+    return d;
+}
+
+void test_elementwise(backend & be) {
+    device dv{be};
+    const int64_t T = 7, H = 300;
+    const auto x = rnd(size_t(T * H), -3, 3), a = rnd(size_t(T * H));
+    for (dtype gt : {dtype::f32, dtype::bf16, dtype::f16}) {
+        const auto g = raw(rnd(size_t(H)), gt);
+        std::vector<float> yr(x.size());
+        ref_rms_norm(yr.data(), x.data(), plain(gt, 1, H, g.data()), T, 1e-6f);
+        float * yd = dv.zeros(x.size());
+        be.rms_norm(yd, dv.put(x), plain(gt, 1, H, dv.put(g)), T, 1e-6f);
+        expect(std::string("rms_norm g=") + dtype_name(gt), yr, dv.get(yd, yr.size()), 1e-10);
+
+        const int64_t V = 50;
+        const auto e = raw(rnd(size_t(V * H)), gt);
+        std::vector<int32_t> toks = {3, 49, 0, 7, 7};
+        std::vector<float> er(toks.size() * H);
+        ref_embed(er.data(), toks.data(), plain(gt, V, H, e.data()), int64_t(toks.size()), 12.0f);
+        float * ed = dv.zeros(er.size());
+        be.embed(ed, dv.put(toks), plain(gt, V, H, dv.put(e)), int64_t(toks.size()), 12.0f);
+        expect(std::string("embed e=") + dtype_name(gt), er, dv.get(ed, er.size()), 0.0);
+    }
+    {
+        const int32_t nh = 3, hd = 64, P = 100;
+        const auto cs = rnd(size_t(P * hd));
+        std::vector<int32_t> pos = {0, 5, 99, 42, 42, 1, 7};
+        auto q = rnd(size_t(T) * nh * hd);
+        std::vector<float> qr = q;
+        ref_rope(qr.data(), pos.data(), cs.data(), T, nh, hd);
+        float * qd = dv.put(q);
+        be.rope(qd, dv.put(pos), dv.put(cs), T, nh, hd);
+        expect("rope", qr, dv.get(qd, qr.size()), 1e-12);
+    }
+    {
+        std::vector<float> r(x.size());
+        ref_silu_mul(r.data(), x.data(), a.data(), int64_t(x.size()));
+        float * d = dv.zeros(x.size());
+        be.silu_mul(d, dv.put(x), dv.put(a), int64_t(x.size()));
+        expect("silu_mul", r, dv.get(d, r.size()), 1e-12);
+        std::vector<float> s = x;
+        ref_add_scaled(s.data(), a.data(), 0.3f, int64_t(s.size()));
+        float * sd = dv.put(x);
+        be.add_scaled(sd, dv.put(a), 0.3f, int64_t(x.size()));
+        expect("add_scaled", s, dv.get(sd, s.size()), 0.0);
+        std::vector<float> q = x;
+        ref_div_scalar(q.data(), 3.0f, int64_t(q.size()));
+        float * qd = dv.put(x);
+        be.div_scalar(qd, 3.0f, int64_t(x.size()));
+        expect("div_scalar", q, dv.get(qd, q.size()), 0.0);
+        const std::vector<int32_t> rows = {6, 0, 3};
+        std::vector<float> gr(rows.size() * H);
+        ref_get_rows(gr.data(), x.data(), rows.data(), 3, H);
+        float * gd = dv.zeros(gr.size());
+        be.get_rows(gd, dv.put(x), dv.put(rows), 3, H);
+        expect("get_rows", gr, dv.get(gd, gr.size()), 0.0);
+    }
+}
+
+void test_matmul(backend & be) {
+    device dv{be};
+    const int64_t shapes[][2] = {{77, 1000}, {128, 1024}, {33, 64}, {300, 200}};
+    for (dtype wt : {dtype::bf16, dtype::f16, dtype::f32}) {
+        for (const auto & s : shapes) {
+            const int64_t N = s[0], K = s[1];
+            const auto w = raw(rnd(size_t(N * K)), wt);
+            const tensor_desc hw = plain(wt, N, K, w.data());
+            const tensor_desc dw = plain(wt, N, K, dv.put(w));
+            for (int64_t T : {1, 3, 8, 9, 64, 100}) {
+                const auto x = rnd(size_t(T * K));
+                std::vector<float> yr(size_t(T * N));
+                ref_matmul(yr.data(), x.data(), hw, T);
+                float * yd = dv.zeros(yr.size());
+                be.matmul(yd, dv.put(x), dw, T);
+                const bool tc = T > 8 && wt != dtype::f32;  // activations rounded to 16 bits
+                expect("matmul " + std::string(dtype_name(wt)) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                           " T=" + std::to_string(T) + (tc ? " (tensor cores)" : ""),
+                       yr, dv.get(yd, yr.size()), tc ? 2e-5 : 1e-10);
+            }
+        }
+    }
+    // Quantized weights (q8 symmetric; q4 with zeros and a g_idx permutation), dequantized on the fly.
+    for (dtype qt : {dtype::q8, dtype::q4}) {
+        const int64_t N = 40, K = 256, G = 4;
+        std::vector<uint8_t> q(qt == dtype::q8 ? size_t(N * K) : size_t(N * K / 2));
+        for (auto & b : q) b = uint8_t(g_rng());
+        const auto sc = raw(rnd(size_t(N * G), 0.01f, 0.05f), dtype::f16);
+        std::vector<uint8_t> z(size_t(N * G));
+        for (auto & b : z) b = uint8_t(g_rng() % 16);
+        std::vector<int32_t> perm(static_cast<size_t>(K));
+        for (int64_t k = 0; k < K; ++k) perm[size_t(k)] = int32_t(k % G);
+        tensor_desc hw = plain(qt, N, K, q.data());
+        hw.group_size = int32_t(K / G);
+        hw.scale_type = dtype::f16;
+        hw.scales = sc.data();
+        if (qt == dtype::q4) {
+            hw.zeros = z.data();
+            hw.perm = perm.data();
+        }
+        tensor_desc dw = hw;
+        dw.data = dv.put(q);
+        dw.scales = dv.put(sc);
+        if (qt == dtype::q4) {
+            dw.zeros = dv.put(z);
+            dw.perm = dv.put(perm);
+        }
+        for (int64_t T : {1, 17}) {
+            const auto x = rnd(size_t(T * K));
+            std::vector<float> yr(size_t(T * N));
+            ref_matmul(yr.data(), x.data(), hw, T);
+            float * yd = dv.zeros(yr.size());
+            be.matmul(yd, dv.put(x), dw, T);
+            expect(std::string("matmul ") + dtype_name(qt) + " T=" + std::to_string(T), yr, dv.get(yd, yr.size()), 1e-10);
+        }
+    }
+}
+
+void test_kv_attention(backend & be) {
+    struct tcase {
+        int32_t nh, nkv, hd;
+        std::vector<std::pair<int32_t, int32_t>> segs;  // (n_past, n_rows)
+        bool tree;
+    };
+    const tcase cases[] = {{16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}, false},
+                           {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}, false},
+                           {16, 2, 64, {{61, 10}}, true},
+                           {6, 3, 48, {{1, 5}, {127, 1}}, false}};
+    for (const tcase & c : cases) {
+        for (dtype kvt : {dtype::f32, dtype::bf16, dtype::f16}) {
+            device dv{be};
+            int32_t nb = 0, T = 0;
+            for (auto & s : c.segs) {
+                nb += (s.first + s.second + 63) / 64;
+                T += s.second;
+            }
+            std::vector<int32_t> order(static_cast<size_t>(nb));
+            for (int32_t i = 0; i < nb; ++i) order[size_t(i)] = nb - 1 - i;
+            std::vector<std::vector<int32_t>> tables;
+            std::vector<uint64_t> mask;
+            int32_t next = 0;
+            for (auto & s : c.segs) {
+                const int32_t k = (s.first + s.second + 63) / 64;
+                tables.emplace_back(order.begin() + next, order.begin() + next + k);
+                next += k;
+            }
+            if (c.tree) {  // node j's parent is (j - 1) / 2: a binary tree
+                mask.assign(size_t(c.segs[0].second), 0);
+                for (int32_t j = 1; j < c.segs[0].second; ++j)
+                    mask[size_t(j)] = mask[size_t((j - 1) / 2)] | (uint64_t(1) << ((j - 1) / 2));
+            }
+            std::vector<kv_segment> segs;
+            int32_t row = 0;
+            for (size_t i = 0; i < c.segs.size(); ++i) {
+                segs.push_back({row, c.segs[i].second, c.segs[i].first, tables[i].data(), c.tree ? mask.data() : nullptr});
+                row += c.segs[i].second;
+            }
+            const size_t pool = size_t(nb) * c.nkv * 64 * c.hd;
+            const auto k0 = raw(rnd(pool), kvt), v0 = raw(rnd(pool), kvt);
+            std::vector<uint8_t> kh = k0, vh = v0;
+            const kv_layer hk = {kvt, kh.data(), vh.data(), c.nkv, c.hd};
+            const auto k = rnd(size_t(T) * c.nkv * c.hd), v = rnd(size_t(T) * c.nkv * c.hd);
+            const auto q = rnd(size_t(T) * c.nh * c.hd, -2, 2);
+            ref_kv_store(hk, k.data(), v.data(), segs.data(), int32_t(segs.size()));
+            std::vector<float> outr(q.size());
+            const float scale = 1.0f / std::sqrt(float(c.hd));
+            ref_attention(outr.data(), q.data(), hk, segs.data(), int32_t(segs.size()), c.nh, scale);
+
+            uint8_t * kd = dv.put(k0);
+            uint8_t * vd = dv.put(v0);
+            const kv_layer dk = {kvt, kd, vd, c.nkv, c.hd};
+            be.kv_store(dk, dv.put(k), dv.put(v), segs.data(), int32_t(segs.size()));
+            float * od = dv.zeros(q.size());
+            be.attention(od, dv.put(q), dk, segs.data(), int32_t(segs.size()), c.nh, scale);
+            const bool same = dv.get(kd, kh.size()) == kh && dv.get(vd, vh.size()) == vh;
+            CHECK(same, "kv_store kv=%s nh=%d hd=%d%s: pools %s", dtype_name(kvt), c.nh, c.hd, c.tree ? " tree" : "",
+                  same ? "byte-identical" : "DIFFER");
+            expect(std::string("attention kv=") + dtype_name(kvt) + " nh=" + std::to_string(c.nh) + " nkv=" +
+                       std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) + (c.tree ? " tree" : ""),
+                   outr, dv.get(od, outr.size()), 1e-10);
+        }
+    }
+}
+
+// The whole model through the public API: CUDA logits vs the CPU reference ops on the same checkpoint.
+void test_model() {
+    const std::string dir = minicpm_test::make_temp_dir("cuda-model");
+    minicpm_test::tiny_model_spec spec;
+    spec.tie_word_embeddings = false;
+    minicpm_test::write_tiny_model(dir, spec);
+    std::vector<float> logits[2];
+    for (int b = 0; b < 2; ++b) {
+        minicpm_model_params mp;
+        minicpm_model_default_params(&mp);
+        mp.backend = b == 0 ? MINICPM_BACKEND_CPU : MINICPM_BACKEND_CUDA;
+        minicpm_model_t * m = nullptr;
+        if (minicpm_model_load(dir.c_str(), &mp, &m) != MINICPM_STATUS_OK) break;
+        minicpm_context_params cp;
+        minicpm_context_default_params(&cp);
+        cp.n_ctx = 256;
+        cp.use_reference = b == 0;
+        minicpm_context_t * ctx = nullptr;
+        minicpm_context_init(m, &cp, &ctx);
+        std::vector<int32_t> toks(100);
+        for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 5) % 500);
+        std::vector<uint8_t> out(toks.size(), 1);
+        logits[b].resize(toks.size() * 512);
+        const int32_t n = minicpm_context_eval(ctx, toks.data(), nullptr, out.data(), int32_t(toks.size()),
+                                               logits[b].data(), int64_t(logits[b].size()));
+        if (n != int32_t(toks.size())) logits[b].clear();
+        minicpm_context_free(ctx);
+        minicpm_model_free(m);
+    }
+    minicpm_test::remove_dir(dir);
+    const bool ran = !logits[0].empty() && logits[0].size() == logits[1].size();
+    const double e = ran ? nmse(logits[0], logits[1]) : 1.0;
+    CHECK(ran && e < 1e-4, "model logits, 100 tokens, CUDA vs CPU reference: nmse %.3e (thr 1e-4)", e);
+}
+
+void perf(backend & be) {
+    device dv{be};
+    const int64_t N = 73448, K = 1024;  // the MiniCPM4-0.5B LM head
+    const std::vector<uint8_t> w(size_t(N * K) * 2, 0x3c);
+    const tensor_desc dw = plain(dtype::bf16, N, K, dv.put(w));
+    for (int64_t T : {int64_t(1), int64_t(512)}) {
+        const auto x = rnd(size_t(T * K));
+        float * xd = dv.put(x);
+        float * yd = dv.zeros(size_t(T * N));
+        be.matmul(yd, xd, dw, T);
+        be.synchronize();
+        const int reps = T == 1 ? 50 : 10;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < reps; ++i) be.matmul(yd, xd, dw, T);
+        be.synchronize();
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+        if (T == 1) {
+            std::printf("perf: GEMV bf16 %lldx%lld: %.1f GB/s (%.3f ms)\n", (long long) N, (long long) K,
+                        double(N * K * 2) / s / 1e9, s * 1e3);
+        } else {
+            std::printf("perf: GEMM bf16 T=%lld %lldx%lld: %.1f TFLOP/s (%.3f ms)\n", (long long) T, (long long) N,
+                        (long long) K, 2.0 * double(T * N * K) / s / 1e12, s * 1e3);
+        }
+    }
+}
+
+}  // namespace
+
+int main(int argc, char ** argv) {
+    std::unique_ptr<backend> be;
+    try {
+        be = make_backend(backend_kind::cuda, backend_options{});
+    } catch (const error & e) {
+        std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
+        return 77;
+    }
+    std::printf("backend: %s\n", be->name());
+    try {
+        test_elementwise(*be);
+        test_matmul(*be);
+        test_kv_attention(*be);
+        test_model();
+        if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) perf(*be);
+    } catch (const std::exception & e) {
+        CHECK(false, "unexpected exception: %s", e.what());
+    }
+    return minicpm_test::finish();
+}
