@@ -12,8 +12,9 @@ import { dispatch } from './src/cli/dispatch.ts'
 import { generateCommand } from './src/cli/generate.ts'
 import { info } from './src/cli/info.ts'
 import { makeCheckpoint } from './src/cli/make-checkpoint.ts'
+import { pullCommand } from './src/cli/pull.ts'
 
-export const commands: Command[] = [serve, generateCommand, chat, bench, info, makeCheckpoint]
+export const commands: Command[] = [serve, pullCommand, generateCommand, chat, bench, info, makeCheckpoint]
 
 export function main(argv: string[]): Promise<number> {
   return dispatch(commands, argv)

@@ -4,6 +4,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { basename, join, resolve } from 'node:path'
+import { repoOfSnapshot } from '../hub/cache'
 import type { SamplingOptions } from '../types'
 
 export interface ModelDirFacts {
@@ -31,7 +32,7 @@ export function readModelDir(dir: string): ModelDirFacts {
   const genPath = join(abs, 'generation_config.json')
   return {
     dir: abs,
-    id: basename(abs),
+    id: repoOfSnapshot(abs) ?? basename(abs),
     randomWeights: marker?.random_weights === true,
     config,
     generationDefaults: existsSync(genPath) ? samplingDefaults(readJson(genPath)) : {},
