@@ -15,7 +15,7 @@ import { filesOf, startFakeHub, type FakeHub, type FakeHubOptions } from './help
 
 const REPO = 'openbmb/MiniCPM4-Test'
 const MAIN = join(import.meta.dir, '..', 'src', 'cli', 'main.ts')
-let files: Record<string, Uint8Array>
+let files: Record<string, Uint8Array<ArrayBuffer>>
 let home: string
 let hub: FakeHub | null = null
 const saved = { ...process.env }

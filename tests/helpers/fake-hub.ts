@@ -12,7 +12,7 @@ import { join } from 'node:path'
 export interface FakeHubOptions {
   repo: string
   /** Files served: a model directory's files plus extras (e.g. pytorch_model.bin, README.md). */
-  files: Record<string, Uint8Array>
+  files: Record<string, Uint8Array<ArrayBuffer>>
   /** Names stored in LFS (sha256 reported); default: *.safetensors, *.bin, tokenizer.model. */
   lfs?: (name: string) => boolean
   sha?: string
@@ -30,8 +30,8 @@ export interface FakeHub {
   stop(): void
 }
 
-export function filesOf(dir: string, extras: Record<string, string> = {}): Record<string, Uint8Array> {
-  const out: Record<string, Uint8Array> = {}
+export function filesOf(dir: string, extras: Record<string, string> = {}): Record<string, Uint8Array<ArrayBuffer>> {
+  const out: Record<string, Uint8Array<ArrayBuffer>> = {}
   for (const name of readdirSync(dir)) out[name] = new Uint8Array(readFileSync(join(dir, name)))
   for (const [name, text] of Object.entries(extras)) out[name] = new TextEncoder().encode(text)
   return out
