@@ -6,9 +6,11 @@
  */
 
 import { createApp, type AppOptions, type ServedModel } from './app.ts'
+import { formatEvent, RequestTracker } from './access-log.ts'
+import { Shutdown } from './shutdown.ts'
 import type { LoadOptions } from '../src/runtime/load.ts'
 
-export interface ServerOptions extends Omit<AppOptions, 'model' | 'onLongRequest'> {
+export interface ServerOptions extends Omit<AppOptions, 'model' | 'onLongRequest' | 'tracker' | 'shutdown'> {
   /** A loaded model (or its promise). Omitted: loadModel(modelDir, load) is started here. */
   model?: ServedModel | Promise<ServedModel>
   modelDir?: string
@@ -21,6 +23,10 @@ export interface ServerOptions extends Omit<AppOptions, 'model' | 'onLongRequest
   idleTimeoutS?: number
   /** No access log (by default one line per request goes to stderr). */
   quiet?: boolean
+  /** Seconds stop() lets requests in flight finish before cutting them; default 0. */
+  shutdownTimeoutS?: number
+  /** While busy, one throughput line (tokens/s, running, waiting, KV use) every this many seconds; 0 = off (default). */
+  statsIntervalS?: number
 }
 
 export interface RunningServer {
@@ -28,8 +34,14 @@ export interface RunningServer {
   port: number
   /** The model once loaded (rejects if loading failed). */
   model: Promise<ServedModel>
-  /** Stops listening, ends open connections, and disposes the model if this server loaded it. */
-  stop(): Promise<void>
+  /** Requests until their last byte (streams included). */
+  readonly open: number
+  /**
+   * Stops listening, refuses new requests (503), lets the ones in flight finish for up to `drainS` seconds
+   * (default: shutdownTimeoutS) or until `now` aborts, then cuts the rest (error frame, and `[DONE]` on SSE),
+   * closes every connection and disposes the model if this server loaded it.
+   */
+  stop(opts?: { drainS?: number; now?: AbortSignal }): Promise<void>
 }
 
 /**
@@ -49,10 +61,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   // The rejection is reported by /health and the model routes; keep it from being unhandled here.
   model.catch(() => {})
   let server: ReturnType<typeof Bun.serve> | null = null
+  const tracker = new RequestTracker()
+  const shutdown = new Shutdown()
+  const log = opts.quiet ? undefined : (opts.log ?? ((line: string) => process.stderr.write(`${line}\n`)))
   const app = createApp({
-    log: opts.quiet ? undefined : (line) => process.stderr.write(`${line}\n`),
     ...opts,
+    log,
     model,
+    tracker,
+    shutdown,
     onLongRequest: (req) => server?.timeout(req, 0),
   })
   server = Bun.serve({
@@ -64,14 +81,33 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const hostname = server.hostname ?? opts.host ?? '127.0.0.1'
   const host = hostname.includes(':') ? `[${hostname}]` : hostname
   const url = `http://${host}:${server.port}`
+  const stats = statsTicker(model, opts, log)
   let stopped = false
   return {
     url,
     port: server.port!,
     model,
-    async stop() {
+    get open() {
+      return tracker.open
+    },
+    async stop({ drainS = opts.shutdownTimeoutS ?? 0, now } = {}) {
       if (stopped) return
       stopped = true
+      clearInterval(stats)
+      shutdown.draining = true
+      void server!.stop(false) // no new connections; requests in flight go on
+      const settled = (ms: number, also?: AbortSignal) =>
+        Promise.race([
+          tracker.idle(),
+          Bun.sleep(ms),
+          ...(also ? [new Promise<void>((r) => also.addEventListener('abort', () => r(), { once: true }))] : []),
+        ])
+      if (tracker.open > 0 && drainS > 0 && !now?.aborted) await settled(drainS * 1000, now)
+      if (tracker.open > 0) {
+        shutdown.cancelAll()
+        // The engine ends them at its next step; give their last frames a moment to reach the clients.
+        await settled(2000)
+      }
       await server!.stop(true)
       if (ownsModel) {
         const m = (await model.catch(() => null)) as (ServedModel & { dispose?: () => void }) | null
@@ -79,4 +115,43 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       }
     },
   }
+}
+
+/** vLLM-style periodic throughput line while the engine is busy. */
+function statsTicker(
+  model: Promise<ServedModel>,
+  opts: ServerOptions,
+  log: ((line: string) => void) | undefined,
+): ReturnType<typeof setInterval> | undefined {
+  const every = opts.statsIntervalS ?? 0
+  if (!log || every <= 0) return undefined
+  let last: { prompt: number; gen: number; t: number } | null = null
+  let loaded: ServedModel | null = null
+  model.then((m) => (loaded = m)).catch(() => {})
+  const timer = setInterval(() => {
+    if (!loaded) return
+    const s = loaded.stats()
+    const now = performance.now()
+    const prev = last ?? { prompt: s.promptTokens, gen: s.generatedTokens, t: now - every * 1000 }
+    last = { prompt: s.promptTokens, gen: s.generatedTokens, t: now }
+    const dt = (now - prev.t) / 1000
+    const prompt = (s.promptTokens - prev.prompt) / dt
+    const gen = (s.generatedTokens - prev.gen) / dt
+    if (prompt === 0 && gen === 0 && s.running === 0 && s.waiting === 0) return
+    const kv = s.kvTokensTotal > 0 ? (100 * s.kvTokensUsed) / s.kvTokensTotal : 0
+    const message =
+      `throughput: prompt ${prompt.toFixed(1)} tok/s, generation ${gen.toFixed(1)} tok/s, ` +
+      `running ${s.running}, waiting ${s.waiting}, KV cache ${kv.toFixed(1)}% (${s.kvTokensUsed}/${s.kvTokensTotal} tokens)`
+    log(
+      formatEvent(opts.logFormat ?? 'plain', 'throughput', message, {
+        prompt_tokens_per_s: Math.round(prompt * 10) / 10,
+        generation_tokens_per_s: Math.round(gen * 10) / 10,
+        running: s.running,
+        waiting: s.waiting,
+        kv_cache_usage_perc: Math.round(kv * 10) / 1000,
+      }),
+    )
+  }, every * 1000)
+  timer.unref?.()
+  return timer
 }

@@ -7,7 +7,9 @@
 import type { Model } from '../src/runtime/load.ts'
 import type { GenerateEvent, GenerateRequest } from '../src/types.ts'
 import { ApiError, overloaded, toApiError, unavailable } from './errors.ts'
+import { requestContext } from './access-log.ts'
 import { createServerMetrics, type ServerMetrics } from './server-metrics.ts'
+import { shutdownError, type Shutdown } from './shutdown.ts'
 
 /** The part of the runtime's `Model` the server uses (structural, so tests can pass a fake). */
 export type ServedModel = Pick<
@@ -27,6 +29,8 @@ export interface StateOptions {
   pingIntervalMs?: number
   /** Called for every streaming/generation request (the server lifts its idle timeout there). */
   onLongRequest?: (req: Request) => void
+  /** Set by startServer: new requests are refused while draining, running ones cancelled at its end. */
+  shutdown?: Shutdown
 }
 
 export class AppState {
@@ -117,6 +121,10 @@ export async function startGeneration(
   const onClientAbort = () => ac.abort()
   signal.addEventListener('abort', onClientAbort)
   if (signal.aborted) ac.abort()
+  const shutdown = state.opts.shutdown?.signal
+  shutdown?.addEventListener('abort', onClientAbort)
+  if (shutdown?.aborted) ac.abort()
+  const rec = requestContext.getStore()
   state.inFlight++
   const t0 = performance.now()
   let released = false
@@ -124,6 +132,7 @@ export async function startGeneration(
     if (released) return
     released = true
     signal.removeEventListener('abort', onClientAbort)
+    shutdown?.removeEventListener('abort', onClientAbort)
     state.inFlight--
   }
   const it = model.generate({ ...req, signal: ac.signal })[Symbol.asyncIterator]()
@@ -141,6 +150,7 @@ export async function startGeneration(
       : pending?.type === 'finish'
         ? pending.usage.promptTokens
         : 0
+  if (rec) rec.promptTokens += promptTokens
   let started = false
   const events = track(
     state,
@@ -152,6 +162,12 @@ export async function startGeneration(
     () => {
       started = true
     },
+    (ev) => {
+      if (!rec) return
+      if (ev.type === 'delta') rec.completionTokens += ev.tokens.length
+      else if (ev.type === 'finish') rec.finishReason = ev.reason
+    },
+    () => shutdown?.aborted === true && !signal.aborted,
   )
   const cancel = () => {
     ac.abort()
@@ -172,12 +188,20 @@ async function* track(
   ac: AbortController,
   release: () => void,
   onStart: () => void,
+  account: (ev: GenerateEvent) => void,
+  cutByShutdown: () => boolean,
 ): AsyncGenerator<GenerateEvent> {
   onStart()
   const m = state.metrics
   let last = 0
   let finished = false
   const observe = (ev: GenerateEvent) => {
+    account(ev)
+    // Cancelled by the shutdown rather than by the client: the stream ends with an error frame.
+    if (ev.type === 'finish' && ev.reason === 'cancelled' && cutByShutdown()) {
+      finished = true
+      throw shutdownError()
+    }
     const now = performance.now()
     if (ev.type === 'delta' && ev.tokens.length > 0) {
       if (last === 0) m.ttft.observe((now - t0) / 1000)

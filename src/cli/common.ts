@@ -92,7 +92,9 @@ export function parse<O extends Options>(
   } catch (e) {
     const msg = (e as Error).message
     const code = (e as { code?: string }).code
-    const flag = /'(-[^' ]+)/.exec(msg)?.[1]
+    // parseArgs quotes the flag as '--bogus' or '-n, --max-tokens <value>': keep the long spelling.
+    const quoted = /'(-[^']*)'/.exec(msg)?.[1] ?? ''
+    const flag = quoted.match(/--[\w-]+/g)?.at(-1) ?? quoted.match(/-\w+/)?.[0]
     if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && flag) {
       const near = closest(flag, all)
       throw new UsageError(`unknown flag ${flag}${near ? `; did you mean ${near}?` : ''} (--help lists the flags)`)
@@ -103,7 +105,7 @@ export function parse<O extends Options>(
     }
     if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && flag) {
       const needs = /argument missing/.test(msg) ? 'needs a value' : 'takes no value'
-      throw new UsageError(`${flag.replace(/ <value>$/, '')} ${needs}`)
+      throw new UsageError(`${flag} ${needs}`)
     }
     throw new UsageError(msg.split('. ')[0]!)
   }
