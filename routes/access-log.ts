@@ -77,6 +77,8 @@ export class RequestTracker {
         if (done) return
         done = true
         rec.aborted = aborted
+        // The client left mid-generation: its generation is being cancelled (the engine says so later).
+        if (aborted && rec.finishReason === null && rec.promptTokens > 0) rec.finishReason = 'cancelled'
         rec.durationMs = performance.now() - rec.t0
         this.closed()
         onDone?.(rec)

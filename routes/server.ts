@@ -96,14 +96,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       clearInterval(stats)
       shutdown.draining = true
       void server!.stop(false) // no new connections; requests in flight go on
-      const settled = (ms: number, also?: AbortSignal) =>
-        Promise.race([
-          tracker.idle(),
-          Bun.sleep(ms),
-          ...(also ? [new Promise<void>((r) => also.addEventListener('abort', () => r(), { once: true }))] : []),
-        ])
-      if (tracker.open > 0 && drainS > 0 && !now?.aborted) await settled(drainS * 1000, now)
-      if (tracker.open > 0) {
+      // Settled: every response written out (Bun's own count covers the last bytes on the socket).
+      const busy = () => tracker.open > 0 || server!.pendingRequests > 0
+      const settled = async (ms: number, also?: AbortSignal) => {
+        const end = performance.now() + ms
+        while (busy() && performance.now() < end && !also?.aborted) await Bun.sleep(10)
+      }
+      if (drainS > 0 && !now?.aborted) await settled(drainS * 1000, now)
+      if (busy()) {
         shutdown.cancelAll()
         // The engine ends them at its next step; give their last frames a moment to reach the clients.
         await settled(2000)
