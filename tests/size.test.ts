@@ -25,3 +25,14 @@ test('sizes: K/M/G/T and KiB/MiB/GiB are powers of 1024, KB/MB/GB powers of 1000
   expect(formatSize(830 * 2 ** 20)).toBe('830 MiB')
   expect(formatSize(12)).toBe('12 B')
 })
+
+test('bench:http table rows line up under their headers', async () => {
+  const { tableRow } = await import('../routes/bench/http.ts')
+  const header = tableRow(['conc', 'engine tok/s', 'engine TTFT p50/p99 ms', 'http tok/s', 'http TTFT p50/p99 ms', 'http/engine', 'CPU us/token engine/http', '/health p50/p99 ms', 'probes'])
+  const row = tableRow(['32', '783.4', '3.0/3.0', '105.7', '37.3/37.3', '0.135', '1321/6085', '18.82/18.82', '2'])
+  console.log(`${header}\n${row}`)
+  expect(row.length).toBe(header.length)
+  // Each cell ends where its header ends.
+  const ends = (line: string) => [...line.matchAll(/\S+(?=\s{2}|$)/g)].map((m) => m.index! + m[0].length)
+  expect(ends(row)).toEqual(ends(header))
+})
