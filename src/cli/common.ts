@@ -239,7 +239,7 @@ export function progressBar(
       total <= 1
         ? `${phase}...${done >= total ? ' done' : ''}`
         : `${phase.padEnd(24)} [${bar(done / total)}] ${Math.floor(Math.min(1, done / total) * 100)}%` +
-          (unit === 'bytes' ? ` ${formatSize(done)} / ${formatSize(total)} ${rate(done, t0)}` : '')
+          (unit === 'bytes' ? ` ${formatSize(done)} / ${formatSize(total)}${rate(done, t0)}` : '')
     if (done >= total) {
       out.end(line)
       current = null
@@ -253,7 +253,7 @@ export function progressBar(
 
 function rate(bytes: number, t0: number): string {
   const s = (performance.now() - t0) / 1000
-  return s > 0.5 ? `${formatSize(bytes / s)}/s` : ''
+  return s > 0.5 ? ` ${formatSize(bytes / s)}/s` : ''
 }
 
 function bar(frac: number, width = 30): string {
