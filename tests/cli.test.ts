@@ -252,7 +252,9 @@ describe('errors', () => {
     expectOneLineError(ctx, 'generate', '--ctx must be >= 1, got 0')
   })
 
-  test('--version prints the version', () => {
+  test('--version prints the version (the one in package.json)', async () => {
+    const { VERSION } = await import('../src/version')
+    expect(VERSION).toBe((await import('../package.json')).version)
     for (const flag of ['--version', '-V']) {
       const r = cli([flag])
       expect(r.code).toBe(0)
