@@ -10,10 +10,12 @@ import { chat } from './src/cli/chat.ts'
 import type { Command } from './src/cli/common.ts'
 import { dispatch } from './src/cli/dispatch.ts'
 import { generateCommand } from './src/cli/generate.ts'
+import { healthCommand } from './src/cli/health.ts'
 import { info } from './src/cli/info.ts'
 import { makeCheckpoint } from './src/cli/make-checkpoint.ts'
+import { pullCommand } from './src/cli/pull.ts'
 
-export const commands: Command[] = [serve, generateCommand, chat, bench, info, makeCheckpoint]
+export const commands: Command[] = [serve, pullCommand, generateCommand, chat, bench, info, makeCheckpoint, healthCommand]
 
 export function main(argv: string[]): Promise<number> {
   return dispatch(commands, argv)

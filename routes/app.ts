@@ -1,7 +1,8 @@
 /**
  * @module
  * createApp: the Hono app with every route, usable before the model has loaded. Middleware order:
- * request id -> access log -> CORS -> API key (all but /health) -> body limit; every error, thrown
+ * request id -> access log (./access-log.ts) -> shutdown (503 while draining) -> CORS -> API key (all but
+ * /health, /version and the chat page) -> body limit; every error, thrown
  * anywhere, leaves through one onError as the OpenAI envelope.
  */
 
@@ -19,6 +20,9 @@ import { chatRoutes } from './openai/chat.ts'
 import { completionRoutes } from './openai/completions.ts'
 import { modelRoutes } from './openai/models.ts'
 import { AppState, type StateOptions } from './state.ts'
+import { formatRequest, RequestTracker, type LogFormat } from './access-log.ts'
+import { versionRoutes } from './native/version.ts'
+import { uiRoutes } from './ui/routes.ts'
 
 export type { ServedModel } from './state.ts'
 
@@ -29,8 +33,15 @@ export interface AppOptions extends StateOptions {
   corsOrigins?: string | string[]
   /** Largest request body in bytes; default 4 MiB. */
   bodyLimitBytes?: number
-  /** One line per request (id, method, path, status, ms); unset: silent. */
+  /**
+   * One line per request at its last byte (start time, id, method, path, status, duration, time to headers,
+   * prompt/completion tokens, finish reason); unset: silent.
+   */
   log?: (line: string) => void
+  /** 'plain' (default) or 'json' lines. */
+  logFormat?: LogFormat
+  /** Counts requests until their last byte (startServer passes its own to drain on shutdown). */
+  tracker?: RequestTracker
 }
 
 function apiKeyAuth(key: string): MiddlewareHandler {
@@ -41,7 +52,9 @@ function apiKeyAuth(key: string): MiddlewareHandler {
     return b.length === want.length && timingSafeEqual(b, want)
   }
   return async function apiKeyAuth(c, next) {
-    if (c.req.path === '/health') return next()
+    if (c.req.path === '/health' || c.req.path === '/version' || (c.req.method === 'GET' && c.req.path === '/')) {
+      return next()
+    }
     const auth = c.req.header('authorization')
     const bearer = auth?.match(/^Bearer\s+(.+)$/i)?.[1]
     if (!matches(bearer) && !matches(c.req.header('x-api-key'))) {
@@ -71,17 +84,6 @@ export function logSafe(v: string): string {
   })
 }
 
-function accessLog(log: (line: string) => void): MiddlewareHandler {
-  return async function accessLog(c, next) {
-    const t0 = performance.now()
-    await next()
-    const ms = (performance.now() - t0).toFixed(1)
-    // Logged once the auth decision is made: a request refused with 401 logs no client-chosen path.
-    const path = c.res.status === 401 ? '-' : logSafe(c.req.path)
-    log(`${logSafe(c.get('requestId') ?? '-')} ${logSafe(c.req.method)} ${path} ${c.res.status} ${ms}ms`)
-  }
-}
-
 /** '*' (alone or in a list) allows any origin; otherwise exactly the listed origins. */
 export function corsOrigin(origins: string | string[]): string | string[] {
   const list = typeof origins === 'string' ? [origins] : origins
@@ -100,7 +102,10 @@ export function createApp(opts: AppOptions): Hono {
   const state = new AppState(opts)
   const app = new Hono()
   app.use(requestId({ headerName: 'x-request-id' }))
-  if (opts.log) app.use(accessLog(opts.log))
+  const log = opts.log
+  const format = opts.logFormat ?? 'plain'
+  app.use((opts.tracker ?? new RequestTracker()).middleware(log && ((rec) => log(formatRequest(rec, format)))))
+  if (opts.shutdown) app.use(opts.shutdown.middleware())
   if (opts.corsOrigins) {
     app.use(cors({ origin: corsOrigin(opts.corsOrigins), exposeHeaders: ['x-request-id', 'retry-after'] }))
   }
@@ -121,6 +126,8 @@ export function createApp(opts: AppOptions): Hono {
     }),
   )
   for (const routes of [
+    uiRoutes,
+    versionRoutes,
     healthRoutes,
     metricsRoutes,
     modelRoutes,

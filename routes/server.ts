@@ -12,10 +12,12 @@ import { readFileSync } from 'node:fs'
 import { createApp, type AppOptions, type ServedModel } from './app.ts'
 import { errorResponse, unavailable } from './errors.ts'
 import type { ServerMetrics } from './server-metrics.ts'
+import { formatEvent, RequestTracker } from './access-log.ts'
+import { Shutdown } from './shutdown.ts'
 import type { LoadOptions } from '../src/runtime/load.ts'
 
 export interface ServerOptions
-  extends Omit<AppOptions, 'model' | 'onLongRequest' | 'connections' | 'onMetrics'> {
+  extends Omit<AppOptions, 'model' | 'onLongRequest' | 'connections' | 'onMetrics' | 'tracker' | 'shutdown'> {
   /** A loaded model (or its promise). Omitted: loadModel(modelDir, load) is started here. */
   model?: ServedModel | Promise<ServedModel>
   modelDir?: string
@@ -32,6 +34,10 @@ export interface ServerOptions
   maxConnections?: number
   /** Warnings (e.g. a public bind without an API key); default stderr unless quiet. */
   warn?: (line: string) => void
+  /** Seconds stop() lets requests in flight finish before cutting them; default 0. */
+  shutdownTimeoutS?: number
+  /** While busy, one throughput line (tokens/s, running, waiting, KV use) every this many seconds; 0 = off (default). */
+  statsIntervalS?: number
 }
 
 export interface RunningServer {
@@ -39,8 +45,14 @@ export interface RunningServer {
   port: number
   /** The model once loaded (rejects if loading failed). */
   model: Promise<ServedModel>
-  /** Stops listening, ends open connections, and disposes the model if this server loaded it. */
-  stop(): Promise<void>
+  /** Requests until their last byte (streams included). */
+  readonly open: number
+  /**
+   * Stops listening, refuses new requests (503), lets the ones in flight finish for up to `drainS` seconds
+   * (default: shutdownTimeoutS) or until `now` aborts, then cuts the rest (error frame, and `[DONE]` on SSE),
+   * closes every connection and disposes the model if this server loaded it.
+   */
+  stop(opts?: { drainS?: number; now?: AbortSignal }): Promise<void>
 }
 
 /**
@@ -62,10 +74,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   let server: ReturnType<typeof Bun.serve> | null = null
   const maxConnections = opts.maxConnections ?? 1024
   let metrics: ServerMetrics | null = null
+  const tracker = new RequestTracker()
+  const shutdown = new Shutdown()
+  const log = opts.quiet ? undefined : (opts.log ?? ((line: string) => process.stderr.write(`${line}\n`)))
   const app = createApp({
-    log: opts.quiet ? undefined : (line) => process.stderr.write(`${line}\n`),
     ...opts,
+    log,
     model,
+    tracker,
+    shutdown,
     onLongRequest: (req) => server?.timeout(req, 0),
     onMetrics: (m) => (metrics = m),
     connections: () => ({
@@ -93,14 +110,33 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const hostname = server.hostname ?? opts.host ?? '127.0.0.1'
   const host = hostname.includes(':') ? `[${hostname}]` : hostname
   const url = `http://${host}:${server.port}`
+  const stats = statsTicker(model, opts, log)
   let stopped = false
   return {
     url,
     port: server.port!,
     model,
-    async stop() {
+    get open() {
+      return tracker.open
+    },
+    async stop({ drainS = opts.shutdownTimeoutS ?? 0, now } = {}) {
       if (stopped) return
       stopped = true
+      clearInterval(stats)
+      shutdown.draining = true
+      void server!.stop(false) // no new connections; requests in flight go on
+      // Settled: every response written out (Bun's own count covers the last bytes on the socket).
+      const busy = () => tracker.open > 0 || server!.pendingRequests > 0
+      const settled = async (ms: number, also?: AbortSignal) => {
+        const end = performance.now() + ms
+        while (busy() && performance.now() < end && !also?.aborted) await Bun.sleep(10)
+      }
+      if (drainS > 0 && !now?.aborted) await settled(drainS * 1000, now)
+      if (busy()) {
+        shutdown.cancelAll()
+        // The engine ends them at its next step; give their last frames a moment to reach the clients.
+        await settled(2000)
+      }
       await server!.stop(true)
       if (ownsModel) {
         const m = (await model.catch(() => null)) as (ServedModel & { dispose?: () => void }) | null
@@ -144,4 +180,43 @@ export function openConnections(port: number): number {
     }
   }
   return n
+}
+
+/** vLLM-style periodic throughput line while the engine is busy. */
+function statsTicker(
+  model: Promise<ServedModel>,
+  opts: ServerOptions,
+  log: ((line: string) => void) | undefined,
+): ReturnType<typeof setInterval> | undefined {
+  const every = opts.statsIntervalS ?? 0
+  if (!log || every <= 0) return undefined
+  let last: { prompt: number; gen: number; t: number } | null = null
+  let loaded: ServedModel | null = null
+  model.then((m) => (loaded = m)).catch(() => {})
+  const timer = setInterval(() => {
+    if (!loaded) return
+    const s = loaded.stats()
+    const now = performance.now()
+    const prev = last ?? { prompt: s.promptTokens, gen: s.generatedTokens, t: now - every * 1000 }
+    last = { prompt: s.promptTokens, gen: s.generatedTokens, t: now }
+    const dt = (now - prev.t) / 1000
+    const prompt = (s.promptTokens - prev.prompt) / dt
+    const gen = (s.generatedTokens - prev.gen) / dt
+    if (prompt === 0 && gen === 0 && s.running === 0 && s.waiting === 0) return
+    const kv = s.kvTokensTotal > 0 ? (100 * s.kvTokensUsed) / s.kvTokensTotal : 0
+    const message =
+      `throughput: prompt ${prompt.toFixed(1)} tok/s, generation ${gen.toFixed(1)} tok/s, ` +
+      `running ${s.running}, waiting ${s.waiting}, KV cache ${kv.toFixed(1)}% (${s.kvTokensUsed}/${s.kvTokensTotal} tokens)`
+    log(
+      formatEvent(opts.logFormat ?? 'plain', 'throughput', message, {
+        prompt_tokens_per_s: Math.round(prompt * 10) / 10,
+        generation_tokens_per_s: Math.round(gen * 10) / 10,
+        running: s.running,
+        waiting: s.waiting,
+        kv_cache_usage_perc: Math.round(kv * 10) / 1000,
+      }),
+    )
+  }, every * 1000)
+  timer.unref?.()
+  return timer
 }

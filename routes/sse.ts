@@ -147,6 +147,8 @@ export function eventStream(
       const err = toApiError(e)
       state.metrics.errors.inc(1, { type: err.type })
       sink.send(err.body())
+      // A stream cut by the server's shutdown still ends as the OpenAI clients expect a stream to end.
+      if (framing === 'sse' && err.code === 'server_shutdown') sink.raw('data: [DONE]\n\n')
     })
     .finally(() => {
       sink.stopPings()

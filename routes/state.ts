@@ -7,7 +7,9 @@
 import type { Model } from '../src/runtime/load.ts'
 import type { GenerateEvent, GenerateRequest } from '../src/types.ts'
 import { ApiError, overloaded, toApiError, unavailable } from './errors.ts'
+import { requestContext } from './access-log.ts'
 import { createServerMetrics, type ServerMetrics } from './server-metrics.ts'
+import { shutdownError, type Shutdown } from './shutdown.ts'
 
 /** The part of the runtime's `Model` the server uses (structural, so tests can pass a fake). */
 export type ServedModel = Pick<
@@ -42,6 +44,8 @@ export interface StateOptions {
   connections?: () => { open: number; requests: number }
   /** Receives the metrics once created (the server counts refused connections into them). */
   onMetrics?: (m: ServerMetrics) => void
+  /** Set by startServer: new requests are refused while draining, running ones cancelled at its end. */
+  shutdown?: Shutdown
 }
 
 export class AppState {
@@ -142,6 +146,10 @@ export async function startGeneration(
   const onClientAbort = () => ac.abort()
   signal.addEventListener('abort', onClientAbort)
   if (signal.aborted) ac.abort()
+  const shutdown = state.opts.shutdown?.signal
+  shutdown?.addEventListener('abort', onClientAbort)
+  if (shutdown?.aborted) ac.abort()
+  const rec = requestContext.getStore()
   state.inFlight++
   const t0 = performance.now()
   const m = state.metrics
@@ -158,6 +166,7 @@ export async function startGeneration(
     if (released) return
     released = true
     signal.removeEventListener('abort', onClientAbort)
+    shutdown?.removeEventListener('abort', onClientAbort)
     state.inFlight--
   }
   const it = model.generate({ ...req, signal: ac.signal })[Symbol.asyncIterator]()
@@ -176,6 +185,7 @@ export async function startGeneration(
       : pending?.type === 'finish'
         ? pending.usage.promptTokens
         : 0
+  if (rec) rec.promptTokens += promptTokens
   let started = false
   const events = track(
     state,
@@ -191,6 +201,12 @@ export async function startGeneration(
     () => {
       started = true
     },
+    (ev) => {
+      if (!rec) return
+      if (ev.type === 'delta') rec.completionTokens += ev.tokens.length
+      else if (ev.type === 'finish') rec.finishReason = ev.reason
+    },
+    () => shutdown?.aborted === true && !signal.aborted,
   )
   const cancel = () => {
     ac.abort()
@@ -215,12 +231,20 @@ async function* track(
   release: () => void,
   end: (reason: string) => void,
   onStart: () => void,
+  account: (ev: GenerateEvent) => void,
+  cutByShutdown: () => boolean,
 ): AsyncGenerator<GenerateEvent> {
   onStart()
   const m = state.metrics
   let last = 0
   let finished = false
   const observe = (ev: GenerateEvent) => {
+    account(ev)
+    // Cancelled by the shutdown rather than by the client: the stream ends with an error frame.
+    if (ev.type === 'finish' && ev.reason === 'cancelled' && cutByShutdown()) {
+      finished = true
+      throw shutdownError()
+    }
     const now = performance.now()
     if (ev.type === 'delta' && ev.tokens.length > 0) {
       if (last === 0) m.ttft.observe((now - t0) / 1000)

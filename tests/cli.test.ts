@@ -208,9 +208,13 @@ describe('errors', () => {
     const bad = join(scratch, 'not-a-model')
     for (const c of ['generate', 'info', 'bench', 'chat']) {
       const r = cli([c, '-m', bad, ...(c === 'generate' ? ['-p', 'hi'] : [])])
-      expectOneLineError(r, c, `${bad} is not a model directory: config.json is missing`)
+      expectOneLineError(r, c, `${bad}: no such model directory (a hub id looks like org/name`)
     }
     expect(existsSync(bad)).toBe(false)
+    // A directory that is not a model says what one holds and how to get one.
+    const r = cli(['generate', '-m', scratch, 'hi'])
+    expectOneLineError(r, 'generate', `${scratch} is not a model directory: config.json is missing`)
+    expect(r.stderr).toContain('to download one: minicpm-edge pull openbmb/MiniCPM4-0.5B')
   })
 
   test('a --kv-dtype outside f32, bf16, f16 is a usage error (exit 2), for every command that loads the engine', () => {
@@ -221,9 +225,40 @@ describe('errors', () => {
     }
   })
 
-  test('unknown flags are usage errors (exit 2)', () => {
+  test('unknown flags are usage errors (exit 2) in one short line, with the nearest flag', () => {
     const r = cli(['info', '--bogus'])
-    expectOneLineError(r, 'info', "Unknown option '--bogus'")
+    expectOneLineError(r, 'info', 'unknown flag --bogus (--help lists the flags)')
     expect(r.code).toBe(2)
+    const typo = cli(['serve', '--prot', '9'])
+    expectOneLineError(typo, 'serve', 'unknown flag --prot; did you mean --port?')
+    expect(typo.stderr).not.toContain('positional argument')
+    const missing = cli(['generate', '--max-tokens'])
+    expectOneLineError(missing, 'generate', '--max-tokens needs a value')
+  })
+
+  test("serve's -p is explained (the port is --port; -p is generate's prompt)", () => {
+    const r = cli(['serve', '-p', '8081'])
+    expectOneLineError(r, 'serve', "serve has no -p (in 'generate' it is the prompt); the port is --port N or MINICPM_PORT")
+    expect(r.code).toBe(2)
+  })
+
+  test('--kv-bytes takes sizes with suffixes; -c/--ctx-size and --max-num-seqs/--parallel are aliases', () => {
+    const r = cli(['generate', '-m', dir, '--kv-bytes', '64M', '-c', '256', '--max-num-seqs', '2', '-n', '2', '-v', 'hi'])
+    console.log(r.stderr.trim())
+    expect(r.code).toBe(0)
+    const bad = cli(['generate', '-m', dir, '--kv-bytes', '2X', 'hi'])
+    expectOneLineError(bad, 'generate', "--kv-bytes expects a size such as 1073741824, 512M, 2G or 1.5GiB, got '2X'")
+    const ctx = cli(['generate', '-m', dir, '--ctx-size=0', 'hi'])
+    expectOneLineError(ctx, 'generate', '--ctx must be >= 1, got 0')
+  })
+
+  test('--version prints the version (the one in package.json)', async () => {
+    const { VERSION } = await import('../src/version')
+    expect(VERSION).toBe((await import('../package.json')).version)
+    for (const flag of ['--version', '-V']) {
+      const r = cli([flag])
+      expect(r.code).toBe(0)
+      expect(r.stdout.trim()).toMatch(/^minicpm-edge \d+\.\d+\.\d+ \(bun \d+\.\d+\.\d+, linux-\w+\)$/)
+    }
   })
 })

@@ -5,6 +5,8 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { KV_DTYPES, type LoadOptions, type Model } from '../runtime/load'
 import type { SamplingOptions } from '../types'
+import { formatSize, parseSize } from '../util/size'
+import { stderrLine, StatusLine } from './term'
 
 export interface Command {
   name: string
@@ -18,16 +20,94 @@ export class UsageError extends Error {}
 
 type Options = NonNullable<ParseArgsConfig['options']>
 
-export function parse<O extends Options>(argv: string[], options: O, allowPositionals = false) {
+/** Flag spellings other servers use (llama.cpp, vLLM), rewritten to ours before parsing. */
+export const FLAG_ALIASES: Record<string, string> = {
+  '-c': '--ctx',
+  '--ctx-size': '--ctx',
+  '--max-model-len': '--ctx',
+  '--max-num-seqs': '--parallel',
+  '-np': '--parallel',
+}
+
+function normalize(argv: string[], options: Options): string[] {
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!
+    if (a === '--') {
+      out.push(...argv.slice(i))
+      break
+    }
+    const eq = a.startsWith('--') ? a.indexOf('=') : -1
+    const name = eq > 0 ? a.slice(0, eq) : a
+    const target = FLAG_ALIASES[name]
+    if (target && options[target.slice(2)]) out.push(eq > 0 ? target + a.slice(eq) : target)
+    else out.push(a)
+  }
+  return out
+}
+
+/** The closest known flag to a mistyped one (edit distance <= 2), for a "did you mean" hint. */
+function closest(flag: string, options: Options): string | null {
+  const want = flag.replace(/^-+/, '')
+  let best: string | null = null
+  let bestD = 3
+  for (const name of [...Object.keys(options), ...Object.keys(FLAG_ALIASES).map((a) => a.replace(/^-+/, ''))]) {
+    const d = editDistance(want, name)
+    if (d < bestD) [best, bestD] = [name, d]
+  }
+  return best === null ? null : `--${best}`
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j]!
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1))
+      prev = cur
+    }
+  }
+  return row[b.length]!
+}
+
+/**
+ * node:util parseArgs with our aliases and short error messages ("unknown flag --prot; did you mean
+ * --port?") instead of parseArgs' paragraph. `hints` maps a flag to a message for a known confusion.
+ */
+export function parse<O extends Options>(
+  argv: string[],
+  options: O,
+  allowPositionals = false,
+  hints: Record<string, string> = {},
+) {
+  const all = { ...options, help: { type: 'boolean', short: 'h' } } as O
+  for (const a of argv) {
+    const hint = hints[a.split('=')[0]!]
+    if (hint) throw new UsageError(hint)
+  }
   try {
-    return parseArgs({
-      args: argv,
-      options: { ...options, help: { type: 'boolean', short: 'h' } },
-      allowPositionals,
-      strict: true,
-    })
+    return parseArgs({ args: normalize(argv, all), options: all, allowPositionals, strict: true })
   } catch (e) {
-    throw new UsageError((e as Error).message)
+    const msg = (e as Error).message
+    const code = (e as { code?: string }).code
+    // parseArgs quotes the flag as '--bogus' or '-n, --max-tokens <value>': keep the long spelling.
+    const quoted = /'(-[^']*)'/.exec(msg)?.[1] ?? ''
+    const flag = quoted.match(/--[\w-]+/g)?.at(-1) ?? quoted.match(/-\w+/)?.[0]
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && flag) {
+      const near = closest(flag, all)
+      throw new UsageError(`unknown flag ${flag}${near ? `; did you mean ${near}?` : ''} (--help lists the flags)`)
+    }
+    if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      const arg = /'([^']*)'/.exec(msg)?.[1] ?? ''
+      throw new UsageError(`unexpected argument '${arg}' (--help lists the flags)`)
+    }
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && flag) {
+      const needs = /argument missing/.test(msg) ? 'needs a value' : 'takes no value'
+      throw new UsageError(`${flag} ${needs}`)
+    }
+    throw new UsageError(msg.split('. ')[0]!)
   }
 }
 
@@ -35,15 +115,19 @@ export const modelOptions = {
   model: { type: 'string', short: 'm' },
   threads: { type: 'string', short: 't' },
   ctx: { type: 'string' },
+  parallel: { type: 'string' },
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
-  -m, --model DIR          model directory (default: $MINICPM_MODEL, else the generated random-weight tiny model)
+  -m, --model DIR|ID       model directory, or a hub id such as openbmb/MiniCPM4-0.5B (downloaded once, as by
+                           'pull'); default: $MINICPM_MODEL, else the generated random-weight tiny model
   -t, --threads N          engine threads (default: all cores)
-      --ctx N              most tokens per request (default: the model's max_position_embeddings)
-      --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)
+  -c, --ctx N              most tokens per request (default: the model's max_position_embeddings);
+                           also --ctx-size, --max-model-len
+      --parallel N         most sequences decoded together (default: the engine's); also --max-num-seqs, -np
+      --kv-bytes SIZE      KV cache memory limit: bytes or 512M, 2G, 1.5GiB, 4GB (default 1 GiB)
       --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)`
 
 export const samplingOptions = {
@@ -87,10 +171,22 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     dir: values.model as string | undefined,
     nThreads: num(values, 'threads', { int: true, min: 0 }),
     nCtx: num(values, 'ctx', { int: true, min: 1 }),
-    kvBytes: num(values, 'kv-bytes', { int: true, min: 1 }),
+    nBatchMax: num(values, 'parallel', { int: true, min: 1 }),
+    kvBytes: size(values, 'kv-bytes', { min: 1 }),
     kvDtype: kvDtypeOf(values),
     onProgress: progressBar(),
+    onLog: (line) => stderrLine.line(line),
   }
+}
+
+/** A byte-size flag: a number of bytes or a size with a unit (src/util/size.ts). */
+export function size(values: Values, flag: string, opts: { min?: number } = {}): number | undefined {
+  const raw = values[flag]
+  if (raw === undefined) return undefined
+  const n = typeof raw === 'string' ? parseSize(raw) : null
+  if (n === null) throw new UsageError(`--${flag} expects a size such as 1073741824, 512M, 2G or 1.5GiB, got '${raw}'`)
+  if (opts.min !== undefined && n < opts.min) throw new UsageError(`--${flag} must be >= ${opts.min} bytes, got ${raw}`)
+  return n
 }
 
 export function kvDtypeOf(values: Values): LoadOptions['kvDtype'] {
@@ -122,22 +218,45 @@ export function samplingOf(values: Values): SamplingOptions {
   }
 }
 
-/** A progress callback drawing one bar line on a TTY stderr; silent when stderr is piped. */
-export function progressBar(): (phase: string, done: number, total: number) => void {
-  if (!process.stderr.isTTY) return () => {}
+/**
+ * A progress callback drawing one bar line on a TTY stderr (silent when stderr is piped). A bar that reaches
+ * its total, or is replaced by the next phase, always ends its line.
+ */
+export function progressBar(
+  out: StatusLine = stderrLine,
+  isTTY: boolean = process.stderr.isTTY === true,
+): (phase: string, done: number, total: number, unit?: 'bytes') => void {
+  if (!isTTY) return () => {}
+  let current: string | null = null
   let last = ''
-  return (phase, done, total) => {
+  let t0 = 0
+  return (phase, done, total, unit) => {
+    if (current !== phase) t0 = performance.now()
+    if (current !== null && current !== phase) out.end()
+    current = phase
     // Steps without a measurable amount (total 1) get one line, not a bar that jumps from 0 to 100%.
-    if (total <= 1) {
-      process.stderr.write(done < total ? `${phase}...` : ' done\n')
-      return
+    const line =
+      total <= 1
+        ? `${phase}...${done >= total ? ' done' : ''}`
+        : `${phase.padEnd(24)} [${bar(done / total)}] ${Math.floor(Math.min(1, done / total) * 100)}%` +
+          (unit === 'bytes' ? ` ${formatSize(done)} / ${formatSize(total)}${rate(done, t0)}` : '')
+    if (done >= total) {
+      out.end(line)
+      current = null
+      last = ''
+    } else if (line !== last) {
+      out.show(line)
+      last = line
     }
-    const frac = total > 0 ? Math.min(1, done / total) : 1
-    const width = 30
-    const fill = Math.round(frac * width)
-    const line = `${phase.padEnd(24)} [${'#'.repeat(fill)}${'-'.repeat(width - fill)}] ${Math.round(frac * 100)}%`
-    if (line === last) return
-    last = line
-    process.stderr.write(`\r${line}${done >= total ? '\n' : ''}`)
   }
+}
+
+function rate(bytes: number, t0: number): string {
+  const s = (performance.now() - t0) / 1000
+  return s > 0.5 ? ` ${formatSize(bytes / s)}/s` : ''
+}
+
+function bar(frac: number, width = 30): string {
+  const fill = Math.round(Math.max(0, Math.min(1, frac)) * width)
+  return '#'.repeat(fill) + '-'.repeat(width - fill)
 }

@@ -2,6 +2,7 @@
  * The command-line dispatcher: picks the command, prints usage and --help, and turns every failure into one
  * line on stderr and a non-zero exit code, never a stack trace. The command list is the program's (../../cli.ts).
  */
+import { versionLine } from '../version'
 import { UsageError, type Command } from './common'
 
 function usage(commands: Command[]): string {
@@ -12,7 +13,7 @@ function usage(commands: Command[]): string {
     'Commands:',
     ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
-    "Run 'minicpm-edge <command> --help' for a command's flags.",
+    "Run 'minicpm-edge <command> --help' for a command's flags; --version prints the version.",
   ].join('\n')
 }
 
@@ -22,12 +23,17 @@ export async function dispatch(commands: Command[], argv: string[]): Promise<num
     console.log(usage(commands))
     return name === undefined ? 1 : 0
   }
+  if (name === '--version' || name === '-V' || name === 'version') {
+    console.log(versionLine())
+    return 0
+  }
   const command = commands.find((c) => c.name === name)
   if (!command) {
     process.stderr.write(`minicpm-edge: unknown command '${name}'\n${usage(commands)}\n`)
     return 2
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  const flags = rest.slice(0, rest.includes('--') ? rest.indexOf('--') : rest.length)
+  if (flags.includes('--help') || flags.includes('-h')) {
     console.log(command.usage)
     return 0
   }

@@ -8,6 +8,7 @@ import { NativeModel, nativeLibrary } from '../../ffi/index'
 import { resolveModelDir } from '../runtime/load'
 import { readModelDir } from '../runtime/model-dir'
 import { modelHelp, parse, progressBar, type Command } from './common'
+import { stderrLine } from './term'
 
 const options = {
   model: { type: 'string', short: 'm' },
@@ -24,11 +25,11 @@ weights are generated random ones, and whether the engine loads the model (exit 
 
       --json               print one JSON object instead of text
 
-${modelHelp.split('\n').slice(0, 2).join('\n')}`,
+${modelHelp.split('\n').slice(0, 3).join('\n')}`,
 
   async run(argv) {
     const { values } = parse(argv, options)
-    const dir = resolveModelDir(values.model, progressBar())
+    const dir = await resolveModelDir(values.model, progressBar(), (line) => stderrLine.line(line))
     const facts = readModelDir(dir)
     const c = facts.config
     const files = weightFiles(facts.dir)

@@ -2,9 +2,12 @@
  * loadModel(): a model directory -> native model + tokenizer + chat template + engine, behind the Model
  * interface that routes/ and the CLI use.
  */
-import { join } from 'node:path'
+import { existsSync } from 'node:fs'
+import { join, resolve } from 'node:path'
 import { NativeEngine, NativeModel, type KvDtype } from '../../ffi/index'
 import { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError } from '../chat/index'
+import { isHubId } from '../hub/cache'
+import { pull } from '../hub/pull'
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index'
 import type { ChatMessage, EngineStats, GenerateEvent, GenerateRequest, ModelInfo, SamplingOptions } from '../types'
 import { cacheRoot, DEFAULT_MODEL_ID, ensureDefaultModel } from './default-model'
@@ -40,7 +43,10 @@ export interface LoadOptions {
   templateMaxChars?: number
   /** Load warnings (pool smaller than the context, a broken template); default stderr. */
   warn?: (line: string) => void
-  onProgress?: (phase: string, done: number, total: number) => void
+  /** Progress of long steps; `unit` 'bytes' when done/total count bytes (a download). */
+  onProgress?: (phase: string, done: number, total: number, unit?: 'bytes') => void
+  /** Notices (random weights, download steps); default: lines on stderr. */
+  onLog?: (line: string) => void
 }
 
 export interface Model extends Disposable {
@@ -72,17 +78,37 @@ export interface Model extends Disposable {
   dispose(): void
 }
 
-/** The model directory to use: the argument, else $MINICPM_MODEL, else the generated default model. */
-export function resolveModelDir(dir: string | undefined, onProgress?: LoadOptions['onProgress']): string {
-  return dir || process.env.MINICPM_MODEL || ensureDefaultModel(onProgress)
+/**
+ * The model directory to use: the argument, else $MINICPM_MODEL, else the generated default model. A hub id
+ * (`org/name`) that is not a local path is pulled into the HF cache first (src/hub/pull.ts), or found there.
+ */
+export async function resolveModelDir(
+  dir: string | undefined,
+  onProgress?: LoadOptions['onProgress'],
+  onLog: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
+): Promise<string> {
+  const spec = dir || process.env.MINICPM_MODEL
+  if (!spec) return ensureDefaultModel(onProgress)
+  if (existsSync(spec)) {
+    if (!existsSync(join(spec, 'config.json')) && !isHubId(spec)) {
+      throw new Error(
+        `${resolve(spec)} is not a model directory: config.json is missing (a model directory holds config.json, ` +
+          `*.safetensors and tokenizer files, as on the hub; to download one: minicpm-edge pull openbmb/MiniCPM4-0.5B)`,
+      )
+    }
+    if (existsSync(join(spec, 'config.json'))) return spec
+  }
+  if (isHubId(spec)) return pull(spec, { onProgress, log: onLog })
+  throw new Error(`${spec}: no such model directory (a hub id looks like org/name, e.g. openbmb/MiniCPM4-0.5B)`)
 }
 
 export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<Model> {
   const progress = opts.onProgress ?? (() => {})
-  const facts = readModelDir(resolveModelDir(dir, progress))
+  const log = opts.onLog ?? ((line: string) => process.stderr.write(`${line}\n`))
+  const facts = readModelDir(await resolveModelDir(dir, progress, log))
   if (facts.randomWeights) {
     const label = facts.id === DEFAULT_MODEL_ID ? 'the default model' : facts.id
-    process.stderr.write(`minicpm-edge: ${label} (${facts.dir}) has RANDOM weights: its output is meaningless\n`)
+    log(`minicpm-edge: ${label} (${facts.dir}) has RANDOM weights: its output is meaningless`)
   }
   for (const w of facts.warnings) (opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`)))(`minicpm-edge: WARNING: ${w}`)
   progress('weights', 0, 1)
@@ -90,7 +116,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   try {
     progress('weights', 1, 1)
     const warnings = native.warnings()
-    for (const w of warnings) process.stderr.write(`minicpm-edge: ${facts.id}: warning: ${w}\n`)
+    for (const w of warnings) (opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`)))(`minicpm-edge: WARNING: ${facts.id}: ${w}`)
     progress('tokenizer', 0, 1)
     const tokenizer = await loadTokenizer(facts.dir, { cacheDir: join(cacheRoot(), 'tokenizers') })
     progress('tokenizer', 1, 1)

@@ -4,6 +4,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { basename, join, resolve } from 'node:path'
+import { repoOfSnapshot } from '../hub/cache'
 import type { SamplingOptions } from '../types'
 
 export interface ModelDirFacts {
@@ -37,7 +38,7 @@ export function readModelDir(dir: string): ModelDirFacts {
     : {}
   return {
     dir: abs,
-    id: basename(abs),
+    id: repoOfSnapshot(abs) ?? basename(abs),
     randomWeights: marker?.random_weights === true,
     config,
     generationDefaults,
