@@ -12,4 +12,4 @@ export {
   type NativeRequestInfo,
   type NativeEngineStats,
 } from './engine'
-export { structSizes, type NativeEvent, type NativeFinish, type KvDtype } from './structs'
+export { structSizes, type NativeEvent, type NativeFinish, type KvDtype, type Backend } from './structs'

@@ -152,6 +152,20 @@ describe('commands', () => {
     expect(unset).toEqual(bf16)
   }, 60_000)
 
+  test('--backend: cpu and auto run; cuda says why it cannot here; anything else is a usage error', () => {
+    for (const b of ['cpu', 'auto']) {
+      const r = cli(['generate', '-m', dir, '-p', 'hi', '-n', '2', '--backend', b])
+      expect(r.code).toBe(0)
+    }
+    const cuda = cli(['generate', '-m', dir, '-p', 'hi', '-n', '2', '--backend', 'cuda'])
+    console.log(`--backend cuda: exit ${cuda.code}: ${cuda.stderr.trim()}`)
+    expect(cuda.code).toBe(1)
+    expect(cuda.stderr).toMatch(/backend cuda: (this build has no CUDA backend|no usable CUDA device)/)
+    const bad = cli(['generate', '-m', dir, '-p', 'hi', '--backend', 'tpu'])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain("--backend must be one of auto, cpu, cuda, got 'tpu'")
+  }, 60_000)
+
   test('chat with piped stdin answers each line, keeping the conversation', () => {
     const flags = ['-n', '3', '--temperature', '0', '--ignore-eos', '-v', '--kv-dtype', 'f16']
     const r = cli(['chat', '-m', dir, ...flags], { stdin: 'hello\nand again\n' })

@@ -3,7 +3,7 @@
  * sampling flags, and the stderr progress bar.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { KV_DTYPES, type LoadOptions, type Model } from '../runtime/load'
+import { BACKENDS, KV_DTYPES, type LoadOptions, type Model } from '../runtime/load'
 import type { SamplingOptions } from '../types'
 import { formatSize, parseSize } from '../util/size'
 import { stderrLine, StatusLine } from './term'
@@ -118,6 +118,7 @@ export const modelOptions = {
   parallel: { type: 'string' },
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
+  backend: { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -128,7 +129,9 @@ export const modelHelp = `Model:
                            also --ctx-size, --max-model-len
       --parallel N         most sequences decoded together (default: the engine's); also --max-num-seqs, -np
       --kv-bytes SIZE      KV cache memory limit: bytes or 512M, 2G, 1.5GiB, 4GB (default 1 GiB)
-      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)`
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
+      --backend B          where the engine runs: auto (default: CUDA when built and a GPU is present, else CPU),
+                           cpu or cuda (an error when this build or machine has none)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -174,6 +177,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     nBatchMax: num(values, 'parallel', { int: true, min: 1 }),
     kvBytes: size(values, 'kv-bytes', { min: 1 }),
     kvDtype: kvDtypeOf(values),
+    backend: backendOf(values),
     onProgress: progressBar(),
     onLog: (line) => stderrLine.line(line),
   }
@@ -187,6 +191,14 @@ export function size(values: Values, flag: string, opts: { min?: number } = {}):
   if (n === null) throw new UsageError(`--${flag} expects a size such as 1073741824, 512M, 2G or 1.5GiB, got '${raw}'`)
   if (opts.min !== undefined && n < opts.min) throw new UsageError(`--${flag} must be >= ${opts.min} bytes, got ${raw}`)
   return n
+}
+
+export function backendOf(values: Values): LoadOptions['backend'] {
+  const raw = values.backend
+  if (raw === undefined) return undefined
+  const b = BACKENDS.find((d) => d === raw)
+  if (b === undefined) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got '${raw}'`)
+  return b
 }
 
 export function kvDtypeOf(values: Values): LoadOptions['kvDtype'] {

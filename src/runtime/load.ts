@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { NativeEngine, NativeModel, type KvDtype } from '../../ffi/index'
+import { NativeEngine, NativeModel, type Backend, type KvDtype } from '../../ffi/index'
 import { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError } from '../chat/index'
 import { isHubId } from '../hub/cache'
 import { pull } from '../hub/pull'
@@ -23,12 +23,15 @@ const TOKENIZE_BUDGET_MS = 120_000
 /** KV cache element types the engine takes. Without one it uses bf16 (minicpm.h, engine_params.kv_dtype). */
 export const KV_DTYPES = ['f32', 'bf16', 'f16'] as const satisfies readonly KvDtype[]
 export const DEFAULT_KV_DTYPE: KvDtype = 'bf16'
+/** Where the engine runs; 'auto' picks CUDA when the library was built with it and a GPU is present. */
+export const BACKENDS = ['auto', 'cpu', 'cuda'] as const satisfies readonly Backend[]
 
 export interface LoadOptions {
   nThreads?: number
   nCtx?: number
   kvBytes?: number
   kvDtype?: KvDtype
+  backend?: Backend
   nBatchMax?: number
   nChunk?: number
   nQueueMax?: number
@@ -112,7 +115,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   }
   for (const w of facts.warnings) (opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`)))(`minicpm-edge: WARNING: ${w}`)
   progress('weights', 0, 1)
-  const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
+  const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads, backend: opts.backend })
   try {
     progress('weights', 1, 1)
     const warnings = native.warnings()
