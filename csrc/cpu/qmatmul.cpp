@@ -58,23 +58,24 @@ void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t
     (void) sum;
 }
 
-// Rows [n0, n0 + nr) of w into the u8 form, with f32 scales and scale * offset per group.
-void unpack_rows(const tensor_desc & w, int64_t n0, int64_t nr, uint8_t * wu, float * ws, float * wc) {
-    const int64_t K = w.cols, G = w.n_groups();
+// One stored row (K columns) into the u8 form.
+void unpack_row(const uint8_t * w, bool q4, int64_t K, uint8_t * u) {
+    if (!q4) {
+        for (int64_t k = 0; k < K; ++k) u[k] = uint8_t(w[k] ^ 0x80u);
+        return;
+    }
+    for (int64_t c = 0; c < K; c += k_step) {
+        const uint8_t * b = w + c / 2;
+        for (int64_t j = 0; j < 32; ++j) u[c + j] = uint8_t(b[j] & 0xfu);
+        for (int64_t j = 0; j < 32; ++j) u[c + 32 + j] = uint8_t(b[j] >> 4);
+    }
+}
+
+// f32 scales and scale * offset per group of rows [n0, n0 + nr).
+void row_scales(const tensor_desc & w, int64_t n0, int64_t nr, float * ws, float * wc) {
+    const int64_t G = w.n_groups();
     for (int64_t r = 0; r < nr; ++r) {
         const int64_t n = n0 + r;
-        uint8_t *     u = wu + r * K;
-        if (w.type == dtype::q8) {
-            const uint8_t * q = (const uint8_t *) w.data + n * K;
-            for (int64_t k = 0; k < K; ++k) u[k] = uint8_t(q[k] ^ 0x80u);
-        } else {
-            const uint8_t * q = (const uint8_t *) w.data + n * K / 2;
-            for (int64_t c = 0; c < K; c += k_step) {
-                const uint8_t * b = q + c / 2;
-                for (int64_t j = 0; j < 32; ++j) u[c + j] = uint8_t(b[j] & 0xfu);
-                for (int64_t j = 0; j < 32; ++j) u[c + 32 + j] = uint8_t(b[j] >> 4);
-            }
-        }
         for (int64_t g = 0; g < G; ++g) {
             const float s = load_f32(w.scales, w.scale_type, n * G + g);
             const float off = w.type == dtype::q8 ? 128.0f : float(w.zeros ? w.zeros[n * G + g] : 8);
@@ -174,15 +175,15 @@ void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float
     // Tasks of k_rows_task rows; a small matrix (under ~256 KiB of weights per token group) stays on this thread.
     const int64_t n_tasks = ceil_div(N, k_rows_task);
     const bool    small = int64_t(w.bytes()) * std::min<int64_t>(T, 4) < (int64_t(256) << 10);
+    const int64_t row_bytes = q4 ? K / 2 : K;
     auto task = [&](int64_t i, int) {
-        static thread_local std::vector<uint8_t> wu;
-        static thread_local std::vector<float>   ws, wc;
-        wu.resize(size_t(k_rows_task * K));
+        static thread_local std::vector<float> ws, wc;
         ws.resize(size_t(k_rows_task * G));
         wc.resize(size_t(k_rows_task * G));
         const int64_t n0 = i * k_rows_task, nr = std::min(k_rows_task, N - n0);
-        unpack_rows(w, n0, nr, wu.data(), ws.data(), wc.data());
-        v.dot(y, N, xqp, xlsp, xgsp, T, K, wu.data(), ws.data(), wc.data(), nr, n0, G, gsteps);
+        row_scales(w, n0, nr, ws.data(), wc.data());
+        v.dot(y, N, xqp, xlsp, xgsp, T, K, (const uint8_t *) w.data + n0 * row_bytes, q4, ws.data(), wc.data(), nr,
+              n0, G, gsteps);
     };
     if (small) {
         for (int64_t i = 0; i < n_tasks; ++i) task(i, 0);
@@ -192,10 +193,13 @@ void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float
 }
 
 void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
-                   int64_t K, const uint8_t * wu, const float * ws, const float * wc, int64_t nr, int64_t n0,
+                   int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                    int64_t G, int64_t gsteps) {
+    static thread_local std::vector<uint8_t> row;
+    row.resize(size_t(K));
     for (int64_t r = 0; r < nr; ++r) {
-        const uint8_t * u = wu + r * K;
+        unpack_row(w + r * (q4 ? K / 2 : K), q4, K, row.data());
+        const uint8_t * u = row.data();
         for (int64_t t = 0; t < T; ++t) {
             const int8_t * q = xq + t * K;
             const float *  ls = xls + t * K / 4;

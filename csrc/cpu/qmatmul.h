@@ -24,11 +24,12 @@ namespace minicpm {
 
 struct cpu_kernel_table;
 
-// y[t, n0 + r] for t < T, r < nr. xq [T][K] int8, xls [T][K/4], xgs [T][G]; wu [nr][K] u8 form; ws, wc
-// [nr][G]: the weight scale and scale * offset c. gsteps = group / 64. ldy = row stride of y.
+// y[t, n0 + r] for t < T, r < nr. xq [T][K] int8, xls [T][K/4], xgs [T][G]; w: the stored rows n0 .. n0 + nr
+// (q8: int8, q4: packed nibbles), turned into the u8 form in registers; ws, wc [nr][G]: the weight scale and
+// scale * offset c. gsteps = group / 64. ldy = row stride of y.
 typedef void (*qdot_fn)(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
-                        int64_t K, const uint8_t * wu, const float * ws, const float * wc, int64_t nr, int64_t n0,
-                        int64_t G, int64_t gsteps);
+                        int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr,
+                        int64_t n0, int64_t G, int64_t gsteps);
 
 struct qmatmul_variant {
     const char * name;      // "avx512-vnni", "avx-vnni", "portable"
@@ -48,14 +49,14 @@ void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float
              int64_t T);
 
 void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
-                   int64_t K, const uint8_t * wu, const float * ws, const float * wc, int64_t nr, int64_t n0,
+                   int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                    int64_t G, int64_t gsteps);
 #if defined(MINICPM_X86)
 void qdot_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
-                     int64_t K, const uint8_t * wu, const float * ws, const float * wc, int64_t nr, int64_t n0,
+                     int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                      int64_t G, int64_t gsteps);
 void qdot_avxvnni(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
-                  int64_t K, const uint8_t * wu, const float * ws, const float * wc, int64_t nr, int64_t n0,
+                  int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                   int64_t G, int64_t gsteps);
 #endif
 

@@ -89,7 +89,8 @@ quantized_tensor quantize_rtn(const tensor_desc & src, dtype type, int32_t group
 }
 
 quantized_tensor gptq_to_q4(const int32_t * qweight, const int32_t * qzeros, const uint16_t * scales,
-                            const int32_t * g_idx, int64_t N, int64_t K, int32_t group, const std::string & name) {
+                            const int32_t * g_idx, int64_t N, int64_t K, int32_t group, const std::string & name,
+                            bool v2) {
     quantized_tensor q;
     q.type = dtype::q4;
     q.rows = N;
@@ -121,7 +122,7 @@ quantized_tensor gptq_to_q4(const int32_t * qweight, const int32_t * qzeros, con
     for (int64_t g = 0; g < G; ++g)
         for (int64_t n = 0; n < N; ++n) {
             const uint32_t word = uint32_t(qzeros[g * (N / 8) + n / 8]);
-            const uint32_t v = ((word >> (4 * (n % 8))) & 0xfu) + 1u;
+            const uint32_t v = ((word >> (4 * (n % 8))) & 0xfu) + (v2 ? 0u : 1u);
             if (v > 15)
                 fail(MINICPM_STATUS_UNSUPPORTED, name + ".qzeros: zero point 16 (stored 15) of output " +
                                                      std::to_string(n) + ", group " + std::to_string(g) +

@@ -35,11 +35,13 @@ quantized_tensor quantize_rtn(const tensor_desc & src, dtype type, int32_t group
 
 // A GPTQ int4 linear as published (AutoGPTQ v1 layout, out = N, in = K):
 //   qweight int32 [K/8, N]: eight 4-bit values along K per word, lowest nibble = smallest k;
-//   qzeros int32 [n_groups, N/8]: eight zero points along N per word, stored minus one (v1: zero = z + 1);
+//   qzeros int32 [n_groups, N/8]: eight zero points along N per word, stored minus one in v1 (zero = z + 1),
+//   as is in gptq_v2;
 //   scales f16 [n_groups, N]; g_idx int32 [K] (may be null: k / group).
 // Every value is validated (g_idx in range, zero points); the result is the engine's q4 with zeros (or no
 // zeros when every zero point is 8), perm = g_idx unless g_idx == k / group.
 quantized_tensor gptq_to_q4(const int32_t * qweight, const int32_t * qzeros, const uint16_t * scales,
-                            const int32_t * g_idx, int64_t N, int64_t K, int32_t group, const std::string & name);
+                            const int32_t * g_idx, int64_t N, int64_t K, int32_t group, const std::string & name,
+                            bool v2 = false);
 
 }  // namespace minicpm

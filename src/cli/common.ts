@@ -3,6 +3,7 @@
  * sampling flags, and the stderr progress bar.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { QUANTIZE_TYPES } from '../../ffi/index'
 import { KV_DTYPES, type LoadOptions, type Model } from '../runtime/load'
 import type { SamplingOptions } from '../types'
 
@@ -37,6 +38,8 @@ export const modelOptions = {
   ctx: { type: 'string' },
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
+  quantize: { type: 'string' },
+  'quant-group': { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -44,7 +47,9 @@ export const modelHelp = `Model:
   -t, --threads N          engine threads (default: all cores)
       --ctx N              most tokens per request (default: the model's max_position_embeddings)
       --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)
-      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)`
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
+      --quantize q8|q4     quantize the weights at load (round to nearest; q8 symmetric, q4 asymmetric)
+      --quant-group N      input features per scale, a multiple of 32 (default 128)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -89,8 +94,20 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     nCtx: num(values, 'ctx', { int: true, min: 1 }),
     kvBytes: num(values, 'kv-bytes', { int: true, min: 1 }),
     kvDtype: kvDtypeOf(values),
+    ...quantizeOf(values),
     onProgress: progressBar(),
   }
+}
+
+export function quantizeOf(values: Values): Pick<LoadOptions, 'quantize' | 'quantGroupSize'> {
+  const raw = values.quantize
+  const quantize = raw === undefined ? undefined : QUANTIZE_TYPES.find((q) => q === raw)
+  if (raw !== undefined && quantize === undefined)
+    throw new UsageError(`--quantize must be one of ${QUANTIZE_TYPES.join(', ')}, got '${raw}'`)
+  const quantGroupSize = num(values, 'quant-group', { int: true, min: 32 })
+  if (quantGroupSize !== undefined && quantGroupSize % 32 !== 0)
+    throw new UsageError(`--quant-group must be a multiple of 32, got ${quantGroupSize}`)
+  return { quantize, quantGroupSize }
 }
 
 export function kvDtypeOf(values: Values): LoadOptions['kvDtype'] {
