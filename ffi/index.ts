@@ -3,7 +3,13 @@
  */
 export { NativeError } from './errors'
 export { nativeLibrary, ABI_VERSION } from './library'
-export { NativeModel, type NativeModelInfo, type NativeModelOptions } from './model'
+export {
+  NativeModel,
+  QUANTIZE_TYPES,
+  type NativeModelInfo,
+  type NativeModelOptions,
+  type QuantizeType,
+} from './model'
 export { NativeContext, type NativeContextOptions, type EvalOptions } from './context'
 export {
   NativeEngine,

@@ -21,6 +21,10 @@ export const modelParamsLayout = {
   backend: [8, 'i32', 'backend'],
   useMmap: [12, 'u8', 'use_mmap'],
   pad_: [13, 'u8', 'pad_', 3],
+  quantize: [16, 'i32', 'quantize'],
+  quantGroupSize: [20, 'i32', 'quant_group_size'],
+  quantizeHead: [24, 'u8', 'quantize_head'],
+  pad1_: [25, 'u8', 'pad1_', 3],
 } as const satisfies Layout
 
 export const modelInfoLayout = {
@@ -138,7 +142,7 @@ export const engineStatsLayout = {
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
 export const structSizes = {
-  model_params: 16,
+  model_params: 28,
   model_info: 176,
   context_params: 32,
   engine_params: 40,

@@ -47,10 +47,19 @@ export interface NativeModelInfo {
   quantizationConfig: boolean // config.json has a quantization_config
 }
 
+/** On-the-fly weight quantization at load (round to nearest): q8 symmetric, q4 asymmetric (minicpm.h). */
+export type QuantizeType = 'q8' | 'q4'
+export const QUANTIZE_TYPES = ['q8', 'q4'] as const satisfies readonly QuantizeType[]
+
 export interface NativeModelOptions {
   useMmap?: boolean
   nThreads?: number
   backend?: Backend
+  quantize?: QuantizeType
+  /** Input features per scale: a positive multiple of 32 (default 128). */
+  quantGroupSize?: number
+  /** Quantize the LM head (the embedding when tied) too; default true. */
+  quantizeHead?: boolean
 }
 
 export class NativeModel extends NativeHandle {
@@ -70,6 +79,9 @@ export class NativeModel extends NativeHandle {
       useMmap: opts.useMmap === undefined ? undefined : opts.useMmap ? 1 : 0,
       nThreads: opts.nThreads,
       backend: opts.backend === undefined ? undefined : backendNames.indexOf(opts.backend),
+      quantize: opts.quantize === undefined ? undefined : opts.quantize === 'q8' ? 3 : 4,
+      quantGroupSize: opts.quantGroupSize,
+      quantizeHead: opts.quantizeHead === undefined ? undefined : opts.quantizeHead ? 1 : 0,
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_model_load(cString(dir), params, new Uint8Array(out.buffer))

@@ -177,7 +177,7 @@ export function readEvent(view: DataView, i: number): NativeEvent {
 
 export const dtypeCodes = { f32: 0, f16: 1, bf16: 2 } as const
 export type KvDtype = keyof typeof dtypeCodes
-export const dtypeNames = ['f32', 'f16', 'bf16'] as const
+export const dtypeNames = ['f32', 'f16', 'bf16', 'q8', 'q4'] as const
 
 export const backendNames = ['auto', 'cpu', 'cuda'] as const
 export type Backend = (typeof backendNames)[number]

@@ -91,6 +91,7 @@ export interface ModelInfo {
   kvDtype: string // the engine's KV cache element type: f32, bf16 or f16
   nParams: number
   weightBytes: number
+  bitsPerWeight?: number // weightBytes * 8 / nParams (scales and zero points included)
   eosTokenIds: number[]
   bosTokenId: number
   backend: string // 'cpu' | 'cuda'

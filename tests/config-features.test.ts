@@ -1,7 +1,7 @@
 /**
  * Configuration the engine reads but does not run yet is never ignored silently: a sparse_config (InfLLM v2)
- * loads with one warning naming what runs instead (dense attention), invalid sparse fields and any
- * quantization_config are refused with the field named. The backend field picks where the model runs.
+ * loads with one warning naming what runs instead (dense attention); invalid sparse fields and quantization
+ * configs the engine cannot run (not GPTQ 4-bit) are refused with the field named. The backend field picks where the model runs.
  */
 import { afterAll, expect, setDefaultTimeout, test } from 'bun:test'
 import { readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -85,15 +85,26 @@ test('invalid sparse_config fields are refused, naming the field', () => {
   }
 })
 
-test('quantization_config is refused (quantized tensors cannot run as plain weights), naming it', () => {
-  const e = loadError(
-    withConfig({ quantization_config: { quant_method: 'gptq', bits: 4, group_size: 128, sym: true, desc_act: false } }),
-  )
-  console.log(`${e.statusName}: ${e.message}`)
-  expect(e.statusName).toBe('unsupported')
-  expect(e.message).toContain('quantization_config')
-  expect(e.message).toContain('gptq')
-  expect(e.message).toContain('4 bits, group 128')
+test('quantization_config: GPTQ 4-bit is read (plain .weight tensors still bind as plain); other methods are refused', () => {
+  const gptq = { quant_method: 'gptq', bits: 4, group_size: 128, sym: true, desc_act: false }
+  {
+    using m = NativeModel.load(withConfig({ quantization_config: gptq }))
+    console.log(`gptq config over plain tensors: weights ${m.info().weightDtype}`)
+    expect(m.info().quantizationConfig).toBe(true)
+    expect(m.info().weightDtype).toBe('bf16')
+  }
+  const cases: [Record<string, unknown>, string, string][] = [
+    [{ ...gptq, bits: 8 }, 'unsupported', 'quantization_config.bits'],
+    [{ ...gptq, quant_method: 'awq' }, 'unsupported', 'quantization_config.quant_method'],
+    [{ ...gptq, group_size: 0 }, 'bad_model', 'quantization_config.group_size'],
+    [{ ...gptq, checkpoint_format: 'marlin' }, 'unsupported', 'quantization_config.checkpoint_format'],
+  ]
+  for (const [qc, status, field] of cases) {
+    const e = loadError(withConfig({ quantization_config: qc }))
+    console.log(`${field}: ${e.statusName}: ${e.message}`)
+    expect(e.statusName).toBe(status)
+    expect(e.message).toContain(field)
+  }
 })
 
 test('backend: auto and cpu run on the CPU backend; cuda is refused in a build without it', () => {

@@ -27,7 +27,9 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     return end == size;
 }
 
-#define MODEL_PARAMS(F, T) F(T, size) F(T, n_threads) F(T, backend) F(T, use_mmap) F(T, pad_)
+#define MODEL_PARAMS(F, T)                                                                                            \
+    F(T, size) F(T, n_threads) F(T, backend) F(T, use_mmap) F(T, pad_) F(T, quantize) F(T, quant_group_size)           \
+    F(T, quantize_head) F(T, pad1_)
 #define MODEL_INFO(F, T)                                                                                              \
     F(T, size) F(T, n_vocab) F(T, n_ctx_train) F(T, n_embd) F(T, n_layer) F(T, n_head) F(T, n_head_kv)                \
     F(T, n_head_dim) F(T, n_ff) F(T, bos_token_id) F(T, n_eos) F(T, eos_token_ids) F(T, weight_dtype)                 \

@@ -76,6 +76,9 @@ void minicpm_model_default_params(struct minicpm_model_params * out) {
     out->size = sizeof(*out);
     out->n_threads = 0;
     out->use_mmap = 1;
+    out->quantize = 0;
+    out->quant_group_size = 0;
+    out->quantize_head = 1;
 }
 
 int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params * params, minicpm_model_t ** out) {
@@ -89,8 +92,21 @@ int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params *
         if (params) p = *params;
         if (p.n_threads < 0)
             fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: n_threads " + std::to_string(p.n_threads) + " < 0");
+        if (p.quantize != 0 && p.quantize != MINICPM_DTYPE_Q8 && p.quantize != MINICPM_DTYPE_Q4)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: quantize " + std::to_string(p.quantize) +
+                                                      " is not 0, MINICPM_DTYPE_Q8 or MINICPM_DTYPE_Q4");
+        if (p.quant_group_size < 0 || p.quant_group_size % 32 != 0)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: quant_group_size " +
+                                                      std::to_string(p.quant_group_size) +
+                                                      " must be 0 (default 128) or a positive multiple of 32");
+        model_load_options lo;
+        lo.use_mmap = p.use_mmap != 0;
+        lo.backend = p.backend;
+        lo.quantize = p.quantize;
+        lo.quant_group_size = p.quant_group_size == 0 ? 128 : p.quant_group_size;
+        lo.quantize_head = p.quantize_head != 0;
         std::unique_ptr<minicpm_model> m(new minicpm_model());
-        m->impl = model::load(dir, p.use_mmap != 0, p.backend);
+        m->impl = model::load(dir, lo);
         *out = m.release();
         return MINICPM_STATUS_OK;
     });

@@ -8,6 +8,7 @@
 #include "cpu/cpu-common.h"
 #include "cpu/ops-fast.h"
 #include "cpu/ops-ref.h"
+#include "cpu/qmatmul.h"
 
 #include <algorithm>
 #include <cmath>
@@ -215,7 +216,11 @@ void fast_matmul(const cpu_kernel_table & kt, thread_pool & tp, float * y, const
                  int64_t T) {
     if (T <= 0) return;
     if (w.quantized()) {
-        matmul_dequant(tp, y, x, w, T);
+        if (qmatmul_supported(w)) {
+            qmatmul(qmatmul_for(kt), tp, y, x, w, T);
+        } else {
+            matmul_dequant(tp, y, x, w, T);
+        }
         return;
     }
     if (kt.amx_bf16 && w.type == dtype::bf16 && T >= k_amx_min_tokens) {

@@ -122,6 +122,15 @@ struct minicpm_model_params {
     int32_t  backend;   /* enum minicpm_backend; default AUTO. Contexts and engines use the model's    */
     uint8_t  use_mmap;  /* 1 (default): weights stay in the page cache; 0: read into private memory    */
     uint8_t  pad_[3];
+    /* On-the-fly quantization at load of a BF16 / F16 / F32 checkpoint, round to nearest (ignored for a
+     * checkpoint that is already quantized): MINICPM_DTYPE_Q8 (symmetric int8, one f16 scale per group) or
+     * MINICPM_DTYPE_Q4 (asymmetric int4: one f16 scale and one uint8 zero point per group); 0 = keep the stored
+     * format (default). The projections are quantized; the LM head (the embedding matrix when tied) too when
+     * quantize_head is 1 (default). */
+    int32_t  quantize;
+    int32_t  quant_group_size; /* input features per scale: a positive multiple of 32, or 0 = 128           */
+    uint8_t  quantize_head;    /* 1 (default): quantize the LM head / tied embedding too; 0: keep it as is  */
+    uint8_t  pad1_[3];
 };
 
 struct minicpm_model_info {

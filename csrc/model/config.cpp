@@ -129,26 +129,52 @@ void parse_sparse_config(const config_reader & r, const json_value & root, model
                   "differs from the sparse model)\n";
 }
 
-// quantization_config: parsed so the refusal can name it. Quantized tensors (qweight / scales) cannot be run
-// as if they were plain weights, so such a model is refused rather than loaded wrong.
+// quantization_config (config.json) or quantize_config.json: GPTQ int4 (AutoGPTQ layout, checkpoint_format
+// "gptq" = v1 zero points stored minus one, or "gptq_v2"), symmetric or not, group size or -1 (per channel),
+// desc_act with g_idx. Anything else is refused naming the field. The tensors are checked by the loader.
+void parse_quant_object(const config_reader & r, const json_value & qc, const std::string & where, model_config & c) {
+    if (!qc.is_object()) r.bad(where, "must be an object or null");
+    model_config::quantization & q = c.quant;
+    q.present = true;
+    const std::string f = where + ".";
+    if (const json_value * m = qc.find("quant_method"); m != nullptr && !m->is_null()) {
+        if (!m->is_string()) r.bad(f + "quant_method", "must be a string, got " + config_reader::show(*m));
+        q.method = m->string;
+    }
+    if (q.method.empty()) q.method = "gptq";  // quantize_config.json of AutoGPTQ names no method
+    if (const json_value * b = qc.find("bits"); b != nullptr && !b->is_null())
+        q.bits = r.integer(b, f + "bits", 1, 16);
+    if (const json_value * g = qc.find("group_size"); g != nullptr && !g->is_null())
+        q.group_size = r.integer(g, f + "group_size", -1, std::numeric_limits<int32_t>::max());
+    if (const json_value * v = qc.find("sym"); v != nullptr && !v->is_null()) {
+        if (!v->is_bool()) r.bad(f + "sym", "must be true or false, got " + config_reader::show(*v));
+        q.sym = v->boolean;
+    }
+    if (const json_value * v = qc.find("desc_act"); v != nullptr && !v->is_null()) {
+        if (!v->is_bool()) r.bad(f + "desc_act", "must be true or false, got " + config_reader::show(*v));
+        q.desc_act = v->boolean;
+    }
+    if (const json_value * v = qc.find("checkpoint_format"); v != nullptr && !v->is_null()) {
+        if (!v->is_string()) r.bad(f + "checkpoint_format", "must be a string, got " + config_reader::show(*v));
+        q.checkpoint_format = v->string;
+    }
+    if (q.method != "gptq")
+        r.bad(f + "quant_method", "is \"" + q.method + "\"; only \"gptq\" (4-bit, AutoGPTQ layout) is supported",
+              MINICPM_STATUS_UNSUPPORTED);
+    if (q.bits != 4)
+        r.bad(f + "bits", "is " + std::to_string(q.bits) + "; only 4-bit GPTQ checkpoints are supported",
+              MINICPM_STATUS_UNSUPPORTED);
+    if (q.group_size == 0 || q.group_size < -1)
+        r.bad(f + "group_size", "must be -1 (per channel) or positive, got " + std::to_string(q.group_size));
+    if (q.checkpoint_format != "gptq" && q.checkpoint_format != "gptq_v2")
+        r.bad(f + "checkpoint_format", "is \"" + q.checkpoint_format + "\"; \"gptq\" or \"gptq_v2\" are supported",
+              MINICPM_STATUS_UNSUPPORTED);
+}
+
 void parse_quantization_config(const config_reader & r, const json_value & root, model_config & c) {
     const json_value * qc = root.find("quantization_config");
     if (qc == nullptr || qc->is_null()) return;
-    if (!qc->is_object()) r.bad("quantization_config", "must be an object or null");
-    model_config::quantization & q = c.quant;
-    q.present = true;
-    if (const json_value * m = qc->find("quant_method"); m != nullptr && m->is_string()) q.method = m->string;
-    if (const json_value * b = qc->find("bits"); b != nullptr && !b->is_null())
-        q.bits = r.integer(b, "quantization_config.bits", 1, 16);
-    if (const json_value * g = qc->find("group_size"); g != nullptr && !g->is_null())
-        q.group_size = r.integer(g, "quantization_config.group_size", -1, std::numeric_limits<int32_t>::max());
-    if (const json_value * v = qc->find("sym"); v != nullptr && v->is_bool()) q.sym = v->boolean;
-    if (const json_value * v = qc->find("desc_act"); v != nullptr && v->is_bool()) q.desc_act = v->boolean;
-    r.bad("quantization_config",
-          "declares " + (q.method.empty() ? std::string("quantized") : q.method) + " weights (" +
-              std::to_string(q.bits) + " bits, group " + std::to_string(q.group_size) +
-              "); loading quantized checkpoints is not supported yet: use the BF16 checkpoint",
-          MINICPM_STATUS_UNSUPPORTED);
+    parse_quant_object(r, *qc, "quantization_config", c);
 }
 
 }  // namespace
@@ -251,6 +277,12 @@ model_config parse_config(const std::string & json_text, const std::string & sou
     parse_sparse_config(r, root, c);
     parse_quantization_config(r, root, c);
     return c;
+}
+
+void parse_quantize_config(const std::string & json_text, const std::string & source, model_config & c) {
+    const json_value root = json_parse(json_text.data(), json_text.size(), source);
+    config_reader    r(root, source);
+    parse_quant_object(r, root, "quantize_config", c);
 }
 
 float model_config::residual_scale() const { return float(double(scale_depth) / std::sqrt(double(n_layer))); }

@@ -44,6 +44,7 @@ struct model_config {
         std::string method;  // quant_method, e.g. "gptq"
         int32_t     bits = 0, group_size = 0;
         bool        sym = true, desc_act = false;
+        std::string checkpoint_format = "gptq";  // "gptq" (v1: zero points stored minus one) or "gptq_v2"
     } quant;
 
     // Lines about configuration the engine reads but does not honour yet, each naming what runs instead.
@@ -58,5 +59,7 @@ struct model_config {
 // Parses and validates config.json text; throws minicpm::error(MINICPM_STATUS_BAD_MODEL / _UNSUPPORTED)
 // naming the field. `source` is the path used in messages.
 model_config parse_config(const std::string & json_text, const std::string & source);
+// AutoGPTQ's quantize_config.json (read when config.json has no quantization_config) into c.quant.
+void parse_quantize_config(const std::string & json_text, const std::string & source, model_config & c);
 
 }  // namespace minicpm

@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <atomic>
+#include <mutex>
 #include <new>
+#include <thread>
 #include <string>
 
 namespace minicpm {
@@ -41,10 +44,10 @@ std::vector<float> build_rope_table(const model_config & cfg) {
     return table;
 }
 
-std::unique_ptr<model> model::load(const std::string & dir, bool use_mmap, int32_t backend_request) {
-    const backend_kind kind = resolve_backend(backend_request);
+std::unique_ptr<model> model::load(const std::string & dir, const model_load_options & opts) {
+    const backend_kind kind = resolve_backend(opts.backend);
     std::unique_ptr<model> m(new model());
-    m->files_ = load_model_files(dir, use_mmap);
+    m->files_ = load_model_files(dir, opts.use_mmap);
     const model_config & c = m->files_->config;
     if (c.n_ctx_train <= 0 || c.n_head_dim <= 0 || c.n_head_dim % 2 != 0)
         fail(MINICPM_STATUS_BAD_MODEL, dir + "/config.json: max_position_embeddings " + std::to_string(c.n_ctx_train) +
@@ -55,6 +58,7 @@ std::unique_ptr<model> model::load(const std::string & dir, bool use_mmap, int32
     backend_options o;
     o.n_threads = 1;
     m->loader_ = minicpm::make_backend(kind, o);
+    if (opts.quantize != 0) m->quantize_weights(opts);
     m->place_weights();
     const std::vector<float> table = build_rope_table(c);
     m->rope_ = m->loader_->alloc(table.size() * sizeof(float), buffer_usage::weights);
@@ -66,6 +70,57 @@ model::~model() {
     if (!loader_) return;
     loader_->release(rope_);
     for (buffer & b : imported_) loader_->release(b);
+}
+
+// On-the-fly round-to-nearest quantization of the plain projections (and the head when asked), one task per
+// tensor over the hardware threads; the host copies live in files_->converted until the model is freed.
+void model::quantize_weights(const model_load_options & opts) {
+    model_weights & w = files_->weights;
+    const dtype     fmt = dtype(opts.quantize);
+    struct job {
+        tensor_desc * t;
+        std::string   name;
+        quantized_tensor * out = nullptr;
+    };
+    std::vector<job> jobs;
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+        layer_weights &   L = w.layers[l];
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        const std::pair<tensor_desc *, const char *> mats[] = {
+            {&L.wq, "self_attn.q_proj"}, {&L.wk, "self_attn.k_proj"}, {&L.wv, "self_attn.v_proj"},
+            {&L.wo, "self_attn.o_proj"}, {&L.w_gate, "mlp.gate_proj"}, {&L.w_up, "mlp.up_proj"},
+            {&L.w_down, "mlp.down_proj"}};
+        for (const auto & m : mats)
+            if (!m.first->quantized()) jobs.push_back({m.first, p + m.second});
+    }
+    const bool tied = w.head.data == w.embed.data;
+    if (opts.quantize_head && !w.head.quantized())
+        jobs.push_back({tied ? &w.embed : &w.head, tied ? "model.embed_tokens" : "lm_head"});
+    for (job & j : jobs) {
+        files_->converted.emplace_back();
+        j.out = &files_->converted.back();
+    }
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> threads;
+    std::mutex  err_mu;
+    std::string err;
+    int32_t     err_status = 0;
+    const unsigned n_threads = std::max(1u, std::min<unsigned>(std::thread::hardware_concurrency(), 16));
+    for (unsigned i = 0; i < n_threads; ++i)
+        threads.emplace_back([&]() {
+            for (size_t k; (k = next.fetch_add(1)) < jobs.size();) {
+                try {
+                    *jobs[k].out = quantize_rtn(*jobs[k].t, fmt, opts.quant_group_size, jobs[k].name);
+                } catch (const error & e) {
+                    std::lock_guard<std::mutex> lk(err_mu);
+                    if (err.empty()) err = e.what(), err_status = e.status();
+                }
+            }
+        });
+    for (std::thread & t : threads) t.join();
+    if (!err.empty()) fail(err_status, err);
+    for (job & j : jobs) *j.t = j.out->desc();
+    if (tied && opts.quantize_head) w.head = w.embed;
 }
 
 // Every weight tensor (and its quantization parts) goes into a buffer of the model's backend; the descriptors
@@ -94,6 +149,10 @@ void model::place_weights() {
         if (t->perm) t->perm = (const int32_t *) place(t->perm, size_t(t->cols) * 4).data;
     }
     if (w.head.data == nullptr || files_->config.tie_word_embeddings) w.head = w.embed;
+    // Sizes as placed (after any conversion): what a decode step reads.
+    w.n_bytes = 0;
+    for (const tensor_desc * t : all) w.n_bytes += t->bytes();
+    w.weight_type = w.layers.empty() ? w.embed.type : w.layers[0].wq.type;
 }
 
 std::unique_ptr<backend> model::make_backend(const backend_options & opts) const {

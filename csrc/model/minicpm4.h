@@ -46,10 +46,24 @@ struct forward_workspace {
     std::vector<float>   hook_copy;
 };
 
+struct model_load_options {
+    bool    use_mmap = true;
+    int32_t backend = MINICPM_BACKEND_AUTO;  // enum minicpm_backend
+    int32_t quantize = 0;                    // 0, MINICPM_DTYPE_Q8 or MINICPM_DTYPE_Q4 (see minicpm_model_params)
+    int32_t quant_group_size = 128;
+    bool    quantize_head = true;
+};
+
 class model {
   public:
     // Loads the directory and places the weights on the requested backend (enum minicpm_backend).
-    static std::unique_ptr<model> load(const std::string & dir, bool use_mmap, int32_t backend_request);
+    static std::unique_ptr<model> load(const std::string & dir, const model_load_options & opts);
+    static std::unique_ptr<model> load(const std::string & dir, bool use_mmap, int32_t backend_request) {
+        model_load_options o;
+        o.use_mmap = use_mmap;
+        o.backend = backend_request;
+        return load(dir, o);
+    }
     ~model();
 
     const model_config &  config() const { return files_->config; }
@@ -74,6 +88,7 @@ class model {
   private:
     model() = default;
     void place_weights();
+    void quantize_weights(const model_load_options & opts);
 
     std::unique_ptr<model_files>   files_;
     backend_kind                   kind_ = backend_kind::cpu;

@@ -58,6 +58,53 @@ class tensor_binder {
 
     bool has(const std::string & name) const { return table_.count(name) != 0; }
 
+    // A raw tensor of the given safetensors dtype and shape (quantization parts): its bytes, aligned.
+    const uint8_t * raw(const std::string & name, const char * want_dtype, std::vector<int64_t> want) {
+        const auto it = table_.find(name);
+        if (it == table_.end()) fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": missing tensor '" + name + "'");
+        const located &           loc = it->second;
+        const safetensors_entry & e = *loc.entry;
+        const std::string         where = loc.file->path() + ": tensor '" + name + "'";
+        if (e.dtype != want_dtype)
+            fail(MINICPM_STATUS_BAD_MODEL, where + " has dtype " + e.dtype + ", expected " + want_dtype);
+        if (e.shape != want)
+            fail(MINICPM_STATUS_BAD_MODEL, where + " has shape " + show_shape(e.shape) + ", expected " + show_shape(want));
+        const uint8_t * p = loc.file->data() + loc.data_offset + e.begin;
+        if (uintptr_t(p) % 4 != 0) {
+            const size_t n = size_t(e.end - e.begin);
+            uint8_t *    copy = (uint8_t *) std::aligned_alloc(64, (n + 63) / 64 * 64);
+            if (copy == nullptr) fail(MINICPM_STATUS_OUT_OF_MEMORY, where + ": cannot allocate an aligned copy");
+            std::memcpy(copy, p, n);
+            out_.realigned.emplace_back(copy, &std::free);
+            p = copy;
+        }
+        return p;
+    }
+
+    // A linear layer [N, K]: prefix.weight (plain) or, in a GPTQ checkpoint, prefix.qweight / .qzeros / .scales /
+    // .g_idx, unpacked into the engine's q4 layout (core/tensor.h).
+    tensor_desc bind_linear(const std::string & prefix, int64_t N, int64_t K, const model_config & c) {
+        if (!c.quant.present || has(prefix + ".weight")) return bind(prefix + ".weight", {N, K});
+        const int32_t group = c.quant.group_size == -1 ? int32_t(K) : c.quant.group_size;
+        if (K % 8 != 0 || N % 8 != 0 || K % group != 0)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + "' has shape [" + std::to_string(N) + ", " +
+                                               std::to_string(K) + "]: GPTQ needs both multiples of 8 and in features "
+                                               "a multiple of the group size " + std::to_string(group));
+        const int64_t G = K / group;
+        const auto *  qweight = (const int32_t *) raw(prefix + ".qweight", "I32", {K / 8, N});
+        const auto *  qzeros = (const int32_t *) raw(prefix + ".qzeros", "I32", {G, N / 8});
+        const auto *  scales = (const uint16_t *) raw(prefix + ".scales", "F16", {G, N});
+        const int32_t * g_idx = has(prefix + ".g_idx") ? (const int32_t *) raw(prefix + ".g_idx", "I32", {K}) : nullptr;
+        if (c.quant.desc_act && g_idx == nullptr)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": missing tensor '" + prefix + ".g_idx' (desc_act is true)");
+        out_.converted.push_back(gptq_to_q4(qweight, qzeros, scales, g_idx, N, K, group, listing_ + ": " + prefix,
+                                            c.quant.checkpoint_format == "gptq_v2"));
+        const tensor_desc d = out_.converted.back().desc();
+        out_.weights.n_params += uint64_t(N * K);
+        out_.weights.n_bytes += d.bytes();
+        return d;
+    }
+
     tensor_desc bind(const std::string & name, std::vector<int64_t> want) {
         const auto it = table_.find(name);
         if (it == table_.end()) fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": missing tensor '" + name + "'");
@@ -108,6 +155,8 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
     auto out = std::make_unique<loaded_model_files>();
     const std::string config_path = dir + "/config.json";
     out->config = parse_config(read_text(config_path), config_path);
+    if (!out->config.quant.present && file_exists(dir + "/quantize_config.json"))
+        parse_quantize_config(read_text(dir + "/quantize_config.json"), dir + "/quantize_config.json", out->config);
     const model_config & c = out->config;
 
     // file name -> tensors the index assigns to it (single-file checkpoints list no names: take all)
@@ -172,14 +221,14 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
         const std::string p = "model.layers." + std::to_string(l) + ".";
         layer_weights &   L = w.layers[size_t(l)];
         L.attn_norm = b.bind(p + "input_layernorm.weight", {H});
-        L.wq = b.bind(p + "self_attn.q_proj.weight", {q, H});
-        L.wk = b.bind(p + "self_attn.k_proj.weight", {kv, H});
-        L.wv = b.bind(p + "self_attn.v_proj.weight", {kv, H});
-        L.wo = b.bind(p + "self_attn.o_proj.weight", {H, q});
+        L.wq = b.bind_linear(p + "self_attn.q_proj", q, H, c);
+        L.wk = b.bind_linear(p + "self_attn.k_proj", kv, H, c);
+        L.wv = b.bind_linear(p + "self_attn.v_proj", kv, H, c);
+        L.wo = b.bind_linear(p + "self_attn.o_proj", H, q, c);
         L.ffn_norm = b.bind(p + "post_attention_layernorm.weight", {H});
-        L.w_gate = b.bind(p + "mlp.gate_proj.weight", {I, H});
-        L.w_up = b.bind(p + "mlp.up_proj.weight", {I, H});
-        L.w_down = b.bind(p + "mlp.down_proj.weight", {H, I});
+        L.w_gate = b.bind_linear(p + "mlp.gate_proj", I, H, c);
+        L.w_up = b.bind_linear(p + "mlp.up_proj", I, H, c);
+        L.w_down = b.bind_linear(p + "mlp.down_proj", H, I, c);
     }
     w.norm = b.bind("model.norm.weight", {H});
     if (c.tie_word_embeddings) {

@@ -3,6 +3,9 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/quantize.h"
+
+#include <deque>
 
 #include <memory>
 #include <string>
@@ -38,6 +41,8 @@ class model_files {
     virtual ~model_files() = default;
     model_config  config;
     model_weights weights;
+    // Host memory of converted tensors (GPTQ unpacked, on-the-fly quantized); descriptors point into them.
+    std::deque<quantized_tensor> converted;
 };
 
 // Loads dir/config.json and dir/model.safetensors or the shards named by dir/model.safetensors.index.json.

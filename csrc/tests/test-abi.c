@@ -39,7 +39,9 @@ struct field {
 
 static const struct field model_params_fields[] = {
     FIELD(minicpm_model_params, size), FIELD(minicpm_model_params, n_threads), FIELD(minicpm_model_params, backend),
-    FIELD(minicpm_model_params, use_mmap), FIELD(minicpm_model_params, pad_),
+    FIELD(minicpm_model_params, use_mmap), FIELD(minicpm_model_params, pad_), FIELD(minicpm_model_params, quantize),
+    FIELD(minicpm_model_params, quant_group_size), FIELD(minicpm_model_params, quantize_head),
+    FIELD(minicpm_model_params, pad1_),
 };
 static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, size),           FIELD(minicpm_model_info, n_vocab),
@@ -194,8 +196,10 @@ int main(void) {
     struct minicpm_model_params mp;
     memset(&mp, 0xff, sizeof(mp));
     minicpm_model_default_params(&mp);
-    CHECK(mp.size == sizeof(mp) && mp.use_mmap == 1 && mp.n_threads == 0,
-          "model defaults: size %u use_mmap %u n_threads %d", mp.size, mp.use_mmap, mp.n_threads);
+    CHECK(mp.size == sizeof(mp) && mp.use_mmap == 1 && mp.n_threads == 0 && mp.quantize == 0 &&
+              mp.quant_group_size == 0 && mp.quantize_head == 1,
+          "model defaults: size %u use_mmap %u n_threads %d quantize %d group %d head %u", mp.size, mp.use_mmap,
+          mp.n_threads, mp.quantize, mp.quant_group_size, mp.quantize_head);
     struct minicpm_context_params cp;
     memset(&cp, 0xff, sizeof(cp));
     minicpm_context_default_params(&cp);

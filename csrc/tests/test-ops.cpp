@@ -9,6 +9,7 @@
 #include "cpu/cpu-common.h"
 #include "cpu/ops-fast.h"
 #include "cpu/ops-ref.h"
+#include "cpu/qmatmul.h"
 
 #include <memory>
 
@@ -315,7 +316,8 @@ void test_quantized_matmul(thread_pool & tp) {
                 std::snprintf(name, sizeof(name), "matmul %s %s g=%d%s%s N=%lld K=%lld T=%lld", be->name(),
                               dtype_name(c.type), c.group, c.zeros ? " zeros" : "", c.perm ? " perm" : "",
                               (long long) c.N, (long long) c.K, (long long) T);
-                check(name, yq.data(), yf.data(), yq.size(), k_thr_exact);
+                // The integer kernels (cpu/qmatmul.h) quantize activations to int8 per 32: NMSE ~1e-5.
+                check(name, yq.data(), yf.data(), yq.size(), qmatmul_supported(w) ? 1e-4 : k_thr_exact);
             }
         }
     }

@@ -128,7 +128,7 @@ double decode_step_s(bench_ctx & bc, int32_t s0, int32_t n_seq, int32_t step) {
 
 int main(int argc, char ** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: bench-engine MODEL_DIR [n_threads]\n");
+        std::fprintf(stderr, "usage: bench-engine MODEL_DIR [n_threads] [q8|q4]\n");
         return 2;
     }
     const int32_t n_threads = argc > 2 ? std::atoi(argv[2]) : 0;
@@ -145,6 +145,13 @@ int main(int argc, char ** argv) {
     minicpm_model_default_params(&mp);
     if (const char * b = std::getenv("MINICPM_BACKEND"))  // cpu | cuda | auto (scripts/gpu-check.sh)
         mp.backend = std::string(b) == "cuda" ? MINICPM_BACKEND_CUDA : std::string(b) == "cpu" ? MINICPM_BACKEND_CPU : 0;
+    const std::string quant = argc > 3 ? argv[3] : "";
+    if (quant == "q8") mp.quantize = MINICPM_DTYPE_Q8;
+    else if (quant == "q4") mp.quantize = MINICPM_DTYPE_Q4;
+    else if (!quant.empty()) {
+        std::fprintf(stderr, "bench-engine: quantize must be q8 or q4, got '%s'\n", quant.c_str());
+        return 2;
+    }
     minicpm_model_t * model = nullptr;
     int32_t rc = minicpm_model_load(argv[1], &mp, &model);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_load", rc);
@@ -195,6 +202,11 @@ int main(int argc, char ** argv) {
     }
 
     std::printf("memory read bandwidth: %.1f GB/s (%d threads x 256 MiB, best of %d)\n", bw, bw_threads, n_rounds);
+    // Decode roofline: every weight byte once per step (a tied head is the embedding, read in full) + KV reads.
+    const double step_bytes = double(info.weight_bytes) + double(info.kv_bytes_per_token) * (ctx_len + n_rounds / 2);
+    std::printf("weights: %s, %.1f MB, %.2f bits/weight; decode roofline %.1f tok/s at %.1f GB/s\n",
+                quant.empty() ? "as stored" : quant.c_str(), double(info.weight_bytes) / 1e6,
+                double(info.weight_bytes) * 8.0 / double(info.n_params), bw * 1e9 / step_bytes, bw);
     std::printf("prefill: %.1f tok/s (%d-token prompt, best of 5)\n", n_prefill / best_prefill, n_prefill);
     std::printf("decode batch 1: %.1f tok/s (context %d-%d, best step of %d)\n", 1.0 / step1, ctx_len,
                 ctx_len + n_rounds, n_rounds);

@@ -11,13 +11,15 @@ import { cacheRoot } from '../runtime/default-model'
 import { generateProfile } from '../runtime/generate'
 import { KV_DTYPES, loadModel } from '../runtime/load'
 import { benchTokenizer } from '../tokenizer/index'
-import { kvDtypeOf, num, parse, progressBar, type Command } from './common'
+import { kvDtypeOf, num, parse, progressBar, quantizeOf, type Command } from './common'
 
 const options = {
   model: { type: 'string', short: 'm' },
   tokens: { type: 'string', short: 'n' },
   threads: { type: 'string', short: 't' },
   'kv-dtype': { type: 'string' },
+  quantize: { type: 'string' },
+  'quant-group': { type: 'string' },
 } as const
 
 export const bench: Command = {
@@ -29,13 +31,15 @@ export const bench: Command = {
                            $MINICPM_CACHE/bench-0.5b)
   -n, --tokens N           tokens to generate for the per-token figures (default 32)
   -t, --threads N          engine threads (default: all cores)
-      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16)`,
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16)
+      --quantize q8|q4     quantize the weights at load; --quant-group N: features per scale (default 128)`,
 
   async run(argv) {
     const { values } = parse(argv, options)
     const nTokens = num(values, 'tokens', { int: true, min: 2 }) ?? 32
     const nThreads = num(values, 'threads', { int: true, min: 0 })
     const kvDtype = kvDtypeOf(values)
+    const quant = quantizeOf(values)
     const dir = values.model ?? join(cacheRoot(), 'bench-0.5b')
     if (!values.model && !existsSync(join(dir, 'config.json'))) {
       const bar = progressBar()
@@ -51,6 +55,7 @@ export const bench: Command = {
     const model = await loadModel(dir, {
       nThreads,
       kvDtype,
+      ...quant,
       onProgress: (phase, done, total) => {
         if (done < total) return
         phases.push(`${phase} ${ms(performance.now() - tPhase)}`)
@@ -69,7 +74,8 @@ export const bench: Command = {
       }
       const i = model.info
       console.log(
-        `load         ${i.id}: ${(i.nParams / 1e6).toFixed(0)} M params ${i.weightDtype}, KV ${i.kvDtype}, ` +
+        `load         ${i.id}: ${(i.nParams / 1e6).toFixed(0)} M params ${i.weightDtype} ` +
+          `(${(i.weightBytes / 1e6).toFixed(0)} MB, ${(i.bitsPerWeight ?? 0).toFixed(2)} bits/weight), KV ${i.kvDtype}, ` +
           `loadModel ${ms(tLoaded - t0)} (${phases.join(', ')}), ` +
           `first token ${ms(tFirst - t0)} after loadModel() began (weights in the page cache when recently written)`,
       )

@@ -3,6 +3,7 @@
  * sampling flags, and the stderr progress bar.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { QUANTIZE_TYPES } from '../../ffi/index'
 import { BACKENDS, KV_DTYPES, type LoadOptions, type Model } from '../runtime/load'
 import type { SamplingOptions } from '../types'
 import { formatSize, parseSize } from '../util/size'
@@ -119,6 +120,8 @@ export const modelOptions = {
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
   backend: { type: 'string' },
+  quantize: { type: 'string' },
+  'quant-group': { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -131,7 +134,9 @@ export const modelHelp = `Model:
       --kv-bytes SIZE      KV cache memory limit: bytes or 512M, 2G, 1.5GiB, 4GB (default 1 GiB)
       --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
       --backend B          where the engine runs: auto (default: CUDA when built and a GPU is present, else CPU),
-                           cpu or cuda (an error when this build or machine has none)`
+                           cpu or cuda (an error when this build or machine has none)
+      --quantize q8|q4     quantize the weights at load (round to nearest; q8 symmetric, q4 asymmetric)
+      --quant-group N      input features per scale, a multiple of 32 (default 128)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -178,6 +183,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     kvBytes: size(values, 'kv-bytes', { min: 1 }),
     kvDtype: kvDtypeOf(values),
     backend: backendOf(values),
+    ...quantizeOf(values),
     onProgress: progressBar(),
     onLog: (line) => stderrLine.line(line),
   }
@@ -199,6 +205,17 @@ export function backendOf(values: Values): LoadOptions['backend'] {
   const b = BACKENDS.find((d) => d === raw)
   if (b === undefined) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got '${raw}'`)
   return b
+}
+
+export function quantizeOf(values: Values): Pick<LoadOptions, 'quantize' | 'quantGroupSize'> {
+  const raw = values.quantize
+  const quantize = raw === undefined ? undefined : QUANTIZE_TYPES.find((q) => q === raw)
+  if (raw !== undefined && quantize === undefined)
+    throw new UsageError(`--quantize must be one of ${QUANTIZE_TYPES.join(', ')}, got '${raw}'`)
+  const quantGroupSize = num(values, 'quant-group', { int: true, min: 32 })
+  if (quantGroupSize !== undefined && quantGroupSize % 32 !== 0)
+    throw new UsageError(`--quant-group must be a multiple of 32, got ${quantGroupSize}`)
+  return { quantize, quantGroupSize }
 }
 
 export function kvDtypeOf(values: Values): LoadOptions['kvDtype'] {

@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { NativeEngine, NativeModel, type Backend, type KvDtype } from '../../ffi/index'
+import { NativeEngine, NativeModel, type Backend, type KvDtype, type QuantizeType } from '../../ffi/index'
 import { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError } from '../chat/index'
 import { isHubId } from '../hub/cache'
 import { pull } from '../hub/pull'
@@ -36,6 +36,12 @@ export interface LoadOptions {
   nChunk?: number
   nQueueMax?: number
   useMmap?: boolean
+  /** Quantize a BF16/F16/F32 checkpoint's weights at load (round to nearest): q8 or q4. */
+  quantize?: QuantizeType
+  /** Input features per quantization scale (a positive multiple of 32; default 128). */
+  quantGroupSize?: number
+  /** Quantize the LM head / tied embedding too (default true). */
+  quantizeHead?: boolean
   /** Overrides MINICPM_FFI_POLL for this model's engine. */
   poll?: boolean
   /** How often a request waiting for its first token reports prefill progress; default 100 ms. */
@@ -115,9 +121,23 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   }
   for (const w of facts.warnings) (opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`)))(`minicpm-edge: WARNING: ${w}`)
   progress('weights', 0, 1)
-  const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads, backend: opts.backend })
+  const native = NativeModel.load(facts.dir, {
+    useMmap: opts.useMmap,
+    nThreads: opts.nThreads,
+    backend: opts.backend,
+    quantize: opts.quantize,
+    quantGroupSize: opts.quantGroupSize,
+    quantizeHead: opts.quantizeHead,
+  })
   try {
     progress('weights', 1, 1)
+    if (opts.quantize) {
+      const ni = native.info()
+      process.stderr.write(
+        `minicpm-edge: ${facts.id}: weights quantized to ${ni.weightDtype} at load: ` +
+          `${(ni.weightBytes / 1e6).toFixed(1)} MB, ${((ni.weightBytes * 8) / ni.nParams).toFixed(2)} bits/weight\n`,
+      )
+    }
     const warnings = native.warnings()
     for (const w of warnings) (opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`)))(`minicpm-edge: WARNING: ${facts.id}: ${w}`)
     progress('tokenizer', 0, 1)
@@ -151,6 +171,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       kvDtype: opts.kvDtype ?? DEFAULT_KV_DTYPE,
       nParams: nativeInfo.nParams,
       weightBytes: nativeInfo.weightBytes,
+      bitsPerWeight: (nativeInfo.weightBytes * 8) / Math.max(1, nativeInfo.nParams),
       eosTokenIds: nativeInfo.eosTokenIds,
       bosTokenId: nativeInfo.bosTokenId,
       backend: nativeInfo.backend,

@@ -1,0 +1,111 @@
+// AVX512-VNNI kernel of the quantized matmul (see qmatmul.h): vpdpbusd (u8 weights x s8 activations) per 64
+// columns, the 16 int32 lanes scaled by their activation block scales into f32 group sums, then by the weight
+// group scale. Tiles of 2 weight rows x 4 tokens.
+#include "cpu/qmatmul.h"
+
+// GCC 12's AVX-512 headers trip -Wuninitialized inside their own intrinsics (a known header false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+namespace minicpm {
+
+namespace {
+
+inline float hsum(__m512 v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+template <int R, int TT, bool Q4>
+inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t K,
+                 const uint8_t * wq, bool q4, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t t0,
+                 int64_t G, int64_t gsteps) {
+    __m512 tot[R][TT];
+    float  corr[R][TT];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < TT; ++t) {
+            tot[r][t] = _mm512_setzero_ps();
+            corr[r][t] = 0.0f;
+        }
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t g = 0; g < G; ++g) {
+        __m512 acc[R][TT];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+        const int64_t k0 = g * gsteps * 64, k1 = k0 + gsteps * 64;
+        for (int64_t k = k0; k < k1; k += 64) {
+            __m512i w[R];
+            for (int r = 0; r < R; ++r) {
+                if (Q4) {  // 32 bytes -> [low nibbles (even columns) | high nibbles (odd columns)]
+                    const __m256i b = _mm256_loadu_si256((const __m256i *) (wq + (r0 + r) * (K / 2) + k / 2));
+                    const __m256i m = _mm256_set1_epi8(0x0f);
+                    w[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, m)),
+                                              _mm256_and_si256(_mm256_srli_epi16(b, 4), m), 1);
+                } else {
+                    w[r] = _mm512_xor_si512(_mm512_loadu_si512(wq + (r0 + r) * K + k), _mm512_set1_epi8(char(0x80)));
+                }
+            }
+            for (int t = 0; t < TT; ++t) {
+                const __m512i x = _mm512_loadu_si512(xq + (t0 + t) * K + k);
+                const __m512  ls = _mm512_loadu_ps(xls + (t0 + t) * (K / 4) + k / 4);
+                for (int r = 0; r < R; ++r) {
+                    const __m512i d = _mm512_dpbusd_epi32(zero, w[r], x);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), ls, acc[r][t]);
+                }
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            const __m512 s = _mm512_set1_ps(ws[(r0 + r) * G + g]);
+            const float  c = wc[(r0 + r) * G + g];
+            for (int t = 0; t < TT; ++t) {
+                tot[r][t] = _mm512_fmadd_ps(acc[r][t], s, tot[r][t]);
+                corr[r][t] += c * xgs[(t0 + t) * G + g];
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < TT; ++t) y[(t0 + t) * ldy + n0 + r0 + r] = hsum(tot[r][t]) - corr[r][t];
+}
+
+template <int R, bool Q4>
+inline void rows(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
+                 int64_t K, const uint8_t * wq, bool q4, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t G,
+                 int64_t gsteps) {
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) tile<R, 4, Q4>(y, ldy, xq, xls, xgs, K, wq, q4, ws, wc, r0, n0, t, G, gsteps);
+    for (; t + 2 <= T; t += 2) tile<R, 2, Q4>(y, ldy, xq, xls, xgs, K, wq, q4, ws, wc, r0, n0, t, G, gsteps);
+    for (; t < T; ++t) tile<R, 1, Q4>(y, ldy, xq, xls, xgs, K, wq, q4, ws, wc, r0, n0, t, G, gsteps);
+}
+
+template <bool Q4>
+void run(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T, int64_t K,
+         const uint8_t * wq, const float * ws, const float * wc, int64_t nr, int64_t n0, int64_t G, int64_t gsteps) {
+    const bool q4 = Q4;
+    int64_t    r = 0;
+    if (T == 1) {  // decode: more rows per pass share the activation loads
+        for (; r + 4 <= nr; r += 4) tile<4, 1, Q4>(y, ldy, xq, xls, xgs, K, wq, q4, ws, wc, r, n0, 0, G, gsteps);
+    }
+    for (; r + 2 <= nr; r += 2) rows<2, Q4>(y, ldy, xq, xls, xgs, T, K, wq, q4, ws, wc, r, n0, G, gsteps);
+    for (; r < nr; ++r) rows<1, Q4>(y, ldy, xq, xls, xgs, T, K, wq, q4, ws, wc, r, n0, G, gsteps);
+}
+
+}  // namespace
+
+void qdot_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
+                     int64_t K, const uint8_t * wq, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
+                     int64_t G, int64_t gsteps) {
+    if (q4) {
+        run<true>(y, ldy, xq, xls, xgs, T, K, wq, ws, wc, nr, n0, G, gsteps);
+    } else {
+        run<false>(y, ldy, xq, xls, xgs, T, K, wq, ws, wc, nr, n0, G, gsteps);
+    }
+}
+
+}  // namespace minicpm

@@ -1,0 +1,225 @@
+// Quantized matmul driver (see qmatmul.h): activation quantization, weight unpacking into the u8 form, threading,
+// the portable kernel and the choice of variant.
+#include "cpu/qmatmul.h"
+
+#include "core/status.h"
+#include "cpu/cpu-common.h"
+#include "cpu/ops-fast.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(MINICPM_X86)
+#    include <cpuid.h>
+#endif
+
+namespace minicpm {
+
+namespace {
+
+constexpr int64_t k_block = 32;      // activation quantization block
+constexpr int64_t k_step = 64;       // columns per kernel step
+constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Position p inside a 64-column chunk -> the column it holds (q4: even columns first, then odd).
+inline int64_t chunk_col(bool q4, int64_t p) { return q4 ? (p < 32 ? 2 * p : 2 * (p - 32) + 1) : p; }
+
+// Quantizes activation row x[K] into q (permuted as the weight format needs), lane scales ls[K/4] and group
+// sums gs[G].
+void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t * q, float * ls, float * gs) {
+    float   sx[k_step / k_block];
+    int32_t sum[k_step / k_block];
+    const int64_t G = ceil_div(K, group);
+    for (int64_t g = 0; g < G; ++g) gs[g] = 0.0f;
+    for (int64_t c = 0; c < K; c += k_step) {
+        int8_t qn[k_step];
+        for (int64_t b = 0; b < k_step / k_block; ++b) {
+            const float * xb = x + c + b * k_block;
+            float amax = 0.0f;
+            for (int64_t i = 0; i < k_block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+            const float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int32_t tot = 0;
+            for (int64_t i = 0; i < k_block; ++i) {
+                const int32_t v = int32_t(std::nearbyint(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
+                qn[b * k_block + i] = int8_t(v);
+                tot += v;
+            }
+            sx[b] = s;
+            sum[b] = tot;
+            gs[(c + b * k_block) / group] += s * float(tot);
+        }
+        for (int64_t p = 0; p < k_step; ++p) q[c + p] = qn[chunk_col(q4, p)];
+        for (int64_t l = 0; l < k_step / 4; ++l) ls[(c + 4 * l) / 4] = sx[chunk_col(q4, 4 * l) / k_block];
+    }
+    (void) sum;
+}
+
+// One stored row (K columns) into the u8 form.
+void unpack_row(const uint8_t * w, bool q4, int64_t K, uint8_t * u) {
+    if (!q4) {
+        for (int64_t k = 0; k < K; ++k) u[k] = uint8_t(w[k] ^ 0x80u);
+        return;
+    }
+    for (int64_t c = 0; c < K; c += k_step) {
+        const uint8_t * b = w + c / 2;
+        for (int64_t j = 0; j < 32; ++j) u[c + j] = uint8_t(b[j] & 0xfu);
+        for (int64_t j = 0; j < 32; ++j) u[c + 32 + j] = uint8_t(b[j] >> 4);
+    }
+}
+
+// f32 scales and scale * offset per group of rows [n0, n0 + nr).
+void row_scales(const tensor_desc & w, int64_t n0, int64_t nr, float * ws, float * wc) {
+    const int64_t G = w.n_groups();
+    for (int64_t r = 0; r < nr; ++r) {
+        const int64_t n = n0 + r;
+        for (int64_t g = 0; g < G; ++g) {
+            const float s = load_f32(w.scales, w.scale_type, n * G + g);
+            const float off = w.type == dtype::q8 ? 128.0f : float(w.zeros ? w.zeros[n * G + g] : 8);
+            ws[r * G + g] = s;
+            wc[r * G + g] = s * off;
+        }
+    }
+}
+
+const qmatmul_variant k_portable = {"portable", "", qdot_portable};
+#if defined(MINICPM_X86)
+const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni};
+const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni};
+
+struct vnni_features {
+    bool avx512vnni = false, avxvnni = false;
+};
+
+vnni_features detect_vnni() {
+    vnni_features f;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d) || !(c & (1u << 27))) return f;
+    unsigned xlo, xhi;
+    asm volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    const bool os_avx = (xlo & 0x6) == 0x6, os_avx512 = (xlo & 0xe6) == 0xe6;
+    const bool fma = c & (1u << 12);
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+    const bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
+    const bool avx512vnni = c & (1u << 11);
+    unsigned a1 = 0, b1, c1, d1;
+    __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
+    f.avx512vnni = os_avx512 && avx512f && avx512bw && avx512vl && avx512vnni && fma;
+    f.avxvnni = os_avx && avx2 && fma && (a1 & (1u << 4));
+    return f;
+}
+#endif
+
+}  // namespace
+
+int qmatmul_variants(const qmatmul_variant ** out, int cap) {
+    int  n = 0;
+    auto add = [&](const qmatmul_variant & v) {
+        if (n < cap) out[n] = &v;
+        ++n;
+    };
+#if defined(MINICPM_X86)
+    static const vnni_features f = detect_vnni();
+    if (f.avx512vnni) add(k_avx512vnni);
+    if (f.avxvnni) add(k_avxvnni);
+#endif
+    add(k_portable);
+    return n;
+}
+
+const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
+    const qmatmul_variant * v[4];
+    const int n = std::min(qmatmul_variants(v, 4), 4);
+    const bool wide = std::strncmp(kt.name, "avx512", 6) == 0, avx2 = std::strcmp(kt.name, "avx2") == 0;
+    for (int i = 0; i < n; ++i) {
+        if (std::strcmp(v[i]->name, "avx512-vnni") == 0 && wide) return *v[i];
+        if (std::strcmp(v[i]->name, "avx-vnni") == 0 && (wide || avx2)) return *v[i];
+    }
+    return k_portable;
+}
+
+bool qmatmul_supported(const tensor_desc & w) {
+    if (!w.quantized() || w.perm != nullptr || w.cols % k_step != 0) return false;
+    if (w.scale_type != dtype::f32 && w.scale_type != dtype::f16) return false;
+    return w.group_size >= w.cols || (w.group_size > 0 && w.group_size % k_step == 0);
+}
+
+void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
+             int64_t T) {
+    const int64_t N = w.rows, K = w.cols, G = w.n_groups();
+    const int64_t group = std::min<int64_t>(w.group_size, K), gsteps = group / k_step;
+    const bool    q4 = w.type == dtype::q4;
+    static thread_local std::vector<int8_t> xq;
+    static thread_local std::vector<float>  xls, xgs;
+    xq.resize(size_t(T * K));
+    xls.resize(size_t(T * K / 4));
+    xgs.resize(size_t(T * G));
+    int8_t * xqp = xq.data();
+    float *  xlsp = xls.data();
+    float *  xgsp = xgs.data();
+    const int64_t rows_per = std::max<int64_t>(1, (int64_t(1) << 15) / K);
+    const int64_t n_act = ceil_div(T, rows_per);
+    auto act = [&](int64_t i, int) {
+        for (int64_t t = i * rows_per; t < std::min(T, (i + 1) * rows_per); ++t)
+            quantize_act_row(x + t * K, K, q4, group, xqp + t * K, xlsp + t * K / 4, xgsp + t * G);
+    };
+    if (n_act == 1) {
+        act(0, 0);
+    } else {
+        tp.run(n_act, act);
+    }
+
+    // Tasks of k_rows_task rows; a small matrix (under ~256 KiB of weights per token group) stays on this thread.
+    const int64_t n_tasks = ceil_div(N, k_rows_task);
+    const bool    small = int64_t(w.bytes()) * std::min<int64_t>(T, 4) < (int64_t(256) << 10);
+    const int64_t row_bytes = q4 ? K / 2 : K;
+    auto task = [&](int64_t i, int) {
+        static thread_local std::vector<float> ws, wc;
+        ws.resize(size_t(k_rows_task * G));
+        wc.resize(size_t(k_rows_task * G));
+        const int64_t n0 = i * k_rows_task, nr = std::min(k_rows_task, N - n0);
+        row_scales(w, n0, nr, ws.data(), wc.data());
+        v.dot(y, N, xqp, xlsp, xgsp, T, K, (const uint8_t *) w.data + n0 * row_bytes, q4, ws.data(), wc.data(), nr,
+              n0, G, gsteps);
+    };
+    if (small) {
+        for (int64_t i = 0; i < n_tasks; ++i) task(i, 0);
+    } else {
+        tp.run(n_tasks, task);
+    }
+}
+
+void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
+                   int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
+                   int64_t G, int64_t gsteps) {
+    static thread_local std::vector<uint8_t> row;
+    row.resize(size_t(K));
+    for (int64_t r = 0; r < nr; ++r) {
+        unpack_row(w + r * (q4 ? K / 2 : K), q4, K, row.data());
+        const uint8_t * u = row.data();
+        for (int64_t t = 0; t < T; ++t) {
+            const int8_t * q = xq + t * K;
+            const float *  ls = xls + t * K / 4;
+            float          tot = 0.0f, corr = 0.0f;
+            for (int64_t g = 0; g < G; ++g) {
+                float acc[16] = {};
+                for (int64_t k = g * gsteps * k_step; k < (g + 1) * gsteps * k_step; k += k_step)
+                    for (int64_t l = 0; l < 16; ++l) {
+                        int32_t d = 0;
+                        for (int64_t j = 0; j < 4; ++j) d += int32_t(u[k + 4 * l + j]) * int32_t(q[k + 4 * l + j]);
+                        acc[l] += float(d) * ls[k / 4 + l];
+                    }
+                float s = 0.0f;
+                for (int64_t l = 0; l < 16; ++l) s += acc[l];
+                tot += s * ws[r * G + g];
+                corr += wc[r * G + g] * xgs[t * G + g];
+            }
+            y[t * ldy + n0 + r] = tot - corr;
+        }
+    }
+}
+
+}  // namespace minicpm

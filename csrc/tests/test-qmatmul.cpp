@@ -1,0 +1,263 @@
+// The integer quantized-matmul kernels (cpu/qmatmul.h), every variant this CPU runs, against the plain
+// dequantize-then-multiply op (ref_matmul, the specification):
+//   1. integer part exact: unit scales and activations that quantize without rounding (each block's max |x| is
+//      127) make every result an integer below 2^24, so each variant must equal the reference bit for bit;
+//   2. random data: the error comes from quantizing activations to int8 per 32 columns alone; printed, bounded;
+//   3. the round-to-nearest quantizer (q8 symmetric, q4 asymmetric): |w - dequant(w)| <= scale / 2;
+//   4. GPTQ (AutoGPTQ v1) pack -> gptq_to_q4 round trip, symmetric and asymmetric, with a g_idx permutation.
+#include "core/status.h"
+#include "core/threadpool.h"
+#include "cpu/cpu-common.h"
+#include "cpu/ops-ref.h"
+#include "cpu/qmatmul.h"
+#include "model/quantize.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+using namespace minicpm;
+
+namespace {
+
+int          g_failures = 0, g_cases = 0;
+std::mt19937 g_rng(77);
+
+bool check(bool ok, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
+bool check(bool ok, const char * fmt, ...) {
+    ++g_cases;
+    if (!ok) ++g_failures;
+    std::printf("%-4s ", ok ? "ok" : "FAIL");
+    va_list ap;
+    va_start(ap, fmt);
+    std::vprintf(fmt, ap);
+    va_end(ap);
+    std::printf("\n");
+    return ok;
+}
+
+struct qw {
+    std::vector<uint8_t>  data, zeros;
+    std::vector<uint16_t> scales;
+    tensor_desc           d;
+};
+
+// Random integer weights; scales = 1 when unit, else random in [0.002, 0.05].
+qw random_weights(dtype t, int64_t N, int64_t K, int32_t group, bool zeros, bool unit) {
+    qw w;
+    const int64_t G = (K + group - 1) / group;
+    w.data.assign(t == dtype::q8 ? size_t(N * K) : size_t(N * K + 1) / 2, 0);
+    for (int64_t i = 0; i < N * K; ++i) {
+        if (t == dtype::q8) w.data[size_t(i)] = uint8_t(int8_t(int32_t(g_rng() % 255) - 127));
+        else w.data[size_t(i / 2)] |= uint8_t((g_rng() % 16) << (4 * (i % 2)));
+    }
+    std::uniform_real_distribution<float> sd(0.002f, 0.05f);
+    w.scales.resize(size_t(N * G));
+    for (auto & s : w.scales) s = f32_to_f16(unit ? 1.0f : sd(g_rng));
+    if (zeros) {
+        w.zeros.resize(size_t(N * G));
+        for (auto & z : w.zeros) z = uint8_t(g_rng() % 16);
+    }
+    w.d.type = t;
+    w.d.rows = N;
+    w.d.cols = K;
+    w.d.data = w.data.data();
+    w.d.group_size = group;
+    w.d.scale_type = dtype::f16;
+    w.d.scales = w.scales.data();
+    w.d.zeros = zeros ? w.zeros.data() : nullptr;
+    return w;
+}
+
+double rel_err(const std::vector<float> & ref, const std::vector<float> & got, double * nmse) {
+    double max_abs = 0, max_ref = 0, se = 0, sr = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        const double d = double(got[i]) - double(ref[i]);
+        if (!std::isfinite(got[i])) return INFINITY;
+        max_abs = std::max(max_abs, std::fabs(d));
+        max_ref = std::max(max_ref, std::fabs(double(ref[i])));
+        se += d * d;
+        sr += double(ref[i]) * double(ref[i]);
+    }
+    *nmse = sr > 0 ? se / sr : se;
+    return max_ref > 0 ? max_abs / max_ref : max_abs;
+}
+
+void test_exact(thread_pool & tp, const qmatmul_variant & v) {
+    struct c {
+        dtype   t;
+        int64_t N, K;
+        int32_t group;
+        bool    zeros;
+    } cases[] = {{dtype::q8, 37, 256, 128, false}, {dtype::q8, 19, 192, 64, false}, {dtype::q8, 8, 128, 128, false},
+                 {dtype::q4, 33, 256, 128, false}, {dtype::q4, 21, 320, 64, true},  {dtype::q4, 6, 128, 128, true}};
+    for (const c & k : cases)
+        for (int64_t T : {1, 2, 5, 9}) {
+            qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, true);
+            // integers in [-127, 127], each 32-block holding a +-127 so its scale is exactly 1
+            std::vector<float> x(size_t(T * k.K));
+            for (size_t i = 0; i < x.size(); ++i) x[i] = float(int32_t(g_rng() % 255) - 127);
+            for (size_t b = 0; b < x.size(); b += 32) x[b + g_rng() % 32] = (g_rng() & 1) ? 127.0f : -127.0f;
+            std::vector<float> ref(size_t(T * k.N)), got(ref.size(), NAN);
+            ref_matmul(ref.data(), x.data(), w.d, T);
+            qmatmul(v, tp, got.data(), x.data(), w.d, T);
+            int64_t bad = 0;
+            for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != got[i];
+            check(bad == 0, "exact %-12s %s g=%d%s N=%lld K=%lld T=%lld: %lld of %zu results differ", v.name,
+                  dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K, (long long) T,
+                  (long long) bad, ref.size());
+        }
+}
+
+void test_random(thread_pool & tp, const qmatmul_variant & v) {
+    struct c {
+        dtype   t;
+        int64_t N, K;
+        int32_t group;
+        bool    zeros;
+    } cases[] = {{dtype::q8, 40, 512, 128, false}, {dtype::q8, 17, 256, 256, false}, {dtype::q4, 35, 512, 128, true},
+                 {dtype::q4, 16, 384, 64, false},  {dtype::q4, 24, 256, 256, true}};
+    for (const c & k : cases)
+        for (int64_t T : {1, 4, 7, 33}) {
+            qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, false);
+            std::uniform_real_distribution<float> xd(-2.0f, 2.0f);
+            std::vector<float> x(size_t(T * k.K));
+            for (auto & e : x) e = xd(g_rng);
+            std::vector<float> ref(size_t(T * k.N)), got(ref.size(), NAN);
+            ref_matmul(ref.data(), x.data(), w.d, T);
+            qmatmul(v, tp, got.data(), x.data(), w.d, T);
+            double nmse = 0;
+            const double rel = rel_err(ref, got, &nmse);
+            // int8 activations per 32: relative step 1/127 per element; random-walk sums give NMSE ~1e-5.
+            check(nmse < 1e-4 && rel < 2e-2, "random %-11s %s g=%d%s N=%lld K=%lld T=%lld: max rel %.3e nmse %.3e (thr 1e-4)",
+                  v.name, dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K,
+                  (long long) T, rel, nmse);
+        }
+}
+
+void test_rtn() {
+    for (dtype t : {dtype::q8, dtype::q4})
+        for (int32_t group : {64, 128, 1 << 20}) {
+            const int64_t N = 13, K = 256;
+            std::vector<uint16_t> bf(size_t(N * K));
+            std::normal_distribution<float> nd(0.0f, 0.02f);
+            for (auto & b : bf) b = f32_to_bf16(nd(g_rng));
+            bf[5] = f32_to_bf16(0.0f);
+            tensor_desc src;
+            src.type = dtype::bf16;
+            src.rows = N;
+            src.cols = K;
+            src.data = bf.data();
+            const quantized_tensor q = quantize_rtn(src, t, group, "test");
+            const tensor_desc      d = q.desc();
+            std::vector<float>     row(static_cast<size_t>(K));
+            double worst = 0, err2 = 0, ref2 = 0;
+            for (int64_t n = 0; n < N; ++n) {
+                dequantize_row(d, n, row.data());
+                for (int64_t k = 0; k < K; ++k) {
+                    const float s = load_f32(d.scales, d.scale_type, n * d.n_groups() + k / d.group_size);
+                    const double e = std::fabs(double(row[size_t(k)]) - double(bf16_to_f32(bf[size_t(n * K + k)])));
+                    worst = std::max(worst, e / (double(s) * 0.5 + 1e-30));
+                    err2 += e * e;
+                    ref2 += double(bf16_to_f32(bf[size_t(n * K + k)])) * bf16_to_f32(bf[size_t(n * K + k)]);
+                }
+            }
+            check(worst <= 1.0001, "rtn %s group %d: max |w - dq(w)| = %.4f x scale/2, weight NMSE %.3e", dtype_name(t),
+                  d.group_size, worst, err2 / ref2);
+        }
+}
+
+// AutoGPTQ v1 packing of q4 values (the test's own packer, independent of gptq_to_q4).
+void test_gptq_roundtrip() {
+    for (bool sym : {true, false})
+        for (bool act_order : {false, true}) {
+            const int64_t N = 24, K = 256;
+            const int32_t group = 64;
+            const int64_t G = K / group;
+            std::vector<int32_t> q(size_t(N * K)), g_idx(static_cast<size_t>(K));
+            for (auto & v : q) v = int32_t(g_rng() % 16);
+            for (int64_t k = 0; k < K; ++k) g_idx[size_t(k)] = int32_t(k / group);
+            if (act_order) std::shuffle(g_idx.begin(), g_idx.end(), g_rng);
+            std::vector<int32_t>  qweight(size_t(K / 8 * N), 0), qzeros(size_t(G * N / 8), 0);
+            std::vector<uint16_t> scales(size_t(G * N));
+            std::vector<uint8_t>  zero(size_t(N * G));
+            for (int64_t n = 0; n < N; ++n)
+                for (int64_t k = 0; k < K; ++k)
+                    qweight[size_t(k / 8 * N + n)] |= int32_t(uint32_t(q[size_t(n * K + k)]) << (4 * (k % 8)));
+            for (int64_t g = 0; g < G; ++g)
+                for (int64_t n = 0; n < N; ++n) {
+                    zero[size_t(n * G + g)] = sym ? 8 : uint8_t(1 + g_rng() % 15);
+                    qzeros[size_t(g * N / 8 + n / 8)] |= int32_t(uint32_t(zero[size_t(n * G + g)] - 1) << (4 * (n % 8)));
+                    scales[size_t(g * N + n)] = f32_to_f16(0.01f + 0.001f * float(g_rng() % 10));
+                }
+            const quantized_tensor t =
+                gptq_to_q4(qweight.data(), qzeros.data(), scales.data(), g_idx.data(), N, K, group, "test");
+            int64_t bad = 0;
+            for (int64_t n = 0; n < N; ++n)
+                for (int64_t k = 0; k < K; ++k) {
+                    const int64_t i = n * K + k;
+                    const int32_t v = (t.data[size_t(i / 2)] >> (4 * (i % 2))) & 0xf;
+                    const int64_t g = g_idx[size_t(k)];
+                    const int32_t z = t.zeros.empty() ? 8 : t.zeros[size_t(n * G + g)];
+                    bad += v != q[size_t(i)] || z != zero[size_t(n * G + g)] ||
+                           t.scales[size_t(n * G + g)] != scales[size_t(g * N + n)];
+                }
+            check(bad == 0 && t.zeros.empty() == sym && t.perm.empty() == !act_order,
+                  "gptq v1 unpack %s%s: %lld mismatches, zeros %s, perm %s", sym ? "sym" : "asym",
+                  act_order ? " desc_act" : "", (long long) bad, t.zeros.empty() ? "none" : "stored",
+                  t.perm.empty() ? "none" : "g_idx");
+            bool threw = false;
+            g_idx[3] = int32_t(G);
+            try {
+                gptq_to_q4(qweight.data(), qzeros.data(), scales.data(), g_idx.data(), N, K, group, "test");
+            } catch (const error &) {
+                threw = true;
+            }
+            check(threw, "gptq g_idx out of range refused");
+        }
+}
+
+// Rough speed per variant on a decode-shaped and a prefill-shaped matmul (informational).
+void bench(thread_pool & tp, const qmatmul_variant & v) {
+    for (dtype t : {dtype::q8, dtype::q4}) {
+        qw w = random_weights(t, 1024, 1024, 128, t == dtype::q4, false);
+        for (int64_t T : {1, 64}) {
+            std::vector<float> x(size_t(T * 1024), 0.5f), y(size_t(T * 1024));
+            int reps = 0;
+            const auto t0 = std::chrono::steady_clock::now();
+            double el = 0;
+            do {
+                qmatmul(v, tp, y.data(), x.data(), w.d, T);
+                ++reps;
+                el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            } while (el < 0.05);
+            std::printf("info %-12s %s 1024x1024 T=%-3lld %8.1f us  %7.1f GMAC/s  %6.1f GB/s of weights\n", v.name,
+                        dtype_name(t), (long long) T, el / reps * 1e6, 1024.0 * 1024 * T * reps / el / 1e9,
+                        double(w.d.bytes()) * reps / el / 1e9);
+        }
+    }
+}
+
+}  // namespace
+
+int main() {
+    thread_pool tp(2);
+    const qmatmul_variant * v[8];
+    const int n = std::min(qmatmul_variants(v, 8), 8);
+    std::printf("quantized matmul variants:");
+    for (int i = 0; i < n; ++i) std::printf(" [%s]", v[i]->name);
+    std::printf("\n");
+    test_rtn();
+    test_gptq_roundtrip();
+    for (int i = 0; i < n; ++i) {
+        test_exact(tp, *v[i]);
+        test_random(tp, *v[i]);
+    }
+    for (int i = 0; i < n; ++i) bench(tp, *v[i]);
+    std::printf("%d cases, %d failed\n", g_cases, g_failures);
+    return g_failures == 0 ? 0 : 1;
+}

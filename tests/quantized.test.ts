@@ -1,0 +1,96 @@
+/**
+ * Quantized weights end to end: GPTQ int4 checkpoints written by the project's generator (src/checkpoint/gptq.ts;
+ * symmetric and asymmetric zero points, grouped and per channel, desc_act g_idx) give the logits of their
+ * dequantized F32 twin; on-the-fly q8 / q4 of a generated checkpoint is reported as logit error and top-1
+ * agreement against the unquantized model.
+ */
+import { afterAll, expect, setDefaultTimeout, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+import { NativeContext, NativeModel, type NativeModelOptions } from '../ffi'
+import { writeGptqTwins } from '../src/checkpoint/gptq'
+import { writeCheckpoint } from '../src/checkpoint/write-checkpoint'
+
+setDefaultTimeout(120_000)
+
+const root = mkdtempSync(join(tmpdir(), 'minicpm-quant-'))
+afterAll(() => rmSync(root, { recursive: true, force: true }))
+
+// Hidden 128 and FFN 256 so that both the integer kernels (K a multiple of 64) and GPTQ groups apply.
+const SHAPE = { hidden_size: 128, intermediate_size: 256, num_attention_heads: 8, num_key_value_heads: 2 }
+const PROMPT = [1, 1734, 3812, 59, 4521, 912, 7, 88, 2048, 30000, 15, 73000, 64, 128, 5, 9]
+
+function logits(dir: string, opts: NativeModelOptions = {}, useReference = false): { rows: Float32Array[]; info: ReturnType<NativeModel['info']> } {
+  using m = NativeModel.load(dir, opts)
+  using c = new NativeContext(m, { nThreads: 2, useReference, kvDtype: 'f32' })
+  return { rows: c.eval(PROMPT, { output: 'all' }), info: m.info() }
+}
+
+function compare(a: Float32Array[], b: Float32Array[]): { maxAbs: number; rel: number; top1: number } {
+  let maxAbs = 0
+  let maxRef = 0
+  let agree = 0
+  for (let r = 0; r < a.length; r++) {
+    let ia = 0
+    let ib = 0
+    for (let i = 0; i < a[r]!.length; i++) {
+      maxAbs = Math.max(maxAbs, Math.abs(a[r]![i]! - b[r]![i]!))
+      maxRef = Math.max(maxRef, Math.abs(a[r]![i]!))
+      if (a[r]![i]! > a[r]![ia]!) ia = i
+      if (b[r]![i]! > b[r]![ib]!) ib = i
+    }
+    if (ia === ib) agree++
+  }
+  return { maxAbs, rel: maxAbs / maxRef, top1: agree / a.length }
+}
+
+for (const [name, o] of [
+  ['sym group 64', { sym: true, group: 64 }],
+  ['asym group 64', { sym: false, group: 64 }],
+  ['sym per-channel', { sym: true, group: -1 }],
+  ['asym group 32 desc_act', { sym: false, group: 32, descAct: true }],
+] as const) {
+  test(`GPTQ ${name}: same logits as the dequantized F32 twin`, () => {
+    const { gptq, twin } = writeGptqTwins(join(root, name.replace(/ /g, '-')), { overrides: SHAPE, seed: 3, ...o })
+    const t = logits(twin, {}, true)
+    const refQ = logits(gptq, {}, true)
+    const fast = logits(gptq)
+    const exact = compare(t.rows, refQ.rows)
+    const ints = compare(t.rows, fast.rows)
+    console.log(
+      `GPTQ ${name}: ${fast.info.weightDtype}, ${(fast.info.weightBytes / 1e6).toFixed(2)} MB ` +
+        `(twin ${(t.info.weightBytes / 1e6).toFixed(2)} MB); reference ops vs twin: max abs ${exact.maxAbs.toExponential(2)} ` +
+        `rel ${exact.rel.toExponential(2)}; fast kernels (int8 activations) vs twin: rel ${ints.rel.toExponential(2)} top-1 ${(ints.top1 * 100).toFixed(0)}%`,
+    )
+    expect(fast.info.weightDtype).toBe('q4')
+    expect(exact.rel).toBeLessThan(1e-4)
+    expect(ints.rel).toBeLessThan(5e-2)
+    expect(ints.top1).toBeGreaterThanOrEqual(0.8)
+  })
+}
+
+test('on-the-fly q8 / q4 against the unquantized checkpoint: logit error and top-1 agreement', () => {
+  const dir = join(root, 'otf')
+  writeCheckpoint(dir, { overrides: SHAPE, seed: 5, dtype: 'bf16' })
+  const base = logits(dir)
+  for (const [q, head, maxRel, minTop1] of [
+    ['q8', true, 3e-2, 0.9],
+    ['q4', false, 0.25, 0.5],
+    ['q4', true, 0.35, 0.4],
+  ] as const) {
+    const r = logits(dir, { quantize: q, quantizeHead: head })
+    const d = compare(base.rows, r.rows)
+    console.log(
+      `--quantize ${q}${head ? '' : ' (head kept bf16)'}: ${r.info.weightDtype}, ${(r.info.weightBytes / 1e6).toFixed(2)} MB vs ` +
+        `${(base.info.weightBytes / 1e6).toFixed(2)} MB bf16, ${((r.info.weightBytes * 8) / r.info.nParams).toFixed(2)} bits/weight; ` +
+        `logits max abs ${d.maxAbs.toExponential(2)} rel ${d.rel.toExponential(2)}, top-1 agreement ${(d.top1 * 100).toFixed(0)}% of ${PROMPT.length}`,
+    )
+    expect(r.info.weightDtype).toBe(q)
+    expect(r.info.weightBytes).toBeLessThan(base.info.weightBytes)
+    expect(d.rel).toBeLessThan(maxRel)
+    expect(d.top1).toBeGreaterThanOrEqual(minTop1)
+  }
+  expect(() => NativeModel.load(dir, { quantize: 'q8', quantGroupSize: 48 })).toThrow(/quant_group_size/)
+})
