@@ -18,6 +18,7 @@ test-native: native
 bench: native
 	@$(BUN) cli.ts make-checkpoint --preset 0.5b --out .cache/bench-0.5b --quiet-if-exists
 	@$(BUILD)/bench-engine .cache/bench-0.5b
+	@$(BUILD)/bench-prefix .cache/bench-0.5b 2048
 	@MINICPM_LIB=$(CURDIR)/$(BUILD)/libminicpm.so $(BUN) cli.ts bench --model .cache/bench-0.5b
 
 # One self-contained executable: the CLI bundle with libminicpm.so embedded (found via Bun.embeddedFiles).
