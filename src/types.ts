@@ -49,6 +49,7 @@ export interface TokenLogprob {
 export interface Usage {
   promptTokens: number
   completionTokens: number
+  cachedTokens: number // prompt tokens whose KV came from the prefix cache (not computed)
 }
 
 export interface Timings {
@@ -97,4 +98,9 @@ export interface EngineStats {
   promptTokens: number
   generatedTokens: number
   errors: number
+  prefixQueryTokens: number // prompt tokens looked up in the prefix cache
+  prefixHitTokens: number // of those, tokens found
+  prefixEvictions: number // idle cached 64-token blocks evicted
+  kvTokensCached: number // KV slots held only by the prefix cache (reusable, not in kvTokensUsed)
+  prefixCache: number // 1 when on
 }

@@ -37,6 +37,7 @@ export const modelOptions = {
   ctx: { type: 'string' },
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
+  'no-prefix-cache': { type: 'boolean' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -44,7 +45,9 @@ export const modelHelp = `Model:
   -t, --threads N          engine threads (default: all cores)
       --ctx N              most tokens per request (default: the model's max_position_embeddings)
       --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)
-      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)`
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
+      --no-prefix-cache    do not reuse the KV of prompt prefixes across requests (default: reuse whole
+                           64-token blocks, e.g. the history a chat resends every turn)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -89,6 +92,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     nCtx: num(values, 'ctx', { int: true, min: 1 }),
     kvBytes: num(values, 'kv-bytes', { int: true, min: 1 }),
     kvDtype: kvDtypeOf(values),
+    prefixCache: values['no-prefix-cache'] === true ? false : undefined,
     onProgress: progressBar(),
   }
 }

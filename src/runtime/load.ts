@@ -23,6 +23,8 @@ export interface LoadOptions {
   nBatchMax?: number
   nChunk?: number
   nQueueMax?: number
+  /** Reuse the KV of prompt prefixes across requests (default true; --no-prefix-cache). */
+  prefixCache?: boolean
   useMmap?: boolean
   /** Overrides MINICPM_FFI_POLL for this model's engine. */
   poll?: boolean
@@ -80,6 +82,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       nBatchMax: opts.nBatchMax,
       nChunk: opts.nChunk,
       nQueueMax: opts.nQueueMax,
+      prefixCache: opts.prefixCache,
       poll: opts.poll,
     })
     progress('engine', 1, 1)

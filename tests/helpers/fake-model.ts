@@ -111,6 +111,11 @@ export class FakeModel implements ServedModel {
       promptTokens: 0,
       generatedTokens: 0,
       errors: 0,
+      prefixQueryTokens: 0,
+      prefixHitTokens: 0,
+      prefixEvictions: 0,
+      kvTokensCached: 0,
+      prefixCache: 1,
     }
   }
 
@@ -134,7 +139,7 @@ export class FakeModel implements ServedModel {
     }
     const id = this.nextId++
     this.running.set(id, prompt.length)
-    const usage = (n: number) => ({ promptTokens: prompt.length, completionTokens: n })
+    const usage = (n: number) => ({ promptTokens: prompt.length, completionTokens: n, cachedTokens: 0 })
     // Nominal, not measured: exact-frame tests compare whole chunks.
     const timings = (n: number) => ({
       queueMs: 0,
