@@ -37,6 +37,7 @@ export class AppState {
   readonly pingIntervalMs: number
   readonly metrics: ServerMetrics
   readonly created = Math.floor(Date.now() / 1000)
+  readonly servedName = () => this.opts.servedModelName
 
   constructor(readonly opts: StateOptions) {
     this.maxInFlight = opts.maxInFlight ?? 128
