@@ -12,7 +12,7 @@ import { createServerMetrics, type ServerMetrics } from './server-metrics.ts'
 /** The part of the runtime's `Model` the server uses (structural, so tests can pass a fake). */
 export type ServedModel = Pick<
   Model,
-  'info' | 'tokenize' | 'detokenize' | 'tokenText' | 'applyChatTemplate' | 'generate' | 'stats'
+  'info' | 'tokenize' | 'detokenize' | 'tokenText' | 'applyChatTemplate' | 'generate' | 'stats' | 'toolFormat'
 >
 
 /** Options shared by all routes; see createApp for defaults. */

@@ -3,11 +3,17 @@
  * routes/ and the CLI consume only these.
  */
 
+import type { ToolCall, ToolSpec } from './chat/tools/types'
+
+export type { ToolCall, ToolSpec } from './chat/tools/types'
+
 export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error'
 
 export interface ChatMessage {
-  role: 'system' | 'developer' | 'user' | 'assistant'
+  role: 'system' | 'developer' | 'user' | 'assistant' | 'tool'
   content: string | Array<{ type: 'text'; text: string }>
+  toolCalls?: ToolCall[] // assistant turns that called tools (rendered by the model's tool format)
+  reasoning?: string // an assistant turn's thought, sent back
 }
 
 export interface SamplingOptions {
@@ -32,6 +38,7 @@ export interface SamplingOptions {
 export interface GenerateRequest extends SamplingOptions {
   prompt?: string | number[] // text (tokenized with BOS per addSpecialTokens) or token ids
   messages?: ChatMessage[] // rendered with the model's chat template
+  tools?: ToolSpec[] // rendered with the model's tool format (ModelInfo.toolFormat) instead of the chat template
   addGenerationPrompt?: boolean // default true
   addSpecialTokens?: boolean // BOS; default true
   chatTemplateKwargs?: Record<string, unknown>
@@ -85,6 +92,7 @@ export interface ModelInfo {
   sparseConfig: boolean // config.json has a sparse_config
   quantizationConfig: boolean // config.json has a quantization_config
   warnings: string[] // configuration the engine reads but does not honour, each naming what runs instead
+  toolFormat: string | null // how tools, tool calls and tool turns are rendered and parsed; null: no tools
 }
 
 export interface EngineStats {

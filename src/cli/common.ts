@@ -38,6 +38,7 @@ export const modelOptions = {
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
   'no-prefix-cache': { type: 'boolean' },
+  'tool-format': { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -47,7 +48,9 @@ export const modelHelp = `Model:
       --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)
       --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
       --no-prefix-cache    do not reuse the KV of prompt prefixes across requests (default: reuse whole
-                           64-token blocks, e.g. the history a chat resends every turn)`
+                           64-token blocks, e.g. the history a chat resends every turn)
+      --tool-format F      how tools and tool calls are rendered and parsed: minicpm (MiniCPM3 / MiniCPM4-MCP
+                           Python calls; the default for MiniCPM models) or none (requests with tools get 400)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -93,6 +96,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     kvBytes: num(values, 'kv-bytes', { int: true, min: 1 }),
     kvDtype: kvDtypeOf(values),
     prefixCache: values['no-prefix-cache'] === true ? false : undefined,
+    toolFormat: values['tool-format'] as string | undefined,
     onProgress: progressBar(),
   }
 }

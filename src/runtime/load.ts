@@ -5,6 +5,7 @@
 import { join } from 'node:path'
 import { NativeEngine, NativeModel, type KvDtype } from '../../ffi/index'
 import { ChatTemplate } from '../chat/index'
+import { resolveToolFormat, type ToolFormat, type ToolMessage } from '../chat/tools/index'
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index'
 import type { ChatMessage, EngineStats, GenerateEvent, GenerateRequest, ModelInfo, SamplingOptions } from '../types'
 import { cacheRoot, DEFAULT_MODEL_ID, ensureDefaultModel } from './default-model'
@@ -23,6 +24,8 @@ export interface LoadOptions {
   nBatchMax?: number
   nChunk?: number
   nQueueMax?: number
+  /** Tool-call format (`--tool-format`): 'minicpm', or 'none'; default from the chat template, else the family. */
+  toolFormat?: string
   /** Reuse the KV of prompt prefixes across requests (default true; --no-prefix-cache). */
   prefixCache?: boolean
   useMmap?: boolean
@@ -44,6 +47,8 @@ export interface Model extends Disposable {
   ): string
   generate(req: GenerateRequest): AsyncIterable<GenerateEvent>
   stats(): EngineStats
+  /** Renders and parses tools and tool calls; null when the model takes no tools. */
+  toolFormat: ToolFormat | null
   generationDefaults: SamplingOptions
   readonly tokenizer: Tokenizer
   readonly engine: NativeEngine
@@ -74,6 +79,11 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     progress('engine', 0, 1)
     // A model without a chat template still serves plain prompts; chat use reports why it cannot.
     const template = await ChatTemplate.fromDir(facts.dir).catch((e: Error) => e)
+    const toolFormat = resolveToolFormat({
+      configured: opts.toolFormat,
+      template: template instanceof Error ? null : template.source,
+      modelType: typeof facts.config.model_type === 'string' ? facts.config.model_type : undefined,
+    })
     const engine = new NativeEngine(native, {
       nThreads: opts.nThreads,
       nCtx: opts.nCtx,
@@ -107,6 +117,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       sparseConfig: nativeInfo.sparseConfig,
       quantizationConfig: nativeInfo.quantizationConfig,
       warnings,
+      toolFormat: toolFormat?.name ?? null,
     }
     const applyChatTemplate: Model['applyChatTemplate'] = (messages, o = {}) => {
       if (template instanceof Error) throw new Error(`${facts.id} has no usable chat template: ${template.message}`)
@@ -118,11 +129,21 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       defaults: facts.generationDefaults,
       nVocab: nativeInfo.nVocab,
       prefillTickMs: opts.prefillTickMs ?? PREFILL_TICK_MS,
-      render: (req) =>
-        applyChatTemplate(req.messages ?? [], {
-          addGenerationPrompt: req.addGenerationPrompt,
-          kwargs: req.chatTemplateKwargs,
-        }),
+      render: (req) => {
+        const messages = req.messages ?? []
+        const withTools =
+          (req.tools?.length ?? 0) > 0 || messages.some((m) => m.role === 'tool' || (m.toolCalls?.length ?? 0) > 0)
+        if (!withTools) {
+          return applyChatTemplate(messages, {
+            addGenerationPrompt: req.addGenerationPrompt,
+            kwargs: req.chatTemplateKwargs,
+          })
+        }
+        if (!toolFormat) throw new Error(`${facts.id} has no tool format: its chat template cannot take tools`)
+        return toolFormat.render(messages.map(toToolMessage), req.tools ?? [], {
+          addGenerationPrompt: req.addGenerationPrompt ?? true,
+        })
+      },
     }
     const dispose = () => native.dispose() // disposes the engine first (a child of the model)
     return {
@@ -135,6 +156,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       tokenText: (id) => tokenizer.tokenText(id),
       applyChatTemplate,
       generate: (req) => generate(deps, req),
+      toolFormat,
       stats: () => {
         const { undrained: _u, ...s } = engine.stats()
         return s
@@ -145,5 +167,15 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   } catch (e) {
     native.dispose()
     throw e
+  }
+}
+
+function toToolMessage(m: ChatMessage): ToolMessage {
+  const content = typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join('\n')
+  return {
+    role: m.role === 'developer' ? 'system' : m.role,
+    content,
+    ...(m.toolCalls ? { toolCalls: m.toolCalls } : {}),
+    ...(m.reasoning ? { reasoning: m.reasoning } : {}),
   }
 }

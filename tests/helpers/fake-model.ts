@@ -4,6 +4,7 @@
  * runtime's job and not imitated here (routes only pass them on). The suites also run
  * against the real tiny checkpoint (tests/helpers/server-model.ts).
  */
+import type { ToolFormat } from '../../src/chat/tools/index.ts'
 import type { ServedModel } from '../../routes/app.ts'
 import type {
   ChatMessage,
@@ -42,6 +43,8 @@ const sleep = (ms: number, signal?: AbortSignal) =>
   })
 
 export class FakeModel implements ServedModel {
+  /** Tests that exercise tool calls set a format (the fake renders its own prompt regardless). */
+  toolFormat: ToolFormat | null = null
   readonly info: ModelInfo = {
     id: 'fake-model',
     dir: '/nonexistent',
@@ -62,6 +65,7 @@ export class FakeModel implements ServedModel {
     sparseConfig: false,
     quantizationConfig: false,
     warnings: [],
+    toolFormat: null,
   }
   behaviour: FakeBehaviour = {
     reply: 'Hello world',

@@ -264,6 +264,7 @@ class MiniCpmParser implements ToolStreamParser {
 
 export const minicpmToolFormat: ToolFormat = {
   name: 'minicpm',
+  validate: (tools) => tools.forEach((t, i) => checkToolName(t.name, `tools.${i}.function.name`)),
   render,
   parser: () => new MiniCpmParser(),
 }

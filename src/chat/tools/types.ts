@@ -41,6 +41,8 @@ export interface ToolStreamParser {
 
 export interface ToolFormat {
   name: string
+  /** Throws ToolFormatError for tools this format cannot express (e.g. a name the model could not call). */
+  validate(tools: ToolSpec[]): void
   render(messages: ToolMessage[], tools: ToolSpec[], opts: { addGenerationPrompt: boolean }): string
   parser(): ToolStreamParser
 }
