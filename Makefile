@@ -34,6 +34,7 @@ bench: native
 	@echo "bench checkpoint: $(CACHE)/bench-0.5b (random weights, MiniCPM4-0.5B shapes, about 830 MiB)"
 	@$(BUN) cli.ts make-checkpoint --preset 0.5b --out $(CACHE)/bench-0.5b --quiet-if-exists
 	@$(BUILD)/bench-engine $(CACHE)/bench-0.5b
+	@$(BUILD)/bench-prefix $(CACHE)/bench-0.5b 2048
 	@MINICPM_LIB=$(CURDIR)/$(BUILD)/libminicpm.so $(BUN) cli.ts bench --model $(CACHE)/bench-0.5b
 
 # One self-contained executable: the CLI bundle with libminicpm.so embedded (found via Bun.embeddedFiles).

@@ -49,6 +49,8 @@ export interface NativeEngineOptions {
   nQueueMax?: number
   kvDtype?: KvDtype
   kvBytes?: number
+  /** Prefix caching across requests (engine_params.prefix_cache); default on. */
+  prefixCache?: boolean
   /** Overrides MINICPM_FFI_POLL: true = poll on a timer instead of the doorbell callback. */
   poll?: boolean
 }
@@ -74,6 +76,8 @@ export interface NativeRequestInfo {
   nPrompt: number
   nPrefilled: number
   nGenerated: number
+  /** Prompt tokens the first admission took from the prefix cache. */
+  nCached: number
   tSubmitUs: number
   tAdmitUs: number
   tFirstTokenUs: number
@@ -92,6 +96,15 @@ export interface NativeEngineStats {
   promptTokens: number
   generatedTokens: number
   errors: number
+  /** Prompt tokens looked up in the prefix cache (first admissions) and, of those, found. */
+  prefixQueryTokens: number
+  prefixHitTokens: number
+  /** Idle cached KV blocks evicted to make room. */
+  prefixEvictions: number
+  /** KV slots of idle cached blocks (reusable; not in kvTokensUsed). */
+  kvTokensCached: number
+  /** 1 when the prefix cache is on. */
+  prefixCache: number
 }
 
 export class NativeEngine extends NativeHandle {
@@ -117,6 +130,7 @@ export class NativeEngine extends NativeHandle {
       nQueueMax: opts.nQueueMax,
       kvDtype: opts.kvDtype === undefined ? undefined : kvDtypeCode(opts.kvDtype),
       kvBytes: opts.kvBytes,
+      prefixCache: opts.prefixCache === undefined ? undefined : opts.prefixCache ? 1 : 0,
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_engine_init(model.ptr, params, new Uint8Array(out.buffer))

@@ -79,7 +79,8 @@ export const engineParamsLayout = {
   nCtx: [16, 'i32', 'n_ctx'],
   nQueueMax: [20, 'i32', 'n_queue_max'],
   kvDtype: [24, 'i32', 'kv_dtype'],
-  pad_: [28, 'u8', 'pad_', 4],
+  prefixCache: [28, 'u8', 'prefix_cache'],
+  pad_: [29, 'u8', 'pad_', 3],
   kvBytes: [32, 'u64', 'kv_bytes'],
 } as const satisfies Layout
 
@@ -117,7 +118,7 @@ export const requestInfoLayout = {
   nPrompt: [8, 'i32', 'n_prompt'],
   nPrefilled: [12, 'i32', 'n_prefilled'],
   nGenerated: [16, 'i32', 'n_generated'],
-  pad_: [20, 'u8', 'pad_', 4],
+  nCached: [20, 'i32', 'n_cached'],
   tSubmitUs: [24, 'i64', 't_submit_us'],
   tAdmitUs: [32, 'i64', 't_admit_us'],
   tFirstTokenUs: [40, 'i64', 't_first_token_us'],
@@ -138,6 +139,12 @@ export const engineStatsLayout = {
   promptTokens: [72, 'u64', 'n_prompt_tokens'],
   generatedTokens: [80, 'u64', 'n_generated_tokens'],
   errors: [88, 'u64', 'n_errors'],
+  prefixQueryTokens: [96, 'u64', 'n_prefix_query_tokens'],
+  prefixHitTokens: [104, 'u64', 'n_prefix_hit_tokens'],
+  prefixEvictions: [112, 'u64', 'n_prefix_evictions'],
+  kvTokensCached: [120, 'i32', 'kv_tokens_cached'],
+  prefixCache: [124, 'u8', 'prefix_cache'],
+  pad1_: [125, 'u8', 'pad1_', 3],
 } as const satisfies Layout
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
@@ -149,7 +156,7 @@ export const structSizes = {
   sampling_params: 56,
   event: 184,
   request_info: 56,
-  engine_stats: 96,
+  engine_stats: 128,
 } as const
 export type StructName = keyof typeof structSizes
 

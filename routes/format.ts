@@ -17,11 +17,12 @@ export function responseId(prefix: string): string {
 export const SYSTEM_FINGERPRINT = 'minicpm-edge'
 
 export function usageOf(fin: FinishEvent) {
-  const { promptTokens, completionTokens } = fin.usage
+  const { promptTokens, completionTokens, cachedTokens } = fin.usage
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
     total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: cachedTokens },
   }
 }
 

@@ -72,6 +72,20 @@ export class Gauge implements Metric {
   }
 }
 
+/** A counter or gauge whose series (label sets and values) are read at scrape time from a callback. */
+export class Collected implements Metric {
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: 'counter' | 'gauge',
+    private collect: () => Array<{ labels?: Labels; value: number }>,
+  ) {}
+
+  render(): string[] {
+    return this.collect().map((s) => `${this.name}${labelText(s.labels ?? {})} ${num(s.value)}`)
+  }
+}
+
 /** Cumulative buckets plus sum and count, one series per label set. */
 export class Histogram implements Metric {
   readonly type = 'histogram'
@@ -125,6 +139,16 @@ export class Registry {
 
   gauge(name: string, help: string, collect: () => number): Gauge {
     return this.add(new Gauge(name, help, collect))
+  }
+
+  /** Series read from engine state at scrape time (a counter must only ever grow there). */
+  collected(
+    name: string,
+    help: string,
+    type: 'counter' | 'gauge',
+    collect: () => Array<{ labels?: Labels; value: number }>,
+  ): Collected {
+    return this.add(new Collected(name, help, type, collect))
   }
 
   histogram(name: string, help: string, buckets: number[]): Histogram {

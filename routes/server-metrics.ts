@@ -23,10 +23,15 @@ export type ServerMetrics = ReturnType<typeof createServerMetrics>
 type CountKey = { [K in keyof EngineStats]: EngineStats[K] extends number ? K : never }[keyof EngineStats]
 
 interface StatsSource {
-  model: { stats(): EngineStats } | null
+  model: { stats(): EngineStats; info: { id: string; kvDtype: string } } | null
   inFlight: number
   connections?: () => { open: number; requests: number }
+  /** The model_name label of the vllm:* series (the served model name); default the model id. */
+  servedName?: () => string | undefined
 }
+
+/** Tokens per KV block (MINICPM_KV_BLOCK_SIZE): vllm:cache_config_info's block_size. */
+export const KV_BLOCK_SIZE = 64
 
 /** Registers every series; `source` gives the engine stats (absent while the model loads). */
 export function createServerMetrics(source: StatsSource) {
@@ -64,6 +69,26 @@ export function createServerMetrics(source: StatsSource) {
   r.gauge('minicpm:kv_cache_tokens_used', 'KV cache slots in use, in tokens.', stat('kvTokensUsed'))
   r.gauge('minicpm:kv_cache_tokens_total', 'KV cache budget, in tokens.', stat('kvTokensTotal'))
   r.gauge('minicpm:engine_steps', 'Engine scheduler steps since start (monotonic).', stat('steps'))
+  r.gauge(
+    'minicpm:kv_cache_tokens_cached',
+    'KV slots held only by the prefix cache (idle, reusable, evicted LRU first; not in kv_cache_tokens_used).',
+    stat('kvTokensCached'),
+  )
+  r.gauge('minicpm:prefix_cache_enabled', '1 when the prefix cache is on.', stat('prefixCache'))
+  const counter = (name: string, help: string, k: CountKey) =>
+    r.collected(name, help, 'counter', () => [{ value: source.model?.stats()[k] ?? 0 }])
+  counter(
+    'minicpm:prefix_cache_queries_total',
+    'Prompt tokens looked up in the prefix cache.',
+    'prefixQueryTokens',
+  )
+  counter('minicpm:prefix_cache_hits_total', 'Prompt tokens found in the prefix cache.', 'prefixHitTokens')
+  counter(
+    'minicpm:prefix_cache_evictions_total',
+    'Idle cached KV blocks (64 tokens) evicted to make room.',
+    'prefixEvictions',
+  )
+  registerRouterSeries(r, source)
   return {
     registry: r,
     promptTokens: r.counter('minicpm:prompt_tokens_total', 'Prompt tokens of finished requests.'),
@@ -102,4 +127,74 @@ export function createServerMetrics(source: StatsSource) {
       LATENCY_BUCKETS,
     ),
   }
+}
+
+/**
+ * The names fleet routers read with no configuration: the Gateway API Inference Extension / llm-d endpoint
+ * picker (num_requests_waiting, kv_cache_usage_perc, cache_config_info) and vLLM's production-stack router
+ * (num_requests_running/waiting, gpu_cache_usage_perc, gpu_prefix_cache_hit_rate). Same values as the
+ * minicpm:* series, with vLLM's model_name label.
+ */
+function registerRouterSeries(r: Registry, source: StatsSource): void {
+  const series = (value: (s: EngineStats) => number, extra: Record<string, string> = {}) => () => {
+    const m = source.model
+    if (!m) return []
+    return [{ labels: { model_name: source.servedName?.() ?? m.info.id, ...extra }, value: value(m.stats()) }]
+  }
+  const usage = (s: EngineStats) => (s.kvTokensTotal > 0 ? s.kvTokensUsed / s.kvTokensTotal : 0)
+  r.collected(
+    'vllm:num_requests_running',
+    'Requests in the engine batch (prefilling or decoding).',
+    'gauge',
+    series((s) => s.running),
+  )
+  r.collected(
+    'vllm:num_requests_waiting',
+    'Requests queued, not yet admitted.',
+    'gauge',
+    series((s) => s.waiting),
+  )
+  r.collected(
+    'vllm:kv_cache_usage_perc',
+    'KV-cache usage: fraction of KV blocks held by requests (0..1; idle cached blocks count as free).',
+    'gauge',
+    series(usage),
+  )
+  r.collected(
+    'vllm:gpu_cache_usage_perc',
+    'Same as vllm:kv_cache_usage_perc (the name older routers read).',
+    'gauge',
+    series(usage),
+  )
+  r.collected('vllm:cache_config_info', 'Information of the KV cache configuration.', 'gauge', () => {
+    const m = source.model
+    if (!m) return []
+    const s = m.stats()
+    const labels = {
+      model_name: source.servedName?.() ?? m.info.id,
+      block_size: String(KV_BLOCK_SIZE),
+      num_gpu_blocks: String(Math.floor(s.kvTokensTotal / KV_BLOCK_SIZE)),
+      cache_dtype: m.info.kvDtype,
+      enable_prefix_caching: s.prefixCache ? 'True' : 'False',
+    }
+    return [{ labels, value: 1 }]
+  })
+  r.collected(
+    'vllm:prefix_cache_queries_total',
+    'Prompt tokens looked up in the prefix cache.',
+    'counter',
+    series((s) => s.prefixQueryTokens),
+  )
+  r.collected(
+    'vllm:prefix_cache_hits_total',
+    'Prompt tokens found in the prefix cache.',
+    'counter',
+    series((s) => s.prefixHitTokens),
+  )
+  r.collected(
+    'vllm:gpu_prefix_cache_hit_rate',
+    'Prefix cache hit rate since start: hit tokens / queried tokens (0..1).',
+    'gauge',
+    series((s) => (s.prefixQueryTokens > 0 ? s.prefixHitTokens / s.prefixQueryTokens : 0)),
+  )
 }

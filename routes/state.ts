@@ -24,6 +24,7 @@ export type ServedModel = Pick<
   | 'applyChatTemplate'
   | 'generate'
   | 'stats'
+  | 'toolFormat'
 >
 
 /** Options shared by all routes; see createApp for defaults. */
@@ -58,6 +59,7 @@ export class AppState {
   readonly connections: StateOptions['connections']
   readonly metrics: ServerMetrics
   readonly created = Math.floor(Date.now() / 1000)
+  readonly servedName = () => this.opts.servedModelName
 
   constructor(readonly opts: StateOptions) {
     this.maxInFlight = opts.maxInFlight ?? 128

@@ -3,11 +3,17 @@
  * routes/ and the CLI consume only these.
  */
 
+import type { ToolCall, ToolSpec } from './chat/tools/types'
+
+export type { ToolCall, ToolSpec } from './chat/tools/types'
+
 export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error'
 
 export interface ChatMessage {
-  role: 'system' | 'developer' | 'user' | 'assistant'
+  role: 'system' | 'developer' | 'user' | 'assistant' | 'tool'
   content: string | Array<{ type: 'text'; text: string }>
+  toolCalls?: ToolCall[] // assistant turns that called tools (rendered by the model's tool format)
+  reasoning?: string // an assistant turn's thought, sent back
 }
 
 export interface SamplingOptions {
@@ -32,6 +38,7 @@ export interface SamplingOptions {
 export interface GenerateRequest extends SamplingOptions {
   prompt?: string | number[] // text (tokenized with BOS per addSpecialTokens) or token ids
   messages?: ChatMessage[] // rendered with the model's chat template
+  tools?: ToolSpec[] // rendered with the model's tool format (ModelInfo.toolFormat) instead of the chat template
   addGenerationPrompt?: boolean // default true
   addSpecialTokens?: boolean // BOS; default true
   chatTemplateKwargs?: Record<string, unknown>
@@ -55,6 +62,7 @@ export interface TokenLogprob {
 export interface Usage {
   promptTokens: number
   completionTokens: number
+  cachedTokens: number // prompt tokens whose KV came from the prefix cache (not computed)
 }
 
 export interface Timings {
@@ -99,6 +107,7 @@ export interface ModelInfo {
   sparseConfig: boolean // config.json has a sparse_config
   quantizationConfig: boolean // config.json has a quantization_config
   warnings: string[] // configuration the engine reads but does not honour, each naming what runs instead
+  toolFormat: string | null // how tools, tool calls and tool turns are rendered and parsed; null: no tools
 }
 
 export interface EngineStats {
@@ -112,4 +121,9 @@ export interface EngineStats {
   promptTokens: number
   generatedTokens: number
   errors: number
+  prefixQueryTokens: number // prompt tokens looked up in the prefix cache
+  prefixHitTokens: number // of those, tokens found
+  prefixEvictions: number // idle cached 64-token blocks evicted
+  kvTokensCached: number // KV slots held only by the prefix cache (reusable, not in kvTokensUsed)
+  prefixCache: number // 1 when on
 }

@@ -105,7 +105,7 @@ describe('struct layouts', () => {
     const missing = check(noPad)
     console.log('pad_ left out:', missing)
     const lacks = ' (or the bindings lack the field after it)'
-    expect(missing).toEqual([`engine_params.kv_dtype: 4 bytes in the bindings, 8 in the library${lacks}`])
+    expect(missing).toEqual([`engine_params.prefix_cache: 1 bytes in the bindings, 4 in the library${lacks}`])
     const renamed = check({ ...engineParamsLayout, nCtx: [16, 'i32', 'n_context'] })
     expect(renamed).toEqual([
       'engine_params.n_context: the library has no such field',
@@ -140,6 +140,7 @@ describe('struct layouts', () => {
     expect(defaults.nChunk).toBe(256)
     expect(defaults.nQueueMax).toBe(256)
     expect(defaults.kvDtype).toBe(2) // BF16
+    expect(defaults.prefixCache).toBe(1) // prefix caching on by default
     const values = {
       nThreads: 3,
       nBatchMax: 7,
@@ -147,6 +148,7 @@ describe('struct layouts', () => {
       nCtx: 4096,
       nQueueMax: 9,
       kvDtype: 0,
+      prefixCache: 0,
       kvBytes: 2 ** 40 + 5,
     }
     expect(readStruct(writeStruct(ep, engineParamsLayout, values), engineParamsLayout)).toEqual({ size: 40, ...values })

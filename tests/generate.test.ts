@@ -56,7 +56,7 @@ describe('generate', () => {
     expect(r.tokens.length).toBe(12)
     expect(r.text).toBe(model.detokenize(r.tokens))
     expect(r.finish.reason).toBe('length')
-    expect(r.finish.usage).toEqual({ promptTokens: prompt.length, completionTokens: 12 })
+    expect(r.finish.usage).toEqual({ promptTokens: prompt.length, completionTokens: 12, cachedTokens: 0 })
     expect(r.finish.timings.perTokenMs).toBeGreaterThan(0)
     const again = await run({ prompt: 'Once upon a time', maxTokens: 12, ...GREEDY })
     expect(again.tokens).toEqual(r.tokens)

@@ -34,7 +34,7 @@ describe('completions, models, tokenize, native generate (fake model)', () => {
       [0, 'abHe'],
       [1, 'cHe'],
     ])
-    expect(body.usage).toEqual({ prompt_tokens: 5, completion_tokens: 4, total_tokens: 9 })
+    expect(body.usage).toEqual({ prompt_tokens: 5, completion_tokens: 4, total_tokens: 9, prompt_tokens_details: { cached_tokens: 0 } })
     body = await readJson(
       postApp(app, '/v1/completions', {
         prompt: [[72, 105], [33]],
@@ -74,6 +74,7 @@ describe('completions, models, tokenize, native generate (fake model)', () => {
       prompt_tokens: 4,
       completion_tokens: 4,
       total_tokens: 8,
+      prompt_tokens_details: { cached_tokens: 0 },
     })
   })
 
@@ -124,7 +125,7 @@ describe('completions, models, tokenize, native generate (fake model)', () => {
     })
     expect(sse[3]).toMatchObject({
       finish_reason: 'length',
-      usage: { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4 },
+      usage: { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4, prompt_tokens_details: { cached_tokens: 0 } },
     })
     const nd = await postApp(
       app,

@@ -30,7 +30,7 @@ describe('chat completions (fake model)', () => {
     expect(schemaIssues('CreateChatCompletionResponse', body)).toEqual([])
     expect(body.choices[0].message).toEqual({ role: 'assistant', content: 'Hello', refusal: null })
     expect(body.choices[0].finish_reason).toBe('length')
-    expect(body.usage).toEqual({ prompt_tokens: 20, completion_tokens: 5, total_tokens: 25 })
+    expect(body.usage).toEqual({ prompt_tokens: 20, completion_tokens: 5, total_tokens: 25, prompt_tokens_details: { cached_tokens: 0 } })
     expect(body.timings.predicted_n).toBe(5)
   })
 
@@ -77,7 +77,7 @@ describe('chat completions (fake model)', () => {
         {
           ...head,
           choices: [],
-          usage: { prompt_tokens: 20, completion_tokens: 3, total_tokens: 23 },
+          usage: { prompt_tokens: 20, completion_tokens: 3, total_tokens: 23, prompt_tokens_details: { cached_tokens: 0 } },
         },
         '[DONE]',
       ]),
@@ -279,7 +279,7 @@ describe('routes on the real tiny checkpoint', () => {
       'length',
       'length',
     ])
-    expect(body.usage).toEqual({ prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 })
+    expect(body.usage).toEqual({ prompt_tokens: 5, completion_tokens: 10, total_tokens: 15, prompt_tokens_details: { cached_tokens: 0 } })
     expect(
       (await postApp(real, '/v1/completions', { prompt: [1, model.info.nVocab] })).status,
     ).toBe(400)

@@ -30,6 +30,7 @@ MINICPM_API void minicpm_engine_default_params(struct minicpm_engine_params * ou
     out->n_ctx = 0;
     out->n_queue_max = 256;
     out->kv_dtype = MINICPM_DTYPE_BF16;
+    out->prefix_cache = 1;
     out->kv_bytes = 0;
 }
 

@@ -39,6 +39,7 @@ scheduler::config scheduler::resolve(const model & m, const minicpm_engine_param
     c.n_queue_max = p.n_queue_max;
     c.n_ctx = p.n_ctx > 0 ? p.n_ctx : mc.n_ctx_train;
     c.kv_type = dtype(p.kv_dtype);
+    c.prefix_cache = p.prefix_cache != 0;
 
     const uint64_t kv_bytes = p.kv_bytes > 0 ? p.kv_bytes : (uint64_t(1) << 30);
     const uint64_t per_block = kv_pool::bytes_per_block(mc, c.kv_type);
@@ -74,6 +75,12 @@ scheduler::scheduler(const model & m, const minicpm_engine_params & params, std:
       be_(std::move(be)),
       host_(*host_pool_of(*be_, own_pool_)),
       kv_(*be_, m.config(), cfg_.kv_type, cfg_.n_blocks) {
+    if (cfg_.prefix_cache) {
+        // Whatever changes a block's rows for the same tokens is in the seed: KV dtype and attention mode.
+        const uint64_t seed = uint64_t(cfg_.kv_type) * 0x100000001b3ULL + (m.config().sparse.present ? 0x5a5a : 0) +
+                              uint64_t(m.config().n_layer) * 131 + uint64_t(m.config().n_head_kv) * 7919;
+        cache_ = std::make_unique<prefix_cache>(kv_, seed);
+    }
     sampler_scratch_.resize(size_t(host_.size()));
     thread_ = std::thread([this] { loop(); });
 }
@@ -85,7 +92,28 @@ scheduler::~scheduler() {
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
+    cache_.reset();
     model_.release_workspace(*be_, ws_);
+}
+
+std::string scheduler::check_refcounts() {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::vector<int32_t> held(size_t(kv_.n_blocks()), 0);
+    for (const request * r : running_)
+        for (int32_t b : r->kv.blocks) held[size_t(b)]++;
+    for (const request * r : waiting_)
+        for (int32_t b : r->kv.blocks) held[size_t(b)]++;
+    std::string out;
+    int32_t     n_zero = 0;
+    for (int32_t b = 0; b < kv_.n_blocks(); ++b) {
+        if (kv_.refs(b) != held[size_t(b)] && out.size() < 400)
+            out += "block " + std::to_string(b) + ": refs " + std::to_string(kv_.refs(b)) + ", held by requests " +
+                   std::to_string(held[size_t(b)]) + "; ";
+        n_zero += kv_.refs(b) == 0;
+    }
+    if (n_zero != kv_.n_free())
+        out += "blocks with no reference " + std::to_string(n_zero) + " != free + idle " + std::to_string(kv_.n_free());
+    return out;
 }
 
 void scheduler::set_notify(minicpm_notify_fn fn, void * user_data) {
@@ -216,6 +244,7 @@ void scheduler::request_info(uint64_t id, minicpm_request_info & out) {
     out.n_prompt = r.n_prompt;
     out.n_prefilled = r.n_prefilled;
     out.n_generated = r.n_generated;
+    out.n_cached = r.n_cached;
     out.t_submit_us = r.t_submit;
     out.t_admit_us = r.t_admit;
     out.t_first_token_us = r.t_first_token;
@@ -237,6 +266,11 @@ void scheduler::stats(struct minicpm_engine_stats & out) {
     out.n_prompt_tokens = n_prompt_tokens_;
     out.n_generated_tokens = n_generated_tokens_;
     out.n_errors = n_errors_;
+    out.n_prefix_query_tokens = n_prefix_queries_;
+    out.n_prefix_hit_tokens = n_prefix_hits_;
+    out.n_prefix_evictions = kv_.n_evicted();
+    out.kv_tokens_cached = kv_.n_idle() * kBlock;
+    out.prefix_cache = cache_ ? 1 : 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -357,19 +391,43 @@ void scheduler::admit() {
     for (const request * r : running_) headroom += r->state == MINICPM_REQUEST_DECODING;
     while (!waiting_.empty() && int32_t(running_.size()) < cfg_.n_batch_max) {
         request &     r = *waiting_.front();
-        const int32_t need = blocks_for(int64_t(r.tokens.size()));
-        if (need > kv_.n_blocks()) {
+        const int32_t n = int32_t(r.tokens.size());
+        const int32_t need_all = blocks_for(int64_t(n));
+        if (need_all > kv_.n_blocks()) {
             // Only a preempted request can get here: its generated tokens outgrew the whole pool.
             finish(r, end_event(MINICPM_FINISH_LENGTH));
             continue;
         }
-        if (need + headroom > kv_.n_free()) break;
+        // The longest cached prefix, in whole blocks; the last token is always computed (its logits are needed),
+        // so a fully cached prompt keeps n - 1 cached tokens and copies its last block on write.
+        uint64_t key = 0;
+        match_buf_.clear();
+        if (cache_) cache_->match(r.tokens.data(), n, need_all, match_buf_, &key);
+        const int32_t n_match = int32_t(match_buf_.size());
+        const int32_t n_cached = std::min(n_match * kBlock, n - 1);
+        int32_t       n_idle_hits = 0;  // matched blocks now idle: counted in n_free() but about to be held
+        for (int32_t b : match_buf_) n_idle_hits += kv_.refs(b) == 0;
+        const int32_t need = need_all - n_match + (n_match * kBlock > n_cached ? 1 : 0);
+        if (need + headroom > kv_.n_free() - n_idle_hits) break;
         waiting_.pop_front();
-        if (!kv_seq_prepare(kv_, r.kv, 0, int32_t(r.tokens.size())))
+        for (int32_t b : match_buf_) kv_.retain(b);
+        r.kv.blocks = match_buf_;
+        r.kv.n_tokens = n_cached;
+        r.n_hashed = n_match;
+        r.chain = key;
+        if (!kv_seq_prepare(kv_, r.kv, n_cached, n))
             fail(MINICPM_STATUS_INTERNAL, "admit: KV blocks counted free could not be allocated");
         r.state = MINICPM_REQUEST_PREFILLING;
         r.admit_order = ++n_admitted_;
-        if (r.t_admit == 0) r.t_admit = minicpm_time_us();
+        r.n_prefilled = std::min(n_cached, r.n_prompt);
+        if (r.t_admit == 0) {  // the first admission: what the client's prompt found in the cache
+            r.t_admit = minicpm_time_us();
+            r.n_cached = std::min(n_cached, r.n_prompt);
+            if (cache_) {
+                n_prefix_queries_ += uint64_t(r.n_prompt);
+                n_prefix_hits_ += uint64_t(r.n_cached);
+            }
+        }
         running_.push_back(&r);
     }
 }
@@ -450,6 +508,7 @@ void scheduler::commit() {
         request & r = *e.r;
         r.kv.n_tokens += e.n_rows - e.n_draft;
         r.n_prefilled = std::min(r.kv.n_tokens, r.n_prompt);
+        index_blocks(r);
         if (e.prefill) n_prompt_tokens_ += uint64_t(e.n_rows);
         if (!e.samples) continue;
         const std::vector<sample_result> & res = results_[k];
@@ -521,7 +580,24 @@ void scheduler::finish(request & r, const minicpm_event & last, const std::strin
     push_event(r, last);
 }
 
-void scheduler::release_kv(request & r) { kv_seq_free(kv_, r.kv); }
+void scheduler::index_blocks(request & r) {
+    if (!cache_) return;
+    const int32_t n_full = r.kv.n_tokens / kBlock;
+    if (r.n_hashed == 0) r.chain = cache_->seed();
+    while (r.n_hashed < n_full) {
+        const int32_t * t = r.tokens.data() + size_t(r.n_hashed) * kBlock;
+        const uint64_t  key = prefix_cache::chain(r.chain, t);
+        cache_->insert(key, r.chain, t, r.kv.blocks[size_t(r.n_hashed)]);  // false: that prefix is cached already
+        r.chain = key;
+        r.n_hashed++;
+    }
+}
+
+void scheduler::release_kv(request & r) {
+    index_blocks(r);  // what it computed stays reusable
+    kv_seq_free(kv_, r.kv);
+    r.n_hashed = 0;
+}
 
 void scheduler::preempt(request & r) {
     release_kv(r);

@@ -11,11 +11,19 @@
 // preempted by recompute: its KV is released and it goes back to the head of the queue with prompt + generated
 // tokens as its new prompt (its sampler state is kept, the client sees nothing).
 //
+// Prefix cache (params.prefix_cache): every full block a request has committed is indexed by its chained token
+// hash (prefix-cache.h) and stays in the pool, idle, after the request ends; admission shares the longest
+// cached prefix of a prompt by reference (at least its last token is recomputed: a fully cached last block is
+// copied on write) and counts only the blocks it still needs. Eviction takes idle blocks only (LRU), when an
+// allocation finds no free block, so it never touches a block a request holds; preemption and cancel release
+// references exactly as without the cache.
+//
 // Locking: one mutex guards the table and the queues; forward and sampling run without it. Fields marked
 // [engine] are read and written by the scheduler thread only; the others need the mutex.
 #pragma once
 
 #include "core/threadpool.h"
+#include "engine/prefix-cache.h"
 #include "engine/sampler.h"
 #include "minicpm.h"
 #include "model/minicpm4.h"
@@ -60,6 +68,10 @@ class scheduler {
     // Waits until a callback in flight has returned (unless called from the callback itself), so the old
     // callback is never called after this returns.
     void set_notify(minicpm_notify_fn fn, void * user_data);
+    // Checks, with the lock held, that every block's reference count equals the references the requests' block
+    // tables hold; returns "" or what differs (tests call it when the engine is idle and busy).
+    std::string check_refcounts();
+
     // Called on the scheduler thread after every step, without the lock.
     void set_step_observer(std::function<void(const step_trace &)> fn);
 
@@ -92,6 +104,9 @@ class scheduler {
         std::vector<int32_t> tokens;           // [engine] prompt, then generated tokens
         kv_seq               kv;               // [engine] KV blocks; kv.n_tokens = tokens in the KV cache
         uint64_t             admit_order = 0;  // [engine] larger = admitted later (the preemption victim)
+        int32_t              n_hashed = 0;     // [engine] leading KV blocks indexed (or found) in the prefix cache
+        uint64_t             chain = 0;        // [engine] the key of block n_hashed - 1 (the cache seed when 0)
+        int32_t              n_cached = 0;     // prompt tokens the first admission took from the prefix cache
         sampler              smp;              // [engine]
 
         int32_t                   state = MINICPM_REQUEST_WAITING;
@@ -131,6 +146,7 @@ class scheduler {
     void push_event(request & r, const minicpm_event & ev);
     void finish(request & r, const minicpm_event & last, const std::string & error = {});
     void release_kv(request & r);
+    void index_blocks(request & r);  // indexes r's full committed blocks in the prefix cache
     void preempt(request & r);
     // Writable slots [n_past, n_past + n); may preempt others (or r itself: returns false).
     bool grow_kv(request & r, int32_t n);
@@ -142,6 +158,7 @@ class scheduler {
         int32_t  n_threads, n_batch_max, n_chunk, n_ctx, n_queue_max;
         dtype    kv_type;
         int32_t  n_blocks;
+        bool     prefix_cache;
     };
     static config resolve(const model & m, const minicpm_engine_params & p);
     static backend_options with_threads(backend_options o, const config & c);
@@ -154,6 +171,7 @@ class scheduler {
     std::unique_ptr<thread_pool> own_pool_;  // host threads for sampling when the backend has none
     thread_pool &                host_;
     kv_pool                      kv_;
+    std::unique_ptr<prefix_cache> cache_;  // null when params.prefix_cache is 0
     forward_workspace            ws_;
 
     std::mutex                                  mu_;
@@ -177,6 +195,8 @@ class scheduler {
     int32_t                                     n_undrained_ = 0;
     uint64_t                                    n_admitted_ = 0;
     uint64_t n_steps_ = 0, n_prompt_tokens_ = 0, n_generated_tokens_ = 0, n_errors_ = 0;
+    uint64_t n_prefix_queries_ = 0, n_prefix_hits_ = 0;
+    std::vector<int32_t> match_buf_;  // [engine]
 
     // [engine] the batch under construction and reused buffers.
     std::vector<batch_entry>     entries_;

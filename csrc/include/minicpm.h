@@ -251,7 +251,10 @@ struct minicpm_engine_params {
     int32_t  n_ctx;         /* most tokens (prompt + generated) of one request; 0 = model n_ctx_train      */
     int32_t  n_queue_max;   /* most waiting requests; a submit beyond it returns _QUEUE_FULL; default 256  */
     int32_t  kv_dtype;      /* enum minicpm_dtype of the KV cache; default BF16                             */
-    int32_t  pad_;
+    uint8_t  prefix_cache;  /* 1 (default): keep full 64-token KV blocks after their request ends, indexed  */
+                            /* by a hash chained over their token ids, and reuse a new request's longest   */
+                            /* cached prefix (its last prompt token is always recomputed). 0 = off         */
+    uint8_t  pad_[3];
     uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB). The pool never   */
                             /* exceeds n_batch_max * n_ctx tokens, which is all admitted requests can use */
 };
@@ -300,7 +303,7 @@ struct minicpm_request_info {
     int32_t  n_prompt;          /* prompt tokens                                                          */
     int32_t  n_prefilled;       /* prompt tokens already in the KV cache                                 */
     int32_t  n_generated;
-    int32_t  pad_;
+    int32_t  n_cached;          /* prompt tokens taken from the prefix cache at admission (not computed)  */
     int64_t  t_submit_us;
     int64_t  t_admit_us;        /* KV reserved and prefill started; 0 until then                          */
     int64_t  t_first_token_us;  /* 0 until the first token is sampled                                     */
@@ -321,6 +324,13 @@ struct minicpm_engine_stats {
     uint64_t n_prompt_tokens;   /* prompt tokens prefilled since init                                     */
     uint64_t n_generated_tokens;/* tokens sampled since init                                              */
     uint64_t n_errors;          /* requests finished with MINICPM_FINISH_ERROR                            */
+    uint64_t n_prefix_query_tokens; /* prompt tokens looked up in the prefix cache (first admissions)     */
+    uint64_t n_prefix_hit_tokens;   /* of those, tokens taken from the cache                              */
+    uint64_t n_prefix_evictions;    /* cached idle blocks evicted to make room                             */
+    int32_t  kv_tokens_cached;  /* KV slots of idle cached blocks (not held by any request; reusable,     */
+                                /* evicted LRU first when the pool needs room; not in kv_tokens_used)     */
+    uint8_t  prefix_cache;      /* 1 when the prefix cache is on                                           */
+    uint8_t  pad1_[3];
 };
 
 /* Doorbell: rung from the engine thread when a request goes from no pending events to some. n_ready is the

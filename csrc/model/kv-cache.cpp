@@ -50,6 +50,9 @@ kv_pool::kv_pool(backend & be, const model_config & cfg, dtype type, int32_t n_b
     for (int32_t b = n_blocks - 1; b >= 0; --b) free_.push_back(b);
     refs_.assign(size_t(n_blocks), 0);
     side_valid_.assign(size_t(n_blocks), 0);
+    cached_.assign(size_t(n_blocks), 0);
+    lru_prev_.assign(size_t(n_blocks), -1);
+    lru_next_.assign(size_t(n_blocks), -1);
 }
 
 kv_pool::~kv_pool() {
@@ -77,15 +80,30 @@ void kv_pool::check_block(int32_t block, const char * what) const {
 }
 
 int32_t kv_pool::alloc() {
-    if (free_.empty()) return -1;
-    const int32_t b = free_.back();
-    free_.pop_back();
+    int32_t b = -1;
+    if (!free_.empty()) {
+        b = free_.back();
+        free_.pop_back();
+    } else if (lru_head_ >= 0) {
+        b = lru_head_;  // the least recently idled cached block: forgotten, then reused
+        lru_remove(b);
+        cached_[size_t(b)] = 0;
+        ++n_evicted_;
+        if (evict_hook_) evict_hook_(b);
+    } else {
+        return -1;
+    }
     refs_[size_t(b)] = 1;
     side_valid_[size_t(b)] = 0;
     return b;
 }
 
 void kv_pool::retain(int32_t block) {
+    if (block >= 0 && block < n_blocks_ && refs_[size_t(block)] == 0 && cached_[size_t(block)] != 0) {
+        lru_remove(block);  // an idle cached block is revived with its contents
+        refs_[size_t(block)] = 1;
+        return;
+    }
     check_block(block, "retain");
     ++refs_[size_t(block)];
 }
@@ -93,9 +111,49 @@ void kv_pool::retain(int32_t block) {
 void kv_pool::release(int32_t block) {
     check_block(block, "release");
     if (--refs_[size_t(block)] == 0) {
+        if (cached_[size_t(block)] != 0) {
+            lru_push(block);
+        } else {
+            side_valid_[size_t(block)] = 0;
+            free_.push_back(block);
+        }
+    }
+}
+
+void kv_pool::set_cached(int32_t block, bool cached) {
+    if (block < 0 || block >= n_blocks_) fail(MINICPM_STATUS_INTERNAL, "KV pool: set_cached of a bad block");
+    const bool was = cached_[size_t(block)] != 0;
+    if (was == cached) return;
+    if (cached) {
+        check_block(block, "set_cached");  // only a held block (with its rows written) can enter the cache
+        cached_[size_t(block)] = 1;
+        return;
+    }
+    cached_[size_t(block)] = 0;
+    if (refs_[size_t(block)] == 0) {  // idle: nobody holds it, so it is free now
+        lru_remove(block);
         side_valid_[size_t(block)] = 0;
         free_.push_back(block);
     }
+}
+
+void kv_pool::lru_push(int32_t block) {
+    lru_prev_[size_t(block)] = lru_tail_;
+    lru_next_[size_t(block)] = -1;
+    if (lru_tail_ >= 0) lru_next_[size_t(lru_tail_)] = block;
+    else lru_head_ = block;
+    lru_tail_ = block;
+    ++n_idle_;
+}
+
+void kv_pool::lru_remove(int32_t block) {
+    const int32_t p = lru_prev_[size_t(block)], n = lru_next_[size_t(block)];
+    if (p >= 0) lru_next_[size_t(p)] = n;
+    else lru_head_ = n;
+    if (n >= 0) lru_prev_[size_t(n)] = p;
+    else lru_tail_ = p;
+    lru_prev_[size_t(block)] = lru_next_[size_t(block)] = -1;
+    --n_idle_;
 }
 
 int32_t kv_pool::refs(int32_t block) const {
@@ -186,7 +244,7 @@ bool kv_seq_prepare(kv_pool & pool, kv_seq & s, int32_t from, int32_t to) {
     }
     for (size_t i = size_t(from / kBlock); i < std::min(need, n_before); ++i) {
         const int32_t old = s.blocks[i];
-        if (pool.refs(old) > 1) {
+        if (pool.refs(old) > 1 || pool.cached(old)) {
             const int32_t b = pool.alloc();
             if (b < 0) return undo();
             pool.copy_block(b, old);
@@ -211,7 +269,7 @@ void kv_seq_truncate(kv_pool & pool, kv_seq & s, int32_t n) {
     }
     // The dropped rows of a block held alone are gone for good: its side data stops at the kept ones. A shared
     // block still holds them for the other sequences.
-    if (s.n_tokens % kBlock != 0 && pool.refs(s.blocks.back()) == 1)
+    if (s.n_tokens % kBlock != 0 && pool.refs(s.blocks.back()) == 1 && !pool.cached(s.blocks.back()))
         pool.lower_side_valid(s.blocks.back(), s.n_tokens % kBlock);
 }
 
@@ -240,7 +298,7 @@ void kv_seq_copy_rows(kv_pool & pool, kv_seq & s, const int32_t * src_slots, con
 }
 
 void kv_seq_free(kv_pool & pool, kv_seq & s) {
-    for (int32_t b : s.blocks) pool.release(b);
+    for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) pool.release(*it);
     s.blocks.clear();
     s.n_tokens = 0;
 }

@@ -18,6 +18,7 @@
 #include "model/config.h"
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace minicpm {
@@ -36,12 +37,24 @@ class kv_pool {
     kv_layer layer(int32_t il) const;
     dtype    type() const { return type_; }
     int32_t  n_blocks() const { return n_blocks_; }
-    int32_t  n_free() const { return int32_t(free_.size()); }
+    // Blocks alloc() can hand out: free ones plus idle cached ones (evicted on demand).
+    int32_t  n_free() const { return int32_t(free_.size()) + n_idle_; }
+    int32_t  n_idle() const { return n_idle_; }  // cached blocks no sequence references
+    uint64_t n_evicted() const { return n_evicted_; }
 
-    int32_t alloc();                  // a free block with reference count 1, or -1 when none is left
-    void    retain(int32_t block);    // one more reference
-    void    release(int32_t block);   // one reference less; freed at 0. Throws _INTERNAL for a free block.
+    // A free block with reference count 1, or -1 when none is left. When no block is free it evicts the
+    // least recently idled cached block (the evict hook is told first).
+    int32_t alloc();
+    void    retain(int32_t block);    // one more reference (a held block, or an idle cached one: revived)
+    void    release(int32_t block);   // one reference less; at 0 freed, or idle if cached. Throws _INTERNAL for a free block.
     int32_t refs(int32_t block) const;
+
+    // Prefix caching. A cached block is immutable (kv_seq_prepare copies it before a write, however many
+    // references it has) and outlives its references: at 0 it becomes idle (kept, contents and side data
+    // intact, in LRU order) instead of free. Uncaching an idle block frees it.
+    void set_cached(int32_t block, bool cached);
+    bool cached(int32_t block) const { return block >= 0 && block < n_blocks_ && cached_[size_t(block)] != 0; }
+    void set_evict_hook(std::function<void(int32_t block)> fn) { evict_hook_ = std::move(fn); }
     // Copies n slots of K and V (every layer) from (src, src_slot) to (dst, dst_slot); lowers dst's side_valid.
     void    copy_slots(int32_t dst, int32_t dst_slot, int32_t src, int32_t src_slot, int32_t n);
 
@@ -57,6 +70,8 @@ class kv_pool {
 
   private:
     void check_block(int32_t block, const char * what) const;
+    void lru_push(int32_t block);    // at the most recently idled end
+    void lru_remove(int32_t block);
 
     struct side_area {
         buffer buf;
@@ -76,6 +91,11 @@ class kv_pool {
     std::vector<int32_t>   free_;
     std::vector<int32_t>   refs_;
     std::vector<int32_t>   side_valid_;
+    std::vector<uint8_t>   cached_;
+    std::vector<int32_t>   lru_prev_, lru_next_;  // idle cached blocks, a list from lru_head_ (oldest)
+    int32_t                lru_head_ = -1, lru_tail_ = -1, n_idle_ = 0;
+    uint64_t               n_evicted_ = 0;
+    std::function<void(int32_t)> evict_hook_;
 };
 
 // One sequence's slots: n_tokens committed slots, held in blocks (blocks.size() * 64 >= n_tokens; more blocks
@@ -99,6 +119,8 @@ void kv_seq_fork(kv_pool & pool, const kv_seq & src, int32_t n, kv_seq & dst);
 // Moves slot src_slots[i] to dst_slots[i] in order (compaction of an accepted draft path). The destination
 // slots must lie in blocks s holds alone (call kv_seq_prepare first); slots beyond n_tokens are allowed.
 void kv_seq_copy_rows(kv_pool & pool, kv_seq & s, const int32_t * src_slots, const int32_t * dst_slots, int32_t n);
-void kv_seq_free(kv_pool & pool, kv_seq & s);  // releases every block; n_tokens = 0
+// Releases every block, last first (so that cached blocks of a sequence's tail idle, and are evicted, before
+// its head); n_tokens = 0.
+void kv_seq_free(kv_pool & pool, kv_seq & s);
 
 }  // namespace minicpm

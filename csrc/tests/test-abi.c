@@ -70,7 +70,8 @@ static const struct field engine_params_fields[] = {
     FIELD(minicpm_engine_params, size),        FIELD(minicpm_engine_params, n_threads),
     FIELD(minicpm_engine_params, n_batch_max), FIELD(minicpm_engine_params, n_chunk),
     FIELD(minicpm_engine_params, n_ctx),       FIELD(minicpm_engine_params, n_queue_max),
-    FIELD(minicpm_engine_params, kv_dtype),    FIELD(minicpm_engine_params, pad_),
+    FIELD(minicpm_engine_params, kv_dtype),    FIELD(minicpm_engine_params, prefix_cache),
+    FIELD(minicpm_engine_params, pad_),
     FIELD(minicpm_engine_params, kv_bytes),
 };
 static const struct field sampling_params_fields[] = {
@@ -91,7 +92,7 @@ static const struct field event_fields[] = {
 static const struct field request_info_fields[] = {
     FIELD(minicpm_request_info, size),        FIELD(minicpm_request_info, state),
     FIELD(minicpm_request_info, n_prompt),    FIELD(minicpm_request_info, n_prefilled),
-    FIELD(minicpm_request_info, n_generated), FIELD(minicpm_request_info, pad_),
+    FIELD(minicpm_request_info, n_generated), FIELD(minicpm_request_info, n_cached),
     FIELD(minicpm_request_info, t_submit_us), FIELD(minicpm_request_info, t_admit_us),
     FIELD(minicpm_request_info, t_first_token_us), FIELD(minicpm_request_info, t_end_us),
 };
@@ -102,7 +103,10 @@ static const struct field engine_stats_fields[] = {
     FIELD(minicpm_engine_stats, backend),         FIELD(minicpm_engine_stats, backend_name),
     FIELD(minicpm_engine_stats, pad_),            FIELD(minicpm_engine_stats, n_steps),
     FIELD(minicpm_engine_stats, n_prompt_tokens), FIELD(minicpm_engine_stats, n_generated_tokens),
-    FIELD(minicpm_engine_stats, n_errors),
+    FIELD(minicpm_engine_stats, n_errors),        FIELD(minicpm_engine_stats, n_prefix_query_tokens),
+    FIELD(minicpm_engine_stats, n_prefix_hit_tokens), FIELD(minicpm_engine_stats, n_prefix_evictions),
+    FIELD(minicpm_engine_stats, kv_tokens_cached), FIELD(minicpm_engine_stats, prefix_cache),
+    FIELD(minicpm_engine_stats, pad1_),
 };
 
 /* Fields whose offset differs from minicpm_struct_offset(), each printed (quiet: only counts). */

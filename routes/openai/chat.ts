@@ -21,19 +21,11 @@ import { chatRequest, parseBody, type ChatRequest } from '../schemas.ts'
 import { clientAbort, eventStream } from '../sse.ts'
 import { startGeneration, type AppState, type Generation } from '../state.ts'
 import { chatLogprobs, type ChatTokenLogprob } from './logprobs.ts'
+import { planTools, toolCallsOf, ToolOutput, type OpenAiToolCall } from './tools.ts'
+import type { ToolFormat } from '../../src/chat/tools/index.ts'
 
 /** Rejects what this server cannot honour, with a message that says so (never silently ignored). */
 function checkUnsupported(body: ChatRequest): void {
-  if (body.tools != null && body.tools.length > 0) {
-    throw unsupported('tools', 'tools (function calling) are not supported by this server')
-  }
-  const choice = body.tool_choice
-  if (choice != null && choice !== 'none' && choice !== 'auto') {
-    throw unsupported(
-      'tool_choice',
-      'tool_choice requires tools, which this server does not support',
-    )
-  }
   for (const legacy of ['functions', 'function_call', 'audio', 'prediction'] as const) {
     if (body[legacy] != null) throw unsupported(legacy, `${legacy} is not supported by this server`)
   }
@@ -50,18 +42,27 @@ function checkUnsupported(body: ChatRequest): void {
   }
 }
 
-/** Text-only messages; developer is treated as system (the MiniCPM4 template knows no developer role). */
-function toMessages(messages: ChatRequest['messages']): ChatMessage[] {
+/**
+ * Text-only messages; developer is treated as system (the MiniCPM4 template knows no developer role). Tool
+ * turns and assistant tool_calls need the model's tool format.
+ */
+function toMessages(messages: ChatRequest['messages'], format: ToolFormat | null): ChatMessage[] {
   return messages.map((m, i) => {
-    if (m.role === 'tool' || m.role === 'function') {
+    if (m.role === 'function') {
+      throw unsupported(`messages.${i}.role`, `messages[${i}]: role 'function' is not supported (use 'tool')`)
+    }
+    const hasCalls = m.tool_calls != null && !(Array.isArray(m.tool_calls) && m.tool_calls.length === 0)
+    if ((m.role === 'tool' || hasCalls) && !format) {
       throw unsupported(
-        `messages.${i}.role`,
-        `messages[${i}]: role '${m.role}' is not supported (no tool calling)`,
+        `messages.${i}.${m.role === 'tool' ? 'role' : 'tool_calls'}`,
+        `messages[${i}]: ${m.role === 'tool' ? "role 'tool'" : 'tool_calls'} needs a model with a tool format`,
       )
     }
-    if (m.tool_calls != null) {
-      throw unsupported(`messages.${i}.tool_calls`, `messages[${i}]: tool_calls are not supported`)
+    if (hasCalls && m.role !== 'assistant') {
+      throw badRequest(`messages[${i}]: only assistant messages carry tool_calls`, `messages.${i}.tool_calls`)
     }
+    const toolCalls = hasCalls ? toolCallsOf(m.tool_calls, i) : undefined
+    const reasoning = typeof m.reasoning_content === 'string' ? m.reasoning_content : undefined
     let content = ''
     if (typeof m.content === 'string') content = m.content
     else if (Array.isArray(m.content)) {
@@ -82,7 +83,12 @@ function toMessages(messages: ChatRequest['messages']): ChatMessage[] {
         `messages.${i}.content`,
       )
     }
-    return { role: m.role === 'developer' ? 'system' : m.role, content }
+    return {
+      role: m.role === 'developer' ? 'system' : m.role,
+      content,
+      ...(toolCalls ? { toolCalls } : {}),
+      ...(reasoning ? { reasoning } : {}),
+    }
   })
 }
 
@@ -94,10 +100,13 @@ export function chatRoutes(state: AppState): Hono {
     const model = state.get()
     const modelId = state.checkModel(body.model)
     checkUnsupported(body)
+    const format = model.toolFormat ?? null
+    const plan = planTools(body.tools, body.tool_choice, format)
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined
     const req: GenerateRequest = {
       ...toSampling(body, model.info, maxTokens),
-      messages: toMessages(body.messages),
+      messages: toMessages(body.messages, format),
+      ...(plan.tools.length > 0 ? { tools: plan.tools } : {}),
     }
     const top = body.logprobs ? (body.top_logprobs ?? 0) : 0
     if (body.logprobs) Object.assign(req, { logprobs: true, topLogprobs: top })
@@ -117,7 +126,8 @@ export function chatRoutes(state: AppState): Hono {
       model: modelId,
     }
     const wantLogprobs = body.logprobs === true
-    if (!body.stream) return c.json(await collect(gen, head, wantLogprobs, top))
+    const tooling = plan.parse && format ? format : null
+    if (!body.stream) return c.json(await collect(gen, head, wantLogprobs, top, tooling))
 
     const includeUsage = body.stream_options?.include_usage === true
     const base = {
@@ -132,15 +142,35 @@ export function chatRoutes(state: AppState): Hono {
       choices: [{ index: 0, logprobs: null, ...choice }],
       ...usageNull,
     })
+    const tools = tooling ? new ToolOutput(tooling) : null
     return eventStream(c, state, 'sse', client, async (sink) => {
       sink.send(chunk({ delta: { role: 'assistant', content: '' }, finish_reason: null }))
       sink.startPings(state.pingIntervalMs)
+      // With tools, text goes through the format's parser: content and reasoning as they come (partial
+      // markers held back), each tool call whole once its block closes.
+      const sendParts = (p: { content: string; reasoning: string; calls: OpenAiToolCall[] }, lps: object[] | null) => {
+        if (p.reasoning) sink.send(chunk({ delta: { reasoning_content: p.reasoning }, finish_reason: null }))
+        if (p.content || lps?.length) {
+          sink.send(
+            chunk({
+              delta: { content: p.content },
+              logprobs: lps ? { content: lps, refusal: null } : null,
+              finish_reason: null,
+            }),
+          )
+        }
+        if (p.calls.length > 0) sink.send(chunk({ delta: { tool_calls: p.calls }, finish_reason: null }))
+      }
       for await (const ev of gen.events) {
         await sink.ready() // a client that stopped reading pauses delivery here
         if (sink.closed) break
         if (ev.type === 'delta') {
           sink.stopPings()
           const lps = wantLogprobs ? chatLogprobs(ev.logprobs ?? [], top) : null
+          if (tools) {
+            sendParts(tools.push(ev.text), lps)
+            continue
+          }
           if (ev.text === '' && !lps?.length) continue
           sink.send(
             chunk({
@@ -151,7 +181,11 @@ export function chatRoutes(state: AppState): Hono {
           )
         } else if (ev.type === 'finish') {
           if (client.signal.aborted) break
-          const reason = finishReasonOf(ev)
+          let reason: string = finishReasonOf(ev)
+          if (tools) {
+            sendParts(tools.end(), null)
+            if (tools.called) reason = 'tool_calls'
+          }
           sink.send({
             ...chunk({ delta: {}, finish_reason: reason, ...lengthCauseOf(ev) }),
             timings: timingsOf(ev),
@@ -170,6 +204,7 @@ async function collect(
   head: { id: string; created: number; model: string },
   wantLogprobs: boolean,
   top: number,
+  tooling: ToolFormat | null,
 ) {
   let text = ''
   const lps: ChatTokenLogprob[] = []
@@ -181,7 +216,24 @@ async function collect(
     } else if (ev.type === 'finish') fin = ev
   }
   if (!fin) throw new Error('the generation ended without a finish event')
-  const reason = finishReasonOf(fin)
+  let reason: string = finishReasonOf(fin)
+  let message: Record<string, unknown> = { role: 'assistant', content: text, refusal: null }
+  if (tooling) {
+    const out = new ToolOutput(tooling)
+    const a = out.push(text)
+    const b = out.end()
+    const calls = [...a.calls, ...b.calls]
+    const content = a.content + b.content
+    const reasoning = a.reasoning + b.reasoning
+    message = {
+      role: 'assistant',
+      content: calls.length > 0 && content === '' ? null : content,
+      refusal: null,
+      ...(reasoning ? { reasoning_content: reasoning } : {}),
+      ...(calls.length > 0 ? { tool_calls: calls.map(({ index: _i, ...c }) => c) } : {}),
+    }
+    if (calls.length > 0) reason = 'tool_calls'
+  }
   return {
     ...head,
     object: 'chat.completion',
@@ -189,7 +241,7 @@ async function collect(
     choices: [
       {
         index: 0,
-        message: { role: 'assistant', content: text, refusal: null },
+        message,
         logprobs: wantLogprobs ? { content: lps, refusal: null } : null,
         finish_reason: reason,
         ...lengthCauseOf(fin),

@@ -143,12 +143,18 @@ function echoText(prompt: string | number[], model: ServedModel): string {
 }
 
 function sumUsage(fins: FinishEvent[]) {
-  const u = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }
+  const u = {
+    prompt_tokens: 0,
+    completion_tokens: 0,
+    total_tokens: 0,
+    prompt_tokens_details: { cached_tokens: 0 },
+  }
   for (const f of fins) {
     const x = usageOf(f)
     u.prompt_tokens += x.prompt_tokens
     u.completion_tokens += x.completion_tokens
     u.total_tokens += x.total_tokens
+    u.prompt_tokens_details.cached_tokens += x.prompt_tokens_details.cached_tokens
   }
   return u
 }

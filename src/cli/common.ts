@@ -122,6 +122,8 @@ export const modelOptions = {
   backend: { type: 'string' },
   quantize: { type: 'string' },
   'quant-group': { type: 'string' },
+  'no-prefix-cache': { type: 'boolean' },
+  'tool-format': { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -136,7 +138,11 @@ export const modelHelp = `Model:
       --backend B          where the engine runs: auto (default: CUDA when built and a GPU is present, else CPU),
                            cpu or cuda (an error when this build or machine has none)
       --quantize q8|q4     quantize the weights at load (round to nearest; q8 symmetric, q4 asymmetric)
-      --quant-group N      input features per scale, a multiple of 32 (default 128)`
+      --quant-group N      input features per scale, a multiple of 32 (default 128)
+      --no-prefix-cache    do not reuse the KV of prompt prefixes across requests (default: reuse whole
+                           64-token blocks, e.g. the history a chat resends every turn)
+      --tool-format F      how tools and tool calls are rendered and parsed: minicpm (MiniCPM3 / MiniCPM4-MCP
+                           Python calls; the default for MiniCPM models) or none (requests with tools get 400)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -184,6 +190,8 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     kvDtype: kvDtypeOf(values),
     backend: backendOf(values),
     ...quantizeOf(values),
+    prefixCache: values['no-prefix-cache'] === true ? false : undefined,
+    toolFormat: values['tool-format'] as string | undefined,
     onProgress: progressBar(),
     onLog: (line) => stderrLine.line(line),
   }

@@ -155,7 +155,7 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
     yield {
       type: 'finish',
       reason: 'cancelled',
-      usage: { promptTokens: ids.length, completionTokens: 0 },
+      usage: { promptTokens: ids.length, completionTokens: 0, cachedTokens: 0 },
       timings: Timeline.empty(),
     }
     return
@@ -193,6 +193,8 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
   let stopString = false
   let completion = 0
   let lastPrefilled = -1
+  let cachedTokens = 0
+  let admitted = false // request info seen past 'waiting': cachedTokens is final
   let failure = 'the engine failed on this request'
 
   try {
@@ -209,10 +211,14 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
         finish = 'error'
         break
       }
-      if (timeline.firstTokenUs === 0) {
+      if (timeline.firstTokenUs === 0 || !admitted) {
         // Before the first token: read progress now, since a drained finish event releases the id.
         const info = engine.requestInfo(id)
         if (info) {
+          if (info.state !== 'waiting') {
+            admitted = true
+            cachedTokens = info.nCached
+          }
           timeline.fromInfo(info)
           if (info.nPrefilled !== lastPrefilled && info.nPrefilled < info.nPrompt && info.nPrefilled > 0) {
             lastPrefilled = info.nPrefilled
@@ -266,7 +272,7 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
     yield {
       type: 'finish',
       reason,
-      usage: { promptTokens: ids.length, completionTokens: completion },
+      usage: { promptTokens: ids.length, completionTokens: completion, cachedTokens },
       timings: timeline.timings(completion),
       ...(reason === 'error' ? { error: failure } : {}),
       ...(lengthCause ? { lengthCause } : {}),

@@ -8,6 +8,7 @@ import { NativeEngine, NativeModel, type Backend, type KvDtype, type QuantizeTyp
 import { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError } from '../chat/index'
 import { isHubId } from '../hub/cache'
 import { pull } from '../hub/pull'
+import { resolveToolFormat, type ToolFormat, type ToolMessage } from '../chat/tools/index'
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index'
 import type { ChatMessage, EngineStats, GenerateEvent, GenerateRequest, ModelInfo, SamplingOptions } from '../types'
 import { cacheRoot, DEFAULT_MODEL_ID, ensureDefaultModel } from './default-model'
@@ -35,6 +36,10 @@ export interface LoadOptions {
   nBatchMax?: number
   nChunk?: number
   nQueueMax?: number
+  /** Tool-call format (`--tool-format`): 'minicpm', or 'none'; default from the chat template, else the family. */
+  toolFormat?: string
+  /** Reuse the KV of prompt prefixes across requests (default true; --no-prefix-cache). */
+  prefixCache?: boolean
   useMmap?: boolean
   /** Quantize a BF16/F16/F32 checkpoint's weights at load (round to nearest): q8 or q4. */
   quantize?: QuantizeType
@@ -81,6 +86,8 @@ export interface Model extends Disposable {
   detokenizeAsync(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string>
   generate(req: GenerateRequest): AsyncIterable<GenerateEvent>
   stats(): EngineStats
+  /** Renders and parses tools and tool calls; null when the model takes no tools. */
+  toolFormat: ToolFormat | null
   generationDefaults: SamplingOptions
   readonly tokenizer: Tokenizer
   readonly engine: NativeEngine
@@ -146,6 +153,11 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     progress('engine', 0, 1)
     // A model without a chat template still serves plain prompts; chat use reports why it cannot.
     let template: ChatTemplate | Error = await ChatTemplate.fromDir(facts.dir).catch((e: Error) => e)
+    const toolFormat = resolveToolFormat({
+      configured: opts.toolFormat,
+      template: template instanceof Error ? null : template.source,
+      modelType: typeof facts.config.model_type === 'string' ? facts.config.model_type : undefined,
+    })
     const engine = new NativeEngine(native, {
       nThreads: opts.nThreads,
       nCtx: opts.nCtx,
@@ -154,6 +166,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       nBatchMax: opts.nBatchMax,
       nChunk: opts.nChunk,
       nQueueMax: opts.nQueueMax,
+      prefixCache: opts.prefixCache,
       poll: opts.poll,
     })
     progress('engine', 1, 1)
@@ -179,6 +192,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       sparseConfig: nativeInfo.sparseConfig,
       quantizationConfig: nativeInfo.quantizationConfig,
       warnings,
+      toolFormat: toolFormat?.name ?? null,
     }
     const warn = opts.warn ?? ((line: string) => process.stderr.write(`${line}\n`))
     const kvTokens = engine.stats().kvTokensTotal
@@ -242,8 +256,17 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       nVocab: nativeInfo.nVocab,
       nCtx: info.nCtx,
       prefillTickMs: opts.prefillTickMs ?? PREFILL_TICK_MS,
-      render: (req) =>
-        renderAsync(req.messages ?? [], req.addGenerationPrompt ?? true, req.chatTemplateKwargs),
+      render: async (req) => {
+        const messages = req.messages ?? []
+        const withTools =
+          (req.tools?.length ?? 0) > 0 || messages.some((m) => m.role === 'tool' || (m.toolCalls?.length ?? 0) > 0)
+        if (!withTools) return renderAsync(messages, req.addGenerationPrompt ?? true, req.chatTemplateKwargs)
+        // Tools are rendered by the project's own tool format (not the model's template): no worker needed.
+        if (!toolFormat) throw new Error(`${facts.id} has no tool format: its chat template cannot take tools`)
+        return toolFormat.render(messages.map(toToolMessage), req.tools ?? [], {
+          addGenerationPrompt: req.addGenerationPrompt ?? true,
+        })
+      },
     }
     const dispose = () => {
       worker.close()
@@ -294,6 +317,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       tokenText: (id) => tokenizer.tokenText(id),
       applyChatTemplate,
       generate: (req) => generate(deps, req),
+      toolFormat,
       stats: () => {
         const { undrained: _u, ...s } = engine.stats()
         return s
@@ -304,5 +328,15 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   } catch (e) {
     native.dispose()
     throw e
+  }
+}
+
+function toToolMessage(m: ChatMessage): ToolMessage {
+  const content = typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join('\n')
+  return {
+    role: m.role === 'developer' ? 'system' : m.role,
+    content,
+    ...(m.toolCalls ? { toolCalls: m.toolCalls } : {}),
+    ...(m.reasoning ? { reasoning: m.reasoning } : {}),
   }
 }

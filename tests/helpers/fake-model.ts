@@ -4,6 +4,7 @@
  * runtime's job and not imitated here (routes only pass them on). The suites also run
  * against the real tiny checkpoint (tests/helpers/server-model.ts).
  */
+import type { ToolFormat } from '../../src/chat/tools/index.ts'
 import type { ServedModel } from '../../routes/app.ts'
 import type {
   ChatMessage,
@@ -42,6 +43,8 @@ const sleep = (ms: number, signal?: AbortSignal) =>
   })
 
 export class FakeModel implements ServedModel {
+  /** Tests that exercise tool calls set a format (the fake renders its own prompt regardless). */
+  toolFormat: ToolFormat | null = null
   readonly info: ModelInfo = {
     id: 'fake-model',
     dir: '/nonexistent',
@@ -62,6 +65,7 @@ export class FakeModel implements ServedModel {
     sparseConfig: false,
     quantizationConfig: false,
     warnings: [],
+    toolFormat: null,
   }
   behaviour: FakeBehaviour = {
     reply: 'Hello world',
@@ -126,6 +130,11 @@ export class FakeModel implements ServedModel {
       promptTokens: 0,
       generatedTokens: 0,
       errors: 0,
+      prefixQueryTokens: 0,
+      prefixHitTokens: 0,
+      prefixEvictions: 0,
+      kvTokensCached: 0,
+      prefixCache: 1,
     }
   }
 
@@ -149,7 +158,7 @@ export class FakeModel implements ServedModel {
     }
     const id = this.nextId++
     this.running.set(id, prompt.length)
-    const usage = (n: number) => ({ promptTokens: prompt.length, completionTokens: n })
+    const usage = (n: number) => ({ promptTokens: prompt.length, completionTokens: n, cachedTokens: 0 })
     // Nominal, not measured: exact-frame tests compare whole chunks.
     const timings = (n: number) => ({
       queueMs: 0,
