@@ -34,8 +34,27 @@ interface StatsSource {
 export const KV_BLOCK_SIZE = 64
 
 /** Registers every series; `source` gives the engine stats (absent while the model loads). */
-export function createServerMetrics(source: StatsSource) {
+export function createServerMetrics(raw: StatsSource) {
   const r = new Registry()
+  // One engine snapshot per scrape: the engine runs on, and series of one scrape must agree with each other
+  // (a scrape renders synchronously, well within the memo's lifetime).
+  let memo: { t: number; s: EngineStats } | null = null
+  const snapshot = (m: NonNullable<StatsSource['model']>): EngineStats => {
+    const now = performance.now()
+    if (!memo || now - memo.t > 5) memo = { t: now, s: m.stats() }
+    return memo.s
+  }
+  const source: StatsSource = {
+    get model() {
+      const m = raw.model
+      return m && { info: m.info, stats: () => snapshot(m) }
+    },
+    get inFlight() {
+      return raw.inFlight
+    },
+    connections: raw.connections,
+    servedName: raw.servedName,
+  }
   const stat = (k: CountKey) => () => source.model?.stats()[k] ?? 0
   r.gauge(
     'minicpm:num_requests_running',
