@@ -53,6 +53,14 @@ export function createServerMetrics(source: StatsSource) {
   r.gauge('minicpm:kv_cache_tokens_used', 'KV cache slots in use, in tokens.', stat('kvTokensUsed'))
   r.gauge('minicpm:kv_cache_tokens_total', 'KV cache budget, in tokens.', stat('kvTokensTotal'))
   r.gauge('minicpm:engine_steps', 'Engine scheduler steps since start (monotonic).', stat('steps'))
+  r.info(
+    'minicpm:backend_info',
+    'The backend and CPU kernel family the engine runs (MINICPM_KERNELS forces one), e.g. "cpu avx512+amx".',
+    () => {
+      const s = source.model?.stats()
+      return s ? { backend: s.backendName } : null
+    },
+  )
   return {
     registry: r,
     promptTokens: r.counter('minicpm:prompt_tokens_total', 'Prompt tokens of finished requests.'),
