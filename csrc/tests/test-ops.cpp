@@ -424,7 +424,11 @@ void test_thread_pool(thread_pool & tp) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char ** argv) {
+    if (argc > 1 && std::strcmp(argv[1], "--list-families") == 0) {  // for scripts/test.sh: one name a line
+        for (auto * v : variants()) std::printf("%s\n", v->name);
+        return 0;
+    }
     thread_pool tp(2);
     backend_options ro;
     ro.reference = true;
