@@ -24,18 +24,19 @@ namespace minicpm {
 namespace {
 
 const cpu_kernel_table k_portable = {"portable", "", matmul_rows_portable, attention_task_portable, false,
-                                     nullptr, nullptr, 0};
+                                     nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 
 #if defined(MINICPM_X86)
 const cpu_kernel_table k_avx2 = {"avx2", "avx2 fma f16c", matmul_rows_avx2, attention_task_avx2, false,
-                                 nullptr, nullptr, 0};
+                                 nullptr, nullptr, 0, rms_norm_row_avx2, silu_mul_avx2, add_scaled_avx2};
 const cpu_kernel_table k_avx512 = {"avx512", "avx512f avx512bw avx512vl", matmul_rows_avx512, attention_task_avx512,
-                                   false, nullptr, nullptr, 0};
+                                   false, nullptr, nullptr, 0, rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 const cpu_kernel_table k_avx512bf16 = {"avx512bf16", "avx512f avx512bw avx512vl avx512_bf16", matmul_rows_avx512,
                                        attention_task_avx512, false, bf16_pack_x_avx512,
-                                       matmul_rows_dpbf16_avx512, 32};
+                                       matmul_rows_dpbf16_avx512, 32, rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 const cpu_kernel_table k_amx = {"avx512+amx", "avx512f avx512bw avx512vl avx512_bf16 amx_bf16", matmul_rows_avx512,
-                                attention_task_avx512, true, bf16_pack_x_avx512, matmul_rows_dpbf16_avx512, 32};
+                                attention_task_avx512, true, bf16_pack_x_avx512, matmul_rows_dpbf16_avx512, 32,
+                                rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 
 struct x86_features {
     bool avx2 = false, avx512 = false, avx512_bf16 = false, amx_bf16 = false;
@@ -66,9 +67,9 @@ x86_features detect() {
 
 #if defined(__aarch64__)
 const cpu_kernel_table k_neon = {"neon", "asimd", matmul_rows_neon, attention_task_portable, false,
-                                 nullptr, nullptr, 0};
+                                 nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 const cpu_kernel_table k_neon_bf16 = {"neon+bf16", "asimd bf16", matmul_rows_neon, attention_task_portable, false,
-                                      bf16_pack_x_neon, matmul_rows_bf16_neon, 8};
+                                      bf16_pack_x_neon, matmul_rows_bf16_neon, 8, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 
 bool arm_has_bf16() {
 #    ifndef HWCAP2_BF16

@@ -20,7 +20,6 @@ namespace minicpm {
 
 namespace {
 
-#include "cpu/fast-exp.h"
 
 // Elementwise work below this many elements runs on the calling thread: waking the pool costs more.
 constexpr int64_t k_par_min = 1 << 15;
@@ -111,26 +110,14 @@ void matmul_dpbf16(const cpu_kernel_table & kt, thread_pool & tp, float * y, con
 
 }  // namespace
 
-void fast_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps) {
+void fast_rms_norm(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps) {
     const int64_t H = g.cols;
     static thread_local std::vector<float> gf;
     gf.resize(size_t(H));
     load_row(gf.data(), g, 0);
     const float * gp = gf.data();
     parallel_range(tp, T, std::max<int64_t>(1, k_par_min / H), [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-            const float * xr = x + t * H;
-            float part[16] = {};  // lane-wise partial sums: vectorizes without reassociating a float reduction
-            int64_t i = 0;
-            for (; i + 16 <= H; i += 16)
-                for (int j = 0; j < 16; ++j) part[j] += xr[i + j] * xr[i + j];
-            float ss = 0.0f;
-            for (int j = 0; j < 16; ++j) ss += part[j];
-            for (; i < H; ++i) ss += xr[i] * xr[i];
-            const float r = 1.0f / std::sqrt(ss / float(H) + eps);
-            float * yr = y + t * H;
-            for (i = 0; i < H; ++i) yr[i] = xr[i] * r * gp[i];
-        }
+        for (int64_t t = t0; t < t1; ++t) kt.rms_norm_row(y + t * H, x + t * H, gp, H, eps);
     });
 }
 
@@ -205,16 +192,15 @@ void fast_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const
     }
 }
 
-void fast_silu_mul(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n) {
-    parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] / (1.0f + fast_exp(-gate[i])) * up[i];
-    });
+void fast_silu_mul(const cpu_kernel_table & kt, thread_pool & tp, float * out, const float * gate, const float * up,
+                   int64_t n) {
+    parallel_range(tp, n, k_par_min,
+                   [&](int64_t i0, int64_t i1) { kt.silu_mul(out + i0, gate + i0, up + i0, i1 - i0); });
 }
 
-void fast_add_scaled(thread_pool & tp, float * x, const float * a, float scale, int64_t n) {
-    parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) x[i] += a[i] * scale;
-    });
+void fast_add_scaled(const cpu_kernel_table & kt, thread_pool & tp, float * x, const float * a, float scale,
+                     int64_t n) {
+    parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) { kt.add_scaled(x + i0, a + i0, scale, i1 - i0); });
 }
 
 void fast_div_scalar(thread_pool & tp, float * x, float d, int64_t n) {

@@ -33,6 +33,11 @@ typedef void (*bf16_pack_x_fn)(uint16_t * xb, const float * x, int64_t K, int64_
 typedef void (*matmul_bf16_rows_fn)(float * y, int64_t ldy, const uint16_t * xb, int64_t Kp, int64_t T,
                                     const uint16_t * w, int64_t K, int64_t n0, int64_t n1);
 
+// Elementwise kernels (elementwise-impl.h compiled per instruction set).
+typedef void (*rms_norm_row_fn)(float * y, const float * x, const float * g, int64_t H, float eps);
+typedef void (*silu_mul_fn)(float * out, const float * gate, const float * up, int64_t n);
+typedef void (*add_scaled_fn)(float * x, const float * a, float scale, int64_t n);
+
 // The kernels one fast table runs with (a "kernel family"). dispatch.cpp picks the best for this CPU; tests run
 // every variant; MINICPM_KERNELS forces one by name ("exact": the best family whose every op is exact f32).
 struct cpu_kernel_table {
@@ -44,6 +49,9 @@ struct cpu_kernel_table {
     bf16_pack_x_fn      bf16_pack_x;     // nullptr: no bf16 dot-product path
     matmul_bf16_rows_fn matmul_bf16_rows;  // bf16 weights (below the AMX threshold where amx_bf16)
     int32_t             bf16_k_block;    // Kp granularity of xb for matmul_bf16_rows
+    rms_norm_row_fn     rms_norm_row;
+    silu_mul_fn         silu_mul;
+    add_scaled_fn       add_scaled;
 };
 
 constexpr int64_t k_amx_min_tokens = 5;  // below this the bf16 dot-product (or FMA) path is as fast (memory-bound)
@@ -72,23 +80,32 @@ void fast_matmul(const cpu_kernel_table & kt, thread_pool & tp, float * y, const
                  int64_t T);
 void fast_attention(const cpu_kernel_table & kt, thread_pool & tp, float * out, const float * q, const kv_layer & kv,
                     const kv_segment * segs, int32_t n_segs, int32_t n_head, float scale);
-void fast_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps);
+void fast_rms_norm(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps);
 void fast_embed(thread_pool & tp, float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale);
 void fast_rope(thread_pool & tp, float * x, const int32_t * pos, const float * cos_sin, int64_t T, int32_t n_heads,
                int32_t hd);
 void fast_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
                    int32_t n_segs);
-void fast_silu_mul(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n);
-void fast_add_scaled(thread_pool & tp, float * x, const float * a, float scale, int64_t n);
+void fast_silu_mul(const cpu_kernel_table & kt, thread_pool & tp, float * out, const float * gate, const float * up, int64_t n);
+void fast_add_scaled(const cpu_kernel_table & kt, thread_pool & tp, float * x, const float * a, float scale, int64_t n);
 void fast_div_scalar(thread_pool & tp, float * x, float d, int64_t n);
 void fast_get_rows(thread_pool & tp, float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H);
 
 void matmul_rows_portable(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
                           int64_t n0, int64_t n1);
+void rms_norm_row_portable(float * y, const float * x, const float * g, int64_t H, float eps);
+void silu_mul_portable(float * out, const float * gate, const float * up, int64_t n);
+void add_scaled_portable(float * x, const float * a, float scale, int64_t n);
 void attention_task_portable(float * out, const float * q, const kv_layer & kv, const kv_segment & sg, int32_t r0,
                              int32_t r1, int32_t n_head, int32_t hk, int32_t group, float scale, float * scratch);
 
 #if defined(MINICPM_X86)
+void rms_norm_row_avx2(float * y, const float * x, const float * g, int64_t H, float eps);
+void silu_mul_avx2(float * out, const float * gate, const float * up, int64_t n);
+void add_scaled_avx2(float * x, const float * a, float scale, int64_t n);
+void rms_norm_row_avx512(float * y, const float * x, const float * g, int64_t H, float eps);
+void silu_mul_avx512(float * out, const float * gate, const float * up, int64_t n);
+void add_scaled_avx512(float * x, const float * a, float scale, int64_t n);
 void matmul_rows_avx2(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
                       int64_t n0, int64_t n1);
 void attention_task_avx2(float * out, const float * q, const kv_layer & kv, const kv_segment & sg, int32_t r0,
