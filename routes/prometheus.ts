@@ -86,6 +86,21 @@ export class Collected implements Metric {
   }
 }
 
+/** A constant 1 whose labels describe the running configuration, read at scrape time (`*_info`). */
+export class InfoGauge implements Metric {
+  readonly type = 'gauge'
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private collect: () => Labels | null,
+  ) {}
+
+  render(): string[] {
+    const labels = this.collect()
+    return labels ? [`${this.name}${labelText(labels)} 1`] : [`${this.name} 0`]
+  }
+}
+
 /** Cumulative buckets plus sum and count, one series per label set. */
 export class Histogram implements Metric {
   readonly type = 'histogram'
@@ -149,6 +164,11 @@ export class Registry {
     collect: () => Array<{ labels?: Labels; value: number }>,
   ): Collected {
     return this.add(new Collected(name, help, type, collect))
+  }
+
+  /** A `*_info` series: value 1 with the labels `collect` returns, or 0 without labels while it returns null. */
+  info(name: string, help: string, collect: () => Labels | null): InfoGauge {
+    return this.add(new InfoGauge(name, help, collect))
   }
 
   histogram(name: string, help: string, buckets: number[]): Histogram {

@@ -108,6 +108,14 @@ export function createServerMetrics(raw: StatsSource) {
     'prefixEvictions',
   )
   registerRouterSeries(r, source)
+  r.info(
+    'minicpm:backend_info',
+    'The backend and CPU kernel family the engine runs (MINICPM_KERNELS forces one), e.g. "cpu avx512+amx".',
+    () => {
+      const s = source.model?.stats()
+      return s ? { backend: s.backendName } : null
+    },
+  )
   return {
     registry: r,
     promptTokens: r.counter('minicpm:prompt_tokens_total', 'Prompt tokens of finished requests.'),

@@ -170,5 +170,6 @@ describe('completions, models, tokenize, native generate (fake model)', () => {
     expect(value('minicpm:inter_token_latency_seconds_bucket{le="+Inf"}')).toBe(3)
     expect(value('minicpm:num_requests_running')).toBe(0)
     expect(value('minicpm:kv_cache_tokens_total')).toBe(4096)
+    expect(value('minicpm:backend_info{backend="fake"}')).toBe(1) // the engine stats' backend and kernel family
   })
 })

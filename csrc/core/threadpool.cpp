@@ -5,6 +5,10 @@
 
 #include <sched.h>
 
+#include <cstdio>
+#include <set>
+#include <utility>
+
 #include <atomic>
 #include <condition_variable>
 #include <exception>
@@ -132,11 +136,32 @@ void thread_pool::run(int64_t n_tasks, const std::function<void(int64_t task, in
     if (p.err) std::rethrow_exception(p.err);
 }
 
+// Physical cores among the CPUs this process may run on: SMT siblings share one core's vector units, so a
+// second compute thread on a sibling only adds contention. Read from sysfs topology (distinct package and
+// core ids); the affinity CPU count where that is not readable.
 int default_thread_count() {
     cpu_set_t set;
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof(set), &set) == 0) {
         const int n = CPU_COUNT(&set);
+        std::set<std::pair<long, long>> cores;
+        bool topology = n > 0;
+        for (int cpu = 0; cpu < CPU_SETSIZE && topology; ++cpu) {
+            if (!CPU_ISSET(cpu, &set)) continue;
+            long ids[2] = {-1, -1};
+            const char * files[2] = {"physical_package_id", "core_id"};
+            for (int f = 0; f < 2; ++f) {
+                char path[128];
+                std::snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%d/topology/%s", cpu, files[f]);
+                if (FILE * fp = std::fopen(path, "r")) {
+                    if (std::fscanf(fp, "%ld", &ids[f]) != 1) ids[f] = -1;
+                    std::fclose(fp);
+                }
+            }
+            if (ids[0] < 0 || ids[1] < 0) topology = false;
+            cores.insert({ids[0], ids[1]});
+        }
+        if (topology && !cores.empty()) return int(cores.size());
         if (n > 0) return n;
     }
     const unsigned n = std::thread::hardware_concurrency();

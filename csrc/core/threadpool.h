@@ -24,6 +24,6 @@ class thread_pool {
     std::unique_ptr<impl> impl_;
 };
 
-int default_thread_count();  // physical cores available to this process
+int default_thread_count();  // physical cores among the CPUs this process may run on (SMT siblings once)
 
 }  // namespace minicpm

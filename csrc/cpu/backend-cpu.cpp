@@ -84,7 +84,7 @@ class cpu_backend final : public backend {
         kt_ ? fast_matmul(*kt_, pool_, y, x, w, T) : ref_matmul(y, x, w, T);
     }
     void rms_norm(float * y, const float * x, const tensor_desc & g, int64_t T, float eps) override {
-        kt_ ? fast_rms_norm(pool_, y, x, g, T, eps) : ref_rms_norm(y, x, g, T, eps);
+        kt_ ? fast_rms_norm(*kt_, pool_, y, x, g, T, eps) : ref_rms_norm(y, x, g, T, eps);
     }
     void embed(float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale) override {
         kt_ ? fast_embed(pool_, out, tokens, e, T, scale) : ref_embed(out, tokens, e, T, scale);
@@ -102,10 +102,10 @@ class cpu_backend final : public backend {
             : ref_attention(out, q, kv, segs, n_segs, n_head, scale);
     }
     void silu_mul(float * out, const float * gate, const float * up, int64_t n) override {
-        kt_ ? fast_silu_mul(pool_, out, gate, up, n) : ref_silu_mul(out, gate, up, n);
+        kt_ ? fast_silu_mul(*kt_, pool_, out, gate, up, n) : ref_silu_mul(out, gate, up, n);
     }
     void add_scaled(float * x, const float * a, float scale, int64_t n) override {
-        kt_ ? fast_add_scaled(pool_, x, a, scale, n) : ref_add_scaled(x, a, scale, n);
+        kt_ ? fast_add_scaled(*kt_, pool_, x, a, scale, n) : ref_add_scaled(x, a, scale, n);
     }
     void div_scalar(float * x, float d, int64_t n) override {
         kt_ ? fast_div_scalar(pool_, x, d, n) : ref_div_scalar(x, d, n);

@@ -1,4 +1,12 @@
-// Chooses the fast CPU kernels once, from cpuid (and, for AMX, the OS's permission to use tile state).
+// Chooses the fast CPU kernels once, from cpuid (and, for AMX, the OS's permission to use tile state) on x86-64
+// and from the kernel's hwcaps on ARM64. Families, best first:
+//   x86-64: avx512+amx  AMX tiles for bf16 weights at T >= 5, vdpbf16ps below; AVX-512 FMA for f16/f32
+//           avx512bf16  vdpbf16ps for bf16 weights at every T (what Zen 4/5 run); AVX-512 FMA for f16/f32
+//           avx512      exact: AVX-512 FMA (bf16 widened by shift, f16 by vcvtph2ps)
+//           avx2        exact: AVX2 + FMA + F16C
+//   ARM64:  neon+bf16   bfdot (one token) / bfmmla (token pairs) for bf16 weights, where HWCAP2_BF16 is set
+//           neon        exact: NEON FMA (bf16 widened by shift, f16 by fcvtl)
+//   any:    portable    exact: plain C++ (auto-vectorized for the baseline ISA)
 #include "cpu/ops-fast.h"
 
 #include <algorithm>
@@ -7,19 +15,28 @@
 #if defined(MINICPM_X86)
 #    include <cpuid.h>
 #endif
+#if defined(__aarch64__)
+#    include <sys/auxv.h>
+#endif
 
 namespace minicpm {
 
 namespace {
 
-const cpu_kernel_table k_portable = {"portable", "", matmul_rows_portable, attention_task_portable, false};
+const cpu_kernel_table k_portable = {"portable", "", matmul_rows_portable, attention_task_portable, false,
+                                     nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 
 #if defined(MINICPM_X86)
-const cpu_kernel_table k_avx2 = {"avx2", "avx2 fma f16c", matmul_rows_avx2, attention_task_avx2, false};
+const cpu_kernel_table k_avx2 = {"avx2", "avx2 fma f16c", matmul_rows_avx2, attention_task_avx2, false,
+                                 nullptr, nullptr, 0, rms_norm_row_avx2, silu_mul_avx2, add_scaled_avx2};
 const cpu_kernel_table k_avx512 = {"avx512", "avx512f avx512bw avx512vl", matmul_rows_avx512, attention_task_avx512,
-                                   false};
+                                   false, nullptr, nullptr, 0, rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
+const cpu_kernel_table k_avx512bf16 = {"avx512bf16", "avx512f avx512bw avx512vl avx512_bf16", matmul_rows_avx512,
+                                       attention_task_avx512, false, bf16_pack_x_avx512,
+                                       matmul_rows_dpbf16_avx512, 32, rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 const cpu_kernel_table k_amx = {"avx512+amx", "avx512f avx512bw avx512vl avx512_bf16 amx_bf16", matmul_rows_avx512,
-                                attention_task_avx512, true};
+                                attention_task_avx512, true, bf16_pack_x_avx512, matmul_rows_dpbf16_avx512, 32,
+                                rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 
 struct x86_features {
     bool avx2 = false, avx512 = false, avx512_bf16 = false, amx_bf16 = false;
@@ -48,6 +65,20 @@ x86_features detect() {
 }
 #endif
 
+#if defined(__aarch64__)
+const cpu_kernel_table k_neon = {"neon", "asimd", matmul_rows_neon, attention_task_portable, false,
+                                 nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
+const cpu_kernel_table k_neon_bf16 = {"neon+bf16", "asimd bf16", matmul_rows_neon, attention_task_portable, false,
+                                      bf16_pack_x_neon, matmul_rows_bf16_neon, 8, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
+
+bool arm_has_bf16() {
+#    ifndef HWCAP2_BF16
+#        define HWCAP2_BF16 (1 << 14)
+#    endif
+    return (getauxval(AT_HWCAP2) & HWCAP2_BF16) != 0;
+}
+#endif
+
 }  // namespace
 
 int cpu_kernel_variants(const cpu_kernel_table ** out, int cap) {
@@ -59,8 +90,14 @@ int cpu_kernel_variants(const cpu_kernel_table ** out, int cap) {
 #if defined(MINICPM_X86)
     static const x86_features f = detect();
     if (f.amx_bf16) add(k_amx);
+    if (f.avx512_bf16) add(k_avx512bf16);
     if (f.avx512) add(k_avx512);
     if (f.avx2) add(k_avx2);
+#endif
+#if defined(__aarch64__)
+    static const bool bf16 = arm_has_bf16();
+    if (bf16) add(k_neon_bf16);
+    add(k_neon);
 #endif
     add(k_portable);
     return n;
@@ -80,9 +117,24 @@ const char * cpu_features() { return cpu_kernels().features; }
 const cpu_kernel_table * cpu_kernel_by_name(const char * name) {
     const cpu_kernel_table * v[8];
     const int n = std::min(cpu_kernel_variants(v, 8), 8);
+    const bool exact = std::strcmp(name, "exact") == 0;
     for (int i = 0; i < n; ++i)
-        if (std::strcmp(v[i]->name, name) == 0) return v[i];
+        if (exact ? cpu_kernels_exact(*v[i]) : std::strcmp(v[i]->name, name) == 0) return v[i];
     return nullptr;
+}
+
+int cpu_kernel_compiled_names(const char ** out, int cap) {
+    static const char * const names[] = {
+#if defined(MINICPM_X86)
+        "avx512+amx", "avx512bf16", "avx512", "avx2",
+#endif
+#if defined(__aarch64__)
+        "neon+bf16", "neon",
+#endif
+        "portable"};
+    const int n = int(sizeof(names) / sizeof(names[0]));
+    for (int i = 0; i < n && i < cap; ++i) out[i] = names[i];
+    return n;
 }
 
 int cpu_kernel_family_names(const char ** out, int cap) {

@@ -1,7 +1,9 @@
 // The fast CPU op table: threading and scratch here, inner kernels per instruction set (see ops-fast.h).
 // Precision per path:
 //   matmul FMA (avx512 / avx2 / portable): exact f32 products of the stored weights, f32 accumulation.
-//   matmul AMX (bf16 weights, T >= 5): activations rounded to bf16, exact products, f32 accumulation.
+//   matmul AMX (bf16 weights, T >= 5) and BF16 dot products (vdpbf16ps, bfdot/bfmmla; bf16 weights, every T
+//   in the families that have them): activations rounded to bf16 once per call, exact products, f32
+//   accumulation. Which path runs is select_matmul_path() (ops-fast.h).
 //   attention: f32, online softmax over 64-token blocks, polynomial exp (~2 ulp).
 //   rms_norm, rope, embed, kv_store, add_scaled: f32 as the reference; silu_mul: polynomial exp.
 #include "core/status.h"
@@ -19,7 +21,6 @@ namespace minicpm {
 
 namespace {
 
-#include "cpu/fast-exp.h"
 
 // Elementwise work below this many elements runs on the calling thread: waking the pool costs more.
 constexpr int64_t k_par_min = 1 << 15;
@@ -81,28 +82,43 @@ void matmul_amx(thread_pool & tp, float * y, const float * x, const tensor_desc 
 #endif
 }
 
+// Row tasks for a matmul that streams W: whole 4-row groups, about 8 tasks per thread so the atomic hand-out
+// balances uneven progress. A small matrix (decode's k and v projections) stays on the calling thread: a
+// wake-up costs about what it saves, and far more when the other cores are busy.
+int64_t matmul_row_chunk(thread_pool & tp, const tensor_desc & w, int64_t T) {
+    const int64_t N = w.rows;
+    const bool small = int64_t(w.bytes()) * std::min<int64_t>(T, 4) < k_matmul_par_bytes;
+    return small ? N : std::max<int64_t>(16, ceil_div(ceil_div(N, 8 * int64_t(tp.size())), 4) * 4);
+}
+
+// BF16 dot-product kernels: x rounded to bf16 once, then row tasks. With many tokens a task's weight block is
+// re-read from L2 once per token chunk (see the kernel files), so it is kept to about 256 KiB.
+void matmul_dpbf16(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
+                   int64_t T) {
+    const int64_t N = w.rows, K = w.cols, kb = kt.bf16_k_block, Kp = ceil_div(K, kb) * kb;
+    static thread_local std::vector<uint16_t> xb;
+    if (xb.size() < size_t(T * Kp)) xb.resize(size_t(T * Kp));
+    uint16_t * xbp = xb.data();
+    parallel_range(tp, T, std::max<int64_t>(1, k_par_min / K),
+                   [&](int64_t t0, int64_t t1) { kt.bf16_pack_x(xbp, x, K, Kp, t0, t1); });
+    int64_t chunk = matmul_row_chunk(tp, w, T);
+    if (T > 8) chunk = std::min(chunk, std::max<int64_t>(4, (int64_t(256) << 10) / (K * 2) / 4 * 4));
+    tp.run(ceil_div(N, chunk), [&](int64_t i, int) {
+        const int64_t n0 = i * chunk, n1 = std::min(N, n0 + chunk);
+        kt.matmul_bf16_rows(y, N, xbp, Kp, T, (const uint16_t *) w.data, K, n0, n1);
+    });
+}
+
 }  // namespace
 
-void fast_rms_norm(thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps) {
+void fast_rms_norm(const cpu_kernel_table & kt, thread_pool & tp, float * y, const float * x, const tensor_desc & g, int64_t T, float eps) {
     const int64_t H = g.cols;
     static thread_local std::vector<float> gf;
     gf.resize(size_t(H));
     load_row(gf.data(), g, 0);
     const float * gp = gf.data();
     parallel_range(tp, T, std::max<int64_t>(1, k_par_min / H), [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-            const float * xr = x + t * H;
-            float part[16] = {};  // lane-wise partial sums: vectorizes without reassociating a float reduction
-            int64_t i = 0;
-            for (; i + 16 <= H; i += 16)
-                for (int j = 0; j < 16; ++j) part[j] += xr[i + j] * xr[i + j];
-            float ss = 0.0f;
-            for (int j = 0; j < 16; ++j) ss += part[j];
-            for (; i < H; ++i) ss += xr[i] * xr[i];
-            const float r = 1.0f / std::sqrt(ss / float(H) + eps);
-            float * yr = y + t * H;
-            for (i = 0; i < H; ++i) yr[i] = xr[i] * r * gp[i];
-        }
+        for (int64_t t = t0; t < t1; ++t) kt.rms_norm_row(y + t * H, x + t * H, gp, H, eps);
     });
 }
 
@@ -177,16 +193,15 @@ void fast_kv_store(thread_pool & tp, const kv_layer & kv, const float * k, const
     }
 }
 
-void fast_silu_mul(thread_pool & tp, float * out, const float * gate, const float * up, int64_t n) {
-    parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] / (1.0f + fast_exp(-gate[i])) * up[i];
-    });
+void fast_silu_mul(const cpu_kernel_table & kt, thread_pool & tp, float * out, const float * gate, const float * up,
+                   int64_t n) {
+    parallel_range(tp, n, k_par_min,
+                   [&](int64_t i0, int64_t i1) { kt.silu_mul(out + i0, gate + i0, up + i0, i1 - i0); });
 }
 
-void fast_add_scaled(thread_pool & tp, float * x, const float * a, float scale, int64_t n) {
-    parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) x[i] += a[i] * scale;
-    });
+void fast_add_scaled(const cpu_kernel_table & kt, thread_pool & tp, float * x, const float * a, float scale,
+                     int64_t n) {
+    parallel_range(tp, n, k_par_min, [&](int64_t i0, int64_t i1) { kt.add_scaled(x + i0, a + i0, scale, i1 - i0); });
 }
 
 void fast_div_scalar(thread_pool & tp, float * x, float d, int64_t n) {
@@ -223,17 +238,13 @@ void fast_matmul(const cpu_kernel_table & kt, thread_pool & tp, float * y, const
         }
         return;
     }
-    if (kt.amx_bf16 && w.type == dtype::bf16 && T >= k_amx_min_tokens) {
-        matmul_amx(tp, y, x, w, T);
-        return;
+    switch (select_matmul_path(kt, w.type, T)) {
+        case matmul_path::amx: matmul_amx(tp, y, x, w, T); return;
+        case matmul_path::dpbf16: matmul_dpbf16(kt, tp, y, x, w, T); return;
+        case matmul_path::fma: break;
     }
     const int64_t N = w.rows, K = w.cols;
-    // Tasks of whole 4-row groups, about 8 per thread, so the atomic hand-out balances uneven progress. A small
-    // matrix (decode's k and v projections) stays on the calling thread: a wake-up costs about what it saves,
-    // and far more when the other cores are busy.
-    const bool small = int64_t(w.bytes()) * std::min<int64_t>(T, 4) < k_matmul_par_bytes;
-    const int64_t chunk =
-        small ? N : std::max<int64_t>(16, ceil_div(ceil_div(N, 8 * int64_t(tp.size())), 4) * 4);
+    const int64_t chunk = matmul_row_chunk(tp, w, T);
     tp.run(ceil_div(N, chunk), [&](int64_t i, int) {
         const int64_t n0 = i * chunk, n1 = std::min(N, n0 + chunk);
         kt.matmul_rows(y, N, x, T, w.data, w.type, K, n0, n1);

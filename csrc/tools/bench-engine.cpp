@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -124,6 +125,24 @@ double decode_step_s(bench_ctx & bc, int32_t s0, int32_t n_seq, int32_t step) {
     return bc.eval(t, sq);
 }
 
+// The backend and kernel family the engine runs on this machine (MINICPM_KERNELS forces one), e.g.
+// "cpu avx512+amx": read from a short-lived engine's stats, the public API's way of naming it.
+std::string kernel_family(minicpm_model_t * model, int32_t n_threads) {
+    minicpm_engine_params ep;
+    minicpm_engine_default_params(&ep);
+    ep.n_threads = n_threads;
+    ep.kv_bytes = uint64_t(1) << 20;
+    minicpm_engine_t * eng = nullptr;
+    int32_t rc = minicpm_engine_init(model, &ep, &eng);
+    if (rc != MINICPM_STATUS_OK) die("minicpm_engine_init", rc);
+    struct minicpm_engine_stats st = {};
+    st.size = sizeof(st);
+    rc = minicpm_engine_stats(eng, &st);
+    if (rc != MINICPM_STATUS_OK) die("minicpm_engine_stats", rc);
+    minicpm_engine_free(eng);
+    return std::string(st.backend_name, strnlen(st.backend_name, sizeof(st.backend_name)));
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
@@ -160,6 +179,9 @@ int main(int argc, char ** argv) {
     rc = minicpm_model_info(model, &info);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_info", rc);
     std::printf("backend: %s\n", info.backend_name);
+    const char * forced = std::getenv("MINICPM_KERNELS");
+    std::printf("kernels: %s%s%s%s\n", kernel_family(model, n_threads).c_str(), forced ? " (MINICPM_KERNELS=" : "",
+                forced ? forced : "", forced ? ")" : "");
 
     // Sequence 0 decodes alone, 1..8 as the batch of 8, 9..40 as the batch of 32.
     const int32_t n_prefill = 512, ctx_len = 64, n_rounds = 12, n_seq_max = 1 + 8 + 32;

@@ -4,7 +4,7 @@
  */
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { NativeModel, nativeLibrary } from '../../ffi/index'
+import { NativeEngine, NativeModel, nativeLibrary } from '../../ffi/index'
 import { resolveModelDir } from '../runtime/load'
 import { readModelDir } from '../runtime/model-dir'
 import { modelHelp, parse, progressBar, type Command } from './common'
@@ -41,18 +41,19 @@ ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
       : existsSync(join(facts.dir, 'tokenizer.model'))
         ? 'tokenizer.model (SentencePiece, converted at load)'
         : 'none'
-    let load:
-      | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
-      | { ok: false; error: string }
+    let load: Load
     try {
       using model = NativeModel.load(facts.dir)
       const i = model.info()
+      // The kernel family is chosen when an engine makes its backend (MINICPM_KERNELS forces one).
+      using engine = new NativeEngine(model, { kvBytes: 1 << 20 })
+      const backend = engine.stats().backendName
       load = {
         ok: true,
         nParams: i.nParams,
         weightBytes: i.weightBytes,
         library: nativeLibrary.path,
-        backend: i.backendName,
+        backend,
         warnings: model.warnings(),
       }
     } catch (e) {
@@ -87,6 +88,10 @@ ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
     return load.ok ? 0 : 1
   },
 }
+
+type Load =
+  | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
+  | { ok: false; error: string }
 
 function pick(obj: Record<string, unknown>, keys: string[]): Record<string, unknown> {
   return Object.fromEntries(keys.filter((k) => obj[k] !== undefined).map((k) => [k, obj[k]]))
@@ -145,9 +150,7 @@ function printReport(r: {
   bytes: number
   tokenizer: string
   generationDefaults: object
-  load:
-    | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
-    | { ok: false; error: string }
+  load: Load
 }): void {
   const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`
   const lines = [
@@ -164,7 +167,8 @@ function printReport(r: {
     `tokenizer    ${r.tokenizer}`,
     `generation   ${JSON.stringify(r.generationDefaults)}`,
     r.load.ok
-      ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} on ${r.load.backend} (${r.load.library})`
+      ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} (${r.load.library})\n` +
+        `kernels      ${r.load.backend}${process.env.MINICPM_KERNELS ? ` (MINICPM_KERNELS=${process.env.MINICPM_KERNELS})` : ''}`
       : `loads        NO: ${r.load.error}`,
     ...(r.load.ok ? r.load.warnings.map((w) => `warning      ${w}`) : []),
   ]

@@ -1,0 +1,21 @@
+// Baseline (any CPU) build of the elementwise fast ops; see elementwise-impl.h.
+#include "cpu/ops-fast.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace minicpm {
+
+namespace {
+#include "cpu/fast-exp.h"
+#include "cpu/elementwise-impl.h"
+}  // namespace
+
+void rms_norm_row_portable(float * y, const float * x, const float * g, int64_t H, float eps) {
+    ew_rms_norm_row_impl(y, x, g, H, eps);
+}
+void silu_mul_portable(float * out, const float * gate, const float * up, int64_t n) { ew_silu_mul_impl(out, gate, up, n); }
+void add_scaled_portable(float * x, const float * a, float scale, int64_t n) { ew_add_scaled_impl(x, a, scale, n); }
+
+}  // namespace minicpm
