@@ -6,6 +6,7 @@
 
 export const MAX_TOP_LOGPROBS = 20
 export const MAX_EOS_IDS = 8
+export const SPEC_MAX_DEPTH = 8
 const BACKEND_NAME_BYTES = 32
 
 export type Scalar = 'u8' | 'i32' | 'u32' | 'f32' | 'i64' | 'u64'
@@ -77,6 +78,12 @@ export const engineParamsLayout = {
   kvDtype: [24, 'i32', 'kv_dtype'],
   pad_: [28, 'u8', 'pad_', 4],
   kvBytes: [32, 'u64', 'kv_bytes'],
+  draftModel: [40, 'u64', 'draft_model'],
+  draftNumIter: [48, 'i32', 'draft_num_iter'],
+  draftTopK: [52, 'i32', 'draft_top_k'],
+  draftTreeSize: [56, 'i32', 'draft_tree_size'],
+  pad1_: [60, 'u8', 'pad1_', 4],
+  draftKvBytes: [64, 'u64', 'draft_kv_bytes'],
 } as const satisfies Layout
 
 export const samplingParamsLayout = {
@@ -93,7 +100,8 @@ export const samplingParamsLayout = {
   topLogprobs: [40, 'i32', 'n_top_logprobs'],
   logprobs: [44, 'u8', 'logprobs'],
   ignoreEos: [45, 'u8', 'ignore_eos'],
-  pad_: [46, 'u8', 'pad_', 2],
+  speculative: [46, 'u8', 'speculative'],
+  pad_: [47, 'u8', 'pad_', 1],
   seed: [48, 'u64', 'seed'],
 } as const satisfies Layout
 
@@ -134,6 +142,10 @@ export const engineStatsLayout = {
   promptTokens: [72, 'u64', 'n_prompt_tokens'],
   generatedTokens: [80, 'u64', 'n_generated_tokens'],
   errors: [88, 'u64', 'n_errors'],
+  specVerifies: [96, 'u64', 'n_spec_verifies'],
+  specDrafted: [104, 'u64', 'n_spec_drafted'],
+  specAccepted: [112, 'u64', 'n_spec_accepted'],
+  specAtDepth: [120, 'u64', 'n_spec_at_depth', SPEC_MAX_DEPTH],
 } as const satisfies Layout
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
@@ -141,11 +153,11 @@ export const structSizes = {
   model_params: 16,
   model_info: 176,
   context_params: 32,
-  engine_params: 40,
+  engine_params: 72,
   sampling_params: 56,
   event: 184,
   request_info: 56,
-  engine_stats: 96,
+  engine_stats: 184,
 } as const
 export type StructName = keyof typeof structSizes
 

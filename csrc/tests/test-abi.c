@@ -69,7 +69,10 @@ static const struct field engine_params_fields[] = {
     FIELD(minicpm_engine_params, n_batch_max), FIELD(minicpm_engine_params, n_chunk),
     FIELD(minicpm_engine_params, n_ctx),       FIELD(minicpm_engine_params, n_queue_max),
     FIELD(minicpm_engine_params, kv_dtype),    FIELD(minicpm_engine_params, pad_),
-    FIELD(minicpm_engine_params, kv_bytes),
+    FIELD(minicpm_engine_params, kv_bytes),    FIELD(minicpm_engine_params, draft_model),
+    FIELD(minicpm_engine_params, draft_num_iter), FIELD(minicpm_engine_params, draft_top_k),
+    FIELD(minicpm_engine_params, draft_tree_size), FIELD(minicpm_engine_params, pad1_),
+    FIELD(minicpm_engine_params, draft_kv_bytes),
 };
 static const struct field sampling_params_fields[] = {
     FIELD(minicpm_sampling_params, size),               FIELD(minicpm_sampling_params, temperature),
@@ -78,7 +81,8 @@ static const struct field sampling_params_fields[] = {
     FIELD(minicpm_sampling_params, presence_penalty),   FIELD(minicpm_sampling_params, frequency_penalty),
     FIELD(minicpm_sampling_params, penalty_last_n),     FIELD(minicpm_sampling_params, n_max_tokens),
     FIELD(minicpm_sampling_params, n_top_logprobs),     FIELD(minicpm_sampling_params, logprobs),
-    FIELD(minicpm_sampling_params, ignore_eos),         FIELD(minicpm_sampling_params, pad_),
+    FIELD(minicpm_sampling_params, ignore_eos),         FIELD(minicpm_sampling_params, speculative),
+    FIELD(minicpm_sampling_params, pad_),
     FIELD(minicpm_sampling_params, seed),
 };
 static const struct field event_fields[] = {
@@ -100,7 +104,9 @@ static const struct field engine_stats_fields[] = {
     FIELD(minicpm_engine_stats, backend),         FIELD(minicpm_engine_stats, backend_name),
     FIELD(minicpm_engine_stats, pad_),            FIELD(minicpm_engine_stats, n_steps),
     FIELD(minicpm_engine_stats, n_prompt_tokens), FIELD(minicpm_engine_stats, n_generated_tokens),
-    FIELD(minicpm_engine_stats, n_errors),
+    FIELD(minicpm_engine_stats, n_errors),        FIELD(minicpm_engine_stats, n_spec_verifies),
+    FIELD(minicpm_engine_stats, n_spec_drafted),  FIELD(minicpm_engine_stats, n_spec_accepted),
+    FIELD(minicpm_engine_stats, n_spec_at_depth),
 };
 
 /* Fields whose offset differs from minicpm_struct_offset(), each printed (quiet: only counts). */
