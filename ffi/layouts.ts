@@ -113,6 +113,8 @@ export const eventLayout = {
   topTokens: [16, 'i32', 'top_tokens', MAX_TOP_LOGPROBS],
   topLogprobs: [96, 'f32', 'top_logprobs', MAX_TOP_LOGPROBS],
   tUs: [176, 'i64', 't_us'],
+  specVerifies: [184, 'i32', 'n_spec_verifies'],
+  specAccepted: [188, 'i32', 'n_spec_accepted'],
 } as const satisfies Layout
 
 export const requestInfoLayout = {
@@ -155,7 +157,7 @@ export const structSizes = {
   context_params: 32,
   engine_params: 72,
   sampling_params: 56,
-  event: 184,
+  event: 192,
   request_info: 56,
   engine_stats: 184,
 } as const

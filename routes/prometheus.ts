@@ -72,6 +72,20 @@ export class Gauge implements Metric {
   }
 }
 
+/** A gauge with one series per label set, all read at scrape time. */
+export class GaugeSeries implements Metric {
+  readonly type = 'gauge'
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private collect: () => Array<[Labels, number]>,
+  ) {}
+
+  render(): string[] {
+    return this.collect().map(([labels, v]) => `${this.name}${labelText(labels)} ${num(v)}`)
+  }
+}
+
 /** Cumulative buckets plus sum and count, one series per label set. */
 export class Histogram implements Metric {
   readonly type = 'histogram'
@@ -125,6 +139,10 @@ export class Registry {
 
   gauge(name: string, help: string, collect: () => number): Gauge {
     return this.add(new Gauge(name, help, collect))
+  }
+
+  gaugeSeries(name: string, help: string, collect: () => Array<[Labels, number]>): GaugeSeries {
+    return this.add(new GaugeSeries(name, help, collect))
   }
 
   histogram(name: string, help: string, buckets: number[]): Histogram {

@@ -39,6 +39,7 @@ export const samplingFields = {
     )
     .nullish(),
   ignore_eos: z.boolean().nullish(),
+  speculative: z.boolean().nullish(),
   skip_special_tokens: z.boolean().nullish(),
   add_special_tokens: z.boolean().nullish(),
   n: z.number().int().min(1).nullish(),

@@ -47,7 +47,8 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     F(T, presence_penalty) F(T, frequency_penalty) F(T, penalty_last_n) F(T, n_max_tokens)                            \
     F(T, n_top_logprobs) F(T, logprobs) F(T, ignore_eos) F(T, speculative) F(T, pad_) F(T, seed)
 #define EVENT(F, T)                                                                                                   \
-    F(T, token) F(T, finish_reason) F(T, logprob) F(T, n_top) F(T, top_tokens) F(T, top_logprobs) F(T, t_us)
+    F(T, token) F(T, finish_reason) F(T, logprob) F(T, n_top) F(T, top_tokens) F(T, top_logprobs) F(T, t_us)            \
+    F(T, n_spec_verifies) F(T, n_spec_accepted)
 #define REQUEST_INFO(F, T)                                                                                            \
     F(T, size) F(T, state) F(T, n_prompt) F(T, n_prefilled) F(T, n_generated) F(T, pad_) F(T, t_submit_us)            \
     F(T, t_admit_us) F(T, t_first_token_us) F(T, t_end_us)

@@ -567,6 +567,7 @@ void scheduler::commit() {
             }
             if (!src.empty()) kv_seq_copy_rows(kv_, r.kv, src.data(), dst.data(), int32_t(src.size()));
             n_spec_verifies_++;
+            r.n_spec_verifies++;
             n_spec_drafted_ += uint64_t(e.n_draft);
         }
         bool finished = false;
@@ -575,6 +576,7 @@ void scheduler::commit() {
             if (j > 0) {
                 r.kv.n_tokens++;  // the confirmed draft before this token is in the KV cache
                 n_spec_accepted_++;
+                r.n_spec_accepted++;
                 if (j <= MINICPM_SPEC_MAX_DEPTH) n_spec_at_depth_[j - 1]++;
             }
             r.smp.accept(rs.token);
@@ -611,6 +613,8 @@ void scheduler::commit() {
 
 void scheduler::push_event(request & r, const minicpm_event & ev) {
     r.events.push_back(ev);
+    r.events.back().n_spec_verifies = r.n_spec_verifies;
+    r.events.back().n_spec_accepted = r.n_spec_accepted;
     if (r.events.size() == 1) bells_.push_back({r.id, 1});
 }
 

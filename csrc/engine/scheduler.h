@@ -101,6 +101,7 @@ class scheduler {
         sampler              smp;              // [engine]
         bool                 speculative = true;  // drafts allowed (per-request opt-out)
         draft_tree           draft;            // [engine] this step's drafts
+        int32_t              n_spec_verifies = 0, n_spec_accepted = 0;  // [engine] reported in every event
 
         int32_t                   state = MINICPM_REQUEST_WAITING;
         int32_t                   n_prefilled = 0;

@@ -286,6 +286,8 @@ struct minicpm_event {
     int32_t top_tokens[MINICPM_MAX_TOP_LOGPROBS];
     float   top_logprobs[MINICPM_MAX_TOP_LOGPROBS];
     int64_t t_us;           /* when the token was sampled (minicpm_time_us clock)                        */
+    int32_t n_spec_verifies;/* the request's draft trees verified so far (speculative decoding)           */
+    int32_t n_spec_accepted;/* the request's drafts kept so far: mean accept length = 1 + accepted/verifies */
 };
 
 enum minicpm_request_state {

@@ -88,7 +88,7 @@ static const struct field sampling_params_fields[] = {
 static const struct field event_fields[] = {
     FIELD(minicpm_event, token),      FIELD(minicpm_event, finish_reason), FIELD(minicpm_event, logprob),
     FIELD(minicpm_event, n_top),      FIELD(minicpm_event, top_tokens),    FIELD(minicpm_event, top_logprobs),
-    FIELD(minicpm_event, t_us),
+    FIELD(minicpm_event, t_us),       FIELD(minicpm_event, n_spec_verifies), FIELD(minicpm_event, n_spec_accepted),
 };
 static const struct field request_info_fields[] = {
     FIELD(minicpm_request_info, size),        FIELD(minicpm_request_info, state),

@@ -37,6 +37,7 @@ export const modelOptions = {
   ctx: { type: 'string' },
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
+  draft: { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -44,7 +45,9 @@ export const modelHelp = `Model:
   -t, --threads N          engine threads (default: all cores)
       --ctx N              most tokens per request (default: the model's max_position_embeddings)
       --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)
-      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)`
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
+      --draft DIR          speculative decoding with a draft model next to the target: a plain MiniCPM model with
+                           the same vocabulary (e.g. 0.5B for 8B) drafts EAGLE-2 token trees; output is unchanged`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -89,6 +92,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     nCtx: num(values, 'ctx', { int: true, min: 1 }),
     kvBytes: num(values, 'kv-bytes', { int: true, min: 1 }),
     kvDtype: kvDtypeOf(values),
+    draft: values.draft as string | undefined,
     onProgress: progressBar(),
   }
 }

@@ -24,6 +24,16 @@ export interface LoadOptions {
   nChunk?: number
   nQueueMax?: number
   useMmap?: boolean
+  /**
+   * Speculative decoding: a draft model directory next to the target. A plain MiniCPM model with the target's
+   * vocabulary (e.g. 0.5B for 8B, or the target itself) drafts EAGLE-2 token trees; greedy output is unchanged.
+   * An EAGLE head directory is detected from its config and refused for now (not implemented yet).
+   */
+  draft?: string
+  /** Draft tree shape (defaults as CPM.cu's CLI: 2 levels, top-10, 12 verified rows). */
+  draftNumIter?: number
+  draftTopK?: number
+  draftTreeSize?: number
   /** Overrides MINICPM_FFI_POLL for this model's engine. */
   poll?: boolean
   /** How often a request waiting for its first token reports prefill progress; default 100 ms. */
@@ -62,7 +72,16 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
   }
   progress('weights', 0, 1)
   const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
+  let draft: NativeModel | undefined
   try {
+    if (opts.draft) {
+      const d = readModelDir(opts.draft)
+      if (draftKind(d.config) === 'eagle')
+        throw new Error(`${d.dir} is an EAGLE draft head: EAGLE heads are not supported yet; use a plain MiniCPM model`)
+      progress('draft', 0, 1)
+      draft = NativeModel.load(d.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
+      progress('draft', 1, 1)
+    }
     progress('weights', 1, 1)
     const warnings = native.warnings()
     for (const w of warnings) process.stderr.write(`minicpm-edge: ${facts.id}: warning: ${w}\n`)
@@ -81,6 +100,10 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       nChunk: opts.nChunk,
       nQueueMax: opts.nQueueMax,
       poll: opts.poll,
+      draft,
+      draftNumIter: opts.draftNumIter,
+      draftTopK: opts.draftTopK,
+      draftTreeSize: opts.draftTreeSize,
     })
     progress('engine', 1, 1)
     const nativeInfo = native.info()
@@ -121,7 +144,10 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
           kwargs: req.chatTemplateKwargs,
         }),
     }
-    const dispose = () => native.dispose() // disposes the engine first (a child of the model)
+    const dispose = () => {
+      native.dispose() // disposes the engine first (a child of the model)
+      draft?.dispose() // after the engine that drafts with it
+    }
     return {
       info,
       tokenizer,
@@ -134,13 +160,24 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       generate: (req) => generate(deps, req),
       stats: () => {
         const { undrained: _u, ...s } = engine.stats()
-        return s
+        return {
+          ...s,
+          specMeanAcceptLength: s.specVerifies > 0 ? 1 + s.specAccepted / s.specVerifies : 0,
+          specDepthAcceptance: s.specAtDepth.map((n) => (s.specVerifies > 0 ? n / s.specVerifies : 0)),
+        }
       },
       dispose,
       [Symbol.dispose]: dispose,
     }
   } catch (e) {
     native.dispose()
+    draft?.dispose()
     throw e
   }
+}
+
+/** 'eagle' for an EAGLE draft head directory (its config names Eagle or carries eagle_config), else 'llm'. */
+export function draftKind(config: Record<string, unknown>): 'eagle' | 'llm' {
+  const names = JSON.stringify([config.architectures ?? '', config.model_type ?? '', config.auto_map ?? ''])
+  return /eagle/i.test(names) || config.eagle_config !== undefined ? 'eagle' : 'llm'
 }

@@ -111,6 +111,12 @@ export class FakeModel implements ServedModel {
       promptTokens: 0,
       generatedTokens: 0,
       errors: 0,
+      specVerifies: 0,
+      specDrafted: 0,
+      specAccepted: 0,
+      specAtDepth: [],
+      specMeanAcceptLength: 0,
+      specDepthAcceptance: [],
     }
   }
 
