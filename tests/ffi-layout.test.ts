@@ -67,7 +67,7 @@ describe('struct layouts', () => {
     }
     expect(() => checkAbi(good, 'lib.so')).not.toThrow()
     expect(() => checkAbi({ ...good, minicpm_abi_version: () => 1 }, 'lib.so')).toThrow(
-      'lib.so has ABI version 1 but these bindings expect 2',
+      'lib.so has ABI version 1 but these bindings expect 3',
     )
     const shrunk = (buf: Uint8Array) => (name(buf) === 'event' ? 176 : sizeOf(buf))
     expect(() => checkAbi({ ...good, minicpm_struct_size: shrunk }, 'lib.so')).toThrow(
