@@ -51,6 +51,12 @@ export interface NativeEngineOptions {
   kvBytes?: number
   /** Prefix caching across requests (engine_params.prefix_cache); default on. */
   prefixCache?: boolean
+  /** Speculative decoding: a plain MiniCPM model with the target's vocabulary drafts token trees. */
+  draft?: NativeModel
+  draftNumIter?: number
+  draftTopK?: number
+  draftTreeSize?: number
+  draftKvBytes?: number
   /** Overrides MINICPM_FFI_POLL: true = poll on a timer instead of the doorbell callback. */
   poll?: boolean
 }
@@ -68,6 +74,8 @@ export interface NativeSampling {
   topLogprobs?: number
   logprobs?: boolean
   ignoreEos?: boolean
+  /** false: this request does not use the engine's drafter */
+  speculative?: boolean
   seed?: number
 }
 
@@ -105,6 +113,12 @@ export interface NativeEngineStats {
   kvTokensCached: number
   /** 1 when the prefix cache is on. */
   prefixCache: number
+  /** Speculative decoding: draft trees verified, draft nodes verified, drafts kept. */
+  specVerifies: number
+  specDrafted: number
+  specAccepted: number
+  /** [d - 1]: verifies that kept at least d drafts */
+  specAtDepth: number[]
 }
 
 export class NativeEngine extends NativeHandle {
@@ -131,6 +145,11 @@ export class NativeEngine extends NativeHandle {
       kvDtype: opts.kvDtype === undefined ? undefined : kvDtypeCode(opts.kvDtype),
       kvBytes: opts.kvBytes,
       prefixCache: opts.prefixCache === undefined ? undefined : opts.prefixCache ? 1 : 0,
+      draftModel: opts.draft === undefined ? undefined : Number(opts.draft.ptr),
+      draftNumIter: opts.draftNumIter,
+      draftTopK: opts.draftTopK,
+      draftTreeSize: opts.draftTreeSize,
+      draftKvBytes: opts.draftKvBytes,
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_engine_init(model.ptr, params, new Uint8Array(out.buffer))
@@ -250,10 +269,14 @@ export class NativeEngine extends NativeHandle {
     const buf = newStruct('engine_stats')
     check(lib().minicpm_engine_stats(this.guard(), buf), 'engine stats')
     const { size: _size, backend, ...rest } = readStruct(buf, engineStatsLayout)
+    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+    const [at, , , n = 1] = engineStatsLayout.specAtDepth
+    const specAtDepth = Array.from({ length: n }, (_, d) => Number(view.getBigUint64(at + 8 * d, true)))
     return {
       backend: backendName(backend),
       backendName: readCString(buf, engineStatsLayout.backendName),
       ...rest,
+      specAtDepth,
     }
   }
 
@@ -326,6 +349,7 @@ function encodeSampling(s: NativeSampling): Record<string, number | undefined> {
     topLogprobs: s.topLogprobs,
     logprobs: flag(s.logprobs),
     ignoreEos: flag(s.ignoreEos),
+    speculative: flag(s.speculative),
     seed: s.seed,
   }
 }

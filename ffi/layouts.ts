@@ -6,6 +6,7 @@
 
 export const MAX_TOP_LOGPROBS = 20
 export const MAX_EOS_IDS = 8
+export const SPEC_MAX_DEPTH = 8
 const BACKEND_NAME_BYTES = 32
 
 export type Scalar = 'u8' | 'i32' | 'u32' | 'f32' | 'i64' | 'u64'
@@ -82,6 +83,12 @@ export const engineParamsLayout = {
   prefixCache: [28, 'u8', 'prefix_cache'],
   pad_: [29, 'u8', 'pad_', 3],
   kvBytes: [32, 'u64', 'kv_bytes'],
+  draftModel: [40, 'u64', 'draft_model'],
+  draftNumIter: [48, 'i32', 'draft_num_iter'],
+  draftTopK: [52, 'i32', 'draft_top_k'],
+  draftTreeSize: [56, 'i32', 'draft_tree_size'],
+  pad1_: [60, 'u8', 'pad1_', 4],
+  draftKvBytes: [64, 'u64', 'draft_kv_bytes'],
 } as const satisfies Layout
 
 export const samplingParamsLayout = {
@@ -98,7 +105,8 @@ export const samplingParamsLayout = {
   topLogprobs: [40, 'i32', 'n_top_logprobs'],
   logprobs: [44, 'u8', 'logprobs'],
   ignoreEos: [45, 'u8', 'ignore_eos'],
-  pad_: [46, 'u8', 'pad_', 2],
+  speculative: [46, 'u8', 'speculative'],
+  pad_: [47, 'u8', 'pad_', 1],
   seed: [48, 'u64', 'seed'],
 } as const satisfies Layout
 
@@ -110,6 +118,8 @@ export const eventLayout = {
   topTokens: [16, 'i32', 'top_tokens', MAX_TOP_LOGPROBS],
   topLogprobs: [96, 'f32', 'top_logprobs', MAX_TOP_LOGPROBS],
   tUs: [176, 'i64', 't_us'],
+  specVerifies: [184, 'i32', 'n_spec_verifies'],
+  specAccepted: [188, 'i32', 'n_spec_accepted'],
 } as const satisfies Layout
 
 export const requestInfoLayout = {
@@ -145,6 +155,10 @@ export const engineStatsLayout = {
   kvTokensCached: [120, 'i32', 'kv_tokens_cached'],
   prefixCache: [124, 'u8', 'prefix_cache'],
   pad1_: [125, 'u8', 'pad1_', 3],
+  specVerifies: [128, 'u64', 'n_spec_verifies'],
+  specDrafted: [136, 'u64', 'n_spec_drafted'],
+  specAccepted: [144, 'u64', 'n_spec_accepted'],
+  specAtDepth: [152, 'u64', 'n_spec_at_depth', SPEC_MAX_DEPTH],
 } as const satisfies Layout
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
@@ -152,11 +166,11 @@ export const structSizes = {
   model_params: 28,
   model_info: 176,
   context_params: 32,
-  engine_params: 40,
+  engine_params: 72,
   sampling_params: 56,
-  event: 184,
+  event: 192,
   request_info: 56,
-  engine_stats: 128,
+  engine_stats: 216,
 } as const
 export type StructName = keyof typeof structSizes
 

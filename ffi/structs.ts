@@ -148,6 +148,9 @@ export interface NativeEvent {
   logprob: number
   top: Array<{ token: number; logprob: number }>
   tUs: number
+  /** The request's draft trees verified and drafts kept so far (speculative decoding). */
+  specVerifies: number
+  specAccepted: number
 }
 
 const NO_TOP: Array<{ token: number; logprob: number }> = []
@@ -172,6 +175,8 @@ export function readEvent(view: DataView, i: number): NativeEvent {
     logprob: view.getFloat32(base + EV_LOGPROB, true),
     top,
     tUs: Number(view.getBigInt64(base + EV_T_US, true)),
+    specVerifies: view.getInt32(base + eventLayout.specVerifies[0], true),
+    specAccepted: view.getInt32(base + eventLayout.specAccepted[0], true),
   }
 }
 

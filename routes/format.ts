@@ -39,6 +39,14 @@ export function timingsOf(fin: FinishEvent) {
     predicted_ms: t.decodeMs,
     predicted_per_token_ms: t.perTokenMs,
     predicted_per_second: perSecond(fin.usage.completionTokens, t.decodeMs),
+    // Speculative decoding (only when drafts were verified): trees verified, drafts kept, tokens per verify.
+    ...(t.specVerifies
+      ? {
+          spec_verifies: t.specVerifies,
+          draft_n_accepted: t.specAccepted ?? 0,
+          mean_accept_length: Math.round((t.meanAcceptLength ?? 0) * 1000) / 1000,
+        }
+      : {}),
   }
 }
 

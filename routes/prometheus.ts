@@ -101,6 +101,20 @@ export class InfoGauge implements Metric {
   }
 }
 
+/** A gauge with one series per label set, all read at scrape time. */
+export class GaugeSeries implements Metric {
+  readonly type = 'gauge'
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private collect: () => Array<[Labels, number]>,
+  ) {}
+
+  render(): string[] {
+    return this.collect().map(([labels, v]) => `${this.name}${labelText(labels)} ${num(v)}`)
+  }
+}
+
 /** Cumulative buckets plus sum and count, one series per label set. */
 export class Histogram implements Metric {
   readonly type = 'histogram'
@@ -169,6 +183,10 @@ export class Registry {
   /** A `*_info` series: value 1 with the labels `collect` returns, or 0 without labels while it returns null. */
   info(name: string, help: string, collect: () => Labels | null): InfoGauge {
     return this.add(new InfoGauge(name, help, collect))
+  }
+
+  gaugeSeries(name: string, help: string, collect: () => Array<[Labels, number]>): GaugeSeries {
+    return this.add(new GaugeSeries(name, help, collect))
   }
 
   histogram(name: string, help: string, buckets: number[]): Histogram {

@@ -24,6 +24,7 @@ export interface SamplingBody {
   stop_token_ids?: number[] | null
   logit_bias?: Record<string, number> | Array<[number, number]> | null
   ignore_eos?: boolean | null
+  speculative?: boolean | null
   n?: number | null
 }
 
@@ -95,6 +96,7 @@ export function toSampling(
   set('seed', body.seed)
   set('maxTokens', maxTokens)
   set('ignoreEos', body.ignore_eos)
+  set('speculative', body.speculative)
   if (body.stop != null) {
     const stops = (typeof body.stop === 'string' ? [body.stop] : body.stop).filter((x) => x !== '')
     if (stops.length > 0) s.stop = stops

@@ -42,6 +42,7 @@ export const samplingFields = {
     )
     .nullish(),
   ignore_eos: z.boolean().nullish(),
+  speculative: z.boolean().nullish(),
   skip_special_tokens: z.boolean().nullish(),
   add_special_tokens: z.boolean().nullish(),
   n: int32(1).nullish(),

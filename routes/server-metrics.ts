@@ -116,6 +116,31 @@ export function createServerMetrics(raw: StatsSource) {
       return s ? { backend: s.backendName } : null
     },
   )
+  r.gauge(
+    'minicpm:spec_decode_num_verifies',
+    'Speculative decoding: draft trees verified since start (monotonic).',
+    stat('specVerifies'),
+  )
+  r.gauge(
+    'minicpm:spec_decode_num_draft_tokens',
+    'Speculative decoding: draft tree nodes verified since start (monotonic).',
+    stat('specDrafted'),
+  )
+  r.gauge(
+    'minicpm:spec_decode_num_accepted_tokens',
+    'Speculative decoding: drafts kept since start (monotonic).',
+    stat('specAccepted'),
+  )
+  r.gauge(
+    'minicpm:spec_decode_mean_accept_length',
+    'Speculative decoding: tokens emitted per verify (1 + kept / verifies; 0 before the first).',
+    stat('specMeanAcceptLength'),
+  )
+  r.gaugeSeries(
+    'minicpm:spec_decode_depth_acceptance',
+    'Speculative decoding: share of verifies that kept at least `depth` drafts.',
+    () => (source.model?.stats().specDepthAcceptance ?? []).map((v, d) => [{ depth: String(d + 1) }, v]),
+  )
   return {
     registry: r,
     promptTokens: r.counter('minicpm:prompt_tokens_total', 'Prompt tokens of finished requests.'),

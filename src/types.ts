@@ -29,6 +29,8 @@ export interface SamplingOptions {
   logitBias?: Record<number, number>
   maxTokens?: number
   ignoreEos?: boolean
+  /** false: no speculative decoding for this request (when the model was loaded with a draft) */
+  speculative?: boolean
   stop?: string[] // stop strings, cut from the output
   stopTokenIds?: number[]
   logprobs?: boolean
@@ -70,6 +72,10 @@ export interface Timings {
   prefillMs: number // admitted -> first token
   decodeMs: number // first token -> end
   perTokenMs: number // mean inter-token latency
+  /** Speculative decoding: this request's draft trees verified and drafts kept; mean accept length 1 + kept/verifies */
+  specVerifies?: number
+  specAccepted?: number
+  meanAcceptLength?: number
 }
 
 export type GenerateEvent =
@@ -126,4 +132,14 @@ export interface EngineStats {
   prefixEvictions: number // idle cached 64-token blocks evicted
   kvTokensCached: number // KV slots held only by the prefix cache (reusable, not in kvTokensUsed)
   prefixCache: number // 1 when on
+  /** Speculative decoding: draft trees verified, draft nodes verified, drafts kept. */
+  specVerifies: number
+  specDrafted: number
+  specAccepted: number
+  /** [d - 1]: verifies that kept at least d drafts */
+  specAtDepth: number[]
+  /** 1 + kept / verifies (0 without verifies) */
+  specMeanAcceptLength: number
+  /** [d - 1]: share of verifies that kept at least d drafts */
+  specDepthAcceptance: number[]
 }

@@ -61,17 +61,17 @@ describe('struct layouts', () => {
     const name = (buf: Uint8Array) => new TextDecoder().decode(buf.subarray(0, -1))
     const sizeOf = (buf: Uint8Array) => structSizes[name(buf) as keyof typeof structSizes]
     const good: AbiFacts = {
-      minicpm_abi_version: () => 2,
+      minicpm_abi_version: () => 3,
       minicpm_struct_size: sizeOf,
       minicpm_struct_offset: (s, f) => lib().minicpm_struct_offset(s, f),
     }
     expect(() => checkAbi(good, 'lib.so')).not.toThrow()
     expect(() => checkAbi({ ...good, minicpm_abi_version: () => 1 }, 'lib.so')).toThrow(
-      'lib.so has ABI version 1 but these bindings expect 2',
+      'lib.so has ABI version 1 but these bindings expect 3',
     )
     const shrunk = (buf: Uint8Array) => (name(buf) === 'event' ? 176 : sizeOf(buf))
     expect(() => checkAbi({ ...good, minicpm_struct_size: shrunk }, 'lib.so')).toThrow(
-      'event: library 176 bytes, bindings 184',
+      'event: library 176 bytes, bindings 192',
     )
     // The same swap as below, seen through the load-time check of the whole library.
     const swapped = { ...layouts, engine_params: swap(engineParamsLayout, 'nBatchMax', 'nChunk') }
@@ -150,13 +150,19 @@ describe('struct layouts', () => {
       kvDtype: 0,
       prefixCache: 0,
       kvBytes: 2 ** 40 + 5,
+      draftModel: 0,
+      draftNumIter: 3,
+      draftTopK: 8,
+      draftTreeSize: 24,
+      draftKvBytes: 2 ** 33,
     }
-    expect(readStruct(writeStruct(ep, engineParamsLayout, values), engineParamsLayout)).toEqual({ size: 40, ...values })
+    expect(defaults).toMatchObject({ draftModel: 0, draftNumIter: 2, draftTopK: 10, draftTreeSize: 12 })
+    expect(readStruct(writeStruct(ep, engineParamsLayout, values), engineParamsLayout)).toEqual({ size: 72, ...values })
 
     const sp = newStruct('sampling_params')
     lib().minicpm_sampling_default_params(sp)
     const sd = readStruct(sp, samplingParamsLayout)
-    expect(sd).toMatchObject({ size: 56, topP: 1, repetitionPenalty: 1, penaltyLastN: -1 })
+    expect(sd).toMatchObject({ size: 56, topP: 1, repetitionPenalty: 1, penaltyLastN: -1, speculative: 1 })
     const s = {
       temperature: 0.5,
       topP: 0.25,

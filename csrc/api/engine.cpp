@@ -4,6 +4,8 @@
 #include "engine/scheduler.h"
 #include "minicpm.h"
 
+#include <algorithm>
+#include <climits>
 #include <memory>
 
 struct minicpm_engine {
@@ -32,6 +34,11 @@ MINICPM_API void minicpm_engine_default_params(struct minicpm_engine_params * ou
     out->kv_dtype = MINICPM_DTYPE_BF16;
     out->prefix_cache = 1;
     out->kv_bytes = 0;
+    out->draft_model = nullptr;
+    out->draft_num_iter = 2;  // CPM.cu's CLI defaults (ENGINE_REFERENCE 4.1)
+    out->draft_top_k = 10;
+    out->draft_tree_size = 12;
+    out->draft_kv_bytes = 0;
 }
 
 MINICPM_API void minicpm_sampling_default_params(struct minicpm_sampling_params * out) {
@@ -53,6 +60,24 @@ MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct mi
         }
         auto engine = std::make_unique<minicpm_engine>();
         engine->impl = std::make_unique<minicpm::scheduler>(*model->impl, p);
+        if (p.draft_model != nullptr) {
+            if (!p.draft_model->impl) fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_init: draft_model is freed");
+            minicpm::scheduler &    s = *engine->impl;
+            const minicpm::model &  dm = *p.draft_model->impl;
+            minicpm::tree_shape     shape{p.draft_num_iter, p.draft_top_k, p.draft_tree_size};
+            const minicpm::dtype    kv_type = minicpm::dtype(p.kv_dtype);
+            const uint64_t          bytes = p.draft_kv_bytes > 0 ? p.draft_kv_bytes
+                                            : p.kv_bytes > 0   ? p.kv_bytes
+                                                               : (uint64_t(1) << 30);
+            const uint64_t per_block = minicpm::kv_pool::bytes_per_block(dm.config(), kv_type);
+            const uint64_t useful =
+                uint64_t(std::max(p.n_batch_max, 1)) * uint64_t(minicpm::kv_blocks_for(int64_t(s.n_ctx()) + 64));
+            const uint64_t blocks = std::min<uint64_t>({bytes / per_block, useful, uint64_t(INT32_MAX / 64)});
+            if (blocks < 1) fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine params: draft_kv_bytes below one KV block");
+            s.set_drafter(std::make_shared<minicpm::model_drafter>(dm, model->impl->config().n_vocab, s.backend_ref(),
+                                                                   kv_type, int32_t(blocks), shape),
+                          shape.tree_size - 1);
+        }
         *out = engine.release();
         return int32_t(MINICPM_STATUS_OK);
     });

@@ -42,13 +42,15 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     F(T, pad_)
 #define ENGINE_PARAMS(F, T)                                                                                           \
     F(T, size) F(T, n_threads) F(T, n_batch_max) F(T, n_chunk) F(T, n_ctx) F(T, n_queue_max) F(T, kv_dtype)           \
-    F(T, prefix_cache) F(T, pad_) F(T, kv_bytes)
+    F(T, prefix_cache) F(T, pad_) F(T, kv_bytes) F(T, draft_model) F(T, draft_num_iter) F(T, draft_top_k)          \
+    F(T, draft_tree_size) F(T, pad1_) F(T, draft_kv_bytes)
 #define SAMPLING_PARAMS(F, T)                                                                                         \
     F(T, size) F(T, temperature) F(T, top_p) F(T, min_p) F(T, top_k) F(T, repetition_penalty)                         \
     F(T, presence_penalty) F(T, frequency_penalty) F(T, penalty_last_n) F(T, n_max_tokens)                            \
-    F(T, n_top_logprobs) F(T, logprobs) F(T, ignore_eos) F(T, pad_) F(T, seed)
+    F(T, n_top_logprobs) F(T, logprobs) F(T, ignore_eos) F(T, speculative) F(T, pad_) F(T, seed)
 #define EVENT(F, T)                                                                                                   \
-    F(T, token) F(T, finish_reason) F(T, logprob) F(T, n_top) F(T, top_tokens) F(T, top_logprobs) F(T, t_us)
+    F(T, token) F(T, finish_reason) F(T, logprob) F(T, n_top) F(T, top_tokens) F(T, top_logprobs) F(T, t_us)            \
+    F(T, n_spec_verifies) F(T, n_spec_accepted)
 #define REQUEST_INFO(F, T)                                                                                            \
     F(T, size) F(T, state) F(T, n_prompt) F(T, n_prefilled) F(T, n_generated) F(T, n_cached) F(T, t_submit_us)            \
     F(T, t_admit_us) F(T, t_first_token_us) F(T, t_end_us)
@@ -56,7 +58,8 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     F(T, size) F(T, n_running) F(T, n_waiting) F(T, n_undrained) F(T, kv_tokens_used) F(T, kv_tokens_total)           \
     F(T, backend) F(T, backend_name) F(T, pad_) F(T, n_steps) F(T, n_prompt_tokens) F(T, n_generated_tokens)          \
     F(T, n_errors) F(T, n_prefix_query_tokens) F(T, n_prefix_hit_tokens) F(T, n_prefix_evictions)                   \
-    F(T, kv_tokens_cached) F(T, prefix_cache) F(T, pad1_)
+    F(T, kv_tokens_cached) F(T, prefix_cache) F(T, pad1_) F(T, n_spec_verifies) F(T, n_spec_drafted)                \
+    F(T, n_spec_accepted) F(T, n_spec_at_depth)
 
 #define FIELD(T, f) {#f, offsetof(T, f), sizeof(std::declval<T &>().f)},
 #define ABI_STRUCT(name, LIST)                                                                                        \

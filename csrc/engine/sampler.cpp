@@ -67,6 +67,7 @@ void validate_sampling_params(const minicpm_sampling_params & p) {
                 std::to_string(p.n_top_logprobs));
     if (p.logprobs > 1) invalid("sampling.logprobs must be 0 or 1, got " + std::to_string(p.logprobs));
     if (p.ignore_eos > 1) invalid("sampling.ignore_eos must be 0 or 1, got " + std::to_string(p.ignore_eos));
+    if (p.speculative > 1) invalid("sampling.speculative must be 0 or 1, got " + std::to_string(p.speculative));
 }
 
 void default_sampling_params(minicpm_sampling_params & p) {
@@ -84,6 +85,7 @@ void default_sampling_params(minicpm_sampling_params & p) {
     p.n_top_logprobs = 0;
     p.logprobs = 0;
     p.ignore_eos = 0;
+    p.speculative = 1;
     p.seed = 0;
 }
 

@@ -128,14 +128,37 @@ void scheduler::set_step_observer(std::function<void(const step_trace &)> fn) {
     observer_ = std::move(fn);
 }
 
-void scheduler::set_drafter(draft_fn fn, int32_t max_draft) {
-    if (max_draft < 0 || max_draft >= k_max_tree_rows)
-        fail(MINICPM_STATUS_INVALID_ARGUMENT, "drafter: max_draft must be in [0, " +
+namespace {
+// The chain drafter behind set_drafter(draft_fn): node i's parent is node i - 1.
+class chain_drafter final : public drafter {
+  public:
+    explicit chain_drafter(scheduler::draft_fn fn) : fn_(std::move(fn)) {}
+    void draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
+               draft_tree & out) override {
+        out.clear();
+        buf_.resize(size_t(std::max(0, std::min(max_nodes, max_depth))));
+        if (buf_.empty()) return;
+        const int32_t k = std::clamp(fn_(id, tokens, n, buf_.data(), int32_t(buf_.size())), 0, int32_t(buf_.size()));
+        for (int32_t i = 0; i < k; ++i) out.add(buf_[size_t(i)], i - 1);
+    }
+
+  private:
+    scheduler::draft_fn  fn_;
+    std::vector<int32_t> buf_;
+};
+}  // namespace
+
+void scheduler::set_drafter(std::shared_ptr<drafter> d, int32_t max_nodes) {
+    if (max_nodes < 0 || max_nodes >= k_max_tree_rows)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "drafter: max nodes must be in [0, " +
                                                   std::to_string(k_max_tree_rows - 1) + "]");
     std::lock_guard<std::mutex> lk(mu_);
-    drafter_ = std::move(fn);
-    max_draft_ = drafter_ ? max_draft : 0;
-    draft_buf_.resize(size_t(max_draft_));
+    drafter_ = std::move(d);
+    max_draft_ = drafter_ ? max_nodes : 0;
+}
+
+void scheduler::set_drafter(draft_fn fn, int32_t max_draft) {
+    set_drafter(fn ? std::make_shared<chain_drafter>(std::move(fn)) : nullptr, max_draft);
 }
 
 uint64_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minicpm_sampling_params * sampling,
@@ -172,6 +195,7 @@ uint64_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minic
                                                n_bias, tokens, n_tokens));
     r->n_prompt = n_tokens;
     r->n_max_tokens = sp.n_max_tokens;
+    r->speculative = sp.speculative != 0;
     r->tokens.assign(tokens, tokens + n_tokens);
     r->t_submit = minicpm_time_us();
 
@@ -271,6 +295,10 @@ void scheduler::stats(struct minicpm_engine_stats & out) {
     out.n_prefix_evictions = kv_.n_evicted();
     out.kv_tokens_cached = kv_.n_idle() * kBlock;
     out.prefix_cache = cache_ ? 1 : 0;
+    out.n_spec_verifies = n_spec_verifies_;
+    out.n_spec_drafted = n_spec_drafted_;
+    out.n_spec_accepted = n_spec_accepted_;
+    std::copy_n(n_spec_at_depth_, MINICPM_SPEC_MAX_DEPTH, out.n_spec_at_depth);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -296,6 +324,7 @@ void scheduler::loop() {
 void scheduler::step(std::unique_lock<std::mutex> & lk) {
     apply_cancels();
     admit();
+    make_drafts(lk);
     build_batch();
     ring(lk);
     if (entries_.empty() || stop_) return;
@@ -305,6 +334,7 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
     try {
         batch_view b;
         b.tokens = batch_tokens_.data();
+        b.pos = batch_pos_.data();
         b.n_tokens = int64_t(batch_tokens_.size());
         b.segs = segs_.data();
         b.n_segs = int32_t(segs_.size());
@@ -326,22 +356,39 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
             n_rows += size_t(1 + e.n_draft);
         }
         results_.assign(to_sample.size(), {});
+        paths_.assign(to_sample.size(), {});
         sample_errors_.assign(to_sample.size(), std::string());
         host_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
             const batch_entry & e = *to_sample[size_t(k)];
             std::vector<sample_result> & out = results_[size_t(k)];
+            std::vector<int32_t> &       path = paths_[size_t(k)];
+            const draft_tree &           tree = e.r->draft;
             try {
-                for (int32_t i = 0; i <= e.n_draft; ++i) {
-                    const float * row = logits_.data() + (first_row[size_t(k)] + size_t(i)) * size_t(n_vocab_);
-                    out.push_back(e.r->smp.sample(row, sampler_scratch_[size_t(thread)]));
+                // Walk from the root: sample the row, follow the child drafted with that token, stop where
+                // none was (or at a stop token). Each confirmed draft is accepted before its row is sampled.
+                int32_t row = 0;
+                for (;;) {
+                    const float * l = logits_.data() + (first_row[size_t(k)] + size_t(row)) * size_t(n_vocab_);
+                    out.push_back(e.r->smp.sample(l, sampler_scratch_[size_t(thread)]));
                     const int32_t t = out.back().token;
-                    if (i == e.n_draft || t != batch_tokens_[size_t(e.row_begin + i + 1)] || e.r->smp.is_stop(t)) break;
+                    if (e.n_draft == 0 || e.r->smp.is_stop(t)) break;
+                    int32_t next = -1;
+                    if (!e.tree) {
+                        if (row < e.n_draft && t == batch_tokens_[size_t(e.row_begin + row + 1)]) next = row + 1;
+                    } else {
+                        for (int32_t i = row; i < e.n_draft && next < 0; ++i)  // children come after their parent
+                            if (tree.parents[size_t(i)] == row - 1 && tree.tokens[size_t(i)] == t) next = i + 1;
+                    }
+                    if (next < 0) break;
                     e.r->smp.accept(t);
+                    path.push_back(next);
+                    row = next;
                 }
             } catch (const std::exception & ex) {
                 sample_errors_[size_t(k)] = ex.what();
                 e.r->smp.rollback(int32_t(out.size()));  // every row sampled so far was accepted
                 out.clear();
+                path.clear();
             }
         });
     } catch (const std::exception & e) {
@@ -450,12 +497,47 @@ bool scheduler::grow_kv(request & r, int32_t n) {
     }
 }
 
+void scheduler::make_drafts(std::unique_lock<std::mutex> & lk) {
+    for (request * r : running_) r->draft.clear();
+    if (!drafter_ || max_draft_ == 0) return;
+    const std::shared_ptr<drafter> d = drafter_;
+    // Only this thread changes running_ and the [engine] fields, so they stay valid without the lock.
+    std::vector<request *> todo;
+    std::vector<int32_t>   depth;
+    for (request * r : running_) {
+        if (r->state != MINICPM_REQUEST_DECODING || !r->speculative || r->cancel_requested) continue;
+        // Room for the drafts and the token sampled after them, in the context and in max_tokens.
+        int32_t room = cfg_.n_ctx - int32_t(r->tokens.size()) - 1;
+        if (r->n_max_tokens > 0) room = std::min(room, r->n_max_tokens - r->n_generated - 1);
+        if (room <= 0) continue;
+        todo.push_back(r);
+        depth.push_back(room);
+    }
+    if (todo.empty()) return;
+    lk.unlock();
+    for (size_t i = 0; i < todo.size(); ++i) {
+        request & r = *todo[i];
+        try {
+            d->draft(r.id, r.tokens.data(), int32_t(r.tokens.size()), max_draft_, depth[i], r.draft);
+            draft_tree_clip(r.draft, n_vocab_, max_draft_, depth[i]);
+        } catch (const std::exception & e) {
+            std::fprintf(stderr, "minicpm: drafter failed for request %llu (decoding goes on without drafts): %s\n",
+                         (unsigned long long) r.id, e.what());
+            r.draft.clear();
+        }
+    }
+    lk.lock();
+}
+
 void scheduler::build_batch() {
     entries_.clear();
     batch_tokens_.clear();
+    batch_pos_.clear();
+    batch_masks_.clear();
+    seg_mask_at_.clear();
     segs_.clear();
     logit_rows_.clear();
-    // n_draft > 0: decode rows followed by the drafts in draft_buf_, every row with logits.
+    // n_draft > 0: the decode row followed by r.draft's nodes, every row with logits.
     auto add = [this](request & r, int32_t n_rows, bool prefill, int32_t n_draft) {
         const int32_t n_past = r.kv.n_tokens;
         const bool    samples = n_past + n_rows - n_draft == int32_t(r.tokens.size());
@@ -464,30 +546,34 @@ void scheduler::build_batch() {
         s.n_rows = n_rows;
         s.n_past = n_past;
         s.blocks = r.kv.blocks.data();
-        segs_.push_back(s);
         batch_tokens_.insert(batch_tokens_.end(), r.tokens.begin() + n_past,
                              r.tokens.begin() + n_past + n_rows - n_draft);
-        batch_tokens_.insert(batch_tokens_.end(), draft_buf_.begin(), draft_buf_.begin() + n_draft);
+        bool tree = false;
+        if (n_draft == 0) {
+            for (int32_t j = 0; j < n_rows; ++j) batch_pos_.push_back(n_past + j);
+            seg_mask_at_.push_back(-1);
+        } else {
+            batch_tokens_.insert(batch_tokens_.end(), r.draft.tokens.begin(), r.draft.tokens.begin() + n_draft);
+            const size_t at = batch_masks_.size();
+            batch_masks_.resize(at + size_t(n_rows));
+            batch_pos_.resize(batch_pos_.size() + size_t(n_rows));
+            tree = !draft_tree_layout(r.draft, n_past, batch_masks_.data() + at,
+                                      batch_pos_.data() + batch_pos_.size() - size_t(n_rows));
+            seg_mask_at_.push_back(tree ? int32_t(at) : -1);
+        }
+        segs_.push_back(s);
         for (int32_t i = n_draft; i >= 0 && samples; --i) logit_rows_.push_back(int32_t(batch_tokens_.size()) - 1 - i);
-        entries_.push_back({&r, n_rows, prefill, samples, n_draft, s.row_begin});
+        batch_entry e{&r, n_rows, prefill, samples, n_draft, s.row_begin};
+        e.tree = tree;
+        entries_.push_back(e);
     };
-    // Decode first: one token per sequence, plus drafts when a drafter is set. grow_kv may preempt the newest
-    // requests, which are always at the back of running_ (after i), so the index stays valid; if it removes
-    // running_[i] itself the loop ends.
+    // Decode first: one token per sequence, plus its draft tree. grow_kv may preempt the newest requests,
+    // which are always at the back of running_ (after i), so the index stays valid; if it removes running_[i]
+    // itself the loop ends.
     for (size_t i = 0; i < running_.size(); ++i) {
         request & r = *running_[i];
         if (r.state != MINICPM_REQUEST_DECODING) continue;
-        int32_t n_draft = 0;
-        if (drafter_) {
-            // Room for the drafts and the token sampled after them, in the context and in max_tokens.
-            int32_t room = std::min(max_draft_, cfg_.n_ctx - int32_t(r.tokens.size()) - 1);
-            if (r.n_max_tokens > 0) room = std::min(room, r.n_max_tokens - r.n_generated - 1);
-            if (room > 0)
-                n_draft = std::clamp(drafter_(r.id, r.tokens.data(), int32_t(r.tokens.size()), draft_buf_.data(), room),
-                                     0, room);
-            for (int32_t j = 0; j < n_draft; ++j)
-                if (draft_buf_[size_t(j)] < 0 || draft_buf_[size_t(j)] >= n_vocab_) n_draft = j;  // a bad draft ends it
-        }
+        const int32_t n_draft = r.draft.size();
         if (!grow_kv(r, 1 + n_draft)) break;
         add(r, 1 + n_draft, false, n_draft);
     }
@@ -500,6 +586,8 @@ void scheduler::build_batch() {
         budget -= n;
         add(*r, n, true, 0);
     }
+    for (size_t i = 0; i < segs_.size(); ++i)
+        if (seg_mask_at_[i] >= 0) segs_[i].mask = batch_masks_.data() + seg_mask_at_[i];
 }
 
 void scheduler::commit() {
@@ -512,6 +600,7 @@ void scheduler::commit() {
         if (e.prefill) n_prompt_tokens_ += uint64_t(e.n_rows);
         if (!e.samples) continue;
         const std::vector<sample_result> & res = results_[k];
+        const std::vector<int32_t> &       path = paths_[k];
         const std::string &                err = sample_errors_[k];
         ++k;
         // Undo the sampler's tentative accepts of confirmed drafts; the loop below accepts what is kept.
@@ -525,10 +614,30 @@ void scheduler::commit() {
             finish(r, end_event(MINICPM_FINISH_ERROR), err);
             continue;
         }
+        if (e.n_draft > 0) {
+            // Kept draft k (1-based) sits in slot n_past + path[k-1]; it moves to n_past + k. Sources lie at or
+            // after their destinations and ascend, so copying in order never overwrites a later source.
+            const int32_t n_past = r.kv.n_tokens - 1;
+            std::vector<int32_t> src, dst;
+            for (size_t j = 0; j < path.size(); ++j) {
+                if (path[j] == int32_t(j) + 1) continue;
+                src.push_back(n_past + path[j]);
+                dst.push_back(n_past + int32_t(j) + 1);
+            }
+            if (!src.empty()) kv_seq_copy_rows(kv_, r.kv, src.data(), dst.data(), int32_t(src.size()));
+            n_spec_verifies_++;
+            r.n_spec_verifies++;
+            n_spec_drafted_ += uint64_t(e.n_draft);
+        }
         bool finished = false;
         for (size_t j = 0; j < res.size() && !finished; ++j) {
             const sample_result & rs = res[j];
-            if (j > 0) r.kv.n_tokens++;  // the confirmed draft before this token is in the KV cache
+            if (j > 0) {
+                r.kv.n_tokens++;  // the confirmed draft before this token is in the KV cache
+                n_spec_accepted_++;
+                r.n_spec_accepted++;
+                if (j <= MINICPM_SPEC_MAX_DEPTH) n_spec_at_depth_[j - 1]++;
+            }
             r.smp.accept(rs.token);
             r.tokens.push_back(rs.token);
             r.n_generated++;
@@ -563,11 +672,14 @@ void scheduler::commit() {
 
 void scheduler::push_event(request & r, const minicpm_event & ev) {
     r.events.push_back(ev);
+    r.events.back().n_spec_verifies = r.n_spec_verifies;
+    r.events.back().n_spec_accepted = r.n_spec_accepted;
     if (r.events.size() == 1) bells_.push_back({r.id, 1});
 }
 
 void scheduler::finish(request & r, const minicpm_event & last, const std::string & error) {
     release_kv(r);
+    if (drafter_) drafter_->release(r.id);
     if (r.state == MINICPM_REQUEST_WAITING) {
         waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &r));
     } else {

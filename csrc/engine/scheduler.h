@@ -24,6 +24,7 @@
 
 #include "core/threadpool.h"
 #include "engine/prefix-cache.h"
+#include "engine/drafter.h"
 #include "engine/sampler.h"
 #include "minicpm.h"
 #include "model/minicpm4.h"
@@ -75,14 +76,19 @@ class scheduler {
     // Called on the scheduler thread after every step, without the lock.
     void set_step_observer(std::function<void(const step_trace &)> fn);
 
-    // Proposes up to max tokens expected to follow tokens[0, n) (a decoding request's prompt + generated tokens)
-    // and returns how many it wrote. Called on the scheduler thread, with the lock held, while a step is built.
-    // The step then runs the request's last token and the drafts as one causal run, samples every row in order
-    // and keeps the drafts the samples confirm plus the sampled token after them; the rest leaves the KV cache
-    // (truncated) and the sampler (rolled back). Output equals decoding without drafts. Speculative decoding
-    // plugs in here; tests drive it directly.
+    // Speculative decoding (engine/drafter.h): before each step the drafter proposes a token tree for every
+    // decoding request that has not opted out (at most max_nodes nodes, no deeper than the tokens the request
+    // may still generate); the step verifies each tree in one masked segment, keeps the longest path its samples
+    // confirm plus the sample after it (KV rows compacted), truncates the rest and rolls the sampler back.
+    // Output equals decoding without drafts. Called on the scheduler thread without the lock. nullptr removes it.
+    void set_drafter(std::shared_ptr<drafter> d, int32_t max_nodes);
+    // A chain drafter: proposes up to max tokens expected to follow tokens[0, n) and returns how many it wrote
+    // (a tree whose node i has parent i - 1). Tests drive it directly.
     using draft_fn = std::function<int32_t(uint64_t id, const int32_t * tokens, int32_t n, int32_t * out, int32_t max)>;
     void set_drafter(draft_fn fn, int32_t max_draft);
+    // The engine's backend: a drafter that runs a model on the scheduler thread uses it.
+    backend & backend_ref() { return *be_; }
+    int32_t   n_ctx() const { return cfg_.n_ctx; }
 
     // Throws minicpm::error: _QUEUE_FULL, _INVALID_ARGUMENT (naming the field), _TOO_LARGE (with the numbers).
     // sampling may be NULL (library defaults).
@@ -108,6 +114,9 @@ class scheduler {
         uint64_t             chain = 0;        // [engine] the key of block n_hashed - 1 (the cache seed when 0)
         int32_t              n_cached = 0;     // prompt tokens the first admission took from the prefix cache
         sampler              smp;              // [engine]
+        bool                 speculative = true;  // drafts allowed (per-request opt-out)
+        draft_tree           draft;            // [engine] this step's drafts
+        int32_t              n_spec_verifies = 0, n_spec_accepted = 0;  // [engine] reported in every event
 
         int32_t                   state = MINICPM_REQUEST_WAITING;
         int32_t                   n_prefilled = 0;
@@ -126,8 +135,9 @@ class scheduler {
         int32_t   n_rows;
         bool      prefill;
         bool      samples;      // the segment ends at the last known token: its last row gives the next token
-        int32_t   n_draft = 0;  // decode rows after the first are drafts; every row then has logits
+        int32_t   n_draft = 0;  // decode rows after the first are draft nodes; every row then has logits
         int32_t   row_begin = 0;
+        bool      tree = false; // the drafts form a tree (r->draft's parents), not a chain
     };
 
     struct doorbell {
@@ -139,6 +149,7 @@ class scheduler {
     void step(std::unique_lock<std::mutex> & lk);
     void apply_cancels();
     void admit();
+    void make_drafts(std::unique_lock<std::mutex> & lk);  // drafts of the decoding requests, without the lock
     void build_batch();
     void commit();
 
@@ -182,9 +193,8 @@ class scheduler {
     void *                                      notify_user_ = nullptr;
     int32_t                                     n_ringing_ = 0;
     std::function<void(const step_trace &)>     observer_;
-    draft_fn                                    drafter_;
+    std::shared_ptr<drafter>                    drafter_;
     int32_t                                     max_draft_ = 0;
-    std::vector<int32_t>                        draft_buf_;  // [engine]
     std::map<uint64_t, std::unique_ptr<request>> table_;
     std::deque<request *>                       waiting_;
     std::vector<request *>                      running_;  // admission order
@@ -197,14 +207,21 @@ class scheduler {
     uint64_t n_steps_ = 0, n_prompt_tokens_ = 0, n_generated_tokens_ = 0, n_errors_ = 0;
     uint64_t n_prefix_queries_ = 0, n_prefix_hits_ = 0;
     std::vector<int32_t> match_buf_;  // [engine]
+    // Speculative decoding: verify segments run, draft nodes verified, drafts kept, and per depth d (index
+    // d - 1) the verify segments that kept at least d drafts.
+    uint64_t n_spec_verifies_ = 0, n_spec_drafted_ = 0, n_spec_accepted_ = 0;
+    uint64_t n_spec_at_depth_[MINICPM_SPEC_MAX_DEPTH] = {};
 
     // [engine] the batch under construction and reused buffers.
     std::vector<batch_entry>     entries_;
-    std::vector<int32_t>         batch_tokens_, logit_rows_;
+    std::vector<int32_t>         batch_tokens_, batch_pos_, logit_rows_;
+    std::vector<uint64_t>        batch_masks_;          // ancestor masks of tree segments
+    std::vector<int32_t>         seg_mask_at_;          // per segment: offset into batch_masks_, -1 = causal
     std::vector<kv_segment>      segs_;
     std::vector<float>           logits_;
     std::vector<sampler_scratch> sampler_scratch_;  // one per pool thread
     std::vector<std::vector<sample_result>> results_;  // per sampling entry, in batch order: one per kept row
+    std::vector<std::vector<int32_t>>       paths_;    // per sampling entry: the segment rows of the kept drafts
     std::vector<std::string>     sample_errors_;    // "" or why sampling that entry failed
 
     std::thread thread_;  // last: started once everything above exists

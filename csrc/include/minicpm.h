@@ -32,12 +32,13 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function signature or struct layout changes. */
-#define MINICPM_ABI_VERSION 2
+#define MINICPM_ABI_VERSION 3
 
 /* Fixed maxima that size the arrays inside the ABI structs. */
 #define MINICPM_MAX_TOP_LOGPROBS 20 /* top-n alternatives carried by one event      */
 #define MINICPM_MAX_EOS_IDS      8  /* end-of-sequence ids reported by model info   */
 #define MINICPM_KV_BLOCK_SIZE    64 /* tokens per KV cache block                    */
+#define MINICPM_SPEC_MAX_DEPTH   8  /* per-depth acceptance counters in engine stats */
 
 /* ---------------------------------------------------------------------------------------------------------
  * Status codes
@@ -257,6 +258,14 @@ struct minicpm_engine_params {
     uint8_t  pad_[3];
     uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB). The pool never   */
                             /* exceeds n_batch_max * n_ctx tokens, which is all admitted requests can use */
+    /* Speculative decoding (EAGLE-2 dynamic draft trees verified in one step; output equals plain decoding). */
+    minicpm_model_t * draft_model; /* a plain MiniCPM model with the target's vocabulary that drafts (e.g. 0.5B */
+                            /* for 8B); NULL (default) = off. Must outlive the engine                       */
+    int32_t  draft_num_iter;  /* tree depth (draft steps); default 2 (CPM.cu's CLI)                        */
+    int32_t  draft_top_k;     /* children per expanded node and nodes expanded per level; default 10        */
+    int32_t  draft_tree_size; /* verified rows incl. the last token, 2..64; default 12                      */
+    int32_t  pad1_;
+    uint64_t draft_kv_bytes;  /* memory limit of the draft's own KV pool; 0 = default (kv_bytes)           */
 };
 
 struct minicpm_sampling_params {
@@ -273,7 +282,8 @@ struct minicpm_sampling_params {
     int32_t  n_top_logprobs;     /* 0..MINICPM_MAX_TOP_LOGPROBS alternatives per event                   */
     uint8_t  logprobs;           /* 1: fill event.logprob (log-softmax of the raw logits)                */
     uint8_t  ignore_eos;         /* 1: do not stop on the model's EOS ids                                */
-    uint8_t  pad_[2];
+    uint8_t  speculative;        /* 1 (default): use the engine's drafter when it has one; 0: opt out    */
+    uint8_t  pad_;
     uint64_t seed;               /* same seed + same inputs = same tokens                                */
 };
 /* Defaults: temperature 1, top_p 1, min_p 0, top_k 0, repetition_penalty 1, presence/frequency 0,
@@ -288,6 +298,8 @@ struct minicpm_event {
     int32_t top_tokens[MINICPM_MAX_TOP_LOGPROBS];
     float   top_logprobs[MINICPM_MAX_TOP_LOGPROBS];
     int64_t t_us;           /* when the token was sampled (minicpm_time_us clock)                        */
+    int32_t n_spec_verifies;/* the request's draft trees verified so far (speculative decoding)           */
+    int32_t n_spec_accepted;/* the request's drafts kept so far: mean accept length = 1 + accepted/verifies */
 };
 
 enum minicpm_request_state {
@@ -331,6 +343,11 @@ struct minicpm_engine_stats {
                                 /* evicted LRU first when the pool needs room; not in kv_tokens_used)     */
     uint8_t  prefix_cache;      /* 1 when the prefix cache is on                                           */
     uint8_t  pad1_[3];
+    /* Speculative decoding: mean accept length = (n_spec_accepted + n_spec_verifies) / n_spec_verifies.    */
+    uint64_t n_spec_verifies;   /* draft trees verified (one per decoding request and step with drafts)   */
+    uint64_t n_spec_drafted;    /* draft nodes verified                                                   */
+    uint64_t n_spec_accepted;   /* drafts kept (the sample after them not counted)                        */
+    uint64_t n_spec_at_depth[MINICPM_SPEC_MAX_DEPTH]; /* [d-1]: verifies that kept at least d drafts       */
 };
 
 /* Doorbell: rung from the engine thread when a request goes from no pending events to some. n_ready is the

@@ -73,6 +73,10 @@ static const struct field engine_params_fields[] = {
     FIELD(minicpm_engine_params, kv_dtype),    FIELD(minicpm_engine_params, prefix_cache),
     FIELD(minicpm_engine_params, pad_),
     FIELD(minicpm_engine_params, kv_bytes),
+    FIELD(minicpm_engine_params, draft_model),
+    FIELD(minicpm_engine_params, draft_num_iter), FIELD(minicpm_engine_params, draft_top_k),
+    FIELD(minicpm_engine_params, draft_tree_size), FIELD(minicpm_engine_params, pad1_),
+    FIELD(minicpm_engine_params, draft_kv_bytes),
 };
 static const struct field sampling_params_fields[] = {
     FIELD(minicpm_sampling_params, size),               FIELD(minicpm_sampling_params, temperature),
@@ -81,13 +85,14 @@ static const struct field sampling_params_fields[] = {
     FIELD(minicpm_sampling_params, presence_penalty),   FIELD(minicpm_sampling_params, frequency_penalty),
     FIELD(minicpm_sampling_params, penalty_last_n),     FIELD(minicpm_sampling_params, n_max_tokens),
     FIELD(minicpm_sampling_params, n_top_logprobs),     FIELD(minicpm_sampling_params, logprobs),
-    FIELD(minicpm_sampling_params, ignore_eos),         FIELD(minicpm_sampling_params, pad_),
+    FIELD(minicpm_sampling_params, ignore_eos),         FIELD(minicpm_sampling_params, speculative),
+    FIELD(minicpm_sampling_params, pad_),
     FIELD(minicpm_sampling_params, seed),
 };
 static const struct field event_fields[] = {
     FIELD(minicpm_event, token),      FIELD(minicpm_event, finish_reason), FIELD(minicpm_event, logprob),
     FIELD(minicpm_event, n_top),      FIELD(minicpm_event, top_tokens),    FIELD(minicpm_event, top_logprobs),
-    FIELD(minicpm_event, t_us),
+    FIELD(minicpm_event, t_us),       FIELD(minicpm_event, n_spec_verifies), FIELD(minicpm_event, n_spec_accepted),
 };
 static const struct field request_info_fields[] = {
     FIELD(minicpm_request_info, size),        FIELD(minicpm_request_info, state),
@@ -107,6 +112,9 @@ static const struct field engine_stats_fields[] = {
     FIELD(minicpm_engine_stats, n_prefix_hit_tokens), FIELD(minicpm_engine_stats, n_prefix_evictions),
     FIELD(minicpm_engine_stats, kv_tokens_cached), FIELD(minicpm_engine_stats, prefix_cache),
     FIELD(minicpm_engine_stats, pad1_),
+    FIELD(minicpm_engine_stats, n_spec_verifies),
+    FIELD(minicpm_engine_stats, n_spec_drafted),  FIELD(minicpm_engine_stats, n_spec_accepted),
+    FIELD(minicpm_engine_stats, n_spec_at_depth),
 };
 
 /* Fields whose offset differs from minicpm_struct_offset(), each printed (quiet: only counts). */

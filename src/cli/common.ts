@@ -124,6 +124,7 @@ export const modelOptions = {
   'quant-group': { type: 'string' },
   'no-prefix-cache': { type: 'boolean' },
   'tool-format': { type: 'string' },
+  draft: { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -142,7 +143,9 @@ export const modelHelp = `Model:
       --no-prefix-cache    do not reuse the KV of prompt prefixes across requests (default: reuse whole
                            64-token blocks, e.g. the history a chat resends every turn)
       --tool-format F      how tools and tool calls are rendered and parsed: minicpm (MiniCPM3 / MiniCPM4-MCP
-                           Python calls; the default for MiniCPM models) or none (requests with tools get 400)`
+                           Python calls; the default for MiniCPM models) or none (requests with tools get 400)
+      --draft DIR          speculative decoding with a draft model next to the target: a plain MiniCPM model with
+                           the same vocabulary (e.g. 0.5B for 8B) drafts EAGLE-2 token trees; output is unchanged`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -192,6 +195,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     ...quantizeOf(values),
     prefixCache: values['no-prefix-cache'] === true ? false : undefined,
     toolFormat: values['tool-format'] as string | undefined,
+    draft: values.draft as string | undefined,
     onProgress: progressBar(),
     onLog: (line) => stderrLine.line(line),
   }

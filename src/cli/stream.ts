@@ -21,6 +21,8 @@ export function printFinish(ev: Finish): void {
   process.stderr.write(
     `[${ev.reason}] ${ev.usage.promptTokens} prompt + ${ev.usage.completionTokens} generated tokens; ` +
       `queue ${t.queueMs.toFixed(1)} ms, prefill ${t.prefillMs.toFixed(1)} ms, ` +
-      `${t.perTokenMs.toFixed(2)} ms/token\n`,
+      `${t.perTokenMs.toFixed(2)} ms/token` +
+      (t.meanAcceptLength ? `; speculative: ${t.specVerifies} verifies, mean accept length ${t.meanAcceptLength.toFixed(2)}` : '') +
+      '\n',
   )
 }

@@ -130,6 +130,7 @@ function samplingOf(req: GenerateRequest, defaults: SamplingOptions): NativeSamp
     seed: pick('seed') ?? Math.floor(Math.random() * 2 ** 32),
     maxTokens: pick('maxTokens'),
     ignoreEos: pick('ignoreEos'),
+    speculative: req.speculative,
     logprobs: req.logprobs || (req.topLogprobs ?? 0) > 0,
     topLogprobs: req.topLogprobs,
   }

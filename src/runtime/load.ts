@@ -47,6 +47,16 @@ export interface LoadOptions {
   quantGroupSize?: number
   /** Quantize the LM head / tied embedding too (default true). */
   quantizeHead?: boolean
+  /**
+   * Speculative decoding: a draft model directory next to the target. A plain MiniCPM model with the target's
+   * vocabulary (e.g. 0.5B for 8B, or the target itself) drafts EAGLE-2 token trees; greedy output is unchanged.
+   * An EAGLE head directory is detected from its config and refused for now (not implemented yet).
+   */
+  draft?: string
+  /** Draft tree shape (defaults as CPM.cu's CLI: 2 levels, top-10, 12 verified rows). */
+  draftNumIter?: number
+  draftTopK?: number
+  draftTreeSize?: number
   /** Overrides MINICPM_FFI_POLL for this model's engine. */
   poll?: boolean
   /** How often a request waiting for its first token reports prefill progress; default 100 ms. */
@@ -136,7 +146,16 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     quantGroupSize: opts.quantGroupSize,
     quantizeHead: opts.quantizeHead,
   })
+  let draft: NativeModel | undefined
   try {
+    if (opts.draft) {
+      const d = readModelDir(opts.draft)
+      if (draftKind(d.config) === 'eagle')
+        throw new Error(`${d.dir} is an EAGLE draft head: EAGLE heads are not supported yet; use a plain MiniCPM model`)
+      progress('draft', 0, 1)
+      draft = NativeModel.load(d.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
+      progress('draft', 1, 1)
+    }
     progress('weights', 1, 1)
     if (opts.quantize) {
       const ni = native.info()
@@ -168,6 +187,10 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       nQueueMax: opts.nQueueMax,
       prefixCache: opts.prefixCache,
       poll: opts.poll,
+      draft,
+      draftNumIter: opts.draftNumIter,
+      draftTopK: opts.draftTopK,
+      draftTreeSize: opts.draftTreeSize,
     })
     progress('engine', 1, 1)
     const nativeInfo = native.info()
@@ -271,6 +294,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     const dispose = () => {
       worker.close()
       native.dispose() // disposes the engine first (a child of the model)
+      draft?.dispose() // after the engine that drafts with it
     }
     return {
       info,
@@ -320,13 +344,18 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       toolFormat,
       stats: () => {
         const { undrained: _u, ...s } = engine.stats()
-        return s
+        return {
+          ...s,
+          specMeanAcceptLength: s.specVerifies > 0 ? 1 + s.specAccepted / s.specVerifies : 0,
+          specDepthAcceptance: s.specAtDepth.map((n) => (s.specVerifies > 0 ? n / s.specVerifies : 0)),
+        }
       },
       dispose,
       [Symbol.dispose]: dispose,
     }
   } catch (e) {
     native.dispose()
+    draft?.dispose()
     throw e
   }
 }
@@ -339,4 +368,10 @@ function toToolMessage(m: ChatMessage): ToolMessage {
     ...(m.toolCalls ? { toolCalls: m.toolCalls } : {}),
     ...(m.reasoning ? { reasoning: m.reasoning } : {}),
   }
+}
+
+/** 'eagle' for an EAGLE draft head directory (its config names Eagle or carries eagle_config), else 'llm'. */
+export function draftKind(config: Record<string, unknown>): 'eagle' | 'llm' {
+  const names = JSON.stringify([config.architectures ?? '', config.model_type ?? '', config.auto_map ?? ''])
+  return /eagle/i.test(names) || config.eagle_config !== undefined ? 'eagle' : 'llm'
 }

@@ -9,6 +9,8 @@ export class Timeline {
   admitUs = 0
   firstTokenUs = 0
   endUs = 0
+  specVerifies = 0
+  specAccepted = 0
 
   static empty(): Timings {
     return { queueMs: 0, prefillMs: 0, decodeMs: 0, perTokenMs: 0 }
@@ -22,6 +24,8 @@ export class Timeline {
   onEvent(ev: NativeEvent): void {
     if (ev.token >= 0 && this.firstTokenUs === 0) this.firstTokenUs = ev.tUs
     if (ev.tUs > this.endUs) this.endUs = ev.tUs
+    this.specVerifies = Math.max(this.specVerifies, ev.specVerifies)
+    this.specAccepted = Math.max(this.specAccepted, ev.specAccepted)
   }
 
   timings(nTokens: number): Timings {
@@ -34,6 +38,13 @@ export class Timeline {
       prefillMs: ms(admit, first),
       decodeMs,
       perTokenMs: nTokens > 1 ? decodeMs / (nTokens - 1) : 0,
+      ...(this.specVerifies > 0
+        ? {
+            specVerifies: this.specVerifies,
+            specAccepted: this.specAccepted,
+            meanAcceptLength: 1 + this.specAccepted / this.specVerifies,
+          }
+        : {}),
     }
   }
 }

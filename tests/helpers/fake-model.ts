@@ -135,6 +135,12 @@ export class FakeModel implements ServedModel {
       prefixEvictions: 0,
       kvTokensCached: 0,
       prefixCache: 1,
+      specVerifies: 0,
+      specDrafted: 0,
+      specAccepted: 0,
+      specAtDepth: [],
+      specMeanAcceptLength: 0,
+      specDepthAcceptance: [],
     }
   }
 

@@ -1,0 +1,259 @@
+#include "engine/drafter.h"
+
+#include "core/status.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace minicpm {
+
+int32_t draft_tree_clip(draft_tree & t, int32_t n_vocab, int32_t max_nodes, int32_t max_depth) {
+    const int32_t n = std::min<int32_t>(int32_t(std::min(t.tokens.size(), t.parents.size())), max_nodes);
+    std::vector<int32_t> depth(size_t(std::max(n, 0)), 0);
+    int32_t k = 0;
+    for (; k < n; ++k) {
+        const int32_t tok = t.tokens[size_t(k)], p = t.parents[size_t(k)];
+        if (tok < 0 || tok >= n_vocab || p < -1 || p >= k) break;
+        depth[size_t(k)] = p < 0 ? 1 : depth[size_t(p)] + 1;
+        if (depth[size_t(k)] > max_depth) break;
+    }
+    k = std::max(k, 0);
+    t.tokens.resize(size_t(k));
+    t.parents.resize(size_t(k));
+    t.scores.resize(size_t(k), 0.0f);
+    return k;
+}
+
+bool draft_tree_layout(const draft_tree & t, int32_t n_past, uint64_t * mask, int32_t * pos) {
+    bool chain = true;
+    mask[0] = 0;
+    pos[0] = n_past;
+    for (int32_t i = 0; i < t.size(); ++i) {
+        const int32_t p = t.parents[size_t(i)];  // node p is row p + 1; the root is row 0
+        const int32_t prow = p + 1;
+        chain = chain && p == i - 1;
+        mask[i + 1] = mask[prow] | (uint64_t(1) << prow);
+        pos[i + 1] = pos[prow] + 1;
+    }
+    return chain;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// model_drafter
+
+model_drafter::model_drafter(const model & draft, int32_t target_vocab, backend & be, dtype kv_type,
+                             int32_t kv_blocks, const tree_shape & shape)
+    : model_(draft), be_(be), kv_(be, draft.config(), kv_type, kv_blocks), shape_(shape),
+      n_vocab_(draft.config().n_vocab) {
+    if (n_vocab_ != target_vocab)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "draft model: vocabulary of " + std::to_string(n_vocab_) +
+                                                  " tokens, the target has " + std::to_string(target_vocab) +
+                                                  " (a draft LLM must share the target's tokenizer)");
+    if (shape.num_iter < 1 || shape.top_k < 1 || shape.tree_size < 2 || shape.tree_size > k_max_tree_rows ||
+        int64_t(shape.top_k) * (shape.num_iter - 1) > k_max_tree_rows)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT,
+             "draft tree: num_iter >= 1, top_k >= 1, tree_size in [2, 64] and top_k * (num_iter - 1) <= 64, got " +
+                 std::to_string(shape.num_iter) + " / " + std::to_string(shape.top_k) + " / " +
+                 std::to_string(shape.tree_size));
+}
+
+model_drafter::~model_drafter() {
+    for (auto & [id, st] : states_) kv_seq_free(kv_, st.kv);
+    model_.release_workspace(be_, ws_);
+}
+
+void model_drafter::release(uint64_t id) {
+    auto it = states_.find(id);
+    if (it == states_.end()) return;
+    kv_seq_free(kv_, it->second.kv);
+    states_.erase(it);
+}
+
+bool model_drafter::run(state & st, const int32_t * tokens, const int32_t * pos, const uint64_t * mask, int32_t n,
+                        const int32_t * logit_rows, int32_t n_logit_rows, float * logits) {
+    const int32_t n_past = st.kv.n_tokens;
+    if (!kv_seq_prepare(kv_, st.kv, n_past, n_past + n)) return false;
+    kv_segment sg;
+    sg.row_begin = 0;
+    sg.n_rows = n;
+    sg.n_past = n_past;
+    sg.blocks = st.kv.blocks.data();
+    sg.mask = mask;
+    batch_view b;
+    b.tokens = tokens;
+    b.pos = pos;
+    b.n_tokens = n;
+    b.segs = &sg;
+    b.n_segs = 1;
+    b.logit_rows = logit_rows;
+    b.n_logit_rows = n_logit_rows;
+    try {
+        model_.forward(be_, ws_, kv_, b, logits);
+    } catch (...) {
+        kv_seq_truncate(kv_, st.kv, n_past);
+        throw;
+    }
+    return true;
+}
+
+namespace {
+struct cand {
+    int32_t token, parent, depth;  // parent: candidate index, -1 = root
+    float   score;                 // cumulative log-probability
+};
+
+// The k best tokens of one logit row with their log-softmax, best first (ties: lower id).
+void top_k_logprobs(const float * l, int32_t n, int32_t k, std::vector<std::pair<float, int32_t>> & out) {
+    out.clear();
+    auto worse = [](const std::pair<float, int32_t> & a, const std::pair<float, int32_t> & b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int32_t i = 0; i < n; ++i) mx = std::max(mx, l[i]);
+    double z = 0.0;
+    for (int32_t i = 0; i < n; ++i) z += std::exp(double(l[i] - mx));
+    const float lse = mx + float(std::log(z));
+    for (int32_t i = 0; i < n; ++i) {
+        if (!(l[i] > -std::numeric_limits<float>::infinity())) continue;
+        const std::pair<float, int32_t> c(l[i], i);
+        if (int32_t(out.size()) < k) {
+            out.push_back(c);
+            std::push_heap(out.begin(), out.end(), worse);
+        } else if (worse(c, out.front())) {
+            std::pop_heap(out.begin(), out.end(), worse);
+            out.back() = c;
+            std::push_heap(out.begin(), out.end(), worse);
+        }
+    }
+    std::sort_heap(out.begin(), out.end(), worse);
+    for (auto & c : out) c.first -= lse;
+}
+}  // namespace
+
+void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
+                          draft_tree & out) {
+    out.clear();
+    const int32_t D = std::min(shape_.num_iter, max_depth);
+    const int32_t S = std::min(shape_.tree_size - 1, max_nodes);
+    const int32_t K = shape_.top_k;
+    if (D <= 0 || S <= 0 || n <= 0 || int64_t(n) + D > model_.config().n_ctx_train) return;
+    state & st = states_[id];
+
+    // 1. Roll back to the longest prefix the draft KV already holds (at least the last token is run again:
+    //    its logits start the tree), then catch up in pieces.
+    int32_t c = 0;
+    const int32_t held = int32_t(st.tokens.size());
+    while (c < held && c < n && st.tokens[size_t(c)] == tokens[c]) ++c;
+    c = std::min(c, n - 1);
+    kv_seq_truncate(kv_, st.kv, c);
+    st.tokens.resize(size_t(c));
+    logits_.resize(size_t(std::max(K, 1)) * size_t(n_vocab_));
+    constexpr int32_t k_piece = 256;
+    for (int32_t begin = c; begin < n; begin += k_piece) {
+        const int32_t end = std::min(n, begin + k_piece);
+        const int32_t last = end - begin - 1;
+        if (!run(st, tokens + begin, nullptr, nullptr, end - begin, &last, end == n ? 1 : 0, logits_.data())) {
+            release(id);  // the draft pool is dry: this request goes without drafts for now
+            return;
+        }
+        st.kv.n_tokens += end - begin;
+        st.tokens.insert(st.tokens.end(), tokens + begin, tokens + end);
+    }
+
+    // 2. EAGLE-2 dynamic tree: level 1 is the top-k of the last row; each further level expands the current
+    //    frontier (top-k nodes by cumulative score) in one masked run and keeps the top-k of all children.
+    std::vector<cand>                      cands;
+    std::vector<std::pair<float, int32_t>> top;
+    top_k_logprobs(logits_.data(), n_vocab_, K, top);
+    std::vector<int32_t> frontier, expanded, chain;
+    for (const auto & [lp, tok] : top) {
+        frontier.push_back(int32_t(cands.size()));
+        cands.push_back({tok, -1, 1, lp});
+    }
+    if (cands.empty()) return;
+    chain.push_back(0);  // the draft's greedy chain
+    for (int32_t d = 2; d <= D; ++d) {
+        std::vector<int32_t> batch = expanded;
+        batch.insert(batch.end(), frontier.begin(), frontier.end());
+        const int32_t nb = int32_t(batch.size());
+        if (nb > k_max_tree_rows) break;
+        std::vector<int32_t> row_of(cands.size(), -1);
+        toks_.resize(size_t(nb));
+        pos_.resize(size_t(nb));
+        mask_.assign(size_t(nb), 0);
+        rows_.clear();
+        for (int32_t j = 0; j < nb; ++j) {
+            const cand & cd = cands[size_t(batch[size_t(j)])];
+            row_of[size_t(batch[size_t(j)])] = j;
+            toks_[size_t(j)] = cd.token;
+            pos_[size_t(j)] = n + cd.depth - 1;
+            if (cd.parent >= 0) {
+                const int32_t pr = row_of[size_t(cd.parent)];  // parents are expanded, hence earlier rows
+                mask_[size_t(j)] = mask_[size_t(pr)] | (uint64_t(1) << pr);
+            }
+            if (j >= int32_t(expanded.size())) rows_.push_back(j);
+        }
+        logits_.resize(rows_.size() * size_t(n_vocab_));
+        if (!run(st, toks_.data(), pos_.data(), mask_.data(), nb, rows_.data(), int32_t(rows_.size()), logits_.data()))
+            break;
+        kv_seq_truncate(kv_, st.kv, st.kv.n_tokens);  // the tree rows leave the draft KV again
+        std::vector<int32_t> children;
+        int32_t              chain_child = -1;
+        for (size_t f = 0; f < frontier.size(); ++f) {
+            const int32_t fi = frontier[f];
+            top_k_logprobs(logits_.data() + f * size_t(n_vocab_), n_vocab_, K, top);
+            for (size_t t = 0; t < top.size(); ++t) {
+                if (fi == chain.back() && t == 0) chain_child = int32_t(cands.size());
+                children.push_back(int32_t(cands.size()));
+                cands.push_back({top[t].second, fi, d, cands[size_t(fi)].score + top[t].first});
+            }
+        }
+        expanded.insert(expanded.end(), frontier.begin(), frontier.end());
+        std::stable_sort(children.begin(), children.end(),
+                         [&](int32_t a, int32_t b) { return cands[size_t(a)].score > cands[size_t(b)].score; });
+        if (int32_t(children.size()) > K) children.resize(size_t(K));
+        if (chain_child >= 0) {
+            if (std::find(children.begin(), children.end(), chain_child) == children.end()) children.back() = chain_child;
+            chain.push_back(chain_child);
+        }
+        frontier = children;
+    }
+
+    // 3. Keep tree_size - 1 nodes: the greedy chain, then the best cumulative scores whose parent is kept.
+    std::vector<char>    kept(cands.size(), 0);
+    std::vector<int32_t> sel;
+    for (int32_t ci : chain) {
+        if (int32_t(sel.size()) >= S) break;
+        kept[size_t(ci)] = 1;
+        sel.push_back(ci);
+    }
+    std::vector<int32_t> order(cands.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        const cand & x = cands[size_t(a)];
+        const cand & y = cands[size_t(b)];
+        return x.score > y.score || (x.score == y.score && x.depth < y.depth);
+    });
+    for (int32_t ci : order) {
+        if (int32_t(sel.size()) >= S) break;
+        const cand & cd = cands[size_t(ci)];
+        if (kept[size_t(ci)] || (cd.parent >= 0 && !kept[size_t(cd.parent)])) continue;
+        kept[size_t(ci)] = 1;
+        sel.push_back(ci);
+    }
+    // Parents before children: by depth, then by score.
+    std::stable_sort(sel.begin(), sel.end(), [&](int32_t a, int32_t b) {
+        const cand & x = cands[size_t(a)];
+        const cand & y = cands[size_t(b)];
+        return x.depth < y.depth || (x.depth == y.depth && x.score > y.score);
+    });
+    std::vector<int32_t> node_of(cands.size(), -1);
+    for (size_t i = 0; i < sel.size(); ++i) {
+        const cand & cd = cands[size_t(sel[i])];
+        node_of[size_t(sel[i])] = int32_t(i);
+        out.add(cd.token, cd.parent >= 0 ? node_of[size_t(cd.parent)] : -1, cd.score);
+    }
+}
+
+}  // namespace minicpm

@@ -1,0 +1,116 @@
+// Speculative decoding: drafters propose a token tree that the scheduler verifies in one target step.
+//
+// A draft tree hangs below the request's last known token (the root, which the step runs anyway). Node i has a
+// token and a parent: -1 for the root, otherwise an earlier node (< i), so parents come before children. The
+// scheduler runs the root and every node as one masked segment (a node sees the committed tokens, the root and
+// its ancestors), walks from the root sampling each visited row with the request's sampler and follows the
+// child whose token equals the sample, keeps that path plus the sample after it (KV rows compacted into
+// consecutive slots), truncates the rest and rolls the sampler back. Each emitted token is a sample of the
+// target's own distribution, so greedy output equals plain greedy decoding token for token, and sampled output
+// follows the target distribution (with the same seed it is even the same tokens).
+//
+// Drafters run on the scheduler thread, without the engine lock, one request at a time.
+#pragma once
+
+#include "core/backend.h"
+#include "model/kv-cache.h"
+#include "model/minicpm4.h"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace minicpm {
+
+struct draft_tree {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> parents;  // -1 = the root
+    std::vector<float>   scores;   // optional: the drafter's cumulative log-probability of each node
+
+    void    clear() { tokens.clear(), parents.clear(), scores.clear(); }
+    int32_t size() const { return int32_t(tokens.size()); }
+    void    add(int32_t token, int32_t parent, float score = 0.0f) {
+        tokens.push_back(token), parents.push_back(parent), scores.push_back(score);
+    }
+    // depth of node i (1 for a child of the root)
+    int32_t depth(int32_t i) const {
+        int32_t d = 1;
+        for (int32_t p = parents[size_t(i)]; p >= 0; p = parents[size_t(p)]) ++d;
+        return d;
+    }
+};
+
+// Keeps the valid prefix of a tree: nodes [0, k) where node k is the first with an out-of-range token, a parent
+// that is not an earlier node, or a depth above max_depth; then at most max_nodes nodes. Returns the size kept.
+int32_t draft_tree_clip(draft_tree & t, int32_t n_vocab, int32_t max_nodes, int32_t max_depth);
+
+// Ancestor masks and positions of the verify segment (root + nodes, n = 1 + nodes rows): mask[j] has bit i set
+// when row i is a strict ancestor of row j (the root is row 0); pos[j] = n_past + depth (root: n_past).
+// Returns true when the tree is a chain (mask not needed: causal).
+bool draft_tree_layout(const draft_tree & t, int32_t n_past, uint64_t * mask, int32_t * pos);
+
+class drafter {
+  public:
+    virtual ~drafter() = default;
+    // Proposes continuations of tokens[0, n) (a decoding request's prompt + generated tokens): at most max_nodes
+    // nodes, depth at most max_depth (the scheduler clips what exceeds them).
+    virtual void draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
+                       draft_tree & out) = 0;
+    // The request ended (finished, cancelled or failed): per-request state can go.
+    virtual void release(uint64_t /*id*/) {}
+};
+
+// The shape of an EAGLE-2 dynamic tree (ENGINE_REFERENCE 4.1): num_iter levels, top_k children per expanded
+// node and top_k expanded nodes per level, tree_size - 1 nodes kept by cumulative log-probability. The CLI
+// defaults of CPM.cu are 2 / 10 / 12.
+struct tree_shape {
+    int32_t num_iter = 2;
+    int32_t top_k = 10;
+    int32_t tree_size = 12;
+};
+
+// A plain small MiniCPM model as the drafter (e.g. 0.5B drafting for 8B; or the target itself: every draft is
+// then accepted under greedy decoding). It keeps its own KV per request on the engine's backend, resumes from
+// the longest prefix it already holds (so rejected drafts and preemptions roll back by truncation), and grows an
+// EAGLE-2 dynamic tree: the greedy chain of the draft is always part of the tree (CPM.cu keeps only the best
+// cumulative scores; with flat draft distributions that drops the chain past depth 1).
+class model_drafter final : public drafter {
+  public:
+    // be: the engine's backend (the drafter runs on the scheduler thread between steps). kv_blocks: the draft's
+    // own KV budget in 64-token blocks. Throws _INVALID_ARGUMENT when the vocabularies differ or the shape is
+    // out of range.
+    model_drafter(const model & draft, int32_t target_vocab, backend & be, dtype kv_type, int32_t kv_blocks,
+                  const tree_shape & shape);
+    ~model_drafter() override;
+
+    void draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
+               draft_tree & out) override;
+    void release(uint64_t id) override;
+
+    const tree_shape & shape() const { return shape_; }
+
+  private:
+    struct state {
+        kv_seq               kv;
+        std::vector<int32_t> tokens;  // what kv holds
+    };
+    // Evaluates rows (causal when mask is null) after the sequence's committed tokens; logits for the rows
+    // listed. Returns false when the KV pool is dry (the sequence is left as it was).
+    bool run(state & st, const int32_t * tokens, const int32_t * pos, const uint64_t * mask, int32_t n,
+             const int32_t * logit_rows, int32_t n_logit_rows, float * logits);
+
+    const model &           model_;
+    backend &               be_;
+    kv_pool                 kv_;
+    forward_workspace       ws_;
+    tree_shape              shape_;
+    int32_t                 n_vocab_;
+    std::unordered_map<uint64_t, state> states_;
+    std::vector<float>      logits_;
+    std::vector<int32_t>    rows_, pos_, toks_;
+    std::vector<uint64_t>   mask_;
+};
+
+}  // namespace minicpm

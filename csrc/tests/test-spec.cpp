@@ -1,0 +1,343 @@
+// Speculative decoding in the batched engine: draft trees verified in one masked step, the longest confirmed
+// path kept (KV rows compacted), the rest truncated and the sampler rolled back. Checks, on tiny random
+// checkpoints with the reference ops (batch composition cannot change a bit of the logits):
+//   - tree layout (masks, positions) and clipping of bad trees;
+//   - an oracle tree drafter (the right chain hidden among wrong siblings at varying places, wrong branches,
+//     a wrong node in the middle of the chain) in a batch of mixed requests: output == plain decoding;
+//   - a plain draft LLM (model_drafter, EAGLE-2 dynamic tree): a weak one (another random model) and a strong
+//     one (the target itself: every drafted level accepted), greedy and sampled, with stop ids and max_tokens
+//     landing exactly; the draft's own KV is released with the requests.
+#include "engine/drafter.h"
+#include "engine/scheduler.h"
+#include "minicpm.h"
+#include "tests/tiny-model.h"
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <thread>
+
+using minicpm::draft_tree;
+using minicpm::scheduler;
+
+static const minicpm::model * g_model = nullptr;
+
+static minicpm::backend_options reference() {
+    minicpm::backend_options o;
+    o.reference = true;
+    return o;
+}
+
+static minicpm_engine_params engine_params() {
+    minicpm_engine_params p;
+    minicpm_engine_default_params(&p);
+    p.n_threads = 2;
+    p.n_chunk = 32;
+    p.n_ctx = 320;
+    p.kv_dtype = MINICPM_DTYPE_F32;
+    p.kv_bytes = uint64_t(96) * minicpm::kv_pool::bytes_per_block(g_model->config(), minicpm::dtype::f32);
+    return p;
+}
+
+static minicpm_sampling_params greedy(int32_t n_max_tokens) {
+    minicpm_sampling_params s;
+    minicpm_sampling_default_params(&s);
+    s.temperature = 0.0f;
+    s.n_max_tokens = n_max_tokens;
+    s.ignore_eos = 1;
+    return s;
+}
+
+static minicpm_sampling_params hot(int32_t n_max_tokens, uint64_t seed) {
+    minicpm_sampling_params s = greedy(n_max_tokens);
+    s.temperature = 0.8f;
+    s.top_p = 0.9f;
+    s.repetition_penalty = 1.2f;
+    s.penalty_last_n = 16;
+    s.seed = seed;
+    return s;
+}
+
+static std::vector<int32_t> prompt_of(int32_t n, int32_t salt) {
+    std::vector<int32_t> t;
+    for (int32_t i = 0; i < n; ++i) t.push_back(4 + (i * 37 + salt * 101) % 500);
+    return t;
+}
+
+static std::string str(const std::vector<int32_t> & t) {
+    std::string s;
+    for (size_t i = 0; i < t.size() && i < 8; ++i) s += (i ? " " : "") + std::to_string(t[i]);
+    return s + (t.size() > 8 ? " ..." : "");
+}
+
+struct req {
+    std::vector<int32_t>    prompt;
+    minicpm_sampling_params sp;
+    std::vector<int32_t>    stop;  // extra stop ids
+};
+
+struct outcome {
+    std::vector<int32_t> tokens;
+    int32_t              finish = -1;
+    bool operator==(const outcome & o) const { return tokens == o.tokens && finish == o.finish; }
+};
+
+// Submits every request at once and collects each one's tokens and finish reason.
+static std::vector<outcome> run_all(scheduler & s, const std::vector<req> & reqs) {
+    std::vector<uint64_t> ids;
+    for (const req & r : reqs)
+        ids.push_back(s.submit(r.prompt.data(), int32_t(r.prompt.size()), &r.sp, r.stop.data(),
+                               int32_t(r.stop.size()), nullptr, nullptr, 0));
+    std::vector<outcome> out;
+    for (uint64_t id : ids) {
+        outcome       o;
+        minicpm_event buf[16];
+        const auto    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+        while (std::chrono::steady_clock::now() < deadline && o.finish < 0) {
+            const int32_t n = s.drain(id, buf, 16, nullptr);
+            for (int32_t i = 0; i < n; ++i) {
+                if (buf[i].token >= 0) o.tokens.push_back(buf[i].token);
+                if (buf[i].finish_reason != MINICPM_FINISH_NONE) o.finish = buf[i].finish_reason;
+            }
+            if (n == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+        out.push_back(o);
+    }
+    return out;
+}
+
+static int32_t total_tokens(const std::vector<outcome> & o) {
+    int32_t n = 0;
+    for (const auto & x : o) n += int32_t(x.tokens.size());
+    return n;
+}
+
+// A batch of mixed sequences: greedy of several lengths, sampled with penalties, one with a stop id that the
+// plain run reaches mid-generation (filled in once the plain output is known).
+static std::vector<req> mixed_requests(int32_t len) {
+    std::vector<req> r;
+    r.push_back({prompt_of(21, 1), greedy(len), {}});
+    r.push_back({prompt_of(47, 2), greedy(len / 2 + 3), {}});
+    r.push_back({prompt_of(9, 3), hot(len, 7), {}});
+    r.push_back({prompt_of(70, 4), greedy(len), {}});
+    r.push_back({prompt_of(33, 5), hot(len - 5, 99), {}});
+    return r;
+}
+
+static void test_layout() {
+    draft_tree t;
+    //         node: 0      1      2      3      4
+    for (auto [tok, par] : {std::pair{10, -1}, {11, -1}, {12, 0}, {13, 2}, {14, 1}}) t.add(tok, par);
+    std::vector<uint64_t> mask(6);
+    std::vector<int32_t>  pos(6);
+    const bool chain = minicpm::draft_tree_layout(t, 40, mask.data(), pos.data());
+    // rows: 0 root, 1..5 nodes 0..4
+    const bool ok = !chain && mask[0] == 0 && mask[1] == 1 && mask[2] == 1 && mask[3] == 0b11 && mask[4] == 0b1011 &&
+                    mask[5] == 0b101 && pos[0] == 40 && pos[1] == 41 && pos[3] == 42 && pos[4] == 43 && pos[5] == 42;
+    CHECK(ok, "tree layout: masks %llx %llx %llx %llx %llx, positions %d %d %d %d %d", (unsigned long long) mask[1],
+          (unsigned long long) mask[2], (unsigned long long) mask[3], (unsigned long long) mask[4],
+          (unsigned long long) mask[5], pos[1], pos[2], pos[3], pos[4], pos[5]);
+    draft_tree c;
+    for (int32_t i = 0; i < 4; ++i) c.add(5 + i, i - 1);
+    CHECK(minicpm::draft_tree_layout(c, 0, mask.data(), pos.data()) && pos[4] == 4, "a chain is laid out causally");
+    draft_tree bad = t;
+    bad.parents[3] = 3;  // names itself
+    const int32_t k1 = minicpm::draft_tree_clip(bad, 512, 63, 8);
+    draft_tree deep = t;
+    const int32_t k2 = minicpm::draft_tree_clip(deep, 512, 63, 2);  // node 3 has depth 3
+    draft_tree oob = t;
+    oob.tokens[1] = 512;
+    const int32_t k3 = minicpm::draft_tree_clip(oob, 512, 63, 8);
+    draft_tree many = t;
+    const int32_t k4 = minicpm::draft_tree_clip(many, 512, 2, 8);
+    CHECK(k1 == 3 && k2 == 3 && k3 == 1 && k4 == 2,
+          "clip keeps the valid prefix: bad parent -> %d, depth > 2 -> %d, token out of range -> %d, max 2 nodes -> %d",
+          k1, k2, k3, k4);
+}
+
+// Oracle trees: the plain continuation is known; the drafter hides it among wrong siblings.
+class oracle_drafter final : public minicpm::drafter {
+  public:
+    std::map<uint64_t, std::vector<int32_t>> oracle;  // request id -> prompt + plain output
+    std::atomic<int32_t>                     calls{0}, released{0};
+    void draft(uint64_t id, const int32_t * toks, int32_t n, int32_t max_nodes, int32_t max_depth,
+               draft_tree & out) override {
+        out.clear();
+        const std::vector<int32_t> & o = oracle[id];
+        const int32_t c = calls++;
+        // Level by level: k wrong siblings then the right node (its position varies with the call), up to depth 4.
+        int32_t parent = -1;
+        for (int32_t d = 0; d < 4 && d < max_depth && n + d < int32_t(o.size()); ++d) {
+            const int32_t right = o[size_t(n + d)];
+            const int32_t n_wrong = (c + d) % 3;
+            for (int32_t w = 0; w < n_wrong && out.size() < max_nodes; ++w) {
+                out.add((right + 1 + w) % 500, parent);
+                if (w == 0 && out.size() < max_nodes) out.add((right + 7) % 500, out.size() - 1);  // a wrong branch below
+            }
+            if (out.size() >= max_nodes) break;
+            // Every 5th call the third level is wrong: the path stops there.
+            out.add(c % 5 == 4 && d == 2 ? (right + 3) % 500 : right, parent);
+            parent = out.size() - 1;
+        }
+        (void) toks;
+    }
+    void release(uint64_t) override { released++; }
+};
+
+static void test_oracle_trees() {
+    std::vector<req> reqs = mixed_requests(48);
+    std::vector<outcome> plain, drafted;
+    std::atomic<int32_t> plain_steps{0}, drafted_steps{0};
+    {
+        scheduler s(*g_model, engine_params(), reference());
+        s.set_step_observer([&](const minicpm::step_trace &) { plain_steps++; });
+        plain = run_all(s, reqs);
+    }
+    // A stop id reached mid-generation by request 3; a second plain run with it.
+    const int32_t stop_tok = plain[3].tokens[20];
+    reqs[3].stop = {stop_tok};
+    {
+        scheduler s(*g_model, engine_params(), reference());
+        plain = run_all(s, reqs);
+    }
+    auto od = std::make_shared<oracle_drafter>();
+    for (size_t i = 0; i < reqs.size(); ++i) {
+        std::vector<int32_t> o = reqs[i].prompt;
+        o.insert(o.end(), plain[i].tokens.begin(), plain[i].tokens.end());
+        od->oracle[uint64_t(i + 1)] = o;
+    }
+    struct minicpm_engine_stats st{};
+    {
+        scheduler s(*g_model, engine_params(), reference());
+        s.set_drafter(od, 16);
+        s.set_step_observer([&](const minicpm::step_trace &) { drafted_steps++; });
+        drafted = run_all(s, reqs);
+        s.stats(st);
+    }
+    CHECK(drafted == plain && plain[3].finish == MINICPM_FINISH_STOP && plain[3].tokens.back() == stop_tok &&
+              plain[1].finish == MINICPM_FINISH_LENGTH,
+          "oracle trees (right node among wrong siblings and branches, every 5th tree wrong at depth 3): output == "
+          "plain for %d tokens in %zu requests (greedy x3 incl. one ending on stop id %d after %zu tokens, sampled x2); "
+          "plain [%s]",
+          total_tokens(plain), reqs.size(), stop_tok, plain[3].tokens.size(), str(plain[0].tokens).c_str());
+    CHECK(drafted_steps < plain_steps && od->released == int32_t(reqs.size()) && st.kv_tokens_used == 0,
+          "oracle trees: %d steps vs %d plain, drafter released %d requests, kv used after %d", drafted_steps.load(),
+          plain_steps.load(), od->released.load(), st.kv_tokens_used);
+    std::printf("     spec stats: %llu verifies, %llu nodes drafted, %llu kept; kept at depth 1..4: %llu %llu %llu %llu\n",
+                (unsigned long long) st.n_spec_verifies, (unsigned long long) st.n_spec_drafted,
+                (unsigned long long) st.n_spec_accepted, (unsigned long long) st.n_spec_at_depth[0],
+                (unsigned long long) st.n_spec_at_depth[1], (unsigned long long) st.n_spec_at_depth[2],
+                (unsigned long long) st.n_spec_at_depth[3]);
+}
+
+// Records the depth of each tree the inner drafter proposes.
+class recording_drafter final : public minicpm::drafter {
+  public:
+    explicit recording_drafter(std::unique_ptr<minicpm::drafter> in) : in_(std::move(in)) {}
+    int64_t n_trees = 0, sum_depth = 0, sum_nodes = 0;
+    void draft(uint64_t id, const int32_t * t, int32_t n, int32_t mn, int32_t md, draft_tree & out) override {
+        in_->draft(id, t, n, mn, md, out);
+        int32_t depth = 0;
+        for (int32_t i = 0; i < out.size(); ++i) depth = std::max(depth, out.depth(i));
+        n_trees += out.size() > 0;
+        sum_depth += depth;
+        sum_nodes += out.size();
+    }
+    void release(uint64_t id) override { in_->release(id); }
+
+  private:
+    std::unique_ptr<minicpm::drafter> in_;
+};
+
+// expect_all: the drafter is the target and every request greedy: each verify keeps the whole drafted depth.
+static void test_model_drafter(const minicpm::model & draft_model, const char * label, const minicpm::tree_shape & shape,
+                               bool expect_all) {
+    std::vector<req> reqs = mixed_requests(96);
+    if (expect_all)
+        for (req & r : reqs) r.sp = greedy(r.sp.n_max_tokens);
+    std::vector<outcome> plain, drafted;
+    int32_t plain_steps = 0, drafted_steps = 0;
+    {
+        scheduler s(*g_model, engine_params(), reference());
+        s.set_step_observer([&](const minicpm::step_trace &) { plain_steps++; });
+        plain = run_all(s, reqs);
+    }
+    struct minicpm_engine_stats st{};
+    int64_t n_trees = 0, sum_depth = 0, sum_nodes = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    {
+        scheduler s(*g_model, engine_params(), reference());
+        auto md = std::make_unique<minicpm::model_drafter>(draft_model, g_model->config().n_vocab, s.backend_ref(),
+                                                            minicpm::dtype::f32, 64, shape);
+        auto rd = std::make_shared<recording_drafter>(std::move(md));
+        s.set_drafter(rd, shape.tree_size - 1);
+        s.set_step_observer([&](const minicpm::step_trace &) { drafted_steps++; });
+        drafted = run_all(s, reqs);
+        s.stats(st);
+        n_trees = rd->n_trees, sum_depth = rd->sum_depth, sum_nodes = rd->sum_nodes;
+    }
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double mean_accept = st.n_spec_verifies ? double(st.n_spec_accepted + st.n_spec_verifies) / double(st.n_spec_verifies) : 0.0;
+    CHECK(drafted == plain, "%s drafter (tree %d/%d/%d): output == plain for %d tokens in %zu requests (%s); %d "
+          "steps vs %d plain, %.0f ms",
+          label, shape.num_iter, shape.top_k, shape.tree_size, total_tokens(plain), reqs.size(),
+          expect_all ? "greedy x5" : "greedy x3, sampled+penalties x2", drafted_steps,
+          plain_steps, ms);
+    std::string depth_rates;
+    for (int32_t d = 0; d < shape.num_iter && d < MINICPM_SPEC_MAX_DEPTH; ++d) {
+        char b[32];
+        std::snprintf(b, sizeof(b), " %.2f", st.n_spec_verifies ? double(st.n_spec_at_depth[d]) / double(st.n_spec_verifies) : 0.0);
+        depth_rates += b;
+    }
+    if (expect_all) {
+        CHECK(int64_t(st.n_spec_accepted) == sum_depth && n_trees == int64_t(st.n_spec_verifies) && n_trees > 0,
+              "%s drafter accepts every drafted level: %llu drafts kept == %lld tree depths summed over %lld trees "
+              "(%lld nodes); mean accept length %.2f; per-depth acceptance%s",
+              label, (unsigned long long) st.n_spec_accepted, (long long) sum_depth, (long long) n_trees,
+              (long long) sum_nodes, mean_accept, depth_rates.c_str());
+    } else {
+        CHECK(st.n_spec_verifies > 0 && int64_t(st.n_spec_accepted) <= sum_depth,
+              "%s drafter: %llu verifies, %lld nodes drafted, %llu kept (of %lld levels drafted); mean accept length "
+              "%.2f; per-depth acceptance%s", label, (unsigned long long) st.n_spec_verifies, (long long) sum_nodes,
+              (unsigned long long) st.n_spec_accepted, (long long) sum_depth, mean_accept, depth_rates.c_str());
+    }
+    CHECK(st.kv_tokens_used == 0 && st.n_running == 0, "%s drafter: kv used after %d", label, st.kv_tokens_used);
+}
+
+static std::unique_ptr<minicpm::model> load(const std::string & dir) {
+    return minicpm::model::load(dir, true, MINICPM_BACKEND_CPU);
+}
+
+int main() {
+    const std::string dir = minicpm_test::make_temp_dir("spec");
+    std::filesystem::create_directories(dir + "/target");
+    std::filesystem::create_directories(dir + "/weak");
+    minicpm_test::tiny_model_spec spec;
+    spec.tie_word_embeddings = false;
+    spec.weight_std = 0.25f;
+    minicpm_test::write_tiny_model(dir + "/target", spec);
+    minicpm_test::tiny_model_spec weak = spec;
+    weak.seed = 777;
+    weak.n_layer = 1;
+    minicpm_test::write_tiny_model(dir + "/weak", weak);
+    try {
+        std::unique_ptr<minicpm::model> target = load(dir + "/target");
+        std::unique_ptr<minicpm::model> weak_model = load(dir + "/weak");
+        g_model = target.get();
+
+        test_layout();
+        test_oracle_trees();
+        minicpm::tree_shape shape;  // CPM.cu CLI defaults 2 / 10 / 12
+        test_model_drafter(*target, "target-as-draft", shape, false);
+        test_model_drafter(*target, "target-as-draft", shape, true);
+        minicpm::tree_shape deep{4, 4, 16};
+        test_model_drafter(*target, "target-as-draft", deep, true);
+        test_model_drafter(*weak_model, "weak (other random model)", shape, false);
+        test_model_drafter(*weak_model, "weak (other random model)", deep, false);
+    } catch (const std::exception & e) {
+        CHECK(false, "unexpected exception: %s", e.what());
+    }
+    minicpm_test::remove_dir(dir);
+    return minicpm_test::finish();
+}

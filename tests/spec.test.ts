@@ -1,0 +1,96 @@
+/**
+ * Speculative decoding through the library and the server: `draft` (the target itself as the draft model, so
+ * every greedy draft is confirmed) gives the plain greedy tokens, fewer engine steps, acceptance statistics in
+ * stats(), the native timings and /metrics; `speculative: false` opts one request out; an EAGLE head directory
+ * is refused with a message.
+ */
+import { afterAll, beforeAll, expect, test } from 'bun:test'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import { loadModel, type Model } from '../src/index.ts'
+import { startServer, type RunningServer } from '../routes/server.ts'
+import { draftKind } from '../src/runtime/load.ts'
+import { cachedCheckpoint } from './helpers/checkpoints.ts'
+import { LOAD_TIMEOUT_MS } from './helpers/server-model.ts'
+
+const dir = cachedCheckpoint('server-tiny', { preset: 'tiny', seed: 5 })
+let plain: Model
+let spec: Model
+let srv: RunningServer
+beforeAll(async () => {
+  plain = await loadModel(dir, { nCtx: 256, nThreads: 2 })
+  spec = await loadModel(dir, { nCtx: 256, nThreads: 2, draft: dir, draftNumIter: 3, draftTopK: 4, draftTreeSize: 12 })
+  srv = await startServer({ model: spec, port: 0, quiet: true })
+}, LOAD_TIMEOUT_MS)
+afterAll(async () => {
+  await srv?.stop()
+  spec?.dispose()
+  plain?.dispose()
+})
+
+async function tokens(model: Model, prompt: string, extra: { speculative?: boolean } = {}) {
+  const out: number[] = []
+  let timings: unknown
+  for await (const ev of model.generate({ prompt, maxTokens: 40, temperature: 0, ignoreEos: true, ...extra })) {
+    if (ev.type === 'delta') out.push(...ev.tokens)
+    if (ev.type === 'finish') timings = ev.timings
+  }
+  return { out, timings: timings as { meanAcceptLength?: number; specVerifies?: number } }
+}
+
+test('greedy with the target as draft == plain greedy, fewer steps, every draft level accepted', async () => {
+  const prompts = ['Hello there', 'The quick brown fox', 'One two three four five six']
+  const steps0 = spec.stats().steps
+  for (const p of prompts) {
+    const a = await tokens(plain, p)
+    const b = await tokens(spec, p)
+    expect(b.out).toEqual(a.out)
+    expect(b.out.length).toBe(40)
+    // 3 levels + the bonus token per verify, except where max_tokens clips the tree.
+    expect(b.timings.meanAcceptLength!).toBeGreaterThan(3)
+    console.log(`  ${JSON.stringify(p)}: ${b.out.length} tokens, timings ${JSON.stringify(b.timings)}`)
+  }
+  const st = spec.stats()
+  console.log(
+    `  engine: ${st.steps - steps0} steps for ${3 * 40} tokens; mean accept ${st.specMeanAcceptLength.toFixed(2)}, ` +
+      `per depth ${st.specDepthAcceptance.slice(0, 3).map((x) => x.toFixed(2))}`,
+  )
+  expect(st.steps - steps0).toBeLessThan(3 * 40)
+  expect(st.specDepthAcceptance[0]).toBe(1)
+})
+
+test('speculative: false opts a request out', async () => {
+  const before = spec.stats().specVerifies
+  const r = await tokens(spec, 'Hello there', { speculative: false })
+  expect(r.out).toEqual((await tokens(plain, 'Hello there')).out)
+  expect(r.timings.specVerifies).toBeUndefined()
+  expect(spec.stats().specVerifies).toBe(before)
+})
+
+test('native timings and /metrics carry the acceptance statistics; the body flag opts out', async () => {
+  const post = (body: object) =>
+    fetch(`${srv.url}/generate`, { method: 'POST', body: JSON.stringify({ ...body, stream: false }) }).then((r) =>
+      r.json(),
+    ) as Promise<{ timings: Record<string, number> }>
+  const on = await post({ prompt: 'Hi', max_tokens: 20, temperature: 0, ignore_eos: true })
+  const off = await post({ prompt: 'Hi', max_tokens: 20, temperature: 0, ignore_eos: true, speculative: false })
+  console.log(`  /generate timings: ${JSON.stringify(on.timings)}`)
+  expect(on.timings.mean_accept_length).toBeGreaterThan(2)
+  expect(on.timings.spec_verifies).toBeGreaterThan(0)
+  expect(off.timings.spec_verifies).toBeUndefined()
+  const metrics = await fetch(`${srv.url}/metrics`).then((r) => r.text())
+  const line = metrics.split('\n').find((l) => l.startsWith('minicpm:spec_decode_mean_accept_length'))
+  console.log(`  ${line}`)
+  expect(Number(line!.split(' ')[1])).toBeGreaterThan(2)
+  expect(metrics).toContain('minicpm:spec_decode_depth_acceptance{depth="1"} 1')
+})
+
+test('an EAGLE head directory is detected and refused with a message', async () => {
+  expect(draftKind({ architectures: ['LlamaForCausalLM'] })).toBe('llm')
+  expect(draftKind({ architectures: ['MiniCPMEagle'] })).toBe('eagle')
+  const eagle = join(tmpdir(), `eagle-${process.pid}`)
+  mkdirSync(eagle, { recursive: true })
+  writeFileSync(join(eagle, 'config.json'), JSON.stringify({ architectures: ['EagleForCausalLM'] }))
+  await expect(loadModel(dir, { draft: eagle })).rejects.toThrow(/EAGLE heads are not supported yet/)
+})
