@@ -161,6 +161,8 @@ export class Histogram implements Metric {
 /** Holds metrics in registration order and renders them all. */
 export class Registry {
   private metrics: Metric[] = []
+  /** Called once at the start of every render (e.g. to take one snapshot that all series of a scrape read). */
+  onScrape: (() => void) | null = null
 
   counter(name: string, help: string): Counter {
     return this.add(new Counter(name, help))
@@ -201,6 +203,7 @@ export class Registry {
 
   /** The text exposition format, ending in a newline. */
   render(): string {
+    this.onScrape?.()
     const out: string[] = []
     for (const m of this.metrics) {
       out.push(`# HELP ${m.name} ${m.help}`, `# TYPE ${m.name} ${m.type}`, ...m.render())

@@ -36,14 +36,12 @@ export const KV_BLOCK_SIZE = 64
 /** Registers every series; `source` gives the engine stats (absent while the model loads). */
 export function createServerMetrics(raw: StatsSource) {
   const r = new Registry()
-  // One engine snapshot per scrape: the engine runs on, and series of one scrape must agree with each other
-  // (a scrape renders synchronously, well within the memo's lifetime).
-  let memo: { t: number; s: EngineStats } | null = null
-  const snapshot = (m: NonNullable<StatsSource['model']>): EngineStats => {
-    const now = performance.now()
-    if (!memo || now - memo.t > 5) memo = { t: now, s: m.stats() }
-    return memo.s
+  // One engine snapshot per scrape: the engine runs on, and the series of one scrape must agree.
+  let memo: EngineStats | null = null
+  r.onScrape = () => {
+    memo = null
   }
+  const snapshot = (m: NonNullable<StatsSource['model']>): EngineStats => (memo ??= m.stats())
   const source: StatsSource = {
     get model() {
       const m = raw.model
