@@ -27,14 +27,14 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     return end == size;
 }
 
-#define MODEL_PARAMS(F, T) F(T, size) F(T, n_threads) F(T, backend) F(T, use_mmap) F(T, pad_)
+#define MODEL_PARAMS(F, T) F(T, size) F(T, n_threads) F(T, backend) F(T, use_mmap) F(T, pad_) F(T, sparse)
 #define MODEL_INFO(F, T)                                                                                              \
     F(T, size) F(T, n_vocab) F(T, n_ctx_train) F(T, n_embd) F(T, n_layer) F(T, n_head) F(T, n_head_kv)                \
     F(T, n_head_dim) F(T, n_ff) F(T, bos_token_id) F(T, n_eos) F(T, eos_token_ids) F(T, weight_dtype)                 \
     F(T, tied_head) F(T, pad_) F(T, rms_norm_eps) F(T, rope_theta) F(T, scale_emb) F(T, residual_scale)               \
     F(T, logit_divisor) F(T, rope_mscale) F(T, pad1_) F(T, n_params) F(T, weight_bytes)                               \
-    F(T, kv_bytes_per_token) F(T, backend) F(T, sparse_config) F(T, quantization_config) F(T, pad2_)                  \
-    F(T, backend_name)
+    F(T, kv_bytes_per_token) F(T, backend) F(T, sparse_config) F(T, quantization_config) F(T, sparse_attention)       \
+    F(T, pad2_) F(T, backend_name)
 #define CONTEXT_PARAMS(F, T)                                                                                          \
     F(T, size) F(T, n_ctx) F(T, n_seq_max) F(T, n_threads) F(T, kv_dtype) F(T, n_chunk) F(T, use_reference)           \
     F(T, pad_)

@@ -90,7 +90,7 @@ int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params *
         if (p.n_threads < 0)
             fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: n_threads " + std::to_string(p.n_threads) + " < 0");
         std::unique_ptr<minicpm_model> m(new minicpm_model());
-        m->impl = model::load(dir, p.use_mmap != 0, p.backend);
+        m->impl = model::load(dir, p.use_mmap != 0, p.backend, p.sparse);
         *out = m.release();
         return MINICPM_STATUS_OK;
     });
@@ -132,10 +132,13 @@ int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_i
         info.rope_mscale = c.rope_mscale();
         info.n_params = w.n_params;
         info.weight_bytes = w.n_bytes;
-        // BF16 is the engine's default KV dtype.
+        // BF16 is the engine's default KV dtype; the compressed keys of sparse attention are included.
         info.kv_bytes_per_token = kv_pool::bytes_per_block(c, dtype::bf16) / MINICPM_KV_BLOCK_SIZE;
         info.backend = int32_t(model->impl->backend_type());
         info.sparse_config = c.sparse.present ? 1 : 0;
+        info.sparse_attention = uint8_t(!c.sparse.enabled                          ? MINICPM_SPARSE_OFF
+                                        : c.sparse.variant == sparse_variant::v2 ? MINICPM_SPARSE_V2
+                                                                                 : MINICPM_SPARSE_HF);
         info.quantization_config = c.quant.present ? 1 : 0;
         std::snprintf(info.backend_name, sizeof(info.backend_name), "%s",
                       backend_kind_name(model->impl->backend_type()));

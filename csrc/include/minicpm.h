@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function signature or struct layout changes. */
-#define MINICPM_ABI_VERSION 2
+#define MINICPM_ABI_VERSION 3
 
 /* Fixed maxima that size the arrays inside the ABI structs. */
 #define MINICPM_MAX_TOP_LOGPROBS 20 /* top-n alternatives carried by one event      */
@@ -80,6 +80,17 @@ enum minicpm_backend {
     MINICPM_BACKEND_CUDA = 2
 };
 
+/* InfLLM v2 sparse attention (MiniCPM4 "sparse_config"), chosen per load. AUTO follows config.json: on, variant
+ * HF, when it has a sparse_config. HF / V2 turn it on with that block-selection variant (HF: the released
+ * modeling file; V2: the later infllm_v2 kernels), using the model card's sparse_config when config.json has
+ * none; OFF runs dense attention at every length. */
+enum minicpm_sparse_mode {
+    MINICPM_SPARSE_AUTO = 0,
+    MINICPM_SPARSE_OFF  = 1,
+    MINICPM_SPARSE_HF   = 2,
+    MINICPM_SPARSE_V2   = 3
+};
+
 /* ---------------------------------------------------------------------------------------------------------
  * Library
  * ------------------------------------------------------------------------------------------------------- */
@@ -122,6 +133,7 @@ struct minicpm_model_params {
     int32_t  backend;   /* enum minicpm_backend; default AUTO. Contexts and engines use the model's    */
     uint8_t  use_mmap;  /* 1 (default): weights stay in the page cache; 0: read into private memory    */
     uint8_t  pad_[3];
+    int32_t  sparse;    /* enum minicpm_sparse_mode; default AUTO                                      */
 };
 
 struct minicpm_model_info {
@@ -149,11 +161,13 @@ struct minicpm_model_info {
     uint8_t  pad1_[4];
     uint64_t n_params;          /* parameter count                                                     */
     uint64_t weight_bytes;      /* bytes of all weight tensors as stored                               */
-    uint64_t kv_bytes_per_token;/* KV cache bytes for one token of one sequence (at the engine's dtype) */
+    uint64_t kv_bytes_per_token;/* KV cache bytes for one token of one sequence at the engine's default   */
+                                /* dtype (BF16), including the sparse-attention compressed keys (f32)  */
     int32_t  backend;           /* enum minicpm_backend the model runs on (never AUTO)                 */
-    uint8_t  sparse_config;     /* 1 when config.json has a sparse_config (see minicpm_model_warnings)  */
+    uint8_t  sparse_config;     /* 1 when config.json has a sparse_config                               */
     uint8_t  quantization_config; /* 1 when config.json has a quantization_config                     */
-    uint8_t  pad2_[2];
+    uint8_t  sparse_attention;  /* InfLLM v2 as loaded: enum minicpm_sparse_mode OFF, HF or V2            */
+    uint8_t  pad2_[1];
     char     backend_name[32];  /* NUL-terminated, e.g. "cpu"                                           */
 };
 

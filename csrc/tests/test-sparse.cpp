@@ -1,0 +1,561 @@
+// InfLLM v2 sparse attention (INFLLM_V2.md) on the CPU backends:
+//   1. compressed keys (C1, C2) kept incrementally in the KV pool's side storage equal an independent batch
+//      computation at every length (chunk sizes and truncations not aligned to the stride), for the reference
+//      and the fast ops;
+//   2. with topk covering every block, sparse attention equals dense attention;
+//   3. the reference op equals an independent float64 implementation of steps 1-9 written here from raw K/V
+//      arrays (selections equal up to near-ties, outputs within tolerance), variants hf / v2, lse c1 / c2,
+//      group sizes 8 and 16;
+//   4. every fast kernel family equals the reference: block selections identical, outputs within tolerance, in
+//      prefill, chunked prefill and batched decode, group sizes 8 and 16;
+//   5. outputs do not depend on the chunking of a prompt (bitwise);
+//   6. tree masks are refused with a clear error.
+#include "core/backend.h"
+#include "core/status.h"
+#include "cpu/ops-fast.h"
+#include "model/kv-cache.h"
+#include "model/minicpm4.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace minicpm;
+
+namespace {
+
+int          g_failures = 0, g_cases = 0;
+std::mt19937 g_rng(4242);
+
+void expect(bool ok, const std::string & what) {
+    ++g_cases;
+    if (!ok) ++g_failures;
+    std::printf("%-4s %s\n", ok ? "ok" : "FAIL", what.c_str());
+}
+
+std::vector<float> randn(size_t n, float sd = 1.0f) {
+    std::normal_distribution<float> d(0.0f, sd);
+    std::vector<float> v(n);
+    for (auto & x : v) x = d(g_rng);
+    return v;
+}
+
+struct shape {
+    int32_t nh, nkv, hd;
+};
+
+model_config make_cfg(const shape & sh, const sparse_attn_params & sp) {
+    model_config c;
+    c.n_layer = 1;
+    c.n_head = sh.nh;
+    c.n_head_kv = sh.nkv;
+    c.n_head_dim = sh.hd;
+    c.n_embd = sh.nh * sh.hd;
+    c.sparse.present = c.sparse.enabled = true;
+    c.sparse.kernel_size = sp.kernel_size;
+    c.sparse.kernel_stride = sp.kernel_stride;
+    c.sparse.init_blocks = sp.init_blocks;
+    c.sparse.window_size = sp.window_blocks * 64;
+    c.sparse.topk = sp.topk;
+    c.sparse.dense_len = sp.dense_len;
+    c.sparse.variant = sp.variant;
+    c.sparse.lse = sp.lse;
+    return c;
+}
+
+std::vector<std::pair<std::string, std::unique_ptr<backend>>> all_backends() {
+    std::vector<std::pair<std::string, std::unique_ptr<backend>>> out;
+    backend_options o;
+    o.reference = true;
+    o.n_threads = 2;
+    out.emplace_back("reference", make_backend(backend_kind::cpu, o));
+    const cpu_kernel_table * v[8];
+    const int n = std::min(cpu_kernel_variants(v, 8), 8);
+    for (int i = 0; i < n; ++i) {
+        backend_options f;
+        f.kernels = v[i]->name;
+        f.n_threads = 2;
+        out.emplace_back(v[i]->name, make_backend(backend_kind::cpu, f));
+    }
+    return out;
+}
+
+// One sequence (or several) in a one-layer pool, with the K/V rows kept on the host for the independent code.
+struct seq_state {
+    kv_seq             s;
+    std::vector<float> K, V;  // [n][nkv * hd]
+};
+
+// Appends rows [s.n_tokens, s.n_tokens + n) of the given K/V to a sequence and updates its compressed keys the
+// way forward() does (stale scan, compress, mark).
+void append(backend & be, kv_pool & pool, seq_state & st, const float * k, const float * v, int32_t n, int32_t w) {
+    if (!kv_seq_prepare(pool, st.s, st.s.n_tokens, st.s.n_tokens + n)) fail(MINICPM_STATUS_INTERNAL, "pool dry");
+    kv_segment sg;
+    sg.n_rows = n;
+    sg.n_past = st.s.n_tokens;
+    sg.blocks = st.s.blocks.data();
+    be.kv_store(pool.layer(0), k, v, &sg, 1);
+    const int32_t from = sparse_stale_from(pool, sg);
+    be.kv_compress(pool.compressed(0), pool.layer(0), &sg, &from, 1);
+    sparse_mark_valid(pool, sg, from);
+    st.s.n_tokens += n;
+    st.K.insert(st.K.end(), k, k + int64_t(n) * w);
+    st.V.insert(st.V.end(), v, v + int64_t(n) * w);
+}
+
+// ---- the independent float64 implementation (INFLLM_V2.md steps 1-9 from raw arrays) ------------------------
+
+struct indep_result {
+    std::vector<char>   sel;    // [qb + 1]
+    std::vector<double> R;      // pooled scores after forcing
+    double              kth = 0;  // the K-th ranked R (selection boundary)
+};
+
+std::vector<double> indep_mean(const std::vector<float> & K, int32_t w, int32_t h, int32_t hd, int32_t start,
+                               int32_t ks) {
+    std::vector<double> m(size_t(hd), 0.0);
+    for (int32_t i = 0; i < ks; ++i)
+        for (int32_t d = 0; d < hd; ++d) m[size_t(d)] += K[size_t(start + i) * w + size_t(h) * hd + d];
+    for (double & x : m) x /= ks;
+    return m;
+}
+
+indep_result indep_select(const std::vector<float> & K, const float * qrow, const shape & sh, int32_t g, int32_t p,
+                          const sparse_attn_params & sp) {
+    const int32_t w = sh.nkv * sh.hd, G = sh.nh / sh.nkv, qb = p / 64, nb = qb + 1, L = sp.window_blocks;
+    const double  scale = 1.0 / std::sqrt(double(sh.hd));
+    indep_result  r;
+    r.sel.assign(size_t(nb), 0);
+    r.R.assign(size_t(nb), 0);
+    if (p + 1 < sp.dense_len) {
+        std::fill(r.sel.begin(), r.sel.end(), 1);
+        return r;
+    }
+    const int32_t ks = sp.kernel_size, st = sp.kernel_stride;
+    // Visible kernels: st*j + ks - 1 <= p.
+    std::vector<std::vector<double>> C1, C2;
+    for (int32_t j = 0; st * j + ks - 1 <= p; ++j) C1.push_back(indep_mean(K, w, g, sh.hd, st * j, ks));
+    for (int32_t j = 0; 4 * st * j + 4 * ks - 1 <= p; ++j) C2.push_back(indep_mean(K, w, g, sh.hd, 4 * st * j, 4 * ks));
+    const size_t n1 = C1.size();
+    std::vector<double> S(n1, 0.0);
+    for (int32_t hh = 0; hh < G; ++hh) {
+        const float * q = qrow + size_t(g * G + hh) * sh.hd;
+        auto score = [&](const std::vector<double> & c) {
+            double a = 0;
+            for (int32_t d = 0; d < sh.hd; ++d) a += double(q[d]) * c[size_t(d)];
+            return a * scale;
+        };
+        const auto & lv = sp.lse == sparse_lse::c2 ? C2 : C1;
+        if (lv.empty()) continue;
+        double m = -INFINITY, sum = 0;
+        for (const auto & c : lv) m = std::max(m, score(c));
+        for (const auto & c : lv) sum += std::exp(score(c) - m);
+        const double lse = m + std::log(sum);
+        for (size_t j = 0; j < n1; ++j) S[j] += std::exp(score(C1[j]) - lse);
+    }
+    const int32_t ps = 64 / st;
+    for (int32_t b = 0; b < nb; ++b) {
+        double v = -INFINITY;
+        for (int32_t j = ps * b - 1; j <= ps * b + ps - 1; ++j)
+            if (j >= 0 && size_t(j) < n1) v = std::max(v, S[size_t(j)]);
+        if (sp.variant == sparse_variant::hf) {
+            if (b < sp.init_blocks) v = INFINITY;
+            else if (b > qb - L && b <= qb) v = -INFINITY;
+        } else if (b < sp.init_blocks || (b >= qb - L && b <= qb)) {
+            v = INFINITY;
+        }
+        r.R[size_t(b)] = v;
+    }
+    const int32_t K_ = std::min(sp.variant == sparse_variant::hf ? sp.topk : sp.topk + L, nb);
+    std::vector<int32_t> idx(static_cast<size_t>(nb), 0);
+    for (int32_t b = 0; b < nb; ++b) idx[size_t(b)] = b;
+    std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+        return r.R[size_t(a)] > r.R[size_t(b)] || (r.R[size_t(a)] == r.R[size_t(b)] && a < b);
+    });
+    r.kth = r.R[size_t(idx[size_t(K_ - 1)])];
+    for (int32_t i = 0; i < K_; ++i) {
+        const int32_t b = idx[size_t(i)];
+        if (sp.variant == sparse_variant::hf ? b < qb : b <= qb) r.sel[size_t(b)] = 1;
+    }
+    if (sp.variant == sparse_variant::hf)
+        for (int32_t b = std::max(0, qb - L + 1); b <= qb; ++b) r.sel[size_t(b)] = 1;
+    return r;
+}
+
+// Softmax attention of one head over the selected blocks' slots <= p.
+void indep_attend(double * o, const float * q, const std::vector<float> & K, const std::vector<float> & V,
+                  const shape & sh, int32_t g, int32_t p, const std::vector<char> & sel) {
+    const int32_t w = sh.nkv * sh.hd;
+    const double  scale = 1.0 / std::sqrt(double(sh.hd));
+    std::vector<int32_t> slots;
+    for (size_t b = 0; b < sel.size(); ++b)
+        if (sel[b])
+            for (int32_t t = int32_t(b) * 64; t < int32_t(b) * 64 + 64 && t <= p; ++t) slots.push_back(t);
+    std::vector<double> sc(slots.size());
+    double m = -INFINITY, sum = 0;
+    for (size_t i = 0; i < slots.size(); ++i) {
+        double a = 0;
+        for (int32_t d = 0; d < sh.hd; ++d) a += double(q[d]) * K[size_t(slots[i]) * w + size_t(g) * sh.hd + d];
+        sc[i] = a * scale;
+        m = std::max(m, sc[i]);
+    }
+    for (double & x : sc) sum += (x = std::exp(x - m));
+    for (int32_t d = 0; d < sh.hd; ++d) o[d] = 0;
+    for (size_t i = 0; i < slots.size(); ++i)
+        for (int32_t d = 0; d < sh.hd; ++d) o[d] += sc[i] / sum * V[size_t(slots[i]) * w + size_t(g) * sh.hd + d];
+}
+
+// ---- 1. compressed keys --------------------------------------------------------------------------------------
+
+void test_compression() {
+    const shape sh{4, 2, 16};
+    const int32_t w = sh.nkv * sh.hd;
+    for (const auto & geom : std::vector<std::pair<int32_t, int32_t>>{{32, 16}, {48, 16}, {64, 32}}) {
+        sparse_attn_params sp;
+        sp.kernel_size = geom.first;
+        sp.kernel_stride = geom.second;
+        const model_config cfg = make_cfg(sh, sp);
+        for (auto & [name, be] : all_backends()) {
+            kv_pool    pool(*be, cfg, dtype::f32, 64);
+            seq_state  st;
+            std::uniform_int_distribution<int32_t> chunk(1, 70);
+            int32_t checked = 0, truncations = 0;
+            double  max_err = 0;
+            bool    ok = true;
+            for (int32_t step = 0; step < 60; ++step) {
+                if (step % 13 == 12 && st.s.n_tokens > 10) {  // KV removal (cancel, rollback) at an odd length
+                    const int32_t keep = std::uniform_int_distribution<int32_t>(1, st.s.n_tokens - 1)(g_rng);
+                    kv_seq_truncate(pool, st.s, keep);
+                    st.K.resize(size_t(keep) * w);
+                    st.V.resize(size_t(keep) * w);
+                    ++truncations;
+                }
+                const int32_t n = std::min(chunk(g_rng), 1500 - st.s.n_tokens);
+                if (n <= 0) break;
+                const std::vector<float> k = randn(size_t(n) * w), v = randn(size_t(n) * w);
+                append(*be, pool, st, k.data(), v.data(), n, w);
+                // Every kernel complete so far equals the batch mean of its K rows.
+                const kv_compressed cc = pool.compressed(0);
+                for (const sparse_kernel_geom * g : {&cc.c1, &cc.c2})
+                    for (int32_t j = 0; j < g->count(st.s.n_tokens); ++j)
+                        for (int32_t h = 0; h < sh.nkv; ++h) {
+                            const std::vector<double> m = indep_mean(st.K, w, h, sh.hd, g->st * j, g->ks);
+                            const float * got = cc.at(*g, st.s.blocks.data(), h, j, sh.hd);
+                            for (int32_t d = 0; d < sh.hd; ++d) {
+                                const double e = std::fabs(double(got[d]) - m[size_t(d)]);
+                                max_err = std::max(max_err, e);
+                                if (!(e <= 1e-5)) ok = false;
+                            }
+                            ++checked;
+                        }
+            }
+            // The same rows compressed once (batch, from slot 0) give the same bits.
+            kv_pool   pool2(*be, cfg, dtype::f32, 64);
+            seq_state st2;
+            append(*be, pool2, st2, st.K.data(), st.V.data(), st.s.n_tokens, w);
+            const kv_compressed a = pool.compressed(0), b = pool2.compressed(0);
+            bool same = true;
+            for (const auto & lv : {std::make_pair(&a.c1, &b.c1), std::make_pair(&a.c2, &b.c2)})
+                for (int32_t j = 0; j < lv.first->count(st.s.n_tokens); ++j)
+                    for (int32_t h = 0; h < sh.nkv; ++h)
+                        same = same && std::memcmp(a.at(*lv.first, st.s.blocks.data(), h, j, sh.hd),
+                                                   b.at(*lv.second, st2.s.blocks.data(), h, j, sh.hd), sh.hd * 4) == 0;
+            char buf[256];
+            std::snprintf(buf, sizeof(buf),
+                          "compress %-10s ks %d st %d: incremental (chunks 1..70, %d truncations, final len %d) == "
+                          "batch mean at every length: %d kernel checks, max |err| %.2e (tol 1e-5); == one-shot "
+                          "bits: %s",
+                          name.c_str(), sp.kernel_size, sp.kernel_stride, truncations, st.s.n_tokens, checked, max_err,
+                          same ? "yes" : "NO");
+            expect(ok && same && checked > 0, buf);
+        }
+    }
+}
+
+// ---- attention helpers ---------------------------------------------------------------------------------------
+
+struct run_out {
+    std::vector<float>    out;  // [rows][nh * hd]
+    std::vector<uint64_t> sel;  // [rows][nkv][words]
+};
+
+// Fills one sequence with N random rows and runs sparse attention for the rows [N - n_rows, N) in chunks of
+// `chunk` (appending those rows chunk by chunk, as a chunked prefill does).
+run_out run_seq(backend & be, const model_config & cfg, const shape & sh, const sparse_attn_params & sp,
+                const std::vector<float> & K, const std::vector<float> & V, const std::vector<float> & Q, int32_t N,
+                int32_t n_rows, int32_t chunk, int32_t words, bool dense = false) {
+    const int32_t w = sh.nkv * sh.hd;
+    kv_pool   pool(be, cfg, dtype::f32, kv_blocks_for(N) + 2);
+    seq_state st;
+    const int32_t n0 = N - n_rows;
+    if (n0 > 0) append(be, pool, st, K.data(), V.data(), n0, w);
+    run_out r;
+    r.out.assign(size_t(n_rows) * sh.nh * sh.hd, 0.0f);
+    r.sel.assign(size_t(n_rows) * sh.nkv * words, 0);
+    for (int32_t c0 = 0; c0 < n_rows; c0 += chunk) {
+        const int32_t n = std::min(chunk, n_rows - c0);
+        const int32_t past = st.s.n_tokens;
+        append(be, pool, st, K.data() + size_t(past) * w, V.data() + size_t(past) * w, n, w);
+        kv_segment sg;
+        sg.n_rows = n;
+        sg.n_past = past;
+        sg.blocks = st.s.blocks.data();
+        const float * q = Q.data() + size_t(c0) * sh.nh * sh.hd;
+        if (dense)
+            be.attention(r.out.data() + size_t(c0) * sh.nh * sh.hd, q, pool.layer(0), &sg, 1, sh.nh,
+                         1.0f / std::sqrt(float(sh.hd)));
+        else
+            be.sparse_attention(r.out.data() + size_t(c0) * sh.nh * sh.hd, q, pool.layer(0), pool.compressed(0), &sg,
+                                1, sh.nh, 1.0f / std::sqrt(float(sh.hd)), sp,
+                                r.sel.data() + size_t(c0) * sh.nkv * words, words);
+    }
+    return r;
+}
+
+double max_abs_diff(const std::vector<float> & a, const std::vector<float> & b) {
+    double m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
+    return m;
+}
+
+std::string sp_name(const sparse_attn_params & sp) {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "%s/%s topk %d L %d init %d dense_len %d", sp.variant == sparse_variant::hf ? "hf" : "v2",
+                  sp.lse == sparse_lse::c1 ? "c1" : "c2", sp.topk, sp.window_blocks, sp.init_blocks, sp.dense_len);
+    return buf;
+}
+
+// ---- 2. topk covering every block == dense ------------------------------------------------------------------
+
+void test_all_blocks_is_dense() {
+    const shape sh{16, 2, 32};
+    const int32_t N = 1100, w = sh.nkv * sh.hd;
+    const std::vector<float> K = randn(size_t(N) * w), V = randn(size_t(N) * w), Q = randn(size_t(N) * sh.nh * sh.hd);
+    for (sparse_variant var : {sparse_variant::hf, sparse_variant::v2}) {
+        sparse_attn_params sp;
+        sp.variant = var;
+        sp.lse = var == sparse_variant::hf ? sparse_lse::c1 : sparse_lse::c2;
+        sp.window_blocks = 2;
+        sp.topk = 64;  // > 18 blocks
+        sp.dense_len = 0;  // every query sparse
+        const model_config cfg = make_cfg(sh, sp);
+        for (auto & [name, be] : all_backends()) {
+            const run_out s = run_seq(*be, cfg, sh, sp, K, V, Q, N, N, N, 1);
+            const run_out d = run_seq(*be, cfg, sh, sp, K, V, Q, N, N, N, 1, true);
+            const double e = max_abs_diff(s.out, d.out);
+            char buf[200];
+            std::snprintf(buf, sizeof(buf), "topk covers all (%s, %s): sparse == dense attention, %d rows, max |diff| %.2e (tol 1e-5)",
+                          sp_name(sp).c_str(), name.c_str(), N, e);
+            expect(e <= 1e-5, buf);
+        }
+    }
+}
+
+// ---- 3. reference == independent float64 implementation ------------------------------------------------------
+
+void test_vs_independent() {
+    for (const shape & sh : {shape{16, 2, 32}, shape{32, 2, 32}}) {  // G = 8 and G = 16
+        const int32_t N = 1400, n_rows = 500, w = sh.nkv * sh.hd, words = kv_blocks_for(N) / 64 + 1;
+        const std::vector<float> K = randn(size_t(N) * w), V = randn(size_t(N) * w);
+        const std::vector<float> Q = randn(size_t(n_rows) * sh.nh * sh.hd, 2.0f);
+        for (int variant = 0; variant < 4; ++variant) {
+            sparse_attn_params sp;
+            sp.variant = variant < 2 ? sparse_variant::hf : sparse_variant::v2;
+            sp.lse = variant % 2 == 0 ? sparse_lse::c1 : sparse_lse::c2;
+            sp.window_blocks = 3;
+            sp.topk = 4;
+            sp.dense_len = 1000;  // rows below it dense, above sparse
+            const model_config cfg = make_cfg(sh, sp);
+            backend_options o;
+            o.reference = true;
+            std::unique_ptr<backend> be = make_backend(backend_kind::cpu, o);
+            const run_out r = run_seq(*be, cfg, sh, sp, K, V, Q, N, n_rows, 200, words);
+            int32_t mismatched = 0, near_ties = 0, sparse_rows = 0, max_sel = 0;
+            double  max_err = 0;
+            for (int32_t i = 0; i < n_rows; ++i) {
+                const int32_t p = N - n_rows + i;
+                const float * qrow = Q.data() + size_t(i) * sh.nh * sh.hd;
+                sparse_rows += p + 1 >= sp.dense_len;
+                for (int32_t g = 0; g < sh.nkv; ++g) {
+                    const indep_result ir = indep_select(K, qrow, sh, g, p, sp);
+                    std::vector<char> got(ir.sel.size(), 0);
+                    const uint64_t * bits = r.sel.data() + (size_t(i) * sh.nkv + g) * words;
+                    for (size_t b = 0; b < got.size(); ++b) got[b] = (bits[b / 64] >> (b % 64)) & 1;
+                    int32_t n_on = 0;
+                    bool differs = false, tie_only = true;
+                    for (size_t b = 0; b < got.size(); ++b) {
+                        n_on += got[b];
+                        if (got[b] != ir.sel[b]) {
+                            differs = true;
+                            if (!(std::fabs(ir.R[b] - ir.kth) <= 1e-5 * std::max(1.0, std::fabs(ir.kth)))) tie_only = false;
+                        }
+                    }
+                    if (p + 1 >= sp.dense_len) max_sel = std::max(max_sel, n_on);
+                    if (differs) (tie_only ? near_ties : mismatched)++;
+                    // Output against the float64 attention over the engine's selection (equal to the independent
+                    // one unless a near-tie was resolved the other way).
+                    for (int32_t hh = 0; hh < sh.nh / sh.nkv; ++hh) {
+                        const int32_t h = g * (sh.nh / sh.nkv) + hh;
+                        std::vector<double> o(size_t(sh.hd));
+                        indep_attend(o.data(), qrow + size_t(h) * sh.hd, K, V, sh, g, p, got);
+                        for (int32_t d = 0; d < sh.hd; ++d)
+                            max_err = std::max(max_err, std::fabs(o[size_t(d)] -
+                                                                  r.out[(size_t(i) * sh.nh + h) * sh.hd + d]));
+                    }
+                }
+            }
+            char buf[300];
+            std::snprintf(buf, sizeof(buf),
+                          "reference == independent f64 (G %d, %s): %d rows (%d sparse, of 22 blocks at most %d attended), selections "
+                          "differing %d (+%d near-ties), max |out diff| %.2e (tol 1e-4)",
+                          sh.nh / sh.nkv, sp_name(sp).c_str(), n_rows, sparse_rows, max_sel, mismatched, near_ties,
+                          max_err);
+            expect(mismatched == 0 && max_err <= 1e-4 && sparse_rows > 0, buf);
+        }
+    }
+}
+
+// ---- 4 + 5. fast == reference; chunking invariance -----------------------------------------------------------
+
+void test_fast_vs_ref() {
+    for (const shape & sh : {shape{16, 2, 64}, shape{32, 2, 128}}) {  // 0.5B and 8B attention shapes (G 8, 16)
+        const int32_t N = 2400, n_rows = 160, w = sh.nkv * sh.hd, words = kv_blocks_for(N) / 64 + 1;
+        const std::vector<float> K = randn(size_t(N) * w), V = randn(size_t(N) * w);
+        const std::vector<float> Q = randn(size_t(n_rows) * sh.nh * sh.hd, 2.0f);
+        for (int variant = 0; variant < 2; ++variant) {
+            sparse_attn_params sp;
+            sp.variant = variant == 0 ? sparse_variant::hf : sparse_variant::v2;
+            sp.lse = variant == 0 ? sparse_lse::c1 : sparse_lse::c2;
+            sp.window_blocks = 4;
+            sp.topk = 8;
+            sp.dense_len = 2320;
+            const model_config cfg = make_cfg(sh, sp);
+            auto bes = all_backends();
+            // Prefill of the last n_rows rows as one chunk, chunked (61 rows), and as decode (1 row per step).
+            const run_out ref1 = run_seq(*bes[0].second, cfg, sh, sp, K, V, Q, N, n_rows, n_rows, words);
+            const run_out refc = run_seq(*bes[0].second, cfg, sh, sp, K, V, Q, N, n_rows, 61, words);
+            const bool inv = ref1.out == refc.out && ref1.sel == refc.sel;
+            expect(inv, "reference (G " + std::to_string(sh.nh / sh.nkv) + ", " + sp_name(sp) +
+                            "): one chunk == chunks of 61, bitwise");
+            for (size_t i = 1; i < bes.size(); ++i) {
+                for (int32_t chunk : {n_rows, 61, 1}) {
+                    const run_out f = run_seq(*bes[i].second, cfg, sh, sp, K, V, Q, N, n_rows, chunk, words);
+                    const double e = max_abs_diff(f.out, ref1.out);
+                    const bool same_sel = f.sel == ref1.sel;
+                    char buf[300];
+                    std::snprintf(buf, sizeof(buf),
+                                  "fast %-10s == reference (G %d hd %d, %s, ctx %d, %s): selections identical: %s, "
+                                  "max |out diff| %.2e (tol 2e-5)",
+                                  bes[i].first.c_str(), sh.nh / sh.nkv, sh.hd, sp_name(sp).c_str(), N,
+                                  chunk == n_rows ? "prefill" : chunk == 1 ? "decode" : "chunked prefill",
+                                  same_sel ? "yes" : "NO", e);
+                    expect(same_sel && e <= 2e-5, buf);
+                }
+            }
+        }
+    }
+}
+
+// Decode batched across sequences of different lengths: one row each, fast == reference.
+void test_batched_decode() {
+    const shape sh{32, 2, 128};
+    const int32_t w = sh.nkv * sh.hd;
+    sparse_attn_params sp;
+    sp.window_blocks = 4;
+    sp.topk = 8;
+    sp.dense_len = 1500;
+    const model_config cfg = make_cfg(sh, sp);
+    const std::vector<int32_t> lens = {1499, 2100, 2777, 3333};
+    std::vector<std::vector<float>> Ks, Vs;
+    for (int32_t n : lens) {
+        Ks.push_back(randn(size_t(n + 8) * w));
+        Vs.push_back(randn(size_t(n + 8) * w));
+    }
+    auto bes = all_backends();
+    std::vector<run_out> outs;
+    for (auto & [name, be] : bes) {
+        kv_pool pool(*be, cfg, dtype::bf16, 256);
+        std::vector<seq_state> st(lens.size());
+        for (size_t s = 0; s < lens.size(); ++s) append(*be, pool, st[s], Ks[s].data(), Vs[s].data(), lens[s], w);
+        run_out r;
+        std::mt19937 qrng(7);
+        for (int32_t step = 0; step < 8; ++step) {
+            std::vector<kv_segment> segs(lens.size());
+            for (size_t s = 0; s < lens.size(); ++s) {
+                const int32_t past = st[s].s.n_tokens;
+                append(*be, pool, st[s], Ks[s].data() + size_t(past) * w, Vs[s].data() + size_t(past) * w, 1, w);
+                segs[s].row_begin = int32_t(s);
+                segs[s].n_rows = 1;
+                segs[s].n_past = past;
+                segs[s].blocks = st[s].s.blocks.data();
+            }
+            std::normal_distribution<float> nd(0.0f, 2.0f);
+            std::vector<float> q(lens.size() * sh.nh * sh.hd);
+            for (auto & x : q) x = nd(qrng);
+            std::vector<float> o(q.size());
+            std::vector<uint64_t> sel(lens.size() * sh.nkv, 0);
+            be->sparse_attention(o.data(), q.data(), pool.layer(0), pool.compressed(0), segs.data(),
+                                 int32_t(segs.size()), sh.nh, 1.0f / std::sqrt(float(sh.hd)), sp, sel.data(), 1);
+            r.out.insert(r.out.end(), o.begin(), o.end());
+            r.sel.insert(r.sel.end(), sel.begin(), sel.end());
+        }
+        outs.push_back(std::move(r));
+    }
+    for (size_t i = 1; i < bes.size(); ++i) {
+        char buf[240];
+        const double e = max_abs_diff(outs[i].out, outs[0].out);
+        std::snprintf(buf, sizeof(buf),
+                      "batched decode (4 sequences, lengths 1499..3340, bf16 KV, 8 steps) fast %s == reference: "
+                      "selections identical: %s, max |out diff| %.2e (tol 2e-5)",
+                      bes[i].first.c_str(), outs[i].sel == outs[0].sel ? "yes" : "NO", e);
+        expect(outs[i].sel == outs[0].sel && e <= 2e-5, buf);
+    }
+}
+
+// ---- 6. tree masks --------------------------------------------------------------------------------------------
+
+void test_tree_refused() {
+    const shape sh{4, 2, 16};
+    sparse_attn_params sp;
+    const model_config cfg = make_cfg(sh, sp);
+    for (auto & [name, be] : all_backends()) {
+        kv_pool pool(*be, cfg, dtype::f32, 4);
+        kv_seq  s;
+        kv_seq_prepare(pool, s, 0, 2);
+        const uint64_t mask[2] = {0, 1};
+        kv_segment sg;
+        sg.n_rows = 2;
+        sg.blocks = s.blocks.data();
+        sg.mask = mask;
+        std::vector<float> q(2 * 4 * 16, 0.1f), o(q.size());
+        std::string msg;
+        int32_t status = 0;
+        try {
+            be->sparse_attention(o.data(), q.data(), pool.layer(0), pool.compressed(0), &sg, 1, 4, 0.25f, sp, nullptr, 0);
+        } catch (const error & e) {
+            msg = e.what();
+            status = e.status();
+        }
+        expect(status == MINICPM_STATUS_UNSUPPORTED && msg.find("token trees") != std::string::npos,
+               "tree mask refused by " + name + ": " + msg);
+    }
+}
+
+}  // namespace
+
+int main() {
+    test_compression();
+    test_all_blocks_is_dense();
+    test_vs_independent();
+    test_fast_vs_ref();
+    test_batched_decode();
+    test_tree_refused();
+    std::printf("%d/%d sparse cases passed\n", g_cases - g_failures, g_cases);
+    return g_failures == 0 ? 0 : 1;
+}
