@@ -3,7 +3,7 @@
  */
 export { NativeError } from './errors'
 export { nativeLibrary, ABI_VERSION } from './library'
-export { NativeModel, type NativeModelInfo, type NativeModelOptions } from './model'
+export { NativeModel, SPARSE_MODES, type NativeModelInfo, type NativeModelOptions, type SparseMode } from './model'
 export { NativeContext, type NativeContextOptions, type EvalOptions } from './context'
 export {
   NativeEngine,

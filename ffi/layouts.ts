@@ -21,6 +21,7 @@ export const modelParamsLayout = {
   backend: [8, 'i32', 'backend'],
   useMmap: [12, 'u8', 'use_mmap'],
   pad_: [13, 'u8', 'pad_', 3],
+  sparse: [16, 'i32', 'sparse'],
 } as const satisfies Layout
 
 export const modelInfoLayout = {
@@ -52,7 +53,8 @@ export const modelInfoLayout = {
   backend: [136, 'i32', 'backend'],
   sparseConfig: [140, 'u8', 'sparse_config'],
   quantizationConfig: [141, 'u8', 'quantization_config'],
-  pad2_: [142, 'u8', 'pad2_', 2],
+  sparseAttention: [142, 'u8', 'sparse_attention'],
+  pad2_: [143, 'u8', 'pad2_', 1],
   backendName: [144, 'u8', 'backend_name', BACKEND_NAME_BYTES],
 } as const satisfies Layout
 
@@ -138,7 +140,7 @@ export const engineStatsLayout = {
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
 export const structSizes = {
-  model_params: 16,
+  model_params: 20,
   model_info: 176,
   context_params: 32,
   engine_params: 40,

@@ -13,7 +13,7 @@ import { symbols, type Symbols } from './symbols'
 import { traceSymbols } from './trace'
 
 /** The MINICPM_ABI_VERSION these bindings were written for. */
-export const ABI_VERSION = 2
+export const ABI_VERSION = 3
 
 export type Lib = ConvertFns<Symbols>
 

@@ -82,6 +82,7 @@ export interface ModelInfo {
   backend: string // 'cpu' | 'cuda'
   backendName: string
   sparseConfig: boolean // config.json has a sparse_config
+  sparseAttention: 'off' | 'hf' | 'v2' // InfLLM v2 sparse attention as loaded (variant), or dense
   quantizationConfig: boolean // config.json has a quantization_config
   warnings: string[] // configuration the engine reads but does not honour, each naming what runs instead
 }

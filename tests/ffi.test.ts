@@ -40,7 +40,7 @@ function collect(engine: NativeEngine, ids: number[]): Promise<Map<number, Nativ
 describe('library', () => {
   test('opens, reports its ABI version and system info', () => {
     console.log(`library ${nativeLibrary.path} abi ${nativeLibrary.abiVersion} cpu '${nativeLibrary.systemInfo()}'`)
-    expect(nativeLibrary.abiVersion).toBe(2)
+    expect(nativeLibrary.abiVersion).toBe(3)
     const t0 = nativeLibrary.timeUs()
     expect(t0).toBeGreaterThan(0)
     expect(nativeLibrary.timeUs()).toBeGreaterThanOrEqual(t0)

@@ -39,7 +39,7 @@ struct field {
 
 static const struct field model_params_fields[] = {
     FIELD(minicpm_model_params, size), FIELD(minicpm_model_params, n_threads), FIELD(minicpm_model_params, backend),
-    FIELD(minicpm_model_params, use_mmap), FIELD(minicpm_model_params, pad_),
+    FIELD(minicpm_model_params, use_mmap), FIELD(minicpm_model_params, pad_), FIELD(minicpm_model_params, sparse),
 };
 static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, size),           FIELD(minicpm_model_info, n_vocab),
@@ -56,7 +56,8 @@ static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, n_params),       FIELD(minicpm_model_info, weight_bytes),
     FIELD(minicpm_model_info, kv_bytes_per_token), FIELD(minicpm_model_info, backend),
     FIELD(minicpm_model_info, sparse_config),  FIELD(minicpm_model_info, quantization_config),
-    FIELD(minicpm_model_info, pad2_),          FIELD(minicpm_model_info, backend_name),
+    FIELD(minicpm_model_info, sparse_attention), FIELD(minicpm_model_info, pad2_),
+    FIELD(minicpm_model_info, backend_name),
 };
 static const struct field context_params_fields[] = {
     FIELD(minicpm_context_params, size),      FIELD(minicpm_context_params, n_ctx),
@@ -194,8 +195,8 @@ int main(void) {
     struct minicpm_model_params mp;
     memset(&mp, 0xff, sizeof(mp));
     minicpm_model_default_params(&mp);
-    CHECK(mp.size == sizeof(mp) && mp.use_mmap == 1 && mp.n_threads == 0,
-          "model defaults: size %u use_mmap %u n_threads %d", mp.size, mp.use_mmap, mp.n_threads);
+    CHECK(mp.size == sizeof(mp) && mp.use_mmap == 1 && mp.n_threads == 0 && mp.sparse == MINICPM_SPARSE_AUTO,
+          "model defaults: size %u use_mmap %u n_threads %d sparse %d", mp.size, mp.use_mmap, mp.n_threads, mp.sparse);
     struct minicpm_context_params cp;
     memset(&cp, 0xff, sizeof(cp));
     minicpm_context_default_params(&cp);

@@ -37,6 +37,7 @@ export const modelOptions = {
   ctx: { type: 'string' },
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
+  sparse: { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -44,7 +45,9 @@ export const modelHelp = `Model:
   -t, --threads N          engine threads (default: all cores)
       --ctx N              most tokens per request (default: the model's max_position_embeddings)
       --kv-bytes N         KV cache memory limit in bytes (default 1 GiB)
-      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)`
+      --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
+      --sparse MODE        InfLLM v2 sparse attention: on | off | hf | v2 (default: on, variant hf, when
+                           config.json has a sparse_config; on = hf; without one the model card's values apply)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -89,8 +92,17 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     nCtx: num(values, 'ctx', { int: true, min: 1 }),
     kvBytes: num(values, 'kv-bytes', { int: true, min: 1 }),
     kvDtype: kvDtypeOf(values),
+    sparse: sparseOf(values),
     onProgress: progressBar(),
   }
+}
+
+export function sparseOf(values: Values): LoadOptions['sparse'] {
+  const raw = values.sparse
+  if (raw === undefined) return undefined
+  const mode = raw === 'on' ? 'hf' : (['off', 'hf', 'v2'] as const).find((m) => m === raw)
+  if (mode === undefined) throw new UsageError(`--sparse must be one of on, off, hf, v2, got '${String(raw)}'`)
+  return mode
 }
 
 export function kvDtypeOf(values: Values): LoadOptions['kvDtype'] {

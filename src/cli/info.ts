@@ -41,7 +41,16 @@ ${modelHelp.split('\n').slice(0, 2).join('\n')}`,
         ? 'tokenizer.model (SentencePiece, converted at load)'
         : 'none'
     let load:
-      | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
+      | {
+          ok: true
+          nParams: number
+          weightBytes: number
+          library: string
+          backend: string
+          warnings: string[]
+          sparseAttention: string
+          kvBytesPerToken: number
+        }
       | { ok: false; error: string }
     try {
       using model = NativeModel.load(facts.dir)
@@ -53,6 +62,8 @@ ${modelHelp.split('\n').slice(0, 2).join('\n')}`,
         library: nativeLibrary.path,
         backend: i.backendName,
         warnings: model.warnings(),
+        sparseAttention: i.sparseAttention,
+        kvBytesPerToken: i.kvBytesPerToken,
       }
     } catch (e) {
       load = { ok: false, error: (e as Error).message }
@@ -145,7 +156,16 @@ function printReport(r: {
   tokenizer: string
   generationDefaults: object
   load:
-    | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
+    | {
+          ok: true
+          nParams: number
+          weightBytes: number
+          library: string
+          backend: string
+          warnings: string[]
+          sparseAttention: string
+          kvBytesPerToken: number
+        }
     | { ok: false; error: string }
 }): void {
   const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`
@@ -165,6 +185,11 @@ function printReport(r: {
     r.load.ok
       ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} on ${r.load.backend} (${r.load.library})`
       : `loads        NO: ${r.load.error}`,
+    ...(r.load.ok
+      ? [
+          `attention    ${r.load.sparseAttention === 'off' ? 'dense' : `InfLLM v2 sparse (variant ${r.load.sparseAttention}) beyond sparse_config.dense_len, dense below`}; KV ${r.load.kvBytesPerToken} bytes/token (bf16${r.load.sparseAttention === 'off' ? '' : ', incl. compressed keys'})`,
+        ]
+      : []),
     ...(r.load.ok ? r.load.warnings.map((w) => `warning      ${w}`) : []),
   ]
   console.log(lines.join('\n'))

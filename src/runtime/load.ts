@@ -3,7 +3,7 @@
  * interface that routes/ and the CLI use.
  */
 import { join } from 'node:path'
-import { NativeEngine, NativeModel, type KvDtype } from '../../ffi/index'
+import { NativeEngine, NativeModel, type KvDtype, type SparseMode } from '../../ffi/index'
 import { ChatTemplate } from '../chat/index'
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index'
 import type { ChatMessage, EngineStats, GenerateEvent, GenerateRequest, ModelInfo, SamplingOptions } from '../types'
@@ -24,6 +24,9 @@ export interface LoadOptions {
   nChunk?: number
   nQueueMax?: number
   useMmap?: boolean
+  /** InfLLM v2 sparse attention: 'auto' (default) as config.json says, 'off' dense, 'hf' / 'v2' on (the model
+   * card's sparse_config when config.json has none). */
+  sparse?: SparseMode
   /** Overrides MINICPM_FFI_POLL for this model's engine. */
   poll?: boolean
   /** How often a request waiting for its first token reports prefill progress; default 100 ms. */
@@ -61,7 +64,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     process.stderr.write(`minicpm-edge: ${label} (${facts.dir}) has RANDOM weights: its output is meaningless\n`)
   }
   progress('weights', 0, 1)
-  const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
+  const native = NativeModel.load(facts.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads, sparse: opts.sparse })
   try {
     progress('weights', 1, 1)
     const warnings = native.warnings()
@@ -102,6 +105,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       backend: nativeInfo.backend,
       backendName: nativeInfo.backendName,
       sparseConfig: nativeInfo.sparseConfig,
+      sparseAttention: nativeInfo.sparseAttention,
       quantizationConfig: nativeInfo.quantizationConfig,
       warnings,
     }

@@ -60,6 +60,7 @@ export class FakeModel implements ServedModel {
     backend: 'cpu',
     backendName: 'fake',
     sparseConfig: false,
+    sparseAttention: 'off',
     quantizationConfig: false,
     warnings: [],
   }
