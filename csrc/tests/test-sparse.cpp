@@ -18,6 +18,7 @@
 #include "tiny-model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -336,14 +337,14 @@ std::string sp_name(const sparse_attn_params & sp) {
 
 void test_all_blocks_is_dense() {
     const shape sh{16, 2, 32};
-    const int32_t N = 1100, w = sh.nkv * sh.hd;
+    const int32_t N = 520, w = sh.nkv * sh.hd;
     const std::vector<float> K = randn(size_t(N) * w), V = randn(size_t(N) * w), Q = randn(size_t(N) * sh.nh * sh.hd);
     for (sparse_variant var : {sparse_variant::hf, sparse_variant::v2}) {
         sparse_attn_params sp;
         sp.variant = var;
         sp.lse = var == sparse_variant::hf ? sparse_lse::c1 : sparse_lse::c2;
         sp.window_blocks = 2;
-        sp.topk = 64;  // > 18 blocks
+        sp.topk = 64;  // > 9 blocks
         sp.dense_len = 0;  // every query sparse
         const model_config cfg = make_cfg(sh, sp);
         for (auto & [name, be] : all_backends()) {
@@ -362,7 +363,7 @@ void test_all_blocks_is_dense() {
 
 void test_vs_independent() {
     for (const shape & sh : {shape{16, 2, 32}, shape{32, 2, 32}}) {  // G = 8 and G = 16
-        const int32_t N = 1400, n_rows = 500, w = sh.nkv * sh.hd, words = kv_blocks_for(N) / 64 + 1;
+        const int32_t N = 1100, n_rows = 240, w = sh.nkv * sh.hd, words = kv_blocks_for(N) / 64 + 1;
         const std::vector<float> K = randn(size_t(N) * w), V = randn(size_t(N) * w);
         const std::vector<float> Q = randn(size_t(n_rows) * sh.nh * sh.hd, 2.0f);
         for (int variant = 0; variant < 4; ++variant) {
@@ -371,7 +372,7 @@ void test_vs_independent() {
             sp.lse = variant % 2 == 0 ? sparse_lse::c1 : sparse_lse::c2;
             sp.window_blocks = 3;
             sp.topk = 4;
-            sp.dense_len = 1000;  // rows below it dense, above sparse
+            sp.dense_len = 960;  // rows below it dense, above sparse
             const model_config cfg = make_cfg(sh, sp);
             backend_options o;
             o.reference = true;
@@ -413,7 +414,7 @@ void test_vs_independent() {
             }
             char buf[300];
             std::snprintf(buf, sizeof(buf),
-                          "reference == independent f64 (G %d, %s): %d rows (%d sparse, of 22 blocks at most %d attended), selections "
+                          "reference == independent f64 (G %d, %s): %d rows (%d sparse, of 18 blocks at most %d attended), selections "
                           "differing %d (+%d near-ties), max |out diff| %.2e (tol 1e-4)",
                           sh.nh / sh.nkv, sp_name(sp).c_str(), n_rows, sparse_rows, max_sel, mismatched, near_ties,
                           max_err);
@@ -426,16 +427,16 @@ void test_vs_independent() {
 
 void test_fast_vs_ref() {
     for (const shape & sh : {shape{16, 2, 64}, shape{32, 2, 128}}) {  // 0.5B and 8B attention shapes (G 8, 16)
-        const int32_t N = 2400, n_rows = 160, w = sh.nkv * sh.hd, words = kv_blocks_for(N) / 64 + 1;
+        const int32_t N = 1700, n_rows = 100, w = sh.nkv * sh.hd, words = kv_blocks_for(N) / 64 + 1;
         const std::vector<float> K = randn(size_t(N) * w), V = randn(size_t(N) * w);
         const std::vector<float> Q = randn(size_t(n_rows) * sh.nh * sh.hd, 2.0f);
         for (int variant = 0; variant < 2; ++variant) {
             sparse_attn_params sp;
             sp.variant = variant == 0 ? sparse_variant::hf : sparse_variant::v2;
             sp.lse = variant == 0 ? sparse_lse::c1 : sparse_lse::c2;
-            sp.window_blocks = 4;
-            sp.topk = 8;
-            sp.dense_len = 2320;
+            sp.window_blocks = 3;
+            sp.topk = 6;
+            sp.dense_len = 1640;
             const model_config cfg = make_cfg(sh, sp);
             auto bes = all_backends();
             // Prefill of the last n_rows rows as one chunk, chunked (61 rows), and as decode (1 row per step).
@@ -698,13 +699,19 @@ int main(int argc, char ** argv) {
         std::printf("%d/%d sparse cases passed\n", g_cases - g_failures, g_cases);
         return g_failures == 0 ? 0 : 1;
     }
-    test_compression();
-    test_all_blocks_is_dense();
-    test_vs_independent();
-    test_fast_vs_ref();
-    test_batched_decode();
-    test_tree_refused();
-    test_model_level();
+    auto timed = [](const char * name, void (*fn)()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        fn();
+        std::printf("     (%s: %.1f s)\n", name,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    };
+    timed("compression", test_compression);
+    timed("all blocks == dense", test_all_blocks_is_dense);
+    timed("vs independent", test_vs_independent);
+    timed("fast vs reference", test_fast_vs_ref);
+    timed("batched decode", test_batched_decode);
+    timed("tree refused", test_tree_refused);
+    timed("model level", test_model_level);
     std::printf("%d/%d sparse cases passed\n", g_cases - g_failures, g_cases);
     return g_failures == 0 ? 0 : 1;
 }
