@@ -92,6 +92,8 @@ export interface NativeEngineStats {
   promptTokens: number
   generatedTokens: number
   errors: number
+  forwardUs: number // time in forward passes since init
+  attentionUs: number // of which in attention ops (dense and sparse)
 }
 
 export class NativeEngine extends NativeHandle {

@@ -136,6 +136,8 @@ export const engineStatsLayout = {
   promptTokens: [72, 'u64', 'n_prompt_tokens'],
   generatedTokens: [80, 'u64', 'n_generated_tokens'],
   errors: [88, 'u64', 'n_errors'],
+  forwardUs: [96, 'u64', 't_forward_us'],
+  attentionUs: [104, 'u64', 't_attention_us'],
 } as const satisfies Layout
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
@@ -147,7 +149,7 @@ export const structSizes = {
   sampling_params: 56,
   event: 184,
   request_info: 56,
-  engine_stats: 96,
+  engine_stats: 112,
 } as const
 export type StructName = keyof typeof structSizes
 

@@ -38,6 +38,8 @@ export function timingsOf(fin: FinishEvent) {
     predicted_ms: t.decodeMs,
     predicted_per_token_ms: t.perTokenMs,
     predicted_per_second: perSecond(fin.usage.completionTokens, t.decodeMs),
+    // Share of forward time in attention (dense or InfLLM v2 sparse), engine-wide while the request ran.
+    attention_share: t.attentionShare === undefined ? null : Math.round(t.attentionShare * 1e4) / 1e4,
   }
 }
 

@@ -56,6 +56,9 @@ export interface Timings {
   prefillMs: number // admitted -> first token
   decodeMs: number // first token -> end
   perTokenMs: number // mean inter-token latency
+  // Share of the engine's forward time spent in attention (dense and InfLLM v2 sparse) while the request ran:
+  // engine-wide, so concurrent requests share the figure; absent when the engine reports no forward time.
+  attentionShare?: number
 }
 
 export type GenerateEvent =
@@ -98,4 +101,6 @@ export interface EngineStats {
   promptTokens: number
   generatedTokens: number
   errors: number
+  forwardUs: number // forward-pass time since the engine started
+  attentionUs: number // of which attention
 }

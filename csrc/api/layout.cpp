@@ -53,7 +53,7 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
 #define ENGINE_STATS(F, T)                                                                                            \
     F(T, size) F(T, n_running) F(T, n_waiting) F(T, n_undrained) F(T, kv_tokens_used) F(T, kv_tokens_total)           \
     F(T, backend) F(T, backend_name) F(T, pad_) F(T, n_steps) F(T, n_prompt_tokens) F(T, n_generated_tokens)          \
-    F(T, n_errors)
+    F(T, n_errors) F(T, t_forward_us) F(T, t_attention_us)
 
 #define FIELD(T, f) {#f, offsetof(T, f), sizeof(std::declval<T &>().f)},
 #define ABI_STRUCT(name, LIST)                                                                                        \

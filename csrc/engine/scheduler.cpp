@@ -237,6 +237,8 @@ void scheduler::stats(struct minicpm_engine_stats & out) {
     out.n_prompt_tokens = n_prompt_tokens_;
     out.n_generated_tokens = n_generated_tokens_;
     out.n_errors = n_errors_;
+    out.t_forward_us = t_forward_us_.load();
+    out.t_attention_us = t_attention_us_.load();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -277,7 +279,10 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         b.logit_rows = logit_rows_.data();
         b.n_logit_rows = int32_t(logit_rows_.size());
         logits_.resize(logit_rows_.size() * size_t(n_vocab_));
+        const int64_t t_fwd = minicpm_time_us();
         model_.forward(*be_, ws_, kv_, b, logits_.data());
+        t_forward_us_ += uint64_t(minicpm_time_us() - t_fwd);
+        t_attention_us_ = uint64_t(ws_.attn_us);
 
         // Sampling touches only each request's own sampler, so entries run in parallel on the pool. A drafted
         // run samples its rows in order, accepting each confirmed draft before sampling the next row (so the

@@ -20,6 +20,7 @@
 #include "minicpm.h"
 #include "model/minicpm4.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -177,6 +178,8 @@ class scheduler {
     int32_t                                     n_undrained_ = 0;
     uint64_t                                    n_admitted_ = 0;
     uint64_t n_steps_ = 0, n_prompt_tokens_ = 0, n_generated_tokens_ = 0, n_errors_ = 0;
+    // Forward time and its attention part (ws_.attn_us), published after each forward for stats().
+    std::atomic<uint64_t> t_forward_us_{0}, t_attention_us_{0};
 
     // [engine] the batch under construction and reused buffers.
     std::vector<batch_entry>     entries_;

@@ -326,6 +326,8 @@ struct minicpm_engine_stats {
     uint64_t n_prompt_tokens;   /* prompt tokens prefilled since init                                     */
     uint64_t n_generated_tokens;/* tokens sampled since init                                              */
     uint64_t n_errors;          /* requests finished with MINICPM_FINISH_ERROR                            */
+    uint64_t t_forward_us;      /* time in forward passes since init                                      */
+    uint64_t t_attention_us;    /* of which in attention ops (dense and sparse, incl. compressed keys)    */
 };
 
 /* Doorbell: rung from the engine thread when a request goes from no pending events to some. n_ready is the

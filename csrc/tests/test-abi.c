@@ -102,6 +102,7 @@ static const struct field engine_stats_fields[] = {
     FIELD(minicpm_engine_stats, pad_),            FIELD(minicpm_engine_stats, n_steps),
     FIELD(minicpm_engine_stats, n_prompt_tokens), FIELD(minicpm_engine_stats, n_generated_tokens),
     FIELD(minicpm_engine_stats, n_errors),
+    FIELD(minicpm_engine_stats, t_forward_us), FIELD(minicpm_engine_stats, t_attention_us),
 };
 
 /* Fields whose offset differs from minicpm_struct_offset(), each printed (quiet: only counts). */

@@ -112,6 +112,8 @@ export class FakeModel implements ServedModel {
       promptTokens: 0,
       generatedTokens: 0,
       errors: 0,
+      forwardUs: 0,
+      attentionUs: 0,
     }
   }
 
