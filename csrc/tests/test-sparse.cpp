@@ -691,11 +691,93 @@ void test_model_level() {
     }
 }
 
+
+// ---- 8. LongRoPE 128K recipe (MINICPM4.md 1 and 4): the model card's 64 factors, max_position_embeddings 131072 ----
+
+const char * k_card_128k_factors = "0.9977997200264581, 1.014658295992452, 1.0349680404997148, 1.059429246056193, 1.0888815016813513, 1.1243301355211495, 1.166977103606075, 1.2182568066927284, 1.2798772354275727, 1.3538666751582975, 1.4426259039919596, 1.5489853358570191, 1.6762658237220625, 1.8283407612492941, 2.0096956085876183, 2.225478927469756, 2.481536379650452, 2.784415934557119, 3.1413289096347365, 3.560047844772632, 4.048719380066383, 4.752651957515948, 5.590913044973868, 6.584005926629993, 7.7532214876576155, 9.119754865903639, 10.704443927019176, 12.524994176518703, 14.59739595363613, 16.93214476166354, 19.53823297353041, 22.417131025031697, 25.568260840911098, 28.991144156566317, 32.68408069090375, 36.65174474170465, 40.90396065611201, 45.4664008671033, 50.37147343433591, 55.6804490772103, 61.470816952306556, 67.8622707390618, 75.00516023410414, 83.11898235973767, 92.50044360202462, 103.57086856690864, 116.9492274587385, 118.16074567836519, 119.18497548708795, 120.04810876261652, 120.77352815196981, 121.38182790207875, 121.89094985353891, 122.31638758099915, 122.6714244963338, 122.9673822552567, 123.21386397019609, 123.41898278254268, 123.58957065488238, 123.73136519024158, 123.84917421274221, 123.94701903496814, 124.02825801299717, 124.09569231686116";
+
+void test_longrope_128k() {
+    minicpm_test::tiny_model_spec spec;
+    spec.n_embd = 256;
+    spec.n_head = 2;  // head_dim 128: the 8B's 64 factors
+    spec.n_head_kv = 1;
+    spec.n_ff = 128;
+    spec.n_layer = 1;
+    spec.n_ctx_train = 131072;
+    spec.n_ctx_orig = 32768;
+    const std::string dir = minicpm_test::make_temp_dir("sparse-128k");
+    minicpm_test::write_tiny_model(dir, spec);
+    std::string cfg = minicpm_test::read_file(dir + "/config.json");
+    // Swap the tiny factors for the card's (both lists), add the card's sparse_config.
+    const std::vector<float> tiny = minicpm_test::tiny_rope_factors(spec);
+    for (int rep = 0; rep < 2; ++rep) {
+        const size_t a = cfg.find(rep == 0 ? "\"long_factor\": [" : "\"short_factor\": [");
+        const size_t b0 = cfg.find('[', a), b1 = cfg.find(']', b0);
+        cfg.replace(b0, b1 - b0 + 1, std::string("[") + k_card_128k_factors + "]");
+    }
+    cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
+                               "\"block_size\": 64, \"window_size\": 2048, \"topk\": 64, \"use_nope\": false, "
+                               "\"dense_len\": 8192}\n");
+    minicpm_test::write_file(dir + "/config.json", cfg);
+    std::unique_ptr<model> m = model::load(dir, true, MINICPM_BACKEND_CPU);
+    const model_config & c = m->config();
+    const double want_mscale = std::sqrt(17.0 / 15.0);
+    // theta_63(p) at p = 131071 with the long factor 124.0957 (HF order: p * (1/f), then * inv_freq), times mscale.
+    const std::vector<float> table = build_rope_table(c);
+    const int32_t p = 131071, i = 63;
+    const float inv = 1.0f / std::pow(10000.0f, float(2 * i) / 128.0f);
+    const float theta = (float(p) * (1.0f / c.rope_long_factor[size_t(i)])) * inv;
+    const double cos_want = std::cos(double(theta)) * double(c.rope_mscale());
+    const double cos_got = table[size_t(p) * 128 + 2 * i];
+    char buf[300];
+    std::snprintf(buf, sizeof(buf),
+                  "LongRoPE 128K (card factors, last %.5f; max_position_embeddings 131072): mscale %.10f (want "
+                  "sqrt(17/15) = %.10f), long factors used, cos(theta_63(131071)) * mscale %.7f (want %.7f)",
+                  double(c.rope_long_factor.back()), double(c.rope_mscale()), want_mscale, cos_got, cos_want);
+    expect(c.rope_long_factor.size() == 64 && std::fabs(c.rope_long_factor.back() - 124.09569f) < 1e-4f &&
+               std::fabs(double(c.rope_mscale()) - want_mscale) < 1e-6 && std::fabs(cos_got - cos_want) < 1e-6 &&
+               c.sparse.enabled,
+           buf);
+    // Rows at the last positions run through forward (positions are explicit; the slots are the first ones).
+    backend_options fo;
+    std::unique_ptr<backend> be = m->make_backend(fo);
+    kv_pool pool(*be, c, dtype::bf16, 2);
+    kv_seq  s;
+    kv_seq_prepare(pool, s, 0, 3);
+    const int32_t toks[3] = {5, 6, 7}, pos[3] = {131069, 131070, 131071}, rows[1] = {2};
+    kv_segment sg;
+    sg.n_rows = 3;
+    sg.blocks = s.blocks.data();
+    batch_view b;
+    b.tokens = toks;
+    b.pos = pos;
+    b.n_tokens = 3;
+    b.segs = &sg;
+    b.n_segs = 1;
+    b.logit_rows = rows;
+    b.n_logit_rows = 1;
+    std::vector<float> logits(size_t(c.n_vocab));
+    forward_workspace ws;
+    m->forward(*be, ws, pool, b, logits.data());
+    m->release_workspace(*be, ws);
+    bool finite = true;
+    for (float v : logits) finite = finite && std::isfinite(v);
+    const uint64_t kv_tok = kv_pool::bytes_per_block(c, dtype::bf16) / 64, side_tok = kv_pool::sparse_bytes_per_block(c) / 64;
+    std::snprintf(buf, sizeof(buf),
+                  "LongRoPE 128K: forward at positions 131069..131071 gives finite logits: %s; KV bytes/token (bf16) %llu "
+                  "of which %llu are compressed keys (C1 + C2, f32)",
+                  finite ? "yes" : "NO", (unsigned long long) kv_tok, (unsigned long long) side_tok);
+    expect(finite, buf);
+    (void) tiny;
+    minicpm_test::remove_dir(dir);
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
     if (argc > 1 && std::strcmp(argv[1], "model") == 0) {  // while iterating: the model-level cases only
         test_model_level();
+        test_longrope_128k();
         std::printf("%d/%d sparse cases passed\n", g_cases - g_failures, g_cases);
         return g_failures == 0 ? 0 : 1;
     }
@@ -712,6 +794,7 @@ int main(int argc, char ** argv) {
     timed("batched decode", test_batched_decode);
     timed("tree refused", test_tree_refused);
     timed("model level", test_model_level);
+    timed("LongRoPE 128K", test_longrope_128k);
     std::printf("%d/%d sparse cases passed\n", g_cases - g_failures, g_cases);
     return g_failures == 0 ? 0 : 1;
 }
