@@ -36,13 +36,15 @@ void fast_sparse_attention(const cpu_kernel_table & kt, thread_pool & tp, float 
 //   scores:    s[j][16] = dot(qT lanes, c[j]) * scale for n contiguous kernels (qT is [hd][16], lane = head)
 //   lse:       lse[16] per lane over s[n][16]
 //   group_sum: S[j] (+)= sum over the first G lanes of exp(s[j][lane] - lse[lane])
-//   attend:    stage 2 for G <= 16 heads of one row over the listed blocks (lim[i] visible slots each)
+//   load_block:  stage 2, one KV block of one KV head as f32 (K transposed)
+//   block_heads: stage 2, online-softmax update of G heads of one row with the first n slots of a loaded block
 struct sparse_kernel_table {
     void (*scores)(float * s, const float * qT, const float * c, int32_t n, int32_t hd, float scale);
     void (*lse)(float * lse, const float * s, int32_t n);
     void (*group_sum)(float * S, const float * s, const float * lse, int32_t n, int32_t G, bool accumulate);
-    void (*attend)(float * o, const float * q, int32_t G, const kv_layer & kv, const int32_t * blocks, int32_t hk,
-                   const int32_t * sel, const int32_t * lim, int32_t n_sel, float * kt, float * vb, float * sc);
+    void (*load_block)(float * kt, float * vb, const kv_layer & kv, int32_t block, int32_t hk, int32_t n);
+    void (*block_heads)(float * o, float * m, float * l, const float * q, int32_t G, int32_t hd, const float * kt,
+                        const float * vb, int32_t n, float * sc);
 };
 const sparse_kernel_table & sparse_kernels_for(const char * family);  // by cpu_kernel_table::name
 #if defined(MINICPM_X86)

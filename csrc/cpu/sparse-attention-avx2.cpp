@@ -18,12 +18,15 @@ void lse(float * out, const float * s, int32_t n) { sp_lse_impl(out, s, n); }
 void group_sum(float * S, const float * s, const float * l, int32_t n, int32_t G, bool acc) {
     sp_group_sum_impl(S, s, l, n, G, acc);
 }
-void attend(float * o, const float * q, int32_t G, const kv_layer & kv, const int32_t * blocks, int32_t hk,
-            const int32_t * sel, const int32_t * lim, int32_t n_sel, float * kt, float * vb, float * sc) {
-    sp_attend_impl(o, q, G, kv, blocks, hk, sel, lim, n_sel, kt, vb, sc);
+void load_block(float * kt, float * vb, const kv_layer & kv, int32_t block, int32_t hk, int32_t n) {
+    sp_load_block_impl(kt, vb, kv, block, hk, n);
+}
+void block_heads(float * o, float * m, float * l, const float * q, int32_t G, int32_t hd, const float * kt,
+                 const float * vb, int32_t n, float * sc) {
+    sp_block_heads_impl(o, m, l, q, G, hd, kt, vb, n, sc);
 }
 
-const sparse_kernel_table k_table = {scores, lse, group_sum, attend};
+const sparse_kernel_table k_table = {scores, lse, group_sum, load_block, block_heads};
 }  // namespace
 
 const sparse_kernel_table & sparse_kernels_avx2() { return k_table; }

@@ -72,73 +72,64 @@ inline void sp_group_sum_impl(float * __restrict S, const float * __restrict s, 
     }
 }
 
-// Stage 2 for one row and G heads (G <= 16 here; the driver splits larger groups): online softmax over the
-// blocks listed in sel (n_sel blocks, each with lim[i] visible slots) of KV head hk. q: G rows of hd
-// (already scaled), o: G rows of hd (normalised on return). kt [hd][64], vb [64][hd], sc [64] scratch.
-inline void sp_attend_impl(float * __restrict o, const float * __restrict q, int32_t G, const minicpm::kv_layer & kv,
-                           const int32_t * blocks, int32_t hk, const int32_t * sel, const int32_t * lim,
-                           int32_t n_sel, float * __restrict kt, float * __restrict vb, float * __restrict sc) {
+// Stage 2, one KV block: kt [hd][64] (keys transposed, so scores vectorize over slots) and vb [64][hd] as f32
+// from pool block `block` of KV head hk; slots >= n are zero.
+inline void sp_load_block_impl(float * __restrict kt, float * __restrict vb, const minicpm::kv_layer & kv,
+                               int32_t block, int32_t hk, int32_t n) {
     const int32_t hd = kv.head_dim;
-    float m[16], l[16];
-    for (int32_t h = 0; h < G; ++h) {
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
-    }
-    std::memset(o, 0, size_t(G) * hd * 4);
-    for (int32_t i = 0; i < n_sel; ++i) {
-        const int32_t n = lim[i];
-        const int64_t base = (int64_t(blocks[sel[i]]) * kv.n_head_kv + hk) * 64 * hd;
-        // K transposed (scores vectorize over slots) and V, both f32; unused slots zero.
-        if (kv.type == minicpm::dtype::f32) {
-            const float * k = (const float *) kv.k + base;
-            for (int32_t j = 0; j < n; ++j)
-                for (int32_t d = 0; d < hd; ++d) kt[d * 64 + j] = k[j * hd + d];
-            std::memcpy(vb, (const float *) kv.v + base, size_t(n) * hd * 4);
-        } else {
-            const uint16_t * k = (const uint16_t *) kv.k + base;
-            const uint16_t * v = (const uint16_t *) kv.v + base;
-            const bool bf = kv.type == minicpm::dtype::bf16;
-            for (int32_t j = 0; j < n; ++j)
-                for (int32_t d = 0; d < hd; ++d) {
-                    kt[d * 64 + j] = bf ? minicpm::bf16_to_f32(k[j * hd + d]) : minicpm::f16_to_f32(k[j * hd + d]);
-                    vb[j * hd + d] = bf ? minicpm::bf16_to_f32(v[j * hd + d]) : minicpm::f16_to_f32(v[j * hd + d]);
-                }
-        }
-        for (int32_t j = n; j < 64; ++j)
-            for (int32_t d = 0; d < hd; ++d) kt[d * 64 + j] = 0.0f;
-        for (int32_t h = 0; h < G; ++h) {
-            const float * qh = q + int64_t(h) * hd;
-            sp_v16 a[4] = {};
+    const int64_t base = (int64_t(block) * kv.n_head_kv + hk) * 64 * hd;
+    if (kv.type == minicpm::dtype::f32) {
+        const float * k = (const float *) kv.k + base;
+        for (int32_t j = 0; j < n; ++j)
+            for (int32_t d = 0; d < hd; ++d) kt[d * 64 + j] = k[j * hd + d];
+        std::memcpy(vb, (const float *) kv.v + base, size_t(n) * hd * 4);
+    } else {
+        const uint16_t * k = (const uint16_t *) kv.k + base;
+        const uint16_t * v = (const uint16_t *) kv.v + base;
+        const bool bf = kv.type == minicpm::dtype::bf16;
+        for (int32_t j = 0; j < n; ++j)
             for (int32_t d = 0; d < hd; ++d) {
-                const float qd = qh[d];
-                for (int c = 0; c < 4; ++c) a[c] += qd * sp_at(kt + d * 64 + 16 * c);
+                kt[d * 64 + j] = bf ? minicpm::bf16_to_f32(k[j * hd + d]) : minicpm::f16_to_f32(k[j * hd + d]);
+                vb[j * hd + d] = bf ? minicpm::bf16_to_f32(v[j * hd + d]) : minicpm::f16_to_f32(v[j * hd + d]);
             }
-            for (int c = 0; c < 4; ++c) sp_store(sc + 16 * c, a[c]);
-            float mx = m[h];
-            for (int32_t j = 0; j < n; ++j) mx = sc[j] > mx ? sc[j] : mx;
-            for (int32_t j = 0; j < 64; ++j) sc[j] = fast_exp(sc[j] - mx);
-            for (int32_t j = n; j < 64; ++j) sc[j] = 0.0f;
-            const float alpha = fast_exp(m[h] - mx);
-            float sum = 0.0f;
-            for (int32_t j = 0; j < n; ++j) sum += sc[j];
-            l[h] = l[h] * alpha + sum;
-            m[h] = mx;
-            float * oh = o + int64_t(h) * hd;
-            if (hd % 16 == 0) {
-                for (int32_t d0 = 0; d0 < hd; d0 += 16) {
-                    sp_v16 acc = sp_at(oh + d0) * alpha;
-                    for (int32_t j = 0; j < n; ++j) acc += sc[j] * sp_at(vb + j * hd + d0);
-                    sp_store(oh + d0, acc);
-                }
-            } else {
-                for (int32_t d = 0; d < hd; ++d) oh[d] *= alpha;
-                for (int32_t j = 0; j < n; ++j)
-                    for (int32_t d = 0; d < hd; ++d) oh[d] += sc[j] * vb[j * hd + d];
-            }
-        }
     }
+    for (int32_t j = n; j < 64; ++j)
+        for (int32_t d = 0; d < hd; ++d) kt[d * 64 + j] = 0.0f;
+}
+
+// Stage 2, one block for G heads of one row: online-softmax update of the running max m[G], sum l[G] and
+// unnormalised output o[G][hd] with the first n slots of the loaded block. q: G rows of hd, already scaled.
+inline void sp_block_heads_impl(float * __restrict o, float * __restrict m, float * __restrict l,
+                                const float * __restrict q, int32_t G, int32_t hd, const float * __restrict kt,
+                                const float * __restrict vb, int32_t n, float * __restrict sc) {
     for (int32_t h = 0; h < G; ++h) {
-        const float inv = 1.0f / l[h];
-        for (int32_t d = 0; d < hd; ++d) o[int64_t(h) * hd + d] *= inv;
+        const float * qh = q + int64_t(h) * hd;
+        sp_v16 a[4] = {};
+        for (int32_t d = 0; d < hd; ++d) {
+            const float qd = qh[d];
+            for (int c = 0; c < 4; ++c) a[c] += qd * sp_at(kt + d * 64 + 16 * c);
+        }
+        for (int c = 0; c < 4; ++c) sp_store(sc + 16 * c, a[c]);
+        float mx = m[h];
+        for (int32_t j = 0; j < n; ++j) mx = sc[j] > mx ? sc[j] : mx;
+        for (int32_t j = 0; j < 64; ++j) sc[j] = fast_exp(sc[j] - mx);
+        for (int32_t j = n; j < 64; ++j) sc[j] = 0.0f;
+        const float alpha = fast_exp(m[h] - mx);
+        float sum = 0.0f;
+        for (int32_t j = 0; j < n; ++j) sum += sc[j];
+        l[h] = l[h] * alpha + sum;
+        m[h] = mx;
+        float * oh = o + int64_t(h) * hd;
+        if (hd % 16 == 0) {
+            for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+                sp_v16 acc = sp_at(oh + d0) * alpha;
+                for (int32_t j = 0; j < n; ++j) acc += sc[j] * sp_at(vb + j * hd + d0);
+                sp_store(oh + d0, acc);
+            }
+        } else {
+            for (int32_t d = 0; d < hd; ++d) oh[d] *= alpha;
+            for (int32_t j = 0; j < n; ++j)
+                for (int32_t d = 0; d < hd; ++d) oh[d] += sc[j] * vb[j * hd + d];
+        }
     }
 }

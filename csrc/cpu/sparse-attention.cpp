@@ -30,14 +30,17 @@ void sparse_lse_portable(float * lse, const float * s, int32_t n) { sp_lse_impl(
 void sparse_group_sum_portable(float * S, const float * s, const float * lse, int32_t n, int32_t G, bool acc) {
     sp_group_sum_impl(S, s, lse, n, G, acc);
 }
-void sparse_attend_portable(float * o, const float * q, int32_t G, const kv_layer & kv, const int32_t * blocks,
-                            int32_t hk, const int32_t * sel, const int32_t * lim, int32_t n_sel, float * kt,
-                            float * vb, float * sc) {
-    sp_attend_impl(o, q, G, kv, blocks, hk, sel, lim, n_sel, kt, vb, sc);
+void sparse_load_block_portable(float * kt, float * vb, const kv_layer & kv, int32_t block, int32_t hk, int32_t n) {
+    sp_load_block_impl(kt, vb, kv, block, hk, n);
+}
+void sparse_block_heads_portable(float * o, float * m, float * l, const float * q, int32_t G, int32_t hd,
+                                 const float * kt, const float * vb, int32_t n, float * sc) {
+    sp_block_heads_impl(o, m, l, q, G, hd, kt, vb, n, sc);
 }
 
 const sparse_kernel_table k_sparse_portable = {sparse_scores_portable, sparse_lse_portable,
-                                               sparse_group_sum_portable, sparse_attend_portable};
+                                               sparse_group_sum_portable, sparse_load_block_portable,
+                                               sparse_block_heads_portable};
 
 }  // namespace
 
@@ -185,39 +188,71 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
     sparse_check_args(kv, segs, n_segs, n_head, sp, selected, sel_words);
     const sparse_kernel_table & kt = sparse_kernels_for(ktab.name);
     const int32_t nkv = kv.n_head_kv, hd = kv.head_dim, group = n_head / nkv;
+    // Tasks: (segment, up to k_rows consecutive rows, KV head). The rows of a task share each KV block they
+    // select: it is converted once and every row that selected it consumes it (prefill); decode rows are tasks
+    // of their own.
+    constexpr int32_t k_rows = 16;
     struct task {
-        int32_t seg, r, hk;
+        int32_t seg, r0, r1, hk;
     };
     std::vector<task> tasks;
     for (int32_t s = 0; s < n_segs; ++s)
-        for (int32_t r = 0; r < segs[s].n_rows; ++r)
-            for (int32_t hk = 0; hk < nkv; ++hk) tasks.push_back({s, r, hk});
+        for (int32_t r0 = 0; r0 < segs[s].n_rows; r0 += k_rows)
+            for (int32_t hk = 0; hk < nkv; ++hk) tasks.push_back({s, r0, std::min(segs[s].n_rows, r0 + k_rows), hk});
+    const int32_t G16 = std::min(group, 16);
     tp.run(int64_t(tasks.size()), [&](int64_t i, int) {
         static thread_local sparse_scratch w;
+        static thread_local std::vector<uint64_t> row_bits, uni;
+        static thread_local std::vector<float> st_o, st_m, st_l, qs;
         const task &       t = tasks[size_t(i)];
         const kv_segment & sg = segs[t.seg];
-        const int64_t      row = sg.row_begin + t.r;
-        const int32_t      p = sg.n_past + t.r;
-        const float *      qrow = q + row * n_head * hd;
-        select_blocks_fast(kt, w, qrow, t.hk, group, hd, p, cc, sg.blocks, sp, scale);
-        if (selected != nullptr) {
-            uint64_t * bits = selected + (row * nkv + t.hk) * sel_words;
-            std::memset(bits, 0, size_t(sel_words) * 8);
+        const int32_t      R = t.r1 - t.r0, p_last = sg.n_past + t.r1 - 1, words = p_last / 64 / 64 + 1;
+        row_bits.assign(size_t(R) * words, 0);
+        uni.assign(size_t(words), 0);
+        for (int32_t r = t.r0; r < t.r1; ++r) {
+            const int64_t row = sg.row_begin + r;
+            select_blocks_fast(kt, w, q + row * n_head * hd, t.hk, group, hd, sg.n_past + r, cc, sg.blocks, sp, scale);
+            uint64_t * bits = row_bits.data() + size_t(r - t.r0) * words;
             for (int32_t b : w.sel) bits[b / 64] |= uint64_t(1) << (b % 64);
+            for (int32_t k = 0; k < words; ++k) uni[size_t(k)] |= bits[k];
+            if (selected != nullptr) {
+                uint64_t * out_bits = selected + (row * nkv + t.hk) * sel_words;
+                std::memset(out_bits, 0, size_t(sel_words) * 8);
+                std::memcpy(out_bits, bits, size_t(words) * 8);
+            }
         }
-        const int32_t n_sel = int32_t(w.sel.size());
-        w.lim.resize(size_t(n_sel));
-        for (int32_t k = 0; k < n_sel; ++k) w.lim[size_t(k)] = std::min(64, p - w.sel[size_t(k)] * 64 + 1);
+        // Running softmax state per (row, head of the group), and the scaled queries.
+        st_o.assign(size_t(R) * group * hd, 0.0f);
+        st_m.assign(size_t(R) * group, -INFINITY);
+        st_l.assign(size_t(R) * group, 0.0f);
+        qs.resize(size_t(R) * group * hd);
+        for (int32_t r = 0; r < R; ++r) {
+            const float * qh = q + ((sg.row_begin + t.r0 + r) * int64_t(n_head) + int64_t(t.hk) * group) * hd;
+            for (int64_t e = 0; e < int64_t(group) * hd; ++e) qs[size_t(r) * group * hd + size_t(e)] = qh[e] * scale;
+        }
         w.kt.resize(size_t(hd) * 64);
         w.vb.resize(size_t(hd) * 64);
         w.sc.resize(64);
-        w.q.resize(size_t(std::min(group, 16)) * hd);
-        for (int32_t c0 = 0; c0 < group; c0 += 16) {
-            const int32_t Gc = std::min(16, group - c0);
-            const float * qh = qrow + int64_t(t.hk * group + c0) * hd;
-            for (int64_t e = 0; e < int64_t(Gc) * hd; ++e) w.q[size_t(e)] = qh[e] * scale;
-            kt.attend(out + (row * n_head + t.hk * group + c0) * hd, w.q.data(), Gc, kv, sg.blocks, t.hk,
-                      w.sel.data(), w.lim.data(), n_sel, w.kt.data(), w.vb.data(), w.sc.data());
+        for (int32_t wd = 0; wd < words; ++wd)
+            for (uint64_t bitset = uni[size_t(wd)]; bitset != 0; bitset &= bitset - 1) {
+                const int32_t b = wd * 64 + __builtin_ctzll(bitset);
+                kt.load_block(w.kt.data(), w.vb.data(), kv, sg.blocks[b], t.hk, std::min(64, p_last - 64 * b + 1));
+                for (int32_t r = 0; r < R; ++r) {
+                    if (!((row_bits[size_t(r) * words + size_t(wd)] >> (b % 64)) & 1)) continue;
+                    const int32_t n = std::min(64, sg.n_past + t.r0 + r - 64 * b + 1);
+                    for (int32_t c0 = 0; c0 < group; c0 += G16) {
+                        const size_t at = size_t(r) * group + size_t(c0);
+                        kt.block_heads(st_o.data() + at * hd, st_m.data() + at, st_l.data() + at, qs.data() + at * hd,
+                                       std::min(G16, group - c0), hd, w.kt.data(), w.vb.data(), n, w.sc.data());
+                    }
+                }
+            }
+        for (int32_t r = 0; r < R; ++r) {
+            float * dst = out + ((sg.row_begin + t.r0 + r) * int64_t(n_head) + int64_t(t.hk) * group) * hd;
+            for (int32_t h = 0; h < group; ++h) {
+                const float inv = 1.0f / st_l[size_t(r) * group + size_t(h)];
+                for (int32_t d = 0; d < hd; ++d) dst[int64_t(h) * hd + d] = st_o[(size_t(r) * group + size_t(h)) * hd + size_t(d)] * inv;
+            }
         }
     });
 }
