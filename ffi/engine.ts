@@ -119,6 +119,8 @@ export interface NativeEngineStats {
   specAccepted: number
   /** [d - 1]: verifies that kept at least d drafts */
   specAtDepth: number[]
+  forwardUs: number // time in forward passes since init
+  attentionUs: number // of which in attention ops (dense and sparse)
 }
 
 export class NativeEngine extends NativeHandle {

@@ -6,9 +6,11 @@ export { nativeLibrary, ABI_VERSION } from './library'
 export {
   NativeModel,
   QUANTIZE_TYPES,
+  SPARSE_MODES,
   type NativeModelInfo,
   type NativeModelOptions,
   type QuantizeType,
+  type SparseMode,
 } from './model'
 export { NativeContext, type NativeContextOptions, type EvalOptions } from './context'
 export {

@@ -26,6 +26,7 @@ export const modelParamsLayout = {
   quantGroupSize: [20, 'i32', 'quant_group_size'],
   quantizeHead: [24, 'u8', 'quantize_head'],
   pad1_: [25, 'u8', 'pad1_', 3],
+  sparse: [28, 'i32', 'sparse'],
 } as const satisfies Layout
 
 export const modelInfoLayout = {
@@ -57,7 +58,8 @@ export const modelInfoLayout = {
   backend: [136, 'i32', 'backend'],
   sparseConfig: [140, 'u8', 'sparse_config'],
   quantizationConfig: [141, 'u8', 'quantization_config'],
-  pad2_: [142, 'u8', 'pad2_', 2],
+  sparseAttention: [142, 'u8', 'sparse_attention'],
+  pad2_: [143, 'u8', 'pad2_', 1],
   backendName: [144, 'u8', 'backend_name', BACKEND_NAME_BYTES],
 } as const satisfies Layout
 
@@ -159,18 +161,20 @@ export const engineStatsLayout = {
   specDrafted: [136, 'u64', 'n_spec_drafted'],
   specAccepted: [144, 'u64', 'n_spec_accepted'],
   specAtDepth: [152, 'u64', 'n_spec_at_depth', SPEC_MAX_DEPTH],
+  forwardUs: [216, 'u64', 't_forward_us'],
+  attentionUs: [224, 'u64', 't_attention_us'],
 } as const satisfies Layout
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
 export const structSizes = {
-  model_params: 28,
+  model_params: 32,
   model_info: 176,
   context_params: 32,
   engine_params: 72,
   sampling_params: 56,
   event: 192,
   request_info: 56,
-  engine_stats: 216,
+  engine_stats: 232,
 } as const
 export type StructName = keyof typeof structSizes
 

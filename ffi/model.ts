@@ -43,15 +43,21 @@ export interface NativeModelInfo {
   kvBytesPerToken: number
   backend: string // 'cpu' | 'cuda': where the model runs
   backendName: string // e.g. 'cpu'
-  sparseConfig: boolean // config.json has a sparse_config (see warnings())
+  sparseConfig: boolean // config.json has a sparse_config
+  sparseAttention: 'off' | 'hf' | 'v2' // InfLLM v2 as loaded (enum minicpm_sparse_mode OFF, HF, V2)
   quantizationConfig: boolean // config.json has a quantization_config
 }
 
 /** On-the-fly weight quantization at load (round to nearest): q8 symmetric, q4 asymmetric (minicpm.h). */
 export type QuantizeType = 'q8' | 'q4'
 export const QUANTIZE_TYPES = ['q8', 'q4'] as const satisfies readonly QuantizeType[]
+/** InfLLM v2 sparse attention per load (enum minicpm_sparse_mode): 'auto' follows config.json. */
+export type SparseMode = 'auto' | 'off' | 'hf' | 'v2'
+export const SPARSE_MODES = ['auto', 'off', 'hf', 'v2'] as const satisfies readonly SparseMode[]
 
 export interface NativeModelOptions {
+  /** 'auto' (default): as config.json says; 'off': dense; 'hf' / 'v2': on with that variant. */
+  sparse?: SparseMode
   useMmap?: boolean
   nThreads?: number
   backend?: Backend
@@ -82,6 +88,7 @@ export class NativeModel extends NativeHandle {
       quantize: opts.quantize === undefined ? undefined : opts.quantize === 'q8' ? 3 : 4,
       quantGroupSize: opts.quantGroupSize,
       quantizeHead: opts.quantizeHead === undefined ? undefined : opts.quantizeHead ? 1 : 0,
+      sparse: opts.sparse === undefined ? undefined : SPARSE_MODES.indexOf(opts.sparse),
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_model_load(cString(dir), params, new Uint8Array(out.buffer))
@@ -98,7 +105,8 @@ export class NativeModel extends NativeHandle {
     const buf = newStruct('model_info')
     check(lib().minicpm_model_info(this.guard(), buf), 'model info')
     const raw = readStruct(buf, modelInfoLayout)
-    const { size: _size, nEos, weightDtype, tiedHead, backend, sparseConfig, quantizationConfig, ...rest } = raw
+    const { size: _size, nEos, weightDtype, tiedHead, backend, sparseConfig, sparseAttention, quantizationConfig, ...rest } =
+      raw
     return {
       ...rest,
       eosTokenIds: readEosIds(buf, nEos),
@@ -107,6 +115,7 @@ export class NativeModel extends NativeHandle {
       backend: backendName(backend),
       backendName: readCString(buf, modelInfoLayout.backendName),
       sparseConfig: sparseConfig !== 0,
+      sparseAttention: sparseAttention === 2 ? 'hf' : sparseAttention === 3 ? 'v2' : 'off',
       quantizationConfig: quantizationConfig !== 0,
     }
   }

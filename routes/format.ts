@@ -47,6 +47,8 @@ export function timingsOf(fin: FinishEvent) {
           mean_accept_length: Math.round((t.meanAcceptLength ?? 0) * 1000) / 1000,
         }
       : {}),
+    // Share of forward time in attention (dense or InfLLM v2 sparse), engine-wide while the request ran.
+    attention_share: t.attentionShare === undefined ? null : Math.round(t.attentionShare * 1e4) / 1e4,
   }
 }
 

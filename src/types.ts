@@ -76,6 +76,9 @@ export interface Timings {
   specVerifies?: number
   specAccepted?: number
   meanAcceptLength?: number
+  // Share of the engine's forward time spent in attention (dense and InfLLM v2 sparse) while the request ran:
+  // engine-wide, so concurrent requests share the figure; absent when the engine reports no forward time.
+  attentionShare?: number
 }
 
 export type GenerateEvent =
@@ -111,6 +114,7 @@ export interface ModelInfo {
   backend: string // 'cpu' | 'cuda'
   backendName: string
   sparseConfig: boolean // config.json has a sparse_config
+  sparseAttention: 'off' | 'hf' | 'v2' // InfLLM v2 sparse attention as loaded (variant), or dense
   quantizationConfig: boolean // config.json has a quantization_config
   warnings: string[] // configuration the engine reads but does not honour, each naming what runs instead
   toolFormat: string | null // how tools, tool calls and tool turns are rendered and parsed; null: no tools
@@ -142,4 +146,6 @@ export interface EngineStats {
   specMeanAcceptLength: number
   /** [d - 1]: share of verifies that kept at least d drafts */
   specDepthAcceptance: number[]
+  forwardUs: number // forward-pass time since the engine started
+  attentionUs: number // of which attention
 }

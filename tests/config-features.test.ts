@@ -1,7 +1,8 @@
 /**
- * Configuration the engine reads but does not run yet is never ignored silently: a sparse_config (InfLLM v2)
- * loads with one warning naming what runs instead (dense attention); invalid sparse fields and quantization
- * configs the engine cannot run (not GPTQ 4-bit) are refused with the field named. The backend field picks where the model runs.
+ * Configuration is never ignored silently: a sparse_config turns InfLLM v2 sparse attention on (dense below
+ * dense_len, so short prompts give the dense logits), the load option `sparse` overrides it either way, invalid
+ * sparse fields and quantization configs the engine cannot run (not GPTQ 4-bit) are refused with the field
+ * named. The backend field picks where the model runs.
  */
 import { afterAll, expect, setDefaultTimeout, test } from 'bun:test'
 import { readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -47,27 +48,36 @@ const SPARSE = {
   dense_len: 8192,
 }
 
-test('sparse_config loads with one warning naming dense attention, and logits equal the dense model', () => {
+test('sparse_config runs InfLLM v2 (hf); below dense_len the logits equal the dense model; the load option overrides it', () => {
   const dense = withConfig({})
   const sparse = withConfig({ sparse_config: SPARSE })
   using m = NativeModel.load(sparse)
-  const warnings = m.warnings()
-  console.log(`warnings: ${JSON.stringify(warnings)}`)
-  expect(warnings.length).toBe(1)
-  expect(warnings[0]).toContain('sparse_config')
-  expect(warnings[0]).toContain('dense attention')
+  expect(m.warnings()).toEqual([])
   expect(m.info().sparseConfig).toBe(true)
+  expect(m.info().sparseAttention).toBe('hf')
   using d = NativeModel.load(dense)
   expect(d.warnings()).toEqual([])
   expect(d.info().sparseConfig).toBe(false)
+  expect(d.info().sparseAttention).toBe('off')
+  // KV bytes per token include the compressed keys (C1 4 + C2 1 rows of head_dim f32 per 64 tokens and KV head).
+  const i = d.info()
+  const extra = m.info().kvBytesPerToken - i.kvBytesPerToken
+  console.log(`KV bytes/token: dense ${i.kvBytesPerToken}, sparse ${m.info().kvBytesPerToken}`)
+  expect(extra).toBe((i.nLayer * i.nHeadKv * 5 * i.nHeadDim * 4) / 64)
   using cs = new NativeContext(m, { nThreads: 2, nCtx: 64 })
   using cd = new NativeContext(d, { nThreads: 2, nCtx: 64 })
   const a = cs.eval([5, 6, 7, 8])[0]!
   const b = cd.eval([5, 6, 7, 8])[0]!
   let maxDiff = 0
   for (let i = 0; i < a.length; i++) maxDiff = Math.max(maxDiff, Math.abs(a[i]! - b[i]!))
-  console.log(`sparse_config model vs dense model: max |logit diff| ${maxDiff}`)
+  console.log(`sparse_config model vs dense model below dense_len: max |logit diff| ${maxDiff}`)
   expect(maxDiff).toBe(0)
+  using off = NativeModel.load(sparse, { sparse: 'off' })
+  expect(off.info().sparseAttention).toBe('off')
+  using v2 = NativeModel.load(dense, { sparse: 'v2' })
+  expect(v2.info().sparseAttention).toBe('v2')
+  using hf = NativeModel.load(dense, { sparse: 'hf' })
+  expect(hf.info().sparseAttention).toBe('hf')
 })
 
 test('invalid sparse_config fields are refused, naming the field', () => {
@@ -76,6 +86,8 @@ test('invalid sparse_config fields are refused, naming the field', () => {
     [{ ...SPARSE, topk: 'many' }, 'bad_model', 'sparse_config.topk'],
     [{ ...SPARSE, kernel_stride: 64 }, 'bad_model', 'sparse_config.kernel_stride'],
     [{ ...SPARSE, use_nope: 1 }, 'bad_model', 'sparse_config.use_nope'],
+    [{ ...SPARSE, use_nope: true }, 'unsupported', 'sparse_config.use_nope'],
+    [{ ...SPARSE, kernel_stride: 24, kernel_size: 48 }, 'unsupported', 'sparse_config.kernel_stride'],
   ]
   for (const [sc, status, field] of cases) {
     const e = loadError(withConfig({ sparse_config: sc }))

@@ -4,7 +4,7 @@
  */
 import { describe, expect, test } from 'bun:test'
 import { structSizes } from '../ffi/index'
-import { checkAbi, cString, lib, type AbiFacts } from '../ffi/library'
+import { ABI_VERSION, checkAbi, cString, lib, type AbiFacts } from '../ffi/library'
 import {
   engineParamsLayout,
   kindBytes,
@@ -61,13 +61,13 @@ describe('struct layouts', () => {
     const name = (buf: Uint8Array) => new TextDecoder().decode(buf.subarray(0, -1))
     const sizeOf = (buf: Uint8Array) => structSizes[name(buf) as keyof typeof structSizes]
     const good: AbiFacts = {
-      minicpm_abi_version: () => 3,
+      minicpm_abi_version: () => ABI_VERSION,
       minicpm_struct_size: sizeOf,
       minicpm_struct_offset: (s, f) => lib().minicpm_struct_offset(s, f),
     }
     expect(() => checkAbi(good, 'lib.so')).not.toThrow()
     expect(() => checkAbi({ ...good, minicpm_abi_version: () => 1 }, 'lib.so')).toThrow(
-      'lib.so has ABI version 1 but these bindings expect 3',
+      `lib.so has ABI version 1 but these bindings expect ${ABI_VERSION}`,
     )
     const shrunk = (buf: Uint8Array) => (name(buf) === 'event' ? 176 : sizeOf(buf))
     expect(() => checkAbi({ ...good, minicpm_struct_size: shrunk }, 'lib.so')).toThrow(

@@ -66,6 +66,7 @@ describe('chat completions (fake model)', () => {
       predicted_ms: 0,
       predicted_per_token_ms: 0,
       predicted_per_second: null,
+      attention_share: null,
     }
     expect(text).toBe(
       sseText([

@@ -106,6 +106,7 @@ int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params *
         lo.quant_group_size = p.quant_group_size == 0 ? 128 : p.quant_group_size;
         lo.quantize_head = p.quantize_head != 0;
         std::unique_ptr<minicpm_model> m(new minicpm_model());
+        lo.sparse = p.sparse;
         m->impl = model::load(dir, lo);
         *out = m.release();
         return MINICPM_STATUS_OK;
@@ -148,10 +149,13 @@ int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_i
         info.rope_mscale = c.rope_mscale();
         info.n_params = w.n_params;
         info.weight_bytes = w.n_bytes;
-        // BF16 is the engine's default KV dtype.
+        // BF16 is the engine's default KV dtype; the compressed keys of sparse attention are included.
         info.kv_bytes_per_token = kv_pool::bytes_per_block(c, dtype::bf16) / MINICPM_KV_BLOCK_SIZE;
         info.backend = int32_t(model->impl->backend_type());
         info.sparse_config = c.sparse.present ? 1 : 0;
+        info.sparse_attention = uint8_t(!c.sparse.enabled                          ? MINICPM_SPARSE_OFF
+                                        : c.sparse.variant == sparse_variant::v2 ? MINICPM_SPARSE_V2
+                                                                                 : MINICPM_SPARSE_HF);
         info.quantization_config = c.quant.present ? 1 : 0;
         std::snprintf(info.backend_name, sizeof(info.backend_name), "%s",
                       backend_kind_name(model->impl->backend_type()));

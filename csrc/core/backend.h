@@ -15,6 +15,7 @@
 // by the caller, like activations.
 #pragma once
 
+#include "core/sparse-attn.h"
 #include "core/tensor.h"
 
 #include <cstddef>
@@ -121,6 +122,19 @@ class backend {
     // the square of the context.
     virtual void attention(float * out, const float * q, const kv_layer & kv, const kv_segment * segs,
                            int32_t n_segs, int32_t n_head, float scale) = 0;
+    // ---- InfLLM v2 sparse attention (core/sparse-attn.h; /work/shared/docs/INFLLM_V2.md).
+    // Computes every C1 and C2 kernel of segment s whose last slot lies in [from[s], n_past + n_rows) from the
+    // K rows in the pool and stores it in cc (the layer's side storage). from is host memory.
+    virtual void kv_compress(const kv_compressed & cc, const kv_layer & kv, const kv_segment * segs,
+                             const int32_t * from, int32_t n_segs) = 0;
+    // Like attention(), but row j of segment s (slot p = n_past + j) attends only to the 64-slot blocks
+    // INFLLM_V2.md steps 1-9 select for it and its KV head (every block 0..p/64 when p + 1 < dense_len). The
+    // compressed caches must cover every slot the rows see (kv_compress). Tree masks are refused
+    // (_UNSUPPORTED). selected (optional, host memory): bit b of word w at [row][kv head][sel_words] is set
+    // when block 64 w + b is attended.
+    virtual void sparse_attention(float * out, const float * q, const kv_layer & kv, const kv_compressed & cc,
+                                  const kv_segment * segs, int32_t n_segs, int32_t n_head, float scale,
+                                  const sparse_attn_params & sp, uint64_t * selected, int32_t sel_words) = 0;
     // out[n] = silu(gate[n]) * up[n]; out may alias gate.
     virtual void silu_mul(float * out, const float * gate, const float * up, int64_t n) = 0;
     // x[n] += a[n] * scale

@@ -5,6 +5,7 @@
 #include "core/threadpool.h"
 #include "cpu/ops-fast.h"
 #include "cpu/ops-ref.h"
+#include "cpu/ops-sparse.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -100,6 +101,16 @@ class cpu_backend final : public backend {
                    int32_t n_head, float scale) override {
         kt_ ? fast_attention(*kt_, pool_, out, q, kv, segs, n_segs, n_head, scale)
             : ref_attention(out, q, kv, segs, n_segs, n_head, scale);
+    }
+    void kv_compress(const kv_compressed & cc, const kv_layer & kv, const kv_segment * segs, const int32_t * from,
+                     int32_t n_segs) override {
+        kt_ ? fast_kv_compress(pool_, cc, kv, segs, from, n_segs) : ref_kv_compress(cc, kv, segs, from, n_segs);
+    }
+    void sparse_attention(float * out, const float * q, const kv_layer & kv, const kv_compressed & cc,
+                          const kv_segment * segs, int32_t n_segs, int32_t n_head, float scale,
+                          const sparse_attn_params & sp, uint64_t * sel, int32_t sel_words) override {
+        kt_ ? fast_sparse_attention(*kt_, pool_, out, q, kv, cc, segs, n_segs, n_head, scale, sp, sel, sel_words)
+            : ref_sparse_attention(out, q, kv, cc, segs, n_segs, n_head, scale, sp, sel, sel_words);
     }
     void silu_mul(float * out, const float * gate, const float * up, int64_t n) override {
         kt_ ? fast_silu_mul(*kt_, pool_, out, gate, up, n) : ref_silu_mul(out, gate, up, n);

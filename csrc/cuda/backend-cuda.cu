@@ -116,6 +116,16 @@ class cuda_backend final : public backend {
         cuda::launch_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv, kv.head_dim,
                                scale, (const cuda::row_info *) rows_dev_.data, (const int32_t *) blocks_dev_.data, T);
     }
+    // InfLLM v2 has no CUDA kernels yet: a sparse model is refused on this backend rather than run dense.
+    void kv_compress(const kv_compressed &, const kv_layer &, const kv_segment *, const int32_t *, int32_t) override {
+        fail(MINICPM_STATUS_UNSUPPORTED, "backend cuda: InfLLM v2 sparse attention is CPU-only so far; load with "
+                                         "--sparse off or --backend cpu");
+    }
+    void sparse_attention(float *, const float *, const kv_layer &, const kv_compressed &, const kv_segment *,
+                          int32_t, int32_t, float, const sparse_attn_params &, uint64_t *, int32_t) override {
+        fail(MINICPM_STATUS_UNSUPPORTED, "backend cuda: InfLLM v2 sparse attention is CPU-only so far; load with "
+                                         "--sparse off or --backend cpu");
+    }
     void silu_mul(float * out, const float * gate, const float * up, int64_t n) override {
         cuda::launch_silu_mul(stream_, out, gate, up, n);
     }

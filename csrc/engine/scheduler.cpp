@@ -299,6 +299,8 @@ void scheduler::stats(struct minicpm_engine_stats & out) {
     out.n_spec_drafted = n_spec_drafted_;
     out.n_spec_accepted = n_spec_accepted_;
     std::copy_n(n_spec_at_depth_, MINICPM_SPEC_MAX_DEPTH, out.n_spec_at_depth);
+    out.t_forward_us = t_forward_us_.load();
+    out.t_attention_us = t_attention_us_.load();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -341,7 +343,10 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         b.logit_rows = logit_rows_.data();
         b.n_logit_rows = int32_t(logit_rows_.size());
         logits_.resize(logit_rows_.size() * size_t(n_vocab_));
+        const int64_t t_fwd = minicpm_time_us();
         model_.forward(*be_, ws_, kv_, b, logits_.data());
+        t_forward_us_ += uint64_t(minicpm_time_us() - t_fwd);
+        t_attention_us_ = uint64_t(ws_.attn_us);
 
         // Sampling touches only each request's own sampler, so entries run in parallel on the pool. A drafted
         // run samples its rows in order, accepting each confirmed draft before sampling the next row (so the

@@ -29,6 +29,7 @@
 #include "minicpm.h"
 #include "model/minicpm4.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -211,6 +212,8 @@ class scheduler {
     // d - 1) the verify segments that kept at least d drafts.
     uint64_t n_spec_verifies_ = 0, n_spec_drafted_ = 0, n_spec_accepted_ = 0;
     uint64_t n_spec_at_depth_[MINICPM_SPEC_MAX_DEPTH] = {};
+    // Forward time and its attention part (ws_.attn_us), published after each forward for stats().
+    std::atomic<uint64_t> t_forward_us_{0}, t_attention_us_{0};
 
     // [engine] the batch under construction and reused buffers.
     std::vector<batch_entry>     entries_;

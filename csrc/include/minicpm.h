@@ -81,6 +81,17 @@ enum minicpm_backend {
     MINICPM_BACKEND_CUDA = 2
 };
 
+/* InfLLM v2 sparse attention (MiniCPM4 "sparse_config"), chosen per load. AUTO follows config.json: on, variant
+ * HF, when it has a sparse_config. HF / V2 turn it on with that block-selection variant (HF: the released
+ * modeling file; V2: the later infllm_v2 kernels), using the model card's sparse_config when config.json has
+ * none; OFF runs dense attention at every length. */
+enum minicpm_sparse_mode {
+    MINICPM_SPARSE_AUTO = 0,
+    MINICPM_SPARSE_OFF  = 1,
+    MINICPM_SPARSE_HF   = 2,
+    MINICPM_SPARSE_V2   = 3
+};
+
 /* ---------------------------------------------------------------------------------------------------------
  * Library
  * ------------------------------------------------------------------------------------------------------- */
@@ -132,6 +143,7 @@ struct minicpm_model_params {
     int32_t  quant_group_size; /* input features per scale: a positive multiple of 32, or 0 = 128           */
     uint8_t  quantize_head;    /* 1 (default): quantize the LM head / tied embedding too; 0: keep it as is  */
     uint8_t  pad1_[3];
+    int32_t  sparse;    /* enum minicpm_sparse_mode; default AUTO                                      */
 };
 
 struct minicpm_model_info {
@@ -159,11 +171,13 @@ struct minicpm_model_info {
     uint8_t  pad1_[4];
     uint64_t n_params;          /* parameter count                                                     */
     uint64_t weight_bytes;      /* bytes of all weight tensors as stored                               */
-    uint64_t kv_bytes_per_token;/* KV cache bytes for one token of one sequence (at the engine's dtype) */
+    uint64_t kv_bytes_per_token;/* KV cache bytes for one token of one sequence at the engine's default   */
+                                /* dtype (BF16), including the sparse-attention compressed keys (f32)  */
     int32_t  backend;           /* enum minicpm_backend the model runs on (never AUTO)                 */
-    uint8_t  sparse_config;     /* 1 when config.json has a sparse_config (see minicpm_model_warnings)  */
+    uint8_t  sparse_config;     /* 1 when config.json has a sparse_config                               */
     uint8_t  quantization_config; /* 1 when config.json has a quantization_config                     */
-    uint8_t  pad2_[2];
+    uint8_t  sparse_attention;  /* InfLLM v2 as loaded: enum minicpm_sparse_mode OFF, HF or V2            */
+    uint8_t  pad2_[1];
     char     backend_name[32];  /* NUL-terminated, e.g. "cpu"                                           */
 };
 
@@ -348,6 +362,8 @@ struct minicpm_engine_stats {
     uint64_t n_spec_drafted;    /* draft nodes verified                                                   */
     uint64_t n_spec_accepted;   /* drafts kept (the sample after them not counted)                        */
     uint64_t n_spec_at_depth[MINICPM_SPEC_MAX_DEPTH]; /* [d-1]: verifies that kept at least d drafts       */
+    uint64_t t_forward_us;      /* time in forward passes since init                                      */
+    uint64_t t_attention_us;    /* of which in attention ops (dense and sparse, incl. compressed keys)    */
 };
 
 /* Doorbell: rung from the engine thread when a request goes from no pending events to some. n_ready is the

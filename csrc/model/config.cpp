@@ -85,13 +85,44 @@ class config_reader {
         return out;
     }
 
+    void check_sparse(const model_config & c) const;
+
   private:
     const json_value &  root_;
     const std::string & source_;
 };
 
-// sparse_config: every field is validated; the engine does not run InfLLM v2 yet, so the model loads with a
-// warning saying that attention is dense (exact below dense_len, where the sparse layer is dense too).
+// The sparse_config fields every run of InfLLM v2 needs, whether they come from config.json or from the model
+// card's values (a load override). `where` prefixes messages.
+void check_sparse_impl(const model_config & c, const std::string & where) {
+    const model_config::sparse_attention & s = c.sparse;
+    auto bad = [&](const std::string & field, const std::string & what, int32_t status) {
+        fail(status, where + ": 'sparse_config." + field + "' " + what);
+    };
+    if (s.block_size != MINICPM_KV_BLOCK_SIZE)
+        bad("block_size", "is " + std::to_string(s.block_size) + "; the KV cache blocks are " +
+                              std::to_string(MINICPM_KV_BLOCK_SIZE) + " tokens",
+            MINICPM_STATUS_UNSUPPORTED);
+    if (s.kernel_stride > s.kernel_size)
+        bad("kernel_stride", "(" + std::to_string(s.kernel_stride) + ") exceeds kernel_size (" +
+                                 std::to_string(s.kernel_size) + ")",
+            MINICPM_STATUS_BAD_MODEL);
+    if (s.window_size % s.block_size != 0)
+        bad("window_size", "(" + std::to_string(s.window_size) + ") must be a multiple of block_size",
+            MINICPM_STATUS_BAD_MODEL);
+    if (s.block_size % s.kernel_stride != 0)
+        bad("kernel_stride", "(" + std::to_string(s.kernel_stride) + ") must divide block_size (" +
+                                 std::to_string(s.block_size) + "): the block max-pool is kernels per block + 1",
+            MINICPM_STATUS_UNSUPPORTED);
+    if (s.use_nope)
+        bad("use_nope", "is true: compressing keys without RoPE is not supported (MiniCPM4 uses false)",
+            MINICPM_STATUS_UNSUPPORTED);
+}
+
+// sparse_config: every field is validated; present means InfLLM v2 runs ("hf" variant) unless a load option
+// turns it off.
+void config_reader::check_sparse(const model_config & c) const { check_sparse_impl(c, source_); }
+
 void parse_sparse_config(const config_reader & r, const json_value & root, model_config & c) {
     const json_value * sc = root.find("sparse_config");
     if (sc == nullptr || sc->is_null()) return;
@@ -114,19 +145,8 @@ void parse_sparse_config(const config_reader & r, const json_value & root, model
         if (!v->is_bool()) r.bad("sparse_config.use_nope", "must be true or false, got " + config_reader::show(*v));
         s.use_nope = v->boolean;
     }
-    if (s.block_size != MINICPM_KV_BLOCK_SIZE)
-        r.bad("sparse_config.block_size", "is " + std::to_string(s.block_size) + "; the KV cache blocks are " +
-                                              std::to_string(MINICPM_KV_BLOCK_SIZE) + " tokens",
-              MINICPM_STATUS_UNSUPPORTED);
-    if (s.kernel_stride > s.kernel_size)
-        r.bad("sparse_config.kernel_stride", "(" + std::to_string(s.kernel_stride) + ") exceeds kernel_size (" +
-                                                 std::to_string(s.kernel_size) + ")");
-    if (s.window_size % s.block_size != 0)
-        r.bad("sparse_config.window_size", "(" + std::to_string(s.window_size) + ") must be a multiple of block_size");
-    c.warnings += "sparse_config (InfLLM v2, topk " + std::to_string(s.topk) + ", dense_len " +
-                  std::to_string(s.dense_len) +
-                  ") is not implemented yet: running dense attention (exact below dense_len; beyond it the output "
-                  "differs from the sparse model)\n";
+    r.check_sparse(c);
+    s.enabled = true;
 }
 
 // quantization_config (config.json) or quantize_config.json: GPTQ int4 (AutoGPTQ layout, checkpoint_format
@@ -283,6 +303,41 @@ void parse_quantize_config(const std::string & json_text, const std::string & so
     const json_value root = json_parse(json_text.data(), json_text.size(), source);
     config_reader    r(root, source);
     parse_quant_object(r, root, "quantize_config", c);
+}
+
+void check_sparse_fields(const model_config & c, const std::string & where) { check_sparse_impl(c, where); }
+
+const char * sparse_variant_name(sparse_variant v) { return v == sparse_variant::v2 ? "v2" : "hf"; }
+
+sparse_attn_params model_config::sparse_attention::params() const {
+    sparse_attn_params p;
+    p.kernel_size = kernel_size;
+    p.kernel_stride = kernel_stride;
+    p.init_blocks = init_blocks;
+    p.window_blocks = window_size / block_size;
+    p.topk = topk;
+    p.dense_len = dense_len;
+    p.variant = variant;
+    p.lse = lse;
+    return p;
+}
+
+void apply_sparse_mode(model_config & c, int32_t mode, const std::string & source) {
+    model_config::sparse_attention & s = c.sparse;
+    switch (mode) {
+        case MINICPM_SPARSE_AUTO: return;
+        case MINICPM_SPARSE_OFF: s.enabled = false; return;
+        case MINICPM_SPARSE_HF:
+        case MINICPM_SPARSE_V2: break;
+        default:
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "model params: sparse must be a minicpm_sparse_mode (0 auto, 1 off, "
+                                                  "2 hf, 3 v2), got " + std::to_string(mode));
+    }
+    // Without a sparse_config the model card's values apply (MINICPM4.md 3a); they are the struct defaults.
+    check_sparse_fields(c, source + " (sparse attention requested at load)");
+    s.enabled = true;
+    s.variant = mode == MINICPM_SPARSE_V2 ? sparse_variant::v2 : sparse_variant::hf;
+    s.lse = mode == MINICPM_SPARSE_V2 ? sparse_lse::c2 : sparse_lse::c1;
 }
 
 float model_config::residual_scale() const { return float(double(scale_depth) / std::sqrt(double(n_layer))); }

@@ -1,6 +1,8 @@
 // MiniCPM4 hyper-parameters parsed from a hub config.json, with the defaults the published configs rely on.
 #pragma once
 
+#include "core/sparse-attn.h"
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -36,6 +38,12 @@ struct model_config {
         int32_t kernel_size = 32, kernel_stride = 16, init_blocks = 1, block_size = 64;
         int32_t window_size = 2048, topk = 64, dense_len = 8192;
         bool    use_nope = false;
+        // Whether the engine runs it, and how: on by default when config.json has a sparse_config; a load
+        // option (minicpm_model_params.sparse) can turn it off, or on with the model card's values.
+        bool           enabled = false;
+        sparse_variant variant = sparse_variant::hf;
+        sparse_lse     lse = sparse_lse::c1;  // "c1" for hf, "c2" for v2 (INFLLM_V2.md D2)
+        sparse_attn_params params() const;
     } sparse;
 
     // Weight quantization declared by config.json "quantization_config" (GPTQ and kin).
@@ -55,6 +63,12 @@ struct model_config {
     float logit_divisor() const;        // hidden_size / dim_model_base (1 when dim_model_base is absent)
     float rope_mscale() const;          // sqrt(1 + ln(max/orig) / ln(orig)) when max > orig, else 1
 };
+
+// Applies a load-time sparse override (enum minicpm_sparse_mode): AUTO keeps config.json, OFF runs dense,
+// HF / V2 run InfLLM v2 with that variant (with the model card's sparse_config when config.json has none).
+// Throws _INVALID_ARGUMENT for an unknown mode, _UNSUPPORTED when the shape cannot run it.
+void apply_sparse_mode(model_config & c, int32_t mode, const std::string & source);
+const char * sparse_variant_name(sparse_variant v);
 
 // Parses and validates config.json text; throws minicpm::error(MINICPM_STATUS_BAD_MODEL / _UNSUPPORTED)
 // naming the field. `source` is the path used in messages.

@@ -14,8 +14,19 @@ static uint64_t block_elems(const model_config & cfg) {
     return uint64_t(cfg.n_head_kv) * kBlock * uint64_t(cfg.n_head_dim);
 }
 
+uint64_t kv_pool::sparse_bytes_per_block(const model_config & cfg) {
+    if (!cfg.sparse.enabled) return 0;
+    const kv_compressed cc = make_kv_compressed(cfg.sparse.params(), cfg.n_head_kv, cfg.n_head_dim, nullptr);
+    return uint64_t(cfg.n_layer) * uint64_t(cc.block_floats) * sizeof(float);
+}
+
 uint64_t kv_pool::bytes_per_block(const model_config & cfg, dtype type) {
-    return 2 * uint64_t(cfg.n_layer) * block_elems(cfg) * dtype_size(type);
+    return 2 * uint64_t(cfg.n_layer) * block_elems(cfg) * dtype_size(type) + sparse_bytes_per_block(cfg);
+}
+
+kv_compressed kv_pool::compressed(int32_t il) const {
+    if (sparse_side_ < 0) return kv_compressed{};
+    return make_kv_compressed(sparse_, n_head_kv_, head_dim_, (float *) side(sparse_side_, il, 0));
 }
 
 int32_t kv_blocks_for(int64_t n_slots) { return int32_t((n_slots + kBlock - 1) / kBlock); }
@@ -53,6 +64,16 @@ kv_pool::kv_pool(backend & be, const model_config & cfg, dtype type, int32_t n_b
     cached_.assign(size_t(n_blocks), 0);
     lru_prev_.assign(size_t(n_blocks), -1);
     lru_next_.assign(size_t(n_blocks), -1);
+    if (cfg.sparse.enabled) {
+        sparse_ = cfg.sparse.params();
+        try {
+            sparse_side_ = add_side(size_t(sparse_bytes_per_block(cfg) / uint64_t(cfg.n_layer)));
+        } catch (const error &) {
+            be_.release(k_);
+            be_.release(v_);
+            throw;
+        }
+    }
 }
 
 kv_pool::~kv_pool() {

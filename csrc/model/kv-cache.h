@@ -31,8 +31,14 @@ class kv_pool {
     kv_pool(const kv_pool &) = delete;
     kv_pool & operator=(const kv_pool &) = delete;
 
-    // Bytes of K plus V of one block (MINICPM_KV_BLOCK_SIZE tokens, all layers) for cfg at this dtype.
+    // Bytes of one block (MINICPM_KV_BLOCK_SIZE tokens, all layers) for cfg at this dtype: K plus V, plus the
+    // InfLLM v2 compressed keys when cfg runs sparse attention (sparse_bytes_per_block).
     static uint64_t bytes_per_block(const model_config & cfg, dtype type);
+    static uint64_t sparse_bytes_per_block(const model_config & cfg);
+
+    // The compressed key caches of layer il (side storage registered by the constructor when cfg runs sparse
+    // attention; base == nullptr otherwise).
+    kv_compressed compressed(int32_t il) const;
 
     kv_layer layer(int32_t il) const;
     dtype    type() const { return type_; }
@@ -79,6 +85,8 @@ class kv_pool {
     };
 
     backend &              be_;
+    sparse_attn_params     sparse_;
+    int32_t                sparse_side_ = -1;
     dtype                  type_;
     int32_t                n_blocks_;
     int32_t                n_layer_;

@@ -4,6 +4,7 @@
 #include "core/status.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <atomic>
 #include <mutex>
@@ -44,10 +45,28 @@ std::vector<float> build_rope_table(const model_config & cfg) {
     return table;
 }
 
+int32_t sparse_stale_from(const kv_pool & kv, const kv_segment & sg) {
+    const int64_t n_end = int64_t(sg.n_past) + sg.n_rows;
+    for (int32_t b = 0; int64_t(b) * MINICPM_KV_BLOCK_SIZE < n_end; ++b) {
+        const int32_t filled = int32_t(std::min<int64_t>(MINICPM_KV_BLOCK_SIZE, n_end - int64_t(b) * MINICPM_KV_BLOCK_SIZE));
+        const int32_t valid = kv.side_valid(sg.blocks[b]);
+        if (valid < filled) return b * MINICPM_KV_BLOCK_SIZE + valid;
+    }
+    return int32_t(n_end);
+}
+
+void sparse_mark_valid(kv_pool & kv, const kv_segment & sg, int32_t from) {
+    const int64_t n_end = int64_t(sg.n_past) + sg.n_rows;
+    for (int32_t b = from / MINICPM_KV_BLOCK_SIZE; int64_t(b) * MINICPM_KV_BLOCK_SIZE < n_end; ++b)
+        kv.set_side_valid(sg.blocks[b], int32_t(std::min<int64_t>(MINICPM_KV_BLOCK_SIZE,
+                                                                   n_end - int64_t(b) * MINICPM_KV_BLOCK_SIZE)));
+}
+
 std::unique_ptr<model> model::load(const std::string & dir, const model_load_options & opts) {
     const backend_kind kind = resolve_backend(opts.backend);
     std::unique_ptr<model> m(new model());
     m->files_ = load_model_files(dir, opts.use_mmap);
+    apply_sparse_mode(m->files_->config, opts.sparse, dir + "/config.json");
     const model_config & c = m->files_->config;
     if (c.n_ctx_train <= 0 || c.n_head_dim <= 0 || c.n_head_dim % 2 != 0)
         fail(MINICPM_STATUS_BAD_MODEL, dir + "/config.json: max_position_embeddings " + std::to_string(c.n_ctx_train) +
@@ -206,6 +225,44 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
         covered += sg.n_rows;
     }
     if (covered != T) fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: segments do not cover the batch");
+
+    // InfLLM v2 (INFLLM_V2.md): rows whose slot p has p + 1 < dense_len run the dense op, the others the sparse
+    // op (the per-query switch, so the logits do not depend on how a prompt is chunked). The compressed keys of
+    // every unmasked segment are kept current for all layers, from the first stale slot on.
+    const bool sparse = c.sparse.enabled;
+    const sparse_attn_params sp = c.sparse.params();
+    ws.dense_segs.clear();
+    ws.sparse_segs.clear();
+    ws.comp_segs.clear();
+    ws.comp_from.clear();
+    if (sparse) {
+        for (int32_t s = 0; s < batch.n_segs; ++s) {
+            const kv_segment & sg = batch.segs[s];
+            const int32_t n_dense = std::clamp(sp.dense_len - 1 - sg.n_past, 0, sg.n_rows);  // rows with p+1 < dense_len
+            if (sg.mask != nullptr) {
+                if (n_dense < sg.n_rows)
+                    fail(MINICPM_STATUS_UNSUPPORTED, "forward: token trees (speculative decoding) beyond dense_len (" +
+                                                         std::to_string(sp.dense_len) +
+                                                         ") are not supported with InfLLM v2 sparse attention");
+                ws.dense_segs.push_back(sg);
+                continue;
+            }
+            ws.comp_segs.push_back(sg);
+            ws.comp_from.push_back(sparse_stale_from(kv, sg));
+            if (n_dense > 0) {
+                kv_segment d = sg;
+                d.n_rows = n_dense;
+                ws.dense_segs.push_back(d);
+            }
+            if (n_dense < sg.n_rows) {
+                kv_segment x = sg;
+                x.row_begin += n_dense;
+                x.n_past += n_dense;
+                x.n_rows -= n_dense;
+                ws.sparse_segs.push_back(x);
+            }
+        }
+    }
     for (int32_t r = 0; r < R; ++r)
         if (batch.logit_rows[r] < 0 || batch.logit_rows[r] >= T ||
             (r > 0 && batch.logit_rows[r] <= batch.logit_rows[r - 1]))
@@ -277,7 +334,22 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
         cb("k_rope", il, k, T, int64_t(nkv) * hd);
         cb("v", il, v, T, int64_t(nkv) * hd);
         be.kv_store(kvl, k, v, batch.segs, batch.n_segs);  // keys are cached after RoPE
-        be.attention(att, q, kvl, batch.segs, batch.n_segs, nh, attn_scale);
+        const auto t_attn = std::chrono::steady_clock::now();
+        if (ws.sparse_segs.empty() && ws.comp_segs.empty()) {
+            be.attention(att, q, kvl, batch.segs, batch.n_segs, nh, attn_scale);
+        } else {
+            const kv_compressed cc = kv.compressed(il);
+            if (!ws.comp_segs.empty())
+                be.kv_compress(cc, kvl, ws.comp_segs.data(), ws.comp_from.data(), int32_t(ws.comp_segs.size()));
+            if (!ws.dense_segs.empty())
+                be.attention(att, q, kvl, ws.dense_segs.data(), int32_t(ws.dense_segs.size()), nh, attn_scale);
+            if (!ws.sparse_segs.empty())
+                be.sparse_attention(att, q, kvl, cc, ws.sparse_segs.data(), int32_t(ws.sparse_segs.size()), nh,
+                                    attn_scale, sp, nullptr, 0);
+        }
+        be.synchronize();
+        ws.attn_us += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t_attn)
+                          .count();
         cb("attn_out", il, att, T, int64_t(nh) * hd);
         be.matmul(o, att, lw.wo, T);
         cb("attn_proj", il, o, T, H);
@@ -295,6 +367,7 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
         be.add_scaled(x, o, rscale, int64_t(T) * H);
         cb("l_out", il, x, T, H);
     }
+    for (size_t i = 0; i < ws.comp_segs.size(); ++i) sparse_mark_valid(kv, ws.comp_segs[i], ws.comp_from[i]);
     if (R == 0) {
         be.synchronize();
         return;

@@ -44,7 +44,19 @@ struct forward_workspace {
     buffer               buf;
     std::vector<int32_t> pos;
     std::vector<float>   hook_copy;
+    // InfLLM v2 batch metadata (host): the batch split into dense and sparse rows, the segments whose
+    // compressed keys are maintained and the first stale slot of each.
+    std::vector<kv_segment> dense_segs, sparse_segs, comp_segs;
+    std::vector<int32_t>    comp_from;
+    // Wall time spent in attention ops (dense and sparse, incl. compression) by forward(), accumulated.
+    int64_t attn_us = 0;
 };
+
+// InfLLM v2 bookkeeping over the pool's side_valid (kv-cache.h), for the rows of segment sg (no tree mask):
+// the first slot whose compressed kernels must be recomputed (every kernel whose last slot is >= it), and,
+// once every layer has been compressed, the marking of slots [0, n_past + n_rows) as described.
+int32_t sparse_stale_from(const kv_pool & kv, const kv_segment & sg);
+void    sparse_mark_valid(kv_pool & kv, const kv_segment & sg, int32_t from);
 
 struct model_load_options {
     bool    use_mmap = true;
@@ -52,16 +64,19 @@ struct model_load_options {
     int32_t quantize = 0;                    // 0, MINICPM_DTYPE_Q8 or MINICPM_DTYPE_Q4 (see minicpm_model_params)
     int32_t quant_group_size = 128;
     bool    quantize_head = true;
+    int32_t sparse = 0;  // enum minicpm_sparse_mode: InfLLM v2 as config.json says, or forced on / off
 };
 
 class model {
   public:
     // Loads the directory and places the weights on the requested backend (enum minicpm_backend).
     static std::unique_ptr<model> load(const std::string & dir, const model_load_options & opts);
-    static std::unique_ptr<model> load(const std::string & dir, bool use_mmap, int32_t backend_request) {
+    static std::unique_ptr<model> load(const std::string & dir, bool use_mmap, int32_t backend_request,
+                                       int32_t sparse_mode = 0) {
         model_load_options o;
         o.use_mmap = use_mmap;
         o.backend = backend_request;
+        o.sparse = sparse_mode;
         return load(dir, o);
     }
     ~model();

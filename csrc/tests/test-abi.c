@@ -42,6 +42,7 @@ static const struct field model_params_fields[] = {
     FIELD(minicpm_model_params, use_mmap), FIELD(minicpm_model_params, pad_), FIELD(minicpm_model_params, quantize),
     FIELD(minicpm_model_params, quant_group_size), FIELD(minicpm_model_params, quantize_head),
     FIELD(minicpm_model_params, pad1_),
+    FIELD(minicpm_model_params, sparse),
 };
 static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, size),           FIELD(minicpm_model_info, n_vocab),
@@ -58,7 +59,8 @@ static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, n_params),       FIELD(minicpm_model_info, weight_bytes),
     FIELD(minicpm_model_info, kv_bytes_per_token), FIELD(minicpm_model_info, backend),
     FIELD(minicpm_model_info, sparse_config),  FIELD(minicpm_model_info, quantization_config),
-    FIELD(minicpm_model_info, pad2_),          FIELD(minicpm_model_info, backend_name),
+    FIELD(minicpm_model_info, sparse_attention), FIELD(minicpm_model_info, pad2_),
+    FIELD(minicpm_model_info, backend_name),
 };
 static const struct field context_params_fields[] = {
     FIELD(minicpm_context_params, size),      FIELD(minicpm_context_params, n_ctx),
@@ -115,6 +117,7 @@ static const struct field engine_stats_fields[] = {
     FIELD(minicpm_engine_stats, n_spec_verifies),
     FIELD(minicpm_engine_stats, n_spec_drafted),  FIELD(minicpm_engine_stats, n_spec_accepted),
     FIELD(minicpm_engine_stats, n_spec_at_depth),
+    FIELD(minicpm_engine_stats, t_forward_us), FIELD(minicpm_engine_stats, t_attention_us),
 };
 
 /* Fields whose offset differs from minicpm_struct_offset(), each printed (quiet: only counts). */
@@ -209,9 +212,9 @@ int main(void) {
     memset(&mp, 0xff, sizeof(mp));
     minicpm_model_default_params(&mp);
     CHECK(mp.size == sizeof(mp) && mp.use_mmap == 1 && mp.n_threads == 0 && mp.quantize == 0 &&
-              mp.quant_group_size == 0 && mp.quantize_head == 1,
-          "model defaults: size %u use_mmap %u n_threads %d quantize %d group %d head %u", mp.size, mp.use_mmap,
-          mp.n_threads, mp.quantize, mp.quant_group_size, mp.quantize_head);
+              mp.quant_group_size == 0 && mp.quantize_head == 1 && mp.sparse == MINICPM_SPARSE_AUTO,
+          "model defaults: size %u use_mmap %u n_threads %d quantize %d group %d head %u sparse %d", mp.size,
+          mp.use_mmap, mp.n_threads, mp.quantize, mp.quant_group_size, mp.quantize_head, mp.sparse);
     struct minicpm_context_params cp;
     memset(&cp, 0xff, sizeof(cp));
     minicpm_context_default_params(&cp);

@@ -476,6 +476,15 @@ class failing_backend final : public minicpm::backend {
                    int32_t n, int32_t nh, float sc) override {
         in_->attention(o, q, kv, s, n, nh, sc);
     }
+    void kv_compress(const minicpm::kv_compressed & cc, const minicpm::kv_layer & kv, const minicpm::kv_segment * s,
+                     const int32_t * from, int32_t n) override {
+        in_->kv_compress(cc, kv, s, from, n);
+    }
+    void sparse_attention(float * o, const float * q, const minicpm::kv_layer & kv, const minicpm::kv_compressed & cc,
+                          const minicpm::kv_segment * s, int32_t n, int32_t nh, float sc,
+                          const minicpm::sparse_attn_params & sp, uint64_t * sel, int32_t words) override {
+        in_->sparse_attention(o, q, kv, cc, s, n, nh, sc, sp, sel, words);
+    }
     void silu_mul(float * o, const float * g, const float * u, int64_t n) override { in_->silu_mul(o, g, u, n); }
     void add_scaled(float * x, const float * a, float s, int64_t n) override { in_->add_scaled(x, a, s, n); }
     void div_scalar(float * x, float d, int64_t n) override { in_->div_scalar(x, d, n); }

@@ -19,6 +19,8 @@ function entry(state: AppState, id: string) {
     max_model_len: info.nCtx,
     context_length: info.nCtx,
     random_weights: info.randomWeights,
+    // InfLLM v2 sparse attention as loaded: null (dense at every length) or its variant (hf / v2).
+    sparse_attention: info.sparseAttention === 'off' ? null : { variant: info.sparseAttention },
   }
 }
 

@@ -125,6 +125,7 @@ export const modelOptions = {
   'no-prefix-cache': { type: 'boolean' },
   'tool-format': { type: 'string' },
   draft: { type: 'string' },
+  sparse: { type: 'string' },
 } as const satisfies Options
 
 export const modelHelp = `Model:
@@ -145,7 +146,9 @@ export const modelHelp = `Model:
       --tool-format F      how tools and tool calls are rendered and parsed: minicpm (MiniCPM3 / MiniCPM4-MCP
                            Python calls; the default for MiniCPM models) or none (requests with tools get 400)
       --draft DIR          speculative decoding with a draft model next to the target: a plain MiniCPM model with
-                           the same vocabulary (e.g. 0.5B for 8B) drafts EAGLE-2 token trees; output is unchanged`
+                           the same vocabulary (e.g. 0.5B for 8B) drafts EAGLE-2 token trees; output is unchanged
+      --sparse MODE        InfLLM v2 sparse attention: on | off | hf | v2 (default: on, variant hf, when
+                           config.json has a sparse_config; on = hf; without one the model card's values apply)`
 
 export const samplingOptions = {
   'max-tokens': { type: 'string', short: 'n' },
@@ -196,6 +199,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     prefixCache: values['no-prefix-cache'] === true ? false : undefined,
     toolFormat: values['tool-format'] as string | undefined,
     draft: values.draft as string | undefined,
+    sparse: sparseOf(values),
     onProgress: progressBar(),
     onLog: (line) => stderrLine.line(line),
   }
@@ -228,6 +232,15 @@ export function quantizeOf(values: Values): Pick<LoadOptions, 'quantize' | 'quan
   if (quantGroupSize !== undefined && quantGroupSize % 32 !== 0)
     throw new UsageError(`--quant-group must be a multiple of 32, got ${quantGroupSize}`)
   return { quantize, quantGroupSize }
+
+}
+
+export function sparseOf(values: Values): LoadOptions['sparse'] {
+  const raw = values.sparse
+  if (raw === undefined) return undefined
+  const mode = raw === 'on' ? 'hf' : (['off', 'hf', 'v2'] as const).find((m) => m === raw)
+  if (mode === undefined) throw new UsageError(`--sparse must be one of on, off, hf, v2, got '${String(raw)}'`)
+  return mode
 }
 
 export function kvDtypeOf(values: Values): LoadOptions['kvDtype'] {

@@ -55,6 +55,8 @@ ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
         library: nativeLibrary.path,
         backend,
         warnings: model.warnings(),
+        sparseAttention: i.sparseAttention,
+        kvBytesPerToken: i.kvBytesPerToken,
       }
     } catch (e) {
       load = { ok: false, error: (e as Error).message }
@@ -90,7 +92,16 @@ ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
 }
 
 type Load =
-  | { ok: true; nParams: number; weightBytes: number; library: string; backend: string; warnings: string[] }
+  | {
+      ok: true
+      nParams: number
+      weightBytes: number
+      library: string
+      backend: string
+      warnings: string[]
+      sparseAttention: string
+      kvBytesPerToken: number
+    }
   | { ok: false; error: string }
 
 function pick(obj: Record<string, unknown>, keys: string[]): Record<string, unknown> {
@@ -170,6 +181,11 @@ function printReport(r: {
       ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} (${r.load.library})\n` +
         `kernels      ${r.load.backend}${process.env.MINICPM_KERNELS ? ` (MINICPM_KERNELS=${process.env.MINICPM_KERNELS})` : ''}`
       : `loads        NO: ${r.load.error}`,
+    ...(r.load.ok
+      ? [
+          `attention    ${r.load.sparseAttention === 'off' ? 'dense' : `InfLLM v2 sparse (variant ${r.load.sparseAttention}) beyond sparse_config.dense_len, dense below`}; KV ${r.load.kvBytesPerToken} bytes/token (bf16${r.load.sparseAttention === 'off' ? '' : ', incl. compressed keys'})`,
+        ]
+      : []),
     ...(r.load.ok ? r.load.warnings.map((w) => `warning      ${w}`) : []),
   ]
   console.log(lines.join('\n'))

@@ -166,6 +166,7 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
   const eosIds = sampling.ignoreEos ? [] : tokenizer.eosIds.filter((t) => t < deps.nVocab)
   const stopIds = [...(req.stopTokenIds ?? []), ...eosIds]
   const id = engine.submit(ids, sampling, { stopIds, logitBias: req.logitBias })
+  const stats0 = engine.stats()
 
   let ready = false
   let wake: (() => void) | null = null
@@ -270,11 +271,15 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
           : ids.length + completion >= deps.nCtx
             ? 'n_ctx'
             : 'kv_cache'
+    const stats1 = engine.disposed ? stats0 : engine.stats()
+    const forwardUs = stats1.forwardUs - stats0.forwardUs
+    const timings = timeline.timings(completion)
+    if (forwardUs > 0) timings.attentionShare = Math.min(1, (stats1.attentionUs - stats0.attentionUs) / forwardUs)
     yield {
       type: 'finish',
       reason,
       usage: { promptTokens: ids.length, completionTokens: completion, cachedTokens },
-      timings: timeline.timings(completion),
+      timings,
       ...(reason === 'error' ? { error: failure } : {}),
       ...(lengthCause ? { lengthCause } : {}),
     }

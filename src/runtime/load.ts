@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { NativeEngine, NativeModel, type Backend, type KvDtype, type QuantizeType } from '../../ffi/index'
+import { NativeEngine, NativeModel, type Backend, type KvDtype, type QuantizeType, type SparseMode } from '../../ffi/index'
 import { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError } from '../chat/index'
 import { isHubId } from '../hub/cache'
 import { pull } from '../hub/pull'
@@ -57,6 +57,9 @@ export interface LoadOptions {
   draftNumIter?: number
   draftTopK?: number
   draftTreeSize?: number
+  /** InfLLM v2 sparse attention: 'auto' (default) as config.json says, 'off' dense, 'hf' / 'v2' on (the model
+   * card's sparse_config when config.json has none). */
+  sparse?: SparseMode
   /** Overrides MINICPM_FFI_POLL for this model's engine. */
   poll?: boolean
   /** How often a request waiting for its first token reports prefill progress; default 100 ms. */
@@ -145,6 +148,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     quantize: opts.quantize,
     quantGroupSize: opts.quantGroupSize,
     quantizeHead: opts.quantizeHead,
+    sparse: opts.sparse,
   })
   let draft: NativeModel | undefined
   try {
@@ -213,6 +217,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       backend: nativeInfo.backend,
       backendName: nativeInfo.backendName,
       sparseConfig: nativeInfo.sparseConfig,
+      sparseAttention: nativeInfo.sparseAttention,
       quantizationConfig: nativeInfo.quantizationConfig,
       warnings,
       toolFormat: toolFormat?.name ?? null,

@@ -63,6 +63,7 @@ export class FakeModel implements ServedModel {
     backend: 'cpu',
     backendName: 'fake',
     sparseConfig: false,
+    sparseAttention: 'off',
     quantizationConfig: false,
     warnings: [],
     toolFormat: null,
@@ -141,6 +142,8 @@ export class FakeModel implements ServedModel {
       specAtDepth: [],
       specMeanAcceptLength: 0,
       specDepthAcceptance: [],
+      forwardUs: 0,
+      attentionUs: 0,
     }
   }
 
