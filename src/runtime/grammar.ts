@@ -1,0 +1,144 @@
+/**
+ * Constrained decoding: response_format json_object / json_schema compiled by XGrammar (@mlc-ai/web-xgrammar,
+ * WebAssembly) into a grammar whose matcher gives, before each token, the bitset of tokens that keep the output
+ * a prefix of a valid document. generate() hands that bitset to the engine (minicpm_engine_set_mask), which
+ * applies it in the request's sampler; the request sits out the steps until its next mask is set, so the other
+ * requests of the batch never wait for it.
+ *
+ * One GrammarService per tokenizer: the vocabulary is set up once (encoded as SentencePiece byte-fallback
+ * pieces), and compiled grammars are cached by (schema text, strict).
+ */
+import { GrammarCompiler, GrammarMatcher, TokenizerInfo, type CompiledGrammar } from '@mlc-ai/web-xgrammar'
+import type { Tokenizer } from '../tokenizer/index'
+import type { ResponseFormat } from '../types'
+import { checkSchema, UnsupportedSchemaError } from './schema-check'
+
+/** The vocabulary as XGrammar's byte-fallback pieces ('▁' for space, '<0xNN>' for raw bytes, '' = special). */
+function encodedVocab(tok: Tokenizer, nVocab: number): string[] {
+  const dec = new TextDecoder('utf-8', { fatal: true })
+  const out: string[] = []
+  for (let i = 0; i < nVocab; i++) {
+    if (i >= tok.vocabSize || tok.specialIds.has(i)) {
+      out.push('')
+      continue
+    }
+    const b = tok.tokenBytes(i)
+    try {
+      out.push(dec.decode(b).replaceAll(' ', '\u2581'))
+    } catch {
+      out.push(b.length === 1 ? `<0x${b[0]!.toString(16).toUpperCase().padStart(2, '0')}>` : '')
+    }
+  }
+  return out
+}
+
+/** Figures for the closing measurements: mask computations and their time. */
+export const grammarStats = { masks: 0, maskUs: 0, maxMaskUs: 0, compiles: 0, compileMs: 0, cacheHits: 0 }
+
+const CACHE_MAX = 64
+
+export class GrammarService {
+  #compiler: Promise<GrammarCompiler>
+  #cache = new Map<string, Promise<CompiledGrammar>>()
+  readonly setupMs: Promise<number>
+
+  constructor(
+    tok: Tokenizer,
+    readonly nVocab: number,
+  ) {
+    const t0 = performance.now()
+    this.#compiler = (async () => {
+      const eos = tok.eosIds.filter((t) => t < nVocab)
+      const info = await TokenizerInfo.createTokenizerInfo(encodedVocab(tok, nVocab), 'BYTE_FALLBACK', false, nVocab, eos)
+      return GrammarCompiler.createGrammarCompiler(info, false)
+    })()
+    this.setupMs = this.#compiler.then(() => performance.now() - t0)
+  }
+
+  /** The compiled grammar of a response format (cached by schema text); throws UnsupportedSchemaError. */
+  compile(fmt: ResponseFormat): Promise<CompiledGrammar> {
+    const key = fmt.type === 'json_object' ? 'json_object' : `${fmt.strict ? 's' : 'n'}:${JSON.stringify(fmt.schema)}`
+    const hit = this.#cache.get(key)
+    if (hit) {
+      grammarStats.cacheHits++
+      this.#cache.delete(key) // LRU: move to the back
+      this.#cache.set(key, hit)
+      return hit
+    }
+    if (fmt.type === 'json_schema') checkSchema(fmt.schema)
+    const t0 = performance.now()
+    const p = this.#compiler.then(async (c) => {
+      try {
+        // Compact output (no free whitespace): a weak or random model cannot wander into endless spaces.
+        const g =
+          fmt.type === 'json_object'
+            ? await c.compileJSONSchema('{"type":"object"}', false, undefined, [',', ':'], false)
+            : await c.compileJSONSchema(JSON.stringify(fmt.schema), false, undefined, [',', ':'], fmt.strict ?? false)
+        grammarStats.compiles++
+        grammarStats.compileMs += performance.now() - t0
+        return g
+      } catch (e) {
+        throw new UnsupportedSchemaError(`the JSON schema could not be compiled: ${(e as Error).message ?? e}`, 'schema')
+      }
+    })
+    p.catch(() => this.#cache.delete(key))
+    this.#cache.set(key, p)
+    if (this.#cache.size > CACHE_MAX) {
+      const [oldest, old] = this.#cache.entries().next().value!
+      this.#cache.delete(oldest)
+      old.then((g) => g.dispose(), () => {})
+    }
+    return p
+  }
+
+  /** A matcher for one request; stopIds end the document (the engine stops on them too). */
+  async matcher(fmt: ResponseFormat, stopIds: number[]): Promise<ConstrainedDecoder> {
+    const g = await this.compile(fmt)
+    const m = await GrammarMatcher.createGrammarMatcher(g, stopIds.length > 0 ? stopIds : undefined)
+    return new ConstrainedDecoder(m, this.nVocab)
+  }
+}
+
+/** One request's grammar state: accept each sampled token, then give the next mask. */
+export class ConstrainedDecoder {
+  constructor(
+    private readonly m: GrammarMatcher,
+    private readonly nVocab: number,
+  ) {}
+
+  /** False when the token breaks the grammar (cannot happen when the engine applied the mask). */
+  accept(token: number): boolean {
+    return this.m.acceptToken(token)
+  }
+
+  get terminated(): boolean {
+    return this.m.isTerminated()
+  }
+
+  async nextMask(): Promise<Uint32Array> {
+    const t0 = performance.now()
+    const bits = await this.m.getNextTokenBitmask()
+    const us = (performance.now() - t0) * 1000
+    grammarStats.masks++
+    grammarStats.maskUs += us
+    if (us > grammarStats.maxMaskUs) grammarStats.maxMaskUs = us
+    const words = (this.nVocab + 31) >> 5
+    return new Uint32Array(bits.buffer, bits.byteOffset, words)
+  }
+
+  dispose(): void {
+    this.m.dispose()
+  }
+}
+
+const services = new WeakMap<Tokenizer, GrammarService>()
+
+/** The grammar service of a tokenizer (vocabulary set up on first use). */
+export function grammarService(tok: Tokenizer, nVocab: number): GrammarService {
+  let s = services.get(tok)
+  if (!s || s.nVocab !== nVocab) {
+    s = new GrammarService(tok, nVocab)
+    services.set(tok, s)
+  }
+  return s
+}
