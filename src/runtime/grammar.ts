@@ -57,7 +57,7 @@ export class GrammarService {
 
   /** The compiled grammar of a response format (cached by schema text); throws UnsupportedSchemaError. */
   compile(fmt: ResponseFormat): Promise<CompiledGrammar> {
-    const key = fmt.type === 'json_object' ? 'json_object' : `${fmt.strict ? 's' : 'n'}:${JSON.stringify(fmt.schema)}`
+    const key = fmt.type === 'json_object' ? 'json_object' : JSON.stringify(fmt.schema)
     const hit = this.#cache.get(key)
     if (hit) {
       grammarStats.cacheHits++
@@ -72,8 +72,11 @@ export class GrammarService {
         // Compact output (no free whitespace): a weak or random model cannot wander into endless spaces.
         const g =
           fmt.type === 'json_object'
-            ? await c.compileJSONSchema('{"type":"object"}', false, undefined, [',', ':'], false)
-            : await c.compileJSONSchema(JSON.stringify(fmt.schema), false, undefined, [',', ':'], fmt.strict ?? false)
+            ? await c.compileJSONSchema('{"type":"object"}', false, -1, [',', ':'], false)
+            : // XGrammar's strict mode for both OpenAI modes: properties and items the schema does not name are
+              // not generated (they are allowed, never required, so the output validates either way), which keeps
+              // a weak model from wandering into endless free-form keys.
+              await c.compileJSONSchema(JSON.stringify(fmt.schema), false, -1, [',', ':'], true)
         grammarStats.compiles++
         grammarStats.compileMs += performance.now() - t0
         return g
