@@ -20,6 +20,8 @@ export interface ChatMessage {
 export type ResponseFormat =
   | { type: 'json_object' }
   | { type: 'json_schema'; schema: Record<string, unknown>; strict?: boolean; name?: string }
+  /** A forced call (tool_choice required / named) in the MiniCPM tool format, to one of these tools. */
+  | { type: 'tool_call'; tools: Array<{ name: string; parameters?: Record<string, unknown> }> }
 
 export interface SamplingOptions {
   temperature?: number // <= 0: greedy

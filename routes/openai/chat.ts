@@ -100,6 +100,11 @@ export function chatRoutes(state: AppState): Hono {
       messages: toMessages(body.messages, format),
       ...(plan.tools.length > 0 ? { tools: plan.tools } : {}),
     }
+    if (plan.force) {
+      if (req.responseFormat) throw badRequest('response_format cannot be combined with a forced tool call', 'response_format')
+      // The call block, constrained so that it always parses (even from random weights).
+      req.responseFormat = { type: 'tool_call', tools: plan.force.map((t) => ({ name: t.name, parameters: t.parameters })) }
+    }
     const top = body.logprobs ? (body.top_logprobs ?? 0) : 0
     if (body.logprobs) Object.assign(req, { logprobs: true, topLogprobs: top })
     Object.assign(req, toPromptOptions(body))

@@ -8,7 +8,8 @@
  * One GrammarService per tokenizer: the vocabulary is set up once (encoded as SentencePiece byte-fallback
  * pieces), and compiled grammars are cached by (schema text, strict).
  */
-import { GrammarCompiler, GrammarMatcher, TokenizerInfo, type CompiledGrammar } from '@mlc-ai/web-xgrammar'
+import { GrammarCompiler, GrammarMatcher, Testings, TokenizerInfo, type CompiledGrammar } from '@mlc-ai/web-xgrammar'
+import { CALL_END, CALL_START } from '../chat/tools/minicpm'
 import type { Tokenizer } from '../tokenizer/index'
 import type { ResponseFormat } from '../types'
 import { checkSchema, UnsupportedSchemaError } from './schema-check'
@@ -57,7 +58,7 @@ export class GrammarService {
 
   /** The compiled grammar of a response format (cached by schema text); throws UnsupportedSchemaError. */
   compile(fmt: ResponseFormat): Promise<CompiledGrammar> {
-    const key = fmt.type === 'json_object' ? 'json_object' : JSON.stringify(fmt.schema)
+    const key = fmt.type === 'json_object' ? 'json_object' : fmt.type === 'tool_call' ? `tools:${JSON.stringify(fmt.tools)}` : JSON.stringify(fmt.schema)
     const hit = this.#cache.get(key)
     if (hit) {
       grammarStats.cacheHits++
@@ -66,6 +67,7 @@ export class GrammarService {
       return hit
     }
     if (fmt.type === 'json_schema') checkSchema(fmt.schema)
+    if (fmt.type === 'tool_call') for (const t of fmt.tools) checkSchema(t.parameters ?? { type: 'object' }, `#/tools/${t.name}`)
     const t0 = performance.now()
     const p = this.#compiler.then(async (c) => {
       try {
@@ -73,7 +75,9 @@ export class GrammarService {
         const g =
           fmt.type === 'json_object'
             ? await c.compileJSONSchema('{"type":"object"}', false, -1, [',', ':'], false)
-            : // XGrammar's strict mode for both OpenAI modes: properties and items the schema does not name are
+            : fmt.type === 'tool_call'
+              ? await c.compileGrammar(await toolCallEbnf(fmt.tools))
+              : // XGrammar's strict mode for both OpenAI modes: properties and items the schema does not name are
               // not generated (they are allowed, never required, so the output validates either way), which keeps
               // a weak model from wandering into endless free-form keys.
               await c.compileJSONSchema(JSON.stringify(fmt.schema), false, -1, [',', ':'], true)
@@ -132,6 +136,69 @@ export class ConstrainedDecoder {
   dispose(): void {
     this.m.dispose()
   }
+}
+
+/** One JSON-schema value as EBNF rules whose names all start with prefix (root becomes prefix + 'root'). */
+async function valueRules(schema: unknown, prefix: string): Promise<string> {
+  const ebnf = await Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, [', ', ': '], true)
+  const lines = ebnf.split('\n').filter((l) => l.includes('::='))
+  const names = new Set(lines.map((l) => l.slice(0, l.indexOf('::=')).trim()))
+  const token = /"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|[A-Za-z_][A-Za-z0-9_-]*/g
+  return lines
+    .map((l) => {
+      const at = l.indexOf('::=')
+      const body = l
+        .slice(at + 3)
+        .replace(token, (t) => (names.has(t) ? prefix + t : t))
+        // A string ends where JSON continues; in a Python call a ')' may follow too.
+        .replaceAll('[,}\\]:])', '[,}\\]:)])')
+      return `${prefix}${l.slice(0, at).trim()} ::=${body}`
+    })
+    .join('\n')
+}
+
+const lit = (s: string) => JSON.stringify(s)
+
+/**
+ * The MiniCPM call block as EBNF: CALL_START, ```python, one or more calls name(k=v, ...) with every required
+ * parameter (in the schema's order) and any optional ones, each value a JSON literal of its schema (the Python
+ * call parser takes JSON spellings), then ``` and CALL_END.
+ */
+export async function toolCallEbnf(tools: Array<{ name: string; parameters?: Record<string, unknown> }>): Promise<string> {
+  const rules: string[] = []
+  const calls: string[] = []
+  for (const [ti, tool] of tools.entries()) {
+    const params = (tool.parameters ?? {}) as { properties?: Record<string, unknown>; required?: string[] }
+    const props = Object.entries(params.properties ?? {})
+    const required = new Set(params.required ?? [])
+    const p = `t${ti}_`
+    for (const [pi, [name, schema]] of props.entries()) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+        throw new UnsupportedSchemaError(`tool '${tool.name}': parameter '${name}' is not an identifier, so it cannot be a keyword argument`, 'properties')
+      }
+      rules.push(await valueRules(schema, `${p}v${pi}_`))
+    }
+    // start_i: nothing written yet; more_i: something written (the next argument needs ', ').
+    const n = props.length
+    for (let i = n; i >= 0; i--) {
+      if (i === n) {
+        rules.push(`${p}start${i} ::= ""`, `${p}more${i} ::= ""`)
+        continue
+      }
+      const [name] = props[i]!
+      const arg = `${lit(name + '=')} ${p}v${i}_root`
+      const req = required.has(name)
+      rules.push(`${p}start${i} ::= ${arg} ${p}more${i + 1}${req ? '' : ` | ${p}start${i + 1}`}`)
+      rules.push(`${p}more${i} ::= ${lit(', ')} ${arg} ${p}more${i + 1}${req ? '' : ` | ${p}more${i + 1}`}`)
+    }
+    rules.push(`${p}call ::= ${lit(tool.name + '(')} ${p}start0 ${lit(')')}`)
+    calls.push(`${p}call`)
+  }
+  return [
+    `root ::= ${lit(CALL_START + '\n```python\n')} call (${lit('\n')} call)* ${lit('\n```\n' + CALL_END)}`,
+    `call ::= ${calls.join(' | ')}`,
+    ...rules,
+  ].join('\n')
 }
 
 const services = new WeakMap<Tokenizer, GrammarService>()
