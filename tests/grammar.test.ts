@@ -211,13 +211,15 @@ describe('response_format on the random-weight model', () => {
     await batch(2, 1) // warm up (grammar compiled, pool threads up)
     const s0 = { ...grammarStats }
     const alone = await batch(8, 0)
+    const sixteen = await batch(16, 0) // the same batch size with no constraint: what the extra rows cost
     const mixed = await batch(8, 8)
     const onlyMasked = await batch(0, 8)
     const masks = grammarStats.masks - s0.masks
     const meanUs = (grammarStats.maskUs - s0.maskUs) / masks
     console.log(`  mask: ${masks} masks, mean ${meanUs.toFixed(1)} us per step (includes the JS-WASM call), worst ${grammarStats.maxMaskUs.toFixed(0)} us since load`)
     console.log(`  8 plain alone:        ${alone.pt} tokens, plain ${alone.plainTps.toFixed(0)} tok/s, all ${alone.allTps.toFixed(0)} tok/s`)
-    console.log(`  8 plain + 8 masked:   plain ${mixed.plainTps.toFixed(0)} tok/s (the plain ones are not stalled), masked ${mixed.maskedTps.toFixed(0)} tok/s, all ${mixed.allTps.toFixed(0)} tok/s`)
+    console.log(`  16 plain:             ${sixteen.pt} tokens, all ${sixteen.allTps.toFixed(0)} tok/s (per request ${(sixteen.plainTps / 16).toFixed(0)})`)
+    console.log(`  8 plain + 8 masked:   plain ${mixed.plainTps.toFixed(0)} tok/s (per request ${(mixed.plainTps / 8).toFixed(0)}), masked ${mixed.maskedTps.toFixed(0)} tok/s, all ${mixed.allTps.toFixed(0)} tok/s`)
     console.log(`  8 masked alone:       ${onlyMasked.mt} tokens, ${onlyMasked.maskedTps.toFixed(0)} tok/s`)
     console.log(`  compiles ${grammarStats.compiles} (mean ${(grammarStats.compileMs / Math.max(1, grammarStats.compiles)).toFixed(0)} ms), cache hits ${grammarStats.cacheHits}`)
     expect(alone.pt).toBe(8 * 96)

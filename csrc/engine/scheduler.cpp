@@ -274,6 +274,7 @@ void scheduler::set_mask(uint64_t id, const uint32_t * bits, int32_t n_words) {
              "engine_set_mask: request " + std::to_string(id) + " was not submitted with sampling.masked = 1");
     r.mask.assign(bits, bits + n_words);
     r.mask_ready = true;
+    n_masks_set_++;
     cv_.notify_one();
 }
 
@@ -348,11 +349,14 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
     admit();
     make_drafts(lk);
     mask_wait_ = false;
+    const uint64_t n_masks = n_masks_set_, next_id = next_id_;
     build_batch();
-    ring(lk);
+    ring(lk);  // may unlock: a mask set meanwhile counts in n_masks_set_
     if (entries_.empty() && mask_wait_ && !stop_) {
         // Only masked requests waiting for their masks: sleep until set_mask (or submit, cancel, stop) wakes us.
-        cv_.wait_for(lk, std::chrono::milliseconds(20));
+        cv_.wait_for(lk, std::chrono::milliseconds(50), [&] {
+            return stop_ || n_masks_set_ != n_masks || n_cancel_pending_ > 0 || next_id_ != next_id;
+        });
         return;
     }
     if (entries_.empty() || stop_) return;

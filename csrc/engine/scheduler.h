@@ -210,6 +210,7 @@ class scheduler {
     int32_t                                     n_cancel_pending_ = 0;
     int32_t                                     n_undrained_ = 0;
     bool                                        mask_wait_ = false;  // [engine] a masked request sat out this step
+    uint64_t                                    n_masks_set_ = 0;    // set_mask calls (wakes a step waiting on one)
     uint64_t                                    n_admitted_ = 0;
     uint64_t n_steps_ = 0, n_prompt_tokens_ = 0, n_generated_tokens_ = 0, n_errors_ = 0;
     uint64_t n_prefix_queries_ = 0, n_prefix_hits_ = 0;
