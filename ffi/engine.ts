@@ -76,6 +76,8 @@ export interface NativeSampling {
   ignoreEos?: boolean
   /** false: this request does not use the engine's drafter */
   speculative?: boolean
+  /** true: constrained; the request samples only after setMask() gave the allowed set of each token */
+  masked?: boolean
   seed?: number
 }
 
@@ -258,6 +260,17 @@ export class NativeEngine extends NativeHandle {
     return true
   }
 
+  /**
+   * The allowed set of a masked request's next token: bit i % 32 of bits[i / 32] = token i. The engine copies
+   * it. False when the request is unknown or already finished.
+   */
+  setMask(id: number, bits: Uint32Array): boolean {
+    const status = lib().minicpm_engine_set_mask(this.guard(), id, bits, bits.length)
+    if (status === STATUS_NOT_FOUND) return false
+    check(status, `set mask of request ${id}`)
+    return true
+  }
+
   requestInfo(id: number): NativeRequestInfo | null {
     const buf = this.#infoBuf
     const status = lib().minicpm_engine_request_info(this.guard(), id, buf)
@@ -352,6 +365,7 @@ function encodeSampling(s: NativeSampling): Record<string, number | undefined> {
     logprobs: flag(s.logprobs),
     ignoreEos: flag(s.ignoreEos),
     speculative: flag(s.speculative),
+    masked: flag(s.masked),
     seed: s.seed,
   }
 }

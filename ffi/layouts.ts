@@ -108,7 +108,7 @@ export const samplingParamsLayout = {
   logprobs: [44, 'u8', 'logprobs'],
   ignoreEos: [45, 'u8', 'ignore_eos'],
   speculative: [46, 'u8', 'speculative'],
-  pad_: [47, 'u8', 'pad_', 1],
+  masked: [47, 'u8', 'masked'],
   seed: [48, 'u64', 'seed'],
 } as const satisfies Layout
 

@@ -79,6 +79,7 @@ export const symbols = {
   },
   minicpm_engine_poll: { args: ['ptr', 'buffer', 'i32'], returns: 'i32' }, // uint64_t ids out
   minicpm_engine_cancel: { args: ['ptr', 'u64'], returns: 'i32' },
+  minicpm_engine_set_mask: { args: ['ptr', 'u64', 'buffer', 'i32'], returns: 'i32' }, // const uint32_t * bits
   minicpm_engine_request_info: {
     args: ['ptr', 'u64', 'buffer'],
     returns: 'i32',

@@ -5,7 +5,8 @@
  * defaults still apply to the others.
  */
 
-import type { GenerateRequest, ModelInfo, SamplingOptions } from '../src/types.ts'
+import type { GenerateRequest, ModelInfo, ResponseFormat, SamplingOptions } from '../src/types.ts'
+import { checkSchema, UnsupportedSchemaError } from '../src/runtime/schema-check.ts'
 import { ApiError, badRequest, unsupported } from './errors.ts'
 
 /** The snake_case sampling fields as validated by schemas.ts `samplingFields`. */
@@ -26,6 +27,32 @@ export interface SamplingBody {
   ignore_eos?: boolean | null
   speculative?: boolean | null
   n?: number | null
+  response_format?: {
+    type: 'text' | 'json_object' | 'json_schema'
+    json_schema?: { name?: string; schema?: unknown; strict?: boolean | null }
+  } | null
+}
+
+/** response_format -> ResponseFormat; schema keywords the constrained decoder cannot honour are a 400 naming them. */
+function responseFormat(body: SamplingBody): ResponseFormat | undefined {
+  const rf = body.response_format
+  if (rf == null || rf.type === 'text') return undefined
+  if (rf.type === 'json_object') return { type: 'json_object' }
+  const js = rf.json_schema
+  const schema = js?.schema ?? (js ? { type: 'object' } : undefined)
+  if (schema === undefined) {
+    throw badRequest("response_format json_schema needs json_schema: {name, schema, strict?}", 'response_format.json_schema')
+  }
+  if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) {
+    throw badRequest('response_format.json_schema.schema must be a JSON schema object', 'response_format.json_schema.schema')
+  }
+  try {
+    checkSchema(schema)
+  } catch (e) {
+    if (e instanceof UnsupportedSchemaError) throw unsupported('response_format.json_schema.schema', e.message)
+    throw e
+  }
+  return { type: 'json_schema', schema: schema as Record<string, unknown>, strict: js?.strict ?? false, name: js?.name }
 }
 
 function checkTokenId(id: number, info: ModelInfo, param: string): number {
@@ -105,6 +132,7 @@ export function toSampling(
     s.stopTokenIds = body.stop_token_ids.map((id) => checkTokenId(id, info, 'stop_token_ids'))
   }
   set('logitBias', logitBias(body, info))
+  set('responseFormat', responseFormat(body))
   return s
 }
 

@@ -32,6 +32,14 @@ export const samplingFields = {
     })
     .nullish(),
   stop_token_ids: z.array(tokenId()).nullish(),
+  response_format: z
+    .looseObject({
+      type: z.enum(['text', 'json_object', 'json_schema']),
+      json_schema: z
+        .looseObject({ name: z.string().optional(), schema: z.unknown().optional(), strict: z.boolean().nullish() })
+        .optional(),
+    })
+    .nullish(),
   logit_bias: z
     .union(
       [
@@ -81,7 +89,6 @@ export const chatRequest = z.looseObject({
   top_logprobs: z.number().int().min(0).max(20).nullish(),
   tools: z.array(z.unknown()).nullish(),
   tool_choice: z.unknown().optional(),
-  response_format: z.looseObject({ type: z.string() }).nullish(),
   chat_template_kwargs: chatTemplateKwargs,
   add_generation_prompt: z.boolean().nullish(),
 })

@@ -16,6 +16,13 @@ export interface ChatMessage {
   reasoning?: string // an assistant turn's thought, sent back
 }
 
+/** Constrained decoding (GenerateRequest.responseFormat), as in OpenAI's response_format. */
+export type ResponseFormat =
+  | { type: 'json_object' }
+  | { type: 'json_schema'; schema: Record<string, unknown>; strict?: boolean; name?: string }
+  /** A forced call (tool_choice required / named) in the MiniCPM tool format, to one of these tools. */
+  | { type: 'tool_call'; tools: Array<{ name: string; parameters?: Record<string, unknown> }> }
+
 export interface SamplingOptions {
   temperature?: number // <= 0: greedy
   topP?: number
@@ -31,6 +38,11 @@ export interface SamplingOptions {
   ignoreEos?: boolean
   /** false: no speculative decoding for this request (when the model was loaded with a draft) */
   speculative?: boolean
+  /**
+   * Constrained decoding: the output is a JSON value (json_object) or matches a JSON schema (json_schema), token
+   * by token, from any model. A schema keyword the engine cannot honour throws UnsupportedSchemaError.
+   */
+  responseFormat?: ResponseFormat
   stop?: string[] // stop strings, cut from the output
   stopTokenIds?: number[]
   logprobs?: boolean

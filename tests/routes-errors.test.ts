@@ -35,19 +35,22 @@ describe('errors: every bad input is a 4xx OpenAI envelope and the server keeps 
       'unsupported_parameter',
     ],
     [
-      'json_schema',
+      'json_schema keyword the constrained decoder cannot honour (not)',
       chat,
       {
         ...user('x'),
-        response_format: { type: 'json_schema', json_schema: { name: 'a', schema: {} } },
+        response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { not: { type: 'string' } } } },
       },
       400,
       'unsupported_parameter',
     ],
     [
-      'json_object',
+      'json_schema string format',
       chat,
-      { ...user('x'), response_format: { type: 'json_object' } },
+      {
+        ...user('x'),
+        response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { type: 'string', format: 'email' } } },
+      },
       400,
       'unsupported_parameter',
     ],

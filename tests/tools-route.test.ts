@@ -5,6 +5,7 @@
  * the real tiny checkpoint (tools, an assistant tool call and a tool result sent back).
  */
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import Ajv2020 from 'ajv/dist/2020'
 import OpenAI from 'openai'
 import { createApp } from '../routes/app.ts'
 import { startServer, type RunningServer } from '../routes/server.ts'
@@ -96,8 +97,8 @@ describe('tool calls through the route (fake model, MiniCPM format)', () => {
   test('400s that name the problem', async () => {
     const app = fakeApp(REPLY)
     const cases: Array<[object, string, RegExp]> = [
-      [{ tool_choice: 'required' }, 'tool_choice', /constrained decoding/],
-      [{ tool_choice: { type: 'function', function: { name: 'get_weather' } } }, 'tool_choice', /constrained decoding/],
+      [{ tool_choice: 'required', tools: [] }, 'tool_choice', /needs tools/],
+      [{ tool_choice: 'required', response_format: { type: 'json_object' } }, 'response_format', /forced tool call/],
       [{ tool_choice: { type: 'function', function: { name: 'nope' } } }, 'tool_choice', /not among the tools/],
       [{ tools: [{ type: 'function', function: { name: 'get-weather' } }] }, 'tools.0.function.name', /Python identifier/],
       [{ tools: [{ type: 'retrieval' }] }, 'tools.0.type', /'function'/],
@@ -166,10 +167,48 @@ describe('openai client tool flow (real tiny checkpoint, random weights)', () =>
     }
     console.log('with a tool turn:', finish, usage)
     expect(usage!.prompt_tokens).toBeGreaterThan(100) // the rendered # Functions block is in the prompt
-    const err = await client.chat.completions
-      .create({ model: model.info.id, messages: [{ role: 'user', content: 'x' }], tools: [WEATHER], tool_choice: 'required' })
-      .catch((e: unknown) => e)
-    expect(err).toBeInstanceOf(OpenAI.BadRequestError)
-    expect((err as InstanceType<typeof OpenAI.BadRequestError>).message).toMatch(/constrained decoding/)
   })
+
+  test('tool_choice required and named: the constrained call parses and its arguments validate (ajv), from random weights', async () => {
+    const ajv = new Ajv2020({ strict: false })
+    const BOOK = {
+      type: 'function',
+      function: {
+        name: 'book',
+        parameters: {
+          type: 'object',
+          properties: { city: { type: 'string', maxLength: 10 }, nights: { type: 'integer', minimum: 1, maximum: 9 }, vip: { type: 'boolean' } },
+          required: ['city', 'nights'],
+        },
+      },
+    } as const
+    const weather = { ...WEATHER, function: { ...WEATHER.function, parameters: { ...WEATHER.function.parameters, properties: { ...WEATHER.function.parameters.properties, location: { type: 'string', maxLength: 12 } } } } }
+    const specs = { get_weather: weather.function.parameters, book: BOOK.function.parameters } as Record<string, object>
+    const choices = ['required', { type: 'function', function: { name: 'book' } }, { type: 'function', function: { name: 'get_weather' } }] as const
+    for (const [i, tool_choice] of choices.entries()) {
+      for (const stream of [false, true]) {
+        const args = { model: model.info.id, messages: [{ role: 'user' as const, content: 'Book Paris' }], tools: [weather, BOOK], tool_choice, max_tokens: 300, seed: i }
+        let calls: Array<{ function: { name: string; arguments: string } }> = []
+        let finish: string | null = null
+        if (!stream) {
+          const r = await client.chat.completions.create(args as never)
+          calls = (r.choices[0]!.message.tool_calls ?? []) as typeof calls
+          finish = r.choices[0]!.finish_reason
+        } else {
+          for await (const ch of (await client.chat.completions.create({ ...(args as object), stream: true } as never)) as unknown as AsyncIterable<OpenAI.ChatCompletionChunk>) {
+            for (const tc of ch.choices[0]?.delta.tool_calls ?? []) calls.push(tc as (typeof calls)[0])
+            if (ch.choices[0]?.finish_reason) finish = ch.choices[0].finish_reason
+          }
+        }
+        console.log(`  tool_choice ${JSON.stringify(tool_choice)} stream=${stream}: ${finish} ${calls.map((c) => `${c.function.name}(${c.function.arguments})`).join(' ')}`)
+        expect(finish).toBe('tool_calls')
+        expect(calls.length).toBeGreaterThan(0)
+        for (const c of calls) {
+          if (typeof tool_choice === 'object') expect(c.function.name).toBe(tool_choice.function.name)
+          const ok = ajv.validate(specs[c.function.name]!, JSON.parse(c.function.arguments))
+          if (!ok) throw new Error(`${c.function.name}(${c.function.arguments}): ${ajv.errorsText()}`)
+        }
+      }
+    }
+  }, 120_000)
 })

@@ -125,6 +125,14 @@ MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, uint64_t re
     });
 }
 
+MINICPM_API int32_t minicpm_engine_set_mask(minicpm_engine_t * engine, uint64_t request_id, const uint32_t * bits,
+                                            int32_t n_words) {
+    return guarded([&] {
+        checked(engine, "engine_set_mask").set_mask(request_id, bits, n_words);
+        return int32_t(MINICPM_STATUS_OK);
+    });
+}
+
 MINICPM_API int32_t minicpm_engine_request_info(minicpm_engine_t * engine, uint64_t request_id,
                                                 struct minicpm_request_info * out) {
     return guarded([&] {

@@ -47,7 +47,7 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
 #define SAMPLING_PARAMS(F, T)                                                                                         \
     F(T, size) F(T, temperature) F(T, top_p) F(T, min_p) F(T, top_k) F(T, repetition_penalty)                         \
     F(T, presence_penalty) F(T, frequency_penalty) F(T, penalty_last_n) F(T, n_max_tokens)                            \
-    F(T, n_top_logprobs) F(T, logprobs) F(T, ignore_eos) F(T, speculative) F(T, pad_) F(T, seed)
+    F(T, n_top_logprobs) F(T, logprobs) F(T, ignore_eos) F(T, speculative) F(T, masked) F(T, seed)
 #define EVENT(F, T)                                                                                                   \
     F(T, token) F(T, finish_reason) F(T, logprob) F(T, n_top) F(T, top_tokens) F(T, top_logprobs) F(T, t_us)            \
     F(T, n_spec_verifies) F(T, n_spec_accepted)

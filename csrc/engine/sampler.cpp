@@ -68,6 +68,7 @@ void validate_sampling_params(const minicpm_sampling_params & p) {
     if (p.logprobs > 1) invalid("sampling.logprobs must be 0 or 1, got " + std::to_string(p.logprobs));
     if (p.ignore_eos > 1) invalid("sampling.ignore_eos must be 0 or 1, got " + std::to_string(p.ignore_eos));
     if (p.speculative > 1) invalid("sampling.speculative must be 0 or 1, got " + std::to_string(p.speculative));
+    if (p.masked > 1) invalid("sampling.masked must be 0 or 1, got " + std::to_string(p.masked));
 }
 
 void default_sampling_params(minicpm_sampling_params & p) {
@@ -86,6 +87,7 @@ void default_sampling_params(minicpm_sampling_params & p) {
     p.logprobs = 0;
     p.ignore_eos = 0;
     p.speculative = 1;
+    p.masked = 0;
     p.seed = 0;
 }
 
@@ -231,15 +233,20 @@ static void keep_nucleus(std::vector<std::pair<float, int32_t>> & cand, const st
     cand.swap(kept);
 }
 
-sample_result sampler::sample(const float * raw, sampler_scratch & scratch) {
+sample_result sampler::sample(const float * raw, sampler_scratch & scratch, const uint32_t * allowed) {
     sample_result out;
     const int32_t n = n_vocab_;
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
     const float * l = raw;
-    if (!bias_.empty() || !seen_.empty()) {
+    if (!bias_.empty() || !seen_.empty() || allowed != nullptr) {
         scratch.logits.assign(raw, raw + n);
         adjust(scratch.logits.data());
+        if (allowed != nullptr) {
+            float * w = scratch.logits.data();
+            for (int32_t i = 0; i < n; ++i)
+                if (((allowed[i >> 5] >> (i & 31)) & 1u) == 0) w[i] = neg_inf;
+        }
         l = scratch.logits.data();
     }
     int32_t best = -1;

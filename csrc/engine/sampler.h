@@ -57,7 +57,9 @@ class sampler {
 
     // Picks the next token from one row of n_vocab raw logits. Throws minicpm::error when every token is
     // forbidden (all logits -inf after bias). Does not record the token: call accept() with it.
-    sample_result sample(const float * logits, sampler_scratch & scratch);
+    // allowed (constrained decoding): a bitset of ceil(n_vocab / 32) words; tokens whose bit is clear get -inf
+    // after bias and penalties. nullptr: every token.
+    sample_result sample(const float * logits, sampler_scratch & scratch, const uint32_t * allowed = nullptr);
 
     // Applies the logit bias and the penalties to one row of n_vocab logits in place (the first steps of
     // sample(), exposed so that tests can check the amounts).

@@ -3,6 +3,7 @@
 #include "core/status.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 namespace minicpm {
@@ -195,7 +196,8 @@ uint64_t scheduler::submit(const int32_t * tokens, int32_t n_tokens, const minic
                                                n_bias, tokens, n_tokens));
     r->n_prompt = n_tokens;
     r->n_max_tokens = sp.n_max_tokens;
-    r->speculative = sp.speculative != 0;
+    r->speculative = sp.speculative != 0 && sp.masked == 0;  // drafts would bypass the mask
+    r->masked = sp.masked != 0;
     r->tokens.assign(tokens, tokens + n_tokens);
     r->t_submit = minicpm_time_us();
 
@@ -252,6 +254,27 @@ void scheduler::cancel(uint64_t id) {
     if (r.state == MINICPM_REQUEST_FINISHED || r.cancel_requested) return;
     r.cancel_requested = true;
     n_cancel_pending_++;
+    cv_.notify_one();
+}
+
+void scheduler::set_mask(uint64_t id, const uint32_t * bits, int32_t n_words) {
+    const int32_t want = (n_vocab_ + 31) / 32;
+    if (bits == nullptr) fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_set_mask: bits is NULL");
+    if (n_words != want)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_set_mask: n_words is " + std::to_string(n_words) +
+                                                  ", the vocabulary of " + std::to_string(n_vocab_) + " tokens needs " +
+                                                  std::to_string(want));
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = table_.find(id);
+    if (it == table_.end() || it->second->state == MINICPM_REQUEST_FINISHED)
+        fail(MINICPM_STATUS_NOT_FOUND, "request " + std::to_string(id) + " not found or finished");
+    request & r = *it->second;
+    if (!r.masked)
+        fail(MINICPM_STATUS_INVALID_ARGUMENT,
+             "engine_set_mask: request " + std::to_string(id) + " was not submitted with sampling.masked = 1");
+    r.mask.assign(bits, bits + n_words);
+    r.mask_ready = true;
+    n_masks_set_++;
     cv_.notify_one();
 }
 
@@ -327,8 +350,17 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
     apply_cancels();
     admit();
     make_drafts(lk);
+    mask_wait_ = false;
+    const uint64_t n_masks = n_masks_set_, next_id = next_id_;
     build_batch();
-    ring(lk);
+    ring(lk);  // may unlock: a mask set meanwhile counts in n_masks_set_
+    if (entries_.empty() && mask_wait_ && !stop_) {
+        // Only masked requests waiting for their masks: sleep until set_mask (or submit, cancel, stop) wakes us.
+        cv_.wait_for(lk, std::chrono::milliseconds(50), [&] {
+            return stop_ || n_masks_set_ != n_masks || n_cancel_pending_ > 0 || next_id_ != next_id;
+        });
+        return;
+    }
     if (entries_.empty() || stop_) return;
 
     lk.unlock();
@@ -374,7 +406,8 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
                 int32_t row = 0;
                 for (;;) {
                     const float * l = logits_.data() + (first_row[size_t(k)] + size_t(row)) * size_t(n_vocab_);
-                    out.push_back(e.r->smp.sample(l, sampler_scratch_[size_t(thread)]));
+                    out.push_back(e.r->smp.sample(l, sampler_scratch_[size_t(thread)],
+                                                  e.r->masked ? e.r->step_mask.data() : nullptr));
                     const int32_t t = out.back().token;
                     if (e.n_draft == 0 || e.r->smp.is_stop(t)) break;
                     int32_t next = -1;
@@ -546,6 +579,10 @@ void scheduler::build_batch() {
     auto add = [this](request & r, int32_t n_rows, bool prefill, int32_t n_draft) {
         const int32_t n_past = r.kv.n_tokens;
         const bool    samples = n_past + n_rows - n_draft == int32_t(r.tokens.size());
+        if (samples && r.masked) {  // the mask is used by this step: the next token needs a new one
+            r.step_mask.swap(r.mask);
+            r.mask_ready = false;
+        }
         kv_segment s;
         s.row_begin = int32_t(batch_tokens_.size());
         s.n_rows = n_rows;
@@ -578,6 +615,10 @@ void scheduler::build_batch() {
     for (size_t i = 0; i < running_.size(); ++i) {
         request & r = *running_[i];
         if (r.state != MINICPM_REQUEST_DECODING) continue;
+        if (r.masked && !r.mask_ready) {  // its allowed set is not known yet: it sits this step out
+            mask_wait_ = true;
+            continue;
+        }
         const int32_t n_draft = r.draft.size();
         if (!grow_kv(r, 1 + n_draft)) break;
         add(r, 1 + n_draft, false, n_draft);
@@ -587,7 +628,12 @@ void scheduler::build_batch() {
     for (request * r : running_) {
         if (budget == 0) break;
         if (r->state != MINICPM_REQUEST_PREFILLING) continue;
-        const int32_t n = std::min(budget, int32_t(r->tokens.size()) - r->kv.n_tokens);
+        int32_t n = std::min(budget, int32_t(r->tokens.size()) - r->kv.n_tokens);
+        // A masked prompt without its mask stops one token short of sampling.
+        if (r->masked && !r->mask_ready && r->kv.n_tokens + n == int32_t(r->tokens.size())) {
+            mask_wait_ = true;
+            if (--n == 0) continue;
+        }
         budget -= n;
         add(*r, n, true, 0);
     }

@@ -100,6 +100,8 @@ class scheduler {
     int32_t drain(uint64_t id, minicpm_event * out, int32_t cap, std::string * error_message);
     int32_t poll(uint64_t * ids, int32_t cap);
     void    cancel(uint64_t id);
+    // Constrained decoding: the allowed set of a masked request's next token (minicpm_engine_set_mask).
+    void    set_mask(uint64_t id, const uint32_t * bits, int32_t n_words);
     void    request_info(uint64_t id, minicpm_request_info & out);
     void    stats(struct minicpm_engine_stats & out);
 
@@ -118,6 +120,10 @@ class scheduler {
         bool                 speculative = true;  // drafts allowed (per-request opt-out)
         draft_tree           draft;            // [engine] this step's drafts
         int32_t              n_spec_verifies = 0, n_spec_accepted = 0;  // [engine] reported in every event
+        bool                 masked = false;   // constrained: samples only with a mask set for that token
+        bool                 mask_ready = false;  // mask holds the allowed set of the next token
+        std::vector<uint32_t> mask;            // set_mask writes it
+        std::vector<uint32_t> step_mask;       // [engine] the mask this step samples with (taken from mask)
 
         int32_t                   state = MINICPM_REQUEST_WAITING;
         int32_t                   n_prefilled = 0;
@@ -204,6 +210,8 @@ class scheduler {
     uint64_t                                    next_id_ = 1;
     int32_t                                     n_cancel_pending_ = 0;
     int32_t                                     n_undrained_ = 0;
+    bool                                        mask_wait_ = false;  // [engine] a masked request sat out this step
+    uint64_t                                    n_masks_set_ = 0;    // set_mask calls (wakes a step waiting on one)
     uint64_t                                    n_admitted_ = 0;
     uint64_t n_steps_ = 0, n_prompt_tokens_ = 0, n_generated_tokens_ = 0, n_errors_ = 0;
     uint64_t n_prefix_queries_ = 0, n_prefix_hits_ = 0;

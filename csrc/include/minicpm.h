@@ -297,7 +297,8 @@ struct minicpm_sampling_params {
     uint8_t  logprobs;           /* 1: fill event.logprob (log-softmax of the raw logits)                */
     uint8_t  ignore_eos;         /* 1: do not stop on the model's EOS ids                                */
     uint8_t  speculative;        /* 1 (default): use the engine's drafter when it has one; 0: opt out    */
-    uint8_t  pad_;
+    uint8_t  masked;             /* 1: constrained; samples only from the tokens minicpm_engine_set_mask  */
+                                 /*    allowed for that token (a step without a fresh mask skips it)      */
     uint64_t seed;               /* same seed + same inputs = same tokens                                */
 };
 /* Defaults: temperature 1, top_p 1, min_p 0, top_k 0, repetition_penalty 1, presence/frequency 0,
@@ -412,6 +413,16 @@ MINICPM_API int32_t minicpm_engine_poll(minicpm_engine_t * engine, uint64_t * id
  * and it ends with a MINICPM_FINISH_CANCELLED event. Returns _OK, _NOT_FOUND or _INVALID_ARGUMENT (NULL
  * engine). */
 MINICPM_API int32_t minicpm_engine_cancel(minicpm_engine_t * engine, uint64_t request_id);
+
+/* Constrained decoding: the tokens a request submitted with sampling.masked = 1 may take as its next token,
+ * a bitset (bit i % 32 of bits[i / 32] set = token i allowed) of n_words = ceil(n_vocab / 32) words. The
+ * engine copies it and applies it (-inf for every other token) to the next token it samples for the request,
+ * then forgets it; until a mask is set the request is left out of the batch (no other request waits). A
+ * second call before that sample replaces the first. Returns _OK, _NOT_FOUND (unknown or finished id; a
+ * finished request ignores the call), or _INVALID_ARGUMENT (NULL engine or bits, wrong n_words, a request
+ * not submitted masked). */
+MINICPM_API int32_t minicpm_engine_set_mask(minicpm_engine_t * engine, uint64_t request_id, const uint32_t * bits,
+                                            int32_t n_words);
 
 /* Fills *out (size field set, as for minicpm_model_info) with the state and timings of a request that has
  * not been released. Returns _OK, _NOT_FOUND, _INVALID_ARGUMENT (NULL engine or out) or _ABI_MISMATCH. */

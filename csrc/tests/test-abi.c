@@ -88,7 +88,7 @@ static const struct field sampling_params_fields[] = {
     FIELD(minicpm_sampling_params, penalty_last_n),     FIELD(minicpm_sampling_params, n_max_tokens),
     FIELD(minicpm_sampling_params, n_top_logprobs),     FIELD(minicpm_sampling_params, logprobs),
     FIELD(minicpm_sampling_params, ignore_eos),         FIELD(minicpm_sampling_params, speculative),
-    FIELD(minicpm_sampling_params, pad_),
+    FIELD(minicpm_sampling_params, masked),
     FIELD(minicpm_sampling_params, seed),
 };
 static const struct field event_fields[] = {
@@ -305,6 +305,9 @@ int main(void) {
     CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_drain(NULL engine): %s", minicpm_status_name(rc));
     rc = minicpm_engine_cancel(NULL, big_id);
     CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_cancel(NULL engine): %s", minicpm_status_name(rc));
+    uint32_t mask_bits[1] = {1};
+    rc = minicpm_engine_set_mask(NULL, big_id, mask_bits, 1);
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_set_mask(NULL engine): %s", minicpm_status_name(rc));
     struct minicpm_request_info ri;
     ri.size = sizeof(ri);
     rc = minicpm_engine_request_info(NULL, big_id, &ri);

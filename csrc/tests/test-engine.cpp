@@ -626,6 +626,59 @@ static void test_c_api() {
     g_engine = nullptr;
 }
 
+// Constrained decoding: a masked request samples only from the mask set for each token, and sits out the steps
+// until its mask comes, while the others keep decoding (no stall).
+static void test_masked() {
+    scheduler s(*g_model, engine_params(32), reference());
+    const int32_t n_vocab = g_model->config().n_vocab;
+    const int32_t n_words = (n_vocab + 31) / 32;
+    const std::vector<int32_t> pa = prompt_of(20, 7), pb = prompt_of(12, 8);
+    const std::vector<int32_t> alone = tokens_of(collect(s, submit(s, pa, greedy(24))));
+    minicpm_sampling_params mb = greedy(6);
+    mb.masked = 1;
+    const uint64_t b = submit(s, pb, mb);
+    const uint64_t a = submit(s, pa, greedy(24));
+    // A runs to its end while B has no mask yet.
+    const std::vector<int32_t> got_a = tokens_of(collect(s, a));
+    minicpm_request_info ib{};
+    s.request_info(b, ib);
+    CHECK(got_a == alone, "unmasked request beside a waiting masked one: %s, alone %s", str(got_a).c_str(),
+          str(alone).c_str());
+    CHECK(ib.n_generated == 0 && ib.n_prefilled < int32_t(pb.size()),
+          "masked request without a mask: %d generated, %d of %zu prompt tokens prefilled (the last one waits)",
+          ib.n_generated, ib.n_prefilled, pb.size());
+    // Then each token gets a mask that allows one token only (100 + k), set after the previous token came.
+    std::vector<int32_t> got_b;
+    std::vector<uint32_t> bits(size_t(n_words), 0u);
+    minicpm_event ev[4];
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (int32_t k = 0; k < 6 && std::chrono::steady_clock::now() < deadline;) {
+        std::fill(bits.begin(), bits.end(), 0u);
+        const int32_t want = 100 + k;
+        bits[size_t(want >> 5)] |= 1u << (want & 31);
+        s.set_mask(b, bits.data(), n_words);
+        int32_t n = 0;
+        while (n == 0 && std::chrono::steady_clock::now() < deadline) {
+            n = s.drain(b, ev, 4, nullptr);
+            if (n == 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+        for (int32_t i = 0; i < n; ++i)
+            if (ev[i].token >= 0) got_b.push_back(ev[i].token);
+        k = int32_t(got_b.size());
+        if (n > 0 && ev[n - 1].finish_reason != MINICPM_FINISH_NONE) break;
+    }
+    CHECK(got_b == std::vector<int32_t>({100, 101, 102, 103, 104, 105}), "masked tokens: %s (want 100 .. 105)",
+          str(got_b).c_str());
+    const uint64_t c = submit(s, pa, greedy(2));
+    minicpm_test::expect_error("set_mask on an unmasked request", MINICPM_STATUS_INVALID_ARGUMENT, {"masked"},
+                               [&] { s.set_mask(c, bits.data(), n_words); });
+    minicpm_test::expect_error("set_mask with the wrong size", MINICPM_STATUS_INVALID_ARGUMENT, {"n_words"},
+                               [&] { s.set_mask(c, bits.data(), n_words - 1); });
+    collect(s, c);
+    minicpm_test::expect_error("set_mask after release", MINICPM_STATUS_NOT_FOUND, {"not found"},
+                               [&] { s.set_mask(c, bits.data(), n_words); });
+}
+
 int main() {
     const std::string dir = minicpm_test::make_temp_dir("engine");
     minicpm_test::tiny_model_spec spec;
@@ -654,6 +707,7 @@ int main() {
     test_forward_error();
     test_free_mid_step();
     test_c_api();
+    test_masked();
 
     minicpm_model_free(g_handle);
     minicpm_test::remove_dir(dir);

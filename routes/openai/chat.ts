@@ -29,14 +29,6 @@ function checkUnsupported(body: ChatRequest): void {
   for (const legacy of ['functions', 'function_call', 'audio', 'prediction'] as const) {
     if (body[legacy] != null) throw unsupported(legacy, `${legacy} is not supported by this server`)
   }
-  const fmt = body.response_format?.type
-  if (fmt != null && fmt !== 'text') {
-    throw unsupported(
-      'response_format',
-      `response_format '${fmt}' is not supported: this server has no constrained decoding, so the ` +
-        'output could not be guaranteed to match; ask for JSON in the prompt instead',
-    )
-  }
   if (body.top_logprobs != null && body.top_logprobs > 0 && !body.logprobs) {
     throw badRequest('top_logprobs requires logprobs to be true', 'top_logprobs')
   }
@@ -107,6 +99,11 @@ export function chatRoutes(state: AppState): Hono {
       ...toSampling(body, model.info, maxTokens),
       messages: toMessages(body.messages, format),
       ...(plan.tools.length > 0 ? { tools: plan.tools } : {}),
+    }
+    if (plan.force) {
+      if (req.responseFormat) throw badRequest('response_format cannot be combined with a forced tool call', 'response_format')
+      // The call block, constrained so that it always parses (even from random weights).
+      req.responseFormat = { type: 'tool_call', tools: plan.force.map((t) => ({ name: t.name, parameters: t.parameters })) }
     }
     const top = body.logprobs ? (body.top_logprobs ?? 0) : 0
     if (body.logprobs) Object.assign(req, { logprobs: true, topLogprobs: top })

@@ -20,6 +20,8 @@ type Choice = unknown
 export interface ToolPlan {
   tools: ToolSpec[]
   parse: boolean
+  /** tool_choice 'required' or a named function: the tools the constrained decoder lets the call name */
+  force?: ToolSpec[]
 }
 
 /** Validates tools + tool_choice against the model's format; throws 400s that name the field. */
@@ -33,12 +35,22 @@ export function planTools(tools: unknown[] | null | undefined, choice: Choice, f
     if (typeof named === 'string' && !specs.some((s) => s.name === named)) {
       throw badRequest(`tool_choice names '${named}', which is not among the tools`, 'tool_choice')
     }
-    throw unsupported(
-      'tool_choice',
-      `tool_choice ${typeof named === 'string' ? `{function: ${named}}` : "'required'"} forces a call, which ` +
-        'needs constrained decoding so that the call always parses; this server does not have it yet. Use ' +
-        "tool_choice 'auto' (the model decides) instead",
-    )
+    if (specs.length === 0) throw badRequest("tool_choice 'required' needs tools", 'tool_choice')
+    if (format?.name !== 'minicpm') {
+      throw unsupported(
+        'tool_choice',
+        `tool_choice ${typeof named === 'string' ? `{function: ${named}}` : "'required'"} forces a call, which ` +
+          `the constrained decoder can do in the minicpm tool format only (this model's: ${format?.name ?? 'none'}). ` +
+          "Use tool_choice 'auto' (the model decides) instead",
+      )
+    }
+    try {
+      format.validate(specs)
+    } catch (e) {
+      if (e instanceof ToolFormatError) throw badRequest(e.message, e.param)
+      throw e
+    }
+    return { tools: specs, parse: true, force: typeof named === 'string' ? specs.filter((s) => s.name === named) : specs }
   }
   if (specs.length > 0 && format) {
     try {

@@ -11,6 +11,7 @@ import type { Tokenizer } from '../tokenizer/index'
 import { ChatTemplateError } from '../chat/index'
 import type { ChatMessage, FinishReason, GenerateEvent, GenerateRequest, SamplingOptions, TokenLogprob } from '../types'
 import { Timeline } from './timeline'
+import { grammarService, type ConstrainedDecoder } from './grammar'
 
 /** While no token has come yet, request info is read this often to report prefill progress (default). */
 export const PREFILL_TICK_MS = 100
@@ -163,9 +164,23 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
   }
   // The engine stops on config.json's EOS ids; the tokenizer may know more (e.g. <|im_end|> from tokenizer_config),
   // which a small test vocabulary may not contain.
+  let grammar: ConstrainedDecoder | null = null
+  if (req.responseFormat) {
+    sampling.ignoreEos = false // the grammar ends the document with a stop token
+    sampling.masked = true
+    const eos = tokenizer.eosIds.filter((t) => t < deps.nVocab)
+    grammar = await grammarService(tokenizer, deps.nVocab).matcher(req.responseFormat, [...new Set([...eos, ...(req.stopTokenIds ?? [])])])
+  }
   const eosIds = sampling.ignoreEos ? [] : tokenizer.eosIds.filter((t) => t < deps.nVocab)
   const stopIds = [...(req.stopTokenIds ?? []), ...eosIds]
-  const id = engine.submit(ids, sampling, { stopIds, logitBias: req.logitBias })
+  let id: number
+  try {
+    id = engine.submit(ids, sampling, { stopIds, logitBias: req.logitBias })
+    if (grammar) engine.setMask(id, await grammar.nextMask())
+  } catch (e) {
+    grammar?.dispose()
+    throw e
+  }
   const stats0 = engine.stats()
 
   let ready = false
@@ -232,6 +247,12 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
       const t0 = generateProfile.enabled ? threadCpuUs() : 0
       const events = engine.drain(id)
       if (events.length === 0) continue
+      if (grammar) {
+        // Advance the grammar and hand the engine the next mask before anything else: the request samples again
+        // only once it has it.
+        for (const ev of events) if (ev.token >= 0 && ev.finish !== 'stop') grammar.accept(ev.token)
+        if (events[events.length - 1]!.finish === 'none') engine.setMask(id, await grammar.nextMask())
+      }
       const tokens: number[] = []
       const logprobs: TokenLogprob[] | undefined = wantLogprobs ? [] : undefined
       for (const ev of events) {
@@ -285,6 +306,7 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
     }
   } finally {
     signal?.removeEventListener('abort', onAbort)
+    grammar?.dispose()
     if (finish === null) releaseInBackground(engine, id)
   }
 }
