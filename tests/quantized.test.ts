@@ -5,13 +5,14 @@
  * agreement against the unquantized model.
  */
 import { afterAll, expect, setDefaultTimeout, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import { NativeContext, NativeModel, type NativeModelOptions } from '../ffi'
 import { writeGptqTwins } from '../src/checkpoint/gptq'
 import { writeCheckpoint } from '../src/checkpoint/write-checkpoint'
+import { saveQuantized } from '../src/runtime/save'
 
 setDefaultTimeout(120_000)
 
@@ -94,3 +95,52 @@ test('on-the-fly q8 / q4 against the unquantized checkpoint: logit error and top
   }
   expect(() => NativeModel.load(dir, { quantize: 'q8', quantGroupSize: 48 })).toThrow(/quant_group_size/)
 })
+
+function sameBits(a: Float32Array[], b: Float32Array[]): number {
+  let diff = 0
+  for (let r = 0; r < a.length; r++) for (let i = 0; i < a[r]!.length; i++) if (!Object.is(a[r]![i], b[r]![i])) diff++
+  return diff
+}
+
+for (const [q, tied, head] of [
+  ['q4', true, true],
+  ['q4', false, true],
+  ['q8', true, true],
+  ['q8', false, false],
+] as const) {
+  test(`quantize ${q} (${tied ? 'tied' : 'untied'}, head ${head ? 'quantized' : 'kept'}), save, load: identical logits, no quantization at load`, () => {
+    const dir = join(root, `save-src-${q}-${tied}-${head}`)
+    const out = join(root, `save-out-${q}-${tied}-${head}`)
+    writeCheckpoint(dir, { overrides: SHAPE, seed: 7, dtype: 'bf16', tied })
+    const r = saveQuantized(dir, out, { quantize: q, quantGroupSize: 64, quantizeHead: head })
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { quantization_config: Record<string, unknown> }
+    const time = (f: () => void) => {
+      const t0 = performance.now()
+      f()
+      return performance.now() - t0
+    }
+    let otfInfo: ReturnType<NativeModel['info']> | undefined
+    let savedInfo: ReturnType<NativeModel['info']> | undefined
+    const otfMs = time(() => void (otfInfo = NativeModel.load(dir, { quantize: q, quantGroupSize: 64, quantizeHead: head }).info()))
+    const savedMs = time(() => void (savedInfo = NativeModel.load(out).info()))
+    const otf = logits(dir, { quantize: q, quantGroupSize: 64, quantizeHead: head })
+    const saved = logits(out)
+    const otfRef = logits(dir, { quantize: q, quantGroupSize: 64, quantizeHead: head }, true)
+    const savedRef = logits(out, {}, true)
+    const diff = sameBits(otf.rows, saved.rows)
+    const diffRef = sameBits(otfRef.rows, savedRef.rows)
+    console.log(
+      `save ${q} ${tied ? 'tied' : 'untied'} head ${head ? q : 'bf16'}: ${JSON.stringify(cfg.quantization_config)}; ` +
+        `${(r.weightBytes / 1e6).toFixed(2)} MB ${r.bitsPerWeight.toFixed(2)} bits/weight, copied [${r.copied.join(', ')}]; ` +
+        `load on the fly ${otfMs.toFixed(1)} ms vs saved ${savedMs.toFixed(1)} ms; logits differing bits: fast ${diff}, reference ${diffRef} ` +
+        `of ${otf.rows.length * otf.rows[0]!.length}`,
+    )
+    expect(cfg.quantization_config.quant_method).toBe(q === 'q4' ? 'gptq' : 'minicpm_q8')
+    expect(r.copied).toContain('tokenizer_config.json')
+    expect(savedInfo!.weightDtype).toBe(q)
+    expect(savedInfo!.weightBytes).toBe(otfInfo!.weightBytes)
+    expect(savedInfo!.nParams).toBe(otfInfo!.nParams)
+    expect(diff).toBe(0)
+    expect(diffRef).toBe(0)
+  })
+}

@@ -6,7 +6,9 @@
 #include "core/status.h"
 #include "model/safetensors.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -84,7 +86,10 @@ class tensor_binder {
     // A linear layer [N, K]: prefix.weight (plain) or, in a GPTQ checkpoint, prefix.qweight / .qzeros / .scales /
     // .g_idx, unpacked into the engine's q4 layout (core/tensor.h).
     tensor_desc bind_linear(const std::string & prefix, int64_t N, int64_t K, const model_config & c) {
-        if (!c.quant.present || has(prefix + ".weight")) return bind(prefix + ".weight", {N, K});
+        if (has(prefix + ".weight") || !has(prefix + ".qweight")) return bind(prefix + ".weight", {N, K});
+        if (!c.quant.present)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + ".qweight' but config.json has no quantization_config");
+        if (c.quant.method == "minicpm_q8") return bind_q8(prefix, N, K, c.quant.group_size);
         const int32_t group = c.quant.group_size == -1 ? int32_t(K) : c.quant.group_size;
         if (K % 8 != 0 || N % 8 != 0 || K % group != 0)
             fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + "' has shape [" + std::to_string(N) + ", " +
@@ -100,6 +105,26 @@ class tensor_binder {
         out_.converted.push_back(gptq_to_q4(qweight, qzeros, scales, g_idx, N, K, group, listing_ + ": " + prefix,
                                             c.quant.checkpoint_format == "gptq_v2"));
         const tensor_desc d = out_.converted.back().desc();
+        out_.weights.n_params += uint64_t(N * K);
+        out_.weights.n_bytes += d.bytes();
+        return d;
+    }
+
+    // minicpm_q8 (model/save.h): prefix.qweight I8 [N, K] and prefix.scales F16 [N, ceil(K / g)], g = min(group, K),
+    // mapped as they are (the engine's q8 layout).
+    tensor_desc bind_q8(const std::string & prefix, int64_t N, int64_t K, int32_t group) {
+        tensor_desc d;
+        d.type = dtype::q8;
+        d.rows = N;
+        d.cols = K;
+        d.group_size = int32_t(std::min<int64_t>(group, K));
+        d.scale_type = dtype::f16;
+        d.data = raw(prefix + ".qweight", "I8", {N, K});
+        d.scales = raw(prefix + ".scales", "F16", {N, d.n_groups()});
+        const uint16_t * s = (const uint16_t *) d.scales;
+        for (int64_t i = 0; i < N * d.n_groups(); ++i)
+            if (!std::isfinite(f16_to_f32(s[i])))
+                fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + ".scales' holds a non-finite scale");
         out_.weights.n_params += uint64_t(N * K);
         out_.weights.n_bytes += d.bytes();
         return d;
@@ -215,7 +240,7 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
     model_weights & w = out->weights;
     const int64_t H = c.n_embd, I = c.n_ff, V = c.n_vocab;
     const int64_t q = int64_t(c.n_head) * c.n_head_dim, kv = int64_t(c.n_head_kv) * c.n_head_dim;
-    w.embed = b.bind("model.embed_tokens.weight", {V, H});
+    w.embed = b.bind_linear("model.embed_tokens", V, H, c);  // quantized when saved with a quantized tied head
     w.layers.resize(size_t(c.n_layer));
     for (int32_t l = 0; l < c.n_layer; l++) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -234,11 +259,11 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
     if (c.tie_word_embeddings) {
         w.head = w.embed;  // any lm_head.weight in the file is ignored, as HF does when tied
     } else {
-        if (!b.has("lm_head.weight")) {
+        if (!b.has("lm_head.weight") && !b.has("lm_head.qweight")) {
             fail(MINICPM_STATUS_BAD_MODEL,
                  listing + ": missing tensor 'lm_head.weight' (config.json sets tie_word_embeddings to false)");
         }
-        w.head = b.bind("lm_head.weight", {V, H});
+        w.head = b.bind_linear("lm_head", V, H, c);
     }
 
     // Formats may differ between tensors (an LM head in BF16 beside other projections); info reports the first
