@@ -5,12 +5,13 @@
  * agreement against the unquantized model.
  */
 import { afterAll, expect, setDefaultTimeout, test } from 'bun:test'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import { NativeContext, NativeModel, type NativeModelOptions } from '../ffi'
 import { writeGptqTwins } from '../src/checkpoint/gptq'
+import { marlinPerms, writeMarlinRepack } from '../src/checkpoint/marlin'
 import { writeCheckpoint } from '../src/checkpoint/write-checkpoint'
 import { saveQuantized } from '../src/runtime/save'
 
@@ -144,3 +145,43 @@ for (const [q, tied, head] of [
     expect(diffRef).toBe(0)
   })
 }
+
+for (const [name, group] of [
+  ['group 128', 128],
+  ['group 64', 64],
+  ['per-channel', -1],
+] as const) {
+  test(`CPM.cu Marlin repack (${name}) loads to the GPTQ original's weights: identical logits`, () => {
+    const base = join(root, `marlin-${group}`)
+    const { gptq } = writeGptqTwins(base, { overrides: SHAPE, seed: 11, sym: true, group })
+    const marlin = writeMarlinRepack(gptq, join(base, 'marlin'))
+    const t0 = performance.now()
+    const a = logits(gptq)
+    const t1 = performance.now()
+    const b = logits(marlin)
+    const t2 = performance.now()
+    const diff = sameBits(a.rows, b.rows)
+    const diffRef = sameBits(logits(gptq, {}, true).rows, logits(marlin, {}, true).rows)
+    console.log(
+      `Marlin ${name}: ${readdirSync(marlin).filter((f) => f.endsWith('.safetensors')).join(', ')}, ${b.info.weightDtype} ` +
+        `${(b.info.weightBytes / 1e6).toFixed(2)} MB (GPTQ ${(a.info.weightBytes / 1e6).toFixed(2)} MB); load+eval GPTQ ` +
+        `${(t1 - t0).toFixed(0)} ms, Marlin ${(t2 - t1).toFixed(0)} ms; logits differing bits: fast ${diff}, reference ${diffRef}`,
+    )
+    expect(b.info.weightDtype).toBe('q4')
+    expect(b.info.nParams).toBe(a.info.nParams)
+    expect(diff).toBe(0)
+    expect(diffRef).toBe(0)
+  })
+}
+
+test('Marlin permutations: bijections, first fragment as worked out by hand from the mma m16n8k16 layout', () => {
+  const { perm, scalePerm, scalePermSingle } = marlinPerms()
+  console.log(`Marlin perm[0..16) = ${perm.slice(0, 16).join(' ')}; scale perm[0..16) = ${scalePerm.slice(0, 16).join(' ')}; single = ${scalePermSingle.join(' ')}`)
+  expect([...perm].sort((a, b) => a - b)).toEqual([...Array(1024).keys()])
+  expect([...scalePerm].sort((a, b) => a - b)).toEqual([...Array(64).keys()])
+  expect([...scalePermSingle].sort((a, b) => a - b)).toEqual([...Array(32).keys()])
+  // thread 0: rows 0, 1, 8, 9 of column 0 then column 8, nibble-interleaved (0 2 4 6 1 3 5 7)
+  expect(perm.slice(0, 8)).toEqual([0, 128, 8, 136, 16, 144, 24, 152])
+  expect(scalePerm.slice(0, 9)).toEqual([0, 8, 16, 24, 32, 40, 48, 56, 1])
+  expect(scalePermSingle.slice(0, 8)).toEqual([0, 1, 8, 9, 16, 17, 24, 25])
+})

@@ -4,6 +4,7 @@
 
 #include "core/json.h"
 #include "core/status.h"
+#include "model/marlin.h"
 #include "model/safetensors.h"
 
 #include <algorithm>
@@ -130,6 +131,34 @@ class tensor_binder {
         return d;
     }
 
+    // CPM.cu's Marlin repack (model/marlin.h): prefix.qweight I32 [K/16, 2N] and prefix.scales F16 [G, N] of a
+    // projection fused along N (qkv_proj, gate_up_proj) or single; unpacked and split into the parts of Ns.
+    std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K,
+                                         const model_config & c) {
+        if (!c.quant.present || c.quant.method != "gptq" || !c.quant.sym || c.quant.desc_act)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": Marlin tensors need a symmetric GPTQ quantization_config "
+                                                      "without desc_act in config.json");
+        int64_t N = 0;
+        for (int64_t n : Ns) N += n;
+        const int64_t G = c.quant.group_size == -1 ? 1 : K / c.quant.group_size;
+        if (c.quant.group_size != -1 && K % c.quant.group_size != 0)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + "' in features " + std::to_string(K) +
+                                               " are not a multiple of group_size " + std::to_string(c.quant.group_size));
+        const auto * qweight = (const int32_t *) raw(prefix + ".qweight", "I32", {K / 16, 2 * N});
+        const auto * scales = (const uint16_t *) raw(prefix + ".scales", "F16", {G, N});
+        const quantized_tensor fused = marlin_to_q4(qweight, scales, N, K, G, listing_ + ": " + prefix);
+        std::vector<tensor_desc> out;
+        int64_t n0 = 0;
+        for (int64_t n : Ns) {
+            out_.converted.push_back(Ns.size() == 1 ? fused : q4_rows(fused, n0, n0 + n));
+            out.push_back(out_.converted.back().desc());
+            out_.weights.n_params += uint64_t(n * K);
+            out_.weights.n_bytes += out.back().bytes();
+            n0 += n;
+        }
+        return out;
+    }
+
     tensor_desc bind(const std::string & name, std::vector<int64_t> want) {
         const auto it = table_.find(name);
         if (it == table_.end()) fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": missing tensor '" + name + "'");
@@ -205,10 +234,15 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
             assigned[m.second.string].push_back(m.first);
         }
     } else {
-        if (!file_exists(listing)) {
-            fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists");
+        if (!file_exists(listing) && file_exists(dir + "/model_gptq.safetensors")) {
+            listing = dir + "/model_gptq.safetensors";  // CPM.cu's Marlin repack (*-marlin-cpmcu)
+            assigned["model_gptq.safetensors"];
+        } else {
+            if (!file_exists(listing)) {
+                fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists");
+            }
+            assigned["model.safetensors"];
         }
-        assigned["model.safetensors"];
     }
 
     std::vector<safetensors_header> headers;  // kept alive: the table points into them
@@ -246,11 +280,19 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
         const std::string p = "model.layers." + std::to_string(l) + ".";
         layer_weights &   L = w.layers[size_t(l)];
         L.attn_norm = b.bind(p + "input_layernorm.weight", {H});
+        L.ffn_norm = b.bind(p + "post_attention_layernorm.weight", {H});
+        if (b.has(p + "self_attn.qkv_proj.qweight")) {  // Marlin repack: fused qkv and gate_up
+            const auto qkv = b.bind_marlin(p + "self_attn.qkv_proj", {q, kv, kv}, H, c);
+            const auto gu = b.bind_marlin(p + "mlp.gate_up_proj", {I, I}, H, c);
+            L.wq = qkv[0], L.wk = qkv[1], L.wv = qkv[2], L.w_gate = gu[0], L.w_up = gu[1];
+            L.wo = b.bind_marlin(p + "self_attn.o_proj", {H}, q, c)[0];
+            L.w_down = b.bind_marlin(p + "mlp.down_proj", {H}, I, c)[0];
+            continue;
+        }
         L.wq = b.bind_linear(p + "self_attn.q_proj", q, H, c);
         L.wk = b.bind_linear(p + "self_attn.k_proj", kv, H, c);
         L.wv = b.bind_linear(p + "self_attn.v_proj", kv, H, c);
         L.wo = b.bind_linear(p + "self_attn.o_proj", H, q, c);
-        L.ffn_norm = b.bind(p + "post_attention_layernorm.weight", {H});
         L.w_gate = b.bind_linear(p + "mlp.gate_proj", I, H, c);
         L.w_up = b.bind_linear(p + "mlp.up_proj", I, H, c);
         L.w_down = b.bind_linear(p + "mlp.down_proj", H, I, c);
