@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import { NativeContext, NativeModel, type NativeModelOptions } from '../ffi'
-import { writeGptqTwins } from '../src/checkpoint/gptq'
+import { readSafetensors, writeGptqTwins } from '../src/checkpoint/gptq'
+import { writeSafetensors } from '../src/checkpoint/safetensors-writer'
 import { marlinPerms, writeMarlinRepack } from '../src/checkpoint/marlin'
 import { writeCheckpoint } from '../src/checkpoint/write-checkpoint'
 import { saveQuantized } from '../src/runtime/save'
@@ -184,4 +185,57 @@ test('Marlin permutations: bijections, first fragment as worked out by hand from
   expect(perm.slice(0, 8)).toEqual([0, 128, 8, 136, 16, 144, 24, 152])
   expect(scalePerm.slice(0, 9)).toEqual([0, 8, 16, 24, 32, 40, 48, 56, 1])
   expect(scalePermSingle.slice(0, 8)).toEqual([0, 1, 8, 9, 16, 17, 24, 25])
+})
+
+test('q4 with zero points of 0 saves as gptq_v2; a GPTQ desc_act checkpoint re-saves with its g_idx; both load to identical logits', () => {
+  // all-positive q_proj of layer 0: every group's range starts at 0, so its zero point is 0 (v1 would store -1)
+  const dir = join(root, 'zp0')
+  writeCheckpoint(dir, { overrides: SHAPE, seed: 9, dtype: 'f32' })
+  const file = join(dir, 'model.safetensors')
+  const ts = readSafetensors(file)
+  const t = ts.find((x) => x.spec.name === 'model.layers.0.self_attn.q_proj.weight')!
+  const w = new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4)
+  for (let i = 0; i < w.length; i++) w[i] = Math.abs(w[i]!)
+  writeSafetensors(file, ts.map((x) => x.spec), (spec, out) => out(ts.find((x) => x.spec.name === spec.name)!.data))
+  const out = join(root, 'zp0-q4')
+  saveQuantized(dir, out, { quantize: 'q4', quantGroupSize: 64 })
+  const qc = (JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { quantization_config: { checkpoint_format: string } }).quantization_config
+  const d1 = sameBits(logits(dir, { quantize: 'q4', quantGroupSize: 64 }).rows, logits(out).rows)
+
+  const { gptq } = writeGptqTwins(join(root, 'resave'), { overrides: SHAPE, seed: 4, sym: false, group: 32, descAct: true })
+  const again = join(root, 'resave-out')
+  const r = saveQuantized(gptq, again)
+  const qc2 = (JSON.parse(readFileSync(join(again, 'config.json'), 'utf8')) as { quantization_config: { desc_act: boolean } }).quantization_config
+  const d2 = sameBits(logits(gptq).rows, logits(again).rows)
+  console.log(`zero point 0: ${JSON.stringify(qc)}, differing logits ${d1}; GPTQ desc_act re-saved (${r.weightDtype}, ${r.bitsPerWeight.toFixed(2)} bits/weight): ${JSON.stringify(qc2)}, differing logits ${d2}`)
+  expect(qc.checkpoint_format).toBe('gptq_v2')
+  expect(qc2.desc_act).toBe(true)
+  expect(d1).toBe(0)
+  expect(d2).toBe(0)
+  expect(() => saveQuantized(dir, join(root, 'plain-out'))).toThrow(/not quantized/)
+})
+
+test('load time at a larger shape: on the fly vs saved (q8 is mapped as is; q4 only unpacks GPTQ nibbles)', () => {
+  const dir = join(root, 'big')
+  writeCheckpoint(dir, { overrides: { hidden_size: 512, intermediate_size: 1536, num_hidden_layers: 2, num_attention_heads: 8, num_key_value_heads: 2 }, seed: 2, dtype: 'bf16' })
+  const best = (f: () => void) => {
+    let ms = Infinity
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now()
+      f()
+      ms = Math.min(ms, performance.now() - t0)
+    }
+    return ms
+  }
+  const lines: string[] = []
+  for (const q of ['q8', 'q4'] as const) {
+    const out = join(root, `big-${q}`)
+    saveQuantized(dir, out, { quantize: q })
+    const otf = best(() => NativeModel.load(dir, { quantize: q })[Symbol.dispose]())
+    const saved = best(() => NativeModel.load(out)[Symbol.dispose]())
+    lines.push(`${q}: on the fly ${otf.toFixed(1)} ms, saved ${saved.toFixed(1)} ms (${(otf / saved).toFixed(1)}x)`)
+    if (q === 'q8') expect(saved).toBeLessThan(otf)
+  }
+  const plain = best(() => NativeModel.load(dir)[Symbol.dispose]())
+  console.log(`load, best of 3 (hidden 512, 2 layers, vocab 73448): bf16 as stored ${plain.toFixed(1)} ms; ${lines.join('; ')}`)
 })
