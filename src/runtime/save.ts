@@ -6,7 +6,7 @@
  * quantization_config, and every other file of the source directory (tokenizer, generation config, chat
  * template) is copied as is.
  */
-import { copyFileSync, mkdirSync, readdirSync, statSync } from 'node:fs'
+import { copyFileSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
 import { NativeModel, type QuantizeType } from '../../ffi/index'
@@ -36,6 +36,8 @@ const OWN = (name: string) =>
 export function saveQuantized(src: string, out: string, opts: SaveQuantizedOptions = {}): SaveQuantizedResult {
   if (resolve(src) === resolve(out)) throw new Error('saveQuantized: the output directory must differ from the source')
   mkdirSync(out, { recursive: true })
+  // weights of an earlier save in another layout (shards, a Marlin file) would win over the new model.safetensors
+  for (const name of readdirSync(out)) if (OWN(name) || name === 'model_gptq.safetensors') rmSync(join(out, name))
   const t0 = performance.now()
   using model = NativeModel.load(src, {
     backend: 'cpu',
