@@ -136,11 +136,15 @@ class writer {
                  prefix + ": [" + std::to_string(N) + ", " + std::to_string(K) + "] with group " +
                      std::to_string(d.group_size) + " does not fit GPTQ (both multiples of 8, in features a multiple "
                      "of the checkpoint's group size " + std::to_string(group) + "); choose another --quant-group");
-        const uint8_t * nib = (const uint8_t *) d.data;
-        auto q_at = [&](int64_t n, int64_t k) { const int64_t i = n * K + k; return (nib[i / 2] >> ((i % 2) * 4)) & 0xfu; };
-        std::vector<int32_t> qweight(size_t(K / 8 * N), 0);
-        for (int64_t n = 0; n < N; ++n)
-            for (int64_t k = 0; k < K; ++k) qweight[size_t((k / 8) * N + n)] |= int32_t(q_at(n, k) << (4 * (k % 8)));
+        // Row n's nibbles k8*8 .. k8*8+7 are, byte for byte, GPTQ's word [k8][n]: a transpose of 32-bit words.
+        const uint8_t *      nib = (const uint8_t *) d.data;
+        const int64_t        K8 = K / 8;
+        std::vector<int32_t> qweight(size_t(K8 * N), 0);
+        for (int64_t k0 = 0; k0 < K8; k0 += 32)
+            for (int64_t n0 = 0; n0 < N; n0 += 32)
+                for (int64_t n = n0; n < std::min(N, n0 + 32); ++n)
+                    for (int64_t k8 = k0; k8 < std::min(K8, k0 + 32); ++k8)
+                        std::memcpy(&qweight[size_t(k8 * N + n)], nib + (n * K8 + k8) * 4, 4);
         std::vector<uint16_t> scales(size_t(G * N));
         const uint16_t * s = (const uint16_t *) d.scales;
         for (int64_t n = 0; n < N; ++n)
