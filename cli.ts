@@ -14,8 +14,9 @@ import { healthCommand } from './src/cli/health.ts'
 import { info } from './src/cli/info.ts'
 import { makeCheckpoint } from './src/cli/make-checkpoint.ts'
 import { pullCommand } from './src/cli/pull.ts'
+import { quantizeCommand } from './src/cli/quantize.ts'
 
-export const commands: Command[] = [serve, pullCommand, generateCommand, chat, bench, info, makeCheckpoint, healthCommand]
+export const commands: Command[] = [serve, pullCommand, generateCommand, chat, bench, info, makeCheckpoint, quantizeCommand, healthCommand]
 
 export function main(argv: string[]): Promise<number> {
   return dispatch(commands, argv)

@@ -120,6 +120,14 @@ export class NativeModel extends NativeHandle {
     }
   }
 
+  /**
+   * Writes the quantized weights and config.json into the existing directory outDir (native minicpm_model_save;
+   * q4 as GPTQ, q8 as minicpm_q8). See saveQuantized() in src/runtime for a complete directory with the tokenizer.
+   */
+  save(outDir: string): void {
+    check(lib().minicpm_model_save(this.guard(), cString(outDir)), `save model to ${outDir}`)
+  }
+
   /** What the load did not honour and what runs instead, one line each ([] when nothing). */
   warnings(): string[] {
     const model = this.guard()

@@ -23,6 +23,7 @@ export const symbols = {
   },
   minicpm_model_info: { args: ['ptr', 'buffer'], returns: 'i32' },
   minicpm_model_warnings: { args: ['ptr', 'ptr', 'i32'], returns: 'i32' },
+  minicpm_model_save: { args: ['ptr', 'ptr'], returns: 'i32' },
   minicpm_model_free: { args: ['ptr'], returns: 'void' },
 
   // Context

@@ -9,5 +9,6 @@
 export { DEFAULT_KV_DTYPE, KV_DTYPES, loadModel, resolveModelDir, type LoadOptions, type Model } from './runtime/load'
 export { ensureDefaultModel, DEFAULT_MODEL_ID, cacheRoot } from './runtime/default-model'
 export { readModelDir, samplingDefaults } from './runtime/model-dir'
+export { saveQuantized, type SaveQuantizedOptions, type SaveQuantizedResult } from './runtime/save'
 export { NativeError } from '../ffi/index'
 export type * from './types'

@@ -11,7 +11,7 @@ import { cachedCheckpoint } from './helpers/checkpoints'
 
 const REPO = join(import.meta.dir, '..')
 const MAIN = join(REPO, 'src', 'cli', 'main.ts')
-const COMMANDS = ['serve', 'generate', 'chat', 'bench', 'info', 'make-checkpoint']
+const COMMANDS = ['serve', 'generate', 'chat', 'bench', 'info', 'make-checkpoint', 'quantize']
 
 let dir: string
 let scratch: string
@@ -104,6 +104,22 @@ describe('commands', () => {
     expect(r.stdout).toContain('tokenizer    tokenizer.model')
     expect(r.stdout).toMatch(/loads {8}yes: [\d.]+ M parameters/)
   })
+
+  test('quantize saves a q4 (GPTQ) directory; info reports bits/weight and the decode roofline', () => {
+    const out = join(scratch, 'tiny-q4')
+    const q = cli(['quantize', '-m', dir, '--quantize', 'q4', '--quant-group', '32', '--out', out])
+    console.log(q.stderr.trim())
+    expect(q.code).toBe(0)
+    expect(q.stderr).toMatch(/wrote .*: q4, [\d.]+ MiB, [\d.]+ bits\/weight/)
+    const text = cli(['info', '-m', out, '--bandwidth', '50'])
+    console.log(text.stdout)
+    expect(text.stdout).toMatch(/weights {6}q4, [\d.]+ bits\/weight; decode roofline [\d.]+ tok\/s at 50 GB\/s/)
+    const report = JSON.parse(cli(['info', '-m', out, '--json']).stdout)
+    expect(report.load).toMatchObject({ ok: true, weightDtype: 'q4' })
+    expect(report.load.bitsPerWeight).toBeLessThan(6)
+    expect(report.load.decodeRoofline.tokPerS).toBeCloseTo(100e9 / report.load.weightBytes, 3)
+    expectOneLineError(cli(['quantize', '-m', dir, '--out', out]), 'quantize', '--quantize q8|q4 is required')
+  }, 60_000)
 
   test('generate streams the same text as the library, for --prompt and --messages', async () => {
     const messages = [{ role: 'user' as const, content: 'Tell me a story' }]

@@ -87,7 +87,10 @@ describe('completions, models, tokenize, native generate (fake model)', () => {
       owned_by: 'minicpm-edge',
       max_model_len: 64,
       random_weights: true,
+      weight_bytes: 4,
+      bits_per_weight: 32,
     })
+    console.log(`/v1/models entry: ${JSON.stringify(list.data[0])}`)
     expect((await app.request('/v1/models/fake-model')).status).toBe(200)
     const miss = await app.request('/v1/models/other')
     expect(miss.status).toBe(404)

@@ -174,6 +174,15 @@ int32_t minicpm_model_warnings(const minicpm_model_t * model, char * buf, int32_
     return rc == MINICPM_STATUS_OK ? n : rc;
 }
 
+int32_t minicpm_model_save(const minicpm_model_t * model, const char * out_dir) {
+    return guarded([&]() {
+        require(model, "minicpm_model_save: model");
+        require(out_dir, "minicpm_model_save: out_dir");
+        model->impl->save(out_dir);
+        return MINICPM_STATUS_OK;
+    });
+}
+
 void minicpm_model_free(minicpm_model_t * model) { delete model; }
 
 // ---- context -----------------------------------------------------------------------------------------------

@@ -204,6 +204,14 @@ MINICPM_API int32_t minicpm_model_info(const minicpm_model_t * model, struct min
  * the length (0 when there are none) or _INVALID_ARGUMENT (model is NULL). */
 MINICPM_API int32_t minicpm_model_warnings(const minicpm_model_t * model, char * buf, int32_t cap);
 
+/* Writes a model loaded with quantize (or from a quantized checkpoint) into the directory out_dir (which must
+ * exist) as dir/model.safetensors + dir/config.json, so that later loads do no quantization work: q4 as GPTQ int4
+ * in the AutoGPTQ layout (qweight / qzeros / scales / g_idx), q8 in the library's "minicpm_q8" layout
+ * (README "Quantized weights"). The tokenizer files are not copied. CPU backend only. Returns _OK,
+ * _INVALID_ARGUMENT (NULL argument, projections not quantized), _UNSUPPORTED (a shape or group size the format
+ * cannot hold, weights on another backend) or _IO. */
+MINICPM_API int32_t minicpm_model_save(const minicpm_model_t * model, const char * out_dir);
+
 MINICPM_API void minicpm_model_free(minicpm_model_t * model);
 
 /* ---------------------------------------------------------------------------------------------------------

@@ -178,8 +178,14 @@ void parse_quant_object(const config_reader & r, const json_value & qc, const st
         if (!v->is_string()) r.bad(f + "checkpoint_format", "must be a string, got " + config_reader::show(*v));
         q.checkpoint_format = v->string;
     }
+    if (q.method == "minicpm_q8") {  // the project's own int8 (model/save.h)
+        if (q.bits != 8)
+            r.bad(f + "bits", "is " + std::to_string(q.bits) + "; minicpm_q8 is 8-bit", MINICPM_STATUS_UNSUPPORTED);
+        if (q.group_size <= 0) r.bad(f + "group_size", "must be positive for minicpm_q8");
+        return;
+    }
     if (q.method != "gptq")
-        r.bad(f + "quant_method", "is \"" + q.method + "\"; only \"gptq\" (4-bit, AutoGPTQ layout) is supported",
+        r.bad(f + "quant_method", "is \"" + q.method + "\"; only \"gptq\" (4-bit, AutoGPTQ layout) and \"minicpm_q8\" are supported",
               MINICPM_STATUS_UNSUPPORTED);
     if (q.bits != 4)
         r.bad(f + "bits", "is " + std::to_string(q.bits) + "; only 4-bit GPTQ checkpoints are supported",

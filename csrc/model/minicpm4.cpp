@@ -2,6 +2,7 @@
 #include "model/minicpm4.h"
 
 #include "core/status.h"
+#include "model/save.h"
 
 #include <algorithm>
 #include <chrono>
@@ -67,6 +68,7 @@ std::unique_ptr<model> model::load(const std::string & dir, const model_load_opt
     std::unique_ptr<model> m(new model());
     m->files_ = load_model_files(dir, opts.use_mmap);
     apply_sparse_mode(m->files_->config, opts.sparse, dir + "/config.json");
+    m->dir_ = dir;
     const model_config & c = m->files_->config;
     if (c.n_ctx_train <= 0 || c.n_head_dim <= 0 || c.n_head_dim % 2 != 0)
         fail(MINICPM_STATUS_BAD_MODEL, dir + "/config.json: max_position_embeddings " + std::to_string(c.n_ctx_train) +
@@ -83,6 +85,13 @@ std::unique_ptr<model> model::load(const std::string & dir, const model_load_opt
     m->rope_ = m->loader_->alloc(table.size() * sizeof(float), buffer_usage::weights);
     m->loader_->upload(m->rope_, 0, table.data(), table.size() * sizeof(float));
     return m;
+}
+
+void model::save(const std::string & out_dir) const {
+    if (kind_ != backend_kind::cpu)
+        fail(MINICPM_STATUS_UNSUPPORTED, "save: the weights live on the " + std::string(backend_kind_name(kind_)) +
+                                             " backend; load the model on the CPU backend to save it");
+    save_quantized(files_->weights, files_->config, dir_, out_dir);
 }
 
 model::~model() {

@@ -86,6 +86,8 @@ class model {
     backend_kind          backend_type() const { return kind_; }
     // Configuration in config.json that is not honoured, one line each, naming what runs instead.
     const std::string &   warnings() const { return warnings_; }
+    // Writes the (quantized) weights and config as a hub-layout directory (model/save.h); CPU backend only.
+    void save(const std::string & out_dir) const;
 
     // A backend for a context or an engine: same kind as the weights, its own threads and buffers.
     std::unique_ptr<backend> make_backend(const backend_options & opts) const;
@@ -106,6 +108,7 @@ class model {
     void quantize_weights(const model_load_options & opts);
 
     std::unique_ptr<model_files>   files_;
+    std::string                    dir_;
     backend_kind                   kind_ = backend_kind::cpu;
     std::unique_ptr<backend>       loader_;   // owns the weight buffers and the RoPE table
     std::vector<buffer>            imported_;

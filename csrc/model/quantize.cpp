@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace minicpm {
 
@@ -98,15 +99,26 @@ quantized_tensor gptq_to_q4(const int32_t * qweight, const int32_t * qzeros, con
     q.group_size = group;
     const int64_t G = q.n_groups();
     q.data.assign(size_t(N * K + 1) / 2, 0);
-    // qweight [K/8][N] -> nibble k of row n
-    for (int64_t k8 = 0; k8 < K / 8; ++k8)
-        for (int64_t n = 0; n < N; ++n) {
-            const uint32_t word = uint32_t(qweight[k8 * N + n]);
-            for (int64_t j = 0; j < 8; ++j) {
-                const int64_t i = n * K + k8 * 8 + j;
-                q.data[size_t(i / 2)] |= uint8_t(((word >> (4 * j)) & 0xfu) << ((i % 2) * 4));
+    // qweight [K/8][N] -> nibble k of row n. A GPTQ word holds k = 8 k8 .. 8 k8 + 7 lowest nibble first, which is
+    // byte for byte (little-endian) the engine's row n at k8: the unpacking is a transpose of 32-bit words, done
+    // in 32 x 32 blocks (K % 8 == 0 is checked by the loader).
+    if (K % 8 == 0) {
+        uint32_t *    dst = (uint32_t *) q.data.data();  // q.data is from std::vector<uint8_t>: operator new aligns
+        const int64_t K8 = K / 8;
+        for (int64_t k0 = 0; k0 < K8; k0 += 32)
+            for (int64_t n0 = 0; n0 < N; n0 += 32)
+                for (int64_t k8 = k0; k8 < std::min(K8, k0 + 32); ++k8)
+                    for (int64_t n = n0; n < std::min(N, n0 + 32); ++n)
+                        std::memcpy(&dst[n * K8 + k8], &qweight[k8 * N + n], 4);
+    } else
+        for (int64_t k8 = 0; k8 < K / 8; ++k8)
+            for (int64_t n = 0; n < N; ++n) {
+                const uint32_t word = uint32_t(qweight[k8 * N + n]);
+                for (int64_t j = 0; j < 8; ++j) {
+                    const int64_t i = n * K + k8 * 8 + j;
+                    q.data[size_t(i / 2)] |= uint8_t(((word >> (4 * j)) & 0xfu) << ((i % 2) * 4));
+                }
             }
-        }
     q.scales.resize(size_t(N * G));
     for (int64_t g = 0; g < G; ++g)
         for (int64_t n = 0; n < N; ++n) {

@@ -4,9 +4,12 @@
 
 #include "core/json.h"
 #include "core/status.h"
+#include "model/marlin.h"
 #include "model/safetensors.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -84,7 +87,10 @@ class tensor_binder {
     // A linear layer [N, K]: prefix.weight (plain) or, in a GPTQ checkpoint, prefix.qweight / .qzeros / .scales /
     // .g_idx, unpacked into the engine's q4 layout (core/tensor.h).
     tensor_desc bind_linear(const std::string & prefix, int64_t N, int64_t K, const model_config & c) {
-        if (!c.quant.present || has(prefix + ".weight")) return bind(prefix + ".weight", {N, K});
+        if (has(prefix + ".weight") || !has(prefix + ".qweight")) return bind(prefix + ".weight", {N, K});
+        if (!c.quant.present)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + ".qweight' but config.json has no quantization_config");
+        if (c.quant.method == "minicpm_q8") return bind_q8(prefix, N, K, c.quant.group_size);
         const int32_t group = c.quant.group_size == -1 ? int32_t(K) : c.quant.group_size;
         if (K % 8 != 0 || N % 8 != 0 || K % group != 0)
             fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + "' has shape [" + std::to_string(N) + ", " +
@@ -103,6 +109,54 @@ class tensor_binder {
         out_.weights.n_params += uint64_t(N * K);
         out_.weights.n_bytes += d.bytes();
         return d;
+    }
+
+    // minicpm_q8 (model/save.h): prefix.qweight I8 [N, K] and prefix.scales F16 [N, ceil(K / g)], g = min(group, K),
+    // mapped as they are (the engine's q8 layout).
+    tensor_desc bind_q8(const std::string & prefix, int64_t N, int64_t K, int32_t group) {
+        tensor_desc d;
+        d.type = dtype::q8;
+        d.rows = N;
+        d.cols = K;
+        d.group_size = int32_t(std::min<int64_t>(group, K));
+        d.scale_type = dtype::f16;
+        d.data = raw(prefix + ".qweight", "I8", {N, K});
+        d.scales = raw(prefix + ".scales", "F16", {N, d.n_groups()});
+        const uint16_t * s = (const uint16_t *) d.scales;
+        for (int64_t i = 0; i < N * d.n_groups(); ++i)
+            if (!std::isfinite(f16_to_f32(s[i])))
+                fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + ".scales' holds a non-finite scale");
+        out_.weights.n_params += uint64_t(N * K);
+        out_.weights.n_bytes += d.bytes();
+        return d;
+    }
+
+    // CPM.cu's Marlin repack (model/marlin.h): prefix.qweight I32 [K/16, 2N] and prefix.scales F16 [G, N] of a
+    // projection fused along N (qkv_proj, gate_up_proj) or single; unpacked and split into the parts of Ns.
+    std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K,
+                                         const model_config & c) {
+        if (!c.quant.present || c.quant.method != "gptq" || !c.quant.sym || c.quant.desc_act)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": Marlin tensors need a symmetric GPTQ quantization_config "
+                                                      "without desc_act in config.json");
+        int64_t N = 0;
+        for (int64_t n : Ns) N += n;
+        const int64_t G = c.quant.group_size == -1 ? 1 : K / c.quant.group_size;
+        if (c.quant.group_size != -1 && K % c.quant.group_size != 0)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + "' in features " + std::to_string(K) +
+                                               " are not a multiple of group_size " + std::to_string(c.quant.group_size));
+        const auto * qweight = (const int32_t *) raw(prefix + ".qweight", "I32", {K / 16, 2 * N});
+        const auto * scales = (const uint16_t *) raw(prefix + ".scales", "F16", {G, N});
+        const quantized_tensor fused = marlin_to_q4(qweight, scales, N, K, G, listing_ + ": " + prefix);
+        std::vector<tensor_desc> out;
+        int64_t n0 = 0;
+        for (int64_t n : Ns) {
+            out_.converted.push_back(Ns.size() == 1 ? fused : q4_rows(fused, n0, n0 + n));
+            out.push_back(out_.converted.back().desc());
+            out_.weights.n_params += uint64_t(n * K);
+            out_.weights.n_bytes += out.back().bytes();
+            n0 += n;
+        }
+        return out;
     }
 
     tensor_desc bind(const std::string & name, std::vector<int64_t> want) {
@@ -180,10 +234,15 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
             assigned[m.second.string].push_back(m.first);
         }
     } else {
-        if (!file_exists(listing)) {
-            fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists");
+        if (!file_exists(listing) && file_exists(dir + "/model_gptq.safetensors")) {
+            listing = dir + "/model_gptq.safetensors";  // CPM.cu's Marlin repack (*-marlin-cpmcu)
+            assigned["model_gptq.safetensors"];
+        } else {
+            if (!file_exists(listing)) {
+                fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists");
+            }
+            assigned["model.safetensors"];
         }
-        assigned["model.safetensors"];
     }
 
     std::vector<safetensors_header> headers;  // kept alive: the table points into them
@@ -215,17 +274,25 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
     model_weights & w = out->weights;
     const int64_t H = c.n_embd, I = c.n_ff, V = c.n_vocab;
     const int64_t q = int64_t(c.n_head) * c.n_head_dim, kv = int64_t(c.n_head_kv) * c.n_head_dim;
-    w.embed = b.bind("model.embed_tokens.weight", {V, H});
+    w.embed = b.bind_linear("model.embed_tokens", V, H, c);  // quantized when saved with a quantized tied head
     w.layers.resize(size_t(c.n_layer));
     for (int32_t l = 0; l < c.n_layer; l++) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         layer_weights &   L = w.layers[size_t(l)];
         L.attn_norm = b.bind(p + "input_layernorm.weight", {H});
+        L.ffn_norm = b.bind(p + "post_attention_layernorm.weight", {H});
+        if (b.has(p + "self_attn.qkv_proj.qweight")) {  // Marlin repack: fused qkv and gate_up
+            const auto qkv = b.bind_marlin(p + "self_attn.qkv_proj", {q, kv, kv}, H, c);
+            const auto gu = b.bind_marlin(p + "mlp.gate_up_proj", {I, I}, H, c);
+            L.wq = qkv[0], L.wk = qkv[1], L.wv = qkv[2], L.w_gate = gu[0], L.w_up = gu[1];
+            L.wo = b.bind_marlin(p + "self_attn.o_proj", {H}, q, c)[0];
+            L.w_down = b.bind_marlin(p + "mlp.down_proj", {H}, I, c)[0];
+            continue;
+        }
         L.wq = b.bind_linear(p + "self_attn.q_proj", q, H, c);
         L.wk = b.bind_linear(p + "self_attn.k_proj", kv, H, c);
         L.wv = b.bind_linear(p + "self_attn.v_proj", kv, H, c);
         L.wo = b.bind_linear(p + "self_attn.o_proj", H, q, c);
-        L.ffn_norm = b.bind(p + "post_attention_layernorm.weight", {H});
         L.w_gate = b.bind_linear(p + "mlp.gate_proj", I, H, c);
         L.w_up = b.bind_linear(p + "mlp.up_proj", I, H, c);
         L.w_down = b.bind_linear(p + "mlp.down_proj", H, I, c);
@@ -234,11 +301,11 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
     if (c.tie_word_embeddings) {
         w.head = w.embed;  // any lm_head.weight in the file is ignored, as HF does when tied
     } else {
-        if (!b.has("lm_head.weight")) {
+        if (!b.has("lm_head.weight") && !b.has("lm_head.qweight")) {
             fail(MINICPM_STATUS_BAD_MODEL,
                  listing + ": missing tensor 'lm_head.weight' (config.json sets tie_word_embeddings to false)");
         }
-        w.head = b.bind("lm_head.weight", {V, H});
+        w.head = b.bind_linear("lm_head", V, H, c);
     }
 
     // Formats may differ between tensors (an LM head in BF16 beside other projections); info reports the first

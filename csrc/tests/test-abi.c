@@ -320,6 +320,8 @@ int main(void) {
     CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "engine_submit(NULL engine): %s", minicpm_status_name(rc));
     rc = minicpm_model_warnings(NULL, NULL, 0);
     CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "model_warnings(NULL model): %s", minicpm_status_name(rc));
+    rc = minicpm_model_save(NULL, "/tmp");
+    CHECK(rc == MINICPM_STATUS_INVALID_ARGUMENT, "model_save(NULL model): %s", minicpm_status_name(rc));
     minicpm_engine_free(NULL);
 
     /* A params struct of another size (an older or newer caller): ABI mismatch, checked first. */

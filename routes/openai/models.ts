@@ -21,6 +21,11 @@ function entry(state: AppState, id: string) {
     random_weights: info.randomWeights,
     // InfLLM v2 sparse attention as loaded: null (dense at every length) or its variant (hf / v2).
     sparse_attention: info.sparseAttention === 'off' ? null : { variant: info.sparseAttention },
+    // Weight format and what it means for batch-1 decode: every weight byte is read once per token.
+    weight_dtype: info.weightDtype,
+    weight_bytes: info.weightBytes,
+    bits_per_weight: Number(((info.weightBytes * 8) / Math.max(1, info.nParams)).toFixed(3)),
+    decode_roofline_tok_s_per_100gbs: Number((100e9 / Math.max(1, info.weightBytes)).toFixed(2)),
   }
 }
 

@@ -17,12 +17,12 @@ export interface GptqOptions extends Omit<CheckpointOptions, 'dtype' | 'editTens
   descAct?: boolean // g_idx: a random permutation of the group assignment (default false)
 }
 
-interface Tensor {
+export interface Tensor {
   spec: TensorSpec
   data: Uint8Array
 }
 
-function readSafetensors(path: string): Tensor[] {
+export function readSafetensors(path: string): Tensor[] {
   const buf = readFileSync(path)
   const n = Number(buf.readBigUInt64LE(0))
   const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<

@@ -7,12 +7,13 @@ import { join } from 'node:path'
 import { NativeEngine, NativeModel, nativeLibrary } from '../../ffi/index'
 import { resolveModelDir } from '../runtime/load'
 import { readModelDir } from '../runtime/model-dir'
-import { modelHelp, parse, progressBar, type Command } from './common'
+import { modelHelp, num, parse, progressBar, type Command } from './common'
 import { stderrLine } from './term'
 
 const options = {
   model: { type: 'string', short: 'm' },
   json: { type: 'boolean' },
+  bandwidth: { type: 'string' },
 } as const
 
 export const info: Command = {
@@ -24,11 +25,13 @@ Prints the config summary, the safetensors files (tensor count, dtypes, bytes), 
 weights are generated random ones, and whether the engine loads the model (exit code 1 when it does not).
 
       --json               print one JSON object instead of text
+      --bandwidth GBS      memory bandwidth for the decode roofline (default 100 GB/s)
 
 ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
 
   async run(argv) {
     const { values } = parse(argv, options)
+    const bandwidthGBs = num(values, 'bandwidth', { min: 0.001 }) ?? 100
     const dir = await resolveModelDir(values.model, progressBar(), (line) => stderrLine.line(line))
     const facts = readModelDir(dir)
     const c = facts.config
@@ -52,6 +55,10 @@ ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
         ok: true,
         nParams: i.nParams,
         weightBytes: i.weightBytes,
+        weightDtype: i.weightDtype,
+        bitsPerWeight: (i.weightBytes * 8) / Math.max(1, i.nParams),
+        // batch-1 decode reads every weight byte once per token (a tied head: the whole embedding)
+        decodeRoofline: { bandwidthGBs, tokPerS: (bandwidthGBs * 1e9) / Math.max(1, i.weightBytes) },
         library: nativeLibrary.path,
         backend,
         warnings: model.warnings(),
@@ -96,6 +103,9 @@ type Load =
       ok: true
       nParams: number
       weightBytes: number
+      weightDtype: string
+      bitsPerWeight: number
+      decodeRoofline: { bandwidthGBs: number; tokPerS: number }
       library: string
       backend: string
       warnings: string[]
@@ -114,7 +124,8 @@ function weightFiles(dir: string): string[] {
     const map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {}
     return [...new Set(Object.values(map))].sort()
   }
-  return existsSync(join(dir, 'model.safetensors')) ? ['model.safetensors'] : []
+  if (existsSync(join(dir, 'model.safetensors'))) return ['model.safetensors']
+  return existsSync(join(dir, 'model_gptq.safetensors')) ? ['model_gptq.safetensors'] : [] // CPM.cu Marlin
 }
 
 /** Reads only the JSON header of a safetensors file (8-byte little-endian length, then the header). */
@@ -179,6 +190,8 @@ function printReport(r: {
     `generation   ${JSON.stringify(r.generationDefaults)}`,
     r.load.ok
       ? `loads        yes: ${(r.load.nParams / 1e6).toFixed(2)} M parameters, ${mb(r.load.weightBytes)} (${r.load.library})\n` +
+        `weights      ${r.load.weightDtype}, ${r.load.bitsPerWeight.toFixed(2)} bits/weight; decode roofline ` +
+        `${r.load.decodeRoofline.tokPerS.toFixed(1)} tok/s at ${r.load.decodeRoofline.bandwidthGBs} GB/s (weights read once per token)\n` +
         `kernels      ${r.load.backend}${process.env.MINICPM_KERNELS ? ` (MINICPM_KERNELS=${process.env.MINICPM_KERNELS})` : ''}`
       : `loads        NO: ${r.load.error}`,
     ...(r.load.ok
