@@ -94,7 +94,37 @@ bool model_drafter::run(state & st, const int32_t * tokens, const int32_t * pos,
         kv_seq_truncate(kv_, st.kv, n_past);
         throw;
     }
+    if (!allowed_.empty()) {
+        constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+        for (int32_t r = 0; r < n_logit_rows; ++r) {
+            float * l = logits + size_t(r) * size_t(n_vocab_);
+            for (int32_t i = 0; i < n_vocab_; ++i)
+                if (!allowed_[size_t(i)]) l[i] = neg_inf;
+        }
+    }
     return true;
+}
+
+void model_drafter::restrict_vocab(const std::vector<int32_t> & ids, int32_t n) {
+    n = std::min<int32_t>(n, int32_t(ids.size()));
+    if (n <= 0) {
+        allowed_.clear();
+        n_allowed_ = 0;
+        return;
+    }
+    std::vector<char> a(size_t(n_vocab_), 0);
+    int32_t           k = 0;
+    for (int32_t j = 0; j < n; ++j) {
+        const int32_t id = ids[size_t(j)];
+        if (id < 0 || id >= n_vocab_)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "draft vocabulary: entry " + std::to_string(j) + " = " +
+                                                      std::to_string(id) + " is outside [0, " +
+                                                      std::to_string(n_vocab_) + ")");
+        k += !a[size_t(id)];
+        a[size_t(id)] = 1;
+    }
+    allowed_.swap(a);
+    n_allowed_ = k;
 }
 
 namespace {

@@ -120,6 +120,13 @@ class model_drafter final : public drafter {
 
     const tree_shape & shape() const { return shape_; }
 
+    // FR-Spec (ENGINE_REFERENCE 4.2): the draft only proposes the first n ids of ids (a frequency-ranked list,
+    // load_token_list); the target still verifies over the whole vocabulary, so output is unchanged. n <= 0 or
+    // an empty list: the whole vocabulary again. Throws _INVALID_ARGUMENT for an id out of range. For now the
+    // other logits are masked after the full head (same drafts as a gathered n x H head, not its saving).
+    void restrict_vocab(const std::vector<int32_t> & ids, int32_t n);
+    int32_t vocab_size() const { return allowed_.empty() ? n_vocab_ : n_allowed_; }
+
   private:
     struct state {
         kv_seq               kv;
@@ -145,6 +152,8 @@ class model_drafter final : public drafter {
     std::vector<int32_t>    rows_, pos_, toks_;
     std::vector<uint64_t>   mask_;
     sampler_scratch         scratch_;
+    std::vector<char>       allowed_;  // FR-Spec subset; empty = all
+    int32_t                 n_allowed_ = 0;
 };
 
 }  // namespace minicpm

@@ -246,8 +246,15 @@ class recording_drafter final : public minicpm::drafter {
         n_trees += out.size() > 0;
         sum_depth += depth;
         sum_nodes += out.size();
+        tokens.insert(tokens.end(), out.tokens.begin(), out.tokens.end());
     }
     void release(uint64_t id) override { in_->release(id); }
+    std::vector<int32_t> tokens;  // every drafted token
+    int64_t n_outside(const std::vector<char> & in) const {
+        int64_t k = 0;
+        for (int32_t t : tokens) k += !in[size_t(t)];
+        return k;
+    }
 
   private:
     std::unique_ptr<minicpm::drafter> in_;
@@ -474,6 +481,44 @@ static void test_sampled_distribution(const minicpm::model & target, const minic
           accept[1], verifies[1]);
 }
 
+// FR-Spec: the draft restricted to the first N ids of a ranked list (here: the ids the plain greedy output uses
+// most, then the rest). Greedy output stays the plain output; every drafted token lies in the subset.
+static void test_vocab_subset(const minicpm::model & target) {
+    std::vector<req> reqs = mixed_requests(64);
+    for (req & r : reqs) r.sp = greedy(r.sp.n_max_tokens);
+    std::vector<outcome> plain;
+    {
+        scheduler s(target, engine_params(), reference());
+        plain = run_all(s, reqs);
+    }
+    const int32_t V = target.config().n_vocab;
+    std::vector<std::pair<int32_t, int32_t>> freq;
+    for (int32_t i = 0; i < V; ++i) freq.push_back({0, i});
+    for (const outcome & o : plain)
+        for (int32_t t : o.tokens) freq[size_t(t)].first--;
+    std::stable_sort(freq.begin(), freq.end());
+    std::vector<int32_t> ranked;
+    for (const auto & f : freq) ranked.push_back(f.second);
+    for (int32_t n : {V / 8, 32}) {
+        minicpm::tree_shape shape;
+        scheduler s(target, engine_params(), reference());
+        auto md = std::make_unique<minicpm::model_drafter>(target, V, s.backend_ref(), minicpm::dtype::f32, 64, shape);
+        md->restrict_vocab(ranked, n);
+        auto rd = std::make_shared<recording_drafter>(std::move(md));
+        s.set_drafter(rd, shape.tree_size - 1);
+        const std::vector<outcome> drafted = run_all(s, reqs);
+        struct minicpm_engine_stats st{};
+        s.stats(st);
+        std::vector<char> in(size_t(V), 0);
+        for (int32_t j = 0; j < n; ++j) in[size_t(ranked[size_t(j)])] = 1;
+        CHECK(drafted == plain && rd->n_outside(in) == 0 && st.n_spec_verifies > 0,
+              "FR-Spec draft vocabulary %d of %d: greedy output == plain (%d tokens), %lld drafted nodes, %lld outside "
+              "the subset; mean accept length %.2f", n, V, total_tokens(plain), (long long) rd->sum_nodes,
+              (long long) rd->n_outside(in),
+              st.n_spec_verifies ? 1.0 + double(st.n_spec_accepted) / double(st.n_spec_verifies) : 0.0);
+    }
+}
+
 static std::unique_ptr<minicpm::model> load(const std::string & dir) {
     return minicpm::model::load(dir, true, MINICPM_BACKEND_CPU);
 }
@@ -505,6 +550,7 @@ int main() {
         test_model_drafter(*weak_model, "weak (other random model)", shape, false);
         test_model_drafter(*weak_model, "weak (other random model)", deep, false);
 
+        test_vocab_subset(*target);
         test_accept_rule();
         {
             std::filesystem::create_directories(dir + "/small");
