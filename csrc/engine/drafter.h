@@ -7,7 +7,8 @@
 // child whose token equals the sample, keeps that path plus the sample after it (KV rows compacted into
 // consecutive slots), truncates the rest and rolls the sampler back. Each emitted token is a sample of the
 // target's own distribution, so greedy output equals plain greedy decoding token for token, and sampled output
-// follows the target distribution (with the same seed it is even the same tokens).
+// follows the target distribution. Drafters that draw their nodes (draft_sampled, out.q) are verified by
+// speculative rejection sampling instead: same distribution, better acceptance, other tokens for a seed.
 //
 // Drafters run on the scheduler thread, without the engine lock, one request at a time.
 #pragma once
