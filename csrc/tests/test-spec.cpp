@@ -410,7 +410,7 @@ static void test_accept_rule() {
 // drafts drawn from the draft model; and token matching against the draft's top-k tree as the baseline).
 static void test_sampled_distribution(const minicpm::model & target, const minicpm::model & draft_model,
                                       const char * label, bool penalties) {
-    const int32_t n_req = 3000, n_tok = 4, V = target.config().n_vocab;
+    const int32_t n_req = 2000, n_tok = 4, V = target.config().n_vocab;
     auto params = [&](uint64_t seed) {
         minicpm_sampling_params sp;
         minicpm_sampling_default_params(&sp);
