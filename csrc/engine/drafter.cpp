@@ -94,7 +94,37 @@ bool model_drafter::run(state & st, const int32_t * tokens, const int32_t * pos,
         kv_seq_truncate(kv_, st.kv, n_past);
         throw;
     }
+    if (!allowed_.empty()) {
+        constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+        for (int32_t r = 0; r < n_logit_rows; ++r) {
+            float * l = logits + size_t(r) * size_t(n_vocab_);
+            for (int32_t i = 0; i < n_vocab_; ++i)
+                if (!allowed_[size_t(i)]) l[i] = neg_inf;
+        }
+    }
     return true;
+}
+
+void model_drafter::restrict_vocab(const std::vector<int32_t> & ids, int32_t n) {
+    n = std::min<int32_t>(n, int32_t(ids.size()));
+    if (n <= 0) {
+        allowed_.clear();
+        n_allowed_ = 0;
+        return;
+    }
+    std::vector<char> a(size_t(n_vocab_), 0);
+    int32_t           k = 0;
+    for (int32_t j = 0; j < n; ++j) {
+        const int32_t id = ids[size_t(j)];
+        if (id < 0 || id >= n_vocab_)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "draft vocabulary: entry " + std::to_string(j) + " = " +
+                                                      std::to_string(id) + " is outside [0, " +
+                                                      std::to_string(n_vocab_) + ")");
+        k += !a[size_t(id)];
+        a[size_t(id)] = 1;
+    }
+    allowed_.swap(a);
+    n_allowed_ = k;
 }
 
 namespace {
@@ -131,17 +161,9 @@ void top_k_logprobs(const float * l, int32_t n, int32_t k, std::vector<std::pair
 }
 }  // namespace
 
-void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
-                          draft_tree & out) {
-    out.clear();
-    const int32_t D = std::min(shape_.num_iter, max_depth);
-    const int32_t S = std::min(shape_.tree_size - 1, max_nodes);
+bool model_drafter::catch_up(uint64_t id, state & st, const int32_t * tokens, int32_t n) {
+    // At least the last token is run again: its logits start the tree.
     const int32_t K = shape_.top_k;
-    if (D <= 0 || S <= 0 || n <= 0 || int64_t(n) + D > model_.config().n_ctx_train) return;
-    state & st = states_[id];
-
-    // 1. Roll back to the longest prefix the draft KV already holds (at least the last token is run again:
-    //    its logits start the tree), then catch up in pieces.
     int32_t c = 0;
     const int32_t held = int32_t(st.tokens.size());
     while (c < held && c < n && st.tokens[size_t(c)] == tokens[c]) ++c;
@@ -155,11 +177,137 @@ void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_
         const int32_t last = end - begin - 1;
         if (!run(st, tokens + begin, nullptr, nullptr, end - begin, &last, end == n ? 1 : 0, logits_.data())) {
             release(id);  // the draft pool is dry: this request goes without drafts for now
-            return;
+            return false;
         }
         st.kv.n_tokens += end - begin;
         st.tokens.insert(st.tokens.end(), tokens + begin, tokens + end);
     }
+    return true;
+}
+
+int32_t speculative_accept(std::vector<double> & p, std::vector<double> & q, const int32_t * children,
+                           int32_t n_children, rng & r, int32_t * token) {
+    const size_t n = p.size();
+    for (int32_t c = 0; c < n_children; ++c) {
+        const int32_t x = children[c];
+        const double  px = p[size_t(x)], qx = q[size_t(x)];
+        // A child q could not have drawn (qx = 0) is skipped: it carries no sample of q.
+        if (qx > 0.0 && r.uniform() * qx < px) {
+            *token = x;
+            return c;
+        }
+        if (qx <= 0.0) continue;
+        double zp = 0.0;
+        for (size_t i = 0; i < n; ++i) zp += std::max(0.0, p[i] - q[i]);
+        if (zp > 0.0) {
+            for (size_t i = 0; i < n; ++i) p[i] = std::max(0.0, p[i] - q[i]) / zp;
+        } else {  // p == q up to rounding: rejection had probability 0
+            p[size_t(x)] = 0.0;
+        }
+        const double zq = 1.0 - q[size_t(x)];
+        q[size_t(x)] = 0.0;
+        if (zq > 0.0) {
+            for (size_t i = 0; i < n; ++i) q[i] /= zq;
+        }
+    }
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) total += p[i];
+    double  u = r.uniform() * total;
+    int32_t last = -1;
+    for (size_t i = 0; i < n; ++i) {
+        if (p[i] <= 0.0) continue;
+        last = int32_t(i);
+        u -= p[i];
+        if (u < 0.0) break;
+    }
+    *token = last;
+    return -1;
+}
+
+void model_drafter::draft_sampled(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes,
+                                  int32_t max_depth, const minicpm_sampling_params & sp, draft_tree & out) {
+    out.clear();
+    const int32_t D = std::min(shape_.num_iter, max_depth);
+    const int32_t S = std::min(shape_.tree_size - 1, max_nodes);
+    const int32_t K = shape_.top_k;
+    if (D <= 0 || S <= 0 || n <= 0 || int64_t(n) + D > model_.config().n_ctx_train) return;
+    state & st = states_[id];
+    if (!catch_up(id, st, tokens, n)) return;
+    if (!st.smp) {
+        minicpm_sampling_params p = sp;
+        p.repetition_penalty = 1.0f, p.presence_penalty = 0.0f, p.frequency_penalty = 0.0f;
+        p.logprobs = 0, p.n_top_logprobs = 0, p.ignore_eos = 1;
+        p.seed = sp.seed ^ 0x9e3779b97f4a7c15ull;  // independent of the target's stream
+        st.smp = std::make_unique<sampler>(p, n_vocab_, std::vector<int32_t>{}, nullptr, 0, nullptr, nullptr, 0,
+                                           nullptr, 0);
+    }
+    // Fixed shape: level d holds width[d] children of the chain node of level d - 1 (the root for d = 1).
+    const int32_t depth = std::min(D, S);
+    std::vector<int32_t> width(size_t(depth), 1);
+    int32_t extra = S - depth;
+    for (int32_t d = 0; d < depth && extra > 0; ++d) {
+        const int32_t add = std::min(extra, K - 1);
+        width[size_t(d)] += add;
+        extra -= add;
+    }
+    out.q.assign(size_t(S) + 1, {});
+    int32_t chain_row = 0;  // row whose children level d draws
+    for (int32_t d = 0; d < depth; ++d) {
+        if (d > 0) {
+            // Draft logits at the chain node of the previous level (kept in the draft KV until the end).
+            const int32_t tok = out.tokens[size_t(chain_row - 1)];
+            const int32_t pos = n + d - 1;
+            const int32_t row = 0;
+            if (!run(st, &tok, &pos, nullptr, 1, &row, 1, logits_.data())) break;
+            st.kv.n_tokens++;
+        }
+        int32_t best = -1;
+        const double total = st.smp->distribution(logits_.data(), scratch_, &best);
+        if (!(total > 0.0)) break;
+        std::vector<std::pair<int32_t, float>> & q = out.q[size_t(chain_row)];
+        std::vector<double> w;
+        q.reserve(scratch_.cand.size());
+        for (const auto & c : scratch_.cand) {
+            q.emplace_back(c.second, float(c.first / total));
+            w.push_back(c.first);
+        }
+        // width[d] draws without replacement.
+        const int32_t parent = chain_row - 1;
+        double        left = total;
+        int32_t       first = -1;
+        for (int32_t j = 0; j < width[size_t(d)] && left > 0.0; ++j) {
+            double u = st.smp->random().uniform() * left;
+            size_t pick = w.size();
+            for (size_t i = 0; i < w.size(); ++i) {
+                if (w[i] <= 0.0) continue;
+                pick = i;
+                u -= w[i];
+                if (u < 0.0) break;
+            }
+            if (pick == w.size()) break;
+            left -= w[pick];
+            w[pick] = 0.0;
+            if (first < 0) first = out.size();
+            out.add(q[pick].first, parent, float(std::log(std::max(1e-30, double(q[pick].second)))));
+        }
+        if (first < 0) break;
+        chain_row = first + 1;
+    }
+    kv_seq_truncate(kv_, st.kv, n);  // the chain rows leave the draft KV again
+    out.q.resize(size_t(out.size()) + 1);
+}
+
+void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
+                          draft_tree & out) {
+    out.clear();
+    const int32_t D = std::min(shape_.num_iter, max_depth);
+    const int32_t S = std::min(shape_.tree_size - 1, max_nodes);
+    const int32_t K = shape_.top_k;
+    if (D <= 0 || S <= 0 || n <= 0 || int64_t(n) + D > model_.config().n_ctx_train) return;
+    state & st = states_[id];
+
+    // 1. Roll back to the longest prefix the draft KV already holds and catch up.
+    if (!catch_up(id, st, tokens, n)) return;
 
     // 2. EAGLE-2 dynamic tree: level 1 is the top-k of the last row; each further level expands the current
     //    frontier (top-k nodes by cumulative score) in one masked run and keeps the top-k of all children.

@@ -7,7 +7,8 @@
 // child whose token equals the sample, keeps that path plus the sample after it (KV rows compacted into
 // consecutive slots), truncates the rest and rolls the sampler back. Each emitted token is a sample of the
 // target's own distribution, so greedy output equals plain greedy decoding token for token, and sampled output
-// follows the target distribution (with the same seed it is even the same tokens).
+// follows the target distribution. Drafters that draw their nodes (draft_sampled, out.q) are verified by
+// speculative rejection sampling instead: same distribution, better acceptance, other tokens for a seed.
 //
 // Drafters run on the scheduler thread, without the engine lock, one request at a time.
 #pragma once
@@ -15,6 +16,7 @@
 #include "core/backend.h"
 #include "model/kv-cache.h"
 #include "model/minicpm4.h"
+#include "engine/sampler.h"
 
 #include <cstdint>
 #include <functional>
@@ -28,8 +30,14 @@ struct draft_tree {
     std::vector<int32_t> tokens;
     std::vector<int32_t> parents;  // -1 = the root
     std::vector<float>   scores;   // optional: the drafter's cumulative log-probability of each node
+    // Optional, for sampled drafts: q[r] is the (token, probability) distribution the children of row r (the
+    // root is row 0, node i is row i + 1) were drawn from, without replacement, in node order. Verification
+    // then accepts them by speculative rejection sampling (speculative_accept). An empty q[r] (or q) means the
+    // children were chosen, not drawn (q one-hot at each child): verification matches tokens, which is the same
+    // rule in distribution.
+    std::vector<std::vector<std::pair<int32_t, float>>> q;
 
-    void    clear() { tokens.clear(), parents.clear(), scores.clear(); }
+    void    clear() { tokens.clear(), parents.clear(), scores.clear(), q.clear(); }
     int32_t size() const { return int32_t(tokens.size()); }
     void    add(int32_t token, int32_t parent, float score = 0.0f) {
         tokens.push_back(token), parents.push_back(parent), scores.push_back(score);
@@ -51,9 +59,24 @@ int32_t draft_tree_clip(draft_tree & t, int32_t n_vocab, int32_t max_nodes, int3
 // Returns true when the tree is a chain (mask not needed: causal).
 bool draft_tree_layout(const draft_tree & t, int32_t n_past, uint64_t * mask, int32_t * pos);
 
+// Multi-draft speculative sampling at one tree row (Leviathan et al.; recursive rejection sampling for drafts
+// drawn without replacement). p: the target's processed distribution, q: the distribution the children were
+// drawn from, both dense over the vocabulary and summing to 1 (both are overwritten). For each child x in draw
+// order: accept with probability min(1, p(x) / q(x)); otherwise p = norm(max(0, p - q)), q = norm(q without x)
+// and the next child is tried. Returns the index of the accepted child, or -1 with *token drawn from the final
+// residual p. The output token follows p exactly, whatever q is.
+int32_t speculative_accept(std::vector<double> & p, std::vector<double> & q, const int32_t * children,
+                           int32_t n_children, rng & r, int32_t * token);
+
 class drafter {
   public:
     virtual ~drafter() = default;
+    // As draft() below, for a request sampling with sp (temperature > 0): a drafter may draw its nodes from its
+    // own processed distribution and record it in out.q. The default drafts as for greedy.
+    virtual void draft_sampled(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
+                               const minicpm_sampling_params & /*sp*/, draft_tree & out) {
+        draft(id, tokens, n, max_nodes, max_depth, out);
+    }
     // Proposes continuations of tokens[0, n) (a decoding request's prompt + generated tokens): at most max_nodes
     // nodes, depth at most max_depth (the scheduler clips what exceeds them).
     virtual void draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
@@ -87,15 +110,33 @@ class model_drafter final : public drafter {
 
     void draft(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
                draft_tree & out) override;
+    // Sampled requests: a tree of fixed shape (the chain of first draws, num_iter deep; the other tree_size
+    // slots as further draws at the root, then at the chain nodes, at most top_k per node), each node's children
+    // drawn without replacement from the draft's distribution under the request's temperature / top-k / top-p /
+    // min-p (no penalties), recorded in out.q. The shape does not depend on the drawn tokens, as losslessness
+    // requires.
+    void draft_sampled(uint64_t id, const int32_t * tokens, int32_t n, int32_t max_nodes, int32_t max_depth,
+                       const minicpm_sampling_params & sp, draft_tree & out) override;
     void release(uint64_t id) override;
 
     const tree_shape & shape() const { return shape_; }
+
+    // FR-Spec (ENGINE_REFERENCE 4.2): the draft only proposes the first n ids of ids (a frequency-ranked list,
+    // load_token_list); the target still verifies over the whole vocabulary, so output is unchanged. n <= 0 or
+    // an empty list: the whole vocabulary again. Throws _INVALID_ARGUMENT for an id out of range. For now the
+    // other logits are masked after the full head (same drafts as a gathered n x H head, not its saving).
+    void restrict_vocab(const std::vector<int32_t> & ids, int32_t n);
+    int32_t vocab_size() const { return allowed_.empty() ? n_vocab_ : n_allowed_; }
 
   private:
     struct state {
         kv_seq               kv;
         std::vector<int32_t> tokens;  // what kv holds
+        std::unique_ptr<sampler> smp; // sampled drafts: the request's processing, its own seed
     };
+    // Rolls the draft KV back to the longest held prefix of tokens[0, n - 1) and runs the rest; logits_ then
+    // holds the last row. False when the draft pool is dry (the state is released).
+    bool catch_up(uint64_t id, state & st, const int32_t * tokens, int32_t n);
     // Evaluates rows (causal when mask is null) after the sequence's committed tokens; logits for the rows
     // listed. Returns false when the KV pool is dry (the sequence is left as it was).
     bool run(state & st, const int32_t * tokens, const int32_t * pos, const uint64_t * mask, int32_t n,
@@ -111,6 +152,9 @@ class model_drafter final : public drafter {
     std::vector<float>      logits_;
     std::vector<int32_t>    rows_, pos_, toks_;
     std::vector<uint64_t>   mask_;
+    sampler_scratch         scratch_;
+    std::vector<char>       allowed_;  // FR-Spec subset; empty = all
+    int32_t                 n_allowed_ = 0;
 };
 
 }  // namespace minicpm

@@ -233,8 +233,8 @@ static void keep_nucleus(std::vector<std::pair<float, int32_t>> & cand, const st
     cand.swap(kept);
 }
 
-sample_result sampler::sample(const float * raw, sampler_scratch & scratch, const uint32_t * allowed) {
-    sample_result out;
+double sampler::distribution(const float * raw, sampler_scratch & scratch, int32_t * best_out,
+                             const uint32_t * allowed) {
     const int32_t n = n_vocab_;
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
@@ -258,52 +258,62 @@ sample_result sampler::sample(const float * raw, sampler_scratch & scratch, cons
         }
     }
     if (best < 0) fail(MINICPM_STATUS_INVALID_ARGUMENT, "sampling: every token is forbidden (logits all -inf or NaN)");
+    *best_out = best;
+    auto & cand = scratch.cand;
+    cand.clear();
+    if (params_.temperature <= 0.0f) return 0.0;
 
+    const float inv_t = 1.0f / params_.temperature;
+    if (params_.top_k > 0 && params_.top_k < n) {
+        // Top-k as a heap whose front is the worst kept candidate: most tokens cost one comparison.
+        const size_t k = size_t(params_.top_k);
+        for (int32_t i = 0; i < n; ++i) {
+            if (!(l[i] > neg_inf)) continue;
+            const std::pair<float, int32_t> c((l[i] - l_max) * inv_t, i);
+            if (cand.size() < k) {
+                cand.push_back(c);
+                std::push_heap(cand.begin(), cand.end(), better);
+            } else if (better(c, cand.front())) {
+                std::pop_heap(cand.begin(), cand.end(), better);
+                cand.back() = c;
+                std::push_heap(cand.begin(), cand.end(), better);
+            }
+        }
+    } else {
+        for (int32_t i = 0; i < n; ++i) {
+            if (l[i] > neg_inf) cand.emplace_back((l[i] - l_max) * inv_t, i);
+        }
+    }
+    // From here on cand[i].first is the weight exp((l - l_max) / T) in (0, 1]; the best token has 1.
+    std::vector<uint16_t> & bucket = scratch.bucket;
+    const bool              nucleus = params_.top_p < 1.0f;
+    if (nucleus) bucket.resize(cand.size());
+    for (size_t i = 0; i < cand.size(); ++i) {
+        const float d = -cand[i].first;
+        if (nucleus) bucket[i] = uint16_t(std::min(float(kBuckets - 1), d * (kBuckets / kSpan)));
+        cand[i].first = std::exp(cand[i].first);
+    }
+    if (nucleus) keep_nucleus(cand, bucket, params_.top_p, scratch);
+    if (params_.min_p > 0.0f) {
+        // p_i / p_max = weight: the ratio does not change when the kept set is renormalized.
+        const float thr = params_.min_p;
+        cand.erase(std::remove_if(cand.begin(), cand.end(), [thr](const auto & c) { return c.first < thr; }),
+                   cand.end());
+    }
+    double total = 0.0;
+    for (const auto & c : cand) total += c.first;
+    return total;
+}
+
+sample_result sampler::sample(const float * raw, sampler_scratch & scratch, const uint32_t * allowed) {
+    sample_result out;
+    int32_t       best = -1;
+    const double  total = distribution(raw, scratch, &best, allowed);
     if (params_.temperature <= 0.0f) {
         out.token = best;
     } else {
-        auto &      cand = scratch.cand;
-        const float inv_t = 1.0f / params_.temperature;
-        cand.clear();
-        if (params_.top_k > 0 && params_.top_k < n) {
-            // Top-k as a heap whose front is the worst kept candidate: most tokens cost one comparison.
-            const size_t k = size_t(params_.top_k);
-            for (int32_t i = 0; i < n; ++i) {
-                if (!(l[i] > neg_inf)) continue;
-                const std::pair<float, int32_t> c((l[i] - l_max) * inv_t, i);
-                if (cand.size() < k) {
-                    cand.push_back(c);
-                    std::push_heap(cand.begin(), cand.end(), better);
-                } else if (better(c, cand.front())) {
-                    std::pop_heap(cand.begin(), cand.end(), better);
-                    cand.back() = c;
-                    std::push_heap(cand.begin(), cand.end(), better);
-                }
-            }
-        } else {
-            for (int32_t i = 0; i < n; ++i) {
-                if (l[i] > neg_inf) cand.emplace_back((l[i] - l_max) * inv_t, i);
-            }
-        }
-        // From here on cand[i].first is the weight exp((l - l_max) / T) in (0, 1]; the best token has 1.
-        std::vector<uint16_t> & bucket = scratch.bucket;
-        const bool              nucleus = params_.top_p < 1.0f;
-        if (nucleus) bucket.resize(cand.size());
-        for (size_t i = 0; i < cand.size(); ++i) {
-            const float d = -cand[i].first;
-            if (nucleus) bucket[i] = uint16_t(std::min(float(kBuckets - 1), d * (kBuckets / kSpan)));
-            cand[i].first = std::exp(cand[i].first);
-        }
-        if (nucleus) keep_nucleus(cand, bucket, params_.top_p, scratch);
-        if (params_.min_p > 0.0f) {
-            // p_i / p_max = weight: the ratio does not change when the kept set is renormalized.
-            const float thr = params_.min_p;
-            cand.erase(std::remove_if(cand.begin(), cand.end(), [thr](const auto & c) { return c.first < thr; }),
-                       cand.end());
-        }
-        double total = 0.0;
-        for (const auto & c : cand) total += c.first;
-        double u = rng_.uniform() * total;
+        const auto & cand = scratch.cand;
+        double       u = rng_.uniform() * total;
         out.token = cand.back().second;
         for (const auto & c : cand) {
             u -= c.first;
@@ -313,7 +323,12 @@ sample_result sampler::sample(const float * raw, sampler_scratch & scratch, cons
             }
         }
     }
+    fill_logprobs(raw, out);
+    return out;
+}
 
+void sampler::fill_logprobs(const float * raw, sample_result & out) const {
+    const int32_t n = n_vocab_;
     if (params_.logprobs || params_.n_top_logprobs > 0) {
         float raw_max = raw[0];
         for (int32_t i = 1; i < n; ++i) raw_max = std::max(raw_max, raw[i]);
@@ -337,7 +352,6 @@ sample_result sampler::sample(const float * raw, sampler_scratch & scratch, cons
         out.n_top = n_top;
         for (int32_t j = 0; j < n_top; ++j) out.top_logprobs[j] = raw[out.top_tokens[j]] - log_z;
     }
-    return out;
 }
 
 }  // namespace minicpm

@@ -45,6 +45,7 @@ struct sampler_scratch {
     std::vector<std::pair<float, int32_t>> cand, kept, edge;
     std::vector<uint16_t>                  bucket;
     std::vector<double>                    mass;
+    std::vector<double>                    p, q;  // dense distributions of speculative verification
 };
 
 class sampler {
@@ -60,6 +61,22 @@ class sampler {
     // allowed (constrained decoding): a bitset of ceil(n_vocab / 32) words; tokens whose bit is clear get -inf
     // after bias and penalties. nullptr: every token.
     sample_result sample(const float * logits, sampler_scratch & scratch, const uint32_t * allowed = nullptr);
+
+    // The processed distribution of one row of raw logits (bias, penalties, temperature, top-k, top-p, min-p):
+    // the kept candidates as (weight, id) in scratch.cand, in no particular order; returns the sum of their
+    // weights. *best = the adjusted argmax. Greedy (temperature <= 0): cand is left empty and 0 returned.
+    // Throws like sample() when every token is forbidden.
+    // allowed (optional): a bitset of the tokens a constrained request may take; others become -inf.
+    double distribution(const float * logits, sampler_scratch & scratch, int32_t * best,
+                        const uint32_t * allowed = nullptr);
+
+    // Sets out.logprob and the top logprobs of out.token (as sample() does) from the raw row.
+    void fill_logprobs(const float * logits, sample_result & out) const;
+
+    // The request's seeded random stream (speculative verification draws its uniforms from it).
+    rng & random() { return rng_; }
+    bool  greedy() const { return params_.temperature <= 0.0f; }
+    const minicpm_sampling_params & params() const { return params_; }
 
     // Applies the logit bias and the penalties to one row of n_vocab logits in place (the first steps of
     // sample(), exposed so that tests can check the amounts).

@@ -406,11 +406,35 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
                 int32_t row = 0;
                 for (;;) {
                     const float * l = logits_.data() + (first_row[size_t(k)] + size_t(row)) * size_t(n_vocab_);
-                    out.push_back(e.r->smp.sample(l, sampler_scratch_[size_t(thread)],
-                                                  e.r->masked ? e.r->step_mask.data() : nullptr));
+                    sampler_scratch & sc = sampler_scratch_[size_t(thread)];
+                    int32_t           next = -1;
+                    if (size_t(row) < tree.q.size() && !tree.q[size_t(row)].empty() && !e.r->smp.greedy()) {
+                        // Drawn children: speculative rejection sampling against the target's distribution.
+                        int32_t      best = -1;
+                        const double total = e.r->smp.distribution(l, sc, &best);
+                        sc.p.assign(size_t(n_vocab_), 0.0);
+                        sc.q.assign(size_t(n_vocab_), 0.0);
+                        for (const auto & c : sc.cand) sc.p[size_t(c.second)] = c.first / total;
+                        for (const auto & [tok, prob] : tree.q[size_t(row)]) sc.q[size_t(tok)] = prob;
+                        std::vector<int32_t> kids, nodes;
+                        for (int32_t i = row; i < e.n_draft; ++i)
+                            if (tree.parents[size_t(i)] == row - 1) kids.push_back(tree.tokens[size_t(i)]), nodes.push_back(i);
+                        sample_result rs;
+                        const int32_t at = speculative_accept(sc.p, sc.q, kids.data(), int32_t(kids.size()),
+                                                              e.r->smp.random(), &rs.token);
+                        e.r->smp.fill_logprobs(l, rs);
+                        out.push_back(rs);
+                        if (e.r->smp.is_stop(rs.token)) break;
+                        if (at < 0) break;
+                        next = nodes[size_t(at)] + 1;
+                        e.r->smp.accept(rs.token);
+                        path.push_back(next);
+                        row = next;
+                        continue;
+                    }
+                    out.push_back(e.r->smp.sample(l, sc, e.r->masked ? e.r->step_mask.data() : nullptr));
                     const int32_t t = out.back().token;
                     if (e.n_draft == 0 || e.r->smp.is_stop(t)) break;
-                    int32_t next = -1;
                     if (!e.tree) {
                         if (row < e.n_draft && t == batch_tokens_[size_t(e.row_begin + row + 1)]) next = row + 1;
                     } else {
@@ -556,7 +580,12 @@ void scheduler::make_drafts(std::unique_lock<std::mutex> & lk) {
     for (size_t i = 0; i < todo.size(); ++i) {
         request & r = *todo[i];
         try {
-            d->draft(r.id, r.tokens.data(), int32_t(r.tokens.size()), max_draft_, depth[i], r.draft);
+            if (r.smp.greedy()) {
+                d->draft(r.id, r.tokens.data(), int32_t(r.tokens.size()), max_draft_, depth[i], r.draft);
+            } else {
+                d->draft_sampled(r.id, r.tokens.data(), int32_t(r.tokens.size()), max_draft_, depth[i],
+                                 r.smp.params(), r.draft);
+            }
             draft_tree_clip(r.draft, n_vocab_, max_draft_, depth[i]);
         } catch (const std::exception & e) {
             std::fprintf(stderr, "minicpm: drafter failed for request %llu (decoding goes on without drafts): %s\n",

@@ -280,7 +280,8 @@ struct minicpm_engine_params {
     uint8_t  pad_[3];
     uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB). The pool never   */
                             /* exceeds n_batch_max * n_ctx tokens, which is all admitted requests can use */
-    /* Speculative decoding (EAGLE-2 dynamic draft trees verified in one step; output equals plain decoding). */
+    /* Speculative decoding (EAGLE-2 dynamic draft trees verified in one step; greedy output equals plain
+     * decoding, sampled output follows the same distribution by speculative rejection sampling). */
     minicpm_model_t * draft_model; /* a plain MiniCPM model with the target's vocabulary that drafts (e.g. 0.5B */
                             /* for 8B); NULL (default) = off. Must outlive the engine                       */
     int32_t  draft_num_iter;  /* tree depth (draft steps); default 2 (CPM.cu's CLI)                        */

@@ -6,7 +6,10 @@
 //     a wrong node in the middle of the chain) in a batch of mixed requests: output == plain decoding;
 //   - a plain draft LLM (model_drafter, EAGLE-2 dynamic tree): a weak one (another random model) and a strong
 //     one (the target itself: every drafted level accepted), greedy and sampled, with stop ids and max_tokens
-//     landing exactly; the draft's own KV is released with the requests.
+//     landing exactly; the draft's own KV is released with the requests;
+//   - speculative rejection sampling (sampled requests, drafts drawn from the draft's distribution): the
+//     accept rule alone against p on synthetic distributions, and the emitted tokens of a small-vocabulary
+//     model with and without speculation, both by a chi-square test, with acceptance rates printed.
 #include "engine/drafter.h"
 #include "engine/scheduler.h"
 #include "minicpm.h"
@@ -243,8 +246,15 @@ class recording_drafter final : public minicpm::drafter {
         n_trees += out.size() > 0;
         sum_depth += depth;
         sum_nodes += out.size();
+        tokens.insert(tokens.end(), out.tokens.begin(), out.tokens.end());
     }
     void release(uint64_t id) override { in_->release(id); }
+    std::vector<int32_t> tokens;  // every drafted token
+    int64_t n_outside(const std::vector<char> & in) const {
+        int64_t k = 0;
+        for (int32_t t : tokens) k += !in[size_t(t)];
+        return k;
+    }
 
   private:
     std::unique_ptr<minicpm::drafter> in_;
@@ -279,8 +289,15 @@ static void test_model_drafter(const minicpm::model & draft_model, const char * 
     }
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const double mean_accept = st.n_spec_verifies ? double(st.n_spec_accepted + st.n_spec_verifies) / double(st.n_spec_verifies) : 0.0;
-    CHECK(drafted == plain, "%s drafter (tree %d/%d/%d): output == plain for %d tokens in %zu requests (%s); %d "
-          "steps vs %d plain, %.0f ms",
+    // Greedy requests: the plain output token for token. Sampled ones follow the target distribution but draw
+    // differently (rejection sampling against drawn drafts): same length and finish reason.
+    bool same = drafted.size() == plain.size();
+    for (size_t i = 0; same && i < reqs.size(); ++i)
+        same = reqs[i].sp.temperature <= 0.0f ? drafted[i] == plain[i]
+                                               : drafted[i].tokens.size() == plain[i].tokens.size() &&
+                                                     drafted[i].finish == plain[i].finish;
+    CHECK(same, "%s drafter (tree %d/%d/%d): greedy output == plain, sampled same lengths, %d tokens in %zu "
+          "requests (%s); %d steps vs %d plain, %.0f ms",
           label, shape.num_iter, shape.top_k, shape.tree_size, total_tokens(plain), reqs.size(),
           expect_all ? "greedy x5" : "greedy x3, sampled+penalties x2", drafted_steps,
           plain_steps, ms);
@@ -303,6 +320,203 @@ static void test_model_drafter(const minicpm::model & draft_model, const char * 
               (unsigned long long) st.n_spec_accepted, (long long) sum_depth, mean_accept, depth_rates.c_str());
     }
     CHECK(st.kv_tokens_used == 0 && st.n_running == 0, "%s drafter: kv used after %d", label, st.kv_tokens_used);
+}
+
+
+// Chi-square test of homogeneity of two histograms over the same cells (cells with a pooled count below 10
+// are merged into one). Returns the statistic; *df its degrees of freedom; *crit the 0.1% critical value
+// (Wilson-Hilferty).
+static double chi_square(const std::vector<double> & a, const std::vector<double> & b, int32_t * df, double * crit) {
+    double na = 0, nb = 0;
+    for (double x : a) na += x;
+    for (double x : b) nb += x;
+    std::vector<std::pair<double, double>> cells;
+    std::pair<double, double> rest{0, 0};
+    for (size_t i = 0; i < a.size(); ++i) {
+        if (a[i] + b[i] < 10) rest.first += a[i], rest.second += b[i];
+        else cells.emplace_back(a[i], b[i]);
+    }
+    if (rest.first + rest.second > 0) cells.push_back(rest);
+    double stat = 0;
+    for (const auto & [x, y] : cells) {
+        const double t = x + y, ea = t * na / (na + nb), eb = t * nb / (na + nb);
+        if (ea > 0) stat += (x - ea) * (x - ea) / ea;
+        if (eb > 0) stat += (y - eb) * (y - eb) / eb;
+    }
+    *df = std::max<int32_t>(1, int32_t(cells.size()) - 1);
+    const double k = *df, z = 3.09;
+    *crit = k * std::pow(1.0 - 2.0 / (9.0 * k) + z * std::sqrt(2.0 / (9.0 * k)), 3.0);
+    return stat;
+}
+
+// Goodness of fit of counts against probabilities p (same pooling and threshold as above).
+static double chi_square_fit(const std::vector<double> & counts, const std::vector<double> & p, int32_t * df, double * crit) {
+    double n = 0;
+    for (double x : counts) n += x;
+    std::vector<double> ref(p.size());
+    for (size_t i = 0; i < p.size(); ++i) ref[i] = p[i] * n * 1e3;  // a sample 1000x larger: the expectation
+    return chi_square(counts, ref, df, crit);
+}
+
+// The accept rule alone: children drawn without replacement from q, accepted against p; the output must follow
+// p. Also prints the acceptance against token matching's (the chance that a sample of p is one of the children).
+static void test_accept_rule() {
+    const std::vector<std::vector<double>> ps = {{0.4, 0.25, 0.15, 0.1, 0.05, 0.05}, {0.05, 0.05, 0.1, 0.2, 0.3, 0.3}};
+    const std::vector<double> q0 = {0.3, 0.3, 0.2, 0.1, 0.05, 0.05};
+    minicpm::rng r(42);
+    for (const auto & p0 : ps) {
+        for (int32_t k : {1, 3}) {
+            const int32_t n_trials = 200000;
+            std::vector<double> counts(p0.size(), 0.0), p, q;
+            int64_t accepted = 0;
+            double match = 0;
+            for (int32_t t = 0; t < n_trials; ++t) {
+                // k draws without replacement from q0
+                std::vector<double> w = q0;
+                std::vector<int32_t> kids;
+                for (int32_t j = 0; j < k; ++j) {
+                    double tot = 0;
+                    for (double x : w) tot += x;
+                    double u = r.uniform() * tot;
+                    size_t pick = 0;
+                    for (size_t i = 0; i < w.size(); ++i) {
+                        if (w[i] <= 0) continue;
+                        pick = i;
+                        u -= w[i];
+                        if (u < 0) break;
+                    }
+                    kids.push_back(int32_t(pick));
+                    w[pick] = 0;
+                }
+                for (int32_t x : kids) match += p0[size_t(x)];
+                p = p0, q = q0;
+                int32_t tok = -1;
+                const int32_t at = minicpm::speculative_accept(p, q, kids.data(), k, r, &tok);
+                accepted += at >= 0;
+                counts[size_t(tok)]++;
+            }
+            int32_t df = 0;
+            double crit = 0;
+            const double stat = chi_square_fit(counts, p0, &df, &crit);
+            CHECK(stat < crit, "accept rule (p %s, %d children from q): chi2 %.1f (df %d, 0.1%% critical %.1f) "
+                  "over %d draws; acceptance %.3f, token matching would accept %.3f",
+                  p0[0] > 0.3 ? "close to q" : "far from q", k, stat, df, crit, n_trials,
+                  double(accepted) / n_trials, match / n_trials);
+        }
+    }
+}
+
+// Emitted tokens of a small-vocabulary model: plain sampling vs speculative (rejection sampling against
+// drafts drawn from the draft model; and token matching against the draft's top-k tree as the baseline).
+static void test_sampled_distribution(const minicpm::model & target, const minicpm::model & draft_model,
+                                      const char * label, bool penalties) {
+    const int32_t n_req = 2000, n_tok = 4, V = target.config().n_vocab;
+    auto params = [&](uint64_t seed) {
+        minicpm_sampling_params sp;
+        minicpm_sampling_default_params(&sp);
+        sp.temperature = 0.9f;
+        sp.top_p = 0.95f;
+        if (penalties) sp.repetition_penalty = 1.5f;
+        sp.n_max_tokens = n_tok;
+        sp.ignore_eos = 1;
+        sp.seed = seed;
+        return sp;
+    };
+    const std::vector<int32_t> prompt = {1, 5, 9, 4, 7};
+    minicpm_engine_params ep;
+    minicpm_engine_default_params(&ep);
+    ep.n_threads = 2;
+    ep.n_ctx = 64;
+    ep.kv_dtype = MINICPM_DTYPE_F32;
+    ep.kv_bytes = uint64_t(256) * minicpm::kv_pool::bytes_per_block(target.config(), minicpm::dtype::f32);
+    // 0: plain, 1: rejection sampling, 2: token matching (the drafter's greedy tree, wrapped so it cannot draw)
+    std::vector<double> first[3], second[3], third[3];
+    double accept[3] = {0, 0, 0}, drafted[3] = {0, 0, 0}, verifies[3] = {0, 0, 0};
+    for (int32_t arm = 0; arm < 3; ++arm) {
+        first[arm].assign(size_t(V), 0);
+        second[arm].assign(size_t(V) * size_t(V), 0);
+        third[arm].assign(size_t(V), 0);
+        scheduler s(target, ep, reference());
+        if (arm > 0) {
+            minicpm::tree_shape shape{3, 4, 8};
+            auto md = std::make_shared<minicpm::model_drafter>(draft_model, V, s.backend_ref(), minicpm::dtype::f32,
+                                                                64, shape);
+            if (arm == 1) s.set_drafter(md, shape.tree_size - 1);
+            else s.set_drafter(std::make_shared<recording_drafter>(std::make_unique<minicpm::model_drafter>(
+                                   draft_model, V, s.backend_ref(), minicpm::dtype::f32, 64, shape)),
+                               shape.tree_size - 1);
+        }
+        for (int32_t i0 = 0; i0 < n_req; i0 += 200) {  // under the queue limit
+            std::vector<req> reqs;
+            for (int32_t i = i0; i < std::min(n_req, i0 + 200); ++i)
+                reqs.push_back({prompt, params(uint64_t(i) + uint64_t(arm) * 1000003u), {}});
+            for (const outcome & o : run_all(s, reqs)) {
+                if (o.tokens.size() < size_t(n_tok)) continue;
+                // tokens[0] comes from the prompt's step (never drafted); 1..3 from verified trees.
+                first[arm][size_t(o.tokens[1])]++;
+                second[arm][size_t(o.tokens[1]) * size_t(V) + size_t(o.tokens[2])]++;
+                third[arm][size_t(o.tokens[3])]++;
+            }
+        }
+        struct minicpm_engine_stats st{};
+        s.stats(st);
+        accept[arm] = double(st.n_spec_accepted), drafted[arm] = double(st.n_spec_drafted);
+        verifies[arm] = double(st.n_spec_verifies);
+    }
+    for (int32_t arm = 1; arm < 3; ++arm) {
+        int32_t df1 = 0, df2 = 0, df3 = 0;
+        double c1 = 0, c2 = 0, c3 = 0;
+        const double s1 = chi_square(first[0], first[arm], &df1, &c1);
+        const double s2 = chi_square(second[0], second[arm], &df2, &c2);
+        const double s3 = chi_square(third[0], third[arm], &df3, &c3);
+        CHECK(s1 < c1 && s2 < c2 && s3 < c3,
+              "%s%s, %s vs plain over %d requests (vocab %d, T 0.9, top-p 0.95): chi2 token 2 %.1f (df %d, crit %.1f), "
+              "tokens 2-3 %.1f (df %d, crit %.1f), token 4 %.1f (df %d, crit %.1f); %.0f verifies, mean accept "
+              "length %.2f, %.0f of %.0f drafted nodes kept",
+              label, penalties ? " +repetition penalty 1.5" : "", arm == 1 ? "rejection sampling" : "token matching",
+              n_req, V, s1, df1, c1, s2, df2, c2, s3, df3, c3, verifies[arm],
+              verifies[arm] > 0 ? 1.0 + accept[arm] / verifies[arm] : 0.0, accept[arm], drafted[arm]);
+    }
+    CHECK(verifies[1] > 0 && accept[1] > 0, "%s: rejection sampling accepted %.0f drafts in %.0f verifies", label,
+          accept[1], verifies[1]);
+}
+
+// FR-Spec: the draft restricted to the first N ids of a ranked list (here: the ids the plain greedy output uses
+// most, then the rest). Greedy output stays the plain output; every drafted token lies in the subset.
+static void test_vocab_subset(const minicpm::model & target) {
+    std::vector<req> reqs = mixed_requests(64);
+    for (req & r : reqs) r.sp = greedy(r.sp.n_max_tokens);
+    std::vector<outcome> plain;
+    {
+        scheduler s(target, engine_params(), reference());
+        plain = run_all(s, reqs);
+    }
+    const int32_t V = target.config().n_vocab;
+    std::vector<std::pair<int32_t, int32_t>> freq;
+    for (int32_t i = 0; i < V; ++i) freq.push_back({0, i});
+    for (const outcome & o : plain)
+        for (int32_t t : o.tokens) freq[size_t(t)].first--;
+    std::stable_sort(freq.begin(), freq.end());
+    std::vector<int32_t> ranked;
+    for (const auto & f : freq) ranked.push_back(f.second);
+    for (int32_t n : {V / 8, 32}) {
+        minicpm::tree_shape shape;
+        scheduler s(target, engine_params(), reference());
+        auto md = std::make_unique<minicpm::model_drafter>(target, V, s.backend_ref(), minicpm::dtype::f32, 64, shape);
+        md->restrict_vocab(ranked, n);
+        auto rd = std::make_shared<recording_drafter>(std::move(md));
+        s.set_drafter(rd, shape.tree_size - 1);
+        const std::vector<outcome> drafted = run_all(s, reqs);
+        struct minicpm_engine_stats st{};
+        s.stats(st);
+        std::vector<char> in(size_t(V), 0);
+        for (int32_t j = 0; j < n; ++j) in[size_t(ranked[size_t(j)])] = 1;
+        CHECK(drafted == plain && rd->n_outside(in) == 0 && st.n_spec_verifies > 0,
+              "FR-Spec draft vocabulary %d of %d: greedy output == plain (%d tokens), %lld drafted nodes, %lld outside "
+              "the subset; mean accept length %.2f", n, V, total_tokens(plain), (long long) rd->sum_nodes,
+              (long long) rd->n_outside(in),
+              st.n_spec_verifies ? 1.0 + double(st.n_spec_accepted) / double(st.n_spec_verifies) : 0.0);
+    }
 }
 
 static std::unique_ptr<minicpm::model> load(const std::string & dir) {
@@ -335,6 +549,27 @@ int main() {
         test_model_drafter(*target, "target-as-draft", deep, true);
         test_model_drafter(*weak_model, "weak (other random model)", shape, false);
         test_model_drafter(*weak_model, "weak (other random model)", deep, false);
+
+        test_vocab_subset(*target);
+        test_accept_rule();
+        {
+            std::filesystem::create_directories(dir + "/small");
+            std::filesystem::create_directories(dir + "/small-weak");
+            minicpm_test::tiny_model_spec sm = spec;
+            sm.n_vocab = 16;
+            sm.n_embd = 32;
+            sm.n_ff = 64;
+            sm.weight_std = 0.3f;
+            minicpm_test::write_tiny_model(dir + "/small", sm);
+            sm.seed = 99;
+            sm.n_layer = 1;
+            minicpm_test::write_tiny_model(dir + "/small-weak", sm);
+            std::unique_ptr<minicpm::model> small = load(dir + "/small");
+            std::unique_ptr<minicpm::model> small_weak = load(dir + "/small-weak");
+            test_sampled_distribution(*small, *small, "small target as draft", false);
+            test_sampled_distribution(*small, *small, "small target as draft", true);
+            test_sampled_distribution(*small, *small_weak, "small weak draft", false);
+        }
     } catch (const std::exception & e) {
         CHECK(false, "unexpected exception: %s", e.what());
     }
