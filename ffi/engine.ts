@@ -51,6 +51,8 @@ export interface NativeEngineOptions {
   kvBytes?: number
   /** Prefix caching across requests (engine_params.prefix_cache); default on. */
   prefixCache?: boolean
+  /** CPU kernels with exact f32 products (engine_params.exact_kernels; as MINICPM_KERNELS=exact). */
+  exactKernels?: boolean
   /** Speculative decoding: a plain MiniCPM model with the target's vocabulary drafts token trees. */
   draft?: NativeModel
   draftNumIter?: number
@@ -149,6 +151,7 @@ export class NativeEngine extends NativeHandle {
       kvDtype: opts.kvDtype === undefined ? undefined : kvDtypeCode(opts.kvDtype),
       kvBytes: opts.kvBytes,
       prefixCache: opts.prefixCache === undefined ? undefined : opts.prefixCache ? 1 : 0,
+      exactKernels: opts.exactKernels === undefined ? undefined : opts.exactKernels ? 1 : 0,
       draftModel: opts.draft === undefined ? undefined : Number(opts.draft.ptr),
       draftNumIter: opts.draftNumIter,
       draftTopK: opts.draftTopK,

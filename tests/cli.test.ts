@@ -182,6 +182,19 @@ describe('commands', () => {
     expect(bad.stderr).toContain("--backend must be one of auto, cpu, cuda, got 'tpu'")
   }, 60_000)
 
+  test('--exact runs the exact f32 kernel family; the default is the best for this CPU', () => {
+    const fam = (extra: string[]) => {
+      const r = cli(['generate', '-m', dir, '-p', 'hi', '-n', '2', '-v', ...extra])
+      expect(r.code).toBe(0)
+      return /^kernels (.+)$/m.exec(r.stderr)?.[1]
+    }
+    const exact = fam(['--exact'])
+    const best = fam([])
+    console.log(`kernels: default '${best}', --exact '${exact}'`)
+    expect(exact).toMatch(/^cpu (avx512|avx2|neon|portable)$/)
+    expect(best).toMatch(/^cpu /)
+  }, 60_000)
+
   test('chat with piped stdin answers each line, keeping the conversation', () => {
     const flags = ['-n', '3', '--temperature', '0', '--ignore-eos', '-v', '--kv-dtype', 'f16']
     const r = cli(['chat', '-m', dir, ...flags], { stdin: 'hello\nand again\n' })

@@ -105,7 +105,7 @@ describe('struct layouts', () => {
     const missing = check(noPad)
     console.log('pad_ left out:', missing)
     const lacks = ' (or the bindings lack the field after it)'
-    expect(missing).toEqual([`engine_params.prefix_cache: 1 bytes in the bindings, 4 in the library${lacks}`])
+    expect(missing).toEqual([`engine_params.exact_kernels: 1 bytes in the bindings, 3 in the library${lacks}`])
     const renamed = check({ ...engineParamsLayout, nCtx: [16, 'i32', 'n_context'] })
     expect(renamed).toEqual([
       'engine_params.n_context: the library has no such field',
@@ -149,6 +149,7 @@ describe('struct layouts', () => {
       nQueueMax: 9,
       kvDtype: 0,
       prefixCache: 0,
+      exactKernels: 1,
       kvBytes: 2 ** 40 + 5,
       draftModel: 0,
       draftNumIter: 3,

@@ -42,7 +42,7 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     F(T, pad_)
 #define ENGINE_PARAMS(F, T)                                                                                           \
     F(T, size) F(T, n_threads) F(T, n_batch_max) F(T, n_chunk) F(T, n_ctx) F(T, n_queue_max) F(T, kv_dtype)           \
-    F(T, prefix_cache) F(T, pad_) F(T, kv_bytes) F(T, draft_model) F(T, draft_num_iter) F(T, draft_top_k)          \
+    F(T, prefix_cache) F(T, exact_kernels) F(T, pad_) F(T, kv_bytes) F(T, draft_model) F(T, draft_num_iter) F(T, draft_top_k)          \
     F(T, draft_tree_size) F(T, pad1_) F(T, draft_kv_bytes)
 #define SAMPLING_PARAMS(F, T)                                                                                         \
     F(T, size) F(T, temperature) F(T, top_p) F(T, min_p) F(T, top_k) F(T, repetition_penalty)                         \

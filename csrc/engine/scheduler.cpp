@@ -40,6 +40,7 @@ scheduler::config scheduler::resolve(const model & m, const minicpm_engine_param
     c.n_queue_max = p.n_queue_max;
     c.n_ctx = p.n_ctx > 0 ? p.n_ctx : mc.n_ctx_train;
     c.kv_type = dtype(p.kv_dtype);
+    c.exact_kernels = p.exact_kernels != 0;
     c.prefix_cache = p.prefix_cache != 0;
 
     const uint64_t kv_bytes = p.kv_bytes > 0 ? p.kv_bytes : (uint64_t(1) << 30);
@@ -56,6 +57,7 @@ scheduler::config scheduler::resolve(const model & m, const minicpm_engine_param
 
 backend_options scheduler::with_threads(backend_options o, const config & c) {
     o.n_threads = c.n_threads;
+    if (c.exact_kernels && !o.reference) o.kernels = "exact";
     return o;
 }
 

@@ -177,6 +177,7 @@ class scheduler {
         dtype    kv_type;
         int32_t  n_blocks;
         bool     prefix_cache;
+        bool     exact_kernels;
     };
     static config resolve(const model & m, const minicpm_engine_params & p);
     static backend_options with_threads(backend_options o, const config & c);

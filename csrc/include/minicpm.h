@@ -277,7 +277,9 @@ struct minicpm_engine_params {
     uint8_t  prefix_cache;  /* 1 (default): keep full 64-token KV blocks after their request ends, indexed  */
                             /* by a hash chained over their token ids, and reuse a new request's longest   */
                             /* cached prefix (its last prompt token is always recomputed). 0 = off         */
-    uint8_t  pad_[3];
+    uint8_t  exact_kernels; /* 1: CPU kernels with exact f32 products (the family MINICPM_KERNELS=exact      */
+                            /* picks: no bf16 rounding of activations); 0 (default): the best for the CPU  */
+    uint8_t  pad_[2];
     uint64_t kv_bytes;      /* memory limit of the KV pool in bytes; 0 = default (1 GiB). The pool never   */
                             /* exceeds n_batch_max * n_ctx tokens, which is all admitted requests can use */
     /* Speculative decoding (EAGLE-2 dynamic draft trees verified in one step; greedy output equals plain

@@ -73,7 +73,7 @@ static const struct field engine_params_fields[] = {
     FIELD(minicpm_engine_params, n_batch_max), FIELD(minicpm_engine_params, n_chunk),
     FIELD(minicpm_engine_params, n_ctx),       FIELD(minicpm_engine_params, n_queue_max),
     FIELD(minicpm_engine_params, kv_dtype),    FIELD(minicpm_engine_params, prefix_cache),
-    FIELD(minicpm_engine_params, pad_),
+    FIELD(minicpm_engine_params, exact_kernels), FIELD(minicpm_engine_params, pad_),
     FIELD(minicpm_engine_params, kv_bytes),
     FIELD(minicpm_engine_params, draft_model),
     FIELD(minicpm_engine_params, draft_num_iter), FIELD(minicpm_engine_params, draft_top_k),

@@ -120,6 +120,7 @@ export const modelOptions = {
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
   backend: { type: 'string' },
+  exact: { type: 'boolean' },
   quantize: { type: 'string' },
   'quant-group': { type: 'string' },
   'no-prefix-cache': { type: 'boolean' },
@@ -139,6 +140,8 @@ export const modelHelp = `Model:
       --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
       --backend B          where the engine runs: auto (default: CUDA when built and a GPU is present, else CPU),
                            cpu or cuda (an error when this build or machine has none)
+      --exact              CPU kernels with exact f32 products (no bf16 rounding of activations; slower prefill);
+                           the same as MINICPM_KERNELS=exact
       --quantize q8|q4     quantize the weights at load (round to nearest; q8 symmetric, q4 asymmetric)
       --quant-group N      input features per scale, a multiple of 32 (default 128)
       --no-prefix-cache    do not reuse the KV of prompt prefixes across requests (default: reuse whole
@@ -195,6 +198,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     kvBytes: size(values, 'kv-bytes', { min: 1 }),
     kvDtype: kvDtypeOf(values),
     backend: backendOf(values),
+    exact: values.exact === true ? true : undefined,
     ...quantizeOf(values),
     prefixCache: values['no-prefix-cache'] === true ? false : undefined,
     toolFormat: values['tool-format'] as string | undefined,

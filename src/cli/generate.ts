@@ -36,7 +36,8 @@ Input:
   -p, --prompt TEXT        the prompt; with --raw it is sent as is, else as one user message of a chat
       --messages FILE      a JSON array of {role, content} messages ('-' reads stdin)
       --raw                no chat template: the prompt text (plus BOS) goes straight to the model
-  -v, --verbose            print the KV cache type and size, and at the end token counts and timings, on stderr
+  -v, --verbose            print the KV cache type and size and the kernels, and at the end token counts and
+                           timings, on stderr
 
 ${modelHelp}
 
@@ -46,7 +47,7 @@ ${samplingHelp}`,
     const { values, positionals } = parse(argv, options, true)
     const request: GenerateRequest = { ...samplingOf(values), ...inputOf(values, positionals) }
     const model = await loadModel(values.model, loadOptionsOf(values))
-    if (values.verbose) process.stderr.write(`${kvSummary(model)}\n`)
+    if (values.verbose) process.stderr.write(`${kvSummary(model)}\nkernels ${model.stats().backendName}\n`)
     try {
       const ac = new AbortController()
       process.once('SIGINT', () => ac.abort())

@@ -40,6 +40,8 @@ export interface LoadOptions {
   toolFormat?: string
   /** Reuse the KV of prompt prefixes across requests (default true; --no-prefix-cache). */
   prefixCache?: boolean
+  /** CPU kernels with exact f32 products (no bf16 rounding of activations; as MINICPM_KERNELS=exact). */
+  exact?: boolean
   useMmap?: boolean
   /** Quantize a BF16/F16/F32 checkpoint's weights at load (round to nearest): q8 or q4. */
   quantize?: QuantizeType
@@ -190,6 +192,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       nChunk: opts.nChunk,
       nQueueMax: opts.nQueueMax,
       prefixCache: opts.prefixCache,
+      exactKernels: opts.exact,
       poll: opts.poll,
       draft,
       draftNumIter: opts.draftNumIter,
