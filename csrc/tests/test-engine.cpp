@@ -18,14 +18,12 @@
 using minicpm::scheduler;
 using minicpm::step_trace;
 
+using minicpm_test::greedy;
+using minicpm_test::reference_ops;
+using minicpm_test::str;
+
 static const minicpm::model * g_model = nullptr;
 
-// The plain reference ops: the scheduler tests check scheduling, not kernels.
-static minicpm::backend_options reference() {
-    minicpm::backend_options o;
-    o.reference = true;
-    return o;
-}
 static minicpm_model_t *      g_handle = nullptr;
 
 static minicpm_engine_params engine_params(int32_t n_chunk = 32, int32_t kv_blocks = 64) {
@@ -37,15 +35,6 @@ static minicpm_engine_params engine_params(int32_t n_chunk = 32, int32_t kv_bloc
     p.kv_dtype = MINICPM_DTYPE_F32;
     p.kv_bytes = uint64_t(kv_blocks) * minicpm::kv_pool::bytes_per_block(g_model->config(), minicpm::dtype::f32);
     return p;
-}
-
-static minicpm_sampling_params greedy(int32_t n_max_tokens) {
-    minicpm_sampling_params s;
-    minicpm_sampling_default_params(&s);
-    s.temperature = 0.0f;
-    s.n_max_tokens = n_max_tokens;
-    s.ignore_eos = 1;  // fixed lengths: the random model may produce an EOS id anywhere
-    return s;
 }
 
 static std::vector<int32_t> prompt_of(int32_t n, int32_t salt) {
@@ -81,12 +70,6 @@ static std::vector<int32_t> tokens_of(const std::vector<minicpm_event> & ev) {
 
 static int32_t finish_of(const std::vector<minicpm_event> & ev) {
     return ev.empty() ? -1 : ev.back().finish_reason;
-}
-
-static std::string str(const std::vector<int32_t> & t) {
-    std::string s;
-    for (size_t i = 0; i < t.size() && i < 8; ++i) s += (i ? " " : "") + std::to_string(t[i]);
-    return s + (t.size() > 8 ? " ..." : "");
 }
 
 // Greedy continuation computed with minicpm_context_eval (reference ops, f32 KV): the independent oracle.
@@ -151,14 +134,14 @@ static void test_batching_invariance() {
     std::vector<std::vector<int32_t>>       alone, together;
     std::vector<std::vector<minicpm_event>> alone_ev, together_ev;
     {
-        scheduler s(*g_model, engine_params(), reference());
+        scheduler s(*g_model, engine_params(), reference_ops());
         for (size_t i = 0; i < lens.size(); ++i) {
             alone_ev.push_back(collect(s, submit(s, prompt_of(lens[i], int32_t(i)), sp)));
             alone.push_back(tokens_of(alone_ev.back()));
         }
     }
     {
-        scheduler s(*g_model, engine_params(), reference());
+        scheduler s(*g_model, engine_params(), reference_ops());
         std::atomic<int32_t> n_mixed{0};
         s.set_step_observer([&](const step_trace & t) {
             if (t.parts.size() > 1) n_mixed++;
@@ -196,7 +179,7 @@ static void test_batching_invariance() {
 
 static void test_preemption() {
     // 4 blocks (256 tokens) for 3 requests that each grow to 60 + 100 tokens (3 blocks): someone must yield.
-    scheduler s(*g_model, engine_params(32, 4), reference());
+    scheduler s(*g_model, engine_params(32, 4), reference_ops());
     std::vector<uint64_t> ids;
     for (int32_t i = 0; i < 3; ++i) ids.push_back(submit(s, prompt_of(60, 10 + i), greedy(100)));
     for (int32_t i = 0; i < 3; ++i) {
@@ -215,7 +198,7 @@ static void test_preemption() {
 }
 
 static void test_cancel() {
-    scheduler s(*g_model, engine_params(16), reference());
+    scheduler s(*g_model, engine_params(16), reference_ops());
     std::atomic<uint64_t> target{0};
     std::atomic<bool>    in_prefill{true};
     minicpm_request_info at_cancel{};
@@ -259,7 +242,7 @@ static void test_limits() {
     minicpm_engine_params p = engine_params(32, 2);  // 2 blocks = 128 tokens
     p.n_queue_max = 2;
     p.n_batch_max = 1;
-    scheduler s(*g_model, p, reference());
+    scheduler s(*g_model, p, reference_ops());
     minicpm_test::expect_error("prompt of 300 > n_ctx 256", MINICPM_STATUS_TOO_LARGE, {"300", "256"},
                                [&] { submit(s, prompt_of(300, 1), greedy(1)); });
     minicpm_test::expect_error("prompt of 200 > KV pool of 128 tokens", MINICPM_STATUS_TOO_LARGE, {"200", "128"},
@@ -287,7 +270,7 @@ static void test_limits() {
 }
 
 static void test_interleave() {
-    scheduler s(*g_model, engine_params(32), reference());
+    scheduler s(*g_model, engine_params(32), reference_ops());
     std::mutex              mu;
     std::vector<step_trace> steps;
     uint64_t                b = 0;
@@ -329,7 +312,7 @@ static void test_interleave() {
 }
 
 static void test_seed() {
-    scheduler s(*g_model, engine_params(), reference());
+    scheduler s(*g_model, engine_params(), reference_ops());
     auto run = [&](uint64_t seed, bool with_company) {
         minicpm_sampling_params sp = greedy(16);
         sp.temperature = 1.5f;
@@ -378,14 +361,14 @@ static void test_drafts() {
     std::vector<std::vector<int32_t>> plain, drafted, wrong;
     std::atomic<int32_t> plain_steps{0}, drafted_steps{0}, n_proposed{0}, n_rows_drafted{0};
     {
-        scheduler s(*g_model, engine_params(32, 64), reference());
+        scheduler s(*g_model, engine_params(32, 64), reference_ops());
         s.set_step_observer([&](const step_trace &) { plain_steps++; });
         run(s, plain);
     }
     std::map<uint64_t, std::vector<int32_t>> oracle;  // request id -> prompt + plain output
     int32_t calls = 0;
     {
-        scheduler s(*g_model, engine_params(32, 64), reference());
+        scheduler s(*g_model, engine_params(32, 64), reference_ops());
         s.set_drafter(
             [&](uint64_t id, const int32_t * toks, int32_t n, int32_t * out, int32_t max) {
                 const std::vector<int32_t> & o = oracle[id];
@@ -414,7 +397,7 @@ static void test_drafts() {
               st.kv_tokens_used, st.n_running);
     }
     {
-        scheduler s(*g_model, engine_params(32, 64), reference());
+        scheduler s(*g_model, engine_params(32, 64), reference_ops());
         s.set_drafter(
             [&](uint64_t, const int32_t *, int32_t, int32_t * out, int32_t max) {
                 for (int32_t k = 0; k < max; ++k) out[k] = 3;  // never what the model picks here
@@ -497,7 +480,7 @@ class failing_backend final : public minicpm::backend {
 };
 
 static void test_forward_error() {
-    scheduler s(*g_model, engine_params(), std::make_unique<failing_backend>(g_model->make_backend(reference())));
+    scheduler s(*g_model, engine_params(), std::make_unique<failing_backend>(g_model->make_backend(reference_ops())));
     g_fail_matmul = true;
     const uint64_t bad = submit(s, prompt_of(8, 1), greedy(4));
     std::vector<minicpm_event> ev;
@@ -523,7 +506,7 @@ static void test_free_mid_step() {
     std::atomic<int32_t> n_steps{0};
     const auto           t0 = std::chrono::steady_clock::now();
     {
-        scheduler s(*g_model, engine_params(16), reference());
+        scheduler s(*g_model, engine_params(16), reference_ops());
         s.set_step_observer([&](const step_trace &) { n_steps++; });
         for (int32_t i = 0; i < 3; ++i) submit(s, prompt_of(200, i), greedy(0));
         while (n_steps < 2) std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -629,7 +612,7 @@ static void test_c_api() {
 // Constrained decoding: a masked request samples only from the mask set for each token, and sits out the steps
 // until its mask comes, while the others keep decoding (no stall).
 static void test_masked() {
-    scheduler s(*g_model, engine_params(32), reference());
+    scheduler s(*g_model, engine_params(32), reference_ops());
     const int32_t n_vocab = g_model->config().n_vocab;
     const int32_t n_words = (n_vocab + 31) / 32;
     const std::vector<int32_t> pa = prompt_of(20, 7), pb = prompt_of(12, 8);

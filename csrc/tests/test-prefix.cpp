@@ -21,14 +21,10 @@
 using minicpm::scheduler;
 using minicpm::step_trace;
 
+using minicpm_test::reference_ops;
+
 static const minicpm::model * g_model = nullptr;
 static constexpr int32_t      kBlock = MINICPM_KV_BLOCK_SIZE;
-
-static minicpm::backend_options reference() {
-    minicpm::backend_options o;
-    o.reference = true;
-    return o;
-}
 
 static minicpm_engine_params engine_params(bool cache, int32_t kv_blocks = 64, int32_t n_chunk = 48) {
     minicpm_engine_params p;
@@ -42,12 +38,9 @@ static minicpm_engine_params engine_params(bool cache, int32_t kv_blocks = 64, i
     return p;
 }
 
-static minicpm_sampling_params greedy(int32_t n) {
-    minicpm_sampling_params s;
-    minicpm_sampling_default_params(&s);
-    s.temperature = 0.0f;
-    s.n_max_tokens = n;
-    s.ignore_eos = 1;
+// Greedy with logprobs: the cached and uncached runs are compared on every bit they return.
+static minicpm_sampling_params greedy_lp(int32_t n) {
+    minicpm_sampling_params s = minicpm_test::greedy(n);
     s.logprobs = 1;
     s.n_top_logprobs = MINICPM_MAX_TOP_LOGPROBS;
     return s;
@@ -134,8 +127,8 @@ struct refcount_watch {
 };
 
 static void test_conversation() {
-    scheduler cached(*g_model, engine_params(true), reference());
-    scheduler plain(*g_model, engine_params(false), reference());
+    scheduler cached(*g_model, engine_params(true), reference_ops());
+    scheduler plain(*g_model, engine_params(false), reference_ops());
     refcount_watch watch;
     watch.attach(cached);
     const int32_t        n_gen = 10;
@@ -143,8 +136,8 @@ static void test_conversation() {
     int32_t              prev_kv = 0;              // KV rows the previous turn committed
     uint64_t             sum_cached = 0, sum_prompt = 0;
     for (int32_t turn = 0; turn < 5; ++turn) {
-        const result a = run(cached, history, greedy(n_gen));
-        const result b = run(plain, history, greedy(n_gen));
+        const result a = run(cached, history, greedy_lp(n_gen));
+        const result b = run(plain, history, greedy_lp(n_gen));
         std::string  why;
         const bool   same = same_bits(a, b, &why);
         // Indexed: every full block of the longest previous turn (its KV holds prompt + generated - 1 rows).
@@ -176,10 +169,10 @@ static void test_conversation() {
 
 static void test_whole_blocks() {
     // 128 tokens = 2 full blocks: the second run shares both and recomputes the last token (copy on write).
-    scheduler cached(*g_model, engine_params(true), reference());
+    scheduler cached(*g_model, engine_params(true), reference_ops());
     const std::vector<int32_t> p = words(2 * kBlock, 7);
-    const result a = run(cached, p, greedy(6));
-    const result b = run(cached, p, greedy(6));
+    const result a = run(cached, p, greedy_lp(6));
+    const result b = run(cached, p, greedy_lp(6));
     std::string  why;
     const bool   same = same_bits(a, b, &why);
     CHECK(a.n_cached == 0 && b.n_cached == 2 * kBlock - 1 && same,
@@ -188,31 +181,31 @@ static void test_whole_blocks() {
     // A prompt that diverges inside block 2 reuses block 1 only.
     std::vector<int32_t> q = p;
     q[kBlock + 5] = 9;
-    const result c = run(cached, q, greedy(6));
+    const result c = run(cached, q, greedy_lp(6));
     CHECK(c.n_cached == kBlock, "prompt diverging at token 69: cached %d (expected 64)", c.n_cached);
     // Block 2 alone (without block 1 before it) is a different prefix: no hit.
     std::vector<int32_t> r(p.begin() + kBlock, p.end());
     r.insert(r.end(), p.begin(), p.begin() + 10);
-    const result d = run(cached, r, greedy(2));
+    const result d = run(cached, r, greedy_lp(2));
     CHECK(d.n_cached == 0, "block 2's tokens at position 0: cached %d (expected 0: keys chain over the prefix)",
           d.n_cached);
 }
 
 static void test_eviction() {
     // 12 blocks; 10 distinct 3-block prompts (2 full blocks each) go through 3 at a time, then the first ones come back.
-    scheduler      cached(*g_model, engine_params(true, 12), reference());
-    scheduler      plain(*g_model, engine_params(false, 12), reference());
+    scheduler      cached(*g_model, engine_params(true, 12), reference_ops());
+    scheduler      plain(*g_model, engine_params(false, 12), reference_ops());
     refcount_watch watch;
     watch.attach(cached);
     const int32_t n_prompts = 10;
     std::vector<std::vector<int32_t>> prompts;
     for (int32_t i = 0; i < n_prompts; ++i) prompts.push_back(words(140, 100 + i));
     std::vector<result> want(static_cast<size_t>(n_prompts)), got(static_cast<size_t>(n_prompts));
-    for (int32_t i = 0; i < n_prompts; ++i) want[size_t(i)] = run(plain, prompts[size_t(i)], greedy(8));
+    for (int32_t i = 0; i < n_prompts; ++i) want[size_t(i)] = run(plain, prompts[size_t(i)], greedy_lp(8));
     for (int32_t i = 0; i < n_prompts; i += 3) {
         std::vector<std::thread> th;
         for (int32_t j = i; j < std::min(n_prompts, i + 3); ++j)
-            th.emplace_back([&, j] { got[size_t(j)] = run(cached, prompts[size_t(j)], greedy(8)); });
+            th.emplace_back([&, j] { got[size_t(j)] = run(cached, prompts[size_t(j)], greedy_lp(8)); });
         for (auto & t : th) t.join();
     }
     int32_t n_same = 0;
@@ -227,8 +220,8 @@ static void test_eviction() {
           "%llu idle blocks evicted, %d tokens cached idle", n_same, (unsigned long long) st.n_prefix_evictions,
           st.kv_tokens_cached);
     // The most recent prefix is still cached; the oldest was evicted.
-    const result last = run(cached, prompts[size_t(n_prompts - 1)], greedy(8));
-    const result first = run(cached, prompts[0], greedy(8));
+    const result last = run(cached, prompts[size_t(n_prompts - 1)], greedy_lp(8));
+    const result first = run(cached, prompts[0], greedy_lp(8));
     std::string  w1, w2;
     CHECK(last.n_cached == 128 && first.n_cached == 0 && same_bits(last, want[size_t(n_prompts - 1)], &w1) &&
               same_bits(first, want[0], &w2),
@@ -243,8 +236,8 @@ static void test_eviction() {
 
 static void test_cancel_and_preempt() {
     // 6 blocks: 3 requests sharing a 64-token prefix each grow to 80 + 120 tokens (4 blocks): preemption.
-    scheduler      cached(*g_model, engine_params(true, 6, 32), reference());
-    scheduler      plain(*g_model, engine_params(false, 6, 32), reference());
+    scheduler      cached(*g_model, engine_params(true, 6, 32), reference_ops());
+    scheduler      plain(*g_model, engine_params(false, 6, 32), reference_ops());
     refcount_watch watch;
     std::map<uint64_t, bool> decoded;  // request id -> seen decoding; prefill after that = preempted
     std::atomic<int32_t>     n_preempted{0};
@@ -266,15 +259,15 @@ static void test_cancel_and_preempt() {
         p.insert(p.end(), tail.begin(), tail.end());
         prompts.push_back(p);
     }
-    run(cached, prompts[0], greedy(1));  // the shared block is cached before the three start
+    run(cached, prompts[0], greedy_lp(1));  // the shared block is cached before the three start
     std::vector<result> got(3);
     std::vector<std::thread> th;
-    for (int32_t i = 0; i < 3; ++i) th.emplace_back([&, i] { got[size_t(i)] = run(cached, prompts[size_t(i)], greedy(120)); });
+    for (int32_t i = 0; i < 3; ++i) th.emplace_back([&, i] { got[size_t(i)] = run(cached, prompts[size_t(i)], greedy_lp(120)); });
     for (auto & t : th) t.join();
     int32_t n_same = 0;
     for (int32_t i = 0; i < 3; ++i) {
         std::string why;
-        n_same += same_bits(got[size_t(i)], run(plain, prompts[size_t(i)], greedy(120)), &why);
+        n_same += same_bits(got[size_t(i)], run(plain, prompts[size_t(i)], greedy_lp(120)), &why);
     }
     struct minicpm_engine_stats st;
     cached.stats(st);
@@ -306,7 +299,7 @@ static void test_cancel_and_preempt() {
         std::vector<int32_t> p = shared;
         const std::vector<int32_t> tail = words(70 + i, 80 + i);
         p.insert(p.end(), tail.begin(), tail.end());
-        th2.emplace_back([&, i, p] { got2[size_t(i)] = run(cached, p, greedy(40)); });
+        th2.emplace_back([&, i, p] { got2[size_t(i)] = run(cached, p, greedy_lp(40)); });
     }
     for (auto & t : th2) t.join();
     cached.set_step_observer(nullptr);
@@ -323,10 +316,10 @@ static void test_cancel_and_preempt() {
 }
 
 static void test_off() {
-    scheduler s(*g_model, engine_params(false), reference());
+    scheduler s(*g_model, engine_params(false), reference_ops());
     const std::vector<int32_t> p = words(200, 3);
-    run(s, p, greedy(3));
-    const result b = run(s, p, greedy(3));
+    run(s, p, greedy_lp(3));
+    const result b = run(s, p, greedy_lp(3));
     struct minicpm_engine_stats st;
     s.stats(st);
     CHECK(b.n_cached == 0 && st.prefix_cache == 0 && st.kv_tokens_cached == 0 && st.n_prefix_query_tokens == 0,

@@ -24,13 +24,11 @@
 using minicpm::draft_tree;
 using minicpm::scheduler;
 
-static const minicpm::model * g_model = nullptr;
+using minicpm_test::greedy;
+using minicpm_test::reference_ops;
+using minicpm_test::str;
 
-static minicpm::backend_options reference() {
-    minicpm::backend_options o;
-    o.reference = true;
-    return o;
-}
+static const minicpm::model * g_model = nullptr;
 
 static minicpm_engine_params engine_params() {
     minicpm_engine_params p;
@@ -41,15 +39,6 @@ static minicpm_engine_params engine_params() {
     p.kv_dtype = MINICPM_DTYPE_F32;
     p.kv_bytes = uint64_t(96) * minicpm::kv_pool::bytes_per_block(g_model->config(), minicpm::dtype::f32);
     return p;
-}
-
-static minicpm_sampling_params greedy(int32_t n_max_tokens) {
-    minicpm_sampling_params s;
-    minicpm_sampling_default_params(&s);
-    s.temperature = 0.0f;
-    s.n_max_tokens = n_max_tokens;
-    s.ignore_eos = 1;
-    return s;
 }
 
 static minicpm_sampling_params hot(int32_t n_max_tokens, uint64_t seed) {
@@ -66,12 +55,6 @@ static std::vector<int32_t> prompt_of(int32_t n, int32_t salt) {
     std::vector<int32_t> t;
     for (int32_t i = 0; i < n; ++i) t.push_back(4 + (i * 37 + salt * 101) % 500);
     return t;
-}
-
-static std::string str(const std::vector<int32_t> & t) {
-    std::string s;
-    for (size_t i = 0; i < t.size() && i < 8; ++i) s += (i ? " " : "") + std::to_string(t[i]);
-    return s + (t.size() > 8 ? " ..." : "");
 }
 
 struct req {
@@ -193,7 +176,7 @@ static void test_oracle_trees() {
     std::vector<outcome> plain, drafted;
     std::atomic<int32_t> plain_steps{0}, drafted_steps{0};
     {
-        scheduler s(*g_model, engine_params(), reference());
+        scheduler s(*g_model, engine_params(), reference_ops());
         s.set_step_observer([&](const minicpm::step_trace &) { plain_steps++; });
         plain = run_all(s, reqs);
     }
@@ -201,7 +184,7 @@ static void test_oracle_trees() {
     const int32_t stop_tok = plain[3].tokens[20];
     reqs[3].stop = {stop_tok};
     {
-        scheduler s(*g_model, engine_params(), reference());
+        scheduler s(*g_model, engine_params(), reference_ops());
         plain = run_all(s, reqs);
     }
     auto od = std::make_shared<oracle_drafter>();
@@ -212,7 +195,7 @@ static void test_oracle_trees() {
     }
     struct minicpm_engine_stats st{};
     {
-        scheduler s(*g_model, engine_params(), reference());
+        scheduler s(*g_model, engine_params(), reference_ops());
         s.set_drafter(od, 16);
         s.set_step_observer([&](const minicpm::step_trace &) { drafted_steps++; });
         drafted = run_all(s, reqs);
@@ -269,7 +252,7 @@ static void test_model_drafter(const minicpm::model & draft_model, const char * 
     std::vector<outcome> plain, drafted;
     int32_t plain_steps = 0, drafted_steps = 0;
     {
-        scheduler s(*g_model, engine_params(), reference());
+        scheduler s(*g_model, engine_params(), reference_ops());
         s.set_step_observer([&](const minicpm::step_trace &) { plain_steps++; });
         plain = run_all(s, reqs);
     }
@@ -277,7 +260,7 @@ static void test_model_drafter(const minicpm::model & draft_model, const char * 
     int64_t n_trees = 0, sum_depth = 0, sum_nodes = 0;
     const auto t0 = std::chrono::steady_clock::now();
     {
-        scheduler s(*g_model, engine_params(), reference());
+        scheduler s(*g_model, engine_params(), reference_ops());
         auto md = std::make_unique<minicpm::model_drafter>(draft_model, g_model->config().n_vocab, s.backend_ref(),
                                                             minicpm::dtype::f32, 64, shape);
         auto rd = std::make_shared<recording_drafter>(std::move(md));
@@ -436,7 +419,7 @@ static void test_sampled_distribution(const minicpm::model & target, const minic
         first[arm].assign(size_t(V), 0);
         second[arm].assign(size_t(V) * size_t(V), 0);
         third[arm].assign(size_t(V), 0);
-        scheduler s(target, ep, reference());
+        scheduler s(target, ep, reference_ops());
         if (arm > 0) {
             minicpm::tree_shape shape{3, 4, 8};
             auto md = std::make_shared<minicpm::model_drafter>(draft_model, V, s.backend_ref(), minicpm::dtype::f32,
@@ -488,7 +471,7 @@ static void test_vocab_subset(const minicpm::model & target) {
     for (req & r : reqs) r.sp = greedy(r.sp.n_max_tokens);
     std::vector<outcome> plain;
     {
-        scheduler s(target, engine_params(), reference());
+        scheduler s(target, engine_params(), reference_ops());
         plain = run_all(s, reqs);
     }
     const int32_t V = target.config().n_vocab;
@@ -501,7 +484,7 @@ static void test_vocab_subset(const minicpm::model & target) {
     for (const auto & f : freq) ranked.push_back(f.second);
     for (int32_t n : {V / 8, 32}) {
         minicpm::tree_shape shape;
-        scheduler s(target, engine_params(), reference());
+        scheduler s(target, engine_params(), reference_ops());
         auto md = std::make_unique<minicpm::model_drafter>(target, V, s.backend_ref(), minicpm::dtype::f32, 64, shape);
         md->restrict_vocab(ranked, n);
         auto rd = std::make_shared<recording_drafter>(std::move(md));

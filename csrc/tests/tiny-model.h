@@ -10,6 +10,7 @@
 //   return minicpm_test::finish();                    // non-zero when any CHECK failed
 #pragma once
 
+#include "core/backend.h"
 #include "core/dtype.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -60,6 +61,30 @@ inline bool check_impl(bool ok, const char * expr, const char * file, int line, 
 inline int finish() {
     std::printf("%d checks, %d failed\n", n_checks(), n_failures());
     return n_failures() == 0 && n_checks() > 0 ? 0 : 1;
+}
+
+// Shared by the engine tests (test-engine, test-prefix, test-spec): the plain reference ops (those tests check
+// scheduling, not kernels), greedy sampling of a fixed length (the random model may produce an EOS id anywhere),
+// and the first tokens of a list for messages.
+inline minicpm::backend_options reference_ops() {
+    minicpm::backend_options o;
+    o.reference = true;
+    return o;
+}
+
+inline minicpm_sampling_params greedy(int32_t n_max_tokens) {
+    minicpm_sampling_params s;
+    minicpm_sampling_default_params(&s);
+    s.temperature = 0.0f;
+    s.n_max_tokens = n_max_tokens;
+    s.ignore_eos = 1;
+    return s;
+}
+
+inline std::string str(const std::vector<int32_t> & t) {
+    std::string s;
+    for (size_t i = 0; i < t.size() && i < 8; ++i) s += (i ? " " : "") + std::to_string(t[i]);
+    return s + (t.size() > 8 ? " ..." : "");
 }
 
 // Runs fn, which must throw minicpm::error with `status` and a message containing every needle; prints the message.
