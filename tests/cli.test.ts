@@ -195,6 +195,20 @@ describe('commands', () => {
     expect(best).toMatch(/^cpu /)
   }, 60_000)
 
+  test('--sparse: on/hf/v2/off load (dense below dense_len, so the text is unchanged here); anything else exits 2', () => {
+    const out = (mode: string) => {
+      const r = cli(['generate', '-m', dir, '-p', 'hi', '-n', '4', '--temperature', '0', '--sparse', mode])
+      expect(r.code).toBe(0)
+      return r.stdout
+    }
+    const dense = out('off')
+    for (const m of ['on', 'hf', 'v2']) expect(out(m)).toBe(dense)
+    const bad = cli(['generate', '-m', dir, '-p', 'hi', '--sparse', 'sometimes'])
+    console.log(`--sparse sometimes: exit ${bad.code}: ${bad.stderr.trim()}`)
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain("--sparse must be one of on, off, hf, v2, got 'sometimes'")
+  }, 60_000)
+
   test('chat with piped stdin answers each line, keeping the conversation', () => {
     const flags = ['-n', '3', '--temperature', '0', '--ignore-eos', '-v', '--kv-dtype', 'f16']
     const r = cli(['chat', '-m', dir, ...flags], { stdin: 'hello\nand again\n' })

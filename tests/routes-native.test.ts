@@ -89,7 +89,13 @@ describe('completions, models, tokenize, native generate (fake model)', () => {
       random_weights: true,
       weight_bytes: 4,
       bits_per_weight: 32,
+      sparse_attention: null,
     })
+    // A model loaded with InfLLM v2 says so, with its variant.
+    const sparse = new FakeModel()
+    Object.assign(sparse.info, { sparseAttention: 'v2' })
+    const entry = (await readJson(createApp({ model: sparse }).request('/v1/models'))).data[0]
+    expect(entry.sparse_attention).toEqual({ variant: 'v2' })
     console.log(`/v1/models entry: ${JSON.stringify(list.data[0])}`)
     expect((await app.request('/v1/models/fake-model')).status).toBe(200)
     const miss = await app.request('/v1/models/other')
