@@ -13,6 +13,7 @@ import { CALL_END, CALL_START } from '../chat/tools/minicpm'
 import type { Tokenizer } from '../tokenizer/index'
 import type { ResponseFormat } from '../types'
 import { checkSchema, UnsupportedSchemaError } from './schema-check'
+import { closingText, PieceIndex } from './grammar-close'
 
 /** The vocabulary as XGrammar's byte-fallback pieces ('▁' for space, '<0xNN>' for raw bytes, '' = special). */
 function encodedVocab(tok: Tokenizer, nVocab: number): string[] {
@@ -33,18 +34,62 @@ function encodedVocab(tok: Tokenizer, nVocab: number): string[] {
   return out
 }
 
-/** Figures for the closing measurements: mask computations and their time. */
-export const grammarStats = { masks: 0, maskUs: 0, maxMaskUs: 0, compiles: 0, compileMs: 0, cacheHits: 0 }
+/**
+ * The tokens with no byte below 0x20. XGrammar's JSON string rule lets raw control characters through, which
+ * JSON.parse rejects; compact JSON has no whitespace outside strings, so no JSON output needs them.
+ */
+function withoutControlChars(tok: Tokenizer, nVocab: number): Uint32Array {
+  const bits = new Uint32Array((nVocab + 31) >> 5)
+  for (let i = 0; i < nVocab; i++) {
+    const b = i < tok.vocabSize && !tok.specialIds.has(i) ? tok.tokenBytes(i) : new Uint8Array(0)
+    if (!b.some((x) => x < 0x20)) bits[i >> 5]! |= 1 << (i & 31)
+  }
+  return bits
+}
+
+/**
+ * Figures for the closing measurements: grammar masks and their time; closing-path searches (needUs) and the
+ * steps whose mask was one forced token; closings that started with too little budget left (should stay 0).
+ */
+export const grammarStats = {
+  masks: 0,
+  maskUs: 0,
+  maxMaskUs: 0,
+  compiles: 0,
+  compileMs: 0,
+  cacheHits: 0,
+  needs: 0,
+  needUs: 0,
+  forced: 0,
+  closings: 0,
+  closingsShort: 0,
+}
+
+/** max_tokens (or the room the context leaves) below the shortest valid output: mapped to HTTP 400. */
+export class BudgetTooSmallError extends Error {
+  override name = 'BudgetTooSmallError'
+  readonly statusName = 'invalid_argument'
+  readonly param = 'max_tokens'
+}
+
+/**
+ * How many tokens one sampled token may add to the closing need before the decoder looks again (raised per
+ * request when a bigger jump is seen). A token that opens a deep structure at once can exceed it; JSON pieces in
+ * the vocabulary are a few characters long.
+ */
+const NEED_MARGIN = 16
 
 const CACHE_MAX = 64
 
 export class GrammarService {
   #compiler: Promise<GrammarCompiler>
   #cache = new Map<string, Promise<CompiledGrammar>>()
+  #pieces: PieceIndex | null = null
+  #noControl: Uint32Array | null = null
   readonly setupMs: Promise<number>
 
   constructor(
-    tok: Tokenizer,
+    private readonly tok: Tokenizer,
     readonly nVocab: number,
   ) {
     const t0 = performance.now()
@@ -98,23 +143,72 @@ export class GrammarService {
     return p
   }
 
-  /** A matcher for one request; stopIds end the document (the engine stops on them too). */
-  async matcher(fmt: ResponseFormat, stopIds: number[]): Promise<ConstrainedDecoder> {
+  /**
+   * A matcher for one request; stopIds end the document (the engine stops on them too). budget: the tokens the
+   * request may generate, stop token included; BudgetTooSmallError when the shortest valid output needs more.
+   */
+  async matcher(fmt: ResponseFormat, stopIds: number[], budget: number, what = `max_tokens ${budget}`): Promise<ConstrainedDecoder> {
     const g = await this.compile(fmt)
     const m = await GrammarMatcher.createGrammarMatcher(g, stopIds.length > 0 ? stopIds : undefined)
-    return new ConstrainedDecoder(m, this.nVocab)
+    this.#pieces ??= new PieceIndex(this.tok, this.nVocab)
+    const allowed = fmt.type === 'tool_call' ? null : (this.#noControl ??= withoutControlChars(this.tok, this.nVocab))
+    const d = new ConstrainedDecoder(m, this.nVocab, this.#pieces, stopIds[0] ?? -1, budget, allowed)
+    const least = d.minTokens
+    if (least !== null && least > budget) {
+      d.dispose()
+      throw new BudgetTooSmallError(
+        `${what} is below the minimum of ${least} tokens that the shortest valid output for this ` +
+          `response_format needs (${JSON.stringify(d.shortest)} and the end token); raise max_tokens to at least ${least}`,
+      )
+    }
+    return d
   }
 }
 
-/** One request's grammar state: accept each sampled token, then give the next mask. */
+/**
+ * One request's grammar state: accept each sampled token, then give the next mask.
+ *
+ * Budget: while the tokens left exceed the closing need (the tokens of the shortest completion plus the stop
+ * token) by more than a margin, the mask is the grammar's. The need is searched for only when the budget could be
+ * near it (it grows by at most the margin per token), so most steps cost one mask. Once the budget is within the
+ * margin, the decoder switches to closing: each mask holds one token, the next of the shortest completion, then
+ * the stop token; the output ends as a valid document within max_tokens.
+ */
 export class ConstrainedDecoder {
+  #used = 0
+  #closing: number[] | null = null
+  #need: number
+  #since = 0
+  #margin = NEED_MARGIN
+  #forced: Uint32Array
+  #forcedBit = -1
+  /** The shortest completion from the start (null when none was found), and its tokens with the stop token. */
+  readonly shortest: string | null
+  readonly minTokens: number | null
+
   constructor(
     private readonly m: GrammarMatcher,
     private readonly nVocab: number,
-  ) {}
+    private readonly pieces: PieceIndex,
+    private readonly stopId: number,
+    private readonly budget: number,
+    /** Tokens the output may ever hold (JSON: none with a raw control character), ANDed into each mask. */
+    private readonly allowed: Uint32Array | null = null,
+  ) {
+    this.#forced = new Uint32Array((nVocab + 31) >> 5)
+    this.shortest = stopId >= 0 ? closingText(m, stopId) : null
+    this.minTokens = this.shortest === null ? null : pieces.spell(this.shortest).length + 1
+    this.#need = this.minTokens ?? 0
+  }
 
   /** False when the token breaks the grammar (cannot happen when the engine applied the mask). */
   accept(token: number): boolean {
+    this.#used++
+    this.#since++
+    if (this.#closing) {
+      if (this.#closing[0] === token) this.#closing.shift()
+      else this.#closing = null // the engine sampled off the forced path: search again
+    }
     return this.m.acceptToken(token)
   }
 
@@ -122,7 +216,45 @@ export class ConstrainedDecoder {
     return this.m.isTerminated()
   }
 
+  /** True once the decoder forces the shortest completion. */
+  get closing(): boolean {
+    return this.#closing !== null
+  }
+
+  /** The closing path from here (tokens, stop token last), or null when the search finds none. */
+  #path(): number[] | null {
+    const t0 = performance.now()
+    const text = closingText(this.m, this.stopId)
+    grammarStats.needs++
+    grammarStats.needUs += (performance.now() - t0) * 1000
+    return text === null ? null : [...this.pieces.spell(text), this.stopId]
+  }
+
+  #force(token: number): Uint32Array {
+    if (this.#forcedBit >= 0) this.#forced[this.#forcedBit >> 5] = 0
+    this.#forced[token >> 5] = (1 << (token & 31)) >>> 0
+    this.#forcedBit = token
+    grammarStats.forced++
+    return this.#forced
+  }
+
   async nextMask(): Promise<Uint32Array> {
+    const left = this.budget - this.#used
+    if (this.#closing === null && this.stopId >= 0 && left <= this.#need + (this.#since + 1) * this.#margin) {
+      const path = this.#path()
+      if (path) {
+        // A jump seen between two consecutive searches widens the margin for the rest of the request.
+        if (this.#since === 1) this.#margin = Math.max(this.#margin, 2 * (path.length - this.#need + 1))
+        this.#need = path.length
+        this.#since = 0
+        if (left <= path.length + this.#margin) {
+          this.#closing = path
+          grammarStats.closings++
+          if (left < path.length) grammarStats.closingsShort++
+        }
+      }
+    }
+    if (this.#closing !== null && this.#closing.length > 0) return this.#force(this.#closing[0]!)
     const t0 = performance.now()
     const bits = await this.m.getNextTokenBitmask()
     const us = (performance.now() - t0) * 1000
@@ -130,7 +262,9 @@ export class ConstrainedDecoder {
     grammarStats.maskUs += us
     if (us > grammarStats.maxMaskUs) grammarStats.maxMaskUs = us
     const words = (this.nVocab + 31) >> 5
-    return new Uint32Array(bits.buffer, bits.byteOffset, words)
+    const mask = new Uint32Array(bits.buffer, bits.byteOffset, words)
+    if (this.allowed) for (let i = 0; i < words; i++) mask[i]! &= this.allowed[i]!
+    return mask
   }
 
   dispose(): void {
