@@ -12,7 +12,7 @@ import { GrammarCompiler, GrammarMatcher, Testings, TokenizerInfo, type Compiled
 import { CALL_END, CALL_START } from '../chat/tools/minicpm'
 import type { Tokenizer } from '../tokenizer/index'
 import type { ResponseFormat } from '../types'
-import { checkSchema, UnsupportedSchemaError } from './schema-check'
+import { checkSchema, dropUnsupported, patternsOf, UnsupportedSchemaError, withoutPatterns } from './schema-check'
 import { closingText, PieceIndex } from './grammar-close'
 
 /** The vocabulary as XGrammar's byte-fallback pieces ('▁' for space, '<0xNN>' for raw bytes, '' = special). */
@@ -81,9 +81,31 @@ const NEED_MARGIN = 16
 
 const CACHE_MAX = 64
 
+/** A compiled grammar and the schema keywords (JSON pointers) left out of it. */
+interface Compiled {
+  grammar: CompiledGrammar
+  ignored: string[]
+}
+
+/** The patterns of a schema that do not compile on their own (XGrammar's regex converter refuses them). */
+async function refusedPatterns(
+  schema: unknown,
+  compile: (s: unknown) => Promise<CompiledGrammar>,
+): Promise<Array<{ at: string; pattern: string }>> {
+  const bad: Array<{ at: string; pattern: string }> = []
+  for (const p of patternsOf(schema)) {
+    try {
+      ;(await compile({ type: 'string', pattern: p.pattern })).dispose()
+    } catch {
+      bad.push(p)
+    }
+  }
+  return bad
+}
+
 export class GrammarService {
   #compiler: Promise<GrammarCompiler>
-  #cache = new Map<string, Promise<CompiledGrammar>>()
+  #cache = new Map<string, Promise<Compiled>>()
   #pieces: PieceIndex | null = null
   #noControl: Uint32Array | null = null
   readonly setupMs: Promise<number>
@@ -101,46 +123,85 @@ export class GrammarService {
     this.setupMs = this.#compiler.then(() => performance.now() - t0)
   }
 
-  /** The compiled grammar of a response format (cached by schema text); throws UnsupportedSchemaError. */
-  compile(fmt: ResponseFormat): Promise<CompiledGrammar> {
-    const key = fmt.type === 'json_object' ? 'json_object' : fmt.type === 'tool_call' ? `tools:${JSON.stringify(fmt.tools)}` : JSON.stringify(fmt.schema)
-    const hit = this.#cache.get(key)
-    if (hit) {
+  /**
+   * The compiled grammar of a response format (cached by schema text and strictness); throws
+   * UnsupportedSchemaError. A json_schema with strict: false compiles without the keywords the engine cannot
+   * honour (unsupported keywords, patterns its regex converter refuses); their JSON pointers are added to
+   * fmt.ignored so that the caller can say so.
+   */
+  async compile(fmt: ResponseFormat): Promise<CompiledGrammar> {
+    const strict = fmt.type === 'json_schema' && fmt.strict === true
+    const key =
+      fmt.type === 'json_object'
+        ? 'json_object'
+        : fmt.type === 'tool_call'
+          ? `tools:${JSON.stringify(fmt.tools)}`
+          : `${strict ? 'strict' : 'loose'}:${JSON.stringify(fmt.schema)}`
+    let entry = this.#cache.get(key)
+    if (entry) {
       grammarStats.cacheHits++
       this.#cache.delete(key) // LRU: move to the back
-      this.#cache.set(key, hit)
-      return hit
+      this.#cache.set(key, entry)
+    } else {
+      entry = this.#build(fmt, strict)
+      entry.catch(() => this.#cache.delete(key))
+      this.#cache.set(key, entry)
+      if (this.#cache.size > CACHE_MAX) {
+        const [oldest, old] = this.#cache.entries().next().value!
+        this.#cache.delete(oldest)
+        old.then((c) => c.grammar.dispose(), () => {})
+      }
     }
-    if (fmt.type === 'json_schema') checkSchema(fmt.schema)
+    const { grammar, ignored } = await entry
+    if (fmt.type === 'json_schema' && ignored.length > 0) fmt.ignored = [...new Set([...(fmt.ignored ?? []), ...ignored])]
+    return grammar
+  }
+
+  #build(fmt: ResponseFormat, strict: boolean): Promise<Compiled> {
+    let schema: unknown = fmt.type === 'json_schema' ? fmt.schema : null
+    const ignored: string[] = []
+    if (fmt.type === 'json_schema') {
+      if (strict) checkSchema(schema)
+      else {
+        const dropped = dropUnsupported(schema)
+        schema = dropped.schema
+        ignored.push(...dropped.ignored)
+      }
+    }
     if (fmt.type === 'tool_call') for (const t of fmt.tools) checkSchema(t.parameters ?? { type: 'object' }, `#/tools/${t.name}`)
     const t0 = performance.now()
-    const p = this.#compiler.then(async (c) => {
+    return this.#compiler.then(async (c) => {
+      // Compact output (no free whitespace): a weak or random model cannot wander into endless spaces.
+      // XGrammar's strict mode for both OpenAI modes: properties and items the schema does not name are not
+      // generated (they are allowed, never required, so the output validates either way), which keeps a weak
+      // model from wandering into endless free-form keys.
+      const jsonSchema = (x: unknown) => c.compileJSONSchema(JSON.stringify(x), false, -1, [',', ':'], true)
+      let grammar: CompiledGrammar
       try {
-        // Compact output (no free whitespace): a weak or random model cannot wander into endless spaces.
-        const g =
+        grammar =
           fmt.type === 'json_object'
             ? await c.compileJSONSchema('{"type":"object"}', false, -1, [',', ':'], false)
             : fmt.type === 'tool_call'
               ? await c.compileGrammar(await toolCallEbnf(fmt.tools))
-              : // XGrammar's strict mode for both OpenAI modes: properties and items the schema does not name are
-              // not generated (they are allowed, never required, so the output validates either way), which keeps
-              // a weak model from wandering into endless free-form keys.
-              await c.compileJSONSchema(JSON.stringify(fmt.schema), false, -1, [',', ':'], true)
-        grammarStats.compiles++
-        grammarStats.compileMs += performance.now() - t0
-        return g
+              : await jsonSchema(schema)
       } catch (e) {
-        throw new UnsupportedSchemaError(`the JSON schema could not be compiled: ${(e as Error).message ?? e}`, 'schema')
+        const bad = fmt.type === 'json_schema' ? await refusedPatterns(schema, jsonSchema) : []
+        if (bad.length === 0) throw new UnsupportedSchemaError(`the JSON schema could not be compiled: ${(e as Error).message ?? e}`, 'schema')
+        if (strict) {
+          throw new UnsupportedSchemaError(
+            `JSON schema keyword 'pattern' (at ${bad[0]!.at}): the regular expression ${JSON.stringify(bad[0]!.pattern)} ` +
+              "is not supported by this server's constrained decoder (no lookaround, \\p{...} classes or backreferences); " +
+              'with strict: false it is ignored instead',
+            'pattern',
+          )
+        }
+        ignored.push(...bad.map((b) => b.at))
+        grammar = await jsonSchema(withoutPatterns(schema, new Set(bad.map((b) => b.at))))
       }
+      grammarStats.compiles++
+      grammarStats.compileMs += performance.now() - t0
+      return { grammar, ignored }
     })
-    p.catch(() => this.#cache.delete(key))
-    this.#cache.set(key, p)
-    if (this.#cache.size > CACHE_MAX) {
-      const [oldest, old] = this.#cache.entries().next().value!
-      this.#cache.delete(oldest)
-      old.then((g) => g.dispose(), () => {})
-    }
-    return p
   }
 
   /**

@@ -29,21 +29,44 @@ const TYPES = new Set(['object', 'array', 'string', 'integer', 'number', 'boolea
 
 /** Throws UnsupportedSchemaError naming the first keyword (with its JSON path) the engine cannot honour. */
 export function checkSchema(schema: unknown, path = '#'): void {
-  if (typeof schema === 'boolean') return
+  walk(schema, path, (e) => {
+    throw e
+  })
+}
+
+/**
+ * strict: false: a copy of the schema without the keywords the engine cannot honour, and those keywords as
+ * JSON pointers (e.g. #/properties/email/format; the rest is enforced). A malformed schema still throws.
+ */
+export function dropUnsupported(schema: unknown, path = '#'): { schema: unknown; ignored: string[] } {
+  const ignored: string[] = []
+  const out = walk(schema, path, (_e, at) => ignored.push(at))
+  return { schema: out, ignored }
+}
+
+/** Copies the schema, handing each unsupported keyword to `unsupported` (which throws or records it). */
+function walk(schema: unknown, path: string, unsupported: (e: UnsupportedSchemaError, at: string) => void): unknown {
+  if (typeof schema === 'boolean') return schema
   if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) {
     throw new UnsupportedSchemaError(`${path}: a schema must be an object or a boolean`, path)
   }
+  const out: Record<string, unknown> = {}
   for (const [k, v] of Object.entries(schema)) {
     const at = `${path}/${k}`
     if (!SUPPORTED.has(k)) {
-      throw new UnsupportedSchemaError(
-        `JSON schema keyword '${k}' (at ${at}) is not supported by this server's constrained decoder; ` +
-          `supported: ${[...SUPPORTED].join(', ')}`,
-        k,
+      unsupported(
+        new UnsupportedSchemaError(
+          `JSON schema keyword '${k}' (at ${at}) is not supported by this server's constrained decoder; ` +
+            `supported: ${[...SUPPORTED].join(', ')}; with strict: false it is ignored instead`,
+          k,
+        ),
+        at,
       )
+      continue
     }
     if (k === '$ref' && (typeof v !== 'string' || !v.startsWith('#'))) {
-      throw new UnsupportedSchemaError(`'$ref' (at ${at}) must point inside the schema ('#/...')`, k)
+      unsupported(new UnsupportedSchemaError(`'$ref' (at ${at}) must point inside the schema ('#/...')`, k), at)
+      continue
     }
     if (k === 'type') {
       for (const t of Array.isArray(v) ? v : [v]) {
@@ -51,12 +74,41 @@ export function checkSchema(schema: unknown, path = '#'): void {
       }
     }
     if (SCHEMA_MAPS.has(k) && v && typeof v === 'object') {
-      for (const [name, sub] of Object.entries(v)) checkSchema(sub, `${at}/${name}`)
+      out[k] = Object.fromEntries(Object.entries(v).map(([name, sub]) => [name, walk(sub, `${at}/${name}`, unsupported)]))
     } else if (SCHEMA_LISTS.has(k) && Array.isArray(v)) {
-      v.forEach((sub, i) => checkSchema(sub, `${at}/${i}`))
+      out[k] = v.map((sub, i) => walk(sub, `${at}/${i}`, unsupported))
     } else if ((k === 'items' || k === 'additionalProperties') && typeof v === 'object') {
-      checkSchema(v, at)
+      out[k] = walk(v, at, unsupported)
+    } else {
+      out[k] = v
     }
   }
+  return out
 }
 
+/** Every 'pattern' of a schema with its path (patterns XGrammar's regex converter may refuse). */
+export function patternsOf(schema: unknown, path = '#', out: Array<{ at: string; pattern: string }> = []): Array<{ at: string; pattern: string }> {
+  if (schema === null || typeof schema !== 'object') return out
+  if (Array.isArray(schema)) {
+    schema.forEach((sub, i) => patternsOf(sub, `${path}/${i}`, out))
+    return out
+  }
+  for (const [k, v] of Object.entries(schema)) {
+    if (k === 'pattern' && typeof v === 'string') out.push({ at: `${path}/pattern`, pattern: v })
+    else if (k !== 'enum' && k !== 'const' && k !== 'default' && k !== 'examples') patternsOf(v, `${path}/${k}`, out)
+  }
+  return out
+}
+
+/** A copy of the schema without the patterns at the given paths. */
+export function withoutPatterns(schema: unknown, drop: Set<string>, path = '#'): unknown {
+  if (schema === null || typeof schema !== 'object') return schema
+  if (Array.isArray(schema)) return schema.map((sub, i) => withoutPatterns(sub, drop, `${path}/${i}`))
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(schema)) {
+    const at = `${path}/${k}`
+    if (k === 'pattern' && drop.has(at)) continue
+    out[k] = k === 'enum' || k === 'const' || k === 'default' || k === 'examples' ? v : withoutPatterns(v, drop, at)
+  }
+  return out
+}
