@@ -7,7 +7,7 @@
 
 import type { GenerateRequest, ModelInfo, ResponseFormat, SamplingOptions } from '../src/types.ts'
 import type { Context } from 'hono'
-import { checkSchema, dropUnsupported, UnsupportedSchemaError } from '../src/runtime/schema-check.ts'
+import { prepareSchema, UnsupportedSchemaError } from '../src/runtime/schema-check.ts'
 import { ApiError, badRequest, unsupported } from './errors.ts'
 
 /** The snake_case sampling fields as validated by schemas.ts `samplingFields`. */
@@ -51,8 +51,7 @@ function responseFormat(body: SamplingBody): ResponseFormat | undefined {
   try {
     // strict: every keyword must be honoured (400 naming the first that is not); otherwise the runtime drops
     // what it cannot honour and the route names it (reportIgnoredKeywords). A malformed schema is a 400 either way.
-    if (strict) checkSchema(schema)
-    else dropUnsupported(schema)
+    prepareSchema(schema, strict)
   } catch (e) {
     if (e instanceof UnsupportedSchemaError) throw unsupported('response_format.json_schema.schema', e.message)
     throw e

@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import Ajv2020 from 'ajv/dist/2020'
 import { createApp } from '../routes/app.ts'
 import type { Model } from '../src/index.ts'
-import { grammarStats } from '../src/runtime/grammar.ts'
+import { grammarService, grammarStats } from '../src/runtime/grammar.ts'
+import { PieceIndex } from '../src/runtime/grammar-close.ts'
 import { parseSse, postApp, readJson } from './helpers/http.ts'
 import { SCHEMAS, type Schema } from './helpers/json-schemas.ts'
 import { LOAD_TIMEOUT_MS, loadTinyModel } from './helpers/server-model.ts'
@@ -96,6 +97,39 @@ const OVER_MINIMUM = [0, 1, 3, 8, 20, 60]
 const SEEDS = [0, 1, 2]
 
 describe('budget-aware constrained decoding on the random-weight model', () => {
+  test('the shortest output found for each schema parses and validates, and the tokens forced for it spell it', async () => {
+    const { tokenizer } = model
+    const nVocab = model.info.nVocab
+    const service = grammarService(tokenizer, nVocab)
+    const pieces = new PieceIndex(tokenizer, nVocab)
+    const eos = tokenizer.eosIds.filter((t) => t < nVocab)
+    const failures: string[] = []
+    let chars = 0
+    let tokens = 0
+    for (const [name, schema, strict] of SCHEMAS) {
+      const d = await service.matcher({ type: 'json_schema', schema, strict }, eos, 4096)
+      const text = d.shortest
+      d.dispose()
+      if (text === null) {
+        failures.push(`${name}: no closing found`)
+        continue
+      }
+      const ids = pieces.spell(text)
+      const spelled = new TextDecoder().decode(Buffer.concat(ids.map((id) => tokenizer.tokenBytes(id))))
+      if (spelled !== text) failures.push(`${name}: tokens spell ${JSON.stringify(spelled)}, not ${JSON.stringify(text)}`)
+      try {
+        if (!ajv.validate(schema, JSON.parse(text))) failures.push(`${name}: ${text} fails the schema: ${ajv.errorsText()}`)
+      } catch {
+        failures.push(`${name}: ${JSON.stringify(text)} does not parse`)
+      }
+      chars += text.length
+      tokens += ids.length
+    }
+    console.log(`  shortest outputs: ${SCHEMAS.length} schemas, ${chars} characters in ${tokens} tokens, ${failures.length} problems`)
+    for (const f of failures) console.log(`  FAIL ${f}`)
+    expect(failures).toEqual([])
+  })
+
   test('every schema, max_tokens from its minimum up, 3 seeds, 6 endpoint variants: all parse, validate, stop', async () => {
     const s0 = { ...grammarStats }
     let outputs = 0

@@ -73,6 +73,7 @@ describe('response_format json_schema strict', () => {
       ['uniqueItems', { type: 'array', items: { type: 'integer' }, uniqueItems: true }],
       ['multipleOf', { type: 'integer', multipleOf: 3 }],
       ['pattern', { type: 'string', pattern: '^(?=a)[a-z]+$' }],
+      ['minimum', { type: 'number', minimum: 0.2, maximum: 0.8 }],
     ]
     for (const [kw, schema] of cases) {
       for (const path of ['/v1/chat/completions', '/v1/completions', '/generate']) {

@@ -39,17 +39,27 @@ export function closingText(m: GrammarMatcher, stopId: number): string | null {
     m.rollBack(1)
     return true
   }
-  // ']' and '}' inside a bounded string (no escapes there) are content, not closers: after a real closer no
-  // letter can follow.
-  const tryChar = (chars: readonly string[]) =>
-    chars.find((ch) => {
-      if (!m._acceptString(ch)) return false
+  const isDigit = (ch: string) => ch >= '0' && ch <= '9'
+  // After a digit, can the number end here (a range may need more digits: prefer 5 over 10 for minimum 5)?
+  const numberEnds = () => canStop() || [',', ']', '}', ')'].some(probe)
+  // Accepts and returns the first usable character. ']' and '}' inside a bounded string (no escapes there) are
+  // content, not closers: after a real closer no letter can follow.
+  const tryChar = (chars: readonly string[]): string | undefined => {
+    let digit: string | undefined
+    for (const ch of chars) {
+      if (digit !== undefined && !isDigit(ch)) break
+      if (!m._acceptString(ch)) continue
       if ((ch === ']' || ch === '}') && probe('a')) {
         m.rollBack(1)
-        return false
+        continue
       }
-      return true
-    })
+      if (!isDigit(ch) || numberEnds()) return ch
+      m.rollBack(1)
+      digit ??= ch
+    }
+    if (digit !== undefined) m._acceptString(digit)
+    return digit
+  }
   try {
     while (!canStop()) {
       if (out.length > MAX_CHARS) return null

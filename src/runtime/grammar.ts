@@ -12,7 +12,7 @@ import { GrammarCompiler, GrammarMatcher, Testings, TokenizerInfo, type Compiled
 import { CALL_END, CALL_START } from '../chat/tools/minicpm'
 import type { Tokenizer } from '../tokenizer/index'
 import type { ResponseFormat } from '../types'
-import { checkSchema, dropUnsupported, patternsOf, UnsupportedSchemaError, withoutPatterns } from './schema-check'
+import { patternsOf, prepareSchema, UnsupportedSchemaError, withoutPatterns } from './schema-check'
 import { closingText, PieceIndex } from './grammar-close'
 
 /** The vocabulary as XGrammar's byte-fallback pieces ('▁' for space, '<0xNN>' for raw bytes, '' = special). */
@@ -158,17 +158,13 @@ export class GrammarService {
   }
 
   #build(fmt: ResponseFormat, strict: boolean): Promise<Compiled> {
-    let schema: unknown = fmt.type === 'json_schema' ? fmt.schema : null
-    const ignored: string[] = []
-    if (fmt.type === 'json_schema') {
-      if (strict) checkSchema(schema)
-      else {
-        const dropped = dropUnsupported(schema)
-        schema = dropped.schema
-        ignored.push(...dropped.ignored)
-      }
-    }
-    if (fmt.type === 'tool_call') for (const t of fmt.tools) checkSchema(t.parameters ?? { type: 'object' }, `#/tools/${t.name}`)
+    const prepared = fmt.type === 'json_schema' ? prepareSchema(fmt.schema, strict) : { schema: null, ignored: [] }
+    const schema = prepared.schema
+    const ignored = prepared.ignored
+    const tools =
+      fmt.type === 'tool_call'
+        ? fmt.tools.map((t) => ({ ...t, parameters: prepareSchema(t.parameters ?? { type: 'object' }, true, `#/tools/${t.name}`).schema as Record<string, unknown> }))
+        : []
     const t0 = performance.now()
     return this.#compiler.then(async (c) => {
       // Compact output (no free whitespace): a weak or random model cannot wander into endless spaces.
@@ -182,7 +178,7 @@ export class GrammarService {
           fmt.type === 'json_object'
             ? await c.compileJSONSchema('{"type":"object"}', false, -1, [',', ':'], false)
             : fmt.type === 'tool_call'
-              ? await c.compileGrammar(await toolCallEbnf(fmt.tools))
+              ? await c.compileGrammar(await toolCallEbnf(tools))
               : await jsonSchema(schema)
       } catch (e) {
         const bad = fmt.type === 'json_schema' ? await refusedPatterns(schema, jsonSchema) : []

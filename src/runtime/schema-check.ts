@@ -29,18 +29,20 @@ const TYPES = new Set(['object', 'array', 'string', 'integer', 'number', 'boolea
 
 /** Throws UnsupportedSchemaError naming the first keyword (with its JSON path) the engine cannot honour. */
 export function checkSchema(schema: unknown, path = '#'): void {
-  walk(schema, path, (e) => {
-    throw e
-  })
+  prepareSchema(schema, true, path)
 }
 
 /**
- * strict: false: a copy of the schema without the keywords the engine cannot honour, and those keywords as
- * JSON pointers (e.g. #/properties/email/format; the rest is enforced). A malformed schema still throws.
+ * The schema as the grammar engine gets it. strict: the first keyword the engine cannot honour throws
+ * UnsupportedSchemaError naming it. Otherwise such keywords are left out and listed as JSON pointers
+ * (e.g. #/properties/email/format); the rest is enforced. A malformed schema throws either way.
  */
-export function dropUnsupported(schema: unknown, path = '#'): { schema: unknown; ignored: string[] } {
+export function prepareSchema(schema: unknown, strict: boolean, path = '#'): { schema: unknown; ignored: string[] } {
   const ignored: string[] = []
-  const out = walk(schema, path, (_e, at) => ignored.push(at))
+  const out = walk(schema, path, (e, at) => {
+    if (strict) throw e
+    ignored.push(at)
+  })
   return { schema: out, ignored }
 }
 
@@ -83,6 +85,48 @@ function walk(schema: unknown, path: string, unsupported: (e: UnsupportedSchemaE
       out[k] = v
     }
   }
+  return wholeNumberBounds(out, path, unsupported)
+}
+
+const BOUNDS = ['minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum'] as const
+
+/**
+ * XGrammar bounds only the integer part of a decimal (minimum 0, maximum 1 lets 1.5 through), so a bounded
+ * number is generated as a whole number in its range: still valid, and exactly enforced. A range that holds no
+ * whole number cannot be enforced (its bounds are unsupported).
+ */
+function wholeNumberBounds(
+  s: Record<string, unknown>,
+  path: string,
+  unsupported: (e: UnsupportedSchemaError, at: string) => void,
+): Record<string, unknown> {
+  const types = (Array.isArray(s.type) ? s.type : [s.type]) as unknown[]
+  const numeric = types.includes('number') || types.includes('integer')
+  if (!numeric || !BOUNDS.some((k) => typeof s[k] === 'number')) return s
+  const num = (k: (typeof BOUNDS)[number]) => (typeof s[k] === 'number' ? (s[k] as number) : undefined)
+  let lo = -Infinity
+  let hi = Infinity
+  if (num('minimum') !== undefined) lo = Math.ceil(num('minimum')!)
+  if (num('exclusiveMinimum') !== undefined) lo = Math.max(lo, Math.floor(num('exclusiveMinimum')!) + 1)
+  if (num('maximum') !== undefined) hi = Math.floor(num('maximum')!)
+  if (num('exclusiveMaximum') !== undefined) hi = Math.min(hi, Math.ceil(num('exclusiveMaximum')!) - 1)
+  const out: Record<string, unknown> = { ...s }
+  for (const k of BOUNDS) delete out[k]
+  if (lo > hi) {
+    const k = BOUNDS.find((b) => typeof s[b] === 'number')!
+    unsupported(
+      new UnsupportedSchemaError(
+        `JSON schema keyword '${k}' (at ${path}/${k}): the range holds no whole number, and this server's constrained ` +
+          'decoder enforces number bounds exactly only for whole numbers; with strict: false the bounds are ignored instead',
+        k,
+      ),
+      `${path}/${k}`,
+    )
+    return out
+  }
+  out.type = Array.isArray(s.type) ? [...new Set(types.map((t) => (t === 'number' ? 'integer' : t)))] : 'integer'
+  if (lo > -Infinity) out.minimum = lo
+  if (hi < Infinity) out.maximum = hi
   return out
 }
 

@@ -78,6 +78,9 @@ export const SCHEMAS: Array<[string, Schema, boolean]> = [
     { type: 'object', properties: { level: { enum: ['low', 'mid', 'high'] }, score: { type: 'integer', minimum: 0, maximum: 10 } }, required: ['level', 'score'] },
     false,
   ],
+  // XGrammar bounds only a decimal's integer part, so bounded numbers come out as whole numbers in range.
+  ['decimal bounds', { type: 'number', minimum: 0.5, exclusiveMaximum: 3.5 }, true],
+  ['exclusive bound in object', { type: 'object', properties: { p: { type: 'number', exclusiveMinimum: 0, maximum: 100 } }, required: ['p'] }, true],
   ['free string', { type: 'string' }, true],
   [
     'free strings, optional keys',
