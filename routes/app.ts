@@ -33,11 +33,6 @@ export interface AppOptions extends StateOptions {
   corsOrigins?: string | string[]
   /** Largest request body in bytes; default 4 MiB. */
   bodyLimitBytes?: number
-  /**
-   * One line per request at its last byte (start time, id, method, path, status, duration, time to headers,
-   * prompt/completion tokens, finish reason); unset: silent.
-   */
-  log?: (line: string) => void
   /** 'plain' (default) or 'json' lines. */
   logFormat?: LogFormat
   /** Counts requests until their last byte (startServer passes its own to drain on shutdown). */

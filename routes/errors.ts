@@ -64,6 +64,12 @@ function nativeStatusName(err: unknown): string | null {
   return typeof name === 'string' ? name : null
 }
 
+/** The request field a runtime error names (e.g. BudgetTooSmallError: max_tokens), if any. */
+function paramOf(err: unknown): string | null {
+  const p = (err as { param?: unknown }).param
+  return typeof p === 'string' ? p : null
+}
+
 /**
  * Maps any thrown value to an ApiError. Engine statuses that mean "your request" become 4xx,
  * a full queue becomes 429, everything else is a 500 whose message is kept (it helps the user).
@@ -77,7 +83,7 @@ export function toApiError(err: unknown): ApiError {
     case 'too_large':
       return badRequest(message, null, 'context_length_exceeded')
     case 'invalid_argument':
-      return badRequest(message)
+      return badRequest(message, paramOf(err))
     case 'unsupported':
       return badRequest(message, null, 'unsupported_parameter')
   }

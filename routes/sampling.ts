@@ -6,7 +6,8 @@
  */
 
 import type { GenerateRequest, ModelInfo, ResponseFormat, SamplingOptions } from '../src/types.ts'
-import { checkSchema, UnsupportedSchemaError } from '../src/runtime/schema-check.ts'
+import type { Context } from 'hono'
+import { prepareSchema, UnsupportedSchemaError } from '../src/runtime/schema-check.ts'
 import { ApiError, badRequest, unsupported } from './errors.ts'
 
 /** The snake_case sampling fields as validated by schemas.ts `samplingFields`. */
@@ -46,13 +47,32 @@ function responseFormat(body: SamplingBody): ResponseFormat | undefined {
   if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) {
     throw badRequest('response_format.json_schema.schema must be a JSON schema object', 'response_format.json_schema.schema')
   }
+  const strict = js?.strict ?? false
   try {
-    checkSchema(schema)
+    // strict: every keyword must be honoured (400 naming the first that is not); otherwise the runtime drops
+    // what it cannot honour and the route names it (reportIgnoredKeywords). A malformed schema is a 400 either way.
+    prepareSchema(schema, strict)
   } catch (e) {
     if (e instanceof UnsupportedSchemaError) throw unsupported('response_format.json_schema.schema', e.message)
     throw e
   }
-  return { type: 'json_schema', schema: schema as Record<string, unknown>, strict: js?.strict ?? false, name: js?.name }
+  return { type: 'json_schema', schema: schema as Record<string, unknown>, strict, name: js?.name }
+}
+
+/** The response header naming the schema keywords a strict: false request had ignored (JSON pointers). */
+export const IGNORED_KEYWORDS_HEADER = 'x-minicpm-ignored-schema-keywords'
+
+/**
+ * After startGeneration (the grammar is compiled by then): names the schema keywords left out under strict: false
+ * in a response header and a warning line in the log.
+ */
+export function reportIgnoredKeywords(c: Context, req: GenerateRequest, log: ((line: string) => void) | undefined): void {
+  const fmt = req.responseFormat
+  if (fmt?.type !== 'json_schema' || !fmt.ignored?.length) return
+  const list = fmt.ignored.join(', ')
+  c.header(IGNORED_KEYWORDS_HEADER, list)
+  const id = c.res.headers.get('x-request-id') ?? c.req.header('x-request-id') ?? '-'
+  log?.(`${id} warning: response_format json_schema with strict: false: ignored schema keywords ${JSON.stringify(list)}`)
 }
 
 function checkTokenId(id: number, info: ModelInfo, param: string): number {

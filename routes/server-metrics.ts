@@ -30,6 +30,9 @@ interface StatsSource {
   servedName?: () => string | undefined
 }
 
+/** The process start, in seconds since the epoch: vllm:lora_requests_info's value. */
+const STARTED_S = Math.floor(Date.now() / 1000)
+
 /** Tokens per KV block (MINICPM_KV_BLOCK_SIZE): vllm:cache_config_info's block_size. */
 export const KV_BLOCK_SIZE = 64
 
@@ -181,9 +184,10 @@ export function createServerMetrics(raw: StatsSource) {
 
 /**
  * The names fleet routers read with no configuration: the Gateway API Inference Extension / llm-d endpoint
- * picker (num_requests_waiting, kv_cache_usage_perc, cache_config_info) and vLLM's production-stack router
- * (num_requests_running/waiting, gpu_cache_usage_perc, gpu_prefix_cache_hit_rate). Same values as the
- * minicpm:* series, with vLLM's model_name label.
+ * picker (num_requests_waiting/running, kv_cache_usage_perc, cache_config_info, lora_requests_info) and vLLM's
+ * production-stack router (num_requests_running/waiting, gpu_cache_usage_perc, gpu_prefix_cache_hit_rate and its
+ * counters), as read from their source (tests/fixtures/router-metrics.ts). Same values as the minicpm:* series,
+ * with vLLM's model_name label.
  */
 function registerRouterSeries(r: Registry, source: StatsSource): void {
   const series = (value: (s: EngineStats) => number, extra: Record<string, string> = {}) => () => {
@@ -240,6 +244,24 @@ function registerRouterSeries(r: Registry, source: StatsSource): void {
     'Prompt tokens found in the prefix cache.',
     'counter',
     series((s) => s.prefixHitTokens),
+  )
+  // production-stack's router reads the pre-v1 counter names (tests/fixtures/router-metrics.ts).
+  r.collected(
+    'vllm:gpu_prefix_cache_queries_total',
+    'Same as vllm:prefix_cache_queries_total (the name the production-stack router reads).',
+    'counter',
+    series((s) => s.prefixQueryTokens),
+  )
+  r.collected(
+    'vllm:gpu_prefix_cache_hits_total',
+    'Same as vllm:prefix_cache_hits_total (the name the production-stack router reads).',
+    'counter',
+    series((s) => s.prefixHitTokens),
+  )
+  // The endpoint picker's default vLLM config reads LoRA state from this family and counts its absence as an
+  // error on every poll; no adapters here, so one series whose value is the server start time (as vLLM's).
+  r.collected('vllm:lora_requests_info', 'Running stats on LoRA requests (no adapters are served).', 'gauge', () =>
+    source.model ? [{ labels: { max_lora: '0', running_lora_adapters: '', waiting_lora_adapters: '' }, value: STARTED_S }] : [],
   )
   r.collected(
     'vllm:gpu_prefix_cache_hit_rate',

@@ -29,6 +29,11 @@ export type ServedModel = Pick<
 
 /** Options shared by all routes; see createApp for defaults. */
 export interface StateOptions {
+  /**
+   * One line per request at its last byte (start time, id, method, path, status, duration, time to headers,
+   * prompt/completion tokens, finish reason), and warnings about a request; unset: silent.
+   */
+  log?: (line: string) => void
   /** The model, or the promise of it while it loads (health answers 503 until it resolves). */
   model: ServedModel | Promise<ServedModel>
   /** Extra id accepted in `model` fields and listed first in /v1/models. */

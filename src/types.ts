@@ -19,7 +19,11 @@ export interface ChatMessage {
 /** Constrained decoding (GenerateRequest.responseFormat), as in OpenAI's response_format. */
 export type ResponseFormat =
   | { type: 'json_object' }
-  | { type: 'json_schema'; schema: Record<string, unknown>; strict?: boolean; name?: string }
+  /**
+   * strict: true: every keyword is enforced, an unsupported one is an error naming it. Otherwise unsupported
+   * keywords are dropped and the rest enforced; `ignored` receives their JSON pointers when the grammar is compiled.
+   */
+  | { type: 'json_schema'; schema: Record<string, unknown>; strict?: boolean; name?: string; ignored?: string[] }
   /** A forced call (tool_choice required / named) in the MiniCPM tool format, to one of these tools. */
   | { type: 'tool_call'; tools: Array<{ name: string; parameters?: Record<string, unknown> }> }
 

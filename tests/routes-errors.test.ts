@@ -35,21 +35,21 @@ describe('errors: every bad input is a 4xx OpenAI envelope and the server keeps 
       'unsupported_parameter',
     ],
     [
-      'json_schema keyword the constrained decoder cannot honour (not)',
+      'json_schema keyword the constrained decoder cannot honour (not), strict',
       chat,
       {
         ...user('x'),
-        response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { not: { type: 'string' } } } },
+        response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { not: { type: 'string' } }, strict: true } },
       },
       400,
       'unsupported_parameter',
     ],
     [
-      'json_schema string format',
+      'json_schema string format, strict',
       chat,
       {
         ...user('x'),
-        response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { type: 'string', format: 'email' } } },
+        response_format: { type: 'json_schema', json_schema: { name: 'a', schema: { type: 'string', format: 'email' }, strict: true } },
       },
       400,
       'unsupported_parameter',

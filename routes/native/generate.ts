@@ -9,7 +9,7 @@ import { Hono } from 'hono'
 import type { GenerateRequest, TokenLogprob } from '../../src/types.ts'
 import { badRequest } from '../errors.ts'
 import { lengthCauseOf, responseId, timingsOf, usageOf, type FinishEvent } from '../format.ts'
-import { checkContext, checkTokenIds, toPromptOptions, toSampling } from '../sampling.ts'
+import { checkContext, checkTokenIds, reportIgnoredKeywords, toPromptOptions, toSampling } from '../sampling.ts'
 import { generateRequest, parseBody, type NativeGenerateRequest } from '../schemas.ts'
 import { clientAbort, eventStream, type Framing } from '../sse.ts'
 import { startGeneration, type AppState } from '../state.ts'
@@ -64,6 +64,7 @@ export function generateRoutes(state: AppState): Hono {
       gen.cancel()
       throw e
     }
+    reportIgnoredKeywords(c, req, state.opts.log)
     const id = responseId('gen')
     const finishOut = (fin: FinishEvent) => ({
       finish_reason: fin.reason,

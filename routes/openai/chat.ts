@@ -16,7 +16,7 @@ import {
   usageOf,
   type FinishEvent,
 } from '../format.ts'
-import { checkContext, toPromptOptions, toSampling } from '../sampling.ts'
+import { checkContext, reportIgnoredKeywords, toPromptOptions, toSampling } from '../sampling.ts'
 import { chatRequest, parseBody, type ChatRequest } from '../schemas.ts'
 import { clientAbort, eventStream } from '../sse.ts'
 import { startGeneration, type AppState, type Generation } from '../state.ts'
@@ -117,6 +117,7 @@ export function chatRoutes(state: AppState): Hono {
       gen.cancel()
       throw e
     }
+    reportIgnoredKeywords(c, req, state.opts.log)
     const head = {
       id: responseId('chatcmpl'),
       created: Math.floor(Date.now() / 1000),

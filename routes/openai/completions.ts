@@ -16,7 +16,7 @@ import {
   usageOf,
   type FinishEvent,
 } from '../format.ts'
-import { checkContext, checkTokenIds, toSampling } from '../sampling.ts'
+import { checkContext, checkTokenIds, reportIgnoredKeywords, toSampling } from '../sampling.ts'
 import { completionRequest, parseBody, type CompletionRequest } from '../schemas.ts'
 import { clientAbort, eventStream, type EventSink } from '../sse.ts'
 import { startGeneration, type AppState, type Generation, type ServedModel } from '../state.ts'
@@ -96,6 +96,7 @@ export function completionRoutes(state: AppState): Hono {
       for (const g of gens) g.cancel()
       throw e
     }
+    reportIgnoredKeywords(c, base, state.opts.log)
     const choices: Choice[] = gens.map((gen, index) => ({
       index,
       gen,

@@ -169,7 +169,14 @@ export async function* generate(deps: GenerateDeps, req: GenerateRequest): Async
     sampling.ignoreEos = false // the grammar ends the document with a stop token
     sampling.masked = true
     const eos = tokenizer.eosIds.filter((t) => t < deps.nVocab)
-    grammar = await grammarService(tokenizer, deps.nVocab).matcher(req.responseFormat, [...new Set([...eos, ...(req.stopTokenIds ?? [])])])
+    // The tokens this request may generate, stop token included: the closing mode keeps the document within them.
+    const room = deps.nCtx - ids.length
+    const budget = Math.min(sampling.maxTokens ?? room, room)
+    const what =
+      budget === sampling.maxTokens
+        ? `max_tokens ${budget}`
+        : `the room of ${budget} tokens that the context of ${deps.nCtx} leaves after the prompt of ${ids.length}`
+    grammar = await grammarService(tokenizer, deps.nVocab).matcher(req.responseFormat, [...new Set([...eos, ...(req.stopTokenIds ?? [])])], budget, what)
   }
   const eosIds = sampling.ignoreEos ? [] : tokenizer.eosIds.filter((t) => t < deps.nVocab)
   const stopIds = [...(req.stopTokenIds ?? []), ...eosIds]

@@ -12,7 +12,11 @@ import { GrammarCompiler, GrammarMatcher, Testings, TokenizerInfo, type Compiled
 import { CALL_END, CALL_START } from '../chat/tools/minicpm'
 import type { Tokenizer } from '../tokenizer/index'
 import type { ResponseFormat } from '../types'
-import { checkSchema, UnsupportedSchemaError } from './schema-check'
+import { patternsOf, prepareSchema, UnsupportedSchemaError, withoutPatterns } from './schema-check'
+import { PieceIndex } from './grammar-close'
+import { ConstrainedDecoder, grammarStats } from './grammar-decoder'
+
+export { ConstrainedDecoder, grammarStats }
 
 /** The vocabulary as XGrammar's byte-fallback pieces ('▁' for space, '<0xNN>' for raw bytes, '' = special). */
 function encodedVocab(tok: Tokenizer, nVocab: number): string[] {
@@ -33,18 +37,59 @@ function encodedVocab(tok: Tokenizer, nVocab: number): string[] {
   return out
 }
 
-/** Figures for the closing measurements: mask computations and their time. */
-export const grammarStats = { masks: 0, maskUs: 0, maxMaskUs: 0, compiles: 0, compileMs: 0, cacheHits: 0 }
+/**
+ * The tokens with no byte below 0x20. XGrammar's JSON string rule lets raw control characters through, which
+ * JSON.parse rejects; compact JSON has no whitespace outside strings, so no JSON output needs them.
+ */
+function withoutControlChars(tok: Tokenizer, nVocab: number): Uint32Array {
+  const bits = new Uint32Array((nVocab + 31) >> 5)
+  for (let i = 0; i < nVocab; i++) {
+    const b = i < tok.vocabSize && !tok.specialIds.has(i) ? tok.tokenBytes(i) : new Uint8Array(0)
+    if (!b.some((x) => x < 0x20)) bits[i >> 5]! |= 1 << (i & 31)
+  }
+  return bits
+}
+
+/** max_tokens (or the room the context leaves) below the shortest valid output: mapped to HTTP 400. */
+export class BudgetTooSmallError extends Error {
+  override name = 'BudgetTooSmallError'
+  readonly statusName = 'invalid_argument'
+  readonly param = 'max_tokens'
+}
 
 const CACHE_MAX = 64
 
+/** A compiled grammar and the schema keywords (JSON pointers) left out of it. */
+interface Compiled {
+  grammar: CompiledGrammar
+  ignored: string[]
+}
+
+/** The patterns of a schema that do not compile on their own (XGrammar's regex converter refuses them). */
+async function refusedPatterns(
+  schema: unknown,
+  compile: (s: unknown) => Promise<CompiledGrammar>,
+): Promise<Array<{ at: string; pattern: string }>> {
+  const bad: Array<{ at: string; pattern: string }> = []
+  for (const p of patternsOf(schema)) {
+    try {
+      ;(await compile({ type: 'string', pattern: p.pattern })).dispose()
+    } catch {
+      bad.push(p)
+    }
+  }
+  return bad
+}
+
 export class GrammarService {
   #compiler: Promise<GrammarCompiler>
-  #cache = new Map<string, Promise<CompiledGrammar>>()
+  #cache = new Map<string, Promise<Compiled>>()
+  #pieces: PieceIndex | null = null
+  #noControl: Uint32Array | null = null
   readonly setupMs: Promise<number>
 
   constructor(
-    tok: Tokenizer,
+    private readonly tok: Tokenizer,
     readonly nVocab: number,
   ) {
     const t0 = performance.now()
@@ -56,85 +101,102 @@ export class GrammarService {
     this.setupMs = this.#compiler.then(() => performance.now() - t0)
   }
 
-  /** The compiled grammar of a response format (cached by schema text); throws UnsupportedSchemaError. */
-  compile(fmt: ResponseFormat): Promise<CompiledGrammar> {
-    const key = fmt.type === 'json_object' ? 'json_object' : fmt.type === 'tool_call' ? `tools:${JSON.stringify(fmt.tools)}` : JSON.stringify(fmt.schema)
-    const hit = this.#cache.get(key)
-    if (hit) {
+  /**
+   * The compiled grammar of a response format (cached by schema text and strictness); throws
+   * UnsupportedSchemaError. A json_schema with strict: false compiles without the keywords the engine cannot
+   * honour (unsupported keywords, patterns its regex converter refuses); their JSON pointers are added to
+   * fmt.ignored so that the caller can say so.
+   */
+  async compile(fmt: ResponseFormat): Promise<CompiledGrammar> {
+    const strict = fmt.type === 'json_schema' && fmt.strict === true
+    const key =
+      fmt.type === 'json_object'
+        ? 'json_object'
+        : fmt.type === 'tool_call'
+          ? `tools:${JSON.stringify(fmt.tools)}`
+          : `${strict ? 'strict' : 'loose'}:${JSON.stringify(fmt.schema)}`
+    let entry = this.#cache.get(key)
+    if (entry) {
       grammarStats.cacheHits++
       this.#cache.delete(key) // LRU: move to the back
-      this.#cache.set(key, hit)
-      return hit
+      this.#cache.set(key, entry)
+    } else {
+      entry = this.#build(fmt, strict)
+      entry.catch(() => this.#cache.delete(key))
+      this.#cache.set(key, entry)
+      if (this.#cache.size > CACHE_MAX) {
+        const [oldest, old] = this.#cache.entries().next().value!
+        this.#cache.delete(oldest)
+        old.then((c) => c.grammar.dispose(), () => {})
+      }
     }
-    if (fmt.type === 'json_schema') checkSchema(fmt.schema)
-    if (fmt.type === 'tool_call') for (const t of fmt.tools) checkSchema(t.parameters ?? { type: 'object' }, `#/tools/${t.name}`)
+    const { grammar, ignored } = await entry
+    if (fmt.type === 'json_schema' && ignored.length > 0) fmt.ignored = [...new Set([...(fmt.ignored ?? []), ...ignored])]
+    return grammar
+  }
+
+  #build(fmt: ResponseFormat, strict: boolean): Promise<Compiled> {
+    const prepared = fmt.type === 'json_schema' ? prepareSchema(fmt.schema, strict) : { schema: null, ignored: [] }
+    const schema = prepared.schema
+    const ignored = prepared.ignored
+    const tools =
+      fmt.type === 'tool_call'
+        ? fmt.tools.map((t) => ({ ...t, parameters: prepareSchema(t.parameters ?? { type: 'object' }, true, `#/tools/${t.name}`).schema as Record<string, unknown> }))
+        : []
     const t0 = performance.now()
-    const p = this.#compiler.then(async (c) => {
+    return this.#compiler.then(async (c) => {
+      // Compact output (no free whitespace): a weak or random model cannot wander into endless spaces.
+      // XGrammar's strict mode for both OpenAI modes: properties and items the schema does not name are not
+      // generated (they are allowed, never required, so the output validates either way), which keeps a weak
+      // model from wandering into endless free-form keys.
+      const jsonSchema = (x: unknown) => c.compileJSONSchema(JSON.stringify(x), false, -1, [',', ':'], true)
+      let grammar: CompiledGrammar
       try {
-        // Compact output (no free whitespace): a weak or random model cannot wander into endless spaces.
-        const g =
+        grammar =
           fmt.type === 'json_object'
             ? await c.compileJSONSchema('{"type":"object"}', false, -1, [',', ':'], false)
             : fmt.type === 'tool_call'
-              ? await c.compileGrammar(await toolCallEbnf(fmt.tools))
-              : // XGrammar's strict mode for both OpenAI modes: properties and items the schema does not name are
-              // not generated (they are allowed, never required, so the output validates either way), which keeps
-              // a weak model from wandering into endless free-form keys.
-              await c.compileJSONSchema(JSON.stringify(fmt.schema), false, -1, [',', ':'], true)
-        grammarStats.compiles++
-        grammarStats.compileMs += performance.now() - t0
-        return g
+              ? await c.compileGrammar(await toolCallEbnf(tools))
+              : await jsonSchema(schema)
       } catch (e) {
-        throw new UnsupportedSchemaError(`the JSON schema could not be compiled: ${(e as Error).message ?? e}`, 'schema')
+        const bad = fmt.type === 'json_schema' ? await refusedPatterns(schema, jsonSchema) : []
+        if (bad.length === 0) throw new UnsupportedSchemaError(`the JSON schema could not be compiled: ${(e as Error).message ?? e}`, 'schema')
+        if (strict) {
+          throw new UnsupportedSchemaError(
+            `JSON schema keyword 'pattern' (at ${bad[0]!.at}): the regular expression ${JSON.stringify(bad[0]!.pattern)} ` +
+              "is not supported by this server's constrained decoder (no lookaround, \\p{...} classes or backreferences); " +
+              'with strict: false it is ignored instead',
+            'pattern',
+          )
+        }
+        ignored.push(...bad.map((b) => b.at))
+        grammar = await jsonSchema(withoutPatterns(schema, new Set(bad.map((b) => b.at))))
       }
+      grammarStats.compiles++
+      grammarStats.compileMs += performance.now() - t0
+      return { grammar, ignored }
     })
-    p.catch(() => this.#cache.delete(key))
-    this.#cache.set(key, p)
-    if (this.#cache.size > CACHE_MAX) {
-      const [oldest, old] = this.#cache.entries().next().value!
-      this.#cache.delete(oldest)
-      old.then((g) => g.dispose(), () => {})
-    }
-    return p
   }
 
-  /** A matcher for one request; stopIds end the document (the engine stops on them too). */
-  async matcher(fmt: ResponseFormat, stopIds: number[]): Promise<ConstrainedDecoder> {
+  /**
+   * A matcher for one request; stopIds end the document (the engine stops on them too). budget: the tokens the
+   * request may generate, stop token included; BudgetTooSmallError when the shortest valid output needs more.
+   */
+  async matcher(fmt: ResponseFormat, stopIds: number[], budget: number, what = `max_tokens ${budget}`): Promise<ConstrainedDecoder> {
     const g = await this.compile(fmt)
     const m = await GrammarMatcher.createGrammarMatcher(g, stopIds.length > 0 ? stopIds : undefined)
-    return new ConstrainedDecoder(m, this.nVocab)
-  }
-}
-
-/** One request's grammar state: accept each sampled token, then give the next mask. */
-export class ConstrainedDecoder {
-  constructor(
-    private readonly m: GrammarMatcher,
-    private readonly nVocab: number,
-  ) {}
-
-  /** False when the token breaks the grammar (cannot happen when the engine applied the mask). */
-  accept(token: number): boolean {
-    return this.m.acceptToken(token)
-  }
-
-  get terminated(): boolean {
-    return this.m.isTerminated()
-  }
-
-  async nextMask(): Promise<Uint32Array> {
-    const t0 = performance.now()
-    const bits = await this.m.getNextTokenBitmask()
-    const us = (performance.now() - t0) * 1000
-    grammarStats.masks++
-    grammarStats.maskUs += us
-    if (us > grammarStats.maxMaskUs) grammarStats.maxMaskUs = us
-    const words = (this.nVocab + 31) >> 5
-    return new Uint32Array(bits.buffer, bits.byteOffset, words)
-  }
-
-  dispose(): void {
-    this.m.dispose()
+    this.#pieces ??= new PieceIndex(this.tok, this.nVocab)
+    const allowed = fmt.type === 'tool_call' ? null : (this.#noControl ??= withoutControlChars(this.tok, this.nVocab))
+    const d = new ConstrainedDecoder(m, this.nVocab, this.#pieces, stopIds[0] ?? -1, budget, allowed)
+    const least = d.minTokens
+    if (least !== null && least > budget) {
+      d.dispose()
+      throw new BudgetTooSmallError(
+        `${what} is below the minimum of ${least} tokens that the shortest valid output for this ` +
+          `response_format needs (${JSON.stringify(d.shortest)} and the end token); raise max_tokens to at least ${least}`,
+      )
+    }
+    return d
   }
 }
 
