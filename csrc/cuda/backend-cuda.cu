@@ -3,6 +3,7 @@
 // reused by every layer's kv_store and attention.
 #include "cuda/ops.cuh"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -29,12 +30,14 @@ class cuda_backend final : public backend {
                                                  "; sm_80 or newer is needed (bf16 tensor cores)");
         MINICPM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         name_ = std::string("cuda ") + prop.name;
+        n_sms_ = prop.multiProcessorCount;
         (void) o;
     }
     ~cuda_backend() override {
         release(rows_dev_);
         release(blocks_dev_);
         release(xb_);
+        release(split_);
         if (stream_) cudaStreamDestroy(stream_);
     }
 
@@ -113,6 +116,15 @@ class cuda_backend final : public backend {
     void attention(float * out, const float * q, const kv_layer & kv, const kv_segment * segs, int32_t n_segs,
                    int32_t n_head, float scale) override {
         const int64_t T = stage_rows(segs, n_segs);
+        const cuda::split_plan p =
+            cuda::plan_split_attention(n_head, kv.n_head_kv, kv.head_dim, T, max_slots_, n_sms_);
+        if (p.n_parts > 0) {
+            grow(split_, cuda::split_scratch_floats(p, n_head, kv.head_dim, T) * sizeof(float));
+            cuda::launch_attention_split(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv,
+                                         kv.head_dim, scale, (const cuda::row_info *) rows_dev_.data,
+                                         (const int32_t *) blocks_dev_.data, T, p, (float *) split_.data);
+            return;
+        }
         cuda::launch_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv, kv.head_dim,
                                scale, (const cuda::row_info *) rows_dev_.data, (const int32_t *) blocks_dev_.data, T);
     }
@@ -154,8 +166,10 @@ class cuda_backend final : public backend {
     int64_t stage_rows(const kv_segment * segs, int32_t n_segs) {
         rows_.clear();
         blocks_.clear();
+        max_slots_ = 0;
         for (int32_t s = 0; s < n_segs; ++s) {
             const kv_segment & sg = segs[s];
+            max_slots_ = std::max(max_slots_, sg.n_past + sg.n_rows);
             const int32_t off = int32_t(blocks_.size());
             const int32_t nb = (sg.n_past + sg.n_rows + MINICPM_KV_BLOCK_SIZE - 1) / MINICPM_KV_BLOCK_SIZE;
             blocks_.insert(blocks_.end(), sg.blocks, sg.blocks + nb);
@@ -187,7 +201,9 @@ class cuda_backend final : public backend {
 
     cudaStream_t                stream_ = nullptr;
     std::string                 name_;
-    buffer                      xb_, rows_dev_, blocks_dev_;
+    int32_t                     n_sms_ = 1;
+    int32_t                     max_slots_ = 0;  // the longest row context of the staged batch
+    buffer                      xb_, rows_dev_, blocks_dev_, split_;
     std::vector<cuda::row_info> rows_;
     std::vector<int32_t>        blocks_;
     std::vector<uint8_t>        staged_rows_, staged_blocks_;

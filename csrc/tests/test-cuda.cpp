@@ -8,6 +8,7 @@
 #include "cpu/ops-ref.h"
 #include "tests/tiny-model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -206,10 +207,19 @@ void test_kv_attention(backend & be) {
         std::vector<std::pair<int32_t, int32_t>> segs;  // (n_past, n_rows)
         bool tree;
     };
+    // The first four take the one-block-per-head kernel (many rows or a short context); the others, at most
+    // 64 rows with a context of 256 slots or more, the split-K kernel (GQA 8: 16/2 heads, GQA 16: 32/2), with
+    // rows whose own context is short beside long ones (partitions past a row's context are empty).
     const tcase cases[] = {{16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}, false},
                            {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}, false},
                            {16, 2, 64, {{61, 10}}, true},
-                           {6, 3, 48, {{1, 5}, {127, 1}}, false}};
+                           {6, 3, 48, {{1, 5}, {127, 1}}, false},
+                           {16, 2, 64, {{255, 1}, {5, 1}, {3000, 1}, {37, 1}}, false},
+                           {32, 2, 128, {{2047, 1}, {5000, 2}, {0, 1}}, false},
+                           {16, 2, 64, {{700, 10}}, true},
+                           {32, 2, 128, {{300, 1}}, false},
+                           {16, 2, 64, {{4000, 1}}, false},
+                           {12, 3, 64, {{640, 4}, {70, 1}}, false}};
     for (const tcase & c : cases) {
         for (dtype kvt : {dtype::f32, dtype::bf16, dtype::f16}) {
             device dv{be};
@@ -259,8 +269,11 @@ void test_kv_attention(backend & be) {
             const bool same = dv.get(kd, kh.size()) == kh && dv.get(vd, vh.size()) == vh;
             CHECK(same, "kv_store kv=%s nh=%d hd=%d%s: pools %s", dtype_name(kvt), c.nh, c.hd, c.tree ? " tree" : "",
                   same ? "byte-identical" : "DIFFER");
+            int32_t ctx = 0;
+            for (auto & s : c.segs) ctx = std::max(ctx, s.first + s.second);
             expect(std::string("attention kv=") + dtype_name(kvt) + " nh=" + std::to_string(c.nh) + " nkv=" +
-                       std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) + (c.tree ? " tree" : ""),
+                       std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) + " rows=" + std::to_string(T) +
+                       " ctx=" + std::to_string(ctx) + (c.tree ? " tree" : ""),
                    outr, dv.get(od, outr.size()), 1e-10);
         }
     }
