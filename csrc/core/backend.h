@@ -71,6 +71,36 @@ inline bool kv_row_visible(const kv_segment & sg, int32_t j, int32_t i) {
     return i == j || (i < j && (sg.mask == nullptr || ((sg.mask[j] >> i) & 1u)));
 }
 
+// Device sampling (engine/sampler.h's common cases on logits that stay in backend memory). One row: the
+// request's parameters, its Philox key (the seed) and counter (how many tokens it has drawn, so a seed gives
+// the same tokens on every run), and its entries [adjust_begin, adjust_begin + n_adjust) of the adjust table.
+struct sample_row {
+    float    temperature = 0.0f;  // <= 0: greedy
+    int32_t  top_k = 0;
+    float    top_p = 1.0f;
+    float    min_p = 0.0f;
+    float    repetition_penalty = 1.0f;
+    float    presence_penalty = 0.0f;
+    float    frequency_penalty = 0.0f;
+    uint64_t seed = 0;
+    uint64_t counter = 0;
+    int32_t  adjust_begin = 0;
+    int32_t  n_adjust = 0;
+};
+// A token whose logit a row changes, at most once per row: + bias, then, when n_all > 0 (it is in the penalty
+// window), the repetition penalty and presence / frequency penalties over n_generated (sampler::adjust).
+struct sample_adjust {
+    int32_t token = 0;
+    float   bias = 0.0f;
+    int32_t n_all = 0;
+    int32_t n_generated = 0;
+};
+// token = -1 when every logit of the row is -inf or NaN after adjustment. logprob: log-softmax of the raw logit.
+struct sample_out {
+    int32_t token = -1;
+    float   logprob = 0.0f;
+};
+
 struct backend_options {
     int32_t     n_threads = 0;         // 0 = physical cores
     bool        reference = false;     // run the plain reference ops (tests)
@@ -143,6 +173,15 @@ class backend {
     virtual void div_scalar(float * x, float d, int64_t n) = 0;
     // dst[r, :] = src[rows[r], :] for r < R; rows of H floats.
     virtual void get_rows(float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) = 0;
+    // Draws one token per row of logits[R, n_vocab] (backend memory) and writes R results to out (host memory):
+    // only the chosen ids travel. Top-p keeps every token tied with the last one it needs (the host sampler
+    // keeps the lower ids); the draw scans ids in order (the host scans its candidate order), so a seed gives
+    // the same distribution as the host sampler, not the same tokens. Returns false, doing nothing, on a
+    // backend without a device sampler (the caller downloads the logits and samples on the host).
+    virtual bool sample(const float * logits, int32_t n_vocab, const sample_row * rows, int32_t R,
+                        const sample_adjust * adjust, int32_t n_adjust, sample_out * out) {
+        return false;
+    }
 };
 
 // The one place a backend is chosen. Throws _UNSUPPORTED for a kind this build or machine cannot run

@@ -38,6 +38,10 @@ class cuda_backend final : public backend {
         release(blocks_dev_);
         release(xb_);
         release(split_);
+        release(sample_keys_);
+        release(sample_rows_);
+        release(sample_adjust_);
+        release(sample_out_);
         if (stream_) cudaStreamDestroy(stream_);
     }
 
@@ -149,6 +153,32 @@ class cuda_backend final : public backend {
         cuda::launch_get_rows(stream_, dst, src, rows, R, H);
     }
 
+    bool sample(const float * logits, int32_t n_vocab, const sample_row * rows, int32_t R,
+                const sample_adjust * adjust, int32_t n_adjust, sample_out * out) override {
+        if (R <= 0) return true;
+        // The kernel writes logits[token] for every adjust entry: check the tables before they go down.
+        for (int32_t r = 0; r < R; ++r)
+            if (rows[r].adjust_begin < 0 || rows[r].n_adjust < 0 || rows[r].adjust_begin > n_adjust - rows[r].n_adjust)
+                fail(MINICPM_STATUS_INVALID_ARGUMENT, "backend cuda: sample row " + std::to_string(r) +
+                                                          " names adjust entries outside the table");
+        for (int32_t e = 0; e < n_adjust; ++e)
+            if (adjust[e].token < 0 || adjust[e].token >= n_vocab)
+                fail(MINICPM_STATUS_INVALID_ARGUMENT, "backend cuda: sample adjust entry " + std::to_string(e) +
+                                                          " has token " + std::to_string(adjust[e].token) +
+                                                          " outside the vocabulary");
+        grow(sample_keys_, size_t(R) * size_t(n_vocab) * sizeof(uint32_t));
+        grow(sample_rows_, size_t(R) * sizeof(sample_row));
+        grow(sample_adjust_, size_t(std::max(n_adjust, 1)) * sizeof(sample_adjust));
+        grow(sample_out_, size_t(R) * sizeof(sample_out));
+        upload(sample_rows_, 0, rows, size_t(R) * sizeof(sample_row));
+        upload(sample_adjust_, 0, adjust, size_t(n_adjust) * sizeof(sample_adjust));
+        cuda::launch_sample(stream_, (sample_out *) sample_out_.data, (uint32_t *) sample_keys_.data, logits,
+                            n_vocab, (const sample_row *) sample_rows_.data, R,
+                            (const sample_adjust *) sample_adjust_.data);
+        download(out, sample_out_, 0, size_t(R) * sizeof(sample_out));
+        return true;
+    }
+
   private:
     static void bounds(const buffer & b, size_t off, size_t n, const char * what) {
         if (off > b.size || n > b.size - off)
@@ -204,6 +234,7 @@ class cuda_backend final : public backend {
     int32_t                     n_sms_ = 1;
     int32_t                     max_slots_ = 0;  // the longest row context of the staged batch
     buffer                      xb_, rows_dev_, blocks_dev_, split_;
+    buffer                      sample_keys_, sample_rows_, sample_adjust_, sample_out_;
     std::vector<cuda::row_info> rows_;
     std::vector<int32_t>        blocks_;
     std::vector<uint8_t>        staged_rows_, staged_blocks_;

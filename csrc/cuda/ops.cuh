@@ -39,5 +39,9 @@ void       launch_attention_split(cudaStream_t s, float * out, const float * q, 
                                   const row_info * rows, const int32_t * blocks, int64_t T, const split_plan & p,
                                   float * scratch);
 
+// sample.cu: keys is scratch of R x V words; rows and adjust are device copies of the host tables.
+void launch_sample(cudaStream_t s, sample_out * out, uint32_t * keys, const float * logits, int32_t V,
+                   const sample_row * rows, int32_t R, const sample_adjust * adjust);
+
 }  // namespace cuda
 }  // namespace minicpm

@@ -6,10 +6,12 @@
 #include "core/status.h"
 #include "cpu/cpu-common.h"
 #include "cpu/ops-ref.h"
+#include "engine/sampler.h"
 #include "tests/tiny-model.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -279,6 +281,161 @@ void test_kv_attention(backend & be) {
     }
 }
 
+// Device sampling vs engine/sampler.cpp (the specification). Greedy: the same token, exactly, on a full-size
+// vocabulary with bias, penalties and ties. Sampled: the draws of many counters follow the host sampler's
+// distribution (chi-square over the kept tokens, none drawn outside them), and one seed gives the same tokens.
+sampler make_sampler(const minicpm_sampling_params & sp, int32_t V, const std::vector<int32_t> & prompt,
+                     const std::vector<int32_t> & bias_ids, const std::vector<float> & bias_values) {
+    return sampler(sp, V, {}, nullptr, 0, bias_ids.data(), bias_values.data(), int32_t(bias_ids.size()),
+                   prompt.data(), int32_t(prompt.size()));
+}
+
+void test_sample_greedy(backend & be) {
+    device dv{be};
+    const int32_t V = 73448, R = 6;
+    std::vector<float> logits = rnd(size_t(R) * V, -8, 8);
+    for (int32_t r = 0; r < 2; ++r)  // rows of ties: logits on a grid of 1/4, several share the maximum
+        for (int32_t i = 0; i < V; ++i) logits[size_t(r) * V + i] = std::round(logits[size_t(r) * V + i] * 4) / 4;
+    std::vector<sample_row> rows(R);
+    std::vector<sample_adjust> adjust;
+    std::vector<int32_t> want(R);
+    std::vector<float> want_lp(R);
+    sampler_scratch sc;
+    for (int32_t r = 0; r < R; ++r) {
+        const float * row = logits.data() + size_t(r) * V;
+        std::vector<int32_t> order(V);
+        for (int32_t i = 0; i < V; ++i) order[size_t(i)] = i;
+        std::partial_sort(order.begin(), order.begin() + 8, order.end(),
+                          [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+        minicpm_sampling_params sp;
+        default_sampling_params(sp);
+        sp.temperature = 0.0f;
+        sp.logprobs = 1;
+        if (r % 2 == 1) {  // penalties on the prompt's tokens: the best ones, so the winner moves
+            sp.repetition_penalty = 1.5f;
+            sp.presence_penalty = 0.4f;
+            sp.frequency_penalty = 0.3f;
+        }
+        const std::vector<int32_t> prompt = {order[0], order[1], order[1], order[5]};
+        const std::vector<int32_t> bias_ids = {order[2], order[3], 17};
+        const std::vector<float>   bias_values = {-INFINITY, r == 4 ? 0.05f : -0.02f, 0.5f};
+        sampler smp = make_sampler(sp, V, prompt, bias_ids, bias_values);
+        smp.accept(order[4]);
+        if (!smp.device_row(rows[size_t(r)], adjust)) fail(MINICPM_STATUS_INTERNAL, "test: no device row");
+        const sample_result res = smp.sample(row, sc);
+        want[size_t(r)] = res.token;
+        want_lp[size_t(r)] = res.logprob;
+    }
+    std::vector<sample_out> got(R);
+    const bool ran = be.sample(dv.put(logits), V, rows.data(), R, adjust.data(), int32_t(adjust.size()), got.data());
+    int32_t same = 0;
+    float   lp_err = 0.0f;
+    for (int32_t r = 0; r < R; ++r) {
+        same += got[size_t(r)].token == want[size_t(r)];
+        lp_err = std::max(lp_err, std::fabs(got[size_t(r)].logprob - want_lp[size_t(r)]));
+    }
+    CHECK(ran && same == R, "sample greedy V=%d: %d/%d tokens equal to the host sampler", V, same, R);
+    CHECK(ran && lp_err < 1e-4f, "sample greedy logprob: max |diff| %.2e (thr 1e-4)", double(lp_err));
+}
+
+// Upper 1e-4 tail of chi-square with df degrees of freedom (Wilson-Hilferty).
+double chi2_critical(int df) {
+    const double z = 3.719, a = 2.0 / (9.0 * df);
+    return df * std::pow(1.0 - a + z * std::sqrt(a), 3.0);
+}
+
+void test_sample_distribution(backend & be) {
+    device dv{be};
+    const int32_t V = 64, N = 40000;
+    const std::vector<float> one = rnd(size_t(V), -3, 3);
+    std::vector<float> logits;
+    for (int32_t i = 0; i < N; ++i) logits.insert(logits.end(), one.begin(), one.end());
+    const float * dlogits = dv.put(logits);
+    struct scase {
+        const char * name;
+        float        temp, top_p, min_p;
+        int32_t      top_k;
+        bool         penalties;
+    };
+    const scase cases[] = {{"T=0.7 top_k=20", 0.7f, 1.0f, 0.0f, 20, false},
+                           {"T=1 top_p=0.8", 1.0f, 0.8f, 0.0f, 0, false},
+                           {"T=1.3 top_k=40 top_p=0.9 min_p=0.05 penalties bias", 1.3f, 0.9f, 0.05f, 40, true},
+                           {"T=0.5 min_p=0.2", 0.5f, 1.0f, 0.2f, 0, false}};
+    for (const scase & c : cases) {
+        minicpm_sampling_params sp;
+        default_sampling_params(sp);
+        sp.temperature = c.temp;
+        sp.top_p = c.top_p;
+        sp.min_p = c.min_p;
+        sp.top_k = c.top_k;
+        sp.seed = 1234;
+        std::vector<int32_t> prompt, bias_ids;
+        std::vector<float> bias_values;
+        if (c.penalties) {
+            sp.repetition_penalty = 1.2f;
+            sp.presence_penalty = 0.3f;
+            sp.frequency_penalty = 0.1f;
+            prompt = {1, 2, 3, 3, 9};
+            bias_ids = {5, 7};
+            bias_values = {2.0f, -INFINITY};
+        }
+        sampler smp = make_sampler(sp, V, prompt, bias_ids, bias_values);
+        if (c.penalties) {
+            smp.accept(3);
+            smp.accept(11);
+        }
+        sampler_scratch sc;
+        int32_t best = -1;
+        const double total = smp.distribution(one.data(), sc, &best);
+        std::vector<double> prob(size_t(V), 0.0);
+        for (const auto & [w, id] : sc.cand) prob[size_t(id)] = double(w) / total;
+        std::vector<sample_row> rows(N);
+        std::vector<sample_adjust> adjust;
+        smp.device_row(rows[0], adjust);
+        for (int32_t i = 0; i < N; ++i) {
+            rows[size_t(i)] = rows[0];
+            rows[size_t(i)].counter = uint64_t(i);
+        }
+        std::vector<sample_out> got(N), again(N);
+        be.sample(dlogits, V, rows.data(), N, adjust.data(), int32_t(adjust.size()), got.data());
+        be.sample(dlogits, V, rows.data(), N, adjust.data(), int32_t(adjust.size()), again.data());
+        std::vector<double> count(size_t(V), 0.0);
+        int32_t outside = 0, repeat = 0;
+        for (int32_t i = 0; i < N; ++i) {
+            const int32_t t = got[size_t(i)].token;
+            if (t < 0 || t >= V || prob[size_t(t)] == 0.0) {
+                ++outside;
+            } else {
+                count[size_t(t)] += 1;
+            }
+            repeat += got[size_t(i)].token == again[size_t(i)].token;
+        }
+        // Bins with fewer than 5 expected draws are pooled into one.
+        double chi2 = 0.0, pool_e = 0.0, pool_o = 0.0;
+        int    bins = 0;
+        for (int32_t t = 0; t < V; ++t) {
+            const double e = prob[size_t(t)] * N;
+            if (e == 0.0) continue;
+            if (e < 5.0) {
+                pool_e += e;
+                pool_o += count[size_t(t)];
+                continue;
+            }
+            chi2 += (count[size_t(t)] - e) * (count[size_t(t)] - e) / e;
+            ++bins;
+        }
+        if (pool_e > 0.0) {
+            chi2 += (pool_o - pool_e) * (pool_o - pool_e) / pool_e;
+            ++bins;
+        }
+        const int df = std::max(bins - 1, 1);
+        CHECK(outside == 0 && chi2 <= chi2_critical(df),
+              "sample %-52s %d draws: chi2 %.1f (df %d, 1e-4 critical %.1f), %d outside the host's %zu kept", c.name,
+              N, chi2, df, chi2_critical(df), outside, sc.cand.size());
+        CHECK(repeat == N, "sample %-52s same seed and counters twice: %d/%d tokens equal", c.name, repeat, N);
+    }
+}
+
 // The whole model through the public API: CUDA logits vs the CPU reference ops on the same checkpoint.
 void test_model() {
     const std::string dir = minicpm_test::make_temp_dir("cuda-model");
@@ -355,6 +512,8 @@ int main(int argc, char ** argv) {
         test_elementwise(*be);
         test_matmul(*be);
         test_kv_attention(*be);
+        test_sample_greedy(*be);
+        test_sample_distribution(*be);
         test_model();
         if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) perf(*be);
     } catch (const std::exception & e) {
