@@ -376,9 +376,11 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         b.n_segs = int32_t(segs_.size());
         b.logit_rows = logit_rows_.data();
         b.n_logit_rows = int32_t(logit_rows_.size());
-        logits_.resize(logit_rows_.size() * size_t(n_vocab_));
+        bool on_device = device_sampling_rows();
+        b.logits_on_device = on_device;
+        logits_.resize(on_device ? 0 : logit_rows_.size() * size_t(n_vocab_));
         const int64_t t_fwd = minicpm_time_us();
-        model_.forward(*be_, ws_, kv_, b, logits_.data());
+        model_.forward(*be_, ws_, kv_, b, on_device ? nullptr : logits_.data());
         t_forward_us_ += uint64_t(minicpm_time_us() - t_fwd);
         t_attention_us_ = uint64_t(ws_.attn_us);
 
@@ -397,7 +399,13 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         results_.assign(to_sample.size(), {});
         paths_.assign(to_sample.size(), {});
         sample_errors_.assign(to_sample.size(), std::string());
-        host_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
+        if (on_device && !sample_on_device(to_sample.size())) {
+            // The backend has no sampler after all: fetch the logits and sample on the host.
+            logits_.resize(logit_rows_.size() * size_t(n_vocab_));
+            be_->download(logits_.data(), ws_.buf, ws_.logits_offset, logits_.size() * sizeof(float));
+            on_device = false;
+        }
+        if (!on_device) host_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
             const batch_entry & e = *to_sample[size_t(k)];
             std::vector<sample_result> & out = results_[size_t(k)];
             std::vector<int32_t> &       path = paths_[size_t(k)];
@@ -482,6 +490,42 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         observer(trace);
         lk.lock();
     }
+}
+
+// Device sampling serves a step when the backend keeps activations off the host and every sampling entry is
+// one plain row (no drafts to verify, no constraint mask) whose request the device sampler covers. Fills
+// dev_rows_ / dev_adjust_ in the order of the logit rows.
+bool scheduler::device_sampling_rows() {
+    dev_rows_.clear();
+    dev_adjust_.clear();
+    if (be_->host_memory()) return false;
+    for (const batch_entry & e : entries_) {
+        if (!e.samples) continue;
+        if (e.n_draft > 0 || e.r->masked) return false;
+        dev_rows_.emplace_back();
+        if (!e.r->smp.device_row(dev_rows_.back(), dev_adjust_)) return false;
+    }
+    return !dev_rows_.empty() && dev_rows_.size() == logit_rows_.size();
+}
+
+// Samples the step's rows on the device (ws_.logits): only the ids and logprobs come back.
+bool scheduler::sample_on_device(size_t n_entries) {
+    dev_out_.resize(dev_rows_.size());
+    if (n_entries != dev_rows_.size() ||
+        !be_->sample(ws_.logits, n_vocab_, dev_rows_.data(), int32_t(dev_rows_.size()), dev_adjust_.data(),
+                     int32_t(dev_adjust_.size()), dev_out_.data()))
+        return false;
+    for (size_t k = 0; k < n_entries; ++k) {
+        if (dev_out_[k].token < 0) {
+            sample_errors_[k] = "sampling: every token is forbidden (logits all -inf or NaN)";
+            continue;
+        }
+        sample_result rs;
+        rs.token = dev_out_[k].token;
+        rs.logprob = dev_out_[k].logprob;
+        results_[k].push_back(rs);
+    }
+    return true;
 }
 
 void scheduler::apply_cancels() {

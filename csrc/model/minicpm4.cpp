@@ -204,7 +204,10 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
     // outside the rope table, the batch or the pool).
     if (T <= 0 || batch.n_segs <= 0 || !batch.tokens || !batch.segs)
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: empty batch");
-    if (R < 0 || (R > 0 && (!batch.logit_rows || !logits)))
+    const bool   direct = be.host_memory();  // the head writes straight into the caller's logits
+    const bool   keep = batch.logits_on_device && !direct;
+    ws.logits = nullptr;
+    if (R < 0 || (R > 0 && (!batch.logit_rows || (!logits && !keep))))
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: logit rows without a destination");
     ws.pos.resize(size_t(T));
     int64_t covered = 0;
@@ -284,7 +287,6 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
         off += round_up(n);
         return at;
     };
-    const bool   direct = be.host_memory();  // the head writes straight into the caller's logits
     const size_t o_x = take(size_t(T) * H), o_a = take(size_t(T) * H);
     const size_t o_q = take(size_t(T) * nh * hd), o_k = take(size_t(T) * nkv * hd), o_v = take(size_t(T) * nkv * hd);
     const size_t o_att = take(size_t(T) * nh * hd), o_o = take(size_t(T) * H);
@@ -397,6 +399,11 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
     float * out = base + o_logits;
     be.matmul(out, rows, w.head, R);
     cb("result_output", -1, out, R, c.n_vocab);
+    if (keep) {
+        ws.logits = out;
+        ws.logits_offset = o_logits * sizeof(float);
+        return;
+    }
     be.download(logits, ws.buf, o_logits * sizeof(float), size_t(R) * size_t(c.n_vocab) * sizeof(float));
     be.synchronize();
 }

@@ -32,6 +32,9 @@ struct batch_view {
     int32_t            n_logit_rows = 0;
     forward_hook       hook = nullptr;  // optional, see forward_hook
     void *             hook_user = nullptr;
+    // A device backend leaves the logits in the workspace (forward_workspace::logits) instead of copying
+    // them to the host: for callers that sample on the device. Ignored on a host-memory backend.
+    bool               logits_on_device = false;
 };
 
 // The cos/sin table for positions [0, n_ctx_train) (layout as backend::rope), built the way HF builds its
@@ -48,6 +51,10 @@ struct forward_workspace {
     // compressed keys are maintained and the first stale slot of each.
     std::vector<kv_segment> dense_segs, sparse_segs, comp_segs;
     std::vector<int32_t>    comp_from;
+    // After a forward with batch.logits_on_device on a device backend: its [n_logit_rows, n_vocab] logits,
+    // in the backend's memory, at byte logits_offset of buf; nullptr otherwise.
+    const float * logits = nullptr;
+    size_t        logits_offset = 0;
     // Wall time spent in attention ops (dense and sparse, incl. compression) by forward(), accumulated.
     int64_t attn_us = 0;
 };
