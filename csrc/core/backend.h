@@ -101,10 +101,17 @@ struct sample_out {
     float   logprob = 0.0f;
 };
 
+// Device memory as a device backend sees it: free and total on the device when its arena was made (before
+// it), the arena's size and what is left in it. All zero on the CPU.
+struct device_memory_info {
+    uint64_t device_free = 0, device_total = 0, arena = 0, arena_free = 0;
+};
+
 struct backend_options {
     int32_t     n_threads = 0;         // 0 = physical cores
     bool        reference = false;     // run the plain reference ops (tests)
     const char * kernels = nullptr;    // CPU kernel family to force (e.g. "avx2"); nullptr = best for this CPU
+    uint64_t    memory_limit = 0;      // CUDA: bytes of the device arena; 0 = 90% of the free device memory
 };
 
 class backend {
@@ -132,6 +139,7 @@ class backend {
     virtual void copy(const buffer & dst, size_t dst_offset, const buffer & src, size_t src_offset, size_t bytes) = 0;
     virtual void fill_zero(const buffer & dst, size_t offset, size_t bytes) = 0;
     virtual void synchronize() = 0;  // every op issued so far has finished
+    virtual device_memory_info device_memory() const { return {}; }
 
     // ---- ops (pointers are addresses inside this backend's buffers).
     // y[T,N] = x[T,K] . W[N,K]^T, W in its stored format (f32, f16, bf16, q8, q4).

@@ -1,6 +1,7 @@
 // The CUDA backend: device buffers, one stream, the kernels of csrc/cuda/*.cu. Batch metadata (segments, block
 // tables, masks) arrives as host memory and is flattened into one row table per batch, uploaded once and
 // reused by every layer's kv_store and attention.
+#include "cuda/arena.cuh"
 #include "cuda/ops.cuh"
 
 #include <algorithm>
@@ -28,10 +29,10 @@ class cuda_backend final : public backend {
             fail(MINICPM_STATUS_UNSUPPORTED, std::string("backend cuda: ") + prop.name + " is compute capability " +
                                                  std::to_string(prop.major) + "." + std::to_string(prop.minor) +
                                                  "; sm_80 or newer is needed (bf16 tensor cores)");
+        arena_ = cuda::device_arena::acquire(o.memory_limit);
         MINICPM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         name_ = std::string("cuda ") + prop.name;
         n_sms_ = prop.multiProcessorCount;
-        (void) o;
     }
     ~cuda_backend() override {
         release(rows_dev_);
@@ -55,18 +56,19 @@ class cuda_backend final : public backend {
         buffer b;
         b.usage = usage;
         if (bytes == 0) return b;
-        const cudaError_t e = cudaMalloc(&b.data, bytes);
-        if (e != cudaSuccess) {
-            cudaGetLastError();  // clear the sticky allocation error
-            fail(MINICPM_STATUS_OUT_OF_MEMORY, "backend cuda: cannot allocate " + std::to_string(bytes) +
-                                                   " bytes of device memory: " + cudaGetErrorString(e));
-        }
+        static const char * const names[] = {"weights", "KV cache", "activations"};
+        b.data = arena_->take(bytes, names[int(usage)]);
         b.size = bytes;
         MINICPM_CUDA_CHECK(cudaMemsetAsync(b.data, 0, bytes, stream_));
         return b;
     }
     void release(buffer & b) override {
-        if (b.data && b.owned) cudaFree(b.data);
+        if (b.data && b.owned) {
+            // A kernel in flight may still use the range about to be handed out again. Not checked: release
+            // runs in destructors, and a failed stream fails the next op anyway.
+            cudaStreamSynchronize(stream_);
+            arena_->give(b.data);
+        }
         b = buffer{};
     }
     buffer import_weights(const void * host, size_t bytes) override {
@@ -96,6 +98,7 @@ class cuda_backend final : public backend {
         if (n) MINICPM_CUDA_CHECK(cudaMemsetAsync((uint8_t *) dst.data + off, 0, n, stream_));
     }
     void synchronize() override { MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+    device_memory_info device_memory() const override { return arena_->info(); }
 
     void matmul(float * y, const float * x, const tensor_desc & w, int64_t T) override {
         const cuda::wdesc d = cuda::to_wdesc(w);
@@ -229,6 +232,7 @@ class cuda_backend final : public backend {
         return int64_t(rows_.size());
     }
 
+    std::shared_ptr<cuda::device_arena> arena_;  // declared first: buffers go back to it before it may go
     cudaStream_t                stream_ = nullptr;
     std::string                 name_;
     int32_t                     n_sms_ = 1;

@@ -22,7 +22,7 @@ static minicpm_event end_event(int32_t reason) {
 
 static void invalid(const std::string & msg) { fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine params: " + msg); }
 
-scheduler::config scheduler::resolve(const model & m, const minicpm_engine_params & p) {
+scheduler::config scheduler::resolve(const model & m, const minicpm_engine_params & p, const backend * be) {
     const model_config & mc = m.config();
     config c{};
     if (p.n_threads < 0) invalid("n_threads must be >= 0 (0 = all cores), got " + std::to_string(p.n_threads));
@@ -43,8 +43,32 @@ scheduler::config scheduler::resolve(const model & m, const minicpm_engine_param
     c.exact_kernels = p.exact_kernels != 0;
     c.prefix_cache = p.prefix_cache != 0;
 
-    const uint64_t kv_bytes = p.kv_bytes > 0 ? p.kv_bytes : (uint64_t(1) << 30);
+    uint64_t       kv_bytes = p.kv_bytes > 0 ? p.kv_bytes : (uint64_t(1) << 30);
     const uint64_t per_block = kv_pool::bytes_per_block(mc, c.kv_type);
+    const device_memory_info dm = be ? be->device_memory() : device_memory_info{};
+    if (dm.arena > 0) {
+        // A device backend: the KV pool and the activations come out of the arena that holds the weights.
+        // Kept back: the workspace of a step of one prompt chunk beside every decode row, the tensor-core
+        // copy of its activations, the device sampler's keys, and 64 MiB for smaller scratch.
+        const int64_t  T = int64_t(c.n_chunk) + c.n_batch_max;
+        const uint64_t reserve = uint64_t(m.workspace_bytes(T, c.n_batch_max)) +
+                                 uint64_t(T) * uint64_t(std::max(mc.n_embd, mc.n_ff)) * 2 +
+                                 uint64_t(c.n_batch_max) * uint64_t(mc.n_vocab) * 4 + (uint64_t(64) << 20);
+        const uint64_t room = dm.arena_free > reserve ? dm.arena_free - reserve : 0;
+        const std::string where = "the device arena has " + std::to_string(dm.arena_free >> 20) +
+                                  " MiB free after the weights, " + std::to_string(reserve >> 20) +
+                                  " MiB of it kept for the activations of a " + std::to_string(T) + "-row step";
+        if (room < per_block)
+            fail(MINICPM_STATUS_OUT_OF_MEMORY, "engine: no room for a KV block: " + where +
+                                                   "; raise the model's device_memory or lower n_chunk");
+        if (p.kv_bytes == 0) {
+            kv_bytes = room;
+        } else if (p.kv_bytes > room) {
+            fail(MINICPM_STATUS_OUT_OF_MEMORY, "engine params: kv_bytes " + std::to_string(p.kv_bytes >> 20) +
+                                                   " MiB does not fit: " + where + " (" + std::to_string(room >> 20) +
+                                                   " MiB left for KV)");
+        }
+    }
     const uint64_t budget = kv_bytes / per_block;
     if (budget < 1)
         invalid("kv_bytes " + std::to_string(kv_bytes) + " is smaller than one KV block (" +
@@ -68,11 +92,11 @@ static thread_pool * host_pool_of(backend & be, std::unique_ptr<thread_pool> & o
 }
 
 scheduler::scheduler(const model & m, const minicpm_engine_params & params, const backend_options & opts)
-    : scheduler(m, params, m.make_backend(with_threads(opts, resolve(m, params)))) {}
+    : scheduler(m, params, m.make_backend(with_threads(opts, resolve(m, params, nullptr)))) {}
 
 scheduler::scheduler(const model & m, const minicpm_engine_params & params, std::unique_ptr<backend> be)
     : model_(m),
-      cfg_(resolve(m, params)),
+      cfg_(resolve(m, params, be.get())),
       n_vocab_(m.config().n_vocab),
       eos_ids_(m.config().eos_token_ids),
       be_(std::move(be)),

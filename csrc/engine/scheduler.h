@@ -181,7 +181,9 @@ class scheduler {
         bool     prefix_cache;
         bool     exact_kernels;
     };
-    static config resolve(const model & m, const minicpm_engine_params & p);
+    // be (optional): a device backend's arena sizes the default KV budget (kv_bytes 0: what the arena has
+    // left after the weights and a step's activations) and bounds an explicit one.
+    static config resolve(const model & m, const minicpm_engine_params & p, const backend * be);
     static backend_options with_threads(backend_options o, const config & c);
 
     const model &                model_;

@@ -72,6 +72,7 @@ struct model_load_options {
     int32_t quant_group_size = 128;
     bool    quantize_head = true;
     int32_t sparse = 0;  // enum minicpm_sparse_mode: InfLLM v2 as config.json says, or forced on / off
+    uint64_t device_memory = 0;  // CUDA: the device arena's size (backend_options::memory_limit)
 };
 
 class model {
@@ -98,6 +99,10 @@ class model {
 
     // A backend for a context or an engine: same kind as the weights, its own threads and buffers.
     std::unique_ptr<backend> make_backend(const backend_options & opts) const;
+    // Bytes of the forward workspace of a batch of T rows with R logit rows on a device backend.
+    size_t workspace_bytes(int64_t T, int32_t R) const;
+    // The device arena as the model's backend sees it (all zero on the CPU).
+    device_memory_info device_memory() const { return loader_->device_memory(); }
 
     // Writes n_logit_rows x n_vocab f32 logits (already divided by the logit divisor) into the host array
     // logits. be must come from make_backend(); ws is grown on be as needed. Validates the batch (segments,

@@ -579,6 +579,63 @@ void test_engine_sampling() {
     minicpm_test::remove_dir(dir);
 }
 
+// The device arena: sized by the first CUDA backend of the process (here the model load's, before any other
+// exists), reported in model_info, bounding weights (a clear load error) and the engine's KV budget.
+void test_arena() {
+    const std::string dir = minicpm_test::make_temp_dir("cuda-arena");
+    minicpm_test::tiny_model_spec spec;
+    minicpm_test::write_tiny_model(dir, spec);
+    char why[512] = "";
+    minicpm_model_params mp;
+    minicpm_model_default_params(&mp);
+    mp.backend = MINICPM_BACKEND_CUDA;
+    mp.device_memory = 64 << 10;
+    minicpm_model_t * m = nullptr;
+    int32_t rc = minicpm_model_load(dir.c_str(), &mp, &m);
+    minicpm_last_error(why, int32_t(sizeof(why)));
+    CHECK(rc == MINICPM_STATUS_OUT_OF_MEMORY && std::strstr(why, "weights") && std::strstr(why, "device arena"),
+          "load with a 64 KiB device arena: status %d: %s", rc, why);
+    mp.device_memory = uint64_t(1) << 50;
+    rc = minicpm_model_load(dir.c_str(), &mp, &m);
+    minicpm_last_error(why, int32_t(sizeof(why)));
+    CHECK(rc == MINICPM_STATUS_OUT_OF_MEMORY && std::strstr(why, "exceeds"), "load with a 1 PiB limit: status %d: %s",
+          rc, why);
+    mp.device_memory = uint64_t(256) << 20;
+    rc = minicpm_model_load(dir.c_str(), &mp, &m);
+    struct minicpm_model_info info;
+    info.size = sizeof(info);
+    const bool loaded = rc == MINICPM_STATUS_OK && minicpm_model_info(m, &info) == MINICPM_STATUS_OK;
+    CHECK(loaded && info.device_arena_bytes == mp.device_memory && info.device_memory_total >= info.device_memory_free &&
+              info.device_memory_free > 0 && info.device_arena_free + info.weight_bytes <= info.device_arena_bytes,
+          "load with a 256 MiB arena: arena %llu MiB, %llu MiB left after %llu MiB of weights; device %llu of %llu MiB "
+          "free at load",
+          (unsigned long long) (info.device_arena_bytes >> 20), (unsigned long long) (info.device_arena_free >> 20),
+          (unsigned long long) (info.weight_bytes >> 20), (unsigned long long) (info.device_memory_free >> 20),
+          (unsigned long long) (info.device_memory_total >> 20));
+    if (loaded) {
+        minicpm_engine_params ep;
+        minicpm_engine_default_params(&ep);
+        ep.n_ctx = 256;
+        ep.kv_bytes = uint64_t(1) << 30;
+        minicpm_engine_t * eng = nullptr;
+        rc = minicpm_engine_init(m, &ep, &eng);
+        minicpm_last_error(why, int32_t(sizeof(why)));
+        CHECK(rc == MINICPM_STATUS_OUT_OF_MEMORY && std::strstr(why, "kv_bytes"),
+              "engine with kv_bytes 1 GiB in a 256 MiB arena: status %d: %s", rc, why);
+        ep.kv_bytes = 0;
+        ep.n_batch_max = 4;
+        rc = minicpm_engine_init(m, &ep, &eng);
+        struct minicpm_engine_stats st;
+        st.size = sizeof(st);
+        const bool up = rc == MINICPM_STATUS_OK && minicpm_engine_stats(eng, &st) == MINICPM_STATUS_OK;
+        CHECK(up && st.kv_tokens_total == 4 * 256, "engine with the default KV budget: status %d, %d KV tokens (want "
+              "4 x 256: all that the requests can use)", rc, up ? st.kv_tokens_total : -1);
+        minicpm_engine_free(eng);
+    }
+    minicpm_model_free(m);
+    minicpm_test::remove_dir(dir);
+}
+
 void perf(backend & be) {
     device dv{be};
     const int64_t N = 73448, K = 1024;  // the MiniCPM4-0.5B LM head
@@ -608,12 +665,19 @@ void perf(backend & be) {
 }  // namespace
 
 int main(int argc, char ** argv) {
+    try {
+        make_backend(backend_kind::cuda, backend_options{});  // gone at once, and with it its device arena
+    } catch (const error & e) {
+        std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
+        return 77;
+    }
+    test_arena();  // first: the arena is made by the first CUDA backend alive
     std::unique_ptr<backend> be;
     try {
         be = make_backend(backend_kind::cuda, backend_options{});
     } catch (const error & e) {
-        std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
-        return 77;
+        CHECK(false, "CUDA backend: %s", e.what());
+        return minicpm_test::finish();
     }
     std::printf("backend: %s\n", be->name());
     try {
