@@ -168,6 +168,46 @@ void test_matmul(backend & be) {
             }
         }
     }
+    // Quantized weights read packed (group-ordered columns, groups of whole 16-byte loads): q8 with f16 and
+    // bf16 scales, q4 with zero points and without (8), decode and small-batch rows.
+    struct qcase {
+        dtype   type, scale_type;
+        int64_t N, K, group;
+        bool    zeros;
+    };
+    const qcase qcases[] = {{dtype::q8, dtype::f16, 72, 512, 128, false},
+                            {dtype::q8, dtype::bf16, 33, 1024, 32, false},
+                            {dtype::q4, dtype::f16, 72, 512, 128, true},
+                            {dtype::q4, dtype::f16, 40, 2048, 64, false},
+                            {dtype::q4, dtype::bf16, 129, 256, 32, true}};
+    for (const qcase & qc : qcases) {
+        const int64_t G = qc.K / qc.group;
+        std::vector<uint8_t> q(qc.type == dtype::q8 ? size_t(qc.N * qc.K) : size_t(qc.N * qc.K / 2));
+        for (auto & b : q) b = uint8_t(g_rng());
+        const auto sc = raw(rnd(size_t(qc.N * G), 0.01f, 0.05f), qc.scale_type);
+        std::vector<uint8_t> z(size_t(qc.N * G));
+        for (auto & b : z) b = uint8_t(g_rng() % 16);
+        tensor_desc hw = plain(qc.type, qc.N, qc.K, q.data());
+        hw.group_size = int32_t(qc.group);
+        hw.scale_type = qc.scale_type;
+        hw.scales = sc.data();
+        if (qc.zeros) hw.zeros = z.data();
+        tensor_desc dw = hw;
+        dw.data = dv.put(q);
+        dw.scales = dv.put(sc);
+        if (qc.zeros) dw.zeros = dv.put(z);
+        for (int64_t T : {1, 5, 8, 19}) {
+            const auto x = rnd(size_t(T * qc.K));
+            std::vector<float> yr(size_t(T * qc.N));
+            ref_matmul(yr.data(), x.data(), hw, T);
+            float * yd = dv.zeros(yr.size());
+            be.matmul(yd, dv.put(x), dw, T);
+            expect(std::string("matmul packed ") + dtype_name(qc.type) + " scales " + dtype_name(qc.scale_type) +
+                       " N=" + std::to_string(qc.N) + " K=" + std::to_string(qc.K) + " group " +
+                       std::to_string(qc.group) + (qc.zeros ? " zeros" : "") + " T=" + std::to_string(T),
+                   yr, dv.get(yd, yr.size()), 1e-10);
+        }
+    }
     // Quantized weights (q8 symmetric; q4 with zeros and a g_idx permutation), dequantized on the fly.
     for (dtype qt : {dtype::q8, dtype::q4}) {
         const int64_t N = 40, K = 256, G = 4;
@@ -636,28 +676,98 @@ void test_arena() {
     minicpm_test::remove_dir(dir);
 }
 
+// Seconds per call of fn, after one warm-up call, averaged over reps.
+template <typename F> double time_calls(backend & be, int reps, F && fn) {
+    fn();
+    be.synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) fn();
+    be.synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
+// `test-cuda --perf` (scripts/gpu-check.sh): GEMV GB/s per weight format, tensor-core GEMM TFLOP/s, split-K
+// decode attention (KV GB/s) and the device sampler, on MiniCPM4 shapes. Weights are a constant pattern: only
+// the time matters here.
 void perf(backend & be) {
     device dv{be};
-    const int64_t N = 73448, K = 1024;  // the MiniCPM4-0.5B LM head
-    const std::vector<uint8_t> w(size_t(N * K) * 2, 0x3c);
-    const tensor_desc dw = plain(dtype::bf16, N, K, dv.put(w));
-    for (int64_t T : {int64_t(1), int64_t(512)}) {
-        const auto x = rnd(size_t(T * K));
-        float * xd = dv.put(x);
-        float * yd = dv.zeros(size_t(T * N));
-        be.matmul(yd, xd, dw, T);
-        be.synchronize();
-        const int reps = T == 1 ? 50 : 10;
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < reps; ++i) be.matmul(yd, xd, dw, T);
-        be.synchronize();
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
-        if (T == 1) {
-            std::printf("perf: GEMV bf16 %lldx%lld: %.1f GB/s (%.3f ms)\n", (long long) N, (long long) K,
-                        double(N * K * 2) / s / 1e9, s * 1e3);
-        } else {
-            std::printf("perf: GEMM bf16 T=%lld %lldx%lld: %.1f TFLOP/s (%.3f ms)\n", (long long) T, (long long) N,
-                        (long long) K, 2.0 * double(T * N * K) / s / 1e12, s * 1e3);
+    {
+        const int64_t N = 73448, K = 1024;  // the MiniCPM4-0.5B LM head
+        const std::vector<uint8_t> w(size_t(N * K) * 2, 0x3c);
+        const tensor_desc dw = plain(dtype::bf16, N, K, dv.put(w));
+        for (int64_t T : {int64_t(1), int64_t(512), int64_t(2048)}) {
+            float * xd = dv.put(rnd(size_t(T * K)));
+            float * yd = dv.zeros(size_t(T * N));
+            const double s = time_calls(be, T == 1 ? 50 : 10, [&] { be.matmul(yd, xd, dw, T); });
+            if (T == 1) {
+                std::printf("perf: GEMV bf16 %lldx%lld: %.1f GB/s (%.3f ms)\n", (long long) N, (long long) K,
+                            double(N * K * 2) / s / 1e9, s * 1e3);
+            } else {
+                std::printf("perf: GEMM bf16 T=%lld %lldx%lld: %.1f TFLOP/s (%.3f ms)\n", (long long) T, (long long) N,
+                            (long long) K, 2.0 * double(T * N * K) / s / 1e12, s * 1e3);
+            }
+        }
+    }
+    {
+        const int64_t N = 14336, K = 4096, G = K / 128;  // an 8B-shaped FFN projection, groups of 128
+        const std::vector<uint8_t> w16(size_t(N * K) * 2, 0x3c), w8(size_t(N * K), 0x11), w4(size_t(N * K / 2), 0x87);
+        const std::vector<uint8_t> sc(size_t(N * G) * 2, 0x1c), zp(size_t(N * G), 8);
+        float * xd = dv.put(rnd(size_t(K)));
+        float * yd = dv.zeros(size_t(N));
+        for (dtype t : {dtype::bf16, dtype::q8, dtype::q4}) {
+            tensor_desc dw = plain(t, N, K, dv.put(t == dtype::bf16 ? w16 : t == dtype::q8 ? w8 : w4));
+            size_t bytes = t == dtype::bf16 ? w16.size() : t == dtype::q8 ? w8.size() : w4.size();
+            if (t != dtype::bf16) {
+                dw.group_size = 128;
+                dw.scale_type = dtype::f16;
+                dw.scales = dv.put(sc);
+                bytes += sc.size();
+                if (t == dtype::q4) {
+                    dw.zeros = dv.put(zp);
+                    bytes += zp.size();
+                }
+            }
+            const double s = time_calls(be, 50, [&] { be.matmul(yd, xd, dw, 1); });
+            std::printf("perf: GEMV %s %lldx%lld T=1: %.1f GB/s (%.3f ms)\n", dtype_name(t), (long long) N,
+                        (long long) K, double(bytes) / s / 1e9, s * 1e3);
+        }
+    }
+    {
+        const int32_t nh = 32, nkv = 2, hd = 128;  // 8B attention, bf16 KV
+        for (int32_t ctx : {4096, 32768}) {
+            for (int32_t R : {1, 8}) {
+                const int32_t per_seq = (ctx + 63) / 64, nb = per_seq * R;
+                const size_t  pool = size_t(nb) * nkv * 64 * hd * 2;
+                const std::vector<uint8_t> fill(pool, 0x3c);
+                const kv_layer kv = {dtype::bf16, dv.put(fill), dv.put(fill), nkv, hd};
+                std::vector<int32_t> table(static_cast<size_t>(nb));
+                for (int32_t i = 0; i < nb; ++i) table[size_t(i)] = i;
+                std::vector<kv_segment> segs;
+                for (int32_t r = 0; r < R; ++r) segs.push_back({r, 1, ctx - 1, table.data() + size_t(r) * per_seq, nullptr});
+                float * qd = dv.put(rnd(size_t(R) * nh * hd));
+                float * od = dv.zeros(size_t(R) * nh * hd);
+                const double s = time_calls(be, 20, [&] { be.attention(od, qd, kv, segs.data(), R, nh, 0.088f); });
+                std::printf("perf: attention decode nh=%d nkv=%d hd=%d ctx=%d rows=%d: %.1f GB/s of KV (%.3f ms)\n", nh,
+                            nkv, hd, ctx, R, double(R) * ctx * nkv * hd * 2 * 2 / s / 1e9, s * 1e3);
+            }
+        }
+    }
+    {
+        const int32_t V = 73448;
+        for (int32_t R : {1, 32}) {
+            const float * ld = dv.put(rnd(size_t(R) * V, -10, 10));
+            for (bool greedy : {true, false}) {
+                std::vector<sample_row> rows(static_cast<size_t>(R));
+                for (auto & r : rows) {
+                    r.temperature = greedy ? 0.0f : 0.8f;
+                    r.top_p = greedy ? 1.0f : 0.9f;
+                    r.top_k = greedy ? 0 : 50;
+                }
+                std::vector<sample_out> out(static_cast<size_t>(R));
+                const double s = time_calls(be, 20, [&] { be.sample(ld, V, rows.data(), R, nullptr, 0, out.data()); });
+                std::printf("perf: sample V=%d rows=%d %s: %.1f us per call (ids copied back)\n", V, R,
+                            greedy ? "greedy" : "top-k 50 top-p 0.9", s * 1e6);
+            }
         }
     }
 }
