@@ -182,9 +182,9 @@ class backend {
     // dst[r, :] = src[rows[r], :] for r < R; rows of H floats.
     virtual void get_rows(float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) = 0;
     // Draws one token per row of logits[R, n_vocab] (backend memory) and writes R results to out (host memory):
-    // only the chosen ids travel. Top-p keeps every token tied with the last one it needs (the host sampler
-    // keeps the lower ids); the draw scans ids in order (the host scans its candidate order), so a seed gives
-    // the same distribution as the host sampler, not the same tokens. Returns false, doing nothing, on a
+    // only the chosen ids travel. The kept tokens are the host sampler's (up to the rounding of mass sums);
+    // the draw scans ids in order with a counter-based RNG (the host scans its candidate order with its own
+    // stream), so a seed gives the same distribution as the host sampler, not the same tokens. Returns false, doing nothing, on a
     // backend without a device sampler (the caller downloads the logits and samples on the host).
     virtual bool sample(const float * logits, int32_t n_vocab, const sample_row * rows, int32_t R,
                         const sample_adjust * adjust, int32_t n_adjust, sample_out * out) {

@@ -5,7 +5,8 @@
 // Selections are thresholds found by bisection over the bits of an order-preserving 32-bit key of
 // x = (l - l_max) / T, each step one counting (or mass-summing) pass over the row, so nothing is sorted:
 //   top-k: the largest key with at least k keys above or at it, ties at it cut by id (as the host);
-//   top-p: the largest key whose mass at or above it reaches top_p of the total (ties at it all kept).
+//   top-p: the largest key whose mass at or above it reaches top_p of the total, ties at it cut by id until
+//   the mass is reached (as the host).
 // Random numbers: Philox4x32-10 keyed by the request's seed at its draw counter (counter-based, so a row's
 // draw does not depend on the batch it runs in).
 #include "cuda/ops.cuh"
@@ -166,11 +167,27 @@ __global__ void sample_kernel(uint32_t * keys, const float * logits, int32_t V, 
             for (int b = 31; b >= 0; --b) {
                 const uint32_t c = thr | (1u << b);
                 const double m = mass_at_least(key, V, c, rs);
-                if (m >= target && m > 0.0) thr = c;  // top_p = 0 still keeps the best token
+                if (m >= target && m > 0.0) thr = c;
+            }
+            // Ties at thr: the lowest ids, at least one (top_p = 0 keeps the best token), until the mass reaches
+            // the target, as the host adds its sorted candidates.
+            const double above = thr == 0xffffffffu ? 0.0 : mass_at_least(key, V, thr + 1, rs);
+            const float  w_thr = expf(key_value(thr));
+            int32_t      lo = 0, hi = V;
+            while (lo < hi) {
+                const int32_t mid = (lo + hi) / 2;
+                int32_t       c = 0;
+                for (int32_t i = threadIdx.x; i < mid; i += blockDim.x) c += key[i] == thr;
+                const int32_t n_tied = block_reduce(c, [](int32_t a, int32_t b) { return a + b; }, rs.i);
+                if (n_tied >= 1 && above + double(n_tied) * w_thr >= target) {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
             }
             __syncthreads();
             for (int32_t i = threadIdx.x; i < V; i += blockDim.x)
-                if (key[i] < thr) key[i] = 0u;
+                if (key[i] < thr || (key[i] == thr && i >= lo)) key[i] = 0u;
             __syncthreads();
         }
         if (p.min_p > 0.0f) {  // weight = p_i / p_max, unchanged by renormalising

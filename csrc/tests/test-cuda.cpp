@@ -388,21 +388,29 @@ double chi2_critical(int df) {
 void test_sample_distribution(backend & be) {
     device dv{be};
     const int32_t V = 64, N = 40000;
-    const std::vector<float> one = rnd(size_t(V), -3, 3);
-    std::vector<float> logits;
-    for (int32_t i = 0; i < N; ++i) logits.insert(logits.end(), one.begin(), one.end());
-    const float * dlogits = dv.put(logits);
+    // Smooth logits, and logits on a grid of 1/2 where many tie (top-k and top-p then cut ties by id).
+    std::vector<float> smooth = rnd(size_t(V), -3, 3), tied = smooth;
+    for (float & x : tied) x = std::round(x * 2) / 2;
+    std::vector<float> logits[2];
+    for (int32_t i = 0; i < N; ++i) {
+        logits[0].insert(logits[0].end(), smooth.begin(), smooth.end());
+        logits[1].insert(logits[1].end(), tied.begin(), tied.end());
+    }
+    const float * dlogits[2] = {dv.put(logits[0]), dv.put(logits[1])};
     struct scase {
         const char * name;
         float        temp, top_p, min_p;
         int32_t      top_k;
-        bool         penalties;
+        bool         penalties, ties;
     };
-    const scase cases[] = {{"T=0.7 top_k=20", 0.7f, 1.0f, 0.0f, 20, false},
-                           {"T=1 top_p=0.8", 1.0f, 0.8f, 0.0f, 0, false},
-                           {"T=1.3 top_k=40 top_p=0.9 min_p=0.05 penalties bias", 1.3f, 0.9f, 0.05f, 40, true},
-                           {"T=0.5 min_p=0.2", 0.5f, 1.0f, 0.2f, 0, false}};
+    const scase cases[] = {{"T=0.7 top_k=20", 0.7f, 1.0f, 0.0f, 20, false, false},
+                           {"T=1 top_p=0.8", 1.0f, 0.8f, 0.0f, 0, false, false},
+                           {"T=1.3 top_k=40 top_p=0.9 min_p=0.05 penalties bias", 1.3f, 0.9f, 0.05f, 40, true, false},
+                           {"T=0.5 min_p=0.2", 0.5f, 1.0f, 0.2f, 0, false, false},
+                           {"T=1 top_k=12 ties", 1.0f, 1.0f, 0.0f, 12, false, true},
+                           {"T=0.8 top_p=0.7 ties", 0.8f, 0.7f, 0.0f, 0, false, true}};
     for (const scase & c : cases) {
+        const std::vector<float> & one = c.ties ? tied : smooth;
         minicpm_sampling_params sp;
         default_sampling_params(sp);
         sp.temperature = c.temp;
@@ -438,8 +446,8 @@ void test_sample_distribution(backend & be) {
             rows[size_t(i)].counter = uint64_t(i);
         }
         std::vector<sample_out> got(N), again(N);
-        be.sample(dlogits, V, rows.data(), N, adjust.data(), int32_t(adjust.size()), got.data());
-        be.sample(dlogits, V, rows.data(), N, adjust.data(), int32_t(adjust.size()), again.data());
+        be.sample(dlogits[c.ties], V, rows.data(), N, adjust.data(), int32_t(adjust.size()), got.data());
+        be.sample(dlogits[c.ties], V, rows.data(), N, adjust.data(), int32_t(adjust.size()), again.data());
         std::vector<double> count(size_t(V), 0.0);
         int32_t outside = 0, repeat = 0;
         for (int32_t i = 0; i < N; ++i) {
