@@ -137,6 +137,15 @@ __global__ void attention_split_kernel(float * part_o, float * part_ml, const fl
     float acc[k_split_own];
 #pragma unroll
     for (int i = 0; i < k_split_own; ++i) acc[i] = 0.0f;
+    // fn(i, g, d) for each (query head g, dim d) this thread accumulates, in acc[i] (unrolled: acc stays in
+    // registers).
+    const auto each_owned = [&](auto && fn) {
+#pragma unroll
+        for (int i = 0; i < k_split_own; ++i) {
+            const int e = threadIdx.x + i * blockDim.x;
+            if (e < G * hd) fn(i, e / hd, e % hd);
+        }
+    };
     __syncthreads();
     for (int32_t c0 = s0; c0 < s1; c0 += k_split_chunk) {
         const int32_t n = min(k_split_chunk, s1 - c0);
@@ -181,28 +190,18 @@ __global__ void attention_split_kernel(float * part_o, float * part_ml, const fl
             }
         }
         __syncthreads();
-#pragma unroll
-        for (int i = 0; i < k_split_own; ++i) {
-            const int e = threadIdx.x + i * blockDim.x;
-            if (e < G * hd) {
-                const int     g = e / hd, d = e % hd;
-                const float * pg = ps + g * k_split_chunk;
-                float         a = acc[i] * al[g];
-                for (int s = 0; s < n; ++s) a += pg[s] * kv[s * ld + d];
-                acc[i] = a;
-            }
-        }
+        each_owned([&](int i, int g, int d) {
+            const float * pg = ps + g * k_split_chunk;
+            float         a = acc[i] * al[g];
+            for (int s = 0; s < n; ++s) a += pg[s] * kv[s * ld + d];
+            acc[i] = a;
+        });
         __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < k_split_own; ++i) {
-        const int e = threadIdx.x + i * blockDim.x;
-        if (e < G * hd) {
-            const int   g = e / hd, d = e % hd;
-            const float l = ls[g];
-            part_o[((t * nh + h0 + g) * n_parts + part) * hd + d] = l > 0.0f ? acc[i] / l : 0.0f;
-        }
-    }
+    each_owned([&](int i, int g, int d) {
+        const float l = ls[g];
+        part_o[((t * nh + h0 + g) * n_parts + part) * hd + d] = l > 0.0f ? acc[i] / l : 0.0f;
+    });
     for (int g = threadIdx.x; g < G; g += blockDim.x) {
         float * ml = part_ml + ((t * nh + h0 + g) * n_parts + part) * 2;
         ml[0] = ms[g];

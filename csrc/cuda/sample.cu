@@ -61,6 +61,26 @@ __device__ double mass_at_least(const uint32_t * key, int32_t V, uint32_t thr, r
     return block_reduce(m, [](double a, double b) { return a + b; }, rs.d);
 }
 
+// Cuts the row at key thr: every key below it, and the keys equal to it from id limit L on, where L is the
+// smallest limit with enough(number of ties below L) (the host keeps ties in id order).
+template <typename F> __device__ void cut_at(uint32_t * key, int32_t V, uint32_t thr, F enough, reduce_space & rs) {
+    int32_t lo = 0, hi = V;
+    while (lo < hi) {
+        const int32_t mid = (lo + hi) / 2;
+        int32_t       c = 0;
+        for (int32_t i = threadIdx.x; i < mid; i += blockDim.x) c += key[i] == thr;
+        if (enough(block_reduce(c, [](int32_t a, int32_t b) { return a + b; }, rs.i))) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < V; i += blockDim.x)
+        if (key[i] < thr || (key[i] == thr && i >= lo)) key[i] = 0u;
+    __syncthreads();
+}
+
 __device__ uint4 philox(uint64_t seed, uint64_t counter) {
     uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
     uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
@@ -145,21 +165,7 @@ __global__ void sample_kernel(uint32_t * keys, const float * logits, int32_t V, 
             }
             // Ties at thr: the lowest ids, as many as top_k still needs.
             const int32_t need = p.top_k - (thr == 0xffffffffu ? 0 : count_at_least(key, V, thr + 1, rs));
-            int32_t lo = 0, hi = V;  // smallest id limit with `need` ties below it
-            while (lo < hi) {
-                const int32_t mid = (lo + hi) / 2;
-                int32_t       c = 0;
-                for (int32_t i = threadIdx.x; i < mid; i += blockDim.x) c += key[i] == thr;
-                if (block_reduce(c, [](int32_t a, int32_t b) { return a + b; }, rs.i) >= need) {
-                    hi = mid;
-                } else {
-                    lo = mid + 1;
-                }
-            }
-            __syncthreads();
-            for (int32_t i = threadIdx.x; i < V; i += blockDim.x)
-                if (key[i] < thr || (key[i] == thr && i >= lo)) key[i] = 0u;
-            __syncthreads();
+            cut_at(key, V, thr, [need](int32_t n_tied) { return n_tied >= need; }, rs);
         }
         if (p.top_p < 1.0f) {
             const double target = double(p.top_p) * mass_at_least(key, V, 1u, rs);
@@ -173,22 +179,8 @@ __global__ void sample_kernel(uint32_t * keys, const float * logits, int32_t V, 
             // the target, as the host adds its sorted candidates.
             const double above = thr == 0xffffffffu ? 0.0 : mass_at_least(key, V, thr + 1, rs);
             const float  w_thr = expf(key_value(thr));
-            int32_t      lo = 0, hi = V;
-            while (lo < hi) {
-                const int32_t mid = (lo + hi) / 2;
-                int32_t       c = 0;
-                for (int32_t i = threadIdx.x; i < mid; i += blockDim.x) c += key[i] == thr;
-                const int32_t n_tied = block_reduce(c, [](int32_t a, int32_t b) { return a + b; }, rs.i);
-                if (n_tied >= 1 && above + double(n_tied) * w_thr >= target) {
-                    hi = mid;
-                } else {
-                    lo = mid + 1;
-                }
-            }
-            __syncthreads();
-            for (int32_t i = threadIdx.x; i < V; i += blockDim.x)
-                if (key[i] < thr || (key[i] == thr && i >= lo)) key[i] = 0u;
-            __syncthreads();
+            cut_at(key, V, thr, [=](int32_t n_tied) { return n_tied >= 1 && above + double(n_tied) * w_thr >= target; },
+                   rs);
         }
         if (p.min_p > 0.0f) {  // weight = p_i / p_max, unchanged by renormalising
             for (int32_t i = threadIdx.x; i < V; i += blockDim.x)
