@@ -71,7 +71,7 @@ export interface NativeModelOptions {
   quantGroupSize?: number
   /** Quantize the LM head (the embedding when tied) too; default true. */
   quantizeHead?: boolean
-  /** CUDA: bytes of the device arena (weights, KV, activations); default 90% of the free device memory. */
+  /** CUDA: bytes of the device arena (weights, KV, activations); default 90% of the free device memory (half on Jetson). */
   deviceMemory?: number
 }
 

@@ -111,7 +111,7 @@ struct backend_options {
     int32_t     n_threads = 0;         // 0 = physical cores
     bool        reference = false;     // run the plain reference ops (tests)
     const char * kernels = nullptr;    // CPU kernel family to force (e.g. "avx2"); nullptr = best for this CPU
-    uint64_t    memory_limit = 0;      // CUDA: bytes of the device arena; 0 = 90% of the free device memory
+    uint64_t    memory_limit = 0;      // CUDA: bytes of the device arena; 0 = 90% of the free memory (half: Jetson)
 };
 
 class backend {

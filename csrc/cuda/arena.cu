@@ -10,7 +10,7 @@ std::weak_ptr<device_arena> g_arena;
 std::string mib(uint64_t b) { return std::to_string(b >> 20) + " MiB"; }
 }  // namespace
 
-std::shared_ptr<device_arena> device_arena::acquire(uint64_t limit) {
+std::shared_ptr<device_arena> device_arena::acquire(uint64_t limit, bool integrated) {
     std::lock_guard<std::mutex> lk(g_mu);
     if (auto live = g_arena.lock()) return live;
     size_t free_b = 0, total_b = 0;
@@ -18,7 +18,7 @@ std::shared_ptr<device_arena> device_arena::acquire(uint64_t limit) {
     if (limit > free_b)
         fail(MINICPM_STATUS_OUT_OF_MEMORY, "backend cuda: the device memory limit " + mib(limit) + " exceeds the " +
                                                mib(free_b) + " free of " + mib(total_b) + " on the device");
-    const uint64_t size = limit > 0 ? limit : free_b / 10 * 9;
+    const uint64_t size = limit > 0 ? limit : integrated ? free_b / 2 : free_b / 10 * 9;
     std::shared_ptr<device_arena> a(new device_arena());
     const cudaError_t e = cudaMalloc(&a->base_, size);
     if (e != cudaSuccess) {

@@ -1,5 +1,5 @@
 // The process's one device memory arena: a single cudaMalloc made when the first CUDA backend is created,
-// sized from its memory limit (0: 90% of the free device memory), and shared by every CUDA backend alive
+// sized from its memory limit, and shared by every CUDA backend alive
 // (the model's weights, each engine's KV pool and workspace) until the last one goes. Buffers are carved
 // from it first-fit (core/range-alloc.h), so a run allocates no device memory after load and a limit holds.
 #pragma once
@@ -15,9 +15,10 @@ namespace cuda {
 
 class device_arena {
   public:
-    // The live arena, or a new one of `limit` bytes. Throws _OUT_OF_MEMORY when the limit exceeds the free
-    // device memory or cannot be allocated.
-    static std::shared_ptr<device_arena> acquire(uint64_t limit);
+    // The live arena, or a new one of `limit` bytes (0: 90% of the free device memory, half of it on an
+    // integrated GPU such as Jetson, whose device memory is the system's). Throws _OUT_OF_MEMORY when the
+    // limit exceeds the free device memory or cannot be allocated.
+    static std::shared_ptr<device_arena> acquire(uint64_t limit, bool integrated);
     ~device_arena();
 
     // Throws _OUT_OF_MEMORY naming the request, its usage and what the arena has left.

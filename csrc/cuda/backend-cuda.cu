@@ -29,7 +29,7 @@ class cuda_backend final : public backend {
             fail(MINICPM_STATUS_UNSUPPORTED, std::string("backend cuda: ") + prop.name + " is compute capability " +
                                                  std::to_string(prop.major) + "." + std::to_string(prop.minor) +
                                                  "; sm_80 or newer is needed (bf16 tensor cores)");
-        arena_ = cuda::device_arena::acquire(o.memory_limit);
+        arena_ = cuda::device_arena::acquire(o.memory_limit, prop.integrated != 0);
         MINICPM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         name_ = std::string("cuda ") + prop.name;
         n_sms_ = prop.multiProcessorCount;

@@ -145,8 +145,9 @@ struct minicpm_model_params {
     uint8_t  pad1_[3];
     int32_t  sparse;    /* enum minicpm_sparse_mode; default AUTO                                      */
     /* CUDA: bytes of the one device memory arena that holds the weights and every engine's KV pool and
-     * activations, allocated at load; 0 (default) = 90% of the free device memory. A limit above the free
-     * memory, or one that cannot hold the weights, fails the load with _OUT_OF_MEMORY. Ignored on the CPU. */
+     * activations, allocated at load; 0 (default) = 90% of the free device memory (half on an integrated
+     * GPU such as Jetson, which shares the system's memory). A limit above the free memory, or one that
+     * cannot hold the weights, fails the load with _OUT_OF_MEMORY. Ignored on the CPU. */
     uint64_t device_memory;
 };
 

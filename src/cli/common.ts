@@ -143,7 +143,7 @@ export const modelHelp = `Model:
       --backend B          where the engine runs: auto (default: CUDA when built and a GPU is present, else CPU),
                            cpu or cuda (an error when this build or machine has none)
       --gpu-memory SIZE    CUDA: the one device memory arena for weights, KV and activations, allocated at
-                           load (default 90% of the free device memory)
+                           load (default 90% of the free device memory; half on Jetson)
       --exact              CPU kernels with exact f32 products (no bf16 rounding of activations; slower prefill);
                            the same as MINICPM_KERNELS=exact
       --quantize q8|q4     quantize the weights at load (round to nearest; q8 symmetric, q4 asymmetric)

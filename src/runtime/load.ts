@@ -33,7 +33,7 @@ export interface LoadOptions {
   kvBytes?: number
   kvDtype?: KvDtype
   backend?: Backend
-  /** CUDA: bytes of the device memory arena (`--gpu-memory`); default 90% of the free device memory. */
+  /** CUDA: bytes of the device memory arena (`--gpu-memory`); default 90% of the free device memory (half on Jetson). */
   deviceMemory?: number
   nBatchMax?: number
   nChunk?: number
