@@ -45,7 +45,7 @@ note "build: ok in $(($(date +%s) - t0)) s"
 ops_rc=${PIPESTATUS[0]}
 grep -E "^(ok|FAIL)" "$work/ops.log" | awk '{print $1}' | sort | uniq -c | sed 's/^ */ops: /' | tee -a "$summary"
 grep -E "^FAIL" "$work/ops.log" | tee -a "$summary"
-grep -E "model logits|engine|sample|arena" "$work/ops.log" | tee -a "$summary"
+grep -E "model logits|engine|sample|arena" "$work/ops.log" | grep -v "^perf:" | tee -a "$summary"
 # Each perf line with its share of the device peak: GB/s against the memory peak, TFLOP/s against the tensor peak.
 grep -E "^perf:" "$work/ops.log" | awk -v gbs="$peak_gbs" -v tf="$peak_tf" '{
     pct = ""
