@@ -539,15 +539,18 @@ bool scheduler::sample_on_device(size_t n_entries) {
         !be_->sample(ws_.logits, n_vocab_, dev_rows_.data(), int32_t(dev_rows_.size()), dev_adjust_.data(),
                      int32_t(dev_adjust_.size()), dev_out_.data()))
         return false;
-    for (size_t k = 0; k < n_entries; ++k) {
+    size_t k = 0;
+    for (const batch_entry & e : entries_) {
+        if (!e.samples) continue;
         if (dev_out_[k].token < 0) {
             sample_errors_[k] = "sampling: every token is forbidden (logits all -inf or NaN)";
-            continue;
+        } else {
+            sample_result rs;
+            rs.token = dev_out_[k].token;
+            rs.logprob = e.r->smp.params().logprobs ? dev_out_[k].logprob : 0.0f;  // as the host: only when asked
+            results_[k].push_back(rs);
         }
-        sample_result rs;
-        rs.token = dev_out_[k].token;
-        rs.logprob = dev_out_[k].logprob;
-        results_[k].push_back(rs);
+        ++k;
     }
     return true;
 }
