@@ -27,6 +27,7 @@ export const modelParamsLayout = {
   quantizeHead: [24, 'u8', 'quantize_head'],
   pad1_: [25, 'u8', 'pad1_', 3],
   sparse: [28, 'i32', 'sparse'],
+  deviceMemory: [32, 'u64', 'device_memory'],
 } as const satisfies Layout
 
 export const modelInfoLayout = {
@@ -61,6 +62,10 @@ export const modelInfoLayout = {
   sparseAttention: [142, 'u8', 'sparse_attention'],
   pad2_: [143, 'u8', 'pad2_', 1],
   backendName: [144, 'u8', 'backend_name', BACKEND_NAME_BYTES],
+  deviceMemoryFree: [176, 'u64', 'device_memory_free'],
+  deviceMemoryTotal: [184, 'u64', 'device_memory_total'],
+  deviceArenaBytes: [192, 'u64', 'device_arena_bytes'],
+  deviceArenaFree: [200, 'u64', 'device_arena_free'],
 } as const satisfies Layout
 
 export const contextParamsLayout = {
@@ -168,8 +173,8 @@ export const engineStatsLayout = {
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
 export const structSizes = {
-  model_params: 32,
-  model_info: 176,
+  model_params: 40,
+  model_info: 208,
   context_params: 32,
   engine_params: 72,
   sampling_params: 56,

@@ -46,6 +46,11 @@ export interface NativeModelInfo {
   sparseConfig: boolean // config.json has a sparse_config
   sparseAttention: 'off' | 'hf' | 'v2' // InfLLM v2 as loaded (enum minicpm_sparse_mode OFF, HF, V2)
   quantizationConfig: boolean // config.json has a quantization_config
+  // CUDA (0 on the CPU): device memory free and total at load, the device arena's size and what is left in it
+  deviceMemoryFree: number
+  deviceMemoryTotal: number
+  deviceArenaBytes: number
+  deviceArenaFree: number
 }
 
 /** On-the-fly weight quantization at load (round to nearest): q8 symmetric, q4 asymmetric (minicpm.h). */
@@ -66,6 +71,8 @@ export interface NativeModelOptions {
   quantGroupSize?: number
   /** Quantize the LM head (the embedding when tied) too; default true. */
   quantizeHead?: boolean
+  /** CUDA: bytes of the device arena (weights, KV, activations); default 90% of the free device memory (half on Jetson). */
+  deviceMemory?: number
 }
 
 export class NativeModel extends NativeHandle {
@@ -89,6 +96,7 @@ export class NativeModel extends NativeHandle {
       quantGroupSize: opts.quantGroupSize,
       quantizeHead: opts.quantizeHead === undefined ? undefined : opts.quantizeHead ? 1 : 0,
       sparse: opts.sparse === undefined ? undefined : SPARSE_MODES.indexOf(opts.sparse),
+      deviceMemory: opts.deviceMemory,
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_model_load(cString(dir), params, new Uint8Array(out.buffer))

@@ -85,6 +85,9 @@ describe('struct layouts', () => {
       expect(problems).toEqual([])
     }
     expect(lib().minicpm_struct_offset(cString('engine_params'), cString('kv_bytes'))).toBe(32)
+    // The CUDA device arena: its limit at the end of model_params, what it holds at the end of model_info.
+    expect(lib().minicpm_struct_offset(cString('model_params'), cString('device_memory'))).toBe(32)
+    expect(lib().minicpm_struct_offset(cString('model_info'), cString('device_arena_free'))).toBe(200)
     expect(lib().minicpm_struct_offset(cString('engine_params'), cString('no_such_field'))).toBe(-1)
     expect(lib().minicpm_struct_offset(cString('no_such_struct'), cString('size'))).toBe(-1)
   })

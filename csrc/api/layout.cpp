@@ -29,14 +29,15 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
 
 #define MODEL_PARAMS(F, T)                                                                                            \
     F(T, size) F(T, n_threads) F(T, backend) F(T, use_mmap) F(T, pad_) F(T, quantize) F(T, quant_group_size)           \
-    F(T, quantize_head) F(T, pad1_) F(T, sparse)
+    F(T, quantize_head) F(T, pad1_) F(T, sparse) F(T, device_memory)
 #define MODEL_INFO(F, T)                                                                                              \
     F(T, size) F(T, n_vocab) F(T, n_ctx_train) F(T, n_embd) F(T, n_layer) F(T, n_head) F(T, n_head_kv)                \
     F(T, n_head_dim) F(T, n_ff) F(T, bos_token_id) F(T, n_eos) F(T, eos_token_ids) F(T, weight_dtype)                 \
     F(T, tied_head) F(T, pad_) F(T, rms_norm_eps) F(T, rope_theta) F(T, scale_emb) F(T, residual_scale)               \
     F(T, logit_divisor) F(T, rope_mscale) F(T, pad1_) F(T, n_params) F(T, weight_bytes)                               \
     F(T, kv_bytes_per_token) F(T, backend) F(T, sparse_config) F(T, quantization_config) F(T, sparse_attention)       \
-    F(T, pad2_) F(T, backend_name)
+    F(T, pad2_) F(T, backend_name) F(T, device_memory_free) F(T, device_memory_total) F(T, device_arena_bytes)     \
+    F(T, device_arena_free)
 #define CONTEXT_PARAMS(F, T)                                                                                          \
     F(T, size) F(T, n_ctx) F(T, n_seq_max) F(T, n_threads) F(T, kv_dtype) F(T, n_chunk) F(T, use_reference)           \
     F(T, pad_)

@@ -105,6 +105,7 @@ int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params *
         lo.quantize = p.quantize;
         lo.quant_group_size = p.quant_group_size == 0 ? 128 : p.quant_group_size;
         lo.quantize_head = p.quantize_head != 0;
+        lo.device_memory = p.device_memory;
         std::unique_ptr<minicpm_model> m(new minicpm_model());
         lo.sparse = p.sparse;
         m->impl = model::load(dir, lo);
@@ -159,6 +160,11 @@ int32_t minicpm_model_info(const minicpm_model_t * model, struct minicpm_model_i
         info.quantization_config = c.quant.present ? 1 : 0;
         std::snprintf(info.backend_name, sizeof(info.backend_name), "%s",
                       backend_kind_name(model->impl->backend_type()));
+        const device_memory_info dm = model->impl->device_memory();
+        info.device_memory_free = dm.device_free;
+        info.device_memory_total = dm.device_total;
+        info.device_arena_bytes = dm.arena;
+        info.device_arena_free = dm.arena_free;
         *out = info;
         return MINICPM_STATUS_OK;
     });

@@ -71,10 +71,47 @@ inline bool kv_row_visible(const kv_segment & sg, int32_t j, int32_t i) {
     return i == j || (i < j && (sg.mask == nullptr || ((sg.mask[j] >> i) & 1u)));
 }
 
+// Device sampling (engine/sampler.h's common cases on logits that stay in backend memory). One row: the
+// request's parameters, its Philox key (the seed) and counter (how many tokens it has drawn, so a seed gives
+// the same tokens on every run), and its entries [adjust_begin, adjust_begin + n_adjust) of the adjust table.
+struct sample_row {
+    float    temperature = 0.0f;  // <= 0: greedy
+    int32_t  top_k = 0;
+    float    top_p = 1.0f;
+    float    min_p = 0.0f;
+    float    repetition_penalty = 1.0f;
+    float    presence_penalty = 0.0f;
+    float    frequency_penalty = 0.0f;
+    uint64_t seed = 0;
+    uint64_t counter = 0;
+    int32_t  adjust_begin = 0;
+    int32_t  n_adjust = 0;
+};
+// A token whose logit a row changes, at most once per row: + bias, then, when n_all > 0 (it is in the penalty
+// window), the repetition penalty and presence / frequency penalties over n_generated (sampler::adjust).
+struct sample_adjust {
+    int32_t token = 0;
+    float   bias = 0.0f;
+    int32_t n_all = 0;
+    int32_t n_generated = 0;
+};
+// token = -1 when every logit of the row is -inf or NaN after adjustment. logprob: log-softmax of the raw logit.
+struct sample_out {
+    int32_t token = -1;
+    float   logprob = 0.0f;
+};
+
+// Device memory as a device backend sees it: free and total on the device when its arena was made (before
+// it), the arena's size and what is left in it. All zero on the CPU.
+struct device_memory_info {
+    uint64_t device_free = 0, device_total = 0, arena = 0, arena_free = 0;
+};
+
 struct backend_options {
     int32_t     n_threads = 0;         // 0 = physical cores
     bool        reference = false;     // run the plain reference ops (tests)
     const char * kernels = nullptr;    // CPU kernel family to force (e.g. "avx2"); nullptr = best for this CPU
+    uint64_t    memory_limit = 0;      // CUDA: bytes of the device arena; 0 = 90% of the free memory (half: Jetson)
 };
 
 class backend {
@@ -102,6 +139,7 @@ class backend {
     virtual void copy(const buffer & dst, size_t dst_offset, const buffer & src, size_t src_offset, size_t bytes) = 0;
     virtual void fill_zero(const buffer & dst, size_t offset, size_t bytes) = 0;
     virtual void synchronize() = 0;  // every op issued so far has finished
+    virtual device_memory_info device_memory() const { return {}; }
 
     // ---- ops (pointers are addresses inside this backend's buffers).
     // y[T,N] = x[T,K] . W[N,K]^T, W in its stored format (f32, f16, bf16, q8, q4).
@@ -143,6 +181,15 @@ class backend {
     virtual void div_scalar(float * x, float d, int64_t n) = 0;
     // dst[r, :] = src[rows[r], :] for r < R; rows of H floats.
     virtual void get_rows(float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) = 0;
+    // Draws one token per row of logits[R, n_vocab] (backend memory) and writes R results to out (host memory):
+    // only the chosen ids travel. The kept tokens are the host sampler's (up to the rounding of mass sums);
+    // the draw scans ids in order with a counter-based RNG (the host scans its candidate order with its own
+    // stream), so a seed gives the same distribution as the host sampler, not the same tokens. Returns false, doing nothing, on a
+    // backend without a device sampler (the caller downloads the logits and samples on the host).
+    virtual bool sample(const float * logits, int32_t n_vocab, const sample_row * rows, int32_t R,
+                        const sample_adjust * adjust, int32_t n_adjust, sample_out * out) {
+        return false;
+    }
 };
 
 // The one place a backend is chosen. Throws _UNSUPPORTED for a kind this build or machine cannot run

@@ -1,8 +1,10 @@
 // The CUDA backend: device buffers, one stream, the kernels of csrc/cuda/*.cu. Batch metadata (segments, block
 // tables, masks) arrives as host memory and is flattened into one row table per batch, uploaded once and
 // reused by every layer's kv_store and attention.
+#include "cuda/arena.cuh"
 #include "cuda/ops.cuh"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -27,14 +29,20 @@ class cuda_backend final : public backend {
             fail(MINICPM_STATUS_UNSUPPORTED, std::string("backend cuda: ") + prop.name + " is compute capability " +
                                                  std::to_string(prop.major) + "." + std::to_string(prop.minor) +
                                                  "; sm_80 or newer is needed (bf16 tensor cores)");
+        arena_ = cuda::device_arena::acquire(o.memory_limit, prop.integrated != 0);
         MINICPM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         name_ = std::string("cuda ") + prop.name;
-        (void) o;
+        n_sms_ = prop.multiProcessorCount;
     }
     ~cuda_backend() override {
         release(rows_dev_);
         release(blocks_dev_);
         release(xb_);
+        release(split_);
+        release(sample_keys_);
+        release(sample_rows_);
+        release(sample_adjust_);
+        release(sample_out_);
         if (stream_) cudaStreamDestroy(stream_);
     }
 
@@ -48,18 +56,19 @@ class cuda_backend final : public backend {
         buffer b;
         b.usage = usage;
         if (bytes == 0) return b;
-        const cudaError_t e = cudaMalloc(&b.data, bytes);
-        if (e != cudaSuccess) {
-            cudaGetLastError();  // clear the sticky allocation error
-            fail(MINICPM_STATUS_OUT_OF_MEMORY, "backend cuda: cannot allocate " + std::to_string(bytes) +
-                                                   " bytes of device memory: " + cudaGetErrorString(e));
-        }
+        static const char * const names[] = {"weights", "KV cache", "activations"};
+        b.data = arena_->take(bytes, names[int(usage)]);
         b.size = bytes;
         MINICPM_CUDA_CHECK(cudaMemsetAsync(b.data, 0, bytes, stream_));
         return b;
     }
     void release(buffer & b) override {
-        if (b.data && b.owned) cudaFree(b.data);
+        if (b.data && b.owned) {
+            // A kernel in flight may still use the range about to be handed out again. Not checked: release
+            // runs in destructors, and a failed stream fails the next op anyway.
+            cudaStreamSynchronize(stream_);
+            arena_->give(b.data);
+        }
         b = buffer{};
     }
     buffer import_weights(const void * host, size_t bytes) override {
@@ -89,6 +98,7 @@ class cuda_backend final : public backend {
         if (n) MINICPM_CUDA_CHECK(cudaMemsetAsync((uint8_t *) dst.data + off, 0, n, stream_));
     }
     void synchronize() override { MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+    device_memory_info device_memory() const override { return arena_->info(); }
 
     void matmul(float * y, const float * x, const tensor_desc & w, int64_t T) override {
         const cuda::wdesc d = cuda::to_wdesc(w);
@@ -113,6 +123,15 @@ class cuda_backend final : public backend {
     void attention(float * out, const float * q, const kv_layer & kv, const kv_segment * segs, int32_t n_segs,
                    int32_t n_head, float scale) override {
         const int64_t T = stage_rows(segs, n_segs);
+        const cuda::split_plan p =
+            cuda::plan_split_attention(n_head, kv.n_head_kv, kv.head_dim, T, max_slots_, n_sms_);
+        if (p.n_parts > 0) {
+            grow(split_, cuda::split_scratch_floats(p, n_head, kv.head_dim, T) * sizeof(float));
+            cuda::launch_attention_split(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv,
+                                         kv.head_dim, scale, (const cuda::row_info *) rows_dev_.data,
+                                         (const int32_t *) blocks_dev_.data, T, p, (float *) split_.data);
+            return;
+        }
         cuda::launch_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv, kv.head_dim,
                                scale, (const cuda::row_info *) rows_dev_.data, (const int32_t *) blocks_dev_.data, T);
     }
@@ -137,6 +156,32 @@ class cuda_backend final : public backend {
         cuda::launch_get_rows(stream_, dst, src, rows, R, H);
     }
 
+    bool sample(const float * logits, int32_t n_vocab, const sample_row * rows, int32_t R,
+                const sample_adjust * adjust, int32_t n_adjust, sample_out * out) override {
+        if (R <= 0) return true;
+        // The kernel writes logits[token] for every adjust entry: check the tables before they go down.
+        for (int32_t r = 0; r < R; ++r)
+            if (rows[r].adjust_begin < 0 || rows[r].n_adjust < 0 || rows[r].adjust_begin > n_adjust - rows[r].n_adjust)
+                fail(MINICPM_STATUS_INVALID_ARGUMENT, "backend cuda: sample row " + std::to_string(r) +
+                                                          " names adjust entries outside the table");
+        for (int32_t e = 0; e < n_adjust; ++e)
+            if (adjust[e].token < 0 || adjust[e].token >= n_vocab)
+                fail(MINICPM_STATUS_INVALID_ARGUMENT, "backend cuda: sample adjust entry " + std::to_string(e) +
+                                                          " has token " + std::to_string(adjust[e].token) +
+                                                          " outside the vocabulary");
+        grow(sample_keys_, size_t(R) * size_t(n_vocab) * sizeof(uint32_t));
+        grow(sample_rows_, size_t(R) * sizeof(sample_row));
+        grow(sample_adjust_, size_t(std::max(n_adjust, 1)) * sizeof(sample_adjust));
+        grow(sample_out_, size_t(R) * sizeof(sample_out));
+        upload(sample_rows_, 0, rows, size_t(R) * sizeof(sample_row));
+        upload(sample_adjust_, 0, adjust, size_t(n_adjust) * sizeof(sample_adjust));
+        cuda::launch_sample(stream_, (sample_out *) sample_out_.data, (uint32_t *) sample_keys_.data, logits,
+                            n_vocab, (const sample_row *) sample_rows_.data, R,
+                            (const sample_adjust *) sample_adjust_.data);
+        download(out, sample_out_, 0, size_t(R) * sizeof(sample_out));
+        return true;
+    }
+
   private:
     static void bounds(const buffer & b, size_t off, size_t n, const char * what) {
         if (off > b.size || n > b.size - off)
@@ -154,8 +199,10 @@ class cuda_backend final : public backend {
     int64_t stage_rows(const kv_segment * segs, int32_t n_segs) {
         rows_.clear();
         blocks_.clear();
+        max_slots_ = 0;
         for (int32_t s = 0; s < n_segs; ++s) {
             const kv_segment & sg = segs[s];
+            max_slots_ = std::max(max_slots_, sg.n_past + sg.n_rows);
             const int32_t off = int32_t(blocks_.size());
             const int32_t nb = (sg.n_past + sg.n_rows + MINICPM_KV_BLOCK_SIZE - 1) / MINICPM_KV_BLOCK_SIZE;
             blocks_.insert(blocks_.end(), sg.blocks, sg.blocks + nb);
@@ -185,9 +232,13 @@ class cuda_backend final : public backend {
         return int64_t(rows_.size());
     }
 
+    std::shared_ptr<cuda::device_arena> arena_;  // declared first: buffers go back to it before it may go
     cudaStream_t                stream_ = nullptr;
     std::string                 name_;
-    buffer                      xb_, rows_dev_, blocks_dev_;
+    int32_t                     n_sms_ = 1;
+    int32_t                     max_slots_ = 0;  // the longest row context of the staged batch
+    buffer                      xb_, rows_dev_, blocks_dev_, split_;
+    buffer                      sample_keys_, sample_rows_, sample_adjust_, sample_out_;
     std::vector<cuda::row_info> rows_;
     std::vector<int32_t>        blocks_;
     std::vector<uint8_t>        staged_rows_, staged_blocks_;

@@ -4,7 +4,8 @@
 //   larger batches with f16/bf16 weights: tensor cores (WMMA 16x16x16, f32 accumulation) on 64x64 output
 //     tiles, activations rounded once to the weight's 16-bit type (the same class of rounding as the CPU's AMX
 //     path);
-//   anything else (f32, q8, q4 weights at large T): the warp-per-row kernel over chunks of 8 rows.
+//   anything else (f32, q8, q4 weights at large T): the warp-per-row kernel over chunks of 8 rows; q8 / q4
+//     rows in group order are read packed, 16 bytes a lane (gemv_packed_kernel).
 #include "cuda/ops.cuh"
 
 #include <mma.h>
@@ -59,6 +60,54 @@ __global__ void gemv_kernel(float * y, const float * x, wdesc w, int64_t T, int6
         for (int o = k_warp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
         if (lane == 0 && t0 + t < T) y[(t0 + t) * w.rows + n] = v;
     }
+}
+
+// Packed q8 / q4 rows read directly, 16 bytes a lane at a time (16 int8 or 32 int4 weights), with the
+// group's scale (and zero point) loaded once per load: for group-ordered columns (no g_idx permutation) whose
+// groups hold whole loads. Dequantizing into a 16-bit copy first would read the weights twice.
+template <int TT, bool Q4>
+__global__ void gemv_packed_kernel(float * y, const float * x, wdesc w, int64_t T, int64_t t0) {
+    constexpr int per = Q4 ? 32 : 16;  // weights per 16-byte load
+    const int64_t n = int64_t(blockIdx.x) * k_gemv_warps + threadIdx.x / k_warp;
+    const int     lane = threadIdx.x % k_warp;
+    if (n >= w.rows) return;
+    const int64_t K = w.cols;
+    const uint4 * row = (const uint4 *) ((const uint8_t *) w.data + (Q4 ? n * K / 2 : n * K));
+    float         acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = 0.0f;
+    for (int64_t c = lane; c < K / per; c += k_warp) {
+        const uint4     raw = row[c];
+        const uint8_t * b = (const uint8_t *) &raw;
+        const int64_t   k0 = c * per, g = k0 / w.group_size;
+        const float     s = load_plain(w.scales, w.scale_type, n * w.n_groups + g);
+        float           wf[per];
+        if (Q4) {
+            const int32_t z = w.zeros ? w.zeros[n * w.n_groups + g] : 8;
+            for (int e = 0; e < 16; ++e) {
+                wf[2 * e] = float(int32_t(b[e] & 0xf) - z);
+                wf[2 * e + 1] = float(int32_t(b[e] >> 4) - z);
+            }
+        } else {
+            for (int e = 0; e < 16; ++e) wf[e] = float(int8_t(b[e]));
+        }
+        for (int t = 0; t < TT; ++t) {
+            if (t0 + t >= T) break;
+            const float * xr = x + (t0 + t) * K + k0;
+            float         dot = 0.0f;
+            for (int e = 0; e < per; ++e) dot += wf[e] * xr[e];
+            acc[t] += s * dot;
+        }
+    }
+    for (int t = 0; t < TT; ++t) {
+        float v = acc[t];
+        for (int o = k_warp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && t0 + t < T) y[(t0 + t) * w.rows + n] = v;
+    }
+}
+
+bool packed_gemv(const wdesc & w) {
+    return (w.type == MINICPM_DTYPE_Q8 || w.type == MINICPM_DTYPE_Q4) && w.perm == nullptr && w.group_size > 0 &&
+           w.group_size % 32 == 0 && w.cols % 32 == 0;
 }
 
 template <typename H> __device__ __forceinline__ H to_half_type(float v);
@@ -141,8 +190,15 @@ void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, 
         return;
     }
     const unsigned blocks = unsigned(ceil_div(w.rows, k_gemv_warps));
+    const bool packed = packed_gemv(w);
     for (int64_t t0 = 0; t0 < T; t0 += k_gemv_rows) {
-        gemv_kernel<k_gemv_rows><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+        if (packed && w.type == MINICPM_DTYPE_Q4) {
+            gemv_packed_kernel<k_gemv_rows, true><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+        } else if (packed) {
+            gemv_packed_kernel<k_gemv_rows, false><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+        } else {
+            gemv_kernel<k_gemv_rows><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+        }
         MINICPM_CUDA_LAUNCHED("matmul: gemv");
     }
 }

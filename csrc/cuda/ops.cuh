@@ -27,6 +27,21 @@ void launch_kv_store(cudaStream_t s, void * k_pool, void * v_pool, int32_t kv_ty
 void launch_attention(cudaStream_t s, float * out, const float * q, const void * k_pool, const void * v_pool,
                       int32_t kv_type, int32_t nh, int32_t nkv, int32_t hd, float scale, const row_info * rows,
                       const int32_t * blocks, int64_t T);
+// Split-K decode attention: n_parts == 0 when the batch should take launch_attention (many rows, a short
+// context, or a head group too large for the kernel). max_slots: the longest row context in the batch.
+struct split_plan {
+    int32_t n_parts = 0, part_len = 0;
+};
+split_plan plan_split_attention(int32_t nh, int32_t nkv, int32_t hd, int64_t T, int32_t max_slots, int32_t n_sms);
+size_t     split_scratch_floats(const split_plan & p, int32_t nh, int32_t hd, int64_t T);
+void       launch_attention_split(cudaStream_t s, float * out, const float * q, const void * k_pool,
+                                  const void * v_pool, int32_t kv_type, int32_t nh, int32_t nkv, int32_t hd, float scale,
+                                  const row_info * rows, const int32_t * blocks, int64_t T, const split_plan & p,
+                                  float * scratch);
+
+// sample.cu: keys is scratch of R x V words; rows and adjust are device copies of the host tables.
+void launch_sample(cudaStream_t s, sample_out * out, uint32_t * keys, const float * logits, int32_t V,
+                   const sample_row * rows, int32_t R, const sample_adjust * adjust);
 
 }  // namespace cuda
 }  // namespace minicpm

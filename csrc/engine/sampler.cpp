@@ -188,6 +188,40 @@ void sampler::adjust(float * logits) const {
     }
 }
 
+bool sampler::device_row(sample_row & row, std::vector<sample_adjust> & adjust) const {
+    if (params_.n_top_logprobs > 0) return false;
+    row = sample_row{};
+    row.temperature = params_.temperature;
+    row.top_k = params_.top_k;
+    row.top_p = params_.top_p;
+    row.min_p = params_.min_p;
+    row.repetition_penalty = params_.repetition_penalty;
+    row.presence_penalty = params_.presence_penalty;
+    row.frequency_penalty = params_.frequency_penalty;
+    row.seed = params_.seed;
+    row.counter = uint64_t(n_accepted_);
+    row.adjust_begin = int32_t(adjust.size());
+    std::unordered_map<int32_t, size_t> at;
+    for (const auto & [id, b] : bias_) {
+        if (!at.emplace(id, adjust.size()).second) {
+            adjust.resize(size_t(row.adjust_begin));
+            return false;
+        }
+        adjust.push_back({id, b, 0, 0});
+    }
+    for (const auto & [token, s] : seen_) {
+        const auto it = at.find(token);
+        if (it == at.end()) {
+            adjust.push_back({token, 0.0f, s.n_all, s.n_generated});
+        } else {
+            adjust[it->second].n_all = s.n_all;
+            adjust[it->second].n_generated = s.n_generated;
+        }
+    }
+    row.n_adjust = int32_t(adjust.size()) - row.adjust_begin;
+    return true;
+}
+
 // Orders candidates by logit, then by lower id, so every selection is deterministic and top-k = 1 is greedy.
 static bool better(const std::pair<float, int32_t> & a, const std::pair<float, int32_t> & b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);

@@ -9,6 +9,7 @@
 // the model's distribution, not the sampler's (as the OpenAI API reports them).
 #pragma once
 
+#include "core/backend.h"
 #include "minicpm.h"
 
 #include <cstdint>
@@ -81,6 +82,11 @@ class sampler {
     // Applies the logit bias and the penalties to one row of n_vocab logits in place (the first steps of
     // sample(), exposed so that tests can check the amounts).
     void adjust(float * logits) const;
+
+    // This request's next draw as a device sampling row (backend::sample): fills row and appends its adjust
+    // entries (bias and penalty window, one per token) to adjust. False when it needs the host sampler: top
+    // logprobs, or a token biased twice (the host adds the biases one by one).
+    bool device_row(sample_row & row, std::vector<sample_adjust> & adjust) const;
 
     // Records a generated token in the penalty history.
     void accept(int32_t token);

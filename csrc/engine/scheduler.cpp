@@ -22,7 +22,7 @@ static minicpm_event end_event(int32_t reason) {
 
 static void invalid(const std::string & msg) { fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine params: " + msg); }
 
-scheduler::config scheduler::resolve(const model & m, const minicpm_engine_params & p) {
+scheduler::config scheduler::resolve(const model & m, const minicpm_engine_params & p, const backend * be) {
     const model_config & mc = m.config();
     config c{};
     if (p.n_threads < 0) invalid("n_threads must be >= 0 (0 = all cores), got " + std::to_string(p.n_threads));
@@ -43,8 +43,32 @@ scheduler::config scheduler::resolve(const model & m, const minicpm_engine_param
     c.exact_kernels = p.exact_kernels != 0;
     c.prefix_cache = p.prefix_cache != 0;
 
-    const uint64_t kv_bytes = p.kv_bytes > 0 ? p.kv_bytes : (uint64_t(1) << 30);
+    uint64_t       kv_bytes = p.kv_bytes > 0 ? p.kv_bytes : (uint64_t(1) << 30);
     const uint64_t per_block = kv_pool::bytes_per_block(mc, c.kv_type);
+    const device_memory_info dm = be ? be->device_memory() : device_memory_info{};
+    if (dm.arena > 0) {
+        // A device backend: the KV pool and the activations come out of the arena that holds the weights.
+        // Kept back: the workspace of a step of one prompt chunk beside every decode row, the tensor-core
+        // copy of its activations, the device sampler's keys, and 64 MiB for smaller scratch.
+        const int64_t  T = int64_t(c.n_chunk) + c.n_batch_max;
+        const uint64_t reserve = uint64_t(m.workspace_bytes(T, c.n_batch_max)) +
+                                 uint64_t(T) * uint64_t(std::max(mc.n_embd, mc.n_ff)) * 2 +
+                                 uint64_t(c.n_batch_max) * uint64_t(mc.n_vocab) * 4 + (uint64_t(64) << 20);
+        const uint64_t room = dm.arena_free > reserve ? dm.arena_free - reserve : 0;
+        const std::string where = "the device arena has " + std::to_string(dm.arena_free >> 20) +
+                                  " MiB free after the weights, " + std::to_string(reserve >> 20) +
+                                  " MiB of it kept for the activations of a " + std::to_string(T) + "-row step";
+        if (room < per_block)
+            fail(MINICPM_STATUS_OUT_OF_MEMORY, "engine: no room for a KV block: " + where +
+                                                   "; raise the model's device_memory or lower n_chunk");
+        if (p.kv_bytes == 0) {
+            kv_bytes = room;
+        } else if (p.kv_bytes > room) {
+            fail(MINICPM_STATUS_OUT_OF_MEMORY, "engine params: kv_bytes " + std::to_string(p.kv_bytes >> 20) +
+                                                   " MiB does not fit: " + where + " (" + std::to_string(room >> 20) +
+                                                   " MiB left for KV)");
+        }
+    }
     const uint64_t budget = kv_bytes / per_block;
     if (budget < 1)
         invalid("kv_bytes " + std::to_string(kv_bytes) + " is smaller than one KV block (" +
@@ -68,11 +92,11 @@ static thread_pool * host_pool_of(backend & be, std::unique_ptr<thread_pool> & o
 }
 
 scheduler::scheduler(const model & m, const minicpm_engine_params & params, const backend_options & opts)
-    : scheduler(m, params, m.make_backend(with_threads(opts, resolve(m, params)))) {}
+    : scheduler(m, params, m.make_backend(with_threads(opts, resolve(m, params, nullptr)))) {}
 
 scheduler::scheduler(const model & m, const minicpm_engine_params & params, std::unique_ptr<backend> be)
     : model_(m),
-      cfg_(resolve(m, params)),
+      cfg_(resolve(m, params, be.get())),
       n_vocab_(m.config().n_vocab),
       eos_ids_(m.config().eos_token_ids),
       be_(std::move(be)),
@@ -376,9 +400,11 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         b.n_segs = int32_t(segs_.size());
         b.logit_rows = logit_rows_.data();
         b.n_logit_rows = int32_t(logit_rows_.size());
-        logits_.resize(logit_rows_.size() * size_t(n_vocab_));
+        bool on_device = device_sampling_rows();
+        b.logits_on_device = on_device;
+        logits_.resize(on_device ? 0 : logit_rows_.size() * size_t(n_vocab_));
         const int64_t t_fwd = minicpm_time_us();
-        model_.forward(*be_, ws_, kv_, b, logits_.data());
+        model_.forward(*be_, ws_, kv_, b, on_device ? nullptr : logits_.data());
         t_forward_us_ += uint64_t(minicpm_time_us() - t_fwd);
         t_attention_us_ = uint64_t(ws_.attn_us);
 
@@ -397,7 +423,13 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         results_.assign(to_sample.size(), {});
         paths_.assign(to_sample.size(), {});
         sample_errors_.assign(to_sample.size(), std::string());
-        host_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
+        if (on_device && !sample_on_device(to_sample.size())) {
+            // The backend has no sampler after all: fetch the logits and sample on the host.
+            logits_.resize(logit_rows_.size() * size_t(n_vocab_));
+            be_->download(logits_.data(), ws_.buf, ws_.logits_offset, logits_.size() * sizeof(float));
+            on_device = false;
+        }
+        if (!on_device) host_.run(int64_t(to_sample.size()), [&](int64_t k, int thread) {
             const batch_entry & e = *to_sample[size_t(k)];
             std::vector<sample_result> & out = results_[size_t(k)];
             std::vector<int32_t> &       path = paths_[size_t(k)];
@@ -482,6 +514,45 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         observer(trace);
         lk.lock();
     }
+}
+
+// Device sampling serves a step when the backend keeps activations off the host and every sampling entry is
+// one plain row (no drafts to verify, no constraint mask) whose request the device sampler covers. Fills
+// dev_rows_ / dev_adjust_ in the order of the logit rows.
+bool scheduler::device_sampling_rows() {
+    dev_rows_.clear();
+    dev_adjust_.clear();
+    if (be_->host_memory()) return false;
+    for (const batch_entry & e : entries_) {
+        if (!e.samples) continue;
+        if (e.n_draft > 0 || e.r->masked) return false;
+        dev_rows_.emplace_back();
+        if (!e.r->smp.device_row(dev_rows_.back(), dev_adjust_)) return false;
+    }
+    return !dev_rows_.empty() && dev_rows_.size() == logit_rows_.size();
+}
+
+// Samples the step's rows on the device (ws_.logits): only the ids and logprobs come back.
+bool scheduler::sample_on_device(size_t n_entries) {
+    dev_out_.resize(dev_rows_.size());
+    if (n_entries != dev_rows_.size() ||
+        !be_->sample(ws_.logits, n_vocab_, dev_rows_.data(), int32_t(dev_rows_.size()), dev_adjust_.data(),
+                     int32_t(dev_adjust_.size()), dev_out_.data()))
+        return false;
+    size_t k = 0;
+    for (const batch_entry & e : entries_) {
+        if (!e.samples) continue;
+        if (dev_out_[k].token < 0) {
+            sample_errors_[k] = "sampling: every token is forbidden (logits all -inf or NaN)";
+        } else {
+            sample_result rs;
+            rs.token = dev_out_[k].token;
+            rs.logprob = e.r->smp.params().logprobs ? dev_out_[k].logprob : 0.0f;  // as the host: only when asked
+            results_[k].push_back(rs);
+        }
+        ++k;
+    }
+    return true;
 }
 
 void scheduler::apply_cancels() {

@@ -156,6 +156,8 @@ class scheduler {
     void step(std::unique_lock<std::mutex> & lk);
     void apply_cancels();
     void admit();
+    bool device_sampling_rows();
+    bool sample_on_device(size_t n_entries);
     void make_drafts(std::unique_lock<std::mutex> & lk);  // drafts of the decoding requests, without the lock
     void build_batch();
     void commit();
@@ -179,7 +181,9 @@ class scheduler {
         bool     prefix_cache;
         bool     exact_kernels;
     };
-    static config resolve(const model & m, const minicpm_engine_params & p);
+    // be (optional): a device backend's arena sizes the default KV budget (kv_bytes 0: what the arena has
+    // left after the weights and a step's activations) and bounds an explicit one.
+    static config resolve(const model & m, const minicpm_engine_params & p, const backend * be);
     static backend_options with_threads(backend_options o, const config & c);
 
     const model &                model_;
@@ -235,6 +239,9 @@ class scheduler {
     std::vector<std::vector<sample_result>> results_;  // per sampling entry, in batch order: one per kept row
     std::vector<std::vector<int32_t>>       paths_;    // per sampling entry: the segment rows of the kept drafts
     std::vector<std::string>     sample_errors_;    // "" or why sampling that entry failed
+    std::vector<sample_row>      dev_rows_;         // device sampling: one row per sampling entry
+    std::vector<sample_adjust>   dev_adjust_;
+    std::vector<sample_out>      dev_out_;
 
     std::thread thread_;  // last: started once everything above exists
 };

@@ -144,6 +144,11 @@ struct minicpm_model_params {
     uint8_t  quantize_head;    /* 1 (default): quantize the LM head / tied embedding too; 0: keep it as is  */
     uint8_t  pad1_[3];
     int32_t  sparse;    /* enum minicpm_sparse_mode; default AUTO                                      */
+    /* CUDA: bytes of the one device memory arena that holds the weights and every engine's KV pool and
+     * activations, allocated at load; 0 (default) = 90% of the free device memory (half on an integrated
+     * GPU such as Jetson, which shares the system's memory). A limit above the free memory, or one that
+     * cannot hold the weights, fails the load with _OUT_OF_MEMORY. Ignored on the CPU. */
+    uint64_t device_memory;
 };
 
 struct minicpm_model_info {
@@ -179,6 +184,12 @@ struct minicpm_model_info {
     uint8_t  sparse_attention;  /* InfLLM v2 as loaded: enum minicpm_sparse_mode OFF, HF or V2            */
     uint8_t  pad2_[1];
     char     backend_name[32];  /* NUL-terminated, e.g. "cpu"                                           */
+    /* CUDA (0 on the CPU): device memory free and total at load (before the arena), the arena's size, and */
+    /* what is left in it now (engines take their KV pool and activations from it).                       */
+    uint64_t device_memory_free;
+    uint64_t device_memory_total;
+    uint64_t device_arena_bytes;
+    uint64_t device_arena_free;
 };
 
 /* The *_default_params functions fill *out (including its size field); out may be NULL (nothing happens). */

@@ -78,6 +78,7 @@ std::unique_ptr<model> model::load(const std::string & dir, const model_load_opt
     m->kind_ = kind;
     backend_options o;
     o.n_threads = 1;
+    o.memory_limit = opts.device_memory;
     m->loader_ = minicpm::make_backend(kind, o);
     if (opts.quantize != 0) m->quantize_weights(opts);
     m->place_weights();
@@ -192,6 +193,43 @@ void model::release_workspace(backend & be, forward_workspace & ws) const { be.r
 // Activations start 64 bytes apart inside the workspace.
 static size_t round_up(size_t n) { return (n + 15) & ~size_t(15); }
 
+// The forward workspace for T rows and R logit rows, in floats (int32 inputs take float-sized slots).
+struct workspace_layout {
+    size_t x, a, q, k, v, att, o, gate, up, tok, pos, rid, rows, logits, total;
+};
+
+static workspace_layout layout_workspace(const model_config & c, int64_t T, int32_t R, bool logits) {
+    const size_t H = size_t(c.n_embd), F = size_t(c.n_ff), hd = size_t(c.n_head_dim);
+    const size_t Rn = size_t(R > 0 ? R : 1);
+    workspace_layout L{};
+    size_t off = 0;
+    auto take = [&](size_t n) {
+        const size_t at = off;
+        off += round_up(n);
+        return at;
+    };
+    L.x = take(size_t(T) * H);
+    L.a = take(size_t(T) * H);
+    L.q = take(size_t(T) * size_t(c.n_head) * hd);
+    L.k = take(size_t(T) * size_t(c.n_head_kv) * hd);
+    L.v = take(size_t(T) * size_t(c.n_head_kv) * hd);
+    L.att = take(size_t(T) * size_t(c.n_head) * hd);
+    L.o = take(size_t(T) * H);
+    L.gate = take(size_t(T) * F);
+    L.up = take(size_t(T) * F);
+    L.tok = take(size_t(T));
+    L.pos = take(size_t(T));
+    L.rid = take(Rn);
+    L.rows = take(Rn * H);
+    L.logits = take(logits ? size_t(R) * size_t(c.n_vocab) : 0);
+    L.total = off;
+    return L;
+}
+
+size_t model::workspace_bytes(int64_t T, int32_t R) const {
+    return layout_workspace(config(), T, R, true).total * sizeof(float);
+}
+
 void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const batch_view & batch,
                     float * logits) const {
     const model_config &  c = config();
@@ -204,7 +242,10 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
     // outside the rope table, the batch or the pool).
     if (T <= 0 || batch.n_segs <= 0 || !batch.tokens || !batch.segs)
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: empty batch");
-    if (R < 0 || (R > 0 && (!batch.logit_rows || !logits)))
+    const bool   direct = be.host_memory();  // the head writes straight into the caller's logits
+    const bool   keep = batch.logits_on_device && !direct;
+    ws.logits = nullptr;
+    if (R < 0 || (R > 0 && (!batch.logit_rows || (!logits && !keep))))
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: logit rows without a destination");
     ws.pos.resize(size_t(T));
     int64_t covered = 0;
@@ -277,24 +318,13 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
             (r > 0 && batch.logit_rows[r] <= batch.logit_rows[r - 1]))
             fail(MINICPM_STATUS_INVALID_ARGUMENT, "forward: logit rows must be ascending batch rows");
 
-    // Workspace layout, in floats (int32 inputs take float-sized slots).
-    size_t off = 0;
-    auto take = [&](size_t n) {
-        const size_t at = off;
-        off += round_up(n);
-        return at;
-    };
-    const bool   direct = be.host_memory();  // the head writes straight into the caller's logits
-    const size_t o_x = take(size_t(T) * H), o_a = take(size_t(T) * H);
-    const size_t o_q = take(size_t(T) * nh * hd), o_k = take(size_t(T) * nkv * hd), o_v = take(size_t(T) * nkv * hd);
-    const size_t o_att = take(size_t(T) * nh * hd), o_o = take(size_t(T) * H);
-    const size_t o_gate = take(size_t(T) * F), o_up = take(size_t(T) * F);
-    const size_t o_tok = take(size_t(T)), o_pos = take(size_t(T)), o_rid = take(size_t(R > 0 ? R : 1));
-    const size_t o_rows = take(size_t(R > 0 ? R : 1) * H);
-    const size_t o_logits = take(direct ? 0 : size_t(R) * size_t(c.n_vocab));
-    if (ws.buf.size < off * sizeof(float)) {
+    const workspace_layout L = layout_workspace(c, T, R, !direct);
+    const size_t o_x = L.x, o_a = L.a, o_q = L.q, o_k = L.k, o_v = L.v, o_att = L.att, o_o = L.o;
+    const size_t o_gate = L.gate, o_up = L.up, o_tok = L.tok, o_pos = L.pos, o_rid = L.rid, o_rows = L.rows;
+    const size_t o_logits = L.logits;
+    if (ws.buf.size < L.total * sizeof(float)) {
         be.release(ws.buf);
-        ws.buf = be.alloc(off * sizeof(float), buffer_usage::compute);
+        ws.buf = be.alloc(L.total * sizeof(float), buffer_usage::compute);
     }
 
     float * base = (float *) ws.buf.data;
@@ -397,6 +427,11 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
     float * out = base + o_logits;
     be.matmul(out, rows, w.head, R);
     cb("result_output", -1, out, R, c.n_vocab);
+    if (keep) {
+        ws.logits = out;
+        ws.logits_offset = o_logits * sizeof(float);
+        return;
+    }
     be.download(logits, ws.buf, o_logits * sizeof(float), size_t(R) * size_t(c.n_vocab) * sizeof(float));
     be.synchronize();
 }

@@ -32,6 +32,9 @@ struct batch_view {
     int32_t            n_logit_rows = 0;
     forward_hook       hook = nullptr;  // optional, see forward_hook
     void *             hook_user = nullptr;
+    // A device backend leaves the logits in the workspace (forward_workspace::logits) instead of copying
+    // them to the host: for callers that sample on the device. Ignored on a host-memory backend.
+    bool               logits_on_device = false;
 };
 
 // The cos/sin table for positions [0, n_ctx_train) (layout as backend::rope), built the way HF builds its
@@ -48,6 +51,10 @@ struct forward_workspace {
     // compressed keys are maintained and the first stale slot of each.
     std::vector<kv_segment> dense_segs, sparse_segs, comp_segs;
     std::vector<int32_t>    comp_from;
+    // After a forward with batch.logits_on_device on a device backend: its [n_logit_rows, n_vocab] logits,
+    // in the backend's memory, at byte logits_offset of buf; nullptr otherwise.
+    const float * logits = nullptr;
+    size_t        logits_offset = 0;
     // Wall time spent in attention ops (dense and sparse, incl. compression) by forward(), accumulated.
     int64_t attn_us = 0;
 };
@@ -65,6 +72,7 @@ struct model_load_options {
     int32_t quant_group_size = 128;
     bool    quantize_head = true;
     int32_t sparse = 0;  // enum minicpm_sparse_mode: InfLLM v2 as config.json says, or forced on / off
+    uint64_t device_memory = 0;  // CUDA: the device arena's size (backend_options::memory_limit)
 };
 
 class model {
@@ -91,6 +99,10 @@ class model {
 
     // A backend for a context or an engine: same kind as the weights, its own threads and buffers.
     std::unique_ptr<backend> make_backend(const backend_options & opts) const;
+    // Bytes of the forward workspace of a batch of T rows with R logit rows on a device backend.
+    size_t workspace_bytes(int64_t T, int32_t R) const;
+    // The device arena as the model's backend sees it (all zero on the CPU).
+    device_memory_info device_memory() const { return loader_->device_memory(); }
 
     // Writes n_logit_rows x n_vocab f32 logits (already divided by the logit divisor) into the host array
     // logits. be must come from make_backend(); ws is grown on be as needed. Validates the batch (segments,

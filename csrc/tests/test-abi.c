@@ -42,7 +42,7 @@ static const struct field model_params_fields[] = {
     FIELD(minicpm_model_params, use_mmap), FIELD(minicpm_model_params, pad_), FIELD(minicpm_model_params, quantize),
     FIELD(minicpm_model_params, quant_group_size), FIELD(minicpm_model_params, quantize_head),
     FIELD(minicpm_model_params, pad1_),
-    FIELD(minicpm_model_params, sparse),
+    FIELD(minicpm_model_params, sparse),       FIELD(minicpm_model_params, device_memory),
 };
 static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, size),           FIELD(minicpm_model_info, n_vocab),
@@ -60,7 +60,9 @@ static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, kv_bytes_per_token), FIELD(minicpm_model_info, backend),
     FIELD(minicpm_model_info, sparse_config),  FIELD(minicpm_model_info, quantization_config),
     FIELD(minicpm_model_info, sparse_attention), FIELD(minicpm_model_info, pad2_),
-    FIELD(minicpm_model_info, backend_name),
+    FIELD(minicpm_model_info, backend_name),   FIELD(minicpm_model_info, device_memory_free),
+    FIELD(minicpm_model_info, device_memory_total), FIELD(minicpm_model_info, device_arena_bytes),
+    FIELD(minicpm_model_info, device_arena_free),
 };
 static const struct field context_params_fields[] = {
     FIELD(minicpm_context_params, size),      FIELD(minicpm_context_params, n_ctx),

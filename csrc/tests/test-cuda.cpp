@@ -6,13 +6,17 @@
 #include "core/status.h"
 #include "cpu/cpu-common.h"
 #include "cpu/ops-ref.h"
+#include "engine/sampler.h"
 #include "tests/tiny-model.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace minicpm;
@@ -164,6 +168,46 @@ void test_matmul(backend & be) {
             }
         }
     }
+    // Quantized weights read packed (group-ordered columns, groups of whole 16-byte loads): q8 with f16 and
+    // bf16 scales, q4 with zero points and without (8), decode and small-batch rows.
+    struct qcase {
+        dtype   type, scale_type;
+        int64_t N, K, group;
+        bool    zeros;
+    };
+    const qcase qcases[] = {{dtype::q8, dtype::f16, 72, 512, 128, false},
+                            {dtype::q8, dtype::bf16, 33, 1024, 32, false},
+                            {dtype::q4, dtype::f16, 72, 512, 128, true},
+                            {dtype::q4, dtype::f16, 40, 2048, 64, false},
+                            {dtype::q4, dtype::bf16, 129, 256, 32, true}};
+    for (const qcase & qc : qcases) {
+        const int64_t G = qc.K / qc.group;
+        std::vector<uint8_t> q(qc.type == dtype::q8 ? size_t(qc.N * qc.K) : size_t(qc.N * qc.K / 2));
+        for (auto & b : q) b = uint8_t(g_rng());
+        const auto sc = raw(rnd(size_t(qc.N * G), 0.01f, 0.05f), qc.scale_type);
+        std::vector<uint8_t> z(size_t(qc.N * G));
+        for (auto & b : z) b = uint8_t(g_rng() % 16);
+        tensor_desc hw = plain(qc.type, qc.N, qc.K, q.data());
+        hw.group_size = int32_t(qc.group);
+        hw.scale_type = qc.scale_type;
+        hw.scales = sc.data();
+        if (qc.zeros) hw.zeros = z.data();
+        tensor_desc dw = hw;
+        dw.data = dv.put(q);
+        dw.scales = dv.put(sc);
+        if (qc.zeros) dw.zeros = dv.put(z);
+        for (int64_t T : {1, 5, 8, 19}) {
+            const auto x = rnd(size_t(T * qc.K));
+            std::vector<float> yr(size_t(T * qc.N));
+            ref_matmul(yr.data(), x.data(), hw, T);
+            float * yd = dv.zeros(yr.size());
+            be.matmul(yd, dv.put(x), dw, T);
+            expect(std::string("matmul packed ") + dtype_name(qc.type) + " scales " + dtype_name(qc.scale_type) +
+                       " N=" + std::to_string(qc.N) + " K=" + std::to_string(qc.K) + " group " +
+                       std::to_string(qc.group) + (qc.zeros ? " zeros" : "") + " T=" + std::to_string(T),
+                   yr, dv.get(yd, yr.size()), 1e-10);
+        }
+    }
     // Quantized weights (q8 symmetric; q4 with zeros and a g_idx permutation), dequantized on the fly.
     for (dtype qt : {dtype::q8, dtype::q4}) {
         const int64_t N = 40, K = 256, G = 4;
@@ -206,10 +250,19 @@ void test_kv_attention(backend & be) {
         std::vector<std::pair<int32_t, int32_t>> segs;  // (n_past, n_rows)
         bool tree;
     };
+    // The first four take the one-block-per-head kernel (many rows or a short context); the others, at most
+    // 64 rows with a context of 256 slots or more, the split-K kernel (GQA 8: 16/2 heads, GQA 16: 32/2), with
+    // rows whose own context is short beside long ones (partitions past a row's context are empty).
     const tcase cases[] = {{16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}, false},
                            {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}, false},
                            {16, 2, 64, {{61, 10}}, true},
-                           {6, 3, 48, {{1, 5}, {127, 1}}, false}};
+                           {6, 3, 48, {{1, 5}, {127, 1}}, false},
+                           {16, 2, 64, {{255, 1}, {5, 1}, {3000, 1}, {37, 1}}, false},
+                           {32, 2, 128, {{2047, 1}, {5000, 2}, {0, 1}}, false},
+                           {16, 2, 64, {{700, 10}}, true},
+                           {32, 2, 128, {{300, 1}}, false},
+                           {16, 2, 64, {{4000, 1}}, false},
+                           {12, 3, 64, {{640, 4}, {70, 1}}, false}};
     for (const tcase & c : cases) {
         for (dtype kvt : {dtype::f32, dtype::bf16, dtype::f16}) {
             device dv{be};
@@ -259,10 +312,176 @@ void test_kv_attention(backend & be) {
             const bool same = dv.get(kd, kh.size()) == kh && dv.get(vd, vh.size()) == vh;
             CHECK(same, "kv_store kv=%s nh=%d hd=%d%s: pools %s", dtype_name(kvt), c.nh, c.hd, c.tree ? " tree" : "",
                   same ? "byte-identical" : "DIFFER");
+            int32_t ctx = 0;
+            for (auto & s : c.segs) ctx = std::max(ctx, s.first + s.second);
             expect(std::string("attention kv=") + dtype_name(kvt) + " nh=" + std::to_string(c.nh) + " nkv=" +
-                       std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) + (c.tree ? " tree" : ""),
+                       std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) + " rows=" + std::to_string(T) +
+                       " ctx=" + std::to_string(ctx) + (c.tree ? " tree" : ""),
                    outr, dv.get(od, outr.size()), 1e-10);
         }
+    }
+}
+
+// Device sampling vs engine/sampler.cpp (the specification). Greedy: the same token, exactly, on a full-size
+// vocabulary with bias, penalties and ties. Sampled: the draws of many counters follow the host sampler's
+// distribution (chi-square over the kept tokens, none drawn outside them), and one seed gives the same tokens.
+sampler make_sampler(const minicpm_sampling_params & sp, int32_t V, const std::vector<int32_t> & prompt,
+                     const std::vector<int32_t> & bias_ids, const std::vector<float> & bias_values) {
+    return sampler(sp, V, {}, nullptr, 0, bias_ids.data(), bias_values.data(), int32_t(bias_ids.size()),
+                   prompt.data(), int32_t(prompt.size()));
+}
+
+void test_sample_greedy(backend & be) {
+    device dv{be};
+    const int32_t V = 73448, R = 6;
+    std::vector<float> logits = rnd(size_t(R) * V, -8, 8);
+    for (int32_t r = 0; r < 2; ++r)  // rows of ties: logits on a grid of 1/4, several share the maximum
+        for (int32_t i = 0; i < V; ++i) logits[size_t(r) * V + i] = std::round(logits[size_t(r) * V + i] * 4) / 4;
+    std::vector<sample_row> rows(R);
+    std::vector<sample_adjust> adjust;
+    std::vector<int32_t> want(R);
+    std::vector<float> want_lp(R);
+    sampler_scratch sc;
+    for (int32_t r = 0; r < R; ++r) {
+        const float * row = logits.data() + size_t(r) * V;
+        std::vector<int32_t> order(V);
+        for (int32_t i = 0; i < V; ++i) order[size_t(i)] = i;
+        std::partial_sort(order.begin(), order.begin() + 8, order.end(),
+                          [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+        minicpm_sampling_params sp;
+        default_sampling_params(sp);
+        sp.temperature = 0.0f;
+        sp.logprobs = 1;
+        if (r % 2 == 1) {  // penalties on the prompt's tokens: the best ones, so the winner moves
+            sp.repetition_penalty = 1.5f;
+            sp.presence_penalty = 0.4f;
+            sp.frequency_penalty = 0.3f;
+        }
+        const std::vector<int32_t> prompt = {order[0], order[1], order[1], order[5]};
+        const std::vector<int32_t> bias_ids = {order[2], order[3], 17};
+        const std::vector<float>   bias_values = {-INFINITY, r == 4 ? 0.05f : -0.02f, 0.5f};
+        sampler smp = make_sampler(sp, V, prompt, bias_ids, bias_values);
+        smp.accept(order[4]);
+        if (!smp.device_row(rows[size_t(r)], adjust)) fail(MINICPM_STATUS_INTERNAL, "test: no device row");
+        const sample_result res = smp.sample(row, sc);
+        want[size_t(r)] = res.token;
+        want_lp[size_t(r)] = res.logprob;
+    }
+    std::vector<sample_out> got(R);
+    const bool ran = be.sample(dv.put(logits), V, rows.data(), R, adjust.data(), int32_t(adjust.size()), got.data());
+    int32_t same = 0;
+    float   lp_err = 0.0f;
+    for (int32_t r = 0; r < R; ++r) {
+        same += got[size_t(r)].token == want[size_t(r)];
+        lp_err = std::max(lp_err, std::fabs(got[size_t(r)].logprob - want_lp[size_t(r)]));
+    }
+    CHECK(ran && same == R, "sample greedy V=%d: %d/%d tokens equal to the host sampler", V, same, R);
+    CHECK(ran && lp_err < 1e-4f, "sample greedy logprob: max |diff| %.2e (thr 1e-4)", double(lp_err));
+}
+
+// Upper 1e-4 tail of chi-square with df degrees of freedom (Wilson-Hilferty).
+double chi2_critical(int df) {
+    const double z = 3.719, a = 2.0 / (9.0 * df);
+    return df * std::pow(1.0 - a + z * std::sqrt(a), 3.0);
+}
+
+void test_sample_distribution(backend & be) {
+    device dv{be};
+    const int32_t V = 64, N = 40000;
+    // Smooth logits, and logits on a grid of 1/2 where many tie (top-k and top-p then cut ties by id).
+    std::vector<float> smooth = rnd(size_t(V), -3, 3), tied = smooth;
+    for (float & x : tied) x = std::round(x * 2) / 2;
+    std::vector<float> logits[2];
+    for (int32_t i = 0; i < N; ++i) {
+        logits[0].insert(logits[0].end(), smooth.begin(), smooth.end());
+        logits[1].insert(logits[1].end(), tied.begin(), tied.end());
+    }
+    const float * dlogits[2] = {dv.put(logits[0]), dv.put(logits[1])};
+    struct scase {
+        const char * name;
+        float        temp, top_p, min_p;
+        int32_t      top_k;
+        bool         penalties, ties;
+    };
+    const scase cases[] = {{"T=0.7 top_k=20", 0.7f, 1.0f, 0.0f, 20, false, false},
+                           {"T=1 top_p=0.8", 1.0f, 0.8f, 0.0f, 0, false, false},
+                           {"T=1.3 top_k=40 top_p=0.9 min_p=0.05 penalties bias", 1.3f, 0.9f, 0.05f, 40, true, false},
+                           {"T=0.5 min_p=0.2", 0.5f, 1.0f, 0.2f, 0, false, false},
+                           {"T=1 top_k=12 ties", 1.0f, 1.0f, 0.0f, 12, false, true},
+                           {"T=0.8 top_p=0.7 ties", 0.8f, 0.7f, 0.0f, 0, false, true}};
+    for (const scase & c : cases) {
+        const std::vector<float> & one = c.ties ? tied : smooth;
+        minicpm_sampling_params sp;
+        default_sampling_params(sp);
+        sp.temperature = c.temp;
+        sp.top_p = c.top_p;
+        sp.min_p = c.min_p;
+        sp.top_k = c.top_k;
+        sp.seed = 1234;
+        std::vector<int32_t> prompt, bias_ids;
+        std::vector<float> bias_values;
+        if (c.penalties) {
+            sp.repetition_penalty = 1.2f;
+            sp.presence_penalty = 0.3f;
+            sp.frequency_penalty = 0.1f;
+            prompt = {1, 2, 3, 3, 9};
+            bias_ids = {5, 7};
+            bias_values = {2.0f, -INFINITY};
+        }
+        sampler smp = make_sampler(sp, V, prompt, bias_ids, bias_values);
+        if (c.penalties) {
+            smp.accept(3);
+            smp.accept(11);
+        }
+        sampler_scratch sc;
+        int32_t best = -1;
+        const double total = smp.distribution(one.data(), sc, &best);
+        std::vector<double> prob(size_t(V), 0.0);
+        for (const auto & [w, id] : sc.cand) prob[size_t(id)] = double(w) / total;
+        std::vector<sample_row> rows(N);
+        std::vector<sample_adjust> adjust;
+        smp.device_row(rows[0], adjust);
+        for (int32_t i = 0; i < N; ++i) {
+            rows[size_t(i)] = rows[0];
+            rows[size_t(i)].counter = uint64_t(i);
+        }
+        std::vector<sample_out> got(N), again(N);
+        be.sample(dlogits[c.ties], V, rows.data(), N, adjust.data(), int32_t(adjust.size()), got.data());
+        be.sample(dlogits[c.ties], V, rows.data(), N, adjust.data(), int32_t(adjust.size()), again.data());
+        std::vector<double> count(size_t(V), 0.0);
+        int32_t outside = 0, repeat = 0;
+        for (int32_t i = 0; i < N; ++i) {
+            const int32_t t = got[size_t(i)].token;
+            if (t < 0 || t >= V || prob[size_t(t)] == 0.0) {
+                ++outside;
+            } else {
+                count[size_t(t)] += 1;
+            }
+            repeat += got[size_t(i)].token == again[size_t(i)].token;
+        }
+        // Bins with fewer than 5 expected draws are pooled into one.
+        double chi2 = 0.0, pool_e = 0.0, pool_o = 0.0;
+        int    bins = 0;
+        for (int32_t t = 0; t < V; ++t) {
+            const double e = prob[size_t(t)] * N;
+            if (e == 0.0) continue;
+            if (e < 5.0) {
+                pool_e += e;
+                pool_o += count[size_t(t)];
+                continue;
+            }
+            chi2 += (count[size_t(t)] - e) * (count[size_t(t)] - e) / e;
+            ++bins;
+        }
+        if (pool_e > 0.0) {
+            chi2 += (pool_o - pool_e) * (pool_o - pool_e) / pool_e;
+            ++bins;
+        }
+        const int df = std::max(bins - 1, 1);
+        CHECK(outside == 0 && chi2 <= chi2_critical(df),
+              "sample %-52s %d draws: chi2 %.1f (df %d, 1e-4 critical %.1f), %d outside the host's %zu kept", c.name,
+              N, chi2, df, chi2_critical(df), outside, sc.cand.size());
+        CHECK(repeat == N, "sample %-52s same seed and counters twice: %d/%d tokens equal", c.name, repeat, N);
     }
 }
 
@@ -301,28 +520,263 @@ void test_model() {
     CHECK(ran && e < 1e-4, "model logits, 100 tokens, CUDA vs CPU reference: nmse %.3e (thr 1e-4)", e);
 }
 
+// The engine on the CUDA backend samples on the device (one plain row per request): each greedy token of a
+// batch of requests must be the argmax of the CUDA logits at its position (recomputed by a context; within a
+// margin, as a batch may group rows differently), and a seeded sampled request repeats itself.
+std::vector<int32_t> run_engine(minicpm_engine_t * eng, const std::vector<std::vector<int32_t>> & prompts,
+                                const minicpm_sampling_params & sp, std::vector<std::vector<int32_t>> & out) {
+    std::vector<uint64_t> ids(prompts.size(), 0);
+    for (size_t i = 0; i < prompts.size(); ++i)
+        minicpm_engine_submit(eng, prompts[i].data(), int32_t(prompts[i].size()), &sp, nullptr, 0, nullptr, nullptr,
+                              0, &ids[i]);
+    out.assign(prompts.size(), {});
+    std::vector<int32_t> finish(prompts.size(), -1);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (size_t done = 0; done < prompts.size() && std::chrono::steady_clock::now() < deadline;) {
+        for (size_t i = 0; i < prompts.size(); ++i) {
+            minicpm_event ev[16];
+            const int32_t n = ids[i] && finish[i] < 0 ? minicpm_engine_drain(eng, ids[i], ev, 16) : 0;
+            for (int32_t e = 0; e < n; ++e) {
+                if (ev[e].token >= 0) out[i].push_back(ev[e].token);
+                if (ev[e].finish_reason != MINICPM_FINISH_NONE) {
+                    finish[i] = ev[e].finish_reason;
+                    ++done;
+                }
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    return finish;
+}
+
+void test_engine_sampling() {
+    const std::string dir = minicpm_test::make_temp_dir("cuda-engine");
+    minicpm_test::tiny_model_spec spec;
+    spec.tie_word_embeddings = false;
+    minicpm_test::write_tiny_model(dir, spec);
+    minicpm_model_params mp;
+    minicpm_model_default_params(&mp);
+    mp.backend = MINICPM_BACKEND_CUDA;
+    minicpm_model_t * m = nullptr;
+    minicpm_engine_t * eng = nullptr;
+    minicpm_engine_params ep;
+    minicpm_engine_default_params(&ep);
+    ep.n_ctx = 256;
+    const bool up = minicpm_model_load(dir.c_str(), &mp, &m) == MINICPM_STATUS_OK &&
+                    minicpm_engine_init(m, &ep, &eng) == MINICPM_STATUS_OK;
+    char why[256] = "loaded";
+    if (!up) minicpm_last_error(why, int32_t(sizeof(why)));
+    CHECK(up, "engine on CUDA: %s", why);
+    if (!up) {
+        minicpm_model_free(m);
+        minicpm_test::remove_dir(dir);
+        return;
+    }
+    std::vector<std::vector<int32_t>> prompts;
+    for (int32_t p = 0; p < 4; ++p) {
+        prompts.emplace_back();
+        for (int32_t i = 0; i < 20 + 7 * p; ++i) prompts.back().push_back(int32_t((i * 37 + p * 101 + 5) % 500));
+    }
+    std::vector<std::vector<int32_t>> got;
+    const std::vector<int32_t> fin = run_engine(eng, prompts, minicpm_test::greedy(12), got);
+    int32_t n_tok = 0, n_ok = 0;
+    float   worst = 0.0f;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        // The prompt in one call and then one generated token a call, as the engine runs them (a prompt
+        // chunk, then decode rows), so the kernels and roundings are the same.
+        minicpm_context_params cp;
+        minicpm_context_default_params(&cp);
+        cp.n_ctx = 256;
+        cp.kv_dtype = ep.kv_dtype;
+        minicpm_context_t * ctx = nullptr;
+        if (minicpm_context_init(m, &cp, &ctx) != MINICPM_STATUS_OK) break;
+        std::vector<float> logits(got[i].size() * 512);
+        int32_t rows = minicpm_context_eval(ctx, prompts[i].data(), nullptr, nullptr, int32_t(prompts[i].size()),
+                                            logits.data(), 512);
+        for (size_t j = 0; j + 1 < got[i].size() && rows == int32_t(j) + 1; ++j)
+            rows += minicpm_context_eval(ctx, &got[i][j], nullptr, nullptr, 1, logits.data() + (j + 1) * 512, 512);
+        minicpm_context_free(ctx);
+        for (int32_t r = 0; r < rows; ++r) {
+            const float * l = logits.data() + size_t(r) * 512;
+            const float   top = *std::max_element(l, l + 512);
+            const float   gap = top - l[got[i][size_t(r)]];
+            worst = std::max(worst, gap);
+            n_ok += gap <= 1e-3f * std::max(1.0f, std::fabs(top));
+            ++n_tok;
+        }
+    }
+    CHECK(n_tok == 48 && n_ok == n_tok && fin[0] == MINICPM_FINISH_LENGTH,
+          "engine greedy on the device, 4 requests x 12: %d/%d tokens are the argmax of the CUDA logits (largest "
+          "gap %.2e)", n_ok, n_tok, double(worst));
+    minicpm_sampling_params sp;
+    minicpm_sampling_default_params(&sp);
+    sp.temperature = 0.9f;
+    sp.top_k = 50;
+    sp.top_p = 0.95f;
+    sp.repetition_penalty = 1.1f;
+    sp.seed = 77;
+    sp.n_max_tokens = 16;
+    sp.ignore_eos = 1;
+    std::vector<std::vector<int32_t>> a, b;
+    run_engine(eng, {prompts[0], prompts[1]}, sp, a);
+    run_engine(eng, {prompts[1], prompts[0]}, sp, b);
+    CHECK(a.size() == 2 && a[0].size() == 16 && a[0] == b[1] && a[1] == b[0],
+          "engine sampled on the device, seed 77: the same tokens in either batch order (%s | %s)",
+          minicpm_test::str(a[0]).c_str(), minicpm_test::str(b[1]).c_str());
+    minicpm_engine_free(eng);
+    minicpm_model_free(m);
+    minicpm_test::remove_dir(dir);
+}
+
+// The device arena: sized by the first CUDA backend of the process (here the model load's, before any other
+// exists), reported in model_info, bounding weights (a clear load error) and the engine's KV budget.
+void test_arena() {
+    const std::string dir = minicpm_test::make_temp_dir("cuda-arena");
+    minicpm_test::tiny_model_spec spec;
+    minicpm_test::write_tiny_model(dir, spec);
+    char why[512] = "";
+    minicpm_model_params mp;
+    minicpm_model_default_params(&mp);
+    mp.backend = MINICPM_BACKEND_CUDA;
+    mp.device_memory = 64 << 10;
+    minicpm_model_t * m = nullptr;
+    int32_t rc = minicpm_model_load(dir.c_str(), &mp, &m);
+    minicpm_last_error(why, int32_t(sizeof(why)));
+    CHECK(rc == MINICPM_STATUS_OUT_OF_MEMORY && std::strstr(why, "weights") && std::strstr(why, "device arena"),
+          "load with a 64 KiB device arena: status %d: %s", rc, why);
+    mp.device_memory = uint64_t(1) << 50;
+    rc = minicpm_model_load(dir.c_str(), &mp, &m);
+    minicpm_last_error(why, int32_t(sizeof(why)));
+    CHECK(rc == MINICPM_STATUS_OUT_OF_MEMORY && std::strstr(why, "exceeds"), "load with a 1 PiB limit: status %d: %s",
+          rc, why);
+    mp.device_memory = uint64_t(256) << 20;
+    rc = minicpm_model_load(dir.c_str(), &mp, &m);
+    struct minicpm_model_info info;
+    info.size = sizeof(info);
+    const bool loaded = rc == MINICPM_STATUS_OK && minicpm_model_info(m, &info) == MINICPM_STATUS_OK;
+    CHECK(loaded && info.device_arena_bytes == mp.device_memory && info.device_memory_total >= info.device_memory_free &&
+              info.device_memory_free > 0 && info.device_arena_free + info.weight_bytes <= info.device_arena_bytes,
+          "load with a 256 MiB arena: arena %llu MiB, %llu MiB left after %llu MiB of weights; device %llu of %llu MiB "
+          "free at load",
+          (unsigned long long) (info.device_arena_bytes >> 20), (unsigned long long) (info.device_arena_free >> 20),
+          (unsigned long long) (info.weight_bytes >> 20), (unsigned long long) (info.device_memory_free >> 20),
+          (unsigned long long) (info.device_memory_total >> 20));
+    if (loaded) {
+        minicpm_engine_params ep;
+        minicpm_engine_default_params(&ep);
+        ep.n_ctx = 256;
+        ep.kv_bytes = uint64_t(1) << 30;
+        minicpm_engine_t * eng = nullptr;
+        rc = minicpm_engine_init(m, &ep, &eng);
+        minicpm_last_error(why, int32_t(sizeof(why)));
+        CHECK(rc == MINICPM_STATUS_OUT_OF_MEMORY && std::strstr(why, "kv_bytes"),
+              "engine with kv_bytes 1 GiB in a 256 MiB arena: status %d: %s", rc, why);
+        ep.kv_bytes = 0;
+        ep.n_batch_max = 4;
+        rc = minicpm_engine_init(m, &ep, &eng);
+        struct minicpm_engine_stats st;
+        st.size = sizeof(st);
+        const bool up = rc == MINICPM_STATUS_OK && minicpm_engine_stats(eng, &st) == MINICPM_STATUS_OK;
+        CHECK(up && st.kv_tokens_total == 4 * 256, "engine with the default KV budget: status %d, %d KV tokens (want "
+              "4 x 256: all that the requests can use)", rc, up ? st.kv_tokens_total : -1);
+        minicpm_engine_free(eng);
+    }
+    minicpm_model_free(m);
+    minicpm_test::remove_dir(dir);
+}
+
+// Seconds per call of fn, after one warm-up call, averaged over reps.
+template <typename F> double time_calls(backend & be, int reps, F && fn) {
+    fn();
+    be.synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) fn();
+    be.synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
+// `test-cuda --perf` (scripts/gpu-check.sh): GEMV GB/s per weight format, tensor-core GEMM TFLOP/s, split-K
+// decode attention (KV GB/s) and the device sampler, on MiniCPM4 shapes. Weights are a constant pattern: only
+// the time matters here.
 void perf(backend & be) {
     device dv{be};
-    const int64_t N = 73448, K = 1024;  // the MiniCPM4-0.5B LM head
-    const std::vector<uint8_t> w(size_t(N * K) * 2, 0x3c);
-    const tensor_desc dw = plain(dtype::bf16, N, K, dv.put(w));
-    for (int64_t T : {int64_t(1), int64_t(512)}) {
-        const auto x = rnd(size_t(T * K));
-        float * xd = dv.put(x);
-        float * yd = dv.zeros(size_t(T * N));
-        be.matmul(yd, xd, dw, T);
-        be.synchronize();
-        const int reps = T == 1 ? 50 : 10;
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < reps; ++i) be.matmul(yd, xd, dw, T);
-        be.synchronize();
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
-        if (T == 1) {
-            std::printf("perf: GEMV bf16 %lldx%lld: %.1f GB/s (%.3f ms)\n", (long long) N, (long long) K,
-                        double(N * K * 2) / s / 1e9, s * 1e3);
-        } else {
-            std::printf("perf: GEMM bf16 T=%lld %lldx%lld: %.1f TFLOP/s (%.3f ms)\n", (long long) T, (long long) N,
-                        (long long) K, 2.0 * double(T * N * K) / s / 1e12, s * 1e3);
+    {
+        const int64_t N = 73448, K = 1024;  // the MiniCPM4-0.5B LM head
+        const std::vector<uint8_t> w(size_t(N * K) * 2, 0x3c);
+        const tensor_desc dw = plain(dtype::bf16, N, K, dv.put(w));
+        for (int64_t T : {int64_t(1), int64_t(512), int64_t(2048)}) {
+            float * xd = dv.put(rnd(size_t(T * K)));
+            float * yd = dv.zeros(size_t(T * N));
+            const double s = time_calls(be, T == 1 ? 50 : 10, [&] { be.matmul(yd, xd, dw, T); });
+            if (T == 1) {
+                std::printf("perf: GEMV bf16 %lldx%lld: %.1f GB/s (%.3f ms)\n", (long long) N, (long long) K,
+                            double(N * K * 2) / s / 1e9, s * 1e3);
+            } else {
+                std::printf("perf: GEMM bf16 T=%lld %lldx%lld: %.1f TFLOP/s (%.3f ms)\n", (long long) T, (long long) N,
+                            (long long) K, 2.0 * double(T * N * K) / s / 1e12, s * 1e3);
+            }
+        }
+    }
+    {
+        const int64_t N = 14336, K = 4096, G = K / 128;  // an 8B-shaped FFN projection, groups of 128
+        const std::vector<uint8_t> w16(size_t(N * K) * 2, 0x3c), w8(size_t(N * K), 0x11), w4(size_t(N * K / 2), 0x87);
+        const std::vector<uint8_t> sc(size_t(N * G) * 2, 0x1c), zp(size_t(N * G), 8);
+        float * xd = dv.put(rnd(size_t(K)));
+        float * yd = dv.zeros(size_t(N));
+        for (dtype t : {dtype::bf16, dtype::q8, dtype::q4}) {
+            tensor_desc dw = plain(t, N, K, dv.put(t == dtype::bf16 ? w16 : t == dtype::q8 ? w8 : w4));
+            size_t bytes = t == dtype::bf16 ? w16.size() : t == dtype::q8 ? w8.size() : w4.size();
+            if (t != dtype::bf16) {
+                dw.group_size = 128;
+                dw.scale_type = dtype::f16;
+                dw.scales = dv.put(sc);
+                bytes += sc.size();
+                if (t == dtype::q4) {
+                    dw.zeros = dv.put(zp);
+                    bytes += zp.size();
+                }
+            }
+            const double s = time_calls(be, 50, [&] { be.matmul(yd, xd, dw, 1); });
+            std::printf("perf: GEMV %s %lldx%lld T=1: %.1f GB/s (%.3f ms)\n", dtype_name(t), (long long) N,
+                        (long long) K, double(bytes) / s / 1e9, s * 1e3);
+        }
+    }
+    {
+        const int32_t nh = 32, nkv = 2, hd = 128;  // 8B attention, bf16 KV
+        for (int32_t ctx : {4096, 32768}) {
+            for (int32_t R : {1, 8}) {
+                const int32_t per_seq = (ctx + 63) / 64, nb = per_seq * R;
+                const size_t  pool = size_t(nb) * nkv * 64 * hd * 2;
+                const std::vector<uint8_t> fill(pool, 0x3c);
+                const kv_layer kv = {dtype::bf16, dv.put(fill), dv.put(fill), nkv, hd};
+                std::vector<int32_t> table(static_cast<size_t>(nb));
+                for (int32_t i = 0; i < nb; ++i) table[size_t(i)] = i;
+                std::vector<kv_segment> segs;
+                for (int32_t r = 0; r < R; ++r) segs.push_back({r, 1, ctx - 1, table.data() + size_t(r) * per_seq, nullptr});
+                float * qd = dv.put(rnd(size_t(R) * nh * hd));
+                float * od = dv.zeros(size_t(R) * nh * hd);
+                const double s = time_calls(be, 20, [&] { be.attention(od, qd, kv, segs.data(), R, nh, 0.088f); });
+                std::printf("perf: attention decode nh=%d nkv=%d hd=%d ctx=%d rows=%d: %.1f GB/s of KV (%.3f ms)\n", nh,
+                            nkv, hd, ctx, R, double(R) * ctx * nkv * hd * 2 * 2 / s / 1e9, s * 1e3);
+            }
+        }
+    }
+    {
+        const int32_t V = 73448;
+        for (int32_t R : {1, 32}) {
+            const float * ld = dv.put(rnd(size_t(R) * V, -10, 10));
+            for (bool greedy : {true, false}) {
+                std::vector<sample_row> rows(static_cast<size_t>(R));
+                for (auto & r : rows) {
+                    r.temperature = greedy ? 0.0f : 0.8f;
+                    r.top_p = greedy ? 1.0f : 0.9f;
+                    r.top_k = greedy ? 0 : 50;
+                }
+                std::vector<sample_out> out(static_cast<size_t>(R));
+                const double s = time_calls(be, 20, [&] { be.sample(ld, V, rows.data(), R, nullptr, 0, out.data()); });
+                std::printf("perf: sample V=%d rows=%d %s: %.1f us per call (ids copied back)\n", V, R,
+                            greedy ? "greedy" : "top-k 50 top-p 0.9", s * 1e6);
+            }
         }
     }
 }
@@ -330,19 +784,29 @@ void perf(backend & be) {
 }  // namespace
 
 int main(int argc, char ** argv) {
+    try {
+        make_backend(backend_kind::cuda, backend_options{});  // gone at once, and with it its device arena
+    } catch (const error & e) {
+        std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
+        return 77;
+    }
+    test_arena();  // first: the arena is made by the first CUDA backend alive
     std::unique_ptr<backend> be;
     try {
         be = make_backend(backend_kind::cuda, backend_options{});
     } catch (const error & e) {
-        std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
-        return 77;
+        CHECK(false, "CUDA backend: %s", e.what());
+        return minicpm_test::finish();
     }
     std::printf("backend: %s\n", be->name());
     try {
         test_elementwise(*be);
         test_matmul(*be);
         test_kv_attention(*be);
+        test_sample_greedy(*be);
+        test_sample_distribution(*be);
         test_model();
+        test_engine_sampling();
         if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) perf(*be);
     } catch (const std::exception & e) {
         CHECK(false, "unexpected exception: %s", e.what());

@@ -417,16 +417,49 @@ static void test_drafts() {
           drafted_steps.load(), plain_steps.load(), n_rows_drafted.load(), n_proposed.load());
 }
 
-// A backend whose matmul fails on demand: the forward throws, the batch ends with FINISH_ERROR.
+// A backend whose matmul fails on demand: the forward throws, the batch ends with FINISH_ERROR. device_like:
+// it also poses as a device backend (not host memory) with a greedy-only sampler, so the scheduler's device
+// sampling path (logits left in the workspace, only ids back, host fallback) runs on the CPU.
 static std::atomic<bool> g_fail_matmul{false};
+static std::atomic<int32_t> g_device_samples{0}, g_device_declined{0};
 class failing_backend final : public minicpm::backend {
   public:
-    explicit failing_backend(std::unique_ptr<minicpm::backend> inner) : in_(std::move(inner)) {}
+    explicit failing_backend(std::unique_ptr<minicpm::backend> inner, bool device_like = false)
+        : in_(std::move(inner)), device_like_(device_like) {}
     minicpm::backend_kind kind() const override { return in_->kind(); }
     const char * name() const override { return "failing"; }
     const char * features() const override { return in_->features(); }
     int n_threads() const override { return in_->n_threads(); }
-    bool host_memory() const override { return in_->host_memory(); }
+    bool host_memory() const override { return in_->host_memory() && !device_like_; }
+    // Greedy rows as sampler::adjust + argmax would pick them; a batch with a sampled row is declined.
+    bool sample(const float * logits, int32_t V, const minicpm::sample_row * rows, int32_t R,
+                const minicpm::sample_adjust * adj, int32_t, minicpm::sample_out * out) override {
+        if (!device_like_) return false;
+        for (int32_t r = 0; r < R; ++r)
+            if (rows[r].temperature > 0.0f) {
+                g_device_declined++;
+                return false;
+            }
+        std::vector<float> l;
+        for (int32_t r = 0; r < R; ++r) {
+            l.assign(logits + size_t(r) * V, logits + size_t(r + 1) * V);
+            for (int32_t e = 0; e < rows[r].n_adjust; ++e) {
+                const minicpm::sample_adjust & a = adj[rows[r].adjust_begin + e];
+                float x = l[size_t(a.token)] + a.bias;
+                if (a.n_all > 0) {
+                    const float rep = rows[r].repetition_penalty;
+                    if (rep != 1.0f) x = x > 0.0f ? x / rep : x * rep;
+                    x -= rows[r].presence_penalty * float(a.n_generated > 0) +
+                         rows[r].frequency_penalty * float(a.n_generated);
+                }
+                l[size_t(a.token)] = x;
+            }
+            out[r].token = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+            out[r].logprob = 0.0f;
+        }
+        g_device_samples += R;
+        return true;
+    }
     minicpm::thread_pool * host_pool() override { return in_->host_pool(); }
     minicpm::buffer alloc(size_t n, minicpm::buffer_usage u) override { return in_->alloc(n, u); }
     void release(minicpm::buffer & b) override { in_->release(b); }
@@ -477,7 +510,57 @@ class failing_backend final : public minicpm::backend {
 
   private:
     std::unique_ptr<minicpm::backend> in_;
+    bool                              device_like_;
 };
+
+// The scheduler's device sampling seam on the CPU: greedy requests with bias and penalties give the plain
+// engine's tokens when a (posing) device samples them, and a batch with a sampled request falls back to host
+// sampling of downloaded logits with the same tokens as the plain engine.
+static void test_device_sampling_seam() {
+    minicpm_sampling_params pen = greedy(20);
+    pen.repetition_penalty = 1.4f;
+    pen.presence_penalty = 0.5f;
+    pen.frequency_penalty = 0.3f;
+    minicpm_sampling_params hot = greedy(20);
+    hot.temperature = 0.8f;
+    hot.top_k = 40;
+    hot.seed = 9;
+    const int32_t bias_ids[] = {7, 11, 7};
+    const float   bias_values[] = {1.5f, -INFINITY, 0.25f};
+    auto run = [&](scheduler & s, bool with_hot) {
+        std::vector<uint64_t> ids = {submit(s, prompt_of(12, 1), greedy(20)), submit(s, prompt_of(30, 2), pen),
+                                     s.submit(prompt_of(9, 3).data(), 9, &pen, nullptr, 0, bias_ids, bias_values, 2)};
+        if (with_hot) ids.push_back(submit(s, prompt_of(17, 4), hot));
+        std::vector<std::vector<int32_t>> out;
+        for (uint64_t id : ids) out.push_back(tokens_of(collect(s, id)));
+        return out;
+    };
+    for (bool with_hot : {false, true}) {
+        std::vector<std::vector<int32_t>> plain, dev;
+        {
+            scheduler s(*g_model, engine_params(), reference_ops());
+            plain = run(s, with_hot);
+        }
+        g_device_samples = 0;
+        g_device_declined = 0;
+        {
+            scheduler s(*g_model, engine_params(),
+                        std::make_unique<failing_backend>(g_model->make_backend(reference_ops()), true));
+            dev = run(s, with_hot);
+        }
+        const bool same = plain == dev && plain[2].size() == 20;
+        if (!with_hot) {
+            CHECK(same && g_device_samples >= 60 && g_device_declined == 0,
+                  "device sampling seam, 3 greedy requests (penalties, bias): tokens %s the plain engine's; %d rows "
+                  "sampled on the device", same ? "equal" : "DIFFER from", g_device_samples.load());
+        } else {
+            CHECK(same && g_device_declined > 0,
+                  "device sampling seam with a sampled request: tokens %s the plain engine's; %d batches fell back "
+                  "to the host, %d rows sampled on the device", same ? "equal" : "DIFFER from",
+                  g_device_declined.load(), g_device_samples.load());
+        }
+    }
+}
 
 static void test_forward_error() {
     scheduler s(*g_model, engine_params(), std::make_unique<failing_backend>(g_model->make_backend(reference_ops())));
@@ -688,6 +771,7 @@ int main() {
     test_seed();
     test_drafts();
     test_forward_error();
+    test_device_sampling_seam();
     test_free_mid_step();
     test_c_api();
     test_masked();

@@ -120,6 +120,7 @@ export const modelOptions = {
   'kv-bytes': { type: 'string' },
   'kv-dtype': { type: 'string' },
   backend: { type: 'string' },
+  'gpu-memory': { type: 'string' },
   exact: { type: 'boolean' },
   quantize: { type: 'string' },
   'quant-group': { type: 'string' },
@@ -136,10 +137,13 @@ export const modelHelp = `Model:
   -c, --ctx N              most tokens per request (default: the model's max_position_embeddings);
                            also --ctx-size, --max-model-len
       --parallel N         most sequences decoded together (default: the engine's); also --max-num-seqs, -np
-      --kv-bytes SIZE      KV cache memory limit: bytes or 512M, 2G, 1.5GiB, 4GB (default 1 GiB)
+      --kv-bytes SIZE      KV cache memory limit: bytes or 512M, 2G, 1.5GiB, 4GB (default 1 GiB; CUDA: what
+                           the device arena has left after the weights and a step's activations)
       --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16; f32: exact, twice the bytes)
       --backend B          where the engine runs: auto (default: CUDA when built and a GPU is present, else CPU),
                            cpu or cuda (an error when this build or machine has none)
+      --gpu-memory SIZE    CUDA: the one device memory arena for weights, KV and activations, allocated at
+                           load (default 90% of the free device memory; half on Jetson)
       --exact              CPU kernels with exact f32 products (no bf16 rounding of activations; slower prefill);
                            the same as MINICPM_KERNELS=exact
       --quantize q8|q4     quantize the weights at load (round to nearest; q8 symmetric, q4 asymmetric)
@@ -198,6 +202,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     kvBytes: size(values, 'kv-bytes', { min: 1 }),
     kvDtype: kvDtypeOf(values),
     backend: backendOf(values),
+    deviceMemory: size(values, 'gpu-memory', { min: 1 }),
     exact: values.exact === true ? true : undefined,
     ...quantizeOf(values),
     prefixCache: values['no-prefix-cache'] === true ? false : undefined,

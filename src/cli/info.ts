@@ -64,6 +64,7 @@ ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
         warnings: model.warnings(),
         sparseAttention: i.sparseAttention,
         kvBytesPerToken: i.kvBytesPerToken,
+        device: { free: i.deviceMemoryFree, total: i.deviceMemoryTotal, arena: i.deviceArenaBytes, arenaFree: i.deviceArenaFree },
       }
     } catch (e) {
       load = { ok: false, error: (e as Error).message }
@@ -111,6 +112,7 @@ type Load =
       warnings: string[]
       sparseAttention: string
       kvBytesPerToken: number
+      device: { free: number; total: number; arena: number; arenaFree: number }
     }
   | { ok: false; error: string }
 
@@ -197,6 +199,12 @@ function printReport(r: {
     ...(r.load.ok
       ? [
           `attention    ${r.load.sparseAttention === 'off' ? 'dense' : `InfLLM v2 sparse (variant ${r.load.sparseAttention}) beyond sparse_config.dense_len, dense below`}; KV ${r.load.kvBytesPerToken} bytes/token (bf16${r.load.sparseAttention === 'off' ? '' : ', incl. compressed keys'})`,
+        ]
+      : []),
+    ...(r.load.ok && r.load.device.arena > 0
+      ? [
+          `device       ${mb(r.load.device.free)} free of ${mb(r.load.device.total)} at load; arena ${mb(r.load.device.arena)} ` +
+            `(--gpu-memory), ${mb(r.load.device.arenaFree)} left after the weights for KV and activations`,
         ]
       : []),
     ...(r.load.ok ? r.load.warnings.map((w) => `warning      ${w}`) : []),

@@ -33,6 +33,8 @@ export interface LoadOptions {
   kvBytes?: number
   kvDtype?: KvDtype
   backend?: Backend
+  /** CUDA: bytes of the device memory arena (`--gpu-memory`); default 90% of the free device memory (half on Jetson). */
+  deviceMemory?: number
   nBatchMax?: number
   nChunk?: number
   nQueueMax?: number
@@ -147,6 +149,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     useMmap: opts.useMmap,
     nThreads: opts.nThreads,
     backend: opts.backend,
+    deviceMemory: opts.deviceMemory,
     quantize: opts.quantize,
     quantGroupSize: opts.quantGroupSize,
     quantizeHead: opts.quantizeHead,
