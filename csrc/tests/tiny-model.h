@@ -452,14 +452,14 @@ struct tiny_eagle_spec {
 };
 
 inline std::string tiny_eagle_config_json(const tiny_model_spec & t, const tiny_eagle_spec & e) {
-    char eps[32];
+    char eps[32], depth[32];
     std::snprintf(eps, sizeof(eps), "%.9g", double(e.rms_norm_eps));
+    std::snprintf(depth, sizeof(depth), "%.9g", double(t.scale_depth));
     return "{\n  \"architectures\": [\"MiniCPMEagle\"],\n  \"model_type\": \"minicpm\",\n"
            "  \"hidden_size\": " + std::to_string(e.n_embd) + ",\n  \"intermediate_size\": " + std::to_string(e.n_ff) +
            ",\n  \"num_attention_heads\": " + std::to_string(e.n_head) + ",\n  \"num_key_value_heads\": " +
            std::to_string(e.n_head_kv) + ",\n  \"num_hidden_layers\": 1,\n  \"rms_norm_eps\": " + eps +
-           ",\n  \"vocab_size\": " + std::to_string(t.n_vocab) + ",\n  \"scale_depth\": " +
-           std::to_string(t.scale_depth) + ",\n  \"dim_model_base\": " + std::to_string(t.dim_model_base) + "\n}\n";
+           ",\n  \"vocab_size\": " + std::to_string(t.n_vocab) + ",\n  \"scale_depth\": " + depth + ",\n  \"dim_model_base\": " + std::to_string(t.dim_model_base) + "\n}\n";
 }
 
 // fc (with bias), input_norm1/2 and layers.0.*, as the published checkpoint names them (no embedding, no head).
