@@ -685,7 +685,7 @@ void scheduler::commit() {
         index_blocks(r);
         if (e.prefill) n_prompt_tokens_ += uint64_t(e.n_rows);
         if (!e.samples) {
-            if (drafter_ && drafter_->wants_hidden()) observe_rows(e, {});
+            if (drafter_ && drafter_->wants_hidden() && r.speculative) observe_rows(e, {});
             continue;
         }
         const std::vector<sample_result> & res = results_[k];
@@ -703,7 +703,7 @@ void scheduler::commit() {
             finish(r, end_event(MINICPM_FINISH_ERROR), err);
             continue;
         }
-        if (drafter_ && drafter_->wants_hidden()) observe_rows(e, path);
+        if (drafter_ && drafter_->wants_hidden() && r.speculative) observe_rows(e, path);
         if (e.n_draft > 0) {
             // Kept draft k (1-based) sits in slot n_past + path[k-1]; it moves to n_past + k. Sources lie at or
             // after their destinations and ascend, so copying in order never overwrites a later source.

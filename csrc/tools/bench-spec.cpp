@@ -1,4 +1,5 @@
-// bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N]: speculative decoding on the fast ops.
+// bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N] [N_SHAPES]: speculative decoding on the
+// fast ops (N_SHAPES 1: only the 2/10/12 tree in part 3, for a shorter run).
 //   1. Cost of verifying a draft tree of 12 / 32 / 64 rows (random EAGLE-like tree masks) after a 256-token
 //      context, relative to one plain decode step (1 row), through context::eval_tree; best of 7 each.
 //   2. With EAGLE_DIR: the cost of one EAGLE head step (1 row, and one tree level of 10 rows) after a 256-row
@@ -198,12 +199,13 @@ static void run_arm(const model & target, engine_arm & a, int32_t n_threads) {
 
 int main(int argc, char ** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N]\n");
+        std::fprintf(stderr, "usage: bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N] [N_SHAPES]\n");
         return 2;
     }
     const int32_t n_threads = argc > 3 ? std::atoi(argv[3]) : 0;
     const std::string eagle = argc > 4 ? argv[4] : "";
     const int32_t fr_n = argc > 5 ? std::atoi(argv[5]) : 32768;
+    const int32_t n_shapes = argc > 6 ? std::atoi(argv[6]) : 2;
     try {
         std::unique_ptr<model> target = model::load(argv[1], true, MINICPM_BACKEND_CPU);
         const bool             has_weak = argc > 2 && std::string(argv[2]) != "-";
@@ -215,6 +217,7 @@ int main(int argc, char ** argv) {
         std::vector<engine_arm> arms;
         arms.push_back({"plain decode", nullptr, nullptr, 0, tree_shape{0, 0, 0}});
         for (tree_shape sh : {tree_shape{2, 10, 12}, tree_shape{4, 4, 16}}) {
+            if (sh.num_iter == 4 && n_shapes < 2) break;
             arms.push_back({"target as draft (upper bound)", target.get(), nullptr, 0, sh});
             if (weak) arms.push_back({"random draft (lower bound)", weak.get(), nullptr, 0, sh});
             if (!eagle.empty()) {
