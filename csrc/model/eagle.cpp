@@ -73,7 +73,11 @@ std::unique_ptr<eagle_head> eagle_head::load(const std::string & dir, const mode
         fail(MINICPM_STATUS_BAD_MODEL, src + ": num_key_value_heads must divide num_attention_heads");
     c.n_ff = int_field(root, "intermediate_size", -1, src);
     if (root.find("vocab_size") != nullptr) same("vocab_size", int_field(root, "vocab_size", -1, src), tc.n_vocab);
-    if (const json_value * e = root.find("rms_norm_eps"); e != nullptr && e->is_number()) c.rms_norm_eps = float(e->number);
+    if (const json_value * e = root.find("rms_norm_eps"); e != nullptr && !e->is_null()) {
+        if (!e->is_number() || !(e->number > 0.0))
+            fail(MINICPM_STATUS_BAD_MODEL, src + ": 'rms_norm_eps' must be a positive number");
+        c.rms_norm_eps = float(e->number);
+    }
     // CPM.cu asserts that every MiniCPM scale the head names equals the target's.
     for (const char * key : {"scale_emb", "scale_depth", "dim_model_base"}) {
         const json_value * v = root.find(key);
