@@ -216,7 +216,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
 }
 
 /** --draft-vocab FILE or FILE:N. */
-function draftVocabOf(values: Values): { draftVocab?: string; draftVocabSize?: number } {
+export function draftVocabOf(values: Values): { draftVocab?: string; draftVocabSize?: number } {
   const raw = values['draft-vocab']
   if (typeof raw !== 'string') return {}
   const m = /^(.*):(\d+)$/.exec(raw)
