@@ -502,6 +502,56 @@ void test_api(const std::string & root, const std::string & target_dir, const st
     minicpm_model_free(m);
 }
 
+// An InfLLM v2 target (dense_len 300): a greedy request crossing dense_len with the EAGLE head gives the plain
+// tokens; the drafts stop before a tree would reach dense_len (forward refuses trees there).
+void test_sparse_target(const std::string & root) {
+    minicpm_test::tiny_model_spec spec;
+    spec.n_embd = 256;
+    spec.n_head = 16;
+    spec.n_head_kv = 2;
+    spec.n_ff = 256;
+    spec.weight_std = 0.25f;
+    const std::string dir = root + "/sparse", head_dir = root + "/sparse-head";
+    std::filesystem::create_directories(dir);
+    std::filesystem::create_directories(head_dir);
+    minicpm_test::write_tiny_model(dir, spec);
+    std::string cfg = minicpm_test::read_file(dir + "/config.json");
+    cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
+                               "\"block_size\": 64, \"window_size\": 128, \"topk\": 3, \"use_nope\": false, "
+                               "\"dense_len\": 300}\n");
+    minicpm_test::write_file(dir + "/config.json", cfg);
+    minicpm_test::tiny_eagle_spec e;
+    e.n_embd = 256, e.n_head = 16, e.n_head_kv = 2, e.n_ff = 256;
+    minicpm_test::write_tiny_eagle(head_dir, spec, e);
+    std::unique_ptr<minicpm::model> m = minicpm::model::load(dir, true, MINICPM_BACKEND_CPU);
+    minicpm_engine_params p;
+    minicpm_engine_default_params(&p);
+    p.n_threads = 2;
+    p.n_ctx = 512;
+    p.kv_dtype = MINICPM_DTYPE_F32;
+    p.kv_bytes = uint64_t(32) * minicpm::kv_pool::bytes_per_block(m->config(), minicpm::dtype::f32);
+    const std::vector<req> reqs = {{prompt_of(260, 8), greedy(80)}};
+    std::vector<std::vector<int32_t>> out[2];
+    uint64_t verifies = 0;
+    for (int arm = 0; arm < 2; ++arm) {
+        scheduler s(*m, p, reference_ops());
+        if (arm == 1) {
+            minicpm::tree_shape shape;
+            s.set_drafter(std::make_shared<minicpm::eagle_drafter>(minicpm::eagle_head::load(head_dir, *m, true),
+                                                                   s.backend_ref(), minicpm::dtype::f32, 32, shape),
+                          shape.tree_size - 1);
+        }
+        out[arm] = run_all(s, reqs);
+        struct minicpm_engine_stats st{};
+        s.stats(st);
+        verifies = st.n_spec_verifies;
+    }
+    CHECK(m->config().sparse.enabled && out[0] == out[1] && out[1][0].size() == 80 && verifies > 0 && verifies < 80,
+          "InfLLM v2 target (dense_len 300), 260-token prompt + 80 greedy tokens with the EAGLE head: output == plain "
+          "(%zu tokens), %llu verifies (drafting stops before a tree reaches dense_len)",
+          out[1][0].size(), (unsigned long long) verifies);
+}
+
 }  // namespace
 
 int main() {
@@ -525,6 +575,7 @@ int main() {
         test_batch(dir + "/head", 0, shape, 5);
         test_bad_heads(dir, dir + "/target");
         test_api(dir, dir + "/target", dir + "/head");
+        test_sparse_target(dir);
     } catch (const std::exception & e) {
         CHECK(false, "unexpected exception: %s", e.what());
     }
