@@ -6,10 +6,10 @@
  * double cannot hold exactly, so every id a listener is keyed by converts back exactly.
  * MINICPM_FFI_POLL=1 replaces the doorbell with minicpm_engine_poll() on a short timer while requests live.
  */
-import { JSCallback, type Pointer } from 'bun:ffi'
+import { JSCallback, ptr as addressOf, type Pointer } from 'bun:ffi'
 import { check, int32Array, nativeError, NativeError } from './errors'
 import { NativeHandle } from './handle'
-import { lib } from './library'
+import { cString, lib } from './library'
 import { kvDtypeCode } from './context'
 import type { NativeModel } from './model'
 import {
@@ -55,6 +55,11 @@ export interface NativeEngineOptions {
   exactKernels?: boolean
   /** Speculative decoding: a plain MiniCPM model with the target's vocabulary drafts token trees. */
   draft?: NativeModel
+  /** Speculative decoding with an EAGLE head directory (MiniCPM4-8B-Eagle-FRSpec layout); not with draft. */
+  draftHead?: string
+  /** FR-Spec: freq_N.pt or an int32 file of token ids by frequency; the draft scores its first draftVocabSize. */
+  draftVocab?: string
+  draftVocabSize?: number
   draftNumIter?: number
   draftTopK?: number
   draftTreeSize?: number
@@ -142,6 +147,9 @@ export class NativeEngine extends NativeHandle {
     const l = lib()
     const params = newStruct('engine_params')
     l.minicpm_engine_default_params(params)
+    // Path strings are read during minicpm_engine_init only; these buffers outlive that call.
+    const headPath = opts.draftHead === undefined ? undefined : cString(opts.draftHead)
+    const vocabPath = opts.draftVocab === undefined ? undefined : cString(opts.draftVocab)
     writeStruct(params, engineParamsLayout, {
       nThreads: opts.nThreads,
       nBatchMax: opts.nBatchMax,
@@ -157,9 +165,14 @@ export class NativeEngine extends NativeHandle {
       draftTopK: opts.draftTopK,
       draftTreeSize: opts.draftTreeSize,
       draftKvBytes: opts.draftKvBytes,
+      draftHead: headPath === undefined ? undefined : Number(addressOf(headPath)),
+      draftVocab: vocabPath === undefined ? undefined : Number(addressOf(vocabPath)),
+      draftVocabSize: opts.draftVocabSize,
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_engine_init(model.ptr, params, new Uint8Array(out.buffer))
+    const pathsRead = [headPath, vocabPath] // referenced until init has returned
+    pathsRead.length = 0
     if (status !== 0 || out[0] === 0n) throw nativeError(status, 'cannot start engine')
     const ptr = Number(out[0]) as Pointer
     const polling = opts.poll ?? process.env.MINICPM_FFI_POLL === '1'

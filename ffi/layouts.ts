@@ -97,6 +97,10 @@ export const engineParamsLayout = {
   draftTreeSize: [56, 'i32', 'draft_tree_size'],
   pad1_: [60, 'u8', 'pad1_', 4],
   draftKvBytes: [64, 'u64', 'draft_kv_bytes'],
+  draftHead: [72, 'u64', 'draft_head'],
+  draftVocab: [80, 'u64', 'draft_vocab'],
+  draftVocabSize: [88, 'i32', 'draft_vocab_size'],
+  pad2_: [92, 'u8', 'pad2_', 4],
 } as const satisfies Layout
 
 export const samplingParamsLayout = {
@@ -176,7 +180,7 @@ export const structSizes = {
   model_params: 40,
   model_info: 208,
   context_params: 32,
-  engine_params: 72,
+  engine_params: 96,
   sampling_params: 56,
   event: 192,
   request_info: 56,

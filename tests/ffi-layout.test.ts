@@ -159,9 +159,13 @@ describe('struct layouts', () => {
       draftTopK: 8,
       draftTreeSize: 24,
       draftKvBytes: 2 ** 33,
+      draftHead: 0,
+      draftVocab: 0,
+      draftVocabSize: 4096,
     }
     expect(defaults).toMatchObject({ draftModel: 0, draftNumIter: 2, draftTopK: 10, draftTreeSize: 12 })
-    expect(readStruct(writeStruct(ep, engineParamsLayout, values), engineParamsLayout)).toEqual({ size: 72, ...values })
+    expect(defaults).toMatchObject({ draftHead: 0, draftVocab: 0, draftVocabSize: 0 })
+    expect(readStruct(writeStruct(ep, engineParamsLayout, values), engineParamsLayout)).toEqual({ size: 96, ...values })
 
     const sp = newStruct('sampling_params')
     lib().minicpm_sampling_default_params(sp)

@@ -1,20 +1,24 @@
 /**
  * Speculative decoding through the library and the server: `draft` (the target itself as the draft model, so
  * every greedy draft is confirmed) gives the plain greedy tokens, fewer engine steps, acceptance statistics in
- * stats(), the native timings and /metrics; `speculative: false` opts one request out; an EAGLE head directory
- * is refused with a message.
+ * stats(), the native timings and /metrics; `speculative: false` opts one request out. An EAGLE head directory
+ * (random weights, published layout) drafts from the target's hidden states: greedy == plain, with FR-Spec too,
+ * through the library, the CLI and the server; bad head directories fail with a message.
  */
 import { afterAll, beforeAll, expect, test } from 'bun:test'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { loadModel, type Model } from '../src/index.ts'
 import { startServer, type RunningServer } from '../routes/server.ts'
 import { draftKind } from '../src/runtime/load.ts'
+import { writeEagleHead } from '../src/checkpoint/eagle-head.ts'
 import { cachedCheckpoint } from './helpers/checkpoints.ts'
 import { LOAD_TIMEOUT_MS } from './helpers/server-model.ts'
 
+const REPO = join(import.meta.dir, '..')
 const dir = cachedCheckpoint('server-tiny', { preset: 'tiny', seed: 5 })
+const eagleDir = writeEagleHead(dir, join(tmpdir(), `eagle-head-${process.pid}`))
 let plain: Model
 let spec: Model
 let srv: RunningServer
@@ -24,6 +28,8 @@ beforeAll(async () => {
   srv = await startServer({ model: spec, port: 0, quiet: true })
 }, LOAD_TIMEOUT_MS)
 afterAll(async () => {
+  rmSync(eagleDir, { recursive: true, force: true })
+  rmSync(join(tmpdir(), `eagle-bad-${process.pid}`), { recursive: true, force: true })
   await srv?.stop()
   spec?.dispose()
   plain?.dispose()
@@ -86,11 +92,69 @@ test('native timings and /metrics carry the acceptance statistics; the body flag
   expect(metrics).toContain('minicpm:spec_decode_depth_acceptance{depth="1"} 1')
 })
 
-test('an EAGLE head directory is detected and refused with a message', async () => {
+test('an EAGLE head directory: detected from its config or its tensors; greedy == plain with and without FR-Spec', async () => {
   expect(draftKind({ architectures: ['LlamaForCausalLM'] })).toBe('llm')
   expect(draftKind({ architectures: ['MiniCPMEagle'] })).toBe('eagle')
-  const eagle = join(tmpdir(), `eagle-${process.pid}`)
-  mkdirSync(eagle, { recursive: true })
-  writeFileSync(join(eagle, 'config.json'), JSON.stringify({ architectures: ['EagleForCausalLM'] }))
-  await expect(loadModel(dir, { draft: eagle })).rejects.toThrow(/EAGLE heads are not supported yet/)
+  expect(draftKind({ architectures: ['MiniCPMForCausalLM'] }, eagleDir)).toBe('eagle') // fc.weight in the file
+  expect(draftKind({ architectures: ['MiniCPMForCausalLM'] }, dir)).toBe('llm')
+  const vocab = join(eagleDir, 'freq.bin')
+  writeFileSync(vocab, new Uint8Array(Int32Array.from({ length: 200 }, (_, i) => (i * 7 + 1) % 512).buffer))
+  for (const extra of [{}, { draftVocab: vocab, draftVocabSize: 128 }]) {
+    const m = await loadModel(dir, { nCtx: 256, nThreads: 2, draft: eagleDir, ...extra })
+    try {
+      for (const p of ['Hello there', 'One two three four five six']) {
+        const a = await tokens(plain, p)
+        const b = await tokens(m, p)
+        expect(b.out).toEqual(a.out)
+        expect(b.timings.specVerifies).toBeGreaterThan(0)
+        console.log(`  EAGLE ${JSON.stringify(extra)} ${JSON.stringify(p)}: timings ${JSON.stringify(b.timings)}`)
+      }
+      expect(m.stats().specVerifies).toBeGreaterThan(0)
+    } finally {
+      m.dispose()
+    }
+  }
+})
+
+test('EAGLE head: bad directories give clear errors', async () => {
+  const bad = join(tmpdir(), `eagle-bad-${process.pid}`)
+  mkdirSync(bad, { recursive: true })
+  writeFileSync(join(bad, 'config.json'), JSON.stringify({ architectures: ['EagleForCausalLM'], hidden_size: 64 }))
+  await expect(loadModel(dir, { draft: bad })).rejects.toThrow(/model\.safetensors/)
+  await expect(loadModel(dir, { draftVocab: join(eagleDir, 'freq.bin') })).rejects.toThrow(/--draft-vocab needs --draft/)
+})
+
+test('CLI generate --draft EAGLE --draft-vocab FILE:N prints the plain greedy text', () => {
+  const run = (extra: string[]) =>
+    Bun.spawnSync(
+      [process.execPath, join(REPO, 'src', 'cli', 'main.ts'), 'generate', '-m', dir, '-p', 'Hello', '-n', '24',
+        '--temperature', '0', '--ignore-eos', ...extra],
+      { cwd: REPO, env: { ...process.env, MINICPM_MODEL: '' } },
+    )
+  const a = run([])
+  const b = run(['--draft', eagleDir, '--draft-vocab', `${join(eagleDir, 'freq.bin')}:100`])
+  console.log(`  exit ${b.exitCode}: ${b.stderr.toString().trim().split('\n').slice(-1)[0]}`)
+  expect(b.exitCode).toBe(0)
+  expect(b.stdout.toString()).toBe(a.stdout.toString())
+})
+
+test('serve with an EAGLE head: /generate timings and /metrics carry the acceptance statistics', async () => {
+  const m = await loadModel(dir, { nCtx: 256, nThreads: 2, draft: eagleDir })
+  const s = await startServer({ model: m, port: 0, quiet: true })
+  try {
+    const r = (await fetch(`${s.url}/generate`, {
+      method: 'POST',
+      body: JSON.stringify({ prompt: 'Hi', max_tokens: 20, temperature: 0, ignore_eos: true, stream: false }),
+    }).then((x) => x.json())) as { timings: Record<string, number> }
+    console.log(`  /generate timings: ${JSON.stringify(r.timings)}`)
+    expect(r.timings.spec_verifies).toBeGreaterThan(0)
+    expect(r.timings.mean_accept_length).toBeGreaterThanOrEqual(1)
+    const metrics = await fetch(`${s.url}/metrics`).then((x) => x.text())
+    const line = metrics.split('\n').find((l) => l.startsWith('minicpm:spec_decode_num_verifies'))
+    console.log(`  ${line}`)
+    expect(Number(line!.split(' ')[1])).toBeGreaterThan(0)
+  } finally {
+    await s.stop()
+    m.dispose()
+  }
 })

@@ -1,7 +1,9 @@
 // The minicpm_engine_* and minicpm_sampling_* exports: argument checks and the exception firewall around
 // minicpm::scheduler (csrc/engine/scheduler.h).
 #include "api/boundary.h"
+#include "engine/eagle-drafter.h"
 #include "engine/scheduler.h"
+#include "model/token-list.h"
 #include "minicpm.h"
 
 #include <algorithm>
@@ -39,6 +41,9 @@ MINICPM_API void minicpm_engine_default_params(struct minicpm_engine_params * ou
     out->draft_top_k = 10;
     out->draft_tree_size = 12;
     out->draft_kv_bytes = 0;
+    out->draft_head = nullptr;
+    out->draft_vocab = nullptr;
+    out->draft_vocab_size = 0;
 }
 
 MINICPM_API void minicpm_sampling_default_params(struct minicpm_sampling_params * out) {
@@ -60,23 +65,43 @@ MINICPM_API int32_t minicpm_engine_init(minicpm_model_t * model, const struct mi
         }
         auto engine = std::make_unique<minicpm_engine>();
         engine->impl = std::make_unique<minicpm::scheduler>(*model->impl, p);
-        if (p.draft_model != nullptr) {
-            if (!p.draft_model->impl) fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_init: draft_model is freed");
+        if (p.draft_model != nullptr && p.draft_head != nullptr)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_init: draft_model and draft_head are exclusive");
+        if (p.draft_vocab != nullptr && p.draft_model == nullptr && p.draft_head == nullptr)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_init: draft_vocab needs draft_model or draft_head");
+        if (p.draft_vocab_size < 0)
+            fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine params: draft_vocab_size must be >= 0");
+        if (p.draft_model != nullptr || p.draft_head != nullptr) {
+            if (p.draft_model != nullptr && !p.draft_model->impl)
+                fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine_init: draft_model is freed");
             minicpm::scheduler &    s = *engine->impl;
-            const minicpm::model &  dm = *p.draft_model->impl;
+            const minicpm::model &  target = *model->impl;
+            std::unique_ptr<minicpm::eagle_head> head;
+            if (p.draft_head != nullptr) head = minicpm::eagle_head::load(p.draft_head, target, true);
+            const minicpm::model_config & dc = head ? head->config() : p.draft_model->impl->config();
             minicpm::tree_shape     shape{p.draft_num_iter, p.draft_top_k, p.draft_tree_size};
             const minicpm::dtype    kv_type = minicpm::dtype(p.kv_dtype);
             const uint64_t          bytes = p.draft_kv_bytes > 0 ? p.draft_kv_bytes
                                             : p.kv_bytes > 0   ? p.kv_bytes
                                                                : (uint64_t(1) << 30);
-            const uint64_t per_block = minicpm::kv_pool::bytes_per_block(dm.config(), kv_type);
+            const uint64_t per_block = minicpm::kv_pool::bytes_per_block(dc, kv_type);
             const uint64_t useful =
                 uint64_t(std::max(p.n_batch_max, 1)) * uint64_t(minicpm::kv_blocks_for(int64_t(s.n_ctx()) + 64));
             const uint64_t blocks = std::min<uint64_t>({bytes / per_block, useful, uint64_t(INT32_MAX / 64)});
             if (blocks < 1) fail(MINICPM_STATUS_INVALID_ARGUMENT, "engine params: draft_kv_bytes below one KV block");
-            s.set_drafter(std::make_shared<minicpm::model_drafter>(dm, model->impl->config().n_vocab, s.backend_ref(),
-                                                                   kv_type, int32_t(blocks), shape),
-                          shape.tree_size - 1);
+            std::vector<int32_t> ids;
+            if (p.draft_vocab != nullptr) ids = minicpm::load_token_list(p.draft_vocab, target.config().n_vocab);
+            if (head) {
+                if (!ids.empty()) head->restrict_vocab(ids, p.draft_vocab_size);
+                s.set_drafter(std::make_shared<minicpm::eagle_drafter>(std::move(head), s.backend_ref(), kv_type,
+                                                                       int32_t(blocks), shape),
+                              shape.tree_size - 1);
+            } else {
+                auto d = std::make_shared<minicpm::model_drafter>(*p.draft_model->impl, target.config().n_vocab,
+                                                                  s.backend_ref(), kv_type, int32_t(blocks), shape);
+                if (!ids.empty()) d->restrict_vocab(ids, p.draft_vocab_size > 0 ? p.draft_vocab_size : int32_t(ids.size()));
+                s.set_drafter(d, shape.tree_size - 1);
+            }
         }
         *out = engine.release();
         return int32_t(MINICPM_STATUS_OK);

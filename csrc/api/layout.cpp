@@ -44,7 +44,8 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
 #define ENGINE_PARAMS(F, T)                                                                                           \
     F(T, size) F(T, n_threads) F(T, n_batch_max) F(T, n_chunk) F(T, n_ctx) F(T, n_queue_max) F(T, kv_dtype)           \
     F(T, prefix_cache) F(T, exact_kernels) F(T, pad_) F(T, kv_bytes) F(T, draft_model) F(T, draft_num_iter) F(T, draft_top_k)          \
-    F(T, draft_tree_size) F(T, pad1_) F(T, draft_kv_bytes)
+    F(T, draft_tree_size) F(T, pad1_) F(T, draft_kv_bytes) F(T, draft_head) F(T, draft_vocab) F(T, draft_vocab_size) \
+    F(T, pad2_)
 #define SAMPLING_PARAMS(F, T)                                                                                         \
     F(T, size) F(T, temperature) F(T, top_p) F(T, min_p) F(T, top_k) F(T, repetition_penalty)                         \
     F(T, presence_penalty) F(T, frequency_penalty) F(T, penalty_last_n) F(T, n_max_tokens)                            \

@@ -127,12 +127,6 @@ void model_drafter::restrict_vocab(const std::vector<int32_t> & ids, int32_t n) 
     n_allowed_ = k;
 }
 
-namespace {
-struct cand {
-    int32_t token, parent, depth;  // parent: candidate index, -1 = root
-    float   score;                 // cumulative log-probability
-};
-
 // The k best tokens of one logit row with their log-softmax, best first (ties: lower id).
 void top_k_logprobs(const float * l, int32_t n, int32_t k, std::vector<std::pair<float, int32_t>> & out) {
     out.clear();
@@ -159,7 +153,42 @@ void top_k_logprobs(const float * l, int32_t n, int32_t k, std::vector<std::pair
     std::sort_heap(out.begin(), out.end(), worse);
     for (auto & c : out) c.first -= lse;
 }
-}  // namespace
+
+void select_draft_tree(const std::vector<tree_candidate> & cands, const std::vector<int32_t> & chain, int32_t S,
+                       draft_tree & out) {
+    std::vector<char>    kept(cands.size(), 0);
+    std::vector<int32_t> sel;
+    for (int32_t ci : chain) {
+        if (int32_t(sel.size()) >= S) break;
+        kept[size_t(ci)] = 1;
+        sel.push_back(ci);
+    }
+    std::vector<int32_t> order(cands.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        const tree_candidate & x = cands[size_t(a)];
+        const tree_candidate & y = cands[size_t(b)];
+        return x.score > y.score || (x.score == y.score && x.depth < y.depth);
+    });
+    for (int32_t ci : order) {
+        if (int32_t(sel.size()) >= S) break;
+        const tree_candidate & cd = cands[size_t(ci)];
+        if (kept[size_t(ci)] || (cd.parent >= 0 && !kept[size_t(cd.parent)])) continue;
+        kept[size_t(ci)] = 1;
+        sel.push_back(ci);
+    }
+    std::stable_sort(sel.begin(), sel.end(), [&](int32_t a, int32_t b) {
+        const tree_candidate & x = cands[size_t(a)];
+        const tree_candidate & y = cands[size_t(b)];
+        return x.depth < y.depth || (x.depth == y.depth && x.score > y.score);
+    });
+    std::vector<int32_t> node_of(cands.size(), -1);
+    for (size_t i = 0; i < sel.size(); ++i) {
+        const tree_candidate & cd = cands[size_t(sel[i])];
+        node_of[size_t(sel[i])] = int32_t(i);
+        out.add(cd.token, cd.parent >= 0 ? node_of[size_t(cd.parent)] : -1, cd.score);
+    }
+}
 
 bool model_drafter::catch_up(uint64_t id, state & st, const int32_t * tokens, int32_t n) {
     // At least the last token is run again: its logits start the tree.
@@ -311,7 +340,7 @@ void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_
 
     // 2. EAGLE-2 dynamic tree: level 1 is the top-k of the last row; each further level expands the current
     //    frontier (top-k nodes by cumulative score) in one masked run and keeps the top-k of all children.
-    std::vector<cand>                      cands;
+    std::vector<tree_candidate>            cands;
     std::vector<std::pair<float, int32_t>> top;
     top_k_logprobs(logits_.data(), n_vocab_, K, top);
     std::vector<int32_t> frontier, expanded, chain;
@@ -332,7 +361,7 @@ void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_
         mask_.assign(size_t(nb), 0);
         rows_.clear();
         for (int32_t j = 0; j < nb; ++j) {
-            const cand & cd = cands[size_t(batch[size_t(j)])];
+            const tree_candidate & cd = cands[size_t(batch[size_t(j)])];
             row_of[size_t(batch[size_t(j)])] = j;
             toks_[size_t(j)] = cd.token;
             pos_[size_t(j)] = n + cd.depth - 1;
@@ -369,39 +398,7 @@ void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_
     }
 
     // 3. Keep tree_size - 1 nodes: the greedy chain, then the best cumulative scores whose parent is kept.
-    std::vector<char>    kept(cands.size(), 0);
-    std::vector<int32_t> sel;
-    for (int32_t ci : chain) {
-        if (int32_t(sel.size()) >= S) break;
-        kept[size_t(ci)] = 1;
-        sel.push_back(ci);
-    }
-    std::vector<int32_t> order(cands.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-        const cand & x = cands[size_t(a)];
-        const cand & y = cands[size_t(b)];
-        return x.score > y.score || (x.score == y.score && x.depth < y.depth);
-    });
-    for (int32_t ci : order) {
-        if (int32_t(sel.size()) >= S) break;
-        const cand & cd = cands[size_t(ci)];
-        if (kept[size_t(ci)] || (cd.parent >= 0 && !kept[size_t(cd.parent)])) continue;
-        kept[size_t(ci)] = 1;
-        sel.push_back(ci);
-    }
-    // Parents before children: by depth, then by score.
-    std::stable_sort(sel.begin(), sel.end(), [&](int32_t a, int32_t b) {
-        const cand & x = cands[size_t(a)];
-        const cand & y = cands[size_t(b)];
-        return x.depth < y.depth || (x.depth == y.depth && x.score > y.score);
-    });
-    std::vector<int32_t> node_of(cands.size(), -1);
-    for (size_t i = 0; i < sel.size(); ++i) {
-        const cand & cd = cands[size_t(sel[i])];
-        node_of[size_t(sel[i])] = int32_t(i);
-        out.add(cd.token, cd.parent >= 0 ? node_of[size_t(cd.parent)] : -1, cd.score);
-    }
+    select_draft_tree(cands, chain, S, out);
 }
 
 }  // namespace minicpm

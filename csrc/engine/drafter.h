@@ -83,7 +83,28 @@ class drafter {
                        draft_tree & out) = 0;
     // The request ended (finished, cancelled or failed): per-request state can go.
     virtual void release(uint64_t /*id*/) {}
+    // True when the drafter reads the target's hidden states: the scheduler then has forward() return the
+    // final-norm output of every row and calls observe() with the rows it commits.
+    virtual bool wants_hidden() const { return false; }
+    // The target's final-norm output (before the logit divisor) for request id at positions [pos, pos + n):
+    // hidden[n, n_embd], host memory valid during the call. Rows come in position order; a preempted request
+    // sends its rows again, and rows a prefix-cache hit skipped never come.
+    virtual void observe(uint64_t /*id*/, int32_t /*pos*/, const float * /*hidden*/, int32_t /*n*/) {}
 };
+
+// EAGLE-2 tree bookkeeping shared by the drafters: one candidate node of the dynamic tree.
+struct tree_candidate {
+    int32_t token, parent, depth;  // parent: candidate index, -1 = root
+    float   score;                 // cumulative log-probability
+};
+
+// The k best columns of one logit row with their log-softmax, best first (ties: lower column).
+void top_k_logprobs(const float * logits, int32_t n, int32_t k, std::vector<std::pair<float, int32_t>> & out);
+
+// Keeps max_nodes candidates as the draft tree: the chain (candidate indices, root child first), then the
+// best cumulative scores whose parent is kept; parents before children (by depth, then score).
+void select_draft_tree(const std::vector<tree_candidate> & cands, const std::vector<int32_t> & chain, int32_t max_nodes,
+                       draft_tree & out);
 
 // The shape of an EAGLE-2 dynamic tree (ENGINE_REFERENCE 4.1): num_iter levels, top_k children per expanded
 // node and top_k expanded nodes per level, tree_size - 1 nodes kept by cumulative log-probability. The CLI

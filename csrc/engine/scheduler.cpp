@@ -403,6 +403,10 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         bool on_device = device_sampling_rows();
         b.logits_on_device = on_device;
         logits_.resize(on_device ? 0 : logit_rows_.size() * size_t(n_vocab_));
+        if (drafter_ && drafter_->wants_hidden()) {
+            hidden_.resize(batch_tokens_.size() * size_t(model_.config().n_embd));
+            b.hidden = hidden_.data();
+        }
         const int64_t t_fwd = minicpm_time_us();
         model_.forward(*be_, ws_, kv_, b, on_device ? nullptr : logits_.data());
         t_forward_us_ += uint64_t(minicpm_time_us() - t_fwd);
@@ -645,6 +649,10 @@ void scheduler::make_drafts(std::unique_lock<std::mutex> & lk) {
         int32_t room = cfg_.n_ctx - int32_t(r->tokens.size()) - 1;
         if (r->n_max_tokens > 0) room = std::min(room, r->n_max_tokens - r->n_generated - 1);
         if (room <= 0) continue;
+        // InfLLM v2 runs no token tree past dense_len (forward refuses one): drafting stops before a tree of
+        // max_draft_ nodes could reach it, and decoding goes on plain.
+        const model_config & mc = model_.config();
+        if (mc.sparse.enabled && int64_t(r->tokens.size()) + max_draft_ > int64_t(mc.sparse.dense_len) - 1) continue;
         todo.push_back(r);
         depth.push_back(room);
     }
@@ -751,7 +759,10 @@ void scheduler::commit() {
         r.n_prefilled = std::min(r.kv.n_tokens, r.n_prompt);
         index_blocks(r);
         if (e.prefill) n_prompt_tokens_ += uint64_t(e.n_rows);
-        if (!e.samples) continue;
+        if (!e.samples) {
+            if (drafter_ && drafter_->wants_hidden() && r.speculative) observe_rows(e, {});
+            continue;
+        }
         const std::vector<sample_result> & res = results_[k];
         const std::vector<int32_t> &       path = paths_[k];
         const std::string &                err = sample_errors_[k];
@@ -767,6 +778,7 @@ void scheduler::commit() {
             finish(r, end_event(MINICPM_FINISH_ERROR), err);
             continue;
         }
+        if (drafter_ && drafter_->wants_hidden() && r.speculative) observe_rows(e, path);
         if (e.n_draft > 0) {
             // Kept draft k (1-based) sits in slot n_past + path[k-1]; it moves to n_past + k. Sources lie at or
             // after their destinations and ascend, so copying in order never overwrites a later source.
@@ -821,6 +833,19 @@ void scheduler::commit() {
         // Drafted rows past the kept ones leave the KV cache.
         if (!finished && e.n_draft > 0) kv_seq_truncate(kv_, r.kv, r.kv.n_tokens);
     }
+}
+
+void scheduler::observe_rows(const batch_entry & e, const std::vector<int32_t> & path) {
+    // Committed rows: a plain segment's all, a verified tree's root and kept path (slots n_past, n_past + 1, ...).
+    const size_t  H = size_t(model_.config().n_embd);
+    const int32_t n = e.n_draft == 0 ? e.n_rows : 1 + int32_t(path.size());
+    const int32_t n_past = e.r->kv.n_tokens - (e.n_rows - e.n_draft);  // commit() has advanced kv.n_tokens
+    observed_.resize(size_t(n) * H);
+    for (int32_t j = 0; j < n; ++j) {
+        const int32_t row = e.row_begin + (e.n_draft == 0 || j == 0 ? j : path[size_t(j - 1)]);
+        std::copy_n(hidden_.data() + size_t(row) * H, H, observed_.data() + size_t(j) * H);
+    }
+    drafter_->observe(e.r->id, n_past, observed_.data(), n);
 }
 
 void scheduler::push_event(request & r, const minicpm_event & ev) {

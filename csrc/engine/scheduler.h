@@ -159,6 +159,7 @@ class scheduler {
     bool device_sampling_rows();
     bool sample_on_device(size_t n_entries);
     void make_drafts(std::unique_lock<std::mutex> & lk);  // drafts of the decoding requests, without the lock
+    void observe_rows(const batch_entry & e, const std::vector<int32_t> & path);  // hands committed hidden rows to the drafter
     void build_batch();
     void commit();
 
@@ -235,6 +236,7 @@ class scheduler {
     std::vector<int32_t>         seg_mask_at_;          // per segment: offset into batch_masks_, -1 = causal
     std::vector<kv_segment>      segs_;
     std::vector<float>           logits_;
+    std::vector<float>           hidden_, observed_;  // the target's final-norm rows, for a drafter that reads them
     std::vector<sampler_scratch> sampler_scratch_;  // one per pool thread
     std::vector<std::vector<sample_result>> results_;  // per sampling entry, in batch order: one per kept row
     std::vector<std::vector<int32_t>>       paths_;    // per sampling entry: the segment rows of the kept drafts

@@ -302,6 +302,14 @@ struct minicpm_engine_params {
     int32_t  draft_tree_size; /* verified rows incl. the last token, 2..64; default 12                      */
     int32_t  pad1_;
     uint64_t draft_kv_bytes;  /* memory limit of the draft's own KV pool; 0 = default (kv_bytes)           */
+    const char * draft_head;  /* an EAGLE head directory (MiniCPM4-8B-Eagle-FRSpec layout, safetensors) that   */
+                            /* drafts from the target's hidden states; NULL = none. Not with draft_model.   */
+                            /* Read during minicpm_engine_init only                                        */
+    const char * draft_vocab; /* FR-Spec: freq_N.pt or a little-endian int32 file of token ids by frequency: */
+                            /* the draft scores only its first draft_vocab_size ids (an EAGLE head gathers */
+                            /* those LM-head rows). NULL = the whole vocabulary. Read during init only      */
+    int32_t  draft_vocab_size; /* ids of draft_vocab used; 0 = all of the file                             */
+    int32_t  pad2_;
 };
 
 struct minicpm_sampling_params {

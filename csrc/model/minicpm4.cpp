@@ -407,6 +407,10 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
         cb("l_out", il, x, T, H);
     }
     for (size_t i = 0; i < ws.comp_segs.size(); ++i) sparse_mark_valid(kv, ws.comp_segs[i], ws.comp_from[i]);
+    if (batch.hidden != nullptr) {
+        be.rms_norm(a, x, w.norm, T, c.rms_norm_eps);
+        be.download(batch.hidden, ws.buf, o_a * sizeof(float), size_t(T) * H * sizeof(float));
+    }
     if (R == 0) {
         be.synchronize();
         return;

@@ -30,6 +30,9 @@ struct batch_view {
     int32_t            n_segs = 0;
     const int32_t *    logit_rows = nullptr;
     int32_t            n_logit_rows = 0;
+    // Optional [T, n_embd] host array: receives the final-norm output of every row (before the logit divisor),
+    // the input of an EAGLE draft head.
+    float *            hidden = nullptr;
     forward_hook       hook = nullptr;  // optional, see forward_hook
     void *             hook_user = nullptr;
     // A device backend leaves the logits in the workspace (forward_workspace::logits) instead of copying

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -203,21 +204,16 @@ bool plain_file_name(const std::string & s) {
     return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos && s.find('\0') == std::string::npos;
 }
 
-}  // namespace
-
-std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap) {
-    auto out = std::make_unique<loaded_model_files>();
-    const std::string config_path = dir + "/config.json";
-    out->config = parse_config(read_text(config_path), config_path);
-    if (!out->config.quant.present && file_exists(dir + "/quantize_config.json"))
-        parse_quantize_config(read_text(dir + "/quantize_config.json"), dir + "/quantize_config.json", out->config);
-    const model_config & c = out->config;
-
+// Maps dir/model.safetensors (or the shards of model.safetensors.index.json, or CPM.cu's model_gptq.safetensors)
+// into out->files and lists every tensor by name in table (pointing into headers, which must outlive it).
+void open_safetensors(const std::string & dir, bool use_mmap, loaded_model_files & out,
+                      std::deque<safetensors_header> & headers, std::map<std::string, located> & table,
+                      std::string & listing) {
     // file name -> tensors the index assigns to it (single-file checkpoints list no names: take all)
     std::map<std::string, std::vector<std::string>> assigned;
     const std::string index_path = dir + "/model.safetensors.index.json";
     const bool sharded = file_exists(index_path);
-    std::string listing = dir + "/model.safetensors";
+    listing = dir + "/model.safetensors";
     if (sharded) {
         listing = index_path;
         const std::string text = read_text(index_path);
@@ -239,19 +235,19 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
             assigned["model_gptq.safetensors"];
         } else {
             if (!file_exists(listing)) {
-                fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists");
+                fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists" +
+                                            (file_exists(dir + "/pytorch_model.bin")
+                                                 ? " (pytorch_model.bin is not read: convert it to safetensors)"
+                                                 : ""));
             }
             assigned["model.safetensors"];
         }
     }
 
-    std::vector<safetensors_header> headers;  // kept alive: the table points into them
-    headers.reserve(assigned.size());
-    std::map<std::string, located> table;
     for (const auto & a : assigned) {
         const std::string path = dir + "/" + a.first;
-        out->files.push_back(std::make_unique<mapped_file>(path, use_mmap));
-        const mapped_file & f = *out->files.back();
+        out.files.push_back(std::make_unique<mapped_file>(path, use_mmap));
+        const mapped_file & f = *out.files.back();
         headers.push_back(parse_safetensors_header(f.data(), f.size(), path));
         const safetensors_header & h = headers.back();
         std::map<std::string, const safetensors_entry *> in_file;
@@ -269,6 +265,51 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
             table[name] = located{&f, it->second, h.data_offset};
         }
     }
+}
+
+class loaded_tensor_files final : public tensor_files {
+  public:
+    loaded_tensor_files(const std::string & dir, bool use_mmap) {
+        std::map<std::string, located> table;
+        std::string                    listing;
+        open_safetensors(dir, use_mmap, files_, headers_, table, listing);
+        for (const auto & t : table) names_.push_back(t.first);
+        binder_ = std::make_unique<tensor_binder>(files_, std::move(table), listing);
+        listing_ = listing;
+    }
+    bool has(const std::string & name) const override { return binder_->has(name); }
+    tensor_desc bind(const std::string & name, const std::vector<int64_t> & shape) override {
+        return binder_->bind(name, shape);
+    }
+    const std::vector<std::string> & names() const override { return names_; }
+    const std::string &              listing() const override { return listing_; }
+
+  private:
+    loaded_model_files              files_;
+    std::deque<safetensors_header>  headers_;
+    std::unique_ptr<tensor_binder>  binder_;
+    std::vector<std::string>        names_;
+    std::string                     listing_;
+};
+
+}  // namespace
+
+std::unique_ptr<tensor_files> open_tensor_files(const std::string & dir, bool use_mmap) {
+    return std::make_unique<loaded_tensor_files>(dir, use_mmap);
+}
+
+std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap) {
+    auto out = std::make_unique<loaded_model_files>();
+    const std::string config_path = dir + "/config.json";
+    out->config = parse_config(read_text(config_path), config_path);
+    if (!out->config.quant.present && file_exists(dir + "/quantize_config.json"))
+        parse_quantize_config(read_text(dir + "/quantize_config.json"), dir + "/quantize_config.json", out->config);
+    const model_config & c = out->config;
+
+    std::deque<safetensors_header> headers;  // kept alive: the table points into them
+    std::map<std::string, located> table;
+    std::string                    listing;
+    open_safetensors(dir, use_mmap, *out, headers, table, listing);
 
     tensor_binder b(*out, std::move(table), listing);
     model_weights & w = out->weights;

@@ -49,6 +49,19 @@ class model_files {
 // Throws minicpm::error with a message naming the file, the tensor and the problem.
 std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap);
 
+// The tensors of a safetensors checkpoint directory that is not a MiniCPM model (an EAGLE head): mapped, by name.
+class tensor_files {
+  public:
+    virtual ~tensor_files() = default;
+    virtual bool has(const std::string & name) const = 0;
+    // A BF16 / F16 / F32 tensor of exactly this shape; throws _BAD_MODEL naming the file, the tensor, and the
+    // shape found (or that it is missing).
+    virtual tensor_desc bind(const std::string & name, const std::vector<int64_t> & shape) = 0;
+    virtual const std::vector<std::string> & names() const = 0;
+    virtual const std::string &              listing() const = 0;  // the file named in messages
+};
+std::unique_ptr<tensor_files> open_tensor_files(const std::string & dir, bool use_mmap);
+
 // Parses one safetensors header (the 8-byte length + JSON) against a file of file_size bytes.
 // Exposed for the fuzz test. Each entry: name, dtype, shape, byte range relative to the data section.
 struct safetensors_entry {

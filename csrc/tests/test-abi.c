@@ -81,6 +81,8 @@ static const struct field engine_params_fields[] = {
     FIELD(minicpm_engine_params, draft_num_iter), FIELD(minicpm_engine_params, draft_top_k),
     FIELD(minicpm_engine_params, draft_tree_size), FIELD(minicpm_engine_params, pad1_),
     FIELD(minicpm_engine_params, draft_kv_bytes),
+    FIELD(minicpm_engine_params, draft_head),     FIELD(minicpm_engine_params, draft_vocab),
+    FIELD(minicpm_engine_params, draft_vocab_size), FIELD(minicpm_engine_params, pad2_),
 };
 static const struct field sampling_params_fields[] = {
     FIELD(minicpm_sampling_params, size),               FIELD(minicpm_sampling_params, temperature),

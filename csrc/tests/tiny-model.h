@@ -436,4 +436,69 @@ inline void write_tiny_model(const std::string & dir, const tiny_model_spec & s)
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// EAGLE heads in the published MiniCPM4-8B-Eagle-FRSpec layout (model/eagle.h), random weights
+
+struct tiny_eagle_spec {
+    int32_t        n_embd = 64;     // must equal the target's hidden size (tests set other values on purpose)
+    int32_t        n_head = 4;
+    int32_t        n_head_kv = 2;
+    int32_t        n_ff = 128;
+    float          rms_norm_eps = 1e-5f;
+    minicpm::dtype weight_type = minicpm::dtype::bf16;
+    uint64_t       seed = 99;
+    float          weight_std = 0.04f;
+    int32_t head_dim() const { return n_embd / n_head; }
+};
+
+inline std::string tiny_eagle_config_json(const tiny_model_spec & t, const tiny_eagle_spec & e) {
+    char eps[32], depth[32];
+    std::snprintf(eps, sizeof(eps), "%.9g", double(e.rms_norm_eps));
+    std::snprintf(depth, sizeof(depth), "%.9g", double(t.scale_depth));
+    return "{\n  \"architectures\": [\"MiniCPMEagle\"],\n  \"model_type\": \"minicpm\",\n"
+           "  \"hidden_size\": " + std::to_string(e.n_embd) + ",\n  \"intermediate_size\": " + std::to_string(e.n_ff) +
+           ",\n  \"num_attention_heads\": " + std::to_string(e.n_head) + ",\n  \"num_key_value_heads\": " +
+           std::to_string(e.n_head_kv) + ",\n  \"num_hidden_layers\": 1,\n  \"rms_norm_eps\": " + eps +
+           ",\n  \"vocab_size\": " + std::to_string(t.n_vocab) + ",\n  \"scale_depth\": " + depth + ",\n  \"dim_model_base\": " + std::to_string(t.dim_model_base) + "\n}\n";
+}
+
+// fc (with bias), input_norm1/2 and layers.0.*, as the published checkpoint names them (no embedding, no head).
+inline std::vector<tiny_tensor_desc> tiny_eagle_tensor_list(const tiny_eagle_spec & e) {
+    const int64_t H = e.n_embd, I = e.n_ff, hd = e.head_dim();
+    const int64_t q = int64_t(e.n_head) * hd, kv = int64_t(e.n_head_kv) * hd;
+    const minicpm::dtype w = e.weight_type;
+    return {{"fc.weight", {H, 2 * H}, tiny_kind::matrix, w},
+            {"fc.bias", {H}, tiny_kind::matrix, w},
+            {"input_norm1.weight", {H}, tiny_kind::norm, w},
+            {"input_norm2.weight", {H}, tiny_kind::norm, w},
+            {"layers.0.input_layernorm.weight", {H}, tiny_kind::norm, w},
+            {"layers.0.self_attn.q_proj.weight", {q, H}, tiny_kind::matrix, w},
+            {"layers.0.self_attn.k_proj.weight", {kv, H}, tiny_kind::matrix, w},
+            {"layers.0.self_attn.v_proj.weight", {kv, H}, tiny_kind::matrix, w},
+            {"layers.0.self_attn.o_proj.weight", {H, q}, tiny_kind::matrix, w},
+            {"layers.0.post_attention_layernorm.weight", {H}, tiny_kind::norm, w},
+            {"layers.0.mlp.gate_proj.weight", {I, H}, tiny_kind::matrix, w},
+            {"layers.0.mlp.up_proj.weight", {I, H}, tiny_kind::matrix, w},
+            {"layers.0.mlp.down_proj.weight", {H, I}, tiny_kind::matrix, w}};
+}
+
+inline std::vector<raw_tensor> tiny_eagle_raw_tensors(const tiny_eagle_spec & e) {
+    tiny_model_spec s;  // only the seed and the spread matter for the values
+    s.seed = e.seed;
+    s.weight_std = e.weight_std;
+    std::vector<raw_tensor> out;
+    std::vector<float>      vals;
+    for (const tiny_tensor_desc & d : tiny_eagle_tensor_list(e)) {
+        tiny_tensor_values(s, d, vals);
+        out.push_back({d.name, tiny_dtype_tag(d.type), d.shape, tiny_encode(vals, d.type)});
+    }
+    return out;
+}
+
+// Writes dir/config.json and dir/model.safetensors (dir must exist); the tensors are held in memory.
+inline void write_tiny_eagle(const std::string & dir, const tiny_model_spec & target, const tiny_eagle_spec & e) {
+    write_file(dir + "/config.json", tiny_eagle_config_json(target, e));
+    write_file(dir + "/model.safetensors", safetensors_bytes(tiny_eagle_raw_tensors(e)));
+}
+
 }  // namespace minicpm_test

@@ -1,14 +1,50 @@
 // make-model PRESET DIR: writes a random-weight checkpoint of a MiniCPM4 shape (config.json + safetensors, no
 // tokenizer) with the native test writer, so that scripts/gpu-check.sh can benchmark on a machine that has
 // only a compiler. PRESET: 0.5b or 8b (BF16).
+// make-model eagle TARGET_DIR DIR: writes a random EAGLE head for the target in TARGET_DIR, in the published
+// MiniCPM4-8B-Eagle-FRSpec layout (fc with bias, input_norm1/2, layers.0.*; model/eagle.h), for tests and
+// benchmarks of speculative decoding.
+#include "model/config.h"
 #include "tests/tiny-model.h"
 
 #include <cstdio>
 #include <string>
 
+static int make_eagle(const std::string & target_dir, const std::string & out) {
+    const minicpm::model_config c =
+        minicpm::parse_config(minicpm_test::read_file(target_dir + "/config.json"), target_dir + "/config.json");
+    minicpm_test::tiny_model_spec t;  // what the head's config.json repeats from the target
+    t.n_vocab = c.n_vocab;
+    t.scale_depth = c.scale_depth;
+    t.dim_model_base = c.dim_model_base;
+    minicpm_test::tiny_eagle_spec e;
+    e.n_embd = c.n_embd;
+    e.n_head = c.n_head;
+    e.n_head_kv = c.n_head_kv;
+    e.n_ff = c.n_ff;
+    e.rms_norm_eps = c.rms_norm_eps;
+    if (c.n_embd / c.n_head != c.n_head_dim) {
+        std::fprintf(stderr, "make-model: the target's head_dim %d is not hidden_size / num_attention_heads\n", c.n_head_dim);
+        return 1;
+    }
+    std::filesystem::create_directories(out);
+    minicpm_test::write_tiny_eagle(out, t, e);
+    std::printf("wrote %s (EAGLE head for %s: hidden %d, %d heads, %d KV heads, ffn %d, random bf16 weights)\n",
+                out.c_str(), target_dir.c_str(), e.n_embd, e.n_head, e.n_head_kv, e.n_ff);
+    return 0;
+}
+
 int main(int argc, char ** argv) {
+    if (argc == 4 && std::string(argv[1]) == "eagle") {
+        try {
+            return make_eagle(argv[2], argv[3]);
+        } catch (const std::exception & e) {
+            std::fprintf(stderr, "make-model: %s\n", e.what());
+            return 1;
+        }
+    }
     if (argc != 3 || (std::string(argv[1]) != "0.5b" && std::string(argv[1]) != "8b")) {
-        std::fprintf(stderr, "usage: make-model 0.5b|8b DIR\n");
+        std::fprintf(stderr, "usage: make-model 0.5b|8b DIR\n       make-model eagle TARGET_DIR DIR\n");
         return 2;
     }
     minicpm_test::tiny_model_spec s;

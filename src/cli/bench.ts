@@ -11,7 +11,7 @@ import { cacheRoot } from '../runtime/default-model'
 import { generateProfile } from '../runtime/generate'
 import { KV_DTYPES, loadModel } from '../runtime/load'
 import { benchTokenizer } from '../tokenizer/index'
-import { kvDtypeOf, num, parse, progressBar, quantizeOf, type Command } from './common'
+import { draftVocabOf, kvDtypeOf, num, parse, progressBar, quantizeOf, type Command } from './common'
 
 const options = {
   model: { type: 'string', short: 'm' },
@@ -20,6 +20,8 @@ const options = {
   'kv-dtype': { type: 'string' },
   quantize: { type: 'string' },
   'quant-group': { type: 'string' },
+  draft: { type: 'string' },
+  'draft-vocab': { type: 'string' },
 } as const
 
 export const bench: Command = {
@@ -32,7 +34,9 @@ export const bench: Command = {
   -n, --tokens N           tokens to generate for the per-token figures (default 32)
   -t, --threads N          engine threads (default: all cores)
       --kv-dtype T         KV cache element type: ${KV_DTYPES.join(', ')} (default bf16)
-      --quantize q8|q4     quantize the weights at load; --quant-group N: features per scale (default 128)`,
+      --quantize q8|q4     quantize the weights at load; --quant-group N: features per scale (default 128)
+      --draft DIR          speculative decoding (an EAGLE head or a draft model, as for serve); --draft-vocab
+                           FILE[:N]: FR-Spec vocabulary of the draft. The decode line then shows the acceptance`,
 
   async run(argv) {
     const { values } = parse(argv, options)
@@ -56,6 +60,8 @@ export const bench: Command = {
       nThreads,
       kvDtype,
       ...quant,
+      draft: values.draft,
+      ...draftVocabOf(values),
       onProgress: (phase, done, total) => {
         if (done < total) return
         phases.push(`${phase} ${ms(performance.now() - tPhase)}`)
@@ -91,17 +97,22 @@ export const bench: Command = {
       // Warm-up: the first tokens run through cold (not yet JIT-compiled) JS.
       for await (const _ of model.generate({ prompt, maxTokens: 4, ignoreEos: true, temperature: 0 }));
       Object.assign(generateProfile, { enabled: true, cpuUs: 0, tokens: 0 })
-      let finish: { completionTokens: number; perTokenMs: number } | null = null
+      let finish: { completionTokens: number; perTokenMs: number; meanAcceptLength?: number } | null = null
       for await (const ev of model.generate({ prompt, maxTokens: nTokens, ignoreEos: true, temperature: 0 })) {
         if (ev.type === 'finish')
-          finish = { completionTokens: ev.usage.completionTokens, perTokenMs: ev.timings.perTokenMs }
+          finish = {
+            completionTokens: ev.usage.completionTokens,
+            perTokenMs: ev.timings.perTokenMs,
+            meanAcceptLength: ev.timings.meanAcceptLength,
+          }
       }
       generateProfile.enabled = false
       const jsUs = generateProfile.cpuUs / Math.max(1, generateProfile.tokens)
       const stepUs = (finish?.perTokenMs ?? 0) * 1000
       console.log(
         `decode       ${finish?.completionTokens ?? 0} tokens: engine ${(stepUs / 1000).toFixed(2)} ms/token, ` +
-          `JS ${jsUs.toFixed(1)} us CPU/token = ${stepUs > 0 ? ((100 * jsUs) / stepUs).toFixed(3) : '?'}% of the engine step`,
+          `JS ${jsUs.toFixed(1)} us CPU/token = ${stepUs > 0 ? ((100 * jsUs) / stepUs).toFixed(3) : '?'}% of the engine step` +
+          (finish?.meanAcceptLength !== undefined ? `, mean accept length ${finish.meanAcceptLength.toFixed(2)}` : ''),
       )
     } finally {
       model.dispose()

@@ -127,6 +127,7 @@ export const modelOptions = {
   'no-prefix-cache': { type: 'boolean' },
   'tool-format': { type: 'string' },
   draft: { type: 'string' },
+  'draft-vocab': { type: 'string' },
   sparse: { type: 'string' },
 } as const satisfies Options
 
@@ -152,8 +153,12 @@ export const modelHelp = `Model:
                            64-token blocks, e.g. the history a chat resends every turn)
       --tool-format F      how tools and tool calls are rendered and parsed: minicpm (MiniCPM3 / MiniCPM4-MCP
                            Python calls; the default for MiniCPM models) or none (requests with tools get 400)
-      --draft DIR          speculative decoding with a draft model next to the target: a plain MiniCPM model with
-                           the same vocabulary (e.g. 0.5B for 8B) drafts EAGLE-2 token trees; output is unchanged
+      --draft DIR          speculative decoding with a draft next to the target, drafting EAGLE-2 token trees
+                           (output is unchanged): an EAGLE head (MiniCPM4-8B-Eagle-FRSpec layout) or a plain
+                           MiniCPM model with the same vocabulary (e.g. 0.5B for 8B)
+      --draft-vocab FILE[:N]  FR-Spec: the draft scores only the first N ids (default: all) of FILE, a freq_N.pt
+                           or little-endian int32 list of token ids by frequency; with an EAGLE head its LM head
+                           is gathered to those rows
       --sparse MODE        InfLLM v2 sparse attention: on | off | hf | v2 (default: on, variant hf, when
                            config.json has a sparse_config; on = hf; without one the model card's values apply)`
 
@@ -208,10 +213,22 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     prefixCache: values['no-prefix-cache'] === true ? false : undefined,
     toolFormat: values['tool-format'] as string | undefined,
     draft: values.draft as string | undefined,
+    ...draftVocabOf(values),
     sparse: sparseOf(values),
     onProgress: progressBar(),
     onLog: (line) => stderrLine.line(line),
   }
+}
+
+/** --draft-vocab FILE or FILE:N. */
+export function draftVocabOf(values: Values): { draftVocab?: string; draftVocabSize?: number } {
+  const raw = values['draft-vocab']
+  if (typeof raw !== 'string') return {}
+  const m = /^(.*):(\d+)$/.exec(raw)
+  if (!m) return { draftVocab: raw }
+  const n = Number(m[2])
+  if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--draft-vocab: N must be a positive integer, got '${m[2]}'`)
+  return { draftVocab: m[1], draftVocabSize: n }
 }
 
 /** A byte-size flag: a number of bytes or a size with a unit (src/util/size.ts). */

@@ -2,7 +2,7 @@
  * loadModel(): a model directory -> native model + tokenizer + chat template + engine, behind the Model
  * interface that routes/ and the CLI use.
  */
-import { existsSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { NativeEngine, NativeModel, type Backend, type KvDtype, type QuantizeType, type SparseMode } from '../../ffi/index'
 import { ChatTemplate, ChatTemplateBudgetError, ChatTemplateError } from '../chat/index'
@@ -52,11 +52,15 @@ export interface LoadOptions {
   /** Quantize the LM head / tied embedding too (default true). */
   quantizeHead?: boolean
   /**
-   * Speculative decoding: a draft model directory next to the target. A plain MiniCPM model with the target's
-   * vocabulary (e.g. 0.5B for 8B, or the target itself) drafts EAGLE-2 token trees; greedy output is unchanged.
-   * An EAGLE head directory is detected from its config and refused for now (not implemented yet).
+   * Speculative decoding: a draft directory next to the target, drafting EAGLE-2 token trees; greedy output is
+   * unchanged. An EAGLE head (MiniCPM4-8B-Eagle-FRSpec layout, detected from its config or its tensors) drafts
+   * from the target's hidden states; a plain MiniCPM model with the target's vocabulary (e.g. 0.5B for 8B) drafts
+   * on its own.
    */
   draft?: string
+  /** FR-Spec: a freq_N.pt or int32 file of token ids by frequency; the draft scores its first draftVocabSize. */
+  draftVocab?: string
+  draftVocabSize?: number
   /** Draft tree shape (defaults as CPM.cu's CLI: 2 levels, top-10, 12 verified rows). */
   draftNumIter?: number
   draftTopK?: number
@@ -156,15 +160,19 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     sparse: opts.sparse,
   })
   let draft: NativeModel | undefined
+  let draftHead: string | undefined
   try {
     if (opts.draft) {
       const d = readModelDir(opts.draft)
-      if (draftKind(d.config) === 'eagle')
-        throw new Error(`${d.dir} is an EAGLE draft head: EAGLE heads are not supported yet; use a plain MiniCPM model`)
-      progress('draft', 0, 1)
-      draft = NativeModel.load(d.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
-      progress('draft', 1, 1)
+      if (draftKind(d.config, d.dir) === 'eagle') {
+        draftHead = d.dir // loaded by the engine next to the target, whose embedding and LM head it shares
+      } else {
+        progress('draft', 0, 1)
+        draft = NativeModel.load(d.dir, { useMmap: opts.useMmap, nThreads: opts.nThreads })
+        progress('draft', 1, 1)
+      }
     }
+    if (opts.draftVocab && !opts.draft) throw new Error('--draft-vocab needs --draft (an EAGLE head or a draft model)')
     progress('weights', 1, 1)
     if (opts.quantize) {
       const ni = native.info()
@@ -198,6 +206,9 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
       exactKernels: opts.exact,
       poll: opts.poll,
       draft,
+      draftHead,
+      draftVocab: opts.draftVocab,
+      draftVocabSize: opts.draftVocabSize,
       draftNumIter: opts.draftNumIter,
       draftTopK: opts.draftTopK,
       draftTreeSize: opts.draftTreeSize,
@@ -381,8 +392,32 @@ function toToolMessage(m: ChatMessage): ToolMessage {
   }
 }
 
-/** 'eagle' for an EAGLE draft head directory (its config names Eagle or carries eagle_config), else 'llm'. */
-export function draftKind(config: Record<string, unknown>): 'eagle' | 'llm' {
+/**
+ * 'eagle' for an EAGLE draft head directory (its config names Eagle or carries eagle_config, or, given the
+ * directory, its model.safetensors holds the head's fc.weight), else 'llm'.
+ */
+export function draftKind(config: Record<string, unknown>, dir?: string): 'eagle' | 'llm' {
   const names = JSON.stringify([config.architectures ?? '', config.model_type ?? '', config.auto_map ?? ''])
-  return /eagle/i.test(names) || config.eagle_config !== undefined ? 'eagle' : 'llm'
+  if (/eagle/i.test(names) || config.eagle_config !== undefined) return 'eagle'
+  return dir !== undefined && safetensorsNames(join(dir, 'model.safetensors')).has('fc.weight') ? 'eagle' : 'llm'
+}
+
+/** Tensor names in a safetensors header (8-byte little-endian length + JSON); empty when unreadable. */
+function safetensorsNames(path: string): Set<string> {
+  try {
+    const fd = openSync(path, 'r')
+    try {
+      const len = Buffer.alloc(8)
+      readSync(fd, len, 0, 8, 0)
+      const n = Number(len.readBigUInt64LE(0))
+      if (n <= 0 || n > 100_000_000) return new Set()
+      const head = Buffer.alloc(n)
+      readSync(fd, head, 0, n, 8)
+      return new Set(Object.keys(JSON.parse(head.toString('utf8')) as Record<string, unknown>))
+    } finally {
+      closeSync(fd)
+    }
+  } catch {
+    return new Set()
+  }
 }
