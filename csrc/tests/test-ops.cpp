@@ -133,6 +133,7 @@ void test_kv_and_attention(thread_pool & tp) {
         {16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}},             // MiniCPM4-0.5B heads: group 8, prefill + decode
         {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}},            // MiniCPM4-8B-like group 16, hd 128
         {6, 3, 48, {{1, 5}, {127, 1}}},                        // head dim not a multiple of 16
+        {2, 1, 18, {{0, 3}, {60, 5}}},                         // nor of 4 (vector tails of the KV widening)
     };
     const dtype kv_types[] = {dtype::f32, dtype::bf16, dtype::f16};
     for (const attn_case & c : cases) {
