@@ -8,7 +8,7 @@
 //                           (HWCAP2_BF16, HWCAP2_I8MM and HWCAP_ASIMDDP: Neoverse V1/N2, Cortex-A710, Apple M2)
 //           neon+dotprod    exact: NEON FMA for float weights; sdot for q8/q4 (HWCAP_ASIMDDP: Cortex-A76/A78,
 //                           Neoverse N1, Apple M1)
-//           neon            exact: NEON FMA (bf16 widened by shift, f16 by fcvtl); portable q8/q4 kernel
+//           neon            exact: NEON FMA (bf16 widened by shift, f16 by fcvtl); smull/sadalp for q8/q4
 //   Attention and the elementwise ops of the ARM64 families are the baseline build (attention.cpp,
 //   elementwise.cpp), which is NEON on ARM64.
 //   any:    portable    exact: plain C++ (auto-vectorized for the baseline ISA)

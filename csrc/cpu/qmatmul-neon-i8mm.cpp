@@ -2,8 +2,8 @@
 // (HWCAP2_I8MM): smmla multiplies a 2x8 block of weight rows by a 2x8 block of tokens into the 2x2 int32
 // results [r0 t0, r0 t1, r1 t0, r1 t1], so each lane is one output and needs no horizontal sum. Weight and
 // activation operands are two rows' 8-column halves interleaved (zip of 64-bit lanes). Signedness and the
-// activation blocks are as in the dotprod kernel (qmatmul-neon-dotprod.cpp). Tiles of up to 4 rows x 4 tokens;
-// decode (one token), the odd token and the odd row go to the dotprod kernel, which every I8MM CPU also has.
+// activation blocks are as in qmatmul-neon-impl.h. Tiles of up to 4 rows x 4 tokens; decode (one token), the
+// odd token and the odd row run that file's sdot kernel (every I8MM CPU also has DotProd).
 #include "cpu/qmatmul.h"
 
 #include <arm_neon.h>
@@ -12,17 +12,10 @@ namespace minicpm {
 
 namespace {
 
-template <bool Q4> inline void load_w(const uint8_t * row, int64_t k, int8x16_t v[4]) {
-    if (Q4) {  // 32 bytes -> [low nibbles (even columns) | high nibbles (odd columns)]
-        const uint8x16_t b0 = vld1q_u8(row + k / 2), b1 = vld1q_u8(row + k / 2 + 16), m = vdupq_n_u8(0x0f);
-        v[0] = vreinterpretq_s8_u8(vandq_u8(b0, m));
-        v[1] = vreinterpretq_s8_u8(vandq_u8(b1, m));
-        v[2] = vreinterpretq_s8_u8(vshrq_n_u8(b0, 4));
-        v[3] = vreinterpretq_s8_u8(vshrq_n_u8(b1, 4));
-    } else {
-        for (int i = 0; i < 4; ++i) v[i] = vld1q_s8((const int8_t *) row + k + 16 * i);
-    }
-}
+// The dotprod kernel (for the parts smmla does not fit) and the helpers shared with it.
+inline int32x4_t qn_dot16(int32x4_t acc, int8x16_t a, int8x16_t b) { return vdotq_s32(acc, a, b); }
+
+#include "cpu/qmatmul-neon-impl.h"
 
 // Two rows' 16-column vectors -> the smmla operands for columns 0..7 (lo) and 8..15 (hi).
 inline void pair(int8x16_t a, int8x16_t b, int8x16_t & lo, int8x16_t & hi) {
@@ -30,16 +23,11 @@ inline void pair(int8x16_t a, int8x16_t b, int8x16_t & lo, int8x16_t & hi) {
     hi = vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
 }
 
-// Vectors of activation block blk (see the dotprod kernel) and the lane-scale index of the block.
-template <bool Q4> constexpr int vec_a(int blk) { return Q4 ? blk : 2 * blk; }
-template <bool Q4> constexpr int vec_b(int blk) { return Q4 ? blk + 2 : 2 * blk + 1; }
-template <bool Q4> constexpr int lane(int blk) { return 4 * vec_a<Q4>(blk); }
-
 // RP row pairs x TP token pairs from row r0 and token t0.
 template <int RP, int TP, bool Q4>
-inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t K,
-                 const uint8_t * w, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t t0, int64_t G,
-                 int64_t gsteps) {
+inline void mm_tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t K,
+                    const uint8_t * w, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t t0,
+                    int64_t G, int64_t gsteps) {
     const int64_t row_bytes = Q4 ? K / 2 : K;
     float32x4_t   tot[RP][TP], corr[RP][TP];
     for (int p = 0; p < RP; ++p)
@@ -111,29 +99,28 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
 
 // Row pairs from r0 over the even token count Te.
 template <int RP, bool Q4>
-inline void rows(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t Te,
-                 int64_t K, const uint8_t * w, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t G,
-                 int64_t gsteps) {
+inline void mm_rows(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t Te,
+                    int64_t K, const uint8_t * w, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t G,
+                    int64_t gsteps) {
     int64_t t = 0;
-    for (; t + 4 <= Te; t += 4) tile<RP, 2, Q4>(y, ldy, xq, xls, xgs, K, w, ws, wc, r0, n0, t, G, gsteps);
-    for (; t < Te; t += 2) tile<RP, 1, Q4>(y, ldy, xq, xls, xgs, K, w, ws, wc, r0, n0, t, G, gsteps);
+    for (; t + 4 <= Te; t += 4) mm_tile<RP, 2, Q4>(y, ldy, xq, xls, xgs, K, w, ws, wc, r0, n0, t, G, gsteps);
+    for (; t < Te; t += 2) mm_tile<RP, 1, Q4>(y, ldy, xq, xls, xgs, K, w, ws, wc, r0, n0, t, G, gsteps);
 }
 
 template <bool Q4>
-void run(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T, int64_t K,
-         const uint8_t * w, const float * ws, const float * wc, int64_t nr, int64_t n0, int64_t G, int64_t gsteps) {
+void mm_run(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T, int64_t K,
+            const uint8_t * w, const float * ws, const float * wc, int64_t nr, int64_t n0, int64_t G, int64_t gsteps) {
     const int64_t Te = T & ~int64_t(1), nre = nr & ~int64_t(1), row_bytes = Q4 ? K / 2 : K;
     if (Te > 0) {
         int64_t r = 0;
-        for (; r + 4 <= nre; r += 4) rows<2, Q4>(y, ldy, xq, xls, xgs, Te, K, w, ws, wc, r, n0, G, gsteps);
-        for (; r < nre; r += 2) rows<1, Q4>(y, ldy, xq, xls, xgs, Te, K, w, ws, wc, r, n0, G, gsteps);
+        for (; r + 4 <= nre; r += 4) mm_rows<2, Q4>(y, ldy, xq, xls, xgs, Te, K, w, ws, wc, r, n0, G, gsteps);
+        for (; r < nre; r += 2) mm_rows<1, Q4>(y, ldy, xq, xls, xgs, Te, K, w, ws, wc, r, n0, G, gsteps);
     }
     if (nre < nr && Te > 0)  // the odd row, even tokens
-        qdot_neon_dotprod(y, ldy, xq, xls, xgs, Te, K, w + nre * row_bytes, Q4, ws + nre * G, wc + nre * G, 1,
-                          n0 + nre, G, gsteps);
+        run<Q4>(y, ldy, xq, xls, xgs, Te, K, w + nre * row_bytes, ws + nre * G, wc + nre * G, 1, n0 + nre, G, gsteps);
     if (Te < T)  // the odd token, every row
-        qdot_neon_dotprod(y + Te * ldy, ldy, xq + Te * K, xls + Te * (K / 4), xgs + Te * G, 1, K, w, Q4, ws, wc, nr,
-                          n0, G, gsteps);
+        run<Q4>(y + Te * ldy, ldy, xq + Te * K, xls + Te * (K / 4), xgs + Te * G, 1, K, w, ws, wc, nr, n0, G,
+                gsteps);
 }
 
 }  // namespace
@@ -142,9 +129,9 @@ void qdot_neon_i8mm(float * y, int64_t ldy, const int8_t * xq, const float * xls
                     int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                     int64_t G, int64_t gsteps) {
     if (q4) {
-        run<true>(y, ldy, xq, xls, xgs, T, K, w, ws, wc, nr, n0, G, gsteps);
+        mm_run<true>(y, ldy, xq, xls, xgs, T, K, w, ws, wc, nr, n0, G, gsteps);
     } else {
-        run<false>(y, ldy, xq, xls, xgs, T, K, w, ws, wc, nr, n0, G, gsteps);
+        mm_run<false>(y, ldy, xq, xls, xgs, T, K, w, ws, wc, nr, n0, G, gsteps);
     }
 }
 

@@ -115,6 +115,7 @@ vnni_features detect_vnni() {
 #if defined(__aarch64__)
 const qmatmul_variant k_neon_i8mm = {"neon-i8mm", "asimddp i8mm", qdot_neon_i8mm};
 const qmatmul_variant k_neon_dotprod = {"neon-dotprod", "asimddp", qdot_neon_dotprod};
+const qmatmul_variant k_neon = {"neon", "asimd", qdot_neon};
 #endif
 
 }  // namespace
@@ -134,6 +135,7 @@ int qmatmul_variants(const qmatmul_variant ** out, int cap) {
     static const arm_features f = arm_cpu_features();
     if (f.i8mm && f.dotprod) add(k_neon_i8mm);
     if (f.dotprod) add(k_neon_dotprod);
+    add(k_neon);
 #endif
     add(k_portable);
     return n;
@@ -148,6 +150,7 @@ const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
         if (std::strcmp(v[i]->name, "avx-vnni") == 0 && (wide || avx2)) return *v[i];
         if (std::strcmp(v[i]->name, "neon-i8mm") == 0 && std::strstr(kt.name, "+i8mm")) return *v[i];
         if (std::strcmp(v[i]->name, "neon-dotprod") == 0 && std::strstr(kt.name, "+dotprod")) return *v[i];
+        if (std::strcmp(v[i]->name, "neon") == 0 && std::strcmp(kt.name, "neon") == 0) return *v[i];
     }
     return k_portable;
 }
