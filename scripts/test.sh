@@ -29,16 +29,27 @@ forced_families() {
 }
 forced_families build ""
 
-# The ARM64 kernels: the same native tests cross-built for ARM64 and run under qemu-user (its default CPU has
-# BF16 and I8MM, so every ARM64 family runs).
+# The ARM64 kernels: the same native tests cross-built for ARM64 and run under qemu-user. Its default CPU
+# ('max') has DotProd, BF16 and I8MM, so every ARM64 family and quantized kernel runs there; then the kernel tests
+# again on CPU models without them, so that detection picks the smaller families by itself (hwcaps):
+# cortex-a76 (DotProd: neon+dotprod, the sdot kernel) and cortex-a72 (plain NEON: neon, the smull kernel).
 arm_skipped=0
 if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null; then
-    echo "ARM64 (NEON, NEON BF16 and portable kernels, under qemu-aarch64):"
+    echo "ARM64 (NEON, DotProd, BF16, I8MM and portable kernels, under qemu-aarch64):"
     if cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release -DMINICPM_CUDA=OFF \
             > /dev/null && cmake --build build-arm64 -j "$(nproc)" > "$logs/arm64-build.log" 2>&1; then
         (cd build-arm64 && ctest --output-on-failure 2>&1) | tee -a "$logs/native.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || native_rc=1
         forced_families build-arm64 "qemu-aarch64 -L /usr/aarch64-linux-gnu"
+        for cpu_best in cortex-a76:neon+dotprod cortex-a72:neon; do
+            cpu=${cpu_best%%:*} want=${cpu_best#*:}
+            best=$(cd build-arm64 && QEMU_CPU=$cpu qemu-aarch64 -L /usr/aarch64-linux-gnu ./test-ops --list-families | head -n 1)
+            echo "QEMU_CPU=$cpu: best kernel family '$best' (want '$want')"
+            [ "$best" = "$want" ] || { echo "FAIL: ARM64 kernel family detection on $cpu"; native_rc=1; }
+            (cd build-arm64 && QEMU_CPU=$cpu ctest --output-on-failure -R '^test-(ops|qmatmul)$' 2>&1) |
+                tee -a "$logs/native.log"
+            [ "${PIPESTATUS[0]}" -eq 0 ] || native_rc=1
+        done
     else
         cat "$logs/arm64-build.log"
         echo "ARM64 build failed"

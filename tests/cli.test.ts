@@ -191,7 +191,7 @@ describe('commands', () => {
     const exact = fam(['--exact'])
     const best = fam([])
     console.log(`kernels: default '${best}', --exact '${exact}'`)
-    expect(exact).toMatch(/^cpu (avx512|avx2|neon|portable)$/)
+    expect(exact).toMatch(/^cpu (avx512|avx2|neon|neon\+dotprod|portable)$/)
     expect(best).toMatch(/^cpu /)
   }, 60_000)
 

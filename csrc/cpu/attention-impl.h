@@ -1,7 +1,7 @@
 // Flash-style attention task in plain C++, compiled once per instruction set: attention.cpp (baseline),
 // attention-avx2.cpp and attention-avx512.cpp (same source with wider vectors); the fixed 64-slot block loops
 // vectorize at -O3. Include it inside an anonymous namespace, after <cmath>, <cstdint>, <cstring> and
-// cpu/fast-exp.h: it defines internal-linkage functions only.
+// cpu/fast-exp.h (and <arm_neon.h> on ARM64): it defines internal-linkage functions only.
 //
 // Precision: f32 throughout (KV converted to f32 per block), exp by fast_exp (~2 ulp).
 // Head dims up to 512 (the driver checks). For one KV head and a range of query rows it walks the 64-token KV
@@ -20,7 +20,12 @@ inline void attn_row_f32(float * __restrict dst, const void * src, minicpm::dtyp
     if (t == minicpm::dtype::bf16) {
         for (int32_t i = 0; i < n; ++i) dst[i] = minicpm::bf16_to_f32(s[i]);
     } else {
-        for (int32_t i = 0; i < n; ++i) dst[i] = minicpm::f16_to_f32(s[i]);
+        int32_t i = 0;
+#if defined(__aarch64__)
+        // fcvtl is base ARMv8 NEON (exact, as f16_to_f32): four halves per instruction instead of a call each.
+        for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(s + i))));
+#endif
+        for (; i < n; ++i) dst[i] = minicpm::f16_to_f32(s[i]);
     }
 }
 

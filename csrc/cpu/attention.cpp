@@ -5,6 +5,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__aarch64__)
+#    include <arm_neon.h>
+#endif
+
 namespace minicpm {
 
 namespace {

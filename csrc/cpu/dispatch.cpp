@@ -4,8 +4,13 @@
 //           avx512bf16  vdpbf16ps for bf16 weights at every T (what Zen 4/5 run); AVX-512 FMA for f16/f32
 //           avx512      exact: AVX-512 FMA (bf16 widened by shift, f16 by vcvtph2ps)
 //           avx2        exact: AVX2 + FMA + F16C
-//   ARM64:  neon+bf16   bfdot (one token) / bfmmla (token pairs) for bf16 weights, where HWCAP2_BF16 is set
-//           neon        exact: NEON FMA (bf16 widened by shift, f16 by fcvtl)
+//   ARM64:  neon+bf16+i8mm  bfdot (one token) / bfmmla (token pairs) for bf16 weights; smmla for q8/q4 weights
+//                           (HWCAP2_BF16, HWCAP2_I8MM and HWCAP_ASIMDDP: Neoverse V1/N2, Cortex-A710, Apple M2)
+//           neon+dotprod    exact: NEON FMA for float weights; sdot for q8/q4 (HWCAP_ASIMDDP: Cortex-A76/A78,
+//                           Neoverse N1, Apple M1)
+//           neon            exact: NEON FMA (bf16 widened by shift, f16 by fcvtl); smull/sadalp for q8/q4
+//   Attention and the elementwise ops of the ARM64 families are the baseline build (attention.cpp,
+//   elementwise.cpp), which is NEON on ARM64.
 //   any:    portable    exact: plain C++ (auto-vectorized for the baseline ISA)
 #include "cpu/ops-fast.h"
 
@@ -68,18 +73,35 @@ x86_features detect() {
 #if defined(__aarch64__)
 const cpu_kernel_table k_neon = {"neon", "asimd", matmul_rows_neon, attention_task_portable, false,
                                  nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
-const cpu_kernel_table k_neon_bf16 = {"neon+bf16", "asimd bf16", matmul_rows_neon, attention_task_portable, false,
-                                      bf16_pack_x_neon, matmul_rows_bf16_neon, 8, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
-
-bool arm_has_bf16() {
-#    ifndef HWCAP2_BF16
-#        define HWCAP2_BF16 (1 << 14)
-#    endif
-    return (getauxval(AT_HWCAP2) & HWCAP2_BF16) != 0;
-}
+const cpu_kernel_table k_neon_dotprod = {"neon+dotprod", "asimd asimddp", matmul_rows_neon, attention_task_portable,
+                                         false, nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable,
+                                         add_scaled_portable};
+const cpu_kernel_table k_neon_bf16_i8mm = {"neon+bf16+i8mm", "asimd asimddp bf16 i8mm", matmul_rows_neon,
+                                           attention_task_portable, false, bf16_pack_x_neon, matmul_rows_bf16_neon, 8,
+                                           rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 #endif
 
 }  // namespace
+
+#if defined(__aarch64__)
+arm_features arm_cpu_features() {
+#    ifndef HWCAP_ASIMDDP
+#        define HWCAP_ASIMDDP (1 << 20)
+#    endif
+#    ifndef HWCAP2_I8MM
+#        define HWCAP2_I8MM (1 << 13)
+#    endif
+#    ifndef HWCAP2_BF16
+#        define HWCAP2_BF16 (1 << 14)
+#    endif
+    const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    arm_features f;
+    f.dotprod = (hw & HWCAP_ASIMDDP) != 0;
+    f.bf16 = (hw2 & HWCAP2_BF16) != 0;
+    f.i8mm = (hw2 & HWCAP2_I8MM) != 0;
+    return f;
+}
+#endif
 
 int cpu_kernel_variants(const cpu_kernel_table ** out, int cap) {
     int n = 0;
@@ -95,8 +117,9 @@ int cpu_kernel_variants(const cpu_kernel_table ** out, int cap) {
     if (f.avx2) add(k_avx2);
 #endif
 #if defined(__aarch64__)
-    static const bool bf16 = arm_has_bf16();
-    if (bf16) add(k_neon_bf16);
+    static const arm_features f = arm_cpu_features();
+    if (f.bf16 && f.i8mm && f.dotprod) add(k_neon_bf16_i8mm);
+    if (f.dotprod) add(k_neon_dotprod);
     add(k_neon);
 #endif
     add(k_portable);
@@ -129,7 +152,7 @@ int cpu_kernel_compiled_names(const char ** out, int cap) {
         "avx512+amx", "avx512bf16", "avx512", "avx2",
 #endif
 #if defined(__aarch64__)
-        "neon+bf16", "neon",
+        "neon+bf16+i8mm", "neon+dotprod", "neon",
 #endif
         "portable"};
     const int n = int(sizeof(names) / sizeof(names[0]));

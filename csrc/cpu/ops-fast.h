@@ -132,6 +132,11 @@ bool    amx_request_permission();  // once per thread that uses AMX; false when 
 #endif
 
 #if defined(__aarch64__)
+// The ARM64 extensions the kernels use, from the kernel's hwcaps (HWCAP_ASIMDDP, HWCAP2_BF16, HWCAP2_I8MM).
+struct arm_features {
+    bool dotprod = false, bf16 = false, i8mm = false;
+};
+arm_features arm_cpu_features();
 // NEON (always present on ARM64): exact FMA matmul with bf16 widened by shift and f16 by fcvtl.
 void matmul_rows_neon(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
                       int64_t n0, int64_t n1);

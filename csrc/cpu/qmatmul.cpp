@@ -112,6 +112,11 @@ vnni_features detect_vnni() {
     return f;
 }
 #endif
+#if defined(__aarch64__)
+const qmatmul_variant k_neon_i8mm = {"neon-i8mm", "asimddp i8mm", qdot_neon_i8mm};
+const qmatmul_variant k_neon_dotprod = {"neon-dotprod", "asimddp", qdot_neon_dotprod};
+const qmatmul_variant k_neon = {"neon", "asimd", qdot_neon};
+#endif
 
 }  // namespace
 
@@ -126,6 +131,12 @@ int qmatmul_variants(const qmatmul_variant ** out, int cap) {
     if (f.avx512vnni) add(k_avx512vnni);
     if (f.avxvnni) add(k_avxvnni);
 #endif
+#if defined(__aarch64__)
+    static const arm_features f = arm_cpu_features();
+    if (f.i8mm && f.dotprod) add(k_neon_i8mm);
+    if (f.dotprod) add(k_neon_dotprod);
+    add(k_neon);
+#endif
     add(k_portable);
     return n;
 }
@@ -137,6 +148,9 @@ const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
     for (int i = 0; i < n; ++i) {
         if (std::strcmp(v[i]->name, "avx512-vnni") == 0 && wide) return *v[i];
         if (std::strcmp(v[i]->name, "avx-vnni") == 0 && (wide || avx2)) return *v[i];
+        if (std::strcmp(v[i]->name, "neon-i8mm") == 0 && std::strstr(kt.name, "+i8mm")) return *v[i];
+        if (std::strcmp(v[i]->name, "neon-dotprod") == 0 && std::strstr(kt.name, "+dotprod")) return *v[i];
+        if (std::strcmp(v[i]->name, "neon") == 0 && std::strcmp(kt.name, "neon") == 0) return *v[i];
     }
     return k_portable;
 }

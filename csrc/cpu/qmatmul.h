@@ -32,7 +32,7 @@ typedef void (*qdot_fn)(float * y, int64_t ldy, const int8_t * xq, const float *
                         int64_t n0, int64_t G, int64_t gsteps);
 
 struct qmatmul_variant {
-    const char * name;      // "avx512-vnni", "avx-vnni", "portable"
+    const char * name;      // "avx512-vnni", "avx-vnni", "neon-i8mm", "neon-dotprod", "neon", "portable"
     const char * features;  // CPU features used
     qdot_fn      dot;
 };
@@ -58,6 +58,19 @@ void qdot_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xl
 void qdot_avxvnni(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
                   int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                   int64_t G, int64_t gsteps);
+#endif
+#if defined(__aarch64__)
+// Base NEON (smull / sadalp), sdot (FEAT_DotProd) and smmla (FEAT_I8MM; its one-token, odd-row and odd-token
+// parts run the sdot kernel).
+void qdot_neon(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T, int64_t K,
+               const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0, int64_t G,
+               int64_t gsteps);
+void qdot_neon_dotprod(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
+                       int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr,
+                       int64_t n0, int64_t G, int64_t gsteps);
+void qdot_neon_i8mm(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
+                    int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
+                    int64_t G, int64_t gsteps);
 #endif
 
 }  // namespace minicpm

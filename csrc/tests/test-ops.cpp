@@ -133,6 +133,7 @@ void test_kv_and_attention(thread_pool & tp) {
         {16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}},             // MiniCPM4-0.5B heads: group 8, prefill + decode
         {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}},            // MiniCPM4-8B-like group 16, hd 128
         {6, 3, 48, {{1, 5}, {127, 1}}},                        // head dim not a multiple of 16
+        {2, 1, 18, {{0, 3}, {60, 5}}},                         // nor of 4 (vector tails of the KV widening)
     };
     const dtype kv_types[] = {dtype::f32, dtype::bf16, dtype::f16};
     for (const attn_case & c : cases) {
@@ -316,12 +317,15 @@ void test_quantized_matmul(thread_pool & tp) {
                           dtype_name(c.type), c.group, c.zeros ? " zeros" : "", c.perm ? " perm" : "",
                           dtype_name(c.scale_type), (long long) c.N, (long long) c.K, (long long) T);
             check(name, yd.data(), yq.data(), yd.size(), k_thr_exact);
-            for (const auto & be : g_backends) {
+            const auto fams = variants();  // g_backends[i] runs family fams[i]
+            for (size_t i = 0; i < g_backends.size(); ++i) {
+                const auto &       be = g_backends[i];
                 std::vector<float> yf(yq.size(), NAN);
                 be->matmul(yf.data(), x.data(), w, T);
-                std::snprintf(name, sizeof(name), "matmul %s %s g=%d%s%s N=%lld K=%lld T=%lld", be->name(),
-                              dtype_name(c.type), c.group, c.zeros ? " zeros" : "", c.perm ? " perm" : "",
-                              (long long) c.N, (long long) c.K, (long long) T);
+                std::snprintf(name, sizeof(name), "matmul %s/%s %s g=%d%s%s N=%lld K=%lld T=%lld", be->name(),
+                              qmatmul_supported(w) ? qmatmul_for(*fams[i]).name : "dequant", dtype_name(c.type),
+                              c.group, c.zeros ? " zeros" : "", c.perm ? " perm" : "", (long long) c.N,
+                              (long long) c.K, (long long) T);
                 // The integer kernels (cpu/qmatmul.h) quantize activations to int8 per 32: NMSE ~1e-5.
                 check(name, yq.data(), yf.data(), yq.size(), qmatmul_supported(w) ? 1e-4 : k_thr_exact);
             }

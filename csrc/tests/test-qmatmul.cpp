@@ -2,6 +2,7 @@
 // dequantize-then-multiply op (ref_matmul, the specification):
 //   1. integer part exact: unit scales and activations that quantize without rounding (each block's max |x| is
 //      127) make every result an integer below 2^24, so each variant must equal the reference bit for bit;
+//      the largest products (q8 -128 and 127 against -127 / 127) included;
 //   2. random data: the error comes from quantizing activations to int8 per 32 columns alone; printed, bounded;
 //   3. the round-to-nearest quantizer (q8 symmetric, q4 asymmetric): |w - dequant(w)| <= scale / 2;
 //   4. GPTQ (AutoGPTQ v1) pack -> gptq_to_q4 round trip, symmetric and asymmetric, with a g_idx permutation.
@@ -111,6 +112,25 @@ void test_exact(thread_pool & tp, const qmatmul_variant & v) {
                   dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K, (long long) T,
                   (long long) bad, ref.size());
         }
+}
+
+// The largest products: q8 weights of -128 (a stored int8 may hold it) and 127 against activations of -127 / 127,
+// signs chosen so every product of a row has the same sign; no partial sum of any variant may overflow.
+void test_extremes(thread_pool & tp, const qmatmul_variant & v) {
+    const int64_t N = 4, K = 128, T = 3;
+    qw w = random_weights(dtype::q8, N, K, 128, false, true);
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) w.data[size_t(n * K + k)] = uint8_t(int8_t(n % 2 ? 127 : -128));
+    std::vector<float> x(size_t(T * K));
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t k = 0; k < K; ++k) x[size_t(t * K + k)] = t == 1 ? 127.0f : -127.0f;
+    std::vector<float> ref(size_t(T * N)), got(ref.size(), NAN);
+    ref_matmul(ref.data(), x.data(), w.d, T);
+    qmatmul(v, tp, got.data(), x.data(), w.d, T);
+    int64_t bad = 0;
+    for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != got[i];
+    check(bad == 0, "extremes %-9s q8 -128/127 x -127/127 N=%lld K=%lld T=%lld: %lld of %zu differ (y[0] %.0f, want %.0f)",
+          v.name, (long long) N, (long long) K, (long long) T, (long long) bad, ref.size(), got[0], ref[0]);
 }
 
 void test_random(thread_pool & tp, const qmatmul_variant & v) {
@@ -255,6 +275,7 @@ int main() {
     test_gptq_roundtrip();
     for (int i = 0; i < n; ++i) {
         test_exact(tp, *v[i]);
+        test_extremes(tp, *v[i]);
         test_random(tp, *v[i]);
     }
     for (int i = 0; i < n; ++i) bench(tp, *v[i]);

@@ -13,6 +13,7 @@
 #include "core/backend.h"
 #include "core/status.h"
 #include "cpu/ops-fast.h"
+#include "cpu/ops-sparse.h"
 #include "model/kv-cache.h"
 #include "model/minicpm4.h"
 #include "tiny-model.h"
@@ -79,12 +80,27 @@ std::vector<std::pair<std::string, std::unique_ptr<backend>>> all_backends() {
     out.emplace_back("reference", make_backend(backend_kind::cpu, o));
     const cpu_kernel_table * v[8];
     const int n = std::min(cpu_kernel_variants(v, 8), 8);
+    static bool told = false;
     for (int i = 0; i < n; ++i) {
+        // Families with the same sparse and attention kernels (every ARM64 one; the AVX-512 ones) would repeat the
+        // same computation, which under qemu costs minutes: the first (best) of them stands for the others.
+        const cpu_kernel_table * same = nullptr;
+        for (int j = 0; j < i && same == nullptr; ++j)
+            if (&sparse_kernels_for(v[j]->name) == &sparse_kernels_for(v[i]->name) &&
+                v[j]->attention_task == v[i]->attention_task)
+                same = v[j];
+        if (same != nullptr) {
+            if (!told)
+                std::printf("SKIPPED: kernel family %s in the per-family cases (same sparse and attention kernels "
+                            "as %s)\n", v[i]->name, same->name);
+            continue;
+        }
         backend_options f;
         f.kernels = v[i]->name;
         f.n_threads = 2;
         out.emplace_back(v[i]->name, make_backend(backend_kind::cpu, f));
     }
+    told = true;
     return out;
 }
 
