@@ -15,7 +15,7 @@ namespace {
 
 using cuda::check;
 
-constexpr int64_t k_select_scratch_floats = int64_t(8) << 20;  // stage-1 scores held at once (32 MiB)
+constexpr int64_t k_select_scratch_floats = int64_t(16) << 20;  // stage-1 scores held at once (64 MiB)
 
 class cuda_backend final : public backend {
   public:
@@ -175,12 +175,14 @@ class cuda_backend final : public backend {
         const int32_t nkv = kv.n_head_kv, hd = kv.head_dim;
         std::vector<cuda::sparse_row> rows;
         blocks_.clear();
-        int32_t max_p = 0;
+        int32_t max_p = 0, max_sel = 0;  // max_sel: the most blocks a row may select (steps 1, 7, 8)
         for (int32_t s = 0; s < n_segs; ++s) {
             const int32_t off = append_blocks(segs[s]);
             for (int32_t j = 0; j < segs[s].n_rows; ++j) {
-                rows.push_back({segs[s].row_begin + j, segs[s].n_past + j, off});
-                max_p = std::max(max_p, segs[s].n_past + j);
+                const int32_t p = segs[s].n_past + j, nb = p / MINICPM_KV_BLOCK_SIZE + 1;
+                rows.push_back({segs[s].row_begin + j, p, off});
+                max_p = std::max(max_p, p);
+                max_sel = std::max(max_sel, p + 1 < sp.dense_len ? nb : std::min(nb, sp.topk + sp.window_blocks));
             }
         }
         const int64_t T = int64_t(rows.size());
@@ -192,17 +194,24 @@ class cuda_backend final : public backend {
                                                  " slots needs " + std::to_string(shared) +
                                                  " bytes of shared memory; the device has " + std::to_string(max_shared_));
         const int32_t n1_cap = std::max(1, cc.c1.count(int64_t(max_p) + 1));
-        const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, k_select_scratch_floats / (int64_t(nkv) * n1_cap)));
+        const int32_t n2_cap = sp.lse == sparse_lse::c2 ? std::max(1, cc.c2.count(int64_t(max_p) + 1)) : 0;
+        const int64_t per_row = int64_t(n_head) * (n1_cap + n2_cap + 1);
+        // At most 65535 rows a chunk: the score kernel's grid.y.
+        const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>({T, k_select_scratch_floats / per_row, 65535}));
         const auto *  rows_dev = (const cuda::sparse_row *) stage(sparse_rows_, rows.data(), rows.size() * sizeof(rows[0]));
         const auto *  blocks_dev = (const int32_t *) stage(sparse_blocks_, blocks_.data(), blocks_.size() * sizeof(int32_t));
-        grow(select_s_, size_t(chunk) * size_t(nkv) * size_t(n1_cap) * sizeof(float));
+        grow(select_s_, size_t(chunk * per_row) * sizeof(float));
         grow(select_bits_, size_t(T) * size_t(nkv) * size_t(words) * sizeof(uint64_t));
-        auto * bits = (uint64_t *) select_bits_.data;
+        auto *                    bits = (uint64_t *) select_bits_.data;
+        const cuda::sparse_scratch w = {(float *) select_s_.data, (float *) select_s_.data + chunk * n_head * n1_cap,
+                                        (float *) select_s_.data + chunk * n_head * (n1_cap + n2_cap), n1_cap, n2_cap};
         for (int64_t r0 = 0; r0 < T; r0 += chunk)
-            cuda::launch_sparse_select(stream_, bits + r0 * nkv * words, words, (float *) select_s_.data, n1_cap, cc, q,
-                                       n_head, nkv, hd, scale, sp, rows_dev + r0, std::min(chunk, T - r0), blocks_dev);
+            cuda::launch_sparse_select(stream_, bits + r0 * nkv * words, words, w, cc, q, n_head, nkv, hd, scale, sp,
+                                       rows_dev + r0, std::min(chunk, T - r0), blocks_dev);
+        const int32_t parts = cuda::sparse_attention_parts(T, max_sel);
+        if (parts > 1) grow(split_, size_t(T) * size_t(n_head) * size_t(parts) * size_t(hd + 2) * sizeof(float));
         cuda::launch_sparse_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, nkv, hd, scale, rows_dev,
-                                      T, blocks_dev, bits, words);
+                                      T, blocks_dev, bits, words, parts, (float *) split_.data);
         if (selected == nullptr) return;
         std::vector<uint64_t> host(size_t(T) * nkv * words);
         download(host.data(), select_bits_, 0, host.size() * sizeof(uint64_t));
@@ -334,7 +343,7 @@ class cuda_backend final : public backend {
     std::vector<int32_t>        blocks_;
     std::vector<uint8_t>        staged_rows_, staged_blocks_;
     staged                      comp_segs_, comp_blocks_, sparse_rows_, sparse_blocks_;  // InfLLM v2 tables
-    buffer                      select_s_, select_bits_;  // stage-1 scores of a row chunk; selected blocks
+    buffer                      select_s_, select_bits_;  // stage-1 scratch of a row chunk; selected blocks
 };
 
 }  // namespace
