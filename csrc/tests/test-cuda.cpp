@@ -1015,12 +1015,13 @@ int main(int argc, char ** argv) {
         test_elementwise(*be);
         test_matmul(*be);
         test_kv_attention(*be);
-        test_sparse(*be);
         test_sample_greedy(*be);
         test_sample_distribution(*be);
         test_model(false);
-        test_model(true);
         test_engine_sampling();
+        // Last: a device fault is sticky, and the checks above should still be reported if one happens here.
+        test_sparse(*be);
+        test_model(true);
         if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) {
             perf(*be);
             perf_sparse(*be);
