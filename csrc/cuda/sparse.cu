@@ -6,7 +6,8 @@
 // into FMAs), dots run in order of d, the LSE sum runs in order of j and the head sum in order of h, and exp
 // is the CPU's polynomial (cpu/fast-exp.h) written with the same operations. Only log is not bit-exact by
 // construction: the LSE takes the correctly rounded log (via double), which the host's logf matches except in
-// rare cases; an ulp there would move a head's LSE, not the order of its own kernels.
+// rare cases; an ulp there scales one head's share of S by about 1e-7, which can reorder only blocks whose R
+// agree to that precision.
 //
 // Selection runs in three kernels, so that a decode step (few rows) still spreads over the GPU: score (the
 // kernels of a row tiled over thread blocks, each tile scored against every head of the group), lse (one
