@@ -2,6 +2,7 @@
 // tables, masks) arrives as host memory and is flattened into one row table per batch, uploaded once and
 // reused by every layer's kv_store and attention.
 #include "cuda/arena.cuh"
+#include "cpu/ops-sparse.h"  // sparse_check_args: the CPU ops' argument checks
 #include "cuda/ops.cuh"
 
 #include <algorithm>
@@ -13,6 +14,8 @@ namespace minicpm {
 namespace {
 
 using cuda::check;
+
+constexpr int64_t k_select_scratch_floats = int64_t(16) << 20;  // stage-1 scores held at once (64 MiB)
 
 class cuda_backend final : public backend {
   public:
@@ -33,6 +36,7 @@ class cuda_backend final : public backend {
         MINICPM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         name_ = std::string("cuda ") + prop.name;
         n_sms_ = prop.multiProcessorCount;
+        max_shared_ = int32_t(prop.sharedMemPerBlockOptin);
     }
     ~cuda_backend() override {
         release(rows_dev_);
@@ -43,6 +47,9 @@ class cuda_backend final : public backend {
         release(sample_rows_);
         release(sample_adjust_);
         release(sample_out_);
+        for (staged * st : {&comp_segs_, &comp_blocks_, &sparse_rows_, &sparse_blocks_}) release(st->dev);
+        release(select_s_);
+        release(select_bits_);
         if (stream_) cudaStreamDestroy(stream_);
     }
 
@@ -135,15 +142,85 @@ class cuda_backend final : public backend {
         cuda::launch_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv, kv.head_dim,
                                scale, (const cuda::row_info *) rows_dev_.data, (const int32_t *) blocks_dev_.data, T);
     }
-    // InfLLM v2 has no CUDA kernels yet: a sparse model is refused on this backend rather than run dense.
-    void kv_compress(const kv_compressed &, const kv_layer &, const kv_segment *, const int32_t *, int32_t) override {
-        fail(MINICPM_STATUS_UNSUPPORTED, "backend cuda: InfLLM v2 sparse attention is CPU-only so far; load with "
-                                         "--sparse off or --backend cpu");
+    void kv_compress(const kv_compressed & cc, const kv_layer & kv, const kv_segment * segs, const int32_t * from,
+                     int32_t n_segs) override {
+        std::vector<cuda::sparse_seg> jobs;
+        blocks_.clear();
+        int32_t max_jobs = 0;
+        for (int32_t s = 0; s < n_segs; ++s) {
+            const kv_segment & sg = segs[s];
+            const int64_t      n_end = int64_t(sg.n_past) + sg.n_rows;
+            cuda::sparse_seg   js{};
+            js.blocks_off = append_blocks(sg);
+            int32_t l = 0;
+            for (const sparse_kernel_geom * g : {&cc.c1, &cc.c2}) {
+                const int64_t t = int64_t(from[s]) - g->ks + 1;  // first kernel ending at or after from[s]
+                js.j0[l] = t <= 0 ? 0 : int32_t((t + g->st - 1) / g->st);
+                js.n[l] = std::max(0, g->count(n_end) - js.j0[l]);
+                ++l;
+            }
+            max_jobs = std::max(max_jobs, js.n[0] + js.n[1]);
+            jobs.push_back(js);
+        }
+        const void * segs_dev = stage(comp_segs_, jobs.data(), jobs.size() * sizeof(jobs[0]));
+        const void * blocks_dev = stage(comp_blocks_, blocks_.data(), blocks_.size() * sizeof(int32_t));
+        cuda::launch_kv_compress(stream_, cc, kv.k, int32_t(kv.type), kv.n_head_kv, kv.head_dim,
+                                 (const cuda::sparse_seg *) segs_dev, n_segs, max_jobs, (const int32_t *) blocks_dev);
     }
-    void sparse_attention(float *, const float *, const kv_layer &, const kv_compressed &, const kv_segment *,
-                          int32_t, int32_t, float, const sparse_attn_params &, uint64_t *, int32_t) override {
-        fail(MINICPM_STATUS_UNSUPPORTED, "backend cuda: InfLLM v2 sparse attention is CPU-only so far; load with "
-                                         "--sparse off or --backend cpu");
+    // Selection first (in row chunks, so that the stage-1 scratch stays bounded), then attention over it.
+    void sparse_attention(float * out, const float * q, const kv_layer & kv, const kv_compressed & cc,
+                          const kv_segment * segs, int32_t n_segs, int32_t n_head, float scale,
+                          const sparse_attn_params & sp, uint64_t * selected, int32_t sel_words) override {
+        sparse_check_args(kv, segs, n_segs, n_head, sp, selected, sel_words);
+        const int32_t nkv = kv.n_head_kv, hd = kv.head_dim;
+        std::vector<cuda::sparse_row> rows;
+        blocks_.clear();
+        int32_t max_p = 0, max_sel = 0;  // max_sel: the most blocks a row may select (steps 1, 7, 8)
+        for (int32_t s = 0; s < n_segs; ++s) {
+            const int32_t off = append_blocks(segs[s]);
+            for (int32_t j = 0; j < segs[s].n_rows; ++j) {
+                const int32_t p = segs[s].n_past + j, nb = p / MINICPM_KV_BLOCK_SIZE + 1;
+                rows.push_back({segs[s].row_begin + j, p, off});
+                max_p = std::max(max_p, p);
+                max_sel = std::max(max_sel, p + 1 < sp.dense_len ? nb : std::min(nb, sp.topk + sp.window_blocks));
+            }
+        }
+        const int64_t T = int64_t(rows.size());
+        if (T == 0) return;
+        const int32_t words = max_p / MINICPM_KV_BLOCK_SIZE / 64 + 1;
+        const size_t  shared = cuda::select_shared_bytes(n_head / nkv, hd, words * 64);
+        if (shared > size_t(max_shared_))
+            fail(MINICPM_STATUS_UNSUPPORTED, "backend cuda: sparse attention at " + std::to_string(max_p + 1) +
+                                                 " slots needs " + std::to_string(shared) +
+                                                 " bytes of shared memory; the device has " + std::to_string(max_shared_));
+        const int32_t n1_cap = std::max(1, cc.c1.count(int64_t(max_p) + 1));
+        const int32_t n2_cap = sp.lse == sparse_lse::c2 ? std::max(1, cc.c2.count(int64_t(max_p) + 1)) : 0;
+        const int64_t per_row = int64_t(n_head) * (n1_cap + n2_cap + 1);
+        // At most 65535 rows a chunk: the score kernel's grid.y.
+        const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>({T, k_select_scratch_floats / per_row, 65535}));
+        const auto *  rows_dev = (const cuda::sparse_row *) stage(sparse_rows_, rows.data(), rows.size() * sizeof(rows[0]));
+        const auto *  blocks_dev = (const int32_t *) stage(sparse_blocks_, blocks_.data(), blocks_.size() * sizeof(int32_t));
+        grow(select_s_, size_t(chunk * per_row) * sizeof(float));
+        grow(select_bits_, size_t(T) * size_t(nkv) * size_t(words) * sizeof(uint64_t));
+        auto *                    bits = (uint64_t *) select_bits_.data;
+        const cuda::sparse_scratch w = {(float *) select_s_.data, (float *) select_s_.data + chunk * n_head * n1_cap,
+                                        (float *) select_s_.data + chunk * n_head * (n1_cap + n2_cap), n1_cap, n2_cap};
+        for (int64_t r0 = 0; r0 < T; r0 += chunk)
+            cuda::launch_sparse_select(stream_, bits + r0 * nkv * words, words, w, cc, q, n_head, nkv, hd, scale, sp,
+                                       rows_dev + r0, std::min(chunk, T - r0), blocks_dev);
+        const int32_t parts = cuda::sparse_attention_parts(T, max_sel);
+        if (parts > 1) grow(split_, size_t(T) * size_t(n_head) * size_t(parts) * size_t(hd + 2) * sizeof(float));
+        cuda::launch_sparse_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, nkv, hd, scale, rows_dev,
+                                      T, blocks_dev, bits, words, parts, (float *) split_.data);
+        if (selected == nullptr) return;
+        std::vector<uint64_t> host(size_t(T) * nkv * words);
+        download(host.data(), select_bits_, 0, host.size() * sizeof(uint64_t));
+        for (int64_t i = 0; i < T; ++i)
+            for (int32_t g = 0; g < nkv; ++g) {
+                uint64_t *       dst = selected + (int64_t(rows[size_t(i)].row) * nkv + g) * sel_words;
+                const uint64_t * src = host.data() + (i * nkv + g) * words;
+                for (int32_t w = 0; w < sel_words; ++w) dst[w] = w < words ? src[w] : 0;
+            }
     }
     void silu_mul(float * out, const float * gate, const float * up, int64_t n) override {
         cuda::launch_silu_mul(stream_, out, gate, up, n);
@@ -194,6 +271,28 @@ class cuda_backend final : public backend {
         b = alloc(bytes, buffer_usage::compute);
     }
 
+    // Appends the block table of segment sg (its blocks up to n_past + n_rows) to blocks_; returns its offset.
+    int32_t append_blocks(const kv_segment & sg) {
+        const int32_t off = int32_t(blocks_.size());
+        const int32_t nb = (sg.n_past + sg.n_rows + MINICPM_KV_BLOCK_SIZE - 1) / MINICPM_KV_BLOCK_SIZE;
+        blocks_.insert(blocks_.end(), sg.blocks, sg.blocks + nb);
+        return off;
+    }
+    // A host table in device memory, uploaded again only when it differs from the last one staged there
+    // (every layer of a forward passes the same tables).
+    struct staged {
+        buffer               dev;
+        std::vector<uint8_t> last;
+    };
+    const void * stage(staged & st, const void * data, size_t bytes) {
+        if (bytes != st.last.size() || std::memcmp(st.last.data(), data, bytes) != 0) {
+            grow(st.dev, std::max<size_t>(bytes, 1));
+            st.last.assign((const uint8_t *) data, (const uint8_t *) data + bytes);
+            upload(st.dev, 0, st.last.data(), bytes);  // from the kept copy: the caller's table may go first
+        }
+        return st.dev.data;
+    }
+
     // Flattens the segments into per-row records and one block table; uploads them only when they differ
     // from the last batch's (every layer of one forward passes the same segments).
     int64_t stage_rows(const kv_segment * segs, int32_t n_segs) {
@@ -236,12 +335,15 @@ class cuda_backend final : public backend {
     cudaStream_t                stream_ = nullptr;
     std::string                 name_;
     int32_t                     n_sms_ = 1;
+    int32_t                     max_shared_ = 48 * 1024;  // dynamic shared memory a kernel may opt in to
     int32_t                     max_slots_ = 0;  // the longest row context of the staged batch
     buffer                      xb_, rows_dev_, blocks_dev_, split_;
     buffer                      sample_keys_, sample_rows_, sample_adjust_, sample_out_;
     std::vector<cuda::row_info> rows_;
     std::vector<int32_t>        blocks_;
     std::vector<uint8_t>        staged_rows_, staged_blocks_;
+    staged                      comp_segs_, comp_blocks_, sparse_rows_, sparse_blocks_;  // InfLLM v2 tables
+    buffer                      select_s_, select_bits_;  // stage-1 scratch of a row chunk; selected blocks
 };
 
 }  // namespace

@@ -39,6 +39,36 @@ void       launch_attention_split(cudaStream_t s, float * out, const float * q, 
                                   const row_info * rows, const int32_t * blocks, int64_t T, const split_plan & p,
                                   float * scratch);
 
+// sparse.cu (InfLLM v2). A segment's compression jobs: C1 kernels j0[0] .. j0[0] + n[0] - 1, C2 likewise; a
+// row of sparse attention: its batch row, its slot p, where its segment's block table starts.
+struct sparse_seg {
+    int32_t j0[2], n[2], blocks_off;
+};
+struct sparse_row {
+    int32_t row, p, blocks_off;
+};
+void   launch_kv_compress(cudaStream_t s, const kv_compressed & cc, const void * k_pool, int32_t kv_type, int32_t nkv,
+                          int32_t hd, const sparse_seg * segs, int32_t n_segs, int32_t max_jobs, const int32_t * blocks);
+// Stage-1 scratch for T rows: s1 [T][nh][n1_cap], s2 [T][nh][n2_cap] (LSE over C2 only), lse [T][nh].
+struct sparse_scratch {
+    float * s1, * s2, * lse;
+    int32_t n1_cap, n2_cap;
+};
+// The most dynamic shared memory one selection kernel needs (the caller checks it against the device).
+size_t select_shared_bytes(int32_t G, int32_t hd, int32_t nb_cap);
+// Writes sel[T][nkv][sel_words] (blocks 0 .. 64 sel_words - 1).
+void launch_sparse_select(cudaStream_t s, uint64_t * sel, int32_t sel_words, const sparse_scratch & w,
+                          const kv_compressed & cc, const float * q, int32_t nh, int32_t nkv, int32_t hd, float scale,
+                          const sparse_attn_params & sp, const sparse_row * rows, int64_t T, const int32_t * blocks);
+// Stage 2 over the selected blocks. n_parts (sparse_attention_parts: 1 for many rows) > 1 cuts each row's
+// selection into parts; scratch then holds T x nh x n_parts x (hd + 2) floats. max_sel: the most blocks any
+// row may select.
+int32_t sparse_attention_parts(int64_t T, int32_t max_sel);
+void    launch_sparse_attention(cudaStream_t s, float * out, const float * q, const void * k_pool, const void * v_pool,
+                                int32_t kv_type, int32_t nh, int32_t nkv, int32_t hd, float scale, const sparse_row * rows,
+                                int64_t T, const int32_t * blocks, const uint64_t * sel, int32_t sel_words,
+                                int32_t n_parts, float * scratch);
+
 // sample.cu: keys is scratch of R x V words; rows and adjust are device copies of the host tables.
 void launch_sample(cudaStream_t s, sample_out * out, uint32_t * keys, const float * logits, int32_t V,
                    const sample_row * rows, int32_t R, const sample_adjust * adjust);

@@ -6,6 +6,7 @@
 #include "core/status.h"
 #include "cpu/cpu-common.h"
 #include "cpu/ops-ref.h"
+#include "cpu/ops-sparse.h"
 #include "engine/sampler.h"
 #include "tests/tiny-model.h"
 
@@ -322,6 +323,147 @@ void test_kv_attention(backend & be) {
     }
 }
 
+// InfLLM v2 vs the reference ops. Compression: the device builds the C1/C2 caches in two calls (the committed
+// slots, then the new rows, as decode does) and they must equal the reference's one-call caches bit for bit.
+// Selection: the selected block sets of every (row, KV head) must be identical; attention output within NMSE.
+// Small top-k / window / dense_len make short contexts select a strict subset of their blocks; the last cases
+// run the 8B sparse_config on the 8B attention shape past dense_len.
+struct sparse_case {
+    int32_t nh, nkv, hd;
+    std::vector<std::pair<int32_t, int32_t>> segs;  // (n_past, n_rows)
+    dtype kvt;
+    sparse_attn_params sp;
+};
+
+sparse_attn_params small_sparse(sparse_variant v, sparse_lse l, int32_t ks = 32, int32_t st = 16) {
+    sparse_attn_params sp;
+    sp.kernel_size = ks;
+    sp.kernel_stride = st;
+    sp.window_blocks = 2;
+    sp.topk = 4;
+    sp.dense_len = 300;
+    sp.variant = v;
+    sp.lse = l;
+    return sp;
+}
+
+sparse_attn_params sparse_8b(sparse_variant v, sparse_lse l) {
+    sparse_attn_params sp;
+    sp.variant = v;
+    sp.lse = l;
+    return sp;
+}
+
+void test_sparse_case(backend & be, const sparse_case & c) {
+    device  dv{be};
+    int32_t nb = 0, T = 0, max_nb = 0;
+    for (auto & s : c.segs) {
+        nb += (s.first + s.second + 63) / 64;
+        T += s.second;
+        max_nb = std::max(max_nb, (s.first + s.second + 63) / 64);
+    }
+    std::vector<int32_t> order(static_cast<size_t>(nb));
+    for (int32_t i = 0; i < nb; ++i) order[size_t(i)] = nb - 1 - i;  // tables out of order
+    std::vector<kv_segment> segs, past;
+    std::vector<int32_t>    from, zero;
+    int32_t                 row = 0, next = 0;
+    for (auto & s : c.segs) {
+        segs.push_back({row, s.second, s.first, order.data() + next, nullptr});
+        past.push_back({0, s.first, 0, order.data() + next, nullptr});
+        from.push_back(s.first);
+        zero.push_back(0);
+        row += s.second;
+        next += (s.first + s.second + 63) / 64;
+    }
+    const int32_t ns = int32_t(segs.size());
+    const size_t  pool = size_t(nb) * c.nkv * 64 * c.hd;
+    auto          kh = raw(rnd(pool), c.kvt), vh = raw(rnd(pool), c.kvt);
+    const auto    q = rnd(size_t(T) * c.nh * c.hd, -2, 2);
+    const kv_layer hk = {c.kvt, kh.data(), vh.data(), c.nkv, c.hd};
+    const kv_compressed proto = make_kv_compressed(c.sp, c.nkv, c.hd, nullptr);
+    std::vector<float>  side_h(size_t(nb) * size_t(proto.block_floats), 0.0f);
+    const kv_compressed cch = make_kv_compressed(c.sp, c.nkv, c.hd, side_h.data());
+    ref_kv_compress(cch, hk, segs.data(), zero.data(), ns);
+    const int32_t         words = (max_nb + 63) / 64;
+    std::vector<uint64_t> sel_r(size_t(T) * c.nkv * words), sel_d(sel_r.size(), ~uint64_t(0));
+    std::vector<float>    out_r(q.size());
+    const float           scale = 1.0f / std::sqrt(float(c.hd));
+    ref_sparse_attention(out_r.data(), q.data(), hk, cch, segs.data(), ns, c.nh, scale, c.sp, sel_r.data(), words);
+
+    const kv_layer      dk = {c.kvt, dv.put(kh), dv.put(vh), c.nkv, c.hd};
+    float *             side_d = dv.zeros(side_h.size());
+    const kv_compressed ccd = make_kv_compressed(c.sp, c.nkv, c.hd, side_d);
+    be.kv_compress(ccd, dk, past.data(), zero.data(), ns);
+    be.kv_compress(ccd, dk, segs.data(), from.data(), ns);
+    float * od = dv.zeros(q.size());
+    be.sparse_attention(od, dv.put(q), dk, ccd, segs.data(), ns, c.nh, scale, c.sp, sel_d.data(), words);
+
+    std::string name = std::string(c.sp.variant == sparse_variant::hf ? "hf" : "v2") +
+                       (c.sp.lse == sparse_lse::c1 ? " lse=c1" : " lse=c2") + " kv=" + dtype_name(c.kvt) +
+                       " nh=" + std::to_string(c.nh) + " nkv=" + std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) +
+                       " ks/st=" + std::to_string(c.sp.kernel_size) + "/" + std::to_string(c.sp.kernel_stride) + " segs";
+    for (auto & s : c.segs) name += " " + std::to_string(s.first) + "+" + std::to_string(s.second);
+    const std::vector<float> side_got = dv.get(side_d, side_h.size());
+    double max_diff = 0;
+    for (size_t i = 0; i < side_h.size(); ++i) max_diff = std::max(max_diff, std::fabs(double(side_got[i]) - side_h[i]));
+    CHECK(side_got == side_h, "kv_compress %s: C1/C2 caches %s (max |diff| %.3e)", name.c_str(),
+          side_got == side_h ? "bit-identical" : "DIFFER", max_diff);
+    // Selection: every (row, KV head) set, and how many of them are a strict subset of the causal blocks.
+    int32_t differ = 0, strict = 0;
+    int64_t n_sel = 0;
+    for (int32_t s = 0, r0 = 0; s < ns; r0 += segs[size_t(s)].n_rows, ++s)
+        for (int32_t j = 0; j < segs[size_t(s)].n_rows; ++j)
+            for (int32_t g = 0; g < c.nkv; ++g) {
+                const size_t at = (size_t(r0 + j) * c.nkv + g) * words;
+                int32_t      cnt = 0;
+                for (int32_t w = 0; w < words; ++w) {
+                    differ += sel_r[at + w] != sel_d[at + w];
+                    cnt += __builtin_popcountll(sel_r[at + w]);
+                }
+                n_sel += cnt;
+                strict += cnt < (segs[size_t(s)].n_past + j) / 64 + 1;
+            }
+    CHECK(differ == 0, "sparse select %s: %d of %d (row, KV head) block sets differ; %lld blocks selected, %d sets sparse",
+          name.c_str(), differ, T * c.nkv, (long long) n_sel, strict);
+    expect("sparse attention " + name, out_r, dv.get(od, out_r.size()), 1e-10);
+}
+
+void test_sparse(backend & be) {
+    using V = sparse_variant;
+    using L = sparse_lse;
+    const sparse_case cases[] = {
+        {16, 2, 64, {{1500, 1}, {2900, 1}, {100, 1}, {299, 1}}, dtype::f32, small_sparse(V::hf, L::c1)},
+        {16, 2, 64, {{1500, 1}, {2900, 1}, {100, 1}, {299, 1}}, dtype::bf16, small_sparse(V::v2, L::c2)},
+        {16, 2, 64, {{1500, 1}, {2900, 1}}, dtype::f16, small_sparse(V::hf, L::c2)},
+        {16, 2, 64, {{1500, 1}, {2900, 1}}, dtype::f32, small_sparse(V::v2, L::c1)},
+        {32, 2, 128, {{0, 700}, {1000, 90}}, dtype::bf16, small_sparse(V::hf, L::c1)},  // prefill, chunked prefill
+        {32, 2, 128, {{0, 700}, {1000, 90}}, dtype::bf16, small_sparse(V::v2, L::c2)},
+        {4, 4, 32, {{2000, 3}, {640, 64}}, dtype::f16, small_sparse(V::v2, L::c1)},  // G = 1
+        {6, 2, 48, {{1200, 5}, {63, 2}}, dtype::f32, small_sparse(V::hf, L::c2)},    // G = 3
+        {8, 2, 64, {{1800, 2}}, dtype::f32, small_sparse(V::hf, L::c1, 48, 16)},     // other kernel geometries
+        {8, 2, 64, {{1800, 2}}, dtype::f32, small_sparse(V::v2, L::c2, 64, 32)},
+        {32, 2, 128, {{10000, 1}, {8190, 2}, {12287, 1}}, dtype::bf16, sparse_8b(V::hf, L::c1)},  // 8B, past dense_len
+        {32, 2, 128, {{10000, 1}, {8190, 2}, {12287, 1}}, dtype::bf16, sparse_8b(V::v2, L::c2)},
+    };
+    for (const sparse_case & c : cases) test_sparse_case(be, c);
+    // A token tree beyond dense_len is refused with a status, not run.
+    device               dv{be};
+    std::vector<int32_t> table = {0};
+    const uint64_t       mask[2] = {0, 1};
+    const kv_segment     tree = {0, 2, 10, table.data(), mask};
+    const kv_layer       dk = {dtype::f32, dv.zeros(64 * 2 * 8), dv.zeros(64 * 2 * 8), 1, 8};
+    const sparse_attn_params sp = small_sparse(V::hf, L::c1);
+    int32_t status = 0;
+    try {
+        be.sparse_attention(dv.zeros(2 * 8), dv.zeros(2 * 8), dk, make_kv_compressed(sp, 1, 8, dv.zeros(64)), &tree, 1,
+                            1, 1.0f, sp, nullptr, 0);
+    } catch (const error & e) {
+        status = e.status();
+    }
+    CHECK(status == MINICPM_STATUS_UNSUPPORTED, "sparse attention with a token tree: status %d (want %d, unsupported)",
+          status, MINICPM_STATUS_UNSUPPORTED);
+}
+
 // Device sampling vs engine/sampler.cpp (the specification). Greedy: the same token, exactly, on a full-size
 // vocabulary with bias, penalties and ties. Sampled: the draws of many counters follow the host sampler's
 // distribution (chi-square over the kept tokens, none drawn outside them), and one seed gives the same tokens.
@@ -486,38 +628,74 @@ void test_sample_distribution(backend & be) {
 }
 
 // The whole model through the public API: CUDA logits vs the CPU reference ops on the same checkpoint.
-void test_model() {
+// sparse: a checkpoint with an InfLLM v2 sparse_config (G = 8, dense_len 300, top-k 3, window 2 blocks), 640
+// tokens of prefill then 8 decode calls, so that both paths run sparse rows through kv_compress and
+// sparse_attention on the device.
+void test_model(bool sparse) {
     const std::string dir = minicpm_test::make_temp_dir("cuda-model");
     minicpm_test::tiny_model_spec spec;
     spec.tie_word_embeddings = false;
+    if (sparse) {
+        // f32 weights: the CUDA matmul then keeps f32 activations (no bf16 tensor-core GEMM), so that q and k
+        // stay close enough to the reference's for the block selections to agree.
+        spec.weight_type = dtype::f32;
+        spec.n_embd = 256;
+        spec.n_head = 16;
+        spec.n_head_kv = 2;
+        spec.n_ff = 256;
+    }
     minicpm_test::write_tiny_model(dir, spec);
+    if (sparse) {
+        std::string cfg = minicpm_test::read_file(dir + "/config.json");
+        cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
+                                   "\"block_size\": 64, \"window_size\": 128, \"topk\": 3, \"use_nope\": false, "
+                                   "\"dense_len\": 300}\n");
+        minicpm_test::write_file(dir + "/config.json", cfg);
+    }
+    const int32_t n_prompt = sparse ? 640 : 100, n_decode = sparse ? 8 : 0, V = spec.n_vocab;
+    std::vector<int32_t> toks(size_t(n_prompt + n_decode));
+    for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 5) % 500);
     std::vector<float> logits[2];
     for (int b = 0; b < 2; ++b) {
         minicpm_model_params mp;
         minicpm_model_default_params(&mp);
         mp.backend = b == 0 ? MINICPM_BACKEND_CPU : MINICPM_BACKEND_CUDA;
         minicpm_model_t * m = nullptr;
-        if (minicpm_model_load(dir.c_str(), &mp, &m) != MINICPM_STATUS_OK) break;
+        if (minicpm_model_load(dir.c_str(), &mp, &m) != MINICPM_STATUS_OK) {
+            char msg[256] = "";
+            minicpm_last_error(msg, int32_t(sizeof(msg)));
+            std::printf("model load (%s): %s\n", b == 0 ? "cpu" : "cuda", msg);
+            break;
+        }
         minicpm_context_params cp;
         minicpm_context_default_params(&cp);
-        cp.n_ctx = 256;
+        cp.n_ctx = sparse ? 1024 : 256;
         cp.use_reference = b == 0;
         minicpm_context_t * ctx = nullptr;
         minicpm_context_init(m, &cp, &ctx);
-        std::vector<int32_t> toks(100);
-        for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 5) % 500);
-        std::vector<uint8_t> out(toks.size(), 1);
-        logits[b].resize(toks.size() * 512);
-        const int32_t n = minicpm_context_eval(ctx, toks.data(), nullptr, out.data(), int32_t(toks.size()),
-                                               logits[b].data(), int64_t(logits[b].size()));
-        if (n != int32_t(toks.size())) logits[b].clear();
+        std::vector<uint8_t> out(size_t(n_prompt), 1);
+        logits[b].resize(toks.size() * size_t(V));
+        int32_t n = minicpm_context_eval(ctx, toks.data(), nullptr, out.data(), n_prompt, logits[b].data(),
+                                         int64_t(n_prompt) * V);
+        for (int32_t i = 0; i < n_decode && n >= 0; ++i) {
+            const int32_t got = minicpm_context_eval(ctx, toks.data() + n_prompt + i, nullptr, out.data(), 1,
+                                                     logits[b].data() + size_t(n_prompt + i) * V, V);
+            n = got < 0 ? got : n + got;
+        }
+        if (n != int32_t(toks.size())) {
+            char msg[256] = "";
+            minicpm_last_error(msg, int32_t(sizeof(msg)));
+            std::printf("eval (%s): %d rows: %s\n", b == 0 ? "cpu" : "cuda", n, msg);
+            logits[b].clear();
+        }
         minicpm_context_free(ctx);
         minicpm_model_free(m);
     }
     minicpm_test::remove_dir(dir);
     const bool ran = !logits[0].empty() && logits[0].size() == logits[1].size();
     const double e = ran ? nmse(logits[0], logits[1]) : 1.0;
-    CHECK(ran && e < 1e-4, "model logits, 100 tokens, CUDA vs CPU reference: nmse %.3e (thr 1e-4)", e);
+    CHECK(ran && e < 1e-4, "model logits, %d tokens%s, CUDA vs CPU reference: nmse %.3e (thr 1e-4)",
+          int32_t(toks.size()), sparse ? " (InfLLM v2 hf, prefill + decode)" : "", e);
 }
 
 // The engine on the CUDA backend samples on the device (one plain row per request): each greedy token of a
@@ -698,6 +876,8 @@ template <typename F> double time_calls(backend & be, int reps, F && fn) {
 // `test-cuda --perf` (scripts/gpu-check.sh): GEMV GB/s per weight format, tensor-core GEMM TFLOP/s, split-K
 // decode attention (KV GB/s) and the device sampler, on MiniCPM4 shapes. Weights are a constant pattern: only
 // the time matters here.
+void perf_sparse(backend & be);
+
 void perf(backend & be) {
     device dv{be};
     {
@@ -781,6 +961,38 @@ void perf(backend & be) {
     }
 }
 
+
+// One decode step's attention on the 8B shape (nh 32, nkv 2, hd 128, bf16 KV) at long contexts, dense vs
+// InfLLM v2 (hf, 8B sparse_config: compression of the new slot, selection, attention over 96 blocks).
+void perf_sparse(backend & be) {
+    device dv{be};
+    const int32_t nh = 32, nkv = 2, hd = 128;
+    const sparse_attn_params sp;
+    for (int32_t ctx : {32768, 131072}) {
+        const int32_t nb = (ctx + 63) / 64;
+        const kv_layer kv = {dtype::bf16, dv.put(raw(rnd(size_t(nb) * nkv * 64 * hd), dtype::bf16)),
+                             dv.put(raw(rnd(size_t(nb) * nkv * 64 * hd), dtype::bf16)), nkv, hd};
+        const kv_compressed proto = make_kv_compressed(sp, nkv, hd, nullptr);
+        const kv_compressed cc = make_kv_compressed(sp, nkv, hd, dv.zeros(size_t(nb) * size_t(proto.block_floats)));
+        std::vector<int32_t> table(static_cast<size_t>(nb));
+        for (int32_t i = 0; i < nb; ++i) table[size_t(i)] = i;
+        const kv_segment seg = {0, 1, ctx - 1, table.data(), nullptr};
+        const int32_t    zero = 0, last = ctx - 1;
+        be.kv_compress(cc, kv, &seg, &zero, 1);
+        float * qd = dv.put(rnd(size_t(nh) * hd));
+        float * od = dv.zeros(size_t(nh) * hd);
+        for (int rep = 0; rep < 2; ++rep) {  // interleaved: dense, sparse, dense, sparse
+            const double dense = time_calls(be, 20, [&] { be.attention(od, qd, kv, &seg, 1, nh, 0.088f); });
+            const double sparse = time_calls(be, 20, [&] {
+                be.kv_compress(cc, kv, &seg, &last, 1);
+                be.sparse_attention(od, qd, kv, cc, &seg, 1, nh, 0.088f, sp, nullptr, 0);
+            });
+            std::printf("perf: sparse decode nh=%d nkv=%d hd=%d ctx=%d rows=1: dense %.3f ms, sparse (hf, 96 blocks) "
+                        "%.3f ms per layer\n", nh, nkv, hd, ctx, dense * 1e3, sparse * 1e3);
+        }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
@@ -805,9 +1017,15 @@ int main(int argc, char ** argv) {
         test_kv_attention(*be);
         test_sample_greedy(*be);
         test_sample_distribution(*be);
-        test_model();
+        test_model(false);
         test_engine_sampling();
-        if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) perf(*be);
+        // Last: a device fault is sticky, and the checks above should still be reported if one happens here.
+        test_sparse(*be);
+        test_model(true);
+        if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) {
+            perf(*be);
+            perf_sparse(*be);
+        }
     } catch (const std::exception & e) {
         CHECK(false, "unexpected exception: %s", e.what());
     }
