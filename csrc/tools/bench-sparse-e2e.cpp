@@ -9,8 +9,8 @@
 // Dense and sparse models hold identical KV. Decode steps then append real tokens; each figure is the best of
 // N steps, dense and sparse steps interleaved. With two layer counts the per-layer cost is the difference,
 // and the 32- (8B) or 24-layer (0.5B) step is extrapolated from it (printed as derived, not measured).
-// KV MiB and C1+C2 MiB are one sequence's pool bytes at that context; RSS MiB is the whole process (both
-// models' mapped weights, both pools as far as touched). --prefill: a 32K prompt through forward() in 2048-row
+// KV MiB and C1+C2 MiB are one sequence's pool bytes at that context; the RSS line is the whole process (every
+// model's mapped weights, every pool as far as touched). --prefill: a 32K prompt through forward() in 2048-row
 // chunks, dense vs sparse, on the smallest layer count.
 #include "core/status.h"
 #include "engine/sampler.h"
@@ -231,53 +231,67 @@ int main(int argc, char ** argv) {
     try {
         const int32_t max_slots = ctx_k.back() * 1024 + reps + 64;
         std::vector<std::vector<point>> res(layers.size(), std::vector<point>(ctx_k.size()));
-        std::vector<double> kv_mib(ctx_k.size()), comp_mib(ctx_k.size());
-        for (size_t li = 0; li < layers.size(); ++li) {
-            const std::string dir = checkpoint(root, big, layers[li]);
-            runner d(dir, false, n_threads, max_slots), s(dir, true, n_threads, max_slots);
-            const sparse_attn_params sp = s.m->config().sparse.params();
-            if (li == 0)
-                std::printf("bench-sparse-e2e: %s shape (hidden %d, %d heads, %d KV heads, head_dim %d, ff %d, vocab %d), "
-                            "CPU %s, %d threads, bf16 weights and KV; sparse = hf, kernel %d/%d, init %d, window %d "
-                            "blocks, topk %d, dense_len %d; best of %d decode steps (interleaved)\n",
-                            big ? "8B" : "0.5B", d.m->config().n_embd, d.m->config().n_head, d.m->config().n_head_kv,
-                            d.m->config().n_head_dim, d.m->config().n_ff, d.m->config().n_vocab, d.be->name(),
-                            d.be->n_threads(), sp.kernel_size, sp.kernel_stride, sp.init_blocks, sp.window_blocks,
-                            sp.topk, sp.dense_len, reps);
-            std::printf("\n-- %d layers (%s), measured --\n", layers[li], dir.c_str());
-            std::printf("%6s | %12s %12s %7s | %11s %11s %7s | %9s %10s %9s\n", "ctx", "step dense", "step sparse", "x",
-                        "attn dense", "attn sparse", "x", "KV MiB", "C1+C2 MiB", "RSS MiB");
-            for (size_t ci = 0; ci < ctx_k.size(); ++ci) {
-                const int32_t N = ctx_k[ci] * 1024;
-                // Grow both sequences to N - 1 rows (the same synthetic rows for both; earlier decode rows stay).
-                for (runner * r : {&d, &s}) {
-                    kv_seq_truncate(*r->pool, r->seq, std::min(r->seq.n_tokens, N - 1));
-                    r->fill_to(N - 1, 7);
-                }
-                d.step(), s.step();  // warm-up (also makes both hold N rows)
-                point & pt = res[li][ci];
-                for (int32_t i = 0; i < reps; ++i) {
-                    const auto a = d.step(), b = s.step();
+        std::vector<double> kv_mib(ctx_k.size()), comp_mib(ctx_k.size()), rss(ctx_k.size());
+        // Every layer count's dense and sparse model at once, their steps interleaved, so that the per-layer
+        // difference compares steps taken under the same load.
+        std::vector<std::unique_ptr<runner>> run;  // [2 li] dense, [2 li + 1] sparse
+        for (int32_t n : layers) {
+            const std::string dir = checkpoint(root, big, n);
+            run.push_back(std::make_unique<runner>(dir, false, n_threads, max_slots));
+            run.push_back(std::make_unique<runner>(dir, true, n_threads, max_slots));
+        }
+        const runner &           r0 = *run[1];
+        const model_config &     c0 = r0.m->config();
+        const sparse_attn_params sp = c0.sparse.params();
+        std::printf("bench-sparse-e2e: %s shape (hidden %d, %d heads, %d KV heads, head_dim %d, ff %d, vocab %d), CPU "
+                    "%s, %d threads, bf16 weights and KV; sparse = hf, kernel %d/%d, init %d, window %d blocks, topk %d, "
+                    "dense_len %d; best of %d decode steps, dense and sparse of every layer count interleaved\n",
+                    big ? "8B" : "0.5B", c0.n_embd, c0.n_head, c0.n_head_kv, c0.n_head_dim, c0.n_ff, c0.n_vocab,
+                    r0.be->name(), r0.be->n_threads(), sp.kernel_size, sp.kernel_stride, sp.init_blocks,
+                    sp.window_blocks, sp.topk, sp.dense_len, reps);
+        std::fflush(stdout);
+        for (size_t ci = 0; ci < ctx_k.size(); ++ci) {
+            const int32_t N = ctx_k[ci] * 1024;
+            // Grow every sequence to N - 1 rows (the same synthetic rows for all; earlier decode rows stay).
+            for (auto & r : run) {
+                kv_seq_truncate(*r->pool, r->seq, std::min(r->seq.n_tokens, N - 1));
+                r->fill_to(N - 1, 7);
+            }
+            for (auto & r : run) r->step();  // warm-up (also makes every sequence hold N rows)
+            for (int32_t i = 0; i < reps; ++i)
+                for (size_t li = 0; li < layers.size(); ++li) {
+                    point &    pt = res[li][ci];
+                    const auto a = run[2 * li]->step(), b = run[2 * li + 1]->step();
                     if (a.first < pt.dense) pt.dense = a.first, pt.attn_dense = a.second;
                     if (b.first < pt.sparse) pt.sparse = b.first, pt.attn_sparse = b.second;
                 }
-                const model_config & c = s.m->config();
-                const double blocks = double(kv_blocks_for(N));
-                const double side = double(kv_pool::sparse_bytes_per_block(c));
-                kv_mib[ci] = blocks * double(kv_pool::bytes_per_block(c, dtype::bf16) - uint64_t(side)) / 1048576.0;
-                comp_mib[ci] = blocks * side / 1048576.0;
-                std::printf("%5dK | %9.1f ms %9.1f ms %6.2fx | %8.1f ms %8.1f ms %6.2fx | %9.1f %10.2f %9.0f\n",
-                            ctx_k[ci], pt.dense, pt.sparse, pt.dense / pt.sparse, pt.attn_dense, pt.attn_sparse,
-                            pt.attn_dense / pt.attn_sparse, kv_mib[ci], comp_mib[ci], rss_mib());
-                std::fflush(stdout);
+            const model_config & c = run.back()->m->config();  // the most layers
+            const double blocks = double(kv_blocks_for(N));
+            const double side = double(kv_pool::sparse_bytes_per_block(c));
+            kv_mib[ci] = blocks * double(kv_pool::bytes_per_block(c, dtype::bf16) - uint64_t(side)) / 1048576.0;
+            comp_mib[ci] = blocks * side / 1048576.0;
+            rss[ci] = rss_mib();
+        }
+        for (size_t li = 0; li < layers.size(); ++li) {
+            std::printf("\n-- %d layers, measured --\n", layers[li]);
+            std::printf("%6s | %12s %12s %7s | %11s %11s %7s | %9s %10s\n", "ctx", "step dense", "step sparse", "x",
+                        "attn dense", "attn sparse", "x", "KV MiB", "C1+C2 MiB");
+            const double f = double(layers[li]) / layers.back();
+            for (size_t ci = 0; ci < ctx_k.size(); ++ci) {
+                const point & pt = res[li][ci];
+                std::printf("%5dK | %9.1f ms %9.1f ms %6.2fx | %8.1f ms %8.1f ms %6.2fx | %9.1f %10.2f\n", ctx_k[ci],
+                            pt.dense, pt.sparse, pt.dense / pt.sparse, pt.attn_dense, pt.attn_sparse,
+                            pt.attn_dense / pt.attn_sparse, kv_mib[ci] * f, comp_mib[ci] * f);
             }
-            if (prefill && li == 0) {
-                const int32_t N = std::min(32 * 1024, max_slots - 64), chunk = 2048;
-                const double td = d.prefill(N, chunk), ts = s.prefill(N, chunk);
-                std::printf("prefill %d tokens (chunks of %d), %d layers, measured: dense %.1f s, sparse %.1f s "
-                            "(%.2fx)\n",
-                            N, chunk, layers[li], td / 1e3, ts / 1e3, td / ts);
-            }
+        }
+        std::printf("\nprocess RSS after each context (MiB):");
+        for (size_t ci = 0; ci < ctx_k.size(); ++ci) std::printf(" %dK %.0f", ctx_k[ci], rss[ci]);
+        std::printf("\n");
+        if (prefill) {
+            const int32_t N = std::min(32 * 1024, max_slots - 64), chunk = 2048;
+            const double td = run[0]->prefill(N, chunk), ts = run[1]->prefill(N, chunk);
+            std::printf("prefill %d tokens (chunks of %d), %d layers, measured: dense %.1f s, sparse %.1f s (%.2fx)\n",
+                        N, chunk, layers[0], td / 1e3, ts / 1e3, td / ts);
         }
         if (layers.size() >= 2) {
             const size_t  a = 0, b = layers.size() - 1;
