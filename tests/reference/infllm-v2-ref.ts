@@ -4,8 +4,10 @@
  * (minicpm4-ref.ts). Per query slot p and KV head g it returns the token set stage 2 attends,
  * or null when the query is dense.
  *
- * It takes the decode view of step 5 (nb = qb + 1 blocks, only kernels visible to p): the document
- * states that the causal drop makes it select what the prefill view selects.
+ * It takes the prefill view of steps 5-7, as one HF call over all N tokens would: every query ranks
+ * all ceil(N / B) blocks, kernels it cannot see count 0, and the causal drop removes the future
+ * blocks afterwards. The engine computes the decode view (nb = qb + 1); INFLLM_V2.md says both select
+ * the same blocks, which this comparison checks.
  */
 
 export type SparseVariant = 'hf' | 'v2'
@@ -66,7 +68,7 @@ export class SparseLayerRef {
   constructor(
     private readonly cfg: SparseRefConfig,
     k: Float64Array,
-    N: number,
+    private readonly N: number,
     private readonly nKv: number,
     private readonly hd: number,
   ) {
@@ -103,15 +105,15 @@ export class SparseLayerRef {
     const ks = c.kernelSize
     const L = c.windowBlocks
     const qb = Math.floor(p / B)
-    const nb = qb + 1
+    const nb = Math.ceil(this.N / B) // prefill view: every block of the call, future ones too
     const hd = this.hd
     const scale = 1 / Math.sqrt(hd)
     // Step 3: kernel j is visible iff its last token st*j + ks - 1 <= p.
     const vis1 = Math.min(this.n1, p - ks + 1 >= 0 ? Math.floor((p - ks + 1) / st) + 1 : 0)
     const vis2 = Math.min(this.n2, p - 4 * ks + 1 >= 0 ? Math.floor((p - 4 * ks + 1) / (4 * st)) + 1 : 0)
 
-    // Step 4: S_g[j] = sum over the group's heads of exp(s_h[j] - lse_h).
-    const S = new Float64Array(vis1)
+    // Step 4: S_g[j] = sum over the group's heads of exp(s_h[j] - lse_h); 0 for kernels p cannot see.
+    const S = new Float64Array(this.n1)
     for (let hh = 0; hh < group; hh++) {
       const qh = qOff + (g * group + hh) * hd
       const dot = (c: Float64Array, j: number) => {
@@ -131,7 +133,7 @@ export class SparseLayerRef {
     const ps = B / st
     const R = new Float64Array(nb).fill(-Infinity)
     for (let b = 0; b < nb; b++)
-      for (let j = Math.max(0, ps * b - 1); j <= ps * b + ps - 1 && j < vis1; j++) R[b] = Math.max(R[b]!, S[j]!)
+      for (let j = Math.max(0, ps * b - 1); j <= ps * b + ps - 1 && j < this.n1; j++) R[b] = Math.max(R[b]!, S[j]!)
 
     // Step 6: forced blocks.
     for (let b = 0; b < nb; b++) {
@@ -162,8 +164,8 @@ export class SparseLayerRef {
     if (c.variant === 'hf') for (let b = Math.max(0, qb - L + 1); b <= qb; b++) keep.add(b)
 
     stats.sparseQueries++
-    stats.blocksSeen += nb
-    stats.blocksDropped += nb - keep.size
+    stats.blocksSeen += qb + 1
+    stats.blocksDropped += qb + 1 - keep.size
     // Step 9: the tokens of the selected blocks up to p.
     const slots: number[] = []
     for (const b of [...keep].sort((x, y) => x - y))
