@@ -229,7 +229,8 @@ int main(int argc, char ** argv) {
     std::sort(layers.begin(), layers.end());
     std::sort(ctx_k.begin(), ctx_k.end());
     try {
-        const int32_t max_slots = ctx_k.back() * 1024 + reps + 64;
+        const int32_t prefill_len = 32 * 1024;
+        const int32_t max_slots = std::max(ctx_k.back() * 1024, prefill ? prefill_len : 0) + reps + 64;
         std::vector<std::vector<point>> res(layers.size(), std::vector<point>(ctx_k.size()));
         std::vector<double> kv_mib(ctx_k.size()), comp_mib(ctx_k.size()), rss(ctx_k.size());
         // Every layer count's dense and sparse model at once, their steps interleaved, so that the per-layer
@@ -288,7 +289,7 @@ int main(int argc, char ** argv) {
         for (size_t ci = 0; ci < ctx_k.size(); ++ci) std::printf(" %dK %.0f", ctx_k[ci], rss[ci]);
         std::printf("\n");
         if (prefill) {
-            const int32_t N = std::min(32 * 1024, max_slots - 64), chunk = 2048;
+            const int32_t N = prefill_len, chunk = 2048;
             const double td = run[0]->prefill(N, chunk);
             std::printf("prefill %d tokens (chunks of %d), %d layers, measured: dense %.1f s", N, chunk, layers[0],
                         td / 1e3);
