@@ -16,6 +16,8 @@ export interface NativeContextOptions {
   kvDtype?: KvDtype
   nChunk?: number
   useReference?: boolean
+  /** Fast ops on the CPU kernels with exact f32 products (context_params.exact_kernels). */
+  exactKernels?: boolean
 }
 
 export interface EvalOptions {
@@ -37,6 +39,7 @@ export class NativeContext extends NativeHandle {
       kvDtype: opts.kvDtype === undefined ? undefined : kvDtypeCode(opts.kvDtype),
       nChunk: opts.nChunk,
       useReference: opts.useReference === undefined ? undefined : opts.useReference ? 1 : 0,
+      exactKernels: opts.exactKernels === undefined ? undefined : opts.exactKernels ? 1 : 0,
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_context_init(model.ptr, params, new Uint8Array(out.buffer))

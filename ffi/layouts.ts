@@ -76,7 +76,8 @@ export const contextParamsLayout = {
   kvDtype: [16, 'i32', 'kv_dtype'],
   nChunk: [20, 'i32', 'n_chunk'],
   useReference: [24, 'u8', 'use_reference'],
-  pad_: [25, 'u8', 'pad_', 7],
+  exactKernels: [25, 'u8', 'exact_kernels'],
+  pad_: [26, 'u8', 'pad_', 6],
 } as const satisfies Layout
 
 export const engineParamsLayout = {

@@ -6,6 +6,7 @@ import { describe, expect, test } from 'bun:test'
 import { structSizes } from '../ffi/index'
 import { ABI_VERSION, checkAbi, cString, lib, type AbiFacts } from '../ffi/library'
 import {
+  contextParamsLayout,
   engineParamsLayout,
   kindBytes,
   layoutProblems,
@@ -183,5 +184,13 @@ describe('struct layouts', () => {
       seed: 2 ** 52 + 1,
     }
     expect(readStruct(writeStruct(sp, samplingParamsLayout, s), samplingParamsLayout)).toMatchObject(s)
+
+    const cp = newStruct('context_params')
+    lib().minicpm_context_default_params(cp)
+    const cd = readStruct(cp, contextParamsLayout)
+    console.log('context defaults', cd)
+    expect(cd).toMatchObject({ size: structSizes.context_params, nSeqMax: 1, useReference: 0, exactKernels: 0 })
+    const c = { nCtx: 512, nSeqMax: 2, nThreads: 1, kvDtype: 2, nChunk: 64, useReference: 0, exactKernels: 1 }
+    expect(readStruct(writeStruct(cp, contextParamsLayout, c), contextParamsLayout)).toMatchObject(c)
   })
 })

@@ -40,7 +40,7 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     F(T, device_arena_free)
 #define CONTEXT_PARAMS(F, T)                                                                                          \
     F(T, size) F(T, n_ctx) F(T, n_seq_max) F(T, n_threads) F(T, kv_dtype) F(T, n_chunk) F(T, use_reference)           \
-    F(T, pad_)
+    F(T, exact_kernels) F(T, pad_)
 #define ENGINE_PARAMS(F, T)                                                                                           \
     F(T, size) F(T, n_threads) F(T, n_batch_max) F(T, n_chunk) F(T, n_ctx) F(T, n_queue_max) F(T, kv_dtype)           \
     F(T, prefix_cache) F(T, exact_kernels) F(T, pad_) F(T, kv_bytes) F(T, draft_model) F(T, draft_num_iter) F(T, draft_top_k)          \

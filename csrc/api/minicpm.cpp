@@ -203,6 +203,7 @@ void minicpm_context_default_params(struct minicpm_context_params * out) {
     out->kv_dtype = MINICPM_DTYPE_F32;
     out->n_chunk = 0;
     out->use_reference = 0;
+    out->exact_kernels = 0;
 }
 
 int32_t minicpm_context_init(minicpm_model_t * model, const struct minicpm_context_params * params,

@@ -15,6 +15,7 @@ static backend_options options_of(const minicpm_context_params & p) {
     backend_options o;
     o.n_threads = p.n_threads;
     o.reference = p.use_reference != 0;
+    if (p.exact_kernels != 0 && !o.reference) o.kernels = "exact";
     return o;
 }
 

@@ -239,7 +239,9 @@ struct minicpm_context_params {
     int32_t  kv_dtype;   /* enum minicpm_dtype: F32 (default, exact) or BF16 / F16                      */
     int32_t  n_chunk;    /* internal prefill chunk in tokens; 0 = default (whole batch at once)         */
     uint8_t  use_reference; /* 1: run the plain reference ops instead of the fast kernels (for tests)   */
-    uint8_t  pad_[7];
+    uint8_t  exact_kernels; /* 1: fast ops on the CPU kernels with exact f32 products (as                */
+                            /* MINICPM_KERNELS=exact: no bf16 rounding of activations); 0: the best one */
+    uint8_t  pad_[6];
 };
 
 MINICPM_API void minicpm_context_default_params(struct minicpm_context_params * out);

@@ -68,7 +68,8 @@ static const struct field context_params_fields[] = {
     FIELD(minicpm_context_params, size),      FIELD(minicpm_context_params, n_ctx),
     FIELD(minicpm_context_params, n_seq_max), FIELD(minicpm_context_params, n_threads),
     FIELD(minicpm_context_params, kv_dtype),  FIELD(minicpm_context_params, n_chunk),
-    FIELD(minicpm_context_params, use_reference), FIELD(minicpm_context_params, pad_),
+    FIELD(minicpm_context_params, use_reference), FIELD(minicpm_context_params, exact_kernels),
+    FIELD(minicpm_context_params, pad_),
 };
 static const struct field engine_params_fields[] = {
     FIELD(minicpm_engine_params, size),        FIELD(minicpm_engine_params, n_threads),

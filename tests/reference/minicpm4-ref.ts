@@ -1,7 +1,8 @@
 /**
  * Independent MiniCPM4 forward pass, the oracle of the parity tests. Written from MINICPM4.md
  * sections 3-4 only: plain loops in Float64, full causal softmax attention recomputed from
- * position 0, no KV cache, no engine code. Deliberately slow; meant for tiny shapes.
+ * position 0, no KV cache, no engine code. Deliberately slow; meant for tiny shapes. With a
+ * sparse config each query attends only the slots InfLLM v2 selects (infllm-v2-ref.ts).
  *
  *   x = E[ids] * scale_emb
  *   per layer: x += r * Wo(attn(rope(Wq a), rope(Wk a), Wv a)),  a = rmsnorm(x)
@@ -12,6 +13,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
+import { type SparseRefConfig, type SparseStats, emptyStats, SparseLayerRef } from './infllm-v2-ref'
 import { readCheckpointTensors, type StoredTensor } from './safetensors-reader'
 
 const f32 = Math.fround
@@ -162,8 +164,16 @@ export class ReferenceModel {
     return v
   }
 
-  /** Logits (divided by the logit divisor) after each token index in `rows` (default: the last). */
-  forward(tokens: ArrayLike<number>, rows: number[] = [tokens.length - 1]): Float64Array[] {
+  /**
+   * Logits (divided by the logit divisor) after each token index in `rows` (default: the last).
+   * sparse: run InfLLM v2 attention (token index = slot = position); stats collects its selections.
+   */
+  forward(
+    tokens: ArrayLike<number>,
+    rows: number[] = [tokens.length - 1],
+    sparse: SparseRefConfig | null = null,
+    stats: SparseStats = emptyStats(),
+  ): Float64Array[] {
     const c = this.config
     const T = tokens.length
     const H = c.nEmbd
@@ -191,27 +201,32 @@ export class ReferenceModel {
       }
 
       // Causal GQA attention: query head h reads KV head floor(h / group) (repeat_interleave).
+      // Sparse: each (query, KV head) attends its selected slots instead of 0..t.
       const o = new Float64Array(T * c.nHead * hd)
       const scores = new Float64Array(T)
       const scale = 1 / Math.sqrt(hd)
+      const sel = sparse ? new SparseLayerRef(sparse, k, T, c.nHeadKv, hd) : null
+      const causal = Array.from({ length: T }, (_, s) => s)
       for (let t = 0; t < T; t++) {
-        for (let h = 0; h < c.nHead; h++) {
-          const qo = (t * c.nHead + h) * hd
-          const kvh = Math.floor(h / group)
-          let mx = -Infinity
-          for (let s = 0; s <= t; s++) {
-            const ko = (s * c.nHeadKv + kvh) * hd
-            let d = 0
-            for (let i = 0; i < hd; i++) d += q[qo + i]! * k[ko + i]!
-            scores[s] = d * scale
-            if (scores[s]! > mx) mx = scores[s]!
-          }
-          let sum = 0
-          for (let s = 0; s <= t; s++) sum += scores[s] = Math.exp(scores[s]! - mx)
-          for (let s = 0; s <= t; s++) {
-            const pr = scores[s]! / sum
-            const vo = (s * c.nHeadKv + kvh) * hd
-            for (let i = 0; i < hd; i++) o[qo + i]! += pr * v[vo + i]!
+        for (let kvh = 0; kvh < c.nHeadKv; kvh++) {
+          const slots = sel?.select(t, q, t * c.nHead * hd, kvh, group, stats) ?? causal.slice(0, t + 1)
+          for (let h = kvh * group; h < (kvh + 1) * group; h++) {
+            const qo = (t * c.nHead + h) * hd
+            let mx = -Infinity
+            for (const s of slots) {
+              const ko = (s * c.nHeadKv + kvh) * hd
+              let d = 0
+              for (let i = 0; i < hd; i++) d += q[qo + i]! * k[ko + i]!
+              scores[s] = d * scale
+              if (scores[s]! > mx) mx = scores[s]!
+            }
+            let sum = 0
+            for (const s of slots) sum += scores[s] = Math.exp(scores[s]! - mx)
+            for (const s of slots) {
+              const pr = scores[s]! / sum
+              const vo = (s * c.nHeadKv + kvh) * hd
+              for (let i = 0; i < hd; i++) o[qo + i]! += pr * v[vo + i]!
+            }
           }
         }
       }
