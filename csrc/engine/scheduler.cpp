@@ -292,12 +292,14 @@ void scheduler::set_mask(uint64_t id, const uint32_t * bits, int32_t n_words) {
                                                   std::to_string(want));
     std::lock_guard<std::mutex> lk(mu_);
     auto it = table_.find(id);
-    if (it == table_.end() || it->second->state == MINICPM_REQUEST_FINISHED)
-        fail(MINICPM_STATUS_NOT_FOUND, "request " + std::to_string(id) + " not found or finished");
+    if (it == table_.end()) fail(MINICPM_STATUS_NOT_FOUND, "request " + std::to_string(id) + " not found");
     request & r = *it->second;
+    // Checked before the state, so the answer for an unmasked request does not depend on how far it has run.
     if (!r.masked)
         fail(MINICPM_STATUS_INVALID_ARGUMENT,
              "engine_set_mask: request " + std::to_string(id) + " was not submitted with sampling.masked = 1");
+    if (r.state == MINICPM_REQUEST_FINISHED)
+        fail(MINICPM_STATUS_NOT_FOUND, "request " + std::to_string(id) + " already finished");
     r.mask.assign(bits, bits + n_words);
     r.mask_ready = true;
     n_masks_set_++;
