@@ -108,6 +108,9 @@ void silu_mul_avx512(float * out, const float * gate, const float * up, int64_t 
 void add_scaled_avx512(float * x, const float * a, float scale, int64_t n);
 void matmul_rows_avx2(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
                       int64_t n0, int64_t n1);
+// bf16 weights on AVX2 (matmul-bf16-avx2.cpp), called by matmul_rows_avx2; exact products as above.
+void matmul_rows_bf16_avx2(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K,
+                           int64_t n0, int64_t n1);
 void attention_task_avx2(float * out, const float * q, const kv_layer & kv, const kv_segment & sg, int32_t r0,
                          int32_t r1, int32_t n_head, int32_t hk, int32_t group, float scale, float * scratch);
 void matmul_rows_avx512(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
