@@ -96,9 +96,15 @@ void pv_all(float * const * o, const float * alpha, const uint32_t * pp, const u
 // The block's keys and values in the pair layouts (slots past n_slot zero). k and v: the block's pool rows.
 void pack_block(uint32_t * kp, uint32_t * vp, const uint16_t * k, const uint16_t * v, int32_t hd, int32_t n_slot) {
     const int32_t hp = hd / 2;
-    for (int32_t j = 0; j < k_blk; ++j) {
-        const uint32_t * kr = (const uint32_t *) (k + int64_t(j) * hd);
-        for (int32_t d = 0; d < hp; ++d) kp[d * k_blk + j] = j < n_slot ? kr[d] : 0u;
+    const uint64_t live = n_slot >= k_blk ? ~uint64_t(0) : (uint64_t(1) << n_slot) - 1;
+    const __m512i slot = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(hp));
+    for (int32_t c = 0; c < k_blk; c += 16) {  // 16 slots: one gather per key pair
+        const __mmask16 mk = __mmask16(live >> c);
+        const int32_t * kc = (const int32_t *) (k + int64_t(c) * hd);
+        for (int32_t d = 0; d < hp; ++d)
+            _mm512_storeu_si512(kp + d * k_blk + c, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, slot,
+                                                                                  kc + d, 4));
     }
     for (int32_t j = 0; j < k_blk / 2; ++j) {
         const uint16_t * v0 = v + int64_t(2 * j) * hd;
@@ -113,20 +119,43 @@ void pack_block(uint32_t * kp, uint32_t * vp, const uint16_t * k, const uint16_t
     }
 }
 
-// Online-softmax update of one query from its raw scores s[64]: masks slots >= lim and `hidden`, writes the
-// bf16-rounded weights as 32 pairs to pp, returns alpha (the rescale of the old output) and updates m, l.
-float softmax_block(float * s, uint32_t * pp, int32_t lim, uint64_t hidden, float & m, float & l) {
-    for (int32_t j = lim; j < k_blk; ++j) s[j] = -INFINITY;
-    for (uint64_t h = hidden; h != 0; h &= h - 1) s[__builtin_ctzll(h)] = -INFINITY;
-    float mx = m;
-    for (int32_t j = 0; j < k_blk; ++j) mx = s[j] > mx ? s[j] : mx;
-    for (int32_t j = 0; j < k_blk; ++j) s[j] = fast_exp(s[j] - mx);
-    for (int32_t j = lim; j < k_blk; ++j) s[j] = 0.0f;
-    for (uint64_t h = hidden; h != 0; h &= h - 1) s[__builtin_ctzll(h)] = 0.0f;
+// fast_exp (fast-exp.h) on 16 lanes: the same clamps, reduction and polynomial.
+inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_add_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
+                                   _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
+    __m512 p = _mm512_set1_ps(1.38888894e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333377e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666679e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666672e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.00000000e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+// Online-softmax update of one query from its raw scores s[64]: slots >= lim and those in `hidden` get weight 0;
+// writes the bf16-rounded weights as 32 pairs to pp, returns alpha (the rescale of the old output) and updates
+// m and l.
+float softmax_block(const float * s, uint32_t * pp, int32_t lim, uint64_t hidden, float & m, float & l) {
+    const uint64_t live = (lim >= k_blk ? ~uint64_t(0) : (uint64_t(1) << lim) - 1) & ~hidden;
+    __m512 v[4];
+    __m512 mv = _mm512_set1_ps(m);
+    for (int c = 0; c < 4; ++c) {
+        v[c] = _mm512_loadu_ps(s + 16 * c);
+        mv = _mm512_mask_max_ps(mv, __mmask16(live >> (16 * c)), mv, v[c]);
+    }
+    const float mx = _mm512_reduce_max_ps(mv);
+    const __m512 mxv = _mm512_set1_ps(mx);
     __m512 sum = _mm512_setzero_ps();
-    for (int c = 0; c < k_blk; c += 32) {
-        const __m512i b = (__m512i) _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + c + 16), _mm512_loadu_ps(s + c));
-        _mm512_storeu_si512(pp + c / 2, b);
+    for (int c = 0; c < 4; c += 2) {
+        const __m512 p0 = _mm512_maskz_mov_ps(__mmask16(live >> (16 * c)), exp16(_mm512_sub_ps(v[c], mxv)));
+        const __m512 p1 = _mm512_maskz_mov_ps(__mmask16(live >> (16 * c + 16)), exp16(_mm512_sub_ps(v[c + 1], mxv)));
+        const __m512i b = (__m512i) _mm512_cvtne2ps_pbh(p1, p0);
+        _mm512_storeu_si512(pp + 8 * c, b);
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));                     // even slots
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(b, _mm512_set1_epi32(-65536))));  // odd
     }
