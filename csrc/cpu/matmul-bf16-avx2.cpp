@@ -2,10 +2,11 @@
 // exact f32 products of the widened weights and f32 activations, f32 accumulation (exact class; only the
 // summation order differs from the reference).
 //
-// Decode (T <= 4): x is split once per call into 8 even then 8 odd elements per 16-wide block, so one 256-bit
-// load of 16 bf16 weights gives both halves as f32 with a shift and a mask (no widening shuffle). Each 4-row
-// group is read from memory once, with the next group prefetched; every token meets it while it is in L1.
-// Prefill (T > 4): the rows are taken in blocks whose bf16 weights stay in L2 (k_block_bytes); for each token
+// Decode (T <= 8): x is split into 8 even then 8 odd elements per 16-wide block, so one 256-bit load of 16
+// bf16 weights gives both halves as f32 with a shift and a mask (no widening shuffle). x is split a k slice at
+// a time (all T rows of a slice fit a 64 KiB stack buffer); within a slice each 4-row group is read from memory
+// once, with the next group prefetched, and every token tile meets it while it is in L1.
+// Prefill (T > 8): the rows are taken in blocks whose bf16 weights stay in L2 (k_block_bytes); for each token
 // chunk (its f32 activations about k_chunk_bytes, in L2), a 4-row group is widened to f32 once per k_kc-wide
 // slice into an L1 panel, and 4 x 3 register tiles (12 accumulators, 3 activations, 1 weight: the 16 ymm
 // registers) run plain FMAs over it, adding into y slice after slice. Weights are converted once per token
@@ -29,7 +30,8 @@ constexpr int     k_tokens = 3;                        // tokens per register ti
 constexpr int64_t k_kc = 1024;                         // k slice of the widened panel: 4 x 4 KiB in L1
 constexpr int64_t k_block_bytes = int64_t(128) << 10;  // bf16 weight rows kept in L2 across token chunks
 constexpr int64_t k_chunk_bytes = int64_t(256) << 10;  // f32 activations of one token chunk
-constexpr int64_t k_split_max = 16384;                 // floats of split x on the stack (decode)
+constexpr int64_t k_split_tokens = 8;                  // decode batches up to this take the split-x path
+constexpr int64_t k_split_max = 16384;                 // floats of split x on the stack (64 KiB)
 
 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -50,17 +52,19 @@ void split_even_odd(float * xs, const float * x, int64_t K, int64_t K16) {
     }
 }
 
-// y[t * ldy + r] = W row r . x row t for R rows, TT tokens; xs holds the split rows (stride K16).
+// y[t * ldy + r] (+)= W row r . x row t over kl columns, for R rows and TT tokens; xs holds the split rows
+// (stride K16), W rows are K apart (w already offset to the slice).
 template <int R, int TT>
-void tile_split(float * y, int64_t ldy, const float * xs, int64_t K16, const uint16_t * w, int64_t K) {
+void tile_split(float * y, int64_t ldy, const float * xs, int64_t K16, const uint16_t * w, int64_t K, int64_t kl,
+                bool add) {
     __m256 acc[R][TT];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
     const __m256i hi = _mm256_set1_epi32(int32_t(0xffff0000u));
-    const int64_t K16f = K / 16 * 16;
-    for (int64_t k = 0; k < K16f; k += 16) {
+    const int64_t k16 = kl / 16 * 16;
+    for (int64_t k = 0; k < k16; k += 16) {
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
             const uint16_t * wr = w + r * K + k;
@@ -83,26 +87,34 @@ void tile_split(float * y, int64_t ldy, const float * xs, int64_t K16, const uin
         for (int t = 0; t < TT; ++t) {
             float s = hsum(acc[r][t]);
             // The tail in the split order: even elements at k + 2j sit at xs[k + j], odd ones at xs[k + 8 + j].
-            for (int64_t j = K16f; j < K; ++j) {
-                const int64_t i = K16f + (j - K16f) / 2 + ((j - K16f) & 1 ? 8 : 0);
+            for (int64_t j = k16; j < kl; ++j) {
+                const int64_t i = k16 + (j - k16) / 2 + ((j - k16) & 1 ? 8 : 0);
                 s += bf16_to_f32(w[r * K + j]) * xs[t * K16 + i];
             }
-            y[t * ldy + r] = s;
+            y[t * ldy + r] = add ? y[t * ldy + r] + s : s;
         }
     }
 }
 
-// Tokens [0, T) (T <= 4) of one row group; four tokens as two tiles of 2 keep the accumulators in registers.
+// Tokens [0, T) (T <= k_split_tokens) of one row group in tiles of 3, then 2 or 1 (four left: two tiles of 2).
 template <int R>
-void group_split(float * y, int64_t ldy, const float * xs, int64_t K16, int64_t T, const uint16_t * w, int64_t K) {
-    switch (T) {
-        case 4:
-            tile_split<R, 2>(y, ldy, xs, K16, w, K);
-            tile_split<R, 2>(y + 2 * ldy, ldy, xs + 2 * K16, K16, w, K);
-            break;
-        case 3: tile_split<R, 3>(y, ldy, xs, K16, w, K); break;
-        case 2: tile_split<R, 2>(y, ldy, xs, K16, w, K); break;
-        default: tile_split<R, 1>(y, ldy, xs, K16, w, K); break;
+void group_split(float * y, int64_t ldy, const float * xs, int64_t K16, int64_t T, const uint16_t * w, int64_t K,
+                 int64_t kl, bool add) {
+    int64_t t = 0;
+    while (T - t > 0) {
+        const int64_t left = T - t;
+        float * yt = y + t * ldy;
+        const float * xt = xs + t * K16;
+        if (left >= 3 && left != 4) {
+            tile_split<R, 3>(yt, ldy, xt, K16, w, K, kl, add);
+            t += 3;
+        } else if (left >= 2) {
+            tile_split<R, 2>(yt, ldy, xt, K16, w, K, kl, add);
+            t += 2;
+        } else {
+            tile_split<R, 1>(yt, ldy, xt, K16, w, K, kl, add);
+            t += 1;
+        }
     }
 }
 
@@ -202,16 +214,22 @@ void rows_panel(float * y, int64_t ldy, const float * x, int64_t T, const uint16
 
 void matmul_rows_bf16_avx2(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K,
                            int64_t n0, int64_t n1) {
-    const int64_t K16 = (K + 15) / 16 * 16;
-    if (T > 4 || T * K16 > k_split_max) {
+    if (T > k_split_tokens) {
         rows_panel(y, ldy, x, T, w, K, n0, n1);
         return;
     }
+    // x split a k slice at a time (all T rows of it fit the stack buffer); every slice of W is read once.
     alignas(32) float xs[k_split_max];
-    for (int64_t t = 0; t < T; ++t) split_even_odd(xs + t * K16, x + t * K, K, K16);
-    int64_t n = n0;
-    for (; n + k_rows <= n1; n += k_rows) group_split<k_rows>(y + n, ldy, xs, K16, T, w + n * K, K);
-    for (; n < n1; ++n) group_split<1>(y + n, ldy, xs, K16, T, w + n * K, K);
+    const int64_t K16 = (K + 15) / 16 * 16;
+    const int64_t ks = K16 < k_split_max / T / 32 * 32 ? K16 : k_split_max / T / 32 * 32;
+    for (int64_t k0 = 0; k0 < K; k0 += ks) {
+        const int64_t kl = K - k0 < ks ? K - k0 : ks, kl16 = (kl + 15) / 16 * 16;
+        for (int64_t t = 0; t < T; ++t) split_even_odd(xs + t * kl16, x + t * K + k0, kl, kl16);
+        int64_t n = n0;
+        for (; n + k_rows <= n1; n += k_rows)
+            group_split<k_rows>(y + n, ldy, xs, kl16, T, w + n * K + k0, K, kl, k0 > 0);
+        for (; n < n1; ++n) group_split<1>(y + n, ldy, xs, kl16, T, w + n * K + k0, K, kl, k0 > 0);
+    }
 }
 
 }  // namespace minicpm

@@ -102,7 +102,8 @@ tensor_desc plain(dtype t, int64_t rows, int64_t cols, const void * data) {
 void test_matmul(thread_pool & tp) {
     const dtype types[] = {dtype::bf16, dtype::f16, dtype::f32};
     // {9, 8200}: from T = 2 the split x no longer fits the AVX-512 decode kernel's stack buffer (fallback path),
-    // and the BF16 dot-product kernels split T into several token chunks. Odd N and K everywhere but {128, 1024};
+    // the AVX2 decode kernel splits K into slices, and the BF16 dot-product kernels and the AVX2 prefill kernel
+    // split T into several token chunks (and K into panel slices). Odd N and K everywhere but {128, 1024};
     // T covers every remainder of the 6-token (x86) and 4-token (bfmmla) tiles.
     const int64_t shapes[][2] = {{77, 1000}, {128, 1024}, {33, 64}, {100, 4096}, {5, 40}, {9, 8200}, {6, 7}};
     const int64_t Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 13, 17, 33, 100};

@@ -28,7 +28,7 @@ double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock:
 
 #if defined(MINICPM_X86)
 // Multiply-accumulates done by one thread issuing n x 12 independent chains of one instruction (enough chains to
-// cover its latency); the empty asm keeps each accumulator live in its register without touching memory.
+// cover its latency); the empty volatile asm keeps each accumulator live in its register without touching memory.
 __attribute__((target("avx512f,avx512bf16"))) double probe_dpbf16(long n) {
     __m512 a[12];
     for (auto & v : a) v = _mm512_setzero_ps();
@@ -37,7 +37,7 @@ __attribute__((target("avx512f,avx512bf16"))) double probe_dpbf16(long n) {
 #pragma GCC unroll 12
         for (auto & v : a) {
             v = _mm512_dpbf16_ps(v, x, x);
-            asm("" : "+v"(v));
+            asm volatile("" : "+v"(v));
         }
     return 12.0 * 32 * double(n);
 }
@@ -49,7 +49,7 @@ __attribute__((target("avx512f"))) double probe_fma512(long n) {
 #pragma GCC unroll 12
         for (auto & v : a) {
             v = _mm512_fmadd_ps(v, x, x);
-            asm("" : "+v"(v));
+            asm volatile("" : "+v"(v));
         }
     return 12.0 * 16 * double(n);
 }
@@ -61,7 +61,7 @@ __attribute__((target("avx2,fma"))) double probe_fma256(long n) {
 #pragma GCC unroll 12
         for (auto & v : a) {
             v = _mm256_fmadd_ps(v, x, x);
-            asm("" : "+v"(v));
+            asm volatile("" : "+v"(v));
         }
     return 12.0 * 8 * double(n);
 }
