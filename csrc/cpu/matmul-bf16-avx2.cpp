@@ -128,7 +128,7 @@ template <int R> void widen(float * wf, const uint16_t * w, int64_t K, int64_t k
         float * dst = wf + r * k_kc;
         int64_t k = 0;
         for (; k < kc8; k += 8) {
-            // The next row group, a line at a time: in decode batches W comes from memory (see tile_split).
+            // The next row group, a line at a time: on the first token chunk W comes from memory.
             if ((k & 31) == 0) _mm_prefetch((const char *) (wr + R * K + k), _MM_HINT_T0);
             const __m128i h = _mm_loadu_si128((const __m128i *) (wr + k));
             _mm256_storeu_ps(dst + k, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
