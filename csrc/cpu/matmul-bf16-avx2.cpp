@@ -7,10 +7,10 @@
 // a time (all T rows of a slice fit a 64 KiB stack buffer); within a slice each 4-row group is read from memory
 // once, with the next group prefetched, and every token tile meets it while it is in L1.
 // Prefill (T > 8): the rows are taken in blocks whose bf16 weights stay in L2 (k_block_bytes); for each token
-// chunk (its f32 activations about k_chunk_bytes, in L2), a 4-row group is widened to f32 once per k_kc-wide
-// slice into an L1 panel, and 4 x 3 register tiles (12 accumulators, 3 activations, 1 weight: the 16 ymm
-// registers) run plain FMAs over it, adding into y slice after slice. Weights are converted once per token
-// chunk instead of once per token tile.
+// chunk and k_kc-wide k slice (the chunk's f32 activations of that slice about k_chunk_bytes, in L2), each
+// 4-row group is widened to f32 into an L1 panel, and 4 x 3 register tiles (12 accumulators, 3 activations,
+// 1 weight: the 16 ymm registers) run plain FMAs over it, adding into y slice after slice. Weights are
+// converted once per token chunk instead of once per token tile.
 #include "cpu/cpu-common.h"
 #include "cpu/ops-fast.h"
 
@@ -29,7 +29,7 @@ constexpr int     k_rows = 4;                          // weight rows per regist
 constexpr int     k_tokens = 3;                        // tokens per register tile (prefill)
 constexpr int64_t k_kc = 1024;                         // k slice of the widened panel: 4 x 4 KiB in L1
 constexpr int64_t k_block_bytes = int64_t(128) << 10;  // bf16 weight rows kept in L2 across token chunks
-constexpr int64_t k_chunk_bytes = int64_t(256) << 10;  // f32 activations of one token chunk
+constexpr int64_t k_chunk_bytes = int64_t(256) << 10;  // f32 activations of one token chunk's k slice
 constexpr int64_t k_split_tokens = 8;                  // decode batches up to this take the split-x path
 constexpr int64_t k_split_max = 16384;                 // floats of split x on the stack (64 KiB)
 
@@ -182,20 +182,19 @@ void panel_tokens(float * y, int64_t ldy, const float * x, int64_t K, int64_t T,
 }
 
 template <int R>
-void row_group_panel(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K) {
+void row_group_panel(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K, int64_t k0,
+                     int64_t kc) {
     alignas(32) float wf[k_rows * k_kc];
-    for (int64_t k0 = 0; k0 < K; k0 += k_kc) {
-        const int64_t kc = K - k0 < k_kc ? K - k0 : k_kc;
-        widen<R>(wf, w, K, k0, kc);
-        panel_tokens<R>(y, ldy, x + k0, K, T, wf, kc, k0 > 0);
-    }
+    widen<R>(wf, w, K, k0, kc);
+    panel_tokens<R>(y, ldy, x + k0, K, T, wf, kc, k0 > 0);
 }
 
 void rows_panel(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K, int64_t n0,
                 int64_t n1) {
     int64_t block = k_block_bytes / (K * 2) / k_rows * k_rows;
     if (block < k_rows) block = k_rows;
-    int64_t chunk = k_chunk_bytes / (K * 4) / k_tokens * k_tokens;
+    const int64_t kc_max = K < k_kc ? K : k_kc;
+    int64_t chunk = k_chunk_bytes / (kc_max * 4) / k_tokens * k_tokens;
     if (chunk < 4 * k_tokens) chunk = 4 * k_tokens;
     for (int64_t b0 = n0; b0 < n1; b0 += block) {
         const int64_t b1 = n1 - b0 < block ? n1 : b0 + block;
@@ -203,9 +202,15 @@ void rows_panel(float * y, int64_t ldy, const float * x, int64_t T, const uint16
             const int64_t nt = T - t0 < chunk ? T - t0 : chunk;
             float * yc = y + t0 * ldy;
             const float * xc = x + t0 * K;
-            int64_t n = b0;
-            for (; n + k_rows <= b1; n += k_rows) row_group_panel<k_rows>(yc + n, ldy, xc, nt, w + n * K, K);
-            for (; n < b1; ++n) row_group_panel<1>(yc + n, ldy, xc, nt, w + n * K, K);
+            // k slices outermost: only the chunk's k_kc-wide slice of x needs to stay in L2 while every row
+            // group of the block passes over it; the partial sums accumulate in y.
+            for (int64_t k0 = 0; k0 < K; k0 += k_kc) {
+                const int64_t kc = K - k0 < k_kc ? K - k0 : k_kc;
+                int64_t n = b0;
+                for (; n + k_rows <= b1; n += k_rows)
+                    row_group_panel<k_rows>(yc + n, ldy, xc, nt, w + n * K, K, k0, kc);
+                for (; n < b1; ++n) row_group_panel<1>(yc + n, ldy, xc, nt, w + n * K, K, k0, kc);
+            }
         }
     }
 }
