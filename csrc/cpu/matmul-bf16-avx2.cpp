@@ -2,10 +2,11 @@
 // exact f32 products of the widened weights and f32 activations, f32 accumulation (exact class; only the
 // summation order differs from the reference).
 //
-// Decode (T <= 8): x is split into 8 even then 8 odd elements per 16-wide block, so one 256-bit load of 16
+// Decode (T <= 4): x is split into 8 even then 8 odd elements per 16-wide block, so one 256-bit load of 16
 // bf16 weights gives both halves as f32 with a shift and a mask (no widening shuffle). x is split a k slice at
 // a time (all T rows of a slice fit a 64 KiB stack buffer); within a slice each 4-row group is read from memory
-// once, with the next group prefetched, and every token tile meets it while it is in L1.
+// once, with the next group prefetched, and every token tile meets it while it is in L1. Decode batches of 5
+// to 8 tokens widen the weights per 4 x 3 tile instead (tile_widen), streaming each row group once as well.
 // Prefill (T > 8): the rows are taken in blocks whose bf16 weights stay in L2 (k_block_bytes); for each token
 // chunk and k_kc-wide k slice (the chunk's f32 activations of that slice about k_chunk_bytes, in L2), each
 // 4-row group is widened to f32 into an L1 panel, and 4 x 3 register tiles (12 accumulators, 3 activations,
@@ -30,7 +31,8 @@ constexpr int     k_tokens = 3;                        // tokens per register ti
 constexpr int64_t k_kc = 1024;                         // k slice of the widened panel: 4 x 4 KiB in L1
 constexpr int64_t k_block_bytes = int64_t(128) << 10;  // bf16 weight rows kept in L2 across token chunks
 constexpr int64_t k_chunk_bytes = int64_t(256) << 10;  // f32 activations of one token chunk's k slice
-constexpr int64_t k_split_tokens = 8;                  // decode batches up to this take the split-x path
+constexpr int64_t k_split_tokens = 4;                  // decode batches up to this take the split-x path,
+constexpr int64_t k_widen_tokens = 8;                  // then up to this the widening tiles; then the panels
 constexpr int64_t k_split_max = 16384;                 // floats of split x on the stack (64 KiB)
 
 inline float hsum(__m256 v) {
@@ -96,7 +98,7 @@ void tile_split(float * y, int64_t ldy, const float * xs, int64_t K16, const uin
     }
 }
 
-// Tokens [0, T) (T <= k_split_tokens) of one row group in tiles of 3, then 2 or 1 (four left: two tiles of 2).
+// Tokens [0, T) (T <= k_split_tokens) of one row group in tiles of 3, then 2 or 1 (four: two tiles of 2).
 template <int R>
 void group_split(float * y, int64_t ldy, const float * xs, int64_t K16, int64_t T, const uint16_t * w, int64_t K,
                  int64_t kl, bool add) {
@@ -115,6 +117,55 @@ void group_split(float * y, int64_t ldy, const float * xs, int64_t K16, int64_t 
             tile_split<R, 1>(yt, ldy, xt, K16, w, K, kl, add);
             t += 1;
         }
+    }
+}
+
+// --- decode batches of 5 to 8 tokens ---------------------------------------------------------------------
+
+// y[t * ldy + r] = W row r . x row t for R rows, TT tokens: 8 weights per row and step are widened in registers
+// (the zero-extension runs on the shuffle port, beside the FMAs) while the TT activation vectors stay in
+// registers; with R = 4, TT = 3 that is all 16 ymm registers. Past 4 tokens this beats the split-x path, whose
+// activations come from memory for every FMA.
+template <int R, int TT> void tile_widen(float * y, int64_t ldy, const float * x, int64_t K, const uint16_t * w) {
+    __m256 acc[R][TT];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
+    const int64_t K8 = K / 8 * 8;
+    for (int64_t k = 0; k < K8; k += 8) {
+        __m256 xv[TT];
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * K + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            const uint16_t * wr = w + r * K + k;
+            if ((k & 31) == 0) _mm_prefetch((const char *) (wr + R * K), _MM_HINT_T0);  // next row group
+            const __m128i h = _mm_loadu_si128((const __m128i *) wr);
+            const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#pragma GCC unroll 4
+            for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; ++t) {
+            float s = hsum(acc[r][t]);
+            for (int64_t k = K8; k < K; ++k) s += bf16_to_f32(w[r * K + k]) * x[t * K + k];
+            y[t * ldy + r] = s;
+        }
+    }
+}
+
+// Tokens [0, T) of one row group (read from memory by the first tile, from L1 by the others).
+template <int R> void group_widen(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K) {
+    int64_t t = 0;
+    for (; t + 3 <= T; t += 3) tile_widen<R, 3>(y + t * ldy, ldy, x + t * K, K, w);
+    switch (T - t) {
+        case 2: tile_widen<R, 2>(y + t * ldy, ldy, x + t * K, K, w); break;
+        case 1: tile_widen<R, 1>(y + t * ldy, ldy, x + t * K, K, w); break;
+        default: break;
     }
 }
 
@@ -219,8 +270,14 @@ void rows_panel(float * y, int64_t ldy, const float * x, int64_t T, const uint16
 
 void matmul_rows_bf16_avx2(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K,
                            int64_t n0, int64_t n1) {
-    if (T > k_split_tokens) {
+    if (T > k_widen_tokens) {
         rows_panel(y, ldy, x, T, w, K, n0, n1);
+        return;
+    }
+    if (T > k_split_tokens) {
+        int64_t n = n0;
+        for (; n + k_rows <= n1; n += k_rows) group_widen<k_rows>(y + n, ldy, x, T, w + n * K, K);
+        for (; n < n1; ++n) group_widen<1>(y + n, ldy, x, T, w + n * K, K);
         return;
     }
     // x split a k slice at a time (all T rows of it fit the stack buffer); every slice of W is read once.
