@@ -1,7 +1,8 @@
 # Front door over CMake. `make` builds the native library and its tests into build/; `make lib` builds only
 # libminicpm.so (what `npm run serve` needs: no tests, tools or static library, one line of output);
 # `make test-native` runs the native tests (ctest); `make bench` runs the engine benchmark on a
-# MiniCPM4-0.5B-shaped checkpoint kept in the cache directory.
+# MiniCPM4-0.5B-shaped checkpoint kept in the cache directory, and the bf16 matmuls of one such layer per CPU
+# kernel family against the peak of the instruction each issues (bench-kernels).
 BUILD ?= build
 JOBS  ?= $(shell nproc)
 BUN   ?= node_modules/.bin/bun
@@ -34,6 +35,7 @@ bench: native
 	@echo "bench checkpoint: $(CACHE)/bench-0.5b (random weights, MiniCPM4-0.5B shapes, about 830 MiB)"
 	@$(BUN) cli.ts make-checkpoint --preset 0.5b --out $(CACHE)/bench-0.5b --quiet-if-exists
 	@$(BUILD)/bench-engine $(CACHE)/bench-0.5b
+	@$(BUILD)/bench-kernels
 	@$(BUILD)/bench-prefix $(CACHE)/bench-0.5b 2048
 	@MINICPM_LIB=$(CURDIR)/$(BUILD)/libminicpm.so $(BUN) cli.ts bench --model $(CACHE)/bench-0.5b
 

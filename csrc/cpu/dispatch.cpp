@@ -1,7 +1,9 @@
 // Chooses the fast CPU kernels once, from cpuid (and, for AMX, the OS's permission to use tile state) on x86-64
 // and from the kernel's hwcaps on ARM64. Families, best first:
-//   x86-64: avx512+amx  AMX tiles for bf16 weights at T >= 5, vdpbf16ps below; AVX-512 FMA for f16/f32
-//           avx512bf16  vdpbf16ps for bf16 weights at every T (what Zen 4/5 run); AVX-512 FMA for f16/f32
+//   x86-64: avx512+amx  AMX tiles for bf16 weights at T >= 5, vdpbf16ps below; AVX-512 FMA for f16/f32;
+//                       attention over a bf16 KV cache with vdpbf16ps
+//           avx512bf16  vdpbf16ps for bf16 weights at every T (what Zen 4/5 run) and for attention over a bf16
+//                       KV cache; AVX-512 FMA for f16/f32
 //           avx512      exact: AVX-512 FMA (bf16 widened by shift, f16 by vcvtph2ps)
 //           avx2        exact: AVX2 + FMA + F16C
 //   ARM64:  neon+bf16+i8mm  bfdot (one token) / bfmmla (token pairs) for bf16 weights; smmla for q8/q4 weights
@@ -28,19 +30,19 @@ namespace minicpm {
 
 namespace {
 
-const cpu_kernel_table k_portable = {"portable", "", matmul_rows_portable, attention_task_portable, false,
+const cpu_kernel_table k_portable = {"portable", "", matmul_rows_portable, attention_task_portable, false, false,
                                      nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 
 #if defined(MINICPM_X86)
-const cpu_kernel_table k_avx2 = {"avx2", "avx2 fma f16c", matmul_rows_avx2, attention_task_avx2, false,
+const cpu_kernel_table k_avx2 = {"avx2", "avx2 fma f16c", matmul_rows_avx2, attention_task_avx2, false, false,
                                  nullptr, nullptr, 0, rms_norm_row_avx2, silu_mul_avx2, add_scaled_avx2};
 const cpu_kernel_table k_avx512 = {"avx512", "avx512f avx512bw avx512vl", matmul_rows_avx512, attention_task_avx512,
-                                   false, nullptr, nullptr, 0, rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
+                                   false, false, nullptr, nullptr, 0, rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 const cpu_kernel_table k_avx512bf16 = {"avx512bf16", "avx512f avx512bw avx512vl avx512_bf16", matmul_rows_avx512,
-                                       attention_task_avx512, false, bf16_pack_x_avx512,
+                                       attention_task_dpbf16_avx512, true, false, bf16_pack_x_avx512,
                                        matmul_rows_dpbf16_avx512, 32, rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 const cpu_kernel_table k_amx = {"avx512+amx", "avx512f avx512bw avx512vl avx512_bf16 amx_bf16", matmul_rows_avx512,
-                                attention_task_avx512, true, bf16_pack_x_avx512, matmul_rows_dpbf16_avx512, 32,
+                                attention_task_dpbf16_avx512, true, true, bf16_pack_x_avx512, matmul_rows_dpbf16_avx512, 32,
                                 rms_norm_row_avx512, silu_mul_avx512, add_scaled_avx512};
 
 struct x86_features {
@@ -71,13 +73,13 @@ x86_features detect() {
 #endif
 
 #if defined(__aarch64__)
-const cpu_kernel_table k_neon = {"neon", "asimd", matmul_rows_neon, attention_task_portable, false,
+const cpu_kernel_table k_neon = {"neon", "asimd", matmul_rows_neon, attention_task_portable, false, false,
                                  nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 const cpu_kernel_table k_neon_dotprod = {"neon+dotprod", "asimd asimddp", matmul_rows_neon, attention_task_portable,
-                                         false, nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable,
+                                         false, false, nullptr, nullptr, 0, rms_norm_row_portable, silu_mul_portable,
                                          add_scaled_portable};
 const cpu_kernel_table k_neon_bf16_i8mm = {"neon+bf16+i8mm", "asimd asimddp bf16 i8mm", matmul_rows_neon,
-                                           attention_task_portable, false, bf16_pack_x_neon, matmul_rows_bf16_neon, 8,
+                                           attention_task_portable, false, false, bf16_pack_x_neon, matmul_rows_bf16_neon, 8,
                                            rms_norm_row_portable, silu_mul_portable, add_scaled_portable};
 #endif
 

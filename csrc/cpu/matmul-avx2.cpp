@@ -1,5 +1,6 @@
-// AVX2 + FMA + F16C matmul for machines without AVX-512. Precision: exact f32 products of the widened
-// weights and f32 activations, f32 accumulation (summation order differs from the reference).
+// AVX2 + FMA + F16C matmul for machines without AVX-512: f32 and f16 weights here, bf16 weights in
+// matmul-bf16-avx2.cpp. Precision: exact f32 products of the widened weights and f32 activations, f32
+// accumulation (summation order differs from the reference).
 #include "cpu/cpu-common.h"
 #include "cpu/ops-fast.h"
 
@@ -17,10 +18,6 @@ namespace {
 template <dtype DT> inline __m256 load8(const uint8_t * row, int64_t k);
 template <> inline __m256 load8<dtype::f32>(const uint8_t * row, int64_t k) {
     return _mm256_loadu_ps((const float *) row + k);
-}
-template <> inline __m256 load8<dtype::bf16>(const uint8_t * row, int64_t k) {
-    const __m128i h = _mm_loadu_si128((const __m128i *) ((const uint16_t *) row + k));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 template <> inline __m256 load8<dtype::f16>(const uint8_t * row, int64_t k) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) ((const uint16_t *) row + k)));
@@ -94,7 +91,7 @@ void matmul_rows_avx2(float * y, int64_t ldy, const float * x, int64_t T, const 
     switch (wt) {
         case dtype::f32: rows<dtype::f32>(y, ldy, x, T, w, K, n0, n1); break;
         case dtype::f16: rows<dtype::f16>(y, ldy, x, T, w, K, n0, n1); break;
-        case dtype::bf16: rows<dtype::bf16>(y, ldy, x, T, w, K, n0, n1); break;
+        case dtype::bf16: matmul_rows_bf16_avx2(y, ldy, x, T, (const uint16_t *) w, K, n0, n1); break;
         default: break;  // quantized weights never reach the float kernels (fast_matmul routes them)
     }
 }

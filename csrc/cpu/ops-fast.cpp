@@ -4,7 +4,8 @@
 //   matmul AMX (bf16 weights, T >= 5) and BF16 dot products (vdpbf16ps, bfdot/bfmmla; bf16 weights, every T
 //   in the families that have them): activations rounded to bf16 once per call, exact products, f32
 //   accumulation. Which path runs is select_matmul_path() (ops-fast.h).
-//   attention: f32, online softmax over 64-token blocks, polynomial exp (~2 ulp).
+//   attention: f32, online softmax over 64-token blocks, polynomial exp (~2 ulp); in the families with
+//   attention_bf16 and a bf16 KV cache, q and the softmax weights are rounded to bf16 (attention_uses_bf16).
 //   rms_norm, rope, embed, kv_store, add_scaled: f32 as the reference; silu_mul: polynomial exp.
 #include "core/status.h"
 #include "cpu/cpu-common.h"

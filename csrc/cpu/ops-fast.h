@@ -22,8 +22,9 @@ typedef void (*attention_task_fn)(float * out, const float * q, const kv_layer &
                                   float * scratch);
 
 inline int64_t attention_scratch_floats(int32_t n_q, int32_t hd) {
-    // Kt[hd][64] + V[64][hd] + O[n_q][hd] + m[n_q] + l[n_q] + s[64]
-    return 2 * 64 * int64_t(hd) + int64_t(n_q) * (hd + 2) + 64;
+    // Kt[hd][64] + V[64][hd] + O[n_q][hd] + m[n_q] + l[n_q] + s[64]; the BF16 dot-product task also keeps
+    // 4 x 64 scores, 4 x 32 weight pairs and the queries as bf16 (n_q * hd / 2).
+    return 2 * 64 * int64_t(hd) + int64_t(n_q) * (hd + 2) + (int64_t(n_q) * hd + 1) / 2 + 4 * 64 + 4 * 32;
 }
 
 // BF16 dot-product kernels (vdpbf16ps, bfdot/bfmmla): activations are rounded to bf16 once per call into xb
@@ -45,6 +46,7 @@ struct cpu_kernel_table {
     const char *        features;  // space-separated CPU features this variant uses
     matmul_rows_fn      matmul_rows;     // exact FMA path: any weight dtype, f32 activations
     attention_task_fn   attention_task;
+    bool                attention_bf16;  // attention_task rounds q and p to bf16 where the KV cache is bf16
     bool                amx_bf16;        // bf16 weights with T >= k_amx_min_tokens go to the AMX kernel
     bf16_pack_x_fn      bf16_pack_x;     // nullptr: no bf16 dot-product path
     matmul_bf16_rows_fn matmul_bf16_rows;  // bf16 weights (below the AMX threshold where amx_bf16)
@@ -67,8 +69,15 @@ inline matmul_path select_matmul_path(const cpu_kernel_table & kt, dtype wt, int
 inline const char * matmul_path_name(matmul_path p) {
     return p == matmul_path::amx ? "amx" : p == matmul_path::dpbf16 ? "dpbf16" : "fma";
 }
+// Whether a family's attention runs BF16 dot products (q and p rounded to bf16, f32 accumulation) for this KV
+// layout, or exact f32 (the task falls back for other KV dtypes and head dims that are not a multiple of 16).
+inline bool attention_uses_bf16(const cpu_kernel_table & kt, dtype kv_type, int32_t hd) {
+    return kt.attention_bf16 && kv_type == dtype::bf16 && hd % 16 == 0;
+}
 // True when every op of the family is exact f32 (only summation order differs from the reference).
-inline bool cpu_kernels_exact(const cpu_kernel_table & kt) { return !kt.amx_bf16 && kt.matmul_bf16_rows == nullptr; }
+inline bool cpu_kernels_exact(const cpu_kernel_table & kt) {
+    return !kt.amx_bf16 && kt.matmul_bf16_rows == nullptr && !kt.attention_bf16;
+}
 
 const cpu_kernel_table & cpu_kernels();                   // the best variant, chosen once
 int                      cpu_kernel_variants(const cpu_kernel_table ** out, int cap);  // all runnable here
@@ -108,12 +117,19 @@ void silu_mul_avx512(float * out, const float * gate, const float * up, int64_t 
 void add_scaled_avx512(float * x, const float * a, float scale, int64_t n);
 void matmul_rows_avx2(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
                       int64_t n0, int64_t n1);
+// bf16 weights on AVX2 (matmul-bf16-avx2.cpp), called by matmul_rows_avx2; exact products as above.
+void matmul_rows_bf16_avx2(float * y, int64_t ldy, const float * x, int64_t T, const uint16_t * w, int64_t K,
+                           int64_t n0, int64_t n1);
 void attention_task_avx2(float * out, const float * q, const kv_layer & kv, const kv_segment & sg, int32_t r0,
                          int32_t r1, int32_t n_head, int32_t hk, int32_t group, float scale, float * scratch);
 void matmul_rows_avx512(float * y, int64_t ldy, const float * x, int64_t T, const void * w, dtype wt, int64_t K,
                         int64_t n0, int64_t n1);
 void attention_task_avx512(float * out, const float * q, const kv_layer & kv, const kv_segment & sg, int32_t r0,
                            int32_t r1, int32_t n_head, int32_t hk, int32_t group, float scale, float * scratch);
+// attention_task_avx512 with BF16 dot products for bf16 KV caches (falls back to it otherwise).
+void attention_task_dpbf16_avx512(float * out, const float * q, const kv_layer & kv, const kv_segment & sg,
+                                  int32_t r0, int32_t r1, int32_t n_head, int32_t hk, int32_t group, float scale,
+                                  float * scratch);
 void bf16_pack_x_avx512(uint16_t * xb, const float * x, int64_t K, int64_t Kp, int64_t t0, int64_t t1);
 void matmul_rows_dpbf16_avx512(float * y, int64_t ldy, const uint16_t * xb, int64_t Kp, int64_t T,
                                const uint16_t * w, int64_t K, int64_t n0, int64_t n1);

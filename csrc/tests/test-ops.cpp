@@ -32,6 +32,16 @@ constexpr double k_thr_exact = 1e-10;  // f32 products and accumulation; only su
 // Activations rounded to bf16 (relative step 2^-9), exact products, f32 sums: the AMX and BF16 dot-product
 // (vdpbf16ps, bfdot/bfmmla) paths. Measured ~4e-6 on uniform random inputs.
 constexpr double k_thr_bf16_act = 2e-5;
+// BF16 dot-product attention (attention_uses_bf16): q * scale and the softmax weights rounded to bf16, bf16 K
+// and V as stored, f32 accumulation. Stated bound; the measured NMSE is printed per case.
+constexpr double k_thr_bf16_attn = 2e-5;  // measured <= 4e-6 on these inputs
+
+double attention_thr(const cpu_kernel_table & kt, dtype kv, int32_t hd) {
+    return attention_uses_bf16(kt, kv, hd) ? k_thr_bf16_attn : k_thr_exact;
+}
+const char * attention_path(const cpu_kernel_table & kt, dtype kv, int32_t hd) {
+    return attention_uses_bf16(kt, kv, hd) ? "dpbf16" : "f32";
+}
 
 int g_failures = 0;
 int g_cases = 0;
@@ -92,7 +102,8 @@ tensor_desc plain(dtype t, int64_t rows, int64_t cols, const void * data) {
 void test_matmul(thread_pool & tp) {
     const dtype types[] = {dtype::bf16, dtype::f16, dtype::f32};
     // {9, 8200}: from T = 2 the split x no longer fits the AVX-512 decode kernel's stack buffer (fallback path),
-    // and the BF16 dot-product kernels split T into several token chunks. Odd N and K everywhere but {128, 1024};
+    // the AVX2 decode kernel splits K into slices, and the BF16 dot-product kernels and the AVX2 prefill kernel
+    // split T into several token chunks (and K into panel slices). Odd N and K everywhere but {128, 1024};
     // T covers every remainder of the 6-token (x86) and 4-token (bfmmla) tiles.
     const int64_t shapes[][2] = {{77, 1000}, {128, 1024}, {33, 64}, {100, 4096}, {5, 40}, {9, 8200}, {6, 7}};
     const int64_t Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 13, 17, 33, 100};
@@ -132,8 +143,9 @@ void test_kv_and_attention(thread_pool & tp) {
         {4, 4, 64, {{0, 1}, {63, 1}, {64, 1}, {65, 1}}},       // decode rows across block boundaries, group 1
         {16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}},             // MiniCPM4-0.5B heads: group 8, prefill + decode
         {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}},            // MiniCPM4-8B-like group 16, hd 128
-        {6, 3, 48, {{1, 5}, {127, 1}}},                        // head dim not a multiple of 16
-        {2, 1, 18, {{0, 3}, {60, 5}}},                         // nor of 4 (vector tails of the KV widening)
+        {6, 3, 48, {{1, 5}, {127, 1}}},                        // head dim not a multiple of 64
+        {4, 2, 40, {{3, 2}, {64, 1}}},                         // not a multiple of 16 (the exact task runs)
+        {2, 1, 18, {{0, 3}, {60, 5}}},                         // nor of 4 (vector tails of the ARM64 KV widening)
     };
     const dtype kv_types[] = {dtype::f32, dtype::bf16, dtype::f16};
     for (const attn_case & c : cases) {
@@ -187,9 +199,10 @@ void test_kv_and_attention(thread_pool & tp) {
                 std::string segdesc;
                 for (auto & s : c.segs) segdesc += " " + std::to_string(s.first) + "+" + std::to_string(s.second);
                 char name[160];
-                std::snprintf(name, sizeof(name), "attention %s kv=%s nh=%d nkv=%d hd=%d segs(past+rows):%s",
-                              kt->name, dtype_name(kvt), c.n_head, c.n_head_kv, c.hd, segdesc.c_str());
-                check(name, outr.data(), outf.data(), outr.size(), k_thr_exact);
+                std::snprintf(name, sizeof(name), "attention %s/%s kv=%s nh=%d nkv=%d hd=%d segs(past+rows):%s",
+                              kt->name, attention_path(*kt, kvt, c.hd), dtype_name(kvt), c.n_head, c.n_head_kv,
+                              c.hd, segdesc.c_str());
+                check(name, outr.data(), outf.data(), outr.size(), attention_thr(*kt, kvt, c.hd));
             }
         }
     }
@@ -201,8 +214,11 @@ void test_kv_and_attention(thread_pool & tp) {
 void test_tree_attention(thread_pool & tp) {
     struct tree_case {
         int32_t n_head, n_head_kv, hd, n_past, n_rows;
+        dtype   kv;  // bf16: the BF16 dot-product attention sees the mask too
     };
-    const tree_case cases[] = {{16, 2, 64, 0, 12}, {16, 2, 64, 70, 33}, {32, 2, 128, 60, 64}, {4, 4, 48, 127, 9}};
+    const tree_case cases[] = {{16, 2, 64, 0, 12, dtype::f32},   {16, 2, 64, 70, 33, dtype::f32},
+                               {32, 2, 128, 60, 64, dtype::f32}, {4, 4, 48, 127, 9, dtype::f32},
+                               {16, 2, 64, 70, 33, dtype::bf16}, {4, 4, 48, 127, 9, dtype::bf16}};
     for (const tree_case & c : cases) {
         const int32_t nb = (c.n_past + c.n_rows + 63) / 64;
         std::vector<int32_t> blocks(static_cast<size_t>(nb));
@@ -218,8 +234,9 @@ void test_tree_attention(thread_pool & tp) {
         kv_segment causal = {0, c.n_rows, c.n_past, blocks.data(), nullptr};
         kv_segment all_bits = {0, c.n_rows, c.n_past, blocks.data(), chain.data()};
         const size_t pool_elems = size_t(nb) * c.n_head_kv * 64 * c.hd;
-        auto kb = random_floats(pool_elems), vb = random_floats(pool_elems);
-        kv_layer kv = {dtype::f32, kb.data(), vb.data(), c.n_head_kv, c.hd};
+        const auto kf = random_floats(pool_elems), vf = random_floats(pool_elems);
+        auto kb = to_dtype(kf, c.kv), vb = to_dtype(vf, c.kv);
+        kv_layer kv = {c.kv, kb.data(), vb.data(), c.n_head_kv, c.hd};
         const auto q = random_floats(size_t(c.n_rows) * c.n_head * c.hd, -2.0f, 2.0f);
         const float scale = 1.0f / std::sqrt(float(c.hd));
         std::vector<float> outr(q.size()), outc(q.size()), outa(q.size());
@@ -245,9 +262,10 @@ void test_tree_attention(thread_pool & tp) {
         for (const cpu_kernel_table * kt : variants()) {
             std::vector<float> outf(q.size(), NAN);
             fast_attention(*kt, tp, outf.data(), q.data(), kv, &tree, 1, c.n_head, scale);
-            std::snprintf(name, sizeof(name), "attention %s tree nh=%d nkv=%d hd=%d past %d rows %d", kt->name,
-                          c.n_head, c.n_head_kv, c.hd, c.n_past, c.n_rows);
-            check(name, outr.data(), outf.data(), outr.size(), k_thr_exact);
+            std::snprintf(name, sizeof(name), "attention %s/%s tree kv=%s nh=%d nkv=%d hd=%d past %d rows %d",
+                          kt->name, attention_path(*kt, c.kv, c.hd), dtype_name(c.kv), c.n_head, c.n_head_kv, c.hd,
+                          c.n_past, c.n_rows);
+            check(name, outr.data(), outf.data(), outr.size(), attention_thr(*kt, c.kv, c.hd));
         }
     }
 }
