@@ -31,8 +31,7 @@ inline int64_t chunk_col(bool q4, int64_t p) { return q4 ? (p < 32 ? 2 * p : 2 *
 // Quantizes activation row x[K] into q (permuted as the weight format needs), lane scales ls[K/4] and group
 // sums gs[G].
 void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t * q, float * ls, float * gs) {
-    float   sx[k_step / k_block];
-    int32_t sum[k_step / k_block];
+    float sx[k_step / k_block];
     const int64_t G = ceil_div(K, group);
     for (int64_t g = 0; g < G; ++g) gs[g] = 0.0f;
     for (int64_t c = 0; c < K; c += k_step) {
@@ -49,13 +48,11 @@ void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t
                 tot += v;
             }
             sx[b] = s;
-            sum[b] = tot;
             gs[(c + b * k_block) / group] += s * float(tot);
         }
         for (int64_t p = 0; p < k_step; ++p) q[c + p] = qn[chunk_col(q4, p)];
         for (int64_t l = 0; l < k_step / 4; ++l) ls[(c + 4 * l) / 4] = sx[chunk_col(q4, 4 * l) / k_block];
     }
-    (void) sum;
 }
 
 // One stored row (K columns) into the u8 form.
@@ -87,11 +84,15 @@ void row_scales(const tensor_desc & w, int64_t n0, int64_t nr, float * ws, float
 
 const qmatmul_variant k_portable = {"portable", "", qdot_portable};
 #if defined(MINICPM_X86)
+// Batches of k_qgemm_min_rows tokens and more go to AMX; decode stays on the (memory-bound) VNNI dot kernel.
+const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 16};
+const qmatmul_variant k_amxint8 = {"amx-int8", "amx_tile amx_int8 avx512f avx512bw avx512_vnni", qdot_avx512vnni,
+                                   &k_amx_gemm};
 const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni};
 const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni};
 
 struct vnni_features {
-    bool avx512vnni = false, avxvnni = false;
+    bool avx512vnni = false, avxvnni = false, amxint8 = false;
 };
 
 vnni_features detect_vnni() {
@@ -109,6 +110,9 @@ vnni_features detect_vnni() {
     __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
     f.avx512vnni = os_avx512 && avx512f && avx512bw && avx512vl && avx512vnni && fma;
     f.avxvnni = os_avx && avx2 && fma && (a1 & (1u << 4));
+    const bool os_amx = (xlo & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA state enabled
+    const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
+    f.amxint8 = f.avx512vnni && os_amx && amx_tile && amx_int8 && amx_request_permission();
     return f;
 }
 #endif
@@ -123,6 +127,7 @@ int qmatmul_variants(const qmatmul_variant ** out, int cap) {
     };
 #if defined(MINICPM_X86)
     static const vnni_features f = detect_vnni();
+    if (f.amxint8) add(k_amxint8);
     if (f.avx512vnni) add(k_avx512vnni);
     if (f.avxvnni) add(k_avxvnni);
 #endif
@@ -131,10 +136,12 @@ int qmatmul_variants(const qmatmul_variant ** out, int cap) {
 }
 
 const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
-    const qmatmul_variant * v[4];
-    const int n = std::min(qmatmul_variants(v, 4), 4);
+    const qmatmul_variant * v[8];
+    const int n = std::min(qmatmul_variants(v, 8), 8);
     const bool wide = std::strncmp(kt.name, "avx512", 6) == 0, avx2 = std::strcmp(kt.name, "avx2") == 0;
+    const bool amx = kt.amx_bf16;  // the AMX family: its tiles are set up and permitted on this CPU
     for (int i = 0; i < n; ++i) {
+        if (std::strcmp(v[i]->name, "amx-int8") == 0 && amx) return *v[i];
         if (std::strcmp(v[i]->name, "avx512-vnni") == 0 && wide) return *v[i];
         if (std::strcmp(v[i]->name, "avx-vnni") == 0 && (wide || avx2)) return *v[i];
     }
@@ -144,11 +151,45 @@ const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
 bool qmatmul_supported(const tensor_desc & w) {
     if (!w.quantized() || w.perm != nullptr || w.cols % k_step != 0) return false;
     if (w.scale_type != dtype::f32 && w.scale_type != dtype::f16) return false;
-    return w.group_size >= w.cols || (w.group_size > 0 && w.group_size % k_step == 0);
+    return w.group_size >= w.cols || w.group_size == k_block || (w.group_size > 0 && w.group_size % k_step == 0);
 }
+
+namespace {
+
+// The batched path: activations into int8 tiles (tasks of 16 tokens), then tasks of 32 weight rows. Buffers
+// only grow, so a steady state allocates nothing.
+void qgemm(const qgemm_kernels & gk, thread_pool & tp, float * y, const float * x, const tensor_desc & w, int64_t T) {
+    const int64_t N = w.rows, K = w.cols, G = w.n_groups(), group = std::min<int64_t>(w.group_size, K);
+    const int64_t nkb = ceil_div(K, k_block), n_tb = ceil_div(T, 16);
+    const bool    q4 = w.type == dtype::q4;
+    static thread_local std::vector<int8_t> xa;
+    static thread_local std::vector<float>  sx;
+    xa.resize(size_t(n_tb * nkb * 512));
+    sx.resize(size_t(n_tb * nkb * 16));
+    int8_t * xap = xa.data();
+    float *  sxp = sx.data();
+    tp.run(n_tb, [&](int64_t i, int) { gk.pack_x(xap, sxp, x, T, K, q4, i * 16, i * 16 + 16); });
+    tp.run(ceil_div(N, 32), [&](int64_t i, int) {
+        static thread_local std::vector<float>  ws, wc;
+        static thread_local std::vector<int8_t> scratch;
+        const int64_t n0 = i * 32, nr = std::min<int64_t>(32, N - n0);
+        ws.resize(size_t(32 * G));
+        wc.resize(size_t(32 * G));
+        scratch.resize(size_t(qgemm_scratch_bytes(K)));
+        row_scales(w, n0, nr, ws.data(), wc.data());
+        gk.rows(y, N, xap, sxp, T, K, (const uint8_t *) w.data, q4, ws.data(), w.zeros, G, group, N, n0, nr,
+                scratch.data());
+    });
+}
+
+}  // namespace
 
 void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
              int64_t T) {
+    if (v.gemm != nullptr && T >= v.gemm->min_rows) {
+        qgemm(*v.gemm, tp, y, x, w, T);
+        return;
+    }
     const int64_t N = w.rows, K = w.cols, G = w.n_groups();
     const int64_t group = std::min<int64_t>(w.group_size, K), gsteps = group / k_step;
     const bool    q4 = w.type == dtype::q4;
@@ -197,6 +238,8 @@ void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls,
                    int64_t G, int64_t gsteps) {
     static thread_local std::vector<uint8_t> row;
     row.resize(size_t(K));
+    // Lane l of a 64-column step belongs to group (k + chunk_col(q4, 4 l)) / group (qmatmul.h).
+    const int64_t group = gsteps > 0 ? gsteps * k_step : k_block;
     for (int64_t r = 0; r < nr; ++r) {
         unpack_row(w + r * (q4 ? K / 2 : K), q4, K, row.data());
         const uint8_t * u = row.data();
@@ -204,19 +247,13 @@ void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls,
             const int8_t * q = xq + t * K;
             const float *  ls = xls + t * K / 4;
             float          tot = 0.0f, corr = 0.0f;
-            for (int64_t g = 0; g < G; ++g) {
-                float acc[16] = {};
-                for (int64_t k = g * gsteps * k_step; k < (g + 1) * gsteps * k_step; k += k_step)
-                    for (int64_t l = 0; l < 16; ++l) {
-                        int32_t d = 0;
-                        for (int64_t j = 0; j < 4; ++j) d += int32_t(u[k + 4 * l + j]) * int32_t(q[k + 4 * l + j]);
-                        acc[l] += float(d) * ls[k / 4 + l];
-                    }
-                float s = 0.0f;
-                for (int64_t l = 0; l < 16; ++l) s += acc[l];
-                tot += s * ws[r * G + g];
-                corr += wc[r * G + g] * xgs[t * G + g];
-            }
+            for (int64_t k = 0; k < K; k += k_step)
+                for (int64_t l = 0; l < 16; ++l) {
+                    int32_t d = 0;
+                    for (int64_t j = 0; j < 4; ++j) d += int32_t(u[k + 4 * l + j]) * int32_t(q[k + 4 * l + j]);
+                    tot += float(d) * ls[k / 4 + l] * ws[r * G + (k + chunk_col(q4, 4 * l)) / group];
+                }
+            for (int64_t g = 0; g < G; ++g) corr += wc[r * G + g] * xgs[t * G + g];
             y[t * ldy + n0 + r] = tot - corr;
         }
     }

@@ -94,9 +94,12 @@ void test_exact(thread_pool & tp, const qmatmul_variant & v) {
         int32_t group;
         bool    zeros;
     } cases[] = {{dtype::q8, 37, 256, 128, false}, {dtype::q8, 19, 192, 64, false}, {dtype::q8, 8, 128, 128, false},
-                 {dtype::q4, 33, 256, 128, false}, {dtype::q4, 21, 320, 64, true},  {dtype::q4, 6, 128, 128, true}};
+                 {dtype::q8, 45, 192, 32, false},  {dtype::q8, 33, 128, 1 << 20, false},
+                 {dtype::q4, 33, 256, 128, false}, {dtype::q4, 21, 320, 64, true},  {dtype::q4, 6, 128, 128, true},
+                 {dtype::q4, 27, 256, 32, true},   {dtype::q4, 40, 192, 32, false}};
+    // T >= 16 runs a variant's batched (AMX) path where it has one; odd N and T exercise the tile edges.
     for (const c & k : cases)
-        for (int64_t T : {1, 2, 5, 9}) {
+        for (int64_t T : {1, 2, 5, 9, 16, 37}) {
             qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, true);
             // integers in [-127, 127], each 32-block holding a +-127 so its scale is exactly 1
             std::vector<float> x(size_t(T * k.K));
@@ -119,10 +122,11 @@ void test_random(thread_pool & tp, const qmatmul_variant & v) {
         int64_t N, K;
         int32_t group;
         bool    zeros;
-    } cases[] = {{dtype::q8, 40, 512, 128, false}, {dtype::q8, 17, 256, 256, false}, {dtype::q4, 35, 512, 128, true},
-                 {dtype::q4, 16, 384, 64, false},  {dtype::q4, 24, 256, 256, true}};
+    } cases[] = {{dtype::q8, 40, 512, 128, false}, {dtype::q8, 17, 256, 256, false}, {dtype::q8, 50, 256, 32, false},
+                 {dtype::q4, 35, 512, 128, true},  {dtype::q4, 16, 384, 64, false},  {dtype::q4, 24, 256, 256, true},
+                 {dtype::q4, 33, 320, 32, true}};
     for (const c & k : cases)
-        for (int64_t T : {1, 4, 7, 33}) {
+        for (int64_t T : {1, 4, 7, 33, 64}) {
             qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, false);
             std::uniform_real_distribution<float> xd(-2.0f, 2.0f);
             std::vector<float> x(size_t(T * k.K));
@@ -225,7 +229,7 @@ void test_gptq_roundtrip() {
 void bench(thread_pool & tp, const qmatmul_variant & v) {
     for (dtype t : {dtype::q8, dtype::q4}) {
         qw w = random_weights(t, 1024, 1024, 128, t == dtype::q4, false);
-        for (int64_t T : {1, 64}) {
+        for (int64_t T : {1, 8, 64, 256}) {
             std::vector<float> x(size_t(T * 1024), 0.5f), y(size_t(T * 1024));
             int reps = 0;
             const auto t0 = std::chrono::steady_clock::now();
@@ -235,7 +239,7 @@ void bench(thread_pool & tp, const qmatmul_variant & v) {
                 ++reps;
                 el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             } while (el < 0.05);
-            std::printf("info %-12s %s 1024x1024 T=%-3lld %8.1f us  %7.1f GMAC/s  %6.1f GB/s of weights\n", v.name,
+            std::printf("info %-12s %s 1024x1024 g128 T=%-3lld %8.1f us  %7.1f GMAC/s  %6.1f GB/s of weights\n", v.name,
                         dtype_name(t), (long long) T, el / reps * 1e6, 1024.0 * 1024 * T * reps / el / 1e9,
                         double(w.d.bytes()) * reps / el / 1e9);
         }
