@@ -25,6 +25,13 @@ constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Round to nearest, ties to even (as nearbyint in the default mode) for |v| < 2^22, without a libm call per
+// element: adding and removing 1.5 * 2^23 leaves v rounded to an integer (IEEE arithmetic; no -ffast-math).
+inline float round_even(float v) {
+    constexpr float m = 12582912.0f;
+    return (v + m) - m;
+}
+
 // Position p inside a 64-column chunk -> the column it holds (q4: even columns first, then odd).
 inline int64_t chunk_col(bool q4, int64_t p) { return q4 ? (p < 32 ? 2 * p : 2 * (p - 32) + 1) : p; }
 
@@ -43,7 +50,7 @@ void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t
             const float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
             int32_t tot = 0;
             for (int64_t i = 0; i < k_block; ++i) {
-                const int32_t v = int32_t(std::nearbyint(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
+                const int32_t v = int32_t(round_even(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
                 qn[b * k_block + i] = int8_t(v);
                 tot += v;
             }
@@ -68,17 +75,35 @@ void unpack_row(const uint8_t * w, bool q4, int64_t K, uint8_t * u) {
     }
 }
 
-// f32 scales and scale * offset per group of rows [n0, n0 + nr).
+// A finite f16 as f32, exactly (normals and subnormals: the exponent is rebased by one multiply), branch-free so
+// that the loop below vectorizes: a per-element library call cost as much as streaming the weights it scales.
+inline float f16_finite_to_f32(uint16_t h) {
+    uint32_t bits = uint32_t(h & 0x7fffu) << 13;
+    float    f;
+    std::memcpy(&f, &bits, 4);
+    f *= 0x1p112f;
+    std::memcpy(&bits, &f, 4);
+    bits |= uint32_t(h & 0x8000u) << 16;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// f32 scales and scale * offset per group of rows [n0, n0 + nr) (contiguous: [rows][G]). Scales are finite
+// (checked at load).
 void row_scales(const tensor_desc & w, int64_t n0, int64_t nr, float * ws, float * wc) {
-    const int64_t G = w.n_groups();
-    for (int64_t r = 0; r < nr; ++r) {
-        const int64_t n = n0 + r;
-        for (int64_t g = 0; g < G; ++g) {
-            const float s = load_f32(w.scales, w.scale_type, n * G + g);
-            const float off = w.type == dtype::q8 ? 128.0f : float(w.zeros ? w.zeros[n * G + g] : 8);
-            ws[r * G + g] = s;
-            wc[r * G + g] = s * off;
-        }
+    const int64_t G = w.n_groups(), i0 = n0 * G, n = nr * G;
+    if (w.scale_type == dtype::f16) {
+        const uint16_t * s = (const uint16_t *) w.scales + i0;
+        for (int64_t i = 0; i < n; ++i) ws[i] = f16_finite_to_f32(s[i]);
+    } else {
+        std::memcpy(ws, (const float *) w.scales + i0, size_t(n) * 4);
+    }
+    if (w.type == dtype::q8) {
+        for (int64_t i = 0; i < n; ++i) wc[i] = ws[i] * 128.0f;
+    } else if (w.zeros) {
+        for (int64_t i = 0; i < n; ++i) wc[i] = ws[i] * float(w.zeros[i0 + i]);
+    } else {
+        for (int64_t i = 0; i < n; ++i) wc[i] = ws[i] * 8.0f;
     }
 }
 
