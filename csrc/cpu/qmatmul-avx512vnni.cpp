@@ -34,6 +34,26 @@ template <bool Q4> inline __m512i load_u8(const uint8_t * wq, int64_t K, int64_t
     return _mm512_xor_si512(_mm512_loadu_si512(wq + r * K + k), _mm512_set1_epi8(char(0x80)));
 }
 
+// q4, 128 columns [k, k + 128) of row r from one 64-byte load: lo = [chunk k even | chunk k + 64 even], hi = the
+// odd halves, in the u8 form. Half the unpacking work of two load_u8 calls; pair_x regroups the activations.
+inline void load_q4_pair(__m512i & lo, __m512i & hi, const uint8_t * wq, int64_t K, int64_t r, int64_t k) {
+    const __m512i b = _mm512_loadu_si512(wq + r * (K / 2) + k / 2);
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    lo = _mm512_and_si512(b, m);
+    hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m);
+}
+
+// Activations and lane scales of token row q / ls for columns [k, k + 128), regrouped like load_q4_pair.
+inline void pair_x(__m512i & xe, __m512i & xo, __m512 & le, __m512 & lo, const int8_t * q, const float * ls,
+                   int64_t k) {
+    const __m512i xa = _mm512_loadu_si512(q + k), xb = _mm512_loadu_si512(q + k + 64);
+    const __m512  la = _mm512_loadu_ps(ls + k / 4), lb = _mm512_loadu_ps(ls + k / 4 + 16);
+    xe = _mm512_shuffle_i64x2(xa, xb, 0x44);
+    xo = _mm512_shuffle_i64x2(xa, xb, 0xee);
+    le = _mm512_shuffle_f32x4(la, lb, 0x44);
+    lo = _mm512_shuffle_f32x4(la, lb, 0xee);
+}
+
 template <int R, int TT, bool Q4>
 inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t K,
                  const uint8_t * wq, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t t0,
@@ -48,7 +68,28 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
     const __m512i zero = _mm512_setzero_si512();
     if (gsteps == 0) {  // group 32: a step's lanes belong to groups 2s and 2s+1 (qmatmul.h)
         const __mmask16 odd = Q4 ? 0xf0f0 : 0xff00;
-        for (int64_t k = 0; k < K; k += 64) {
+        int64_t         k = 0;
+        // q4 pairs of steps: lanes 0-3, 4-7, 8-11, 12-15 of both halves belong to groups k/32 .. k/32 + 3.
+        const __m512i quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        for (; Q4 && k + 128 <= K; k += 128) {
+            __m512i lo[R], hi[R];
+            __m512  s[R];
+            for (int r = 0; r < R; ++r) {
+                load_q4_pair(lo[r], hi[r], wq, K, r0 + r, k);
+                s[r] = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(ws + (r0 + r) * G + k / 32)));
+            }
+            for (int t = 0; t < TT; ++t) {
+                __m512i xe, xo;
+                __m512  le, lo_s;
+                pair_x(xe, xo, le, lo_s, xq + (t0 + t) * K, xls + (t0 + t) * (K / 4), k);
+                for (int r = 0; r < R; ++r) {
+                    __m512 d = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, lo[r], xe)), le);
+                    d = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, hi[r], xo)), lo_s, d);
+                    tot[r][t] = _mm512_fmadd_ps(d, s[r], tot[r][t]);
+                }
+            }
+        }
+        for (; k < K; k += 64) {
             const int64_t g = k / 32;
             __m512i w[R];
             __m512  s[R];
@@ -75,7 +116,21 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
         const int64_t k0 = g * gsteps * 64, k1 = k0 + gsteps * 64;
-        for (int64_t k = k0; k < k1; k += 64) {
+        int64_t       k = k0;
+        for (; Q4 && k + 128 <= k1; k += 128) {
+            __m512i lo[R], hi[R];
+            for (int r = 0; r < R; ++r) load_q4_pair(lo[r], hi[r], wq, K, r0 + r, k);
+            for (int t = 0; t < TT; ++t) {
+                __m512i xe, xo;
+                __m512  le, lo_s;
+                pair_x(xe, xo, le, lo_s, xq + (t0 + t) * K, xls + (t0 + t) * (K / 4), k);
+                for (int r = 0; r < R; ++r) {
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, lo[r], xe)), le, acc[r][t]);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, hi[r], xo)), lo_s, acc[r][t]);
+                }
+            }
+        }
+        for (; k < k1; k += 64) {
             __m512i w[R];
             for (int r = 0; r < R; ++r) w[r] = load_u8<Q4>(wq, K, r0 + r, k);
             for (int t = 0; t < TT; ++t) {
