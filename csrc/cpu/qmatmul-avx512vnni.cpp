@@ -54,6 +54,15 @@ inline void pair_x(__m512i & xe, __m512i & xo, __m512 & le, __m512 & lo, const i
     lo = _mm512_shuffle_f32x4(la, lb, 0xee);
 }
 
+// Decode (one token, 4 rows): the rows of a task are contiguous, so while a tile streams rows r0 .. r0 + 3 it
+// prefetches the same columns of the next tile's rows, about R rows ahead. Each tile's rows are short streams
+// (1-4 KiB) that the hardware prefetcher barely ramps up on. Past the last row the prefetch is a harmless hint.
+template <int R, int TT, bool Q4> inline void prefetch_next(const uint8_t * wq, int64_t K, int64_t r0, int64_t k) {
+    if (TT != 1 || R < 4) return;
+    const int64_t row_bytes = Q4 ? K / 2 : K, col = Q4 ? k / 2 : k;
+    for (int r = 0; r < R; ++r) _mm_prefetch((const char *) (wq + (r0 + R + r) * row_bytes + col), _MM_HINT_T0);
+}
+
 template <int R, int TT, bool Q4>
 inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t K,
                  const uint8_t * wq, const float * ws, const float * wc, int64_t r0, int64_t n0, int64_t t0,
@@ -72,6 +81,7 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
         // q4 pairs of steps: lanes 0-3, 4-7, 8-11, 12-15 of both halves belong to groups k/32 .. k/32 + 3.
         const __m512i quad = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
         for (; Q4 && k + 128 <= K; k += 128) {
+            prefetch_next<R, TT, Q4>(wq, K, r0, k);
             __m512i lo[R], hi[R];
             __m512  s[R];
             for (int r = 0; r < R; ++r) {
@@ -90,6 +100,7 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
             }
         }
         for (; k < K; k += 64) {
+            prefetch_next<R, TT, Q4>(wq, K, r0, k);
             const int64_t g = k / 32;
             __m512i w[R];
             __m512  s[R];
@@ -118,6 +129,7 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
         const int64_t k0 = g * gsteps * 64, k1 = k0 + gsteps * 64;
         int64_t       k = k0;
         for (; Q4 && k + 128 <= k1; k += 128) {
+            prefetch_next<R, TT, Q4>(wq, K, r0, k);
             __m512i lo[R], hi[R];
             for (int r = 0; r < R; ++r) load_q4_pair(lo[r], hi[r], wq, K, r0 + r, k);
             for (int t = 0; t < TT; ++t) {
@@ -131,6 +143,7 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
             }
         }
         for (; k < k1; k += 64) {
+            prefetch_next<R, TT, Q4>(wq, K, r0, k);
             __m512i w[R];
             for (int r = 0; r < R; ++r) w[r] = load_u8<Q4>(wq, K, r0 + r, k);
             for (int t = 0; t < TT; ++t) {

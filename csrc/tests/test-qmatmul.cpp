@@ -248,14 +248,14 @@ void bench(thread_pool & tp, const qmatmul_variant & v) {
     }
 }
 
-// --bench: batch-1 to 8 decode through a weight set far larger than the caches (DRAM-bound), and a prefill-sized
+// --bench: batch 1, 8 and 16 decode through a weight set far larger than the caches (DRAM-bound), and a prefill-sized
 // batch, per variant: GB/s of weights streamed and GMAC/s. Informational; not part of the test run.
 void bench_large(thread_pool & tp, const qmatmul_variant & v) {
     for (dtype t : {dtype::q8, dtype::q4})
         for (int32_t group : {32, 128}) {
             const int64_t N = t == dtype::q8 ? 131072 : 262144, K = 1024;
             qw w = random_weights(t, N, K, group, false, false);
-            for (int64_t T : {1, 8}) {
+            for (int64_t T : {1, 8, 16}) {
                 std::vector<float> x(size_t(T * K), 0.5f), y(size_t(T * N));
                 qmatmul(v, tp, y.data(), x.data(), w.d, T);
                 double best = 1e30;
