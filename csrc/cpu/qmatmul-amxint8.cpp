@@ -1,8 +1,9 @@
-// AMX-INT8 kernel of the quantized matmul for batches (see qmatmul.h, qgemm_kernels): C = X . W^T with tdpbssd
-// (s8 x s8 -> s32) per 32 columns, then C converted to f32 and scaled by the activation block scale and the
-// weight group scale. Activations are the A operand (16 tokens x 32 int8, quantized per row in blocks of 32 like
-// the dot path), weights the B operand: each task unpacks its 32 weight rows once into the VNNI tile layout as
-// signed int8 (q8 as stored, q4 nibble - zero point), reused for every token block.
+// AMX-INT8 kernel of the quantized matmul for batches (see qmatmul.h, qgemm_kernels): C^T = W . X^T with
+// tdpbssd (s8 x s8 -> s32) per 32 columns, then C converted to f32 and scaled by the weight group scale and the
+// activation block scale. The weights are the A operand (16 rows x 32 int8): q8 is read in place in its stored
+// row-major layout, so a small batch streams it once with no repacking; q4 rows are unpacked once per task into
+// signed int8 (nibble - zero point). The activations (quantized per row in blocks of 32 like the dot path) are
+// the B operand in the VNNI layout.
 #include "cpu/ops-fast.h"
 #include "cpu/qmatmul.h"
 
@@ -12,6 +13,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+
+#include <cstring>
 
 namespace minicpm {
 
@@ -25,8 +28,8 @@ struct tile_config {
     uint8_t  rows[16];
 };
 
-// Tiles 0-3: C (16 tokens x 16 weight rows, s32); 4-5: A (16 tokens x 32 int8); 6-7: B (8 column quads x 16
-// weight rows x 4 int8). Written through a volatile object: GCC 12 may drop plain stores that only
+// Tiles 0-3: C (16 weight rows x 16 tokens, s32); 4-5: A (16 weight rows x 32 int8); 6-7: B (8 column quads x
+// 16 tokens x 4 int8). Written through a volatile object: GCC 12 may drop plain stores that only
 // _tile_loadconfig reads (CPU_NOTES.md).
 void load_config() {
     alignas(64) volatile tile_config cfg;
@@ -73,66 +76,59 @@ void transpose16(__m512i r[16]) {
     }
 }
 
-// 64 columns [c, c + 64) of one stored weight row as signed int8 in the activation order (q4: per 32 columns
-// [16 even | 16 odd], minus the zero point of each 32-column block's group); columns past K are zero.
-inline __m512i weight_chunk(const uint8_t * row, bool q4, int64_t c, int64_t K, int32_t z0, int32_t z1) {
-    const int64_t left = K - c;
-    if (!q4) {
-        const __mmask64 m = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-        return _mm512_maskz_loadu_epi8(m, row + c);
-    }
+// 64 columns [c, c + 64) of one stored q4 row as signed int8 in the activation order (per 32 columns [16 even |
+// 16 odd]), minus the zero point of each 32-column block's group; columns past K are zero.
+inline __m512i q4_chunk(const uint8_t * row, int64_t c, int64_t K, int32_t z0, int32_t z1) {
+    const int64_t   left = K - c;
     const __mmask32 m = left >= 64 ? ~__mmask32(0) : (__mmask32(1) << (left / 2)) - 1;
-    const __m512i b = _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m, row + c / 2));
+    const __m512i   b = _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m, row + c / 2));
     // 128-bit lanes [bytes 0-15, bytes 0-15, bytes 16-31, bytes 16-31]; lanes 1 and 3 take the high nibbles.
     __m512i v = _mm512_shuffle_i64x2(b, b, _MM_SHUFFLE(1, 1, 0, 0));
     v = _mm512_mask_srli_epi16(v, __mmask32(0xff00ff00u), v, 4);
     v = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
-    const __m512i z = _mm512_inserti64x4(_mm512_set1_epi8(char(z0)), _mm256_set1_epi8(char(z1)), 1);
+    const __m512i   z = _mm512_inserti64x4(_mm512_set1_epi8(char(z0)), _mm256_set1_epi8(char(z1)), 1);
     const __mmask64 keep = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
     return _mm512_maskz_sub_epi8(keep, v, z);
 }
 
-// Weight rows [n, n + 32) (rows past N are zero) into dst: per 32-column block kb two B tiles of 512 bytes (rows
-// n .. n + 15, then n + 16 .. n + 31), each 8 column quads x 16 rows x 4 int8.
-void pack_weights(int8_t * dst, const uint8_t * w, bool q4, const uint8_t * zeros, int64_t K, int64_t N,
-                  int64_t G, int64_t group, int64_t n) {
-    const int64_t row_bytes = q4 ? K / 2 : K, nkb = (K + 31) / 32;
-    for (int h = 0; h < 2; ++h)
+// Rows [n, n + 32) of the weight as signed int8 rows of ld bytes in dst (rows past N zero): q4 unpacked, q8
+// copied (only for a block that runs past N, so that tile loads stay inside the tensor).
+void unpack_rows(int8_t * dst, int64_t ld, const uint8_t * w, bool q4, const uint8_t * zeros, int64_t K, int64_t N,
+                 int64_t G, int64_t group, int64_t n) {
+    for (int i = 0; i < 32; ++i) {
+        const int64_t row = n + i;
         for (int64_t c = 0; c < K; c += 64) {
-            __m512i r[16];
-            for (int i = 0; i < 16; ++i) {
-                const int64_t row = n + 16 * h + i;
-                if (row >= N) {
-                    r[i] = _mm512_setzero_si512();
-                    continue;
-                }
+            __m512i v = _mm512_setzero_si512();
+            if (row < N && q4) {
                 const int64_t g0 = c / group, g1 = (c + 32) / group < G ? (c + 32) / group : g0;
                 const int32_t z0 = zeros ? zeros[row * G + g0] : 8, z1 = zeros ? zeros[row * G + g1] : 8;
-                r[i] = weight_chunk(w + row * row_bytes, q4, c, K, z0, z1);
+                v = q4_chunk(w + row * (K / 2), c, K, z0, z1);
+            } else if (row < N) {
+                const int64_t   left = K - c;
+                const __mmask64 m = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+                v = _mm512_maskz_loadu_epi8(m, w + row * K + c);
             }
-            transpose16(r);
-            const int64_t kb = c / 32;
-            int8_t * d0 = dst + (kb * 2 + h) * 512;
-            for (int q = 0; q < 8; ++q) _mm512_storeu_si512(d0 + q * 64, r[q]);
-            if (kb + 1 < nkb) {
-                int8_t * d1 = dst + ((kb + 1) * 2 + h) * 512;
-                for (int q = 0; q < 8; ++q) _mm512_storeu_si512(d1 + q * 64, r[8 + q]);
-            }
+            _mm512_storeu_si512(dst + i * ld + c, v);
         }
+    }
 }
 
-// acc[16 tokens][32 rows] += float(c[16][16] pair) * sx[token] * sw[32 rows].
-inline void accumulate(float * acc, const int32_t * c0, const int32_t * c1, const float * sx, const float * sw,
-                       int n_tok) {
-    const __m512 w0 = _mm512_loadu_ps(sw), w1 = _mm512_loadu_ps(sw + 16);
-    for (int t = 0; t < n_tok; ++t) {
-        const __m512 s = _mm512_set1_ps(sx[t]);
-        float * a = acc + t * 32;
-        const __m512 f0 = _mm512_cvtepi32_ps(_mm512_loadu_si512(c0 + t * 16));
-        const __m512 f1 = _mm512_cvtepi32_ps(_mm512_loadu_si512(c1 + t * 16));
-        _mm512_storeu_ps(a, _mm512_fmadd_ps(f0, _mm512_mul_ps(s, w0), _mm512_loadu_ps(a)));
-        _mm512_storeu_ps(a + 16, _mm512_fmadd_ps(f1, _mm512_mul_ps(s, w1), _mm512_loadu_ps(a + 16)));
+// acc[16 weight rows][32 tokens, row stride 32] += float(c) * sw[row] * sx[token] for the token block of c.
+inline void accumulate(float * acc, const int32_t * c, const float * sw, __m512 sx) {
+    for (int r = 0; r < 16; ++r) {
+        float * a = acc + r * 32;
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_loadu_si512(c + r * 16));
+        _mm512_storeu_ps(a, _mm512_fmadd_ps(f, _mm512_mul_ps(_mm512_set1_ps(sw[r]), sx), _mm512_loadu_ps(a)));
     }
+}
+
+// acc[16 rows][16 tokens] (row stride 32) transposed into y[token][row] for tokens < n_tok, rows < n_rows.
+void store_transposed(float * y, int64_t ldy, const float * acc, int n_rows, int n_tok) {
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_castps_si512(_mm512_loadu_ps(acc + i * 32));
+    transpose16(r);
+    const __mmask16 m = n_rows >= 16 ? __mmask16(0xffff) : __mmask16((1u << n_rows) - 1);
+    for (int t = 0; t < n_tok; ++t) _mm512_mask_storeu_ps(y + t * ldy, m, _mm512_castsi512_ps(r[t]));
 }
 
 }  // namespace
@@ -147,10 +143,10 @@ void qgemm_pack_x_amx(int8_t * xa, float * sx, const float * x, int64_t T, int64
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t tb = t / 16, tr = t % 16;
         for (int64_t kb = 0; kb < nkb; ++kb) {
-            int8_t * dst = xa + (tb * nkb + kb) * 512 + tr * 32;
+            int8_t * dst = xa + (tb * nkb + kb) * 512 + tr * 4;
             float *  s = sx + (tb * nkb + kb) * 16 + tr;
             if (t >= T) {  // padding tokens of the last block
-                _mm256_storeu_si256((__m256i *) dst, _mm256_setzero_si256());
+                for (int q = 0; q < 8; ++q) std::memset(dst + q * 64, 0, 4);
                 *s = 0.0f;
                 continue;
             }
@@ -170,8 +166,11 @@ void qgemm_pack_x_amx(int8_t * xa, float * sx, const float * x, int64_t T, int64
             const __m512 vinv = _mm512_set1_ps(inv), lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
             const __m512i q0 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(lo, vinv), nlim), lim));
             const __m512i q1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(hi, vinv), nlim), lim));
-            _mm_storeu_si128((__m128i *) dst, _mm512_cvtsepi32_epi8(q0));
-            _mm_storeu_si128((__m128i *) (dst + 16), _mm512_cvtsepi32_epi8(q1));
+            // The row's 8 column quads go to rows 0..7 of the B tile, at this token's 4-byte slot.
+            const __m256i  bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtsepi32_epi8(q0)),
+                                                           _mm512_cvtsepi32_epi8(q1), 1);
+            const __m256i  quad_rows = _mm256_set_epi32(448, 384, 320, 256, 192, 128, 64, 0);
+            _mm256_i32scatter_epi32(dst, quad_rows, bytes, 1);
             *s = scale;
         }
     }
@@ -181,52 +180,67 @@ void qgemm_rows_amx(float * y, int64_t ldy, const int8_t * xa, const float * sx,
                     const uint8_t * w, bool q4, const float * ws, const uint8_t * zeros, int64_t G, int64_t group,
                     int64_t N, int64_t n0, int64_t nr, int8_t * scratch) {
     const int64_t nkb = (K + 31) / 32, Tp = (T + 15) / 16 * 16;
+    // Unpacked rows get a stride 64 bytes past a multiple of 64, so that 16 tile rows do not share an L1 set.
+    const int64_t ld_unpacked = (K + 63) / 64 * 64 + 64;
     alignas(64) int32_t c[4][256];
-    alignas(64) float   acc[32 * 32];
-    float * sw = (float *) (scratch + 32 * ((K + 63) / 64 * 64));  // [nkb][32] scale of each block's group
+    alignas(64) float   acc[32 * 32];  // [32 weight rows][32 tokens]
+    float * sw = (float *) (scratch + 32 * ld_unpacked);  // [nkb][32]: each block's group scale per row
     amx_request_permission();  // process-wide once granted; cached per thread
     load_config();
     for (int64_t nb = n0; nb < n0 + nr; nb += 32) {
         const int rows = int(N - nb < 32 ? N - nb : 32);
-        pack_weights(scratch, w, q4, zeros, K, N, G, group, nb);
+        const int8_t * a = (const int8_t *) w + nb * K;
+        int64_t        lda = K;
+        if (q4 || rows < 32) {
+            unpack_rows(scratch, ld_unpacked, w, q4, zeros, K, N, G, group, nb);
+            a = scratch;
+            lda = ld_unpacked;
+        }
         for (int64_t kb = 0; kb < nkb; ++kb)
             for (int r = 0; r < 32; ++r) sw[kb * 32 + r] = r < rows ? ws[(nb - n0 + r) * G + kb * 32 / group] : 0.0f;
         for (int64_t tp = 0; tp < Tp; tp += 32) {
             const int n_tok = int(T - tp < 32 ? T - tp : 32);
             const int tok0 = n_tok < 16 ? n_tok : 16, tok1 = n_tok - tok0;
-            const int8_t * a0 = xa + (tp / 16) * nkb * 512;
-            const int8_t * a1 = a0 + nkb * 512;
+            const int8_t * b0 = xa + (tp / 16) * nkb * 512;
+            const int8_t * b1 = b0 + nkb * 512;
             const float *  s0 = sx + (tp / 16) * nkb * 16;
             const float *  s1 = s0 + nkb * 16;
             for (int i = 0; i < 32 * 32; ++i) acc[i] = 0.0f;
             for (int64_t kb = 0; kb < nkb; ++kb) {
                 _tile_zero(0);
-                _tile_zero(1);
-                _tile_loadd(4, a0 + kb * 512, 32);
-                _tile_loadd(6, scratch + kb * 1024, 64);
-                _tile_loadd(7, scratch + kb * 1024 + 512, 64);
+                _tile_zero(2);
+                _tile_loadd(4, a + kb * 32, lda);
+                _tile_loadd(5, a + 16 * lda + kb * 32, lda);
+                _tile_loadd(6, b0 + kb * 512, 64);
                 _tile_dpbssd(0, 4, 6);
-                _tile_dpbssd(1, 4, 7);
-                _tile_stored(0, c[0], 64);
-                _tile_stored(1, c[1], 64);
+                _tile_dpbssd(2, 5, 6);
                 if (tok1 > 0) {
-                    _tile_zero(2);
+                    _tile_zero(1);
                     _tile_zero(3);
-                    _tile_loadd(5, a1 + kb * 512, 32);
-                    _tile_dpbssd(2, 5, 6);
+                    _tile_loadd(7, b1 + kb * 512, 64);
+                    _tile_dpbssd(1, 4, 7);
                     _tile_dpbssd(3, 5, 7);
-                    _tile_stored(2, c[2], 64);
-                    _tile_stored(3, c[3], 64);
                 }
-                accumulate(acc, c[0], c[1], s0 + kb * 16, sw + kb * 32, tok0);
-                if (tok1 > 0) accumulate(acc + 16 * 32, c[2], c[3], s1 + kb * 16, sw + kb * 32, tok1);
+                _tile_stored(0, c[0], 64);
+                _tile_stored(2, c[2], 64);
+                const __m512 sx0 = _mm512_loadu_ps(s0 + kb * 16);
+                accumulate(acc, c[0], sw + kb * 32, sx0);
+                accumulate(acc + 16 * 32, c[2], sw + kb * 32 + 16, sx0);
+                if (tok1 > 0) {
+                    _tile_stored(1, c[1], 64);
+                    _tile_stored(3, c[3], 64);
+                    const __m512 sx1 = _mm512_loadu_ps(s1 + kb * 16);
+                    accumulate(acc + 16, c[1], sw + kb * 32, sx1);
+                    accumulate(acc + 16 * 32 + 16, c[3], sw + kb * 32 + 16, sx1);
+                }
             }
-            const __mmask16 m0 = rows >= 16 ? __mmask16(0xffff) : __mmask16((1u << rows) - 1);
-            const __mmask16 m1 = rows >= 32 ? __mmask16(0xffff) : rows > 16 ? __mmask16((1u << (rows - 16)) - 1) : 0;
-            for (int t = 0; t < n_tok; ++t) {
-                float * yr = y + (tp + t) * ldy + nb;
-                _mm512_mask_storeu_ps(yr, m0, _mm512_loadu_ps(acc + t * 32));
-                if (m1) _mm512_mask_storeu_ps(yr + 16, m1, _mm512_loadu_ps(acc + t * 32 + 16));
+            const int rows0 = rows < 16 ? rows : 16, rows1 = rows - rows0;
+            float * yb = y + tp * ldy + nb;
+            store_transposed(yb, ldy, acc, rows0, tok0);
+            if (tok1 > 0) store_transposed(yb + 16 * ldy, ldy, acc + 16, rows0, tok1);
+            if (rows1 > 0) {
+                store_transposed(yb + 16, ldy, acc + 16 * 32, rows1, tok0);
+                if (tok1 > 0) store_transposed(yb + 16 * ldy + 16, ldy, acc + 16 * 32 + 16, rows1, tok1);
             }
         }
     }

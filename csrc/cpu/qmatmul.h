@@ -35,8 +35,9 @@ typedef void (*qdot_fn)(float * y, int64_t ldy, const int8_t * xq, const float *
 
 // The batched path of a variant (AMX-INT8), used for T >= min_rows when K and the group are multiples of 32.
 // Activations are quantized per row in blocks of 32 exactly as for the dot path (same int8 values), laid out
-// as tiles: per 16-token block tb and 32-column block kb, 512 bytes (16 rows x 32 int8) at xa + (tb * nkb + kb)
-// * 512, q4 columns ordered per 32-column block [16 even | 16 odd]; their scales at sx + (tb * nkb + kb) * 16.
+// as VNNI tiles: per 16-token block tb and 32-column block kb, 512 bytes at xa + (tb * nkb + kb) * 512, 8 rows
+// of column quads x 16 tokens x 4 int8 (q4 columns ordered per 32-column block [16 even | 16 odd]); the 16
+// tokens' scales at sx + (tb * nkb + kb) * 16.
 struct qgemm_kernels {
     // Rows [t0, t1) of x[T,K] into xa / sx; rows from T up to the next multiple of 16 become zero.
     void (*pack_x)(int8_t * xa, float * sx, const float * x, int64_t T, int64_t K, bool q4, int64_t t0,
@@ -49,8 +50,8 @@ struct qgemm_kernels {
                  int64_t N, int64_t n0, int64_t nr, int8_t * scratch);
     int64_t min_rows;
 };
-// 32 weight rows in tile order + their scales per 32-column block.
-inline int64_t qgemm_scratch_bytes(int64_t K) { return 32 * ((K + 63) / 64 * 64) + 4 * (K + 31) / 32 * 32; }
+// 32 unpacked weight rows (row stride K rounded up to 64, plus 64) + their scales per 32-column block.
+inline int64_t qgemm_scratch_bytes(int64_t K) { return 32 * ((K + 63) / 64 * 64 + 64) + 4 * (K + 31) / 32 * 32; }
 
 struct qmatmul_variant {
     const char *          name;      // "amx-int8", "avx512-vnni", "avx-vnni", "portable"
