@@ -287,7 +287,9 @@ void bench_large(thread_pool & tp, const qmatmul_variant & v) {
 }  // namespace
 
 int main(int argc, char ** argv) {
-    const bool large = argc > 1 && std::string(argv[1]) == "--bench";
+    // --bench [VARIANT]: the DRAM-sized timings only (of one variant when named), no tests.
+    const bool   large = argc > 1 && std::string(argv[1]) == "--bench";
+    const char * only = argc > 2 ? argv[2] : nullptr;
     thread_pool tp(2);
     const qmatmul_variant * v[8];
     const int n = std::min(qmatmul_variants(v, 8), 8);
@@ -312,7 +314,7 @@ int main(int argc, char ** argv) {
         }
     if (large) {
         for (const qmatmul_variant * q : all)
-            if (std::strcmp(q->name, "portable") != 0) bench_large(tp, *q);
+            if (only ? std::strcmp(q->name, only) == 0 : std::strcmp(q->name, "portable") != 0) bench_large(tp, *q);
         return 0;
     }
     for (const qmatmul_variant * q : all) {
