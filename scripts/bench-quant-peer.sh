@@ -50,7 +50,7 @@ for r in json.load(sys.stdin):
 # One locked section per weight width (about 100 s each), so that a locked run stays short.
 section() {
     flock /tmp/minicpm-bench.lock bash -c "
-        echo \"--- round $1, $(date -u +%H:%M:%S) UTC, load \$(cut -d' ' -f1-3 /proc/loadavg) on \$(nproc) cpus\"
+        echo \"--- round $1, \$(date -u +%H:%M:%S) UTC, load \$(cut -d' ' -f1-3 /proc/loadavg) on \$(nproc) cpus\"
         $(declare -f ours llama)
         CKPT='$CKPT' THREADS=$THREADS LLAMA_BIN='$LLAMA_BIN' WORK='$WORK'
         $2
