@@ -99,6 +99,7 @@ void unpack_rows(int8_t * dst, int64_t ld, const uint8_t * w, bool q4, const uin
         const int64_t row = n + i;
         for (int64_t c = 0; c < K; c += 64) {
             __m512i v = _mm512_setzero_si512();
+            _mm_prefetch((const char *) (w + (row + 1) * (q4 ? K / 2 : K) + (q4 ? c / 2 : c)), _MM_HINT_T0);
             if (row < N && q4) {
                 const int64_t g0 = c / group, g1 = (c + 32) / group < G ? (c + 32) / group : g0;
                 const int32_t z0 = zeros ? zeros[row * G + g0] : 8, z1 = zeros ? zeros[row * G + g1] : 8;
@@ -111,6 +112,15 @@ void unpack_rows(int8_t * dst, int64_t ld, const uint8_t * w, bool q4, const uin
             _mm512_storeu_si512(dst + i * ld + c, v);
         }
     }
+}
+
+// Tile loads of weights read in place gather 32 rows one stride apart, more streams than the hardware
+// prefetcher follows: the first token pair fetches each row's line k_pf_blocks 32-column blocks ahead, and past
+// the row's end the start of the next 32-row block (a hint: prefetches past the tensor do not fault).
+constexpr int64_t k_pf_blocks = 8;
+inline void prefetch_ahead(const int8_t * a, int64_t K, int64_t c) {
+    const int8_t * p = c < K ? a + c : a + 32 * K + (c - K);
+    for (int r = 0; r < 32; ++r) _mm_prefetch((const char *) (p + r * K), _MM_HINT_T0);
 }
 
 // acc[16 weight rows][32 tokens, row stride 32] += float(c) * sw[row] * sx[token] for the token block of c.
@@ -191,7 +201,8 @@ void qgemm_rows_amx(float * y, int64_t ldy, const int8_t * xa, const float * sx,
         const int rows = int(N - nb < 32 ? N - nb : 32);
         const int8_t * a = (const int8_t *) w + nb * K;
         int64_t        lda = K;
-        if (q4 || rows < 32) {
+        const bool     in_place = !q4 && rows == 32;
+        if (!in_place) {
             unpack_rows(scratch, ld_unpacked, w, q4, zeros, K, N, G, group, nb);
             a = scratch;
             lda = ld_unpacked;
@@ -207,6 +218,7 @@ void qgemm_rows_amx(float * y, int64_t ldy, const int8_t * xa, const float * sx,
             const float *  s1 = s0 + nkb * 16;
             for (int i = 0; i < 32 * 32; ++i) acc[i] = 0.0f;
             for (int64_t kb = 0; kb < nkb; ++kb) {
+                if (in_place && tp == 0 && kb % 2 == 0) prefetch_ahead(a, K, (kb + k_pf_blocks) * 32);
                 _tile_zero(0);
                 _tile_zero(2);
                 _tile_loadd(4, a + kb * 32, lda);
