@@ -109,8 +109,9 @@ void row_scales(const tensor_desc & w, int64_t n0, int64_t nr, float * ws, float
 
 const qmatmul_variant k_portable = {"portable", "", qdot_portable};
 #if defined(MINICPM_X86)
-// Batches of k_qgemm_min_rows tokens and more go to AMX; decode stays on the (memory-bound) VNNI dot kernel.
-const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 16};
+// Batches of 8 rows and more go to AMX: below that the VNNI dot kernel keeps up with memory; from 8 rows on its
+// per-token conversions make it compute-bound while AMX (weights streamed once, prefetched) is not.
+const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 8};
 const qmatmul_variant k_amxint8 = {"amx-int8", "amx_tile amx_int8 avx512f avx512bw avx512_vnni", qdot_avx512vnni,
                                    &k_amx_gemm};
 const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni};
