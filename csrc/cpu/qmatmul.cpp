@@ -21,7 +21,7 @@ namespace {
 
 constexpr int64_t k_block = 32;      // activation quantization block
 constexpr int64_t k_step = 64;       // columns per kernel step
-constexpr int64_t k_rows_task = 16;  // granularity of the weight rows per task
+constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -239,19 +239,15 @@ void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float
         tp.run(n_act, act);
     }
 
-    // Tasks of 16 to 128 rows, about 8 per thread: a decode step runs tens of thousands of rows, and a task's fixed
-    // cost (scales, tile set-up, sums) is paid per task. A small matrix (under ~256 KiB of weights per token
-    // group) stays on this thread.
-    const int64_t rows_task =
-        std::clamp<int64_t>(N / (8 * int64_t(tp.size())) / k_rows_task * k_rows_task, k_rows_task, 8 * k_rows_task);
-    const int64_t n_tasks = ceil_div(N, rows_task);
+    // Tasks of k_rows_task rows; a small matrix (under ~256 KiB of weights per token group) stays on this thread.
+    const int64_t n_tasks = ceil_div(N, k_rows_task);
     const bool    small = int64_t(w.bytes()) * std::min<int64_t>(T, 4) < (int64_t(256) << 10);
     const int64_t row_bytes = q4 ? K / 2 : K;
     auto task = [&](int64_t i, int) {
         static thread_local std::vector<float> ws, wc;
-        ws.resize(size_t(rows_task * G));
-        wc.resize(size_t(rows_task * G));
-        const int64_t n0 = i * rows_task, nr = std::min(rows_task, N - n0);
+        ws.resize(size_t(k_rows_task * G));
+        wc.resize(size_t(k_rows_task * G));
+        const int64_t n0 = i * k_rows_task, nr = std::min(k_rows_task, N - n0);
         row_scales(w, n0, nr, ws.data(), wc.data());
         v.dot(y, N, xqp, xlsp, xgsp, T, K, (const uint8_t *) w.data + n0 * row_bytes, q4, ws.data(), wc.data(), nr,
               n0, G, gsteps);
