@@ -10,7 +10,7 @@
 # Env:   LLAMA_BIN  llama.cpp's build/bin (llama-bench, llama-quantize), built by ../shared/tools/llama-peer.sh;
 #                   default /tmp/llama-peer-kernels/build/bin
 #        TO_GGUF    the checkpoint converter, default ../shared/tools/to_gguf.py
-#        WORK       where the GGUFs are written (about 1.6 GB), default /tmp/minicpm-quant-peer
+#        WORK       where the GGUFs are written (about 1.6 GB; delete when done), default /tmp/quant-peer
 #        THREADS    default 2
 # Ours: build/bench-engine (prefill = 512-token prompt, best of 5; decode = best step of 12 at batch 1, 8, 32).
 # llama.cpp: llama-bench -p 512 -n 128 -r 3: the mean and the best of 3 runs. Ours: the best prefill of 5 and
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
 LLAMA_BIN=${LLAMA_BIN:-/tmp/llama-peer-kernels/build/bin}
 TO_GGUF=${TO_GGUF:-../shared/tools/to_gguf.py}
-WORK=${WORK:-/tmp/minicpm-quant-peer}
+WORK=${WORK:-/tmp/quant-peer}
 THREADS=${THREADS:-2}
 CACHE=${MINICPM_CACHE:-$HOME/.cache/minicpm-edge}
 CKPT=$CACHE/bench-0.5b
