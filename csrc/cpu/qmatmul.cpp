@@ -25,14 +25,20 @@ constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Round to nearest, ties to even (as nearbyint in the default mode) for |v| < 2^22, without a libm call per
+// element: adding and removing 1.5 * 2^23 leaves v rounded to an integer (IEEE arithmetic; no -ffast-math).
+inline float round_even(float v) {
+    constexpr float m = 12582912.0f;
+    return (v + m) - m;
+}
+
 // Position p inside a 64-column chunk -> the column it holds (q4: even columns first, then odd).
 inline int64_t chunk_col(bool q4, int64_t p) { return q4 ? (p < 32 ? 2 * p : 2 * (p - 32) + 1) : p; }
 
 // Quantizes activation row x[K] into q (permuted as the weight format needs), lane scales ls[K/4] and group
 // sums gs[G].
 void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t * q, float * ls, float * gs) {
-    float   sx[k_step / k_block];
-    int32_t sum[k_step / k_block];
+    float sx[k_step / k_block];
     const int64_t G = ceil_div(K, group);
     for (int64_t g = 0; g < G; ++g) gs[g] = 0.0f;
     for (int64_t c = 0; c < K; c += k_step) {
@@ -44,18 +50,16 @@ void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t
             const float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
             int32_t tot = 0;
             for (int64_t i = 0; i < k_block; ++i) {
-                const int32_t v = int32_t(std::nearbyint(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
+                const int32_t v = int32_t(round_even(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
                 qn[b * k_block + i] = int8_t(v);
                 tot += v;
             }
             sx[b] = s;
-            sum[b] = tot;
             gs[(c + b * k_block) / group] += s * float(tot);
         }
         for (int64_t p = 0; p < k_step; ++p) q[c + p] = qn[chunk_col(q4, p)];
         for (int64_t l = 0; l < k_step / 4; ++l) ls[(c + 4 * l) / 4] = sx[chunk_col(q4, 4 * l) / k_block];
     }
-    (void) sum;
 }
 
 // One stored row (K columns) into the u8 form.
@@ -71,27 +75,50 @@ void unpack_row(const uint8_t * w, bool q4, int64_t K, uint8_t * u) {
     }
 }
 
-// f32 scales and scale * offset per group of rows [n0, n0 + nr).
+// A finite f16 as f32, exactly (normals and subnormals: the exponent is rebased by one multiply), branch-free so
+// that the loop below vectorizes: a per-element library call cost as much as streaming the weights it scales.
+inline float f16_finite_to_f32(uint16_t h) {
+    uint32_t bits = uint32_t(h & 0x7fffu) << 13;
+    float    f;
+    std::memcpy(&f, &bits, 4);
+    f *= 0x1p112f;
+    std::memcpy(&bits, &f, 4);
+    bits |= uint32_t(h & 0x8000u) << 16;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// f32 scales and scale * offset per group of rows [n0, n0 + nr) (contiguous: [rows][G]). Scales are finite
+// (checked at load).
 void row_scales(const tensor_desc & w, int64_t n0, int64_t nr, float * ws, float * wc) {
-    const int64_t G = w.n_groups();
-    for (int64_t r = 0; r < nr; ++r) {
-        const int64_t n = n0 + r;
-        for (int64_t g = 0; g < G; ++g) {
-            const float s = load_f32(w.scales, w.scale_type, n * G + g);
-            const float off = w.type == dtype::q8 ? 128.0f : float(w.zeros ? w.zeros[n * G + g] : 8);
-            ws[r * G + g] = s;
-            wc[r * G + g] = s * off;
-        }
+    const int64_t G = w.n_groups(), i0 = n0 * G, n = nr * G;
+    if (w.scale_type == dtype::f16) {
+        const uint16_t * s = (const uint16_t *) w.scales + i0;
+        for (int64_t i = 0; i < n; ++i) ws[i] = f16_finite_to_f32(s[i]);
+    } else {
+        std::memcpy(ws, (const float *) w.scales + i0, size_t(n) * 4);
+    }
+    if (w.type == dtype::q8) {
+        for (int64_t i = 0; i < n; ++i) wc[i] = ws[i] * 128.0f;
+    } else if (w.zeros) {
+        for (int64_t i = 0; i < n; ++i) wc[i] = ws[i] * float(w.zeros[i0 + i]);
+    } else {
+        for (int64_t i = 0; i < n; ++i) wc[i] = ws[i] * 8.0f;
     }
 }
 
 const qmatmul_variant k_portable = {"portable", "", qdot_portable};
 #if defined(MINICPM_X86)
+// Batches of 8 rows and more go to AMX: below that the VNNI dot kernel keeps up with memory; from 8 rows on its
+// per-token conversions make it compute-bound while AMX (weights streamed once, prefetched) is not.
+const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 8};
+const qmatmul_variant k_amxint8 = {"amx-int8", "amx_tile amx_int8 avx512f avx512bw avx512_vnni", qdot_avx512vnni,
+                                   &k_amx_gemm};
 const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni};
 const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni};
 
 struct vnni_features {
-    bool avx512vnni = false, avxvnni = false;
+    bool avx512vnni = false, avxvnni = false, amxint8 = false;
 };
 
 vnni_features detect_vnni() {
@@ -109,6 +136,9 @@ vnni_features detect_vnni() {
     __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
     f.avx512vnni = os_avx512 && avx512f && avx512bw && avx512vl && avx512vnni && fma;
     f.avxvnni = os_avx && avx2 && fma && (a1 & (1u << 4));
+    const bool os_amx = (xlo & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA state enabled
+    const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
+    f.amxint8 = f.avx512vnni && os_amx && amx_tile && amx_int8 && amx_request_permission();
     return f;
 }
 #endif
@@ -128,6 +158,7 @@ int qmatmul_variants(const qmatmul_variant ** out, int cap) {
     };
 #if defined(MINICPM_X86)
     static const vnni_features f = detect_vnni();
+    if (f.amxint8) add(k_amxint8);
     if (f.avx512vnni) add(k_avx512vnni);
     if (f.avxvnni) add(k_avxvnni);
 #endif
@@ -142,10 +173,12 @@ int qmatmul_variants(const qmatmul_variant ** out, int cap) {
 }
 
 const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
-    const qmatmul_variant * v[4];
-    const int n = std::min(qmatmul_variants(v, 4), 4);
+    const qmatmul_variant * v[8];
+    const int n = std::min(qmatmul_variants(v, 8), 8);
     const bool wide = std::strncmp(kt.name, "avx512", 6) == 0, avx2 = std::strcmp(kt.name, "avx2") == 0;
+    const bool amx = kt.amx_bf16;  // the AMX family: its tiles are set up and permitted on this CPU
     for (int i = 0; i < n; ++i) {
+        if (std::strcmp(v[i]->name, "amx-int8") == 0 && amx) return *v[i];
         if (std::strcmp(v[i]->name, "avx512-vnni") == 0 && wide) return *v[i];
         if (std::strcmp(v[i]->name, "avx-vnni") == 0 && (wide || avx2)) return *v[i];
         if (std::strcmp(v[i]->name, "neon-i8mm") == 0 && std::strstr(kt.name, "+i8mm")) return *v[i];
@@ -158,11 +191,45 @@ const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
 bool qmatmul_supported(const tensor_desc & w) {
     if (!w.quantized() || w.perm != nullptr || w.cols % k_step != 0) return false;
     if (w.scale_type != dtype::f32 && w.scale_type != dtype::f16) return false;
-    return w.group_size >= w.cols || (w.group_size > 0 && w.group_size % k_step == 0);
+    return w.group_size >= w.cols || w.group_size == k_block || (w.group_size > 0 && w.group_size % k_step == 0);
 }
+
+namespace {
+
+// The batched path: activations into int8 tiles (tasks of 16 tokens), then tasks of 32 weight rows. Buffers
+// only grow, so a steady state allocates nothing.
+void qgemm(const qgemm_kernels & gk, thread_pool & tp, float * y, const float * x, const tensor_desc & w, int64_t T) {
+    const int64_t N = w.rows, K = w.cols, G = w.n_groups(), group = std::min<int64_t>(w.group_size, K);
+    const int64_t nkb = ceil_div(K, k_block), n_tb = ceil_div(T, 16);
+    const bool    q4 = w.type == dtype::q4;
+    static thread_local std::vector<int8_t> xa;
+    static thread_local std::vector<float>  sx;
+    xa.resize(size_t(n_tb * nkb * 512));
+    sx.resize(size_t(n_tb * nkb * 16));
+    int8_t * xap = xa.data();
+    float *  sxp = sx.data();
+    tp.run(n_tb, [&](int64_t i, int) { gk.pack_x(xap, sxp, x, T, K, q4, i * 16, i * 16 + 16); });
+    tp.run(ceil_div(N, 32), [&](int64_t i, int) {
+        static thread_local std::vector<float>  ws, wc;
+        static thread_local std::vector<int8_t> scratch;
+        const int64_t n0 = i * 32, nr = std::min<int64_t>(32, N - n0);
+        ws.resize(size_t(32 * G));
+        wc.resize(size_t(32 * G));
+        scratch.resize(size_t(qgemm_scratch_bytes(K)));
+        row_scales(w, n0, nr, ws.data(), wc.data());
+        gk.rows(y, N, xap, sxp, T, K, (const uint8_t *) w.data, q4, ws.data(), w.zeros, G, group, N, n0, nr,
+                scratch.data());
+    });
+}
+
+}  // namespace
 
 void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
              int64_t T) {
+    if (v.gemm != nullptr && T >= v.gemm->min_rows) {
+        qgemm(*v.gemm, tp, y, x, w, T);
+        return;
+    }
     const int64_t N = w.rows, K = w.cols, G = w.n_groups();
     const int64_t group = std::min<int64_t>(w.group_size, K), gsteps = group / k_step;
     const bool    q4 = w.type == dtype::q4;
@@ -211,6 +278,8 @@ void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls,
                    int64_t G, int64_t gsteps) {
     static thread_local std::vector<uint8_t> row;
     row.resize(size_t(K));
+    // Lane l of a 64-column step belongs to group (k + chunk_col(q4, 4 l)) / group (qmatmul.h).
+    const int64_t group = gsteps > 0 ? gsteps * k_step : k_block;
     for (int64_t r = 0; r < nr; ++r) {
         unpack_row(w + r * (q4 ? K / 2 : K), q4, K, row.data());
         const uint8_t * u = row.data();
@@ -218,19 +287,13 @@ void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls,
             const int8_t * q = xq + t * K;
             const float *  ls = xls + t * K / 4;
             float          tot = 0.0f, corr = 0.0f;
-            for (int64_t g = 0; g < G; ++g) {
-                float acc[16] = {};
-                for (int64_t k = g * gsteps * k_step; k < (g + 1) * gsteps * k_step; k += k_step)
-                    for (int64_t l = 0; l < 16; ++l) {
-                        int32_t d = 0;
-                        for (int64_t j = 0; j < 4; ++j) d += int32_t(u[k + 4 * l + j]) * int32_t(q[k + 4 * l + j]);
-                        acc[l] += float(d) * ls[k / 4 + l];
-                    }
-                float s = 0.0f;
-                for (int64_t l = 0; l < 16; ++l) s += acc[l];
-                tot += s * ws[r * G + g];
-                corr += wc[r * G + g] * xgs[t * G + g];
-            }
+            for (int64_t k = 0; k < K; k += k_step)
+                for (int64_t l = 0; l < 16; ++l) {
+                    int32_t d = 0;
+                    for (int64_t j = 0; j < 4; ++j) d += int32_t(u[k + 4 * l + j]) * int32_t(q[k + 4 * l + j]);
+                    tot += float(d) * ls[k / 4 + l] * ws[r * G + (k + chunk_col(q4, 4 * l)) / group];
+                }
+            for (int64_t g = 0; g < G; ++g) corr += wc[r * G + g] * xgs[t * G + g];
             y[t * ldy + n0 + r] = tot - corr;
         }
     }

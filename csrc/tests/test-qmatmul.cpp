@@ -18,7 +18,9 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 using namespace minicpm;
@@ -95,9 +97,12 @@ void test_exact(thread_pool & tp, const qmatmul_variant & v) {
         int32_t group;
         bool    zeros;
     } cases[] = {{dtype::q8, 37, 256, 128, false}, {dtype::q8, 19, 192, 64, false}, {dtype::q8, 8, 128, 128, false},
-                 {dtype::q4, 33, 256, 128, false}, {dtype::q4, 21, 320, 64, true},  {dtype::q4, 6, 128, 128, true}};
+                 {dtype::q8, 45, 192, 32, false},  {dtype::q8, 33, 128, 1 << 20, false},
+                 {dtype::q4, 33, 256, 128, false}, {dtype::q4, 21, 320, 64, true},  {dtype::q4, 6, 128, 128, true},
+                 {dtype::q4, 27, 256, 32, true},   {dtype::q4, 40, 192, 32, false}};
+    // T >= 8 runs a variant's batched (AMX) path where it has one; odd N and T exercise the tile edges.
     for (const c & k : cases)
-        for (int64_t T : {1, 2, 5, 9}) {
+        for (int64_t T : {1, 2, 5, 9, 16, 37}) {
             qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, true);
             // integers in [-127, 127], each 32-block holding a +-127 so its scale is exactly 1
             std::vector<float> x(size_t(T * k.K));
@@ -108,7 +113,7 @@ void test_exact(thread_pool & tp, const qmatmul_variant & v) {
             qmatmul(v, tp, got.data(), x.data(), w.d, T);
             int64_t bad = 0;
             for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != got[i];
-            check(bad == 0, "exact %-12s %s g=%d%s N=%lld K=%lld T=%lld: %lld of %zu results differ", v.name,
+            check(bad == 0, "exact %-14s %s g=%d%s N=%lld K=%lld T=%lld: %lld of %zu results differ", v.name,
                   dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K, (long long) T,
                   (long long) bad, ref.size());
         }
@@ -139,10 +144,11 @@ void test_random(thread_pool & tp, const qmatmul_variant & v) {
         int64_t N, K;
         int32_t group;
         bool    zeros;
-    } cases[] = {{dtype::q8, 40, 512, 128, false}, {dtype::q8, 17, 256, 256, false}, {dtype::q4, 35, 512, 128, true},
-                 {dtype::q4, 16, 384, 64, false},  {dtype::q4, 24, 256, 256, true}};
+    } cases[] = {{dtype::q8, 40, 512, 128, false}, {dtype::q8, 17, 256, 256, false}, {dtype::q8, 50, 256, 32, false},
+                 {dtype::q4, 35, 512, 128, true},  {dtype::q4, 16, 384, 64, false},  {dtype::q4, 24, 256, 256, true},
+                 {dtype::q4, 33, 320, 32, true}};
     for (const c & k : cases)
-        for (int64_t T : {1, 4, 7, 33}) {
+        for (int64_t T : {1, 4, 7, 33, 64}) {
             qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, false);
             std::uniform_real_distribution<float> xd(-2.0f, 2.0f);
             std::vector<float> x(size_t(T * k.K));
@@ -153,7 +159,7 @@ void test_random(thread_pool & tp, const qmatmul_variant & v) {
             double nmse = 0;
             const double rel = rel_err(ref, got, &nmse);
             // int8 activations per 32: relative step 1/127 per element; random-walk sums give NMSE ~1e-5.
-            check(nmse < 1e-4 && rel < 2e-2, "random %-11s %s g=%d%s N=%lld K=%lld T=%lld: max rel %.3e nmse %.3e (thr 1e-4)",
+            check(nmse < 1e-4 && rel < 2e-2, "random %-14s %s g=%d%s N=%lld K=%lld T=%lld: max rel %.3e nmse %.3e (thr 1e-4)",
                   v.name, dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K,
                   (long long) T, rel, nmse);
         }
@@ -245,7 +251,7 @@ void test_gptq_roundtrip() {
 void bench(thread_pool & tp, const qmatmul_variant & v) {
     for (dtype t : {dtype::q8, dtype::q4}) {
         qw w = random_weights(t, 1024, 1024, 128, t == dtype::q4, false);
-        for (int64_t T : {1, 64}) {
+        for (int64_t T : {1, 8, 64, 256}) {
             std::vector<float> x(size_t(T * 1024), 0.5f), y(size_t(T * 1024));
             int reps = 0;
             const auto t0 = std::chrono::steady_clock::now();
@@ -255,16 +261,55 @@ void bench(thread_pool & tp, const qmatmul_variant & v) {
                 ++reps;
                 el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             } while (el < 0.05);
-            std::printf("info %-12s %s 1024x1024 T=%-3lld %8.1f us  %7.1f GMAC/s  %6.1f GB/s of weights\n", v.name,
+            std::printf("info %-14s %s 1024x1024 g128 T=%-3lld %8.1f us  %7.1f GMAC/s  %6.1f GB/s of weights\n", v.name,
                         dtype_name(t), (long long) T, el / reps * 1e6, 1024.0 * 1024 * T * reps / el / 1e9,
                         double(w.d.bytes()) * reps / el / 1e9);
         }
     }
 }
 
+// --bench: batch 1, 8 and 16 decode through a weight set far larger than the caches (DRAM-bound), and a prefill-sized
+// batch, per variant: GB/s of weights streamed and GMAC/s. Informational; not part of the test run.
+void bench_large(thread_pool & tp, const qmatmul_variant & v) {
+    for (dtype t : {dtype::q8, dtype::q4})
+        for (int32_t group : {32, 128}) {
+            const int64_t N = t == dtype::q8 ? 131072 : 262144, K = 1024;
+            qw w = random_weights(t, N, K, group, false, false);
+            for (int64_t T : {1, 8, 16}) {
+                std::vector<float> x(size_t(T * K), 0.5f), y(size_t(T * N));
+                qmatmul(v, tp, y.data(), x.data(), w.d, T);
+                double best = 1e30;
+                for (int r = 0; r < 5; ++r) {
+                    const auto t0 = std::chrono::steady_clock::now();
+                    qmatmul(v, tp, y.data(), x.data(), w.d, T);
+                    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                }
+                std::printf("bench %-14s %s g%-3d %lldx%lld T=%lld: %7.2f ms  %6.1f GB/s of weights  %6.1f GMAC/s\n",
+                            v.name, dtype_name(t), group, (long long) N, (long long) K, (long long) T, best * 1e3,
+                            double(w.d.bytes()) / best / 1e9, double(N * K * T) / best / 1e9);
+            }
+        }
+    for (dtype t : {dtype::q8, dtype::q4}) {
+        qw w = random_weights(t, 4096, 1024, 32, false, false);
+        const int64_t T = 512;
+        std::vector<float> x(size_t(T * 1024), 0.5f), y(size_t(T * 4096));
+        double best = 1e30;
+        for (int r = 0; r < 3; ++r) {
+            const auto t0 = std::chrono::steady_clock::now();
+            qmatmul(v, tp, y.data(), x.data(), w.d, T);
+            best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        std::printf("bench %-14s %s g32  4096x1024 T=512: %7.2f ms  %6.1f GMAC/s\n", v.name, dtype_name(t), best * 1e3,
+                    4096.0 * 1024 * T / best / 1e9);
+    }
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char ** argv) {
+    // --bench [VARIANT]: the DRAM-sized timings only (of one variant when named), no tests.
+    const bool   large = argc > 1 && std::string(argv[1]) == "--bench";
+    const char * only = argc > 2 ? argv[2] : nullptr;
     thread_pool tp(2);
     const qmatmul_variant * v[8];
     const int n = std::min(qmatmul_variants(v, 8), 8);
@@ -273,12 +318,31 @@ int main() {
     std::printf("\n");
     test_rtn();
     test_gptq_roundtrip();
-    for (int i = 0; i < n; ++i) {
-        test_exact(tp, *v[i]);
-        test_extremes(tp, *v[i]);
-        test_random(tp, *v[i]);
+    // A variant with a batched path is also run with that path at every T (min_rows 1), so that its tile edges
+    // are tested at small T too and the two paths can be timed side by side.
+    std::vector<qgemm_kernels>   forced_gemm(size_t(n) + 1);
+    std::vector<qmatmul_variant> forced(size_t(n) + 1);
+    std::vector<std::string>     forced_names(size_t(n) + 1);
+    std::vector<const qmatmul_variant *> all(v, v + n);
+    for (int i = 0; i < n; ++i)
+        if (v[i]->gemm != nullptr) {
+            forced_gemm[size_t(i)] = *v[i]->gemm;
+            forced_gemm[size_t(i)].min_rows = 1;
+            forced_names[size_t(i)] = std::string(v[i]->name) + "(T>=1)";
+            forced[size_t(i)] = {forced_names[size_t(i)].c_str(), v[i]->features, v[i]->dot, &forced_gemm[size_t(i)]};
+            all.push_back(&forced[size_t(i)]);
+        }
+    if (large) {
+        for (const qmatmul_variant * q : all)
+            if (only ? std::strcmp(q->name, only) == 0 : std::strcmp(q->name, "portable") != 0) bench_large(tp, *q);
+        return 0;
     }
-    for (int i = 0; i < n; ++i) bench(tp, *v[i]);
+    for (const qmatmul_variant * q : all) {
+        test_exact(tp, *q);
+        test_extremes(tp, *q);
+        test_random(tp, *q);
+    }
+    for (const qmatmul_variant * q : all) bench(tp, *q);
     std::printf("%d cases, %d failed\n", g_cases, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

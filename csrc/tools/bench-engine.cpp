@@ -1,4 +1,4 @@
-// bench-engine MODEL_DIR [n_threads]: the `make bench` program. Measures, through the public C API only, the
+// bench-engine MODEL_DIR [n_threads] [q8|q4] [quant_group]: the `make bench` program. Measures, through the public C API only, the
 // machine's memory read bandwidth, prefill and decode throughput (batch 1, 8 and 32) and how close batch-1
 // decode comes to the memory roofline. Each figure is the best of several runs: the machine may be shared.
 #include "minicpm.h"
@@ -147,7 +147,7 @@ std::string kernel_family(minicpm_model_t * model, int32_t n_threads) {
 
 int main(int argc, char ** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: bench-engine MODEL_DIR [n_threads] [q8|q4]\n");
+        std::fprintf(stderr, "usage: bench-engine MODEL_DIR [n_threads] [q8|q4] [quant_group]\n");
         return 2;
     }
     const int32_t n_threads = argc > 2 ? std::atoi(argv[2]) : 0;
@@ -171,6 +171,7 @@ int main(int argc, char ** argv) {
         std::fprintf(stderr, "bench-engine: quantize must be q8 or q4, got '%s'\n", quant.c_str());
         return 2;
     }
+    if (argc > 4) mp.quant_group_size = std::atoi(argv[4]);  // 32 matches llama.cpp's Q8_0 / Q4_0 blocks
     minicpm_model_t * model = nullptr;
     int32_t rc = minicpm_model_load(argv[1], &mp, &model);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_load", rc);
@@ -187,7 +188,7 @@ int main(int argc, char ** argv) {
     const int32_t n_prefill = 512, ctx_len = 64, n_rounds = 12, n_seq_max = 1 + 8 + 32;
     minicpm_context_params cp;
     minicpm_context_default_params(&cp);
-    cp.n_ctx = n_prefill + 64;
+    cp.n_ctx = n_prefill + 64 + 128;
     cp.n_seq_max = n_seq_max;
     cp.n_threads = n_threads;
     cp.kv_dtype = MINICPM_DTYPE_BF16;
@@ -223,15 +224,23 @@ int main(int argc, char ** argv) {
         step32 = std::min(step32, decode_step_s(bc, 9, 32, r));
     }
 
+    // 128 consecutive batch-1 steps, as llama-bench's tg128 measures (a mean, not a best step).
+    const int32_t n_tg = 128;
+    double tg_s = 0;
+    for (int32_t i = 0; i < n_tg; ++i) tg_s += decode_step_s(bc, 0, 1, n_rounds + i);
+
     std::printf("memory read bandwidth: %.1f GB/s (%d threads x 256 MiB, best of %d)\n", bw, bw_threads, n_rounds);
     // Decode roofline: every weight byte once per step (a tied head is the embedding, read in full) + KV reads.
     const double step_bytes = double(info.weight_bytes) + double(info.kv_bytes_per_token) * (ctx_len + n_rounds / 2);
-    std::printf("weights: %s, %.1f MB, %.2f bits/weight; decode roofline %.1f tok/s at %.1f GB/s\n",
-                quant.empty() ? "as stored" : quant.c_str(), double(info.weight_bytes) / 1e6,
+    std::printf("weights: %s%s, %.1f MB, %.2f bits/weight; decode roofline %.1f tok/s at %.1f GB/s\n",
+                quant.empty() ? "as stored" : quant.c_str(),
+                quant.empty() ? "" : (" group " + std::to_string(mp.quant_group_size > 0 ? mp.quant_group_size : 128)).c_str(), double(info.weight_bytes) / 1e6,
                 double(info.weight_bytes) * 8.0 / double(info.n_params), bw * 1e9 / step_bytes, bw);
     std::printf("prefill: %.1f tok/s (%d-token prompt, best of 5)\n", n_prefill / best_prefill, n_prefill);
     std::printf("decode batch 1: %.1f tok/s (context %d-%d, best step of %d)\n", 1.0 / step1, ctx_len,
                 ctx_len + n_rounds, n_rounds);
+    std::printf("decode batch 1, %d steps: %.1f tok/s (mean, context %d-%d)\n", n_tg, n_tg / tg_s, ctx_len + n_rounds,
+                ctx_len + n_rounds + n_tg);
     std::printf("decode batch 8: %.1f tok/s aggregate (%.2fx batch 1)\n", 8.0 / step8, step1 / step8 * 8.0);
     std::printf("decode batch 32: %.1f tok/s aggregate (%.2fx batch 1)\n", 32.0 / step32, step1 / step32 * 32.0);
 
@@ -248,6 +257,7 @@ int main(int argc, char ** argv) {
                 double(weight_bytes) / 1e6, double(kv_bytes) / 1e6);
     std::printf("batch-1 roofline: %.0f%% (%.1f GB/s of %.1f GB/s; roofline %.1f tok/s)\n",
                 100.0 * bytes / step1 / 1e9 / bw, bytes / step1 / 1e9, bw, bw * 1e9 / bytes);
+    std::printf("batch-1 roofline over %d steps: %.0f%% (mean step)\n", n_tg, 100.0 * bytes / (tg_s / n_tg) / 1e9 / bw);
 
     std::printf("load average after: %s (other processes share these cores: figures are best-of-N)\n",
                 load_average().c_str());
