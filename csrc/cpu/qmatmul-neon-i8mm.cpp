@@ -128,6 +128,12 @@ void mm_run(float * y, int64_t ldy, const int8_t * xq, const float * xls, const 
 void qdot_neon_i8mm(float * y, int64_t ldy, const int8_t * xq, const float * xls, const float * xgs, int64_t T,
                     int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                     int64_t G, int64_t gsteps) {
+    // Group 32 puts two groups in each 64-column step; the sdot kernel scales per block, so it takes those.
+    if (gsteps == 0) {
+        if (q4) run<true>(y, ldy, xq, xls, xgs, T, K, w, ws, wc, nr, n0, G, gsteps);
+        else run<false>(y, ldy, xq, xls, xgs, T, K, w, ws, wc, nr, n0, G, gsteps);
+        return;
+    }
     if (q4) {
         mm_run<true>(y, ldy, xq, xls, xgs, T, K, w, ws, wc, nr, n0, G, gsteps);
     } else {

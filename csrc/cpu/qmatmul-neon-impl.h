@@ -39,6 +39,28 @@ inline void tile(float * y, int64_t ldy, const int8_t * xq, const float * xls, c
             tot[r][t] = vdupq_n_f32(0.0f);
             corr[r][t] = 0.0f;
         }
+    if (gsteps == 0) {  // group 32: activation blocks 0 and 1 of chunk k are the groups k/32 and k/32 + 1
+        for (int64_t k = 0; k < K; k += 64) {
+            int8x16_t wv[R][4];
+            for (int r = 0; r < R; ++r) load_w<Q4>(w + (r0 + r) * row_bytes, k, wv[r]);
+            for (int t = 0; t < TT; ++t) {
+                const int8_t * x = xq + (t0 + t) * K + k;
+                const float *  ls = xls + (t0 + t) * (K / 4) + k / 4;
+                int8x16_t      xv[4];
+                for (int i = 0; i < 4; ++i) xv[i] = vld1q_s8(x + 16 * i);
+                for (int blk = 0; blk < 2; ++blk) {
+                    const int64_t g = k / 32 + blk;
+                    for (int r = 0; r < R; ++r) {
+                        int32x4_t d = qn_dot16(vdupq_n_s32(0), wv[r][vec_a<Q4>(blk)], xv[vec_a<Q4>(blk)]);
+                        d = qn_dot16(d, wv[r][vec_b<Q4>(blk)], xv[vec_b<Q4>(blk)]);
+                        tot[r][t] = vfmaq_n_f32(tot[r][t], vcvtq_f32_s32(d), ls[lane<Q4>(blk)] * ws[(r0 + r) * G + g]);
+                        if (Q4) corr[r][t] += wc[(r0 + r) * G + g] * xgs[(t0 + t) * G + g];
+                    }
+                }
+            }
+        }
+        G = 0;  // the groups are done
+    }
     for (int64_t g = 0; g < G; ++g) {
         float32x4_t acc[R][TT];
         for (int r = 0; r < R; ++r)
