@@ -102,7 +102,9 @@ describe('openai client against the real model', () => {
     })
     let n = 0
     for await (const _ of stream) if (++n === 3) stream.controller.abort()
-    expect(n).toBe(3)
+    // Chunks the SDK had already read may still come after the abort; the 200-token stream must not run on.
+    expect(n).toBeGreaterThanOrEqual(3)
+    expect(n).toBeLessThan(20)
     await waitFor(
       () => model.stats().running === 0 && model.stats().kvTokensUsed === 0,
       5000,
