@@ -1,4 +1,5 @@
-// bench-sparse-e2e DIR [8b|0.5b] [--layers 2,4] [--ctx 8,32,64,128] [--reps N] [--threads N] [--prefill]:
+// bench-sparse-e2e DIR [8b|0.5b] [--layers 2,4] [--ctx 8,32,64,128] [--reps N] [--threads N] [--quantize q8|q4]
+// [--prefill]:
 // InfLLM v2 sparse vs dense decode measured end to end through model::forward (embedding, every layer, final
 // norm, LM head) plus greedy sampling, on random-weight checkpoints of the real shapes with few layers
 // (written into DIR/<shape>-L<n> on first use; vocab 73448, bf16).
@@ -7,7 +8,8 @@
 // post-RoPE K/V rows go straight into every layer's pool blocks (kv_store), and the compressed caches C1/C2
 // are built by the same incremental kv_compress + side_valid bookkeeping forward() uses, 4096 slots at a time.
 // Dense and sparse models hold identical KV. Decode steps then append real tokens; each figure is the best of
-// N steps, dense and sparse steps interleaved. With two layer counts the per-layer cost is the difference,
+// N steps, dense and sparse steps interleaved. --quantize: the weights quantized at load (group 128), as an
+// 8B is usually run on the edge; the attention share of the step then grows. With two layer counts the per-layer cost is the difference,
 // and the 32- (8B) or 24-layer (0.5B) step is extrapolated from it (printed as derived, not measured).
 // KV MiB and C1+C2 MiB are one sequence's pool bytes at that context; the RSS line is the whole process (every
 // model's mapped weights, every pool as far as touched). --prefill: a 32K prompt through forward() in 2048-row
@@ -94,8 +96,12 @@ struct runner {
     sampler_scratch          scratch;
     int32_t                  token = 1000;
 
-    runner(const std::string & dir, bool sparse, int32_t n_threads, int32_t max_slots) {
-        m = model::load(dir, true, MINICPM_BACKEND_CPU, sparse ? MINICPM_SPARSE_HF : MINICPM_SPARSE_OFF);
+    runner(const std::string & dir, bool sparse, int32_t n_threads, int32_t max_slots, int32_t quantize) {
+        model_load_options lo;
+        lo.backend = MINICPM_BACKEND_CPU;
+        lo.sparse = sparse ? MINICPM_SPARSE_HF : MINICPM_SPARSE_OFF;
+        lo.quantize = quantize;
+        m = model::load(dir, lo);
         backend_options o;
         o.n_threads = n_threads;
         be = m->make_backend(o);
@@ -205,13 +211,13 @@ struct point {
 int main(int argc, char ** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: bench-sparse-e2e DIR [8b|0.5b] [--layers 2,4] [--ctx 8,32,64,128] [--reps N] "
-                             "[--threads N] [--prefill]\n");
+                             "[--threads N] [--quantize q8|q4] [--prefill]\n");
         return 2;
     }
     const std::string root = argv[1];
     bool big = true, prefill = false;
     std::vector<int32_t> layers = {2, 4}, ctx_k = {8, 32, 64, 128};
-    int32_t reps = 5, n_threads = 0;
+    int32_t reps = 5, n_threads = 0, quantize = 0;
     for (int i = 2; i < argc; ++i) {
         const std::string a = argv[i];
         const bool more = i + 1 < argc;
@@ -220,6 +226,8 @@ int main(int argc, char ** argv) {
         else if (a == "--ctx" && more) ctx_k = int_list(argv[++i]);
         else if (a == "--reps" && more) reps = std::max(1, std::atoi(argv[++i]));
         else if (a == "--threads" && more) n_threads = std::atoi(argv[++i]);
+        else if (a == "--quantize" && more && (std::strcmp(argv[i + 1], "q8") == 0 || std::strcmp(argv[i + 1], "q4") == 0))
+            quantize = std::strcmp(argv[++i], "q8") == 0 ? MINICPM_DTYPE_Q8 : MINICPM_DTYPE_Q4;
         else if (a == "--prefill") prefill = true;
         else {
             std::fprintf(stderr, "bench-sparse-e2e: unknown argument '%s'\n", a.c_str());
@@ -238,17 +246,19 @@ int main(int argc, char ** argv) {
         std::vector<std::unique_ptr<runner>> run;  // [2 li] dense, [2 li + 1] sparse
         for (int32_t n : layers) {
             const std::string dir = checkpoint(root, big, n);
-            run.push_back(std::make_unique<runner>(dir, false, n_threads, max_slots));
-            run.push_back(std::make_unique<runner>(dir, true, n_threads, max_slots));
+            run.push_back(std::make_unique<runner>(dir, false, n_threads, max_slots, quantize));
+            run.push_back(std::make_unique<runner>(dir, true, n_threads, max_slots, quantize));
         }
         const runner &           r0 = *run[1];
         const model_config &     c0 = r0.m->config();
         const sparse_attn_params sp = c0.sparse.params();
         std::printf("bench-sparse-e2e: %s shape (hidden %d, %d heads, %d KV heads, head_dim %d, ff %d, vocab %d), CPU "
-                    "%s, %d threads, bf16 weights and KV; sparse = hf, kernel %d/%d, init %d, window %d blocks, topk %d, "
+                    "%s, %d threads, %s weights, bf16 KV; sparse = hf, kernel %d/%d, init %d, window %d blocks, topk %d, "
                     "dense_len %d; best of %d decode steps, dense and sparse of every layer count interleaved\n",
                     big ? "8B" : "0.5B", c0.n_embd, c0.n_head, c0.n_head_kv, c0.n_head_dim, c0.n_ff, c0.n_vocab,
-                    r0.be->name(), r0.be->n_threads(), sp.kernel_size, sp.kernel_stride, sp.init_blocks,
+                    r0.be->name(), r0.be->n_threads(),
+                    quantize == MINICPM_DTYPE_Q8 ? "q8 (group 128)" : quantize == MINICPM_DTYPE_Q4 ? "q4 (group 128)" : "bf16",
+                    sp.kernel_size, sp.kernel_stride, sp.init_blocks,
                     sp.window_blocks, sp.topk, sp.dense_len, reps);
         std::fflush(stdout);
         for (size_t ci = 0; ci < ctx_k.size(); ++ci) {
