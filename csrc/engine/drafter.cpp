@@ -50,6 +50,10 @@ model_drafter::model_drafter(const model & draft, int32_t target_vocab, backend 
         fail(MINICPM_STATUS_INVALID_ARGUMENT, "draft model: vocabulary of " + std::to_string(n_vocab_) +
                                                   " tokens, the target has " + std::to_string(target_vocab) +
                                                   " (a draft LLM must share the target's tokenizer)");
+    check_tree_shape(shape);
+}
+
+void check_tree_shape(const tree_shape & shape) {
     if (shape.num_iter < 1 || shape.top_k < 1 || shape.tree_size < 2 || shape.tree_size > k_max_tree_rows ||
         int64_t(shape.top_k) * (shape.num_iter - 1) > k_max_tree_rows)
         fail(MINICPM_STATUS_INVALID_ARGUMENT,

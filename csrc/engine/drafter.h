@@ -114,6 +114,8 @@ struct tree_shape {
     int32_t top_k = 10;
     int32_t tree_size = 12;
 };
+// Throws INVALID_ARGUMENT for a shape the tree batch cannot hold (k_max_tree_rows rows).
+void check_tree_shape(const tree_shape & shape);
 
 // A plain small MiniCPM model as the drafter (e.g. 0.5B drafting for 8B; or the target itself: every draft is
 // then accepted under greedy decoding). It keeps its own KV per request on the engine's backend, resumes from

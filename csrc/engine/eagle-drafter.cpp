@@ -11,12 +11,7 @@ eagle_drafter::eagle_drafter(std::unique_ptr<eagle_head> head, backend & be, dty
                              const tree_shape & shape)
     : owned_(std::move(head)), head_(*owned_), be_(be), kv_(be, head_.config(), kv_type, kv_blocks), shape_(shape),
       H_(head_.config().n_embd) {
-    if (shape.num_iter < 1 || shape.top_k < 1 || shape.tree_size < 2 || shape.tree_size > k_max_tree_rows ||
-        int64_t(shape.top_k) * (shape.num_iter - 1) > k_max_tree_rows)
-        fail(MINICPM_STATUS_INVALID_ARGUMENT,
-             "draft tree: num_iter >= 1, top_k >= 1, tree_size in [2, 64] and top_k * (num_iter - 1) <= 64, got " +
-                 std::to_string(shape.num_iter) + " / " + std::to_string(shape.top_k) + " / " +
-                 std::to_string(shape.tree_size));
+    check_tree_shape(shape);
 }
 
 eagle_drafter::~eagle_drafter() {
