@@ -2,9 +2,9 @@
 # The GPU check (issue: CUDA backend), for a machine with an NVIDIA GPU and only a C++ compiler, nvcc and cmake:
 # builds the CUDA backend for this GPU, runs every CUDA op against the CPU op and the model parity test
 # (test-cuda: NMSE per op, split-K decode attention, the device sampler's greedy / chi-square / seed checks,
-# packed q8/q4 GEMV, the device arena, the engine sampling on the device, InfLLM v2 compression / block selection /
-# sparse attention and a sparse checkpoint), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMM
-# (TFLOP/s), split-K attention, a sparse decode step dense vs sparse and the sampler, each against the device's
+# packed q8/q4 GEMV, the q8/q4 tensor-core GEMM (mma.sync), the device arena, the engine sampling on the device, InfLLM v2 compression / block selection /
+# sparse attention and a sparse checkpoint), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMMs
+# (TFLOP/s, bf16 and q8 / q4), split-K attention, a sparse decode step dense vs sparse and the sampler, each against the device's
 # peak where this script knows it, and the engine (prefill, decode at batch 1/8/32) on MiniCPM4-0.5B- and
 # 8B-shaped random BF16 checkpoints (0.5B also q4). Everything is printed and the summary lines are written
 # to $1 (default gpu-check-summary.txt). Meant to finish within 8 minutes.
@@ -50,10 +50,11 @@ grep -E "model logits|engine|sample|arena" "$work/ops.log" | grep -v "^perf:" | 
 # InfLLM v2: ok / FAIL per check family (caches bit-identical, block sets identical, output NMSE).
 grep -E "^(ok|FAIL) +(kv_compress|sparse)" "$work/ops.log" | awk '{print $1, ($2 == "kv_compress" ? $2 : $2 " " $3)}' | sort | uniq -c |
     sed 's/^ */infllm v2: /' | tee -a "$summary"
-# Each perf line with its share of the device peak: GB/s against the memory peak, TFLOP/s against the tensor peak.
+# Each perf line with its share of the device peak: GB/s against the memory peak, TFLOP/s against the tensor peak
+# (the first rate of a line is its headline).
 grep -E "^perf:" "$work/ops.log" | awk -v gbs="$peak_gbs" -v tf="$peak_tf" '{
     pct = ""
-    for (i = 1; i < NF; ++i) {
+    for (i = 1; i < NF && pct == ""; ++i) {
         if ($(i + 1) == "GB/s" && gbs > 0) pct = sprintf(" = %.0f%% of %d GB/s", 100 * $i / gbs, gbs)
         if ($(i + 1) == "TFLOP/s" && tf > 0) pct = sprintf(" = %.0f%% of %d TFLOP/s", 100 * $i / tf, tf)
     }

@@ -4,7 +4,9 @@
 //   larger batches with f16/bf16 weights: tensor cores (WMMA 16x16x16, f32 accumulation) on 64x64 output
 //     tiles, activations rounded once to the weight's 16-bit type (the same class of rounding as the CPU's AMX
 //     path);
-//   anything else (f32, q8, q4 weights at large T): the warp-per-row kernel over chunks of 8 rows; q8 / q4
+//   larger batches with q8 / q4 weights in group order: the quantized tensor-core GEMM (qgemm.cu) over
+//     activations rounded once to bf16;
+//   anything else (f32, permuted q8 / q4 at large T): the warp-per-row kernel over chunks of 8 rows; q8 / q4
 //     rows in group order are read packed, 16 bytes a lane (gemv_packed_kernel).
 #include "cuda/ops.cuh"
 
@@ -163,11 +165,14 @@ __global__ void gemm_tc_kernel(float * y, const H * xb, const H * w, int64_t T, 
     }
 }
 
+template <typename H> void round_activations(cudaStream_t s, H * xb, const float * x, int64_t n) {
+    round_kernel<H><<<unsigned(std::min<int64_t>(ceil_div(n, 256), 65535)), 256, 0, s>>>(xb, x, n);
+    MINICPM_CUDA_LAUNCHED("matmul: round activations");
+}
+
 template <typename H>
 void gemm_tc(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
-    const int64_t n = T * w.cols;
-    round_kernel<H><<<unsigned(std::min<int64_t>(ceil_div(n, 256), 65535)), 256, 0, s>>>((H *) xb, x, n);
-    MINICPM_CUDA_LAUNCHED("matmul: round activations");
+    round_activations<H>(s, (H *) xb, x, T * w.cols);
     const dim3 grid(unsigned(ceil_div(w.rows, k_tile)), unsigned(ceil_div(T, k_tile)));
     gemm_tc_kernel<H><<<grid, 4 * k_warp, 0, s>>>(y, (const H *) xb, (const H *) w.data, T, w.rows, w.cols);
     MINICPM_CUDA_LAUNCHED("matmul: tensor-core gemm");
@@ -176,13 +181,16 @@ void gemm_tc(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_
 }  // namespace
 
 bool matmul_uses_tensor_cores(const wdesc & w, int64_t T) {
-    return T > k_gemv_rows && (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16);
+    return T > k_gemv_rows && (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16 || qgemm_supported(w));
 }
 
 void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
     if (T <= 0) return;
     if (matmul_uses_tensor_cores(w, T)) {
-        if (w.type == MINICPM_DTYPE_BF16) {
+        if (qgemm_supported(w)) {
+            round_activations<__nv_bfloat16>(s, (__nv_bfloat16 *) xb, x, T * w.cols);
+            launch_qgemm(s, y, (const __nv_bfloat16 *) xb, w, T);
+        } else if (w.type == MINICPM_DTYPE_BF16) {
             gemm_tc<__nv_bfloat16>(s, y, x, w, T, xb);
         } else {
             gemm_tc<__half>(s, y, x, w, T, xb);

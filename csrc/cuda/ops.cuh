@@ -21,6 +21,12 @@ void launch_get_rows(cudaStream_t s, float * dst, const float * src, const int32
 void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb);
 bool matmul_uses_tensor_cores(const wdesc & w, int64_t T);
 
+// qgemm.cu: the quantized tensor-core GEMM over activations already rounded to bf16 (xb, T x K). Supported:
+// q8 / q4 without a column permutation, K a multiple of 64, groups a multiple of 32 (or one per row), rows
+// 16-byte aligned.
+bool qgemm_supported(const wdesc & w);
+void launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T);
+
 // attention.cu: rows described by rows[T]; blocks is the flattened block table.
 void launch_kv_store(cudaStream_t s, void * k_pool, void * v_pool, int32_t kv_type, int32_t nkv, int32_t hd,
                      const float * k, const float * v, const row_info * rows, const int32_t * blocks, int64_t T);
