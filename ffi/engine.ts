@@ -130,6 +130,10 @@ export interface NativeEngineStats {
   specAtDepth: number[]
   forwardUs: number // time in forward passes since init
   attentionUs: number // of which in attention ops (dense and sparse)
+  /** CUDA graphs: recorded, steps replayed, steps that fell back to direct launches. */
+  graphCaptures: number
+  graphReplays: number
+  graphFallbacks: number
 }
 
 export class NativeEngine extends NativeHandle {

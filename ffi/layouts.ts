@@ -28,6 +28,8 @@ export const modelParamsLayout = {
   pad1_: [25, 'u8', 'pad1_', 3],
   sparse: [28, 'i32', 'sparse'],
   deviceMemory: [32, 'u64', 'device_memory'],
+  cudaGraphs: [40, 'u8', 'cuda_graphs'],
+  pad2_: [41, 'u8', 'pad2_', 7],
 } as const satisfies Layout
 
 export const modelInfoLayout = {
@@ -174,18 +176,21 @@ export const engineStatsLayout = {
   specAtDepth: [152, 'u64', 'n_spec_at_depth', SPEC_MAX_DEPTH],
   forwardUs: [216, 'u64', 't_forward_us'],
   attentionUs: [224, 'u64', 't_attention_us'],
+  graphCaptures: [232, 'u64', 'n_graph_captures'],
+  graphReplays: [240, 'u64', 'n_graph_replays'],
+  graphFallbacks: [248, 'u64', 'n_graph_fallbacks'],
 } as const satisfies Layout
 
 /** sizeof() of each struct, keyed by the names minicpm_struct_size() knows. */
 export const structSizes = {
-  model_params: 40,
+  model_params: 48,
   model_info: 208,
   context_params: 32,
   engine_params: 96,
   sampling_params: 56,
   event: 192,
   request_info: 56,
-  engine_stats: 232,
+  engine_stats: 256,
 } as const
 export type StructName = keyof typeof structSizes
 

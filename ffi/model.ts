@@ -73,6 +73,8 @@ export interface NativeModelOptions {
   quantizeHead?: boolean
   /** CUDA: bytes of the device arena (weights, KV, activations); default 90% of the free device memory (half on Jetson). */
   deviceMemory?: number
+  /** CUDA: replay decode steps as CUDA graphs (default true). */
+  cudaGraphs?: boolean
 }
 
 export class NativeModel extends NativeHandle {
@@ -97,6 +99,7 @@ export class NativeModel extends NativeHandle {
       quantizeHead: opts.quantizeHead === undefined ? undefined : opts.quantizeHead ? 1 : 0,
       sparse: opts.sparse === undefined ? undefined : SPARSE_MODES.indexOf(opts.sparse),
       deviceMemory: opts.deviceMemory,
+      cudaGraphs: opts.cudaGraphs === undefined ? undefined : opts.cudaGraphs ? 1 : 0,
     })
     const out = new BigUint64Array(1)
     const status = l.minicpm_model_load(cString(dir), params, new Uint8Array(out.buffer))

@@ -2,12 +2,13 @@
 # The GPU check (issue: CUDA backend), for a machine with an NVIDIA GPU and only a C++ compiler, nvcc and cmake:
 # builds the CUDA backend for this GPU, runs every CUDA op against the CPU op and the model parity test
 # (test-cuda: NMSE per op, split-K decode attention, the device sampler's greedy / chi-square / seed checks,
-# packed q8/q4 GEMV, the q8/q4 tensor-core GEMM (mma.sync), the device arena, the engine sampling on the device, InfLLM v2 compression / block selection /
-# sparse attention and a sparse checkpoint), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMMs
-# (TFLOP/s, bf16 and q8 / q4), split-K attention, a sparse decode step dense vs sparse and the sampler, each against the device's
-# peak where this script knows it, and the engine (prefill, decode at batch 1/8/32) on MiniCPM4-0.5B- and
-# 8B-shaped random BF16 checkpoints (0.5B also q4). Everything is printed and the summary lines are written
-# to $1 (default gpu-check-summary.txt). Meant to finish within 8 minutes.
+# packed q8/q4 GEMV, the q8/q4 tensor-core GEMM (mma.sync), the device arena, the engine sampling on the device,
+# InfLLM v2 compression / block selection / sparse attention and a sparse checkpoint, CUDA graph decode steps
+# bit-identical to eager ones), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMMs (TFLOP/s,
+# bf16 and q8 / q4), split-K attention, a sparse decode step dense vs sparse and the sampler, each against the
+# device's peak where this script knows it, and the engine (prefill, decode at batch 1/8/32) on MiniCPM4-0.5B-
+# and 8B-shaped random BF16 checkpoints (0.5B also q4, and also with CUDA graphs off). Everything is printed and
+# the summary lines are written to $1 (default gpu-check-summary.txt). Meant to finish within 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 summary=${1:-gpu-check-summary.txt}
@@ -46,7 +47,7 @@ note "build: ok in $(($(date +%s) - t0)) s"
 ops_rc=${PIPESTATUS[0]}
 grep -E "^(ok|FAIL)" "$work/ops.log" | awk '{print $1}' | sort | uniq -c | sed 's/^ */ops: /' | tee -a "$summary"
 grep -E "^FAIL" "$work/ops.log" | tee -a "$summary"
-grep -E "model logits|engine|sample|arena" "$work/ops.log" | grep -v "^perf:" | tee -a "$summary"
+grep -E "model logits|engine|sample|arena|graph|q-gemm.*(LM head|FAIL)" "$work/ops.log" | grep -v "^perf:" | tee -a "$summary"
 # InfLLM v2: ok / FAIL per check family (caches bit-identical, block sets identical, output NMSE).
 grep -E "^(ok|FAIL) +(kv_compress|sparse)" "$work/ops.log" | awk '{print $1, ($2 == "kv_compress" ? $2 : $2 " " $3)}' | sort | uniq -c |
     sed 's/^ */infllm v2: /' | tee -a "$summary"
@@ -61,13 +62,16 @@ grep -E "^perf:" "$work/ops.log" | awk -v gbs="$peak_gbs" -v tf="$peak_tf" '{
     print $0 pct
 }' | tee -a "$summary"
 
-for run in 0.5b 0.5b:q4 8b; do
-    preset=${run%%:*} quant=${run#*:}
+# 0.5b:graphs-off: the same decode steps as direct kernel launches (CUDA graphs are on in every other run).
+for run in 0.5b 0.5b:graphs-off 0.5b:q4 8b; do
+    preset=${run%%:*} quant=${run#*:} graphs=on
     [ "$quant" = "$run" ] && quant=""
+    [ "$quant" = graphs-off ] && quant="" graphs=off
     dir="$work/model-$preset"
     [ -f "$dir/config.json" ] || ./build-gpu/make-model "$preset" "$dir" > /dev/null || { note "make-model $preset: FAILED"; continue; }
-    MINICPM_BACKEND=cuda timeout 150 ./build-gpu/bench-engine "$dir" 0 $quant | tee "$work/bench-$preset$quant.log"
-    grep -E "^(backend|weights|prefill|decode)" "$work/bench-$preset$quant.log" | sed "s/^/bench $run: /" | tee -a "$summary"
+    log="$work/bench-$preset$quant-graphs-$graphs.log"
+    MINICPM_BACKEND=cuda MINICPM_CUDA_GRAPHS=$graphs timeout 150 ./build-gpu/bench-engine "$dir" 0 $quant | tee "$log"
+    grep -E "^(backend|weights|prefill|decode)" "$log" | sed "s/^/bench $run: /" | tee -a "$summary"
 done
 note "total: $(($(date +%s) - t0)) s; ops exit code $ops_rc"
 exit "$ops_rc"

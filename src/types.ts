@@ -164,4 +164,8 @@ export interface EngineStats {
   specDepthAcceptance: number[]
   forwardUs: number // forward-pass time since the engine started
   attentionUs: number // of which attention
+  /** CUDA graphs (0 on the CPU or with --cuda-graphs off): recorded, steps replayed, steps run directly instead. */
+  graphCaptures: number
+  graphReplays: number
+  graphFallbacks: number
 }

@@ -182,6 +182,17 @@ describe('commands', () => {
     expect(bad.stderr).toContain("--backend must be one of auto, cpu, cuda, got 'tpu'")
   }, 60_000)
 
+  test('--cuda-graphs on|off: accepted (ignored on the CPU); anything else is a usage error', () => {
+    for (const v of ['on', 'off']) {
+      const r = cli(['generate', '-m', dir, '-p', 'hi', '-n', '2', '--backend', 'cpu', '--cuda-graphs', v])
+      console.log(`--cuda-graphs ${v}: exit ${r.code}`)
+      expect(r.code).toBe(0)
+    }
+    const bad = cli(['generate', '-m', dir, '-p', 'hi', '--cuda-graphs', 'maybe'])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain("--cuda-graphs must be on or off, got 'maybe'")
+  }, 60_000)
+
   test('--exact runs the exact f32 kernel family; the default is the best for this CPU', () => {
     const fam = (extra: string[]) => {
       const r = cli(['generate', '-m', dir, '-p', 'hi', '-n', '2', '-v', ...extra])

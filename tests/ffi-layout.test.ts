@@ -89,6 +89,9 @@ describe('struct layouts', () => {
     // The CUDA device arena: its limit at the end of model_params, what it holds at the end of model_info.
     expect(lib().minicpm_struct_offset(cString('model_params'), cString('device_memory'))).toBe(32)
     expect(lib().minicpm_struct_offset(cString('model_info'), cString('device_arena_free'))).toBe(200)
+    // CUDA graphs: the switch after the arena limit, the counters at the end of the engine stats.
+    expect(lib().minicpm_struct_offset(cString('model_params'), cString('cuda_graphs'))).toBe(40)
+    expect(lib().minicpm_struct_offset(cString('engine_stats'), cString('n_graph_fallbacks'))).toBe(248)
     expect(lib().minicpm_struct_offset(cString('engine_params'), cString('no_such_field'))).toBe(-1)
     expect(lib().minicpm_struct_offset(cString('no_such_struct'), cString('size'))).toBe(-1)
   })

@@ -29,7 +29,7 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
 
 #define MODEL_PARAMS(F, T)                                                                                            \
     F(T, size) F(T, n_threads) F(T, backend) F(T, use_mmap) F(T, pad_) F(T, quantize) F(T, quant_group_size)           \
-    F(T, quantize_head) F(T, pad1_) F(T, sparse) F(T, device_memory)
+    F(T, quantize_head) F(T, pad1_) F(T, sparse) F(T, device_memory) F(T, cuda_graphs) F(T, pad2_)
 #define MODEL_INFO(F, T)                                                                                              \
     F(T, size) F(T, n_vocab) F(T, n_ctx_train) F(T, n_embd) F(T, n_layer) F(T, n_head) F(T, n_head_kv)                \
     F(T, n_head_dim) F(T, n_ff) F(T, bos_token_id) F(T, n_eos) F(T, eos_token_ids) F(T, weight_dtype)                 \
@@ -62,7 +62,7 @@ template <size_t N> constexpr bool packed(const field (&fields)[N], size_t size)
     F(T, n_errors) F(T, n_prefix_query_tokens) F(T, n_prefix_hit_tokens) F(T, n_prefix_evictions)                   \
     F(T, kv_tokens_cached) F(T, prefix_cache) F(T, pad1_) F(T, n_spec_verifies) F(T, n_spec_drafted)                \
     F(T, n_spec_accepted) F(T, n_spec_at_depth) F(T, t_forward_us)          \
-    F(T, t_attention_us)
+    F(T, t_attention_us) F(T, n_graph_captures) F(T, n_graph_replays) F(T, n_graph_fallbacks)
 
 #define FIELD(T, f) {#f, offsetof(T, f), sizeof(std::declval<T &>().f)},
 #define ABI_STRUCT(name, LIST)                                                                                        \

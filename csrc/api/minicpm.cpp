@@ -79,6 +79,7 @@ void minicpm_model_default_params(struct minicpm_model_params * out) {
     out->quantize = 0;
     out->quant_group_size = 0;
     out->quantize_head = 1;
+    out->cuda_graphs = 1;
 }
 
 int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params * params, minicpm_model_t ** out) {
@@ -106,6 +107,7 @@ int32_t minicpm_model_load(const char * dir, const struct minicpm_model_params *
         lo.quant_group_size = p.quant_group_size == 0 ? 128 : p.quant_group_size;
         lo.quantize_head = p.quantize_head != 0;
         lo.device_memory = p.device_memory;
+        lo.cuda_graphs = p.cuda_graphs != 0;
         std::unique_ptr<minicpm_model> m(new minicpm_model());
         lo.sparse = p.sparse;
         m->impl = model::load(dir, lo);

@@ -112,6 +112,16 @@ struct backend_options {
     bool        reference = false;     // run the plain reference ops (tests)
     const char * kernels = nullptr;    // CPU kernel family to force (e.g. "avx2"); nullptr = best for this CPU
     uint64_t    memory_limit = 0;      // CUDA: bytes of the device arena; 0 = 90% of the free memory (half: Jetson)
+    bool        step_graphs = false;   // CUDA: record small steps as CUDA graphs and replay them (see begin_graph_step)
+};
+
+// Step graphs as a device backend reports them: whether they are on (and why not), how many were recorded,
+// how many steps replayed one, and how many steps that tried ran eagerly instead (capture failed, or the
+// step's ops differed from the recorded ones).
+struct step_graph_stats {
+    bool        enabled = false;
+    const char * off_reason = "";
+    uint64_t    captures = 0, replays = 0, fallbacks = 0;
 };
 
 class backend {
@@ -190,6 +200,17 @@ class backend {
                         const sample_adjust * adjust, int32_t n_adjust, sample_out * out) {
         return false;
     }
+
+    // ---- step graphs. The ops of one step (uploads included; no download, synchronize or sparse op) may be
+    // issued between begin_graph_step(key) and end_graph_step(): returns true when the backend takes them
+    // into a graph for `key` (the first time a key is seen the step runs eagerly, to size every buffer; the
+    // second records a graph; later ones replay it, the ops then only stage their host data). end_graph_step
+    // returns true when the step ran; false when it did not (capture failed, or the ops differed from the
+    // recorded ones: pointers, shapes, plans): the caller then issues the same ops again outside a step.
+    // Ops must not depend on device results read back on the host inside a step.
+    virtual bool             begin_graph_step(int64_t key) { return false; }
+    virtual bool             end_graph_step() { return false; }
+    virtual step_graph_stats graph_stats() const { return {}; }
 };
 
 // The one place a backend is chosen. Throws _UNSUPPORTED for a kind this build or machine cannot run

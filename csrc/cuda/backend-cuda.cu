@@ -1,9 +1,11 @@
 // The CUDA backend: device buffers, one stream, the kernels of csrc/cuda/*.cu. Batch metadata (segments, block
 // tables, masks) arrives as host memory and is flattened into one row table per batch, uploaded once and
-// reused by every layer's kv_store and attention.
+// reused by every layer's kv_store and attention. Inside a step graph (step-graph.cuh) every op adds its
+// launch parameters to the step's signature and, when the step replays a graph, only stages its host data.
 #include "cuda/arena.cuh"
 #include "cpu/ops-sparse.h"  // sparse_check_args: the CPU ops' argument checks
 #include "cuda/ops.cuh"
+#include "cuda/step-graph.cuh"
 
 #include <algorithm>
 #include <cstring>
@@ -16,6 +18,18 @@ namespace {
 using cuda::check;
 
 constexpr int64_t k_select_scratch_floats = int64_t(16) << 20;  // stage-1 scores held at once (64 MiB)
+// Pinned host staging of a step graph's uploads: token ids, positions, logit rows, the row table and the
+// block tables of up to 64 rows at 1M-token contexts.
+constexpr size_t k_step_staging_bytes = size_t(1) << 20;
+
+uint64_t bits(const void * p) { return uint64_t(uintptr_t(p)); }
+uint64_t bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+using step_mode = cuda::step_graphs::mode;
 
 class cuda_backend final : public backend {
   public:
@@ -37,8 +51,16 @@ class cuda_backend final : public backend {
         name_ = std::string("cuda ") + prop.name;
         n_sms_ = prop.multiProcessorCount;
         max_shared_ = int32_t(prop.sharedMemPerBlockOptin);
+        graphs_ = std::make_unique<cuda::step_graphs>(o.step_graphs, k_step_staging_bytes, stream_);
+        // Reported at load with the backend's name (engine stats, `info`; first, as names are cut to 31
+        // characters): whether decode steps replay graphs; the features say why not.
+        const step_graph_stats gs = graphs_->stats();
+        if (gs.enabled) name_ = "cuda+graphs " + std::string(prop.name);
+        features_ = std::string("cuda sm_80+ bf16 tensor cores") +
+                    (gs.enabled ? " cuda-graphs" : std::string(" (cuda graphs off: ") + gs.off_reason + ")");
     }
     ~cuda_backend() override {
+        graphs_.reset();
         release(rows_dev_);
         release(blocks_dev_);
         release(xb_);
@@ -55,7 +77,7 @@ class cuda_backend final : public backend {
 
     backend_kind kind() const override { return backend_kind::cuda; }
     const char * name() const override { return name_.c_str(); }
-    const char * features() const override { return "cuda sm_80+ bf16 tensor cores"; }
+    const char * features() const override { return features_.c_str(); }
     int          n_threads() const override { return 1; }
     bool         host_memory() const override { return false; }
 
@@ -70,7 +92,9 @@ class cuda_backend final : public backend {
         return b;
     }
     void release(buffer & b) override {
-        if (b.data && b.owned) {
+        if (b.data && b.owned && graphs_ && graphs_->current() == step_mode::capture) {
+            deferred_.push_back(b);  // no synchronize while capturing: given back when the step ends
+        } else if (b.data && b.owned) {
             // A kernel in flight may still use the range about to be handed out again. Not checked: release
             // runs in destructors, and a failed stream fails the next op anyway.
             cudaStreamSynchronize(stream_);
@@ -86,44 +110,75 @@ class cuda_backend final : public backend {
     }
     void upload(const buffer & dst, size_t off, const void * src, size_t n) override {
         bounds(dst, off, n, "upload");
+        if (n && graphs_->current() != step_mode::eager) {
+            // From pinned staging: a graph's copy node reads a fixed host address, refilled before each replay.
+            const void * pinned = graphs_->stage(src, n);
+            graphs_->note({bits((uint8_t *) dst.data + off), n});
+            if (pinned && graphs_->current() == step_mode::capture)
+                MINICPM_CUDA_CHECK(
+                    cudaMemcpyAsync((uint8_t *) dst.data + off, pinned, n, cudaMemcpyHostToDevice, stream_));
+            return;
+        }
         if (n) MINICPM_CUDA_CHECK(cudaMemcpyAsync((uint8_t *) dst.data + off, src, n, cudaMemcpyHostToDevice, stream_));
     }
     void download(void * dst, const buffer & src, size_t off, size_t n) override {
         bounds(src, off, n, "download");
+        if (graphs_->current() != step_mode::eager) {
+            graphs_->refuse("a download inside a step");
+            return;
+        }
         if (n) MINICPM_CUDA_CHECK(cudaMemcpyAsync(dst, (const uint8_t *) src.data + off, n, cudaMemcpyDeviceToHost, stream_));
         MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     }
     void copy(const buffer & dst, size_t doff, const buffer & src, size_t soff, size_t n) override {
         bounds(dst, doff, n, "copy");
         bounds(src, soff, n, "copy");
+        if (replay({2, bits((uint8_t *) dst.data + doff), bits((const uint8_t *) src.data + soff), n})) return;
         if (n)
             MINICPM_CUDA_CHECK(cudaMemcpyAsync((uint8_t *) dst.data + doff, (const uint8_t *) src.data + soff, n,
                                                cudaMemcpyDeviceToDevice, stream_));
     }
     void fill_zero(const buffer & dst, size_t off, size_t n) override {
         bounds(dst, off, n, "fill_zero");
+        if (replay({3, bits((uint8_t *) dst.data + off), n})) return;
         if (n) MINICPM_CUDA_CHECK(cudaMemsetAsync((uint8_t *) dst.data + off, 0, n, stream_));
     }
-    void synchronize() override { MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+    // Nothing to wait for inside a step: its ops are recorded or not issued.
+    void synchronize() override {
+        if (graphs_->current() == step_mode::eager) MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
     device_memory_info device_memory() const override { return arena_->info(); }
 
     void matmul(float * y, const float * x, const tensor_desc & w, int64_t T) override {
         const cuda::wdesc d = cuda::to_wdesc(w);
         if (cuda::matmul_uses_tensor_cores(d, T)) grow(xb_, size_t(T * w.cols) * 2);
+        if (replay({4, bits(y), bits(x), bits(w.data), bits(w.scales), bits(w.zeros), bits(w.perm), uint64_t(w.type),
+                    uint64_t(w.scale_type), uint64_t(w.group_size), uint64_t(w.rows), uint64_t(w.cols), uint64_t(T),
+                    bits(xb_.data)}))
+            return;
         cuda::launch_matmul(stream_, y, x, d, T, xb_.data);
     }
     void rms_norm(float * y, const float * x, const tensor_desc & g, int64_t T, float eps) override {
+        if (replay({5, bits(y), bits(x), bits(g.data), uint64_t(g.type), uint64_t(g.cols), uint64_t(T), bits(eps)}))
+            return;
         cuda::launch_rms_norm(stream_, y, x, cuda::to_wdesc(g), T, g.cols, eps);
     }
     void embed(float * out, const int32_t * tokens, const tensor_desc & e, int64_t T, float scale) override {
+        if (replay({6, bits(out), bits(tokens), bits(e.data), uint64_t(e.type), uint64_t(e.cols), uint64_t(T),
+                    bits(scale)}))
+            return;
         cuda::launch_embed(stream_, out, tokens, cuda::to_wdesc(e), T, scale);
     }
     void rope(float * x, const int32_t * pos, const float * cs, int64_t T, int32_t nh, int32_t hd) override {
+        if (replay({7, bits(x), bits(pos), bits(cs), uint64_t(T), uint64_t(nh), uint64_t(hd)})) return;
         cuda::launch_rope(stream_, x, pos, cs, T, nh, hd);
     }
     void kv_store(const kv_layer & kv, const float * k, const float * v, const kv_segment * segs,
                   int32_t n_segs) override {
         const int64_t T = stage_rows(segs, n_segs);
+        if (replay({8, bits(kv.k), bits(kv.v), uint64_t(kv.type), uint64_t(kv.n_head_kv), uint64_t(kv.head_dim),
+                    bits(k), bits(v), bits(rows_dev_.data), bits(blocks_dev_.data), uint64_t(T)}))
+            return;
         cuda::launch_kv_store(stream_, kv.k, kv.v, int32_t(kv.type), kv.n_head_kv, kv.head_dim, k, v,
                               (const cuda::row_info *) rows_dev_.data, (const int32_t *) blocks_dev_.data, T);
     }
@@ -132,8 +187,12 @@ class cuda_backend final : public backend {
         const int64_t T = stage_rows(segs, n_segs);
         const cuda::split_plan p =
             cuda::plan_split_attention(n_head, kv.n_head_kv, kv.head_dim, T, max_slots_, n_sms_);
+        if (p.n_parts > 0) grow(split_, cuda::split_scratch_floats(p, n_head, kv.head_dim, T) * sizeof(float));
+        if (replay({9, bits(out), bits(q), bits(kv.k), bits(kv.v), uint64_t(kv.type), uint64_t(kv.n_head_kv),
+                    uint64_t(kv.head_dim), uint64_t(n_head), bits(scale), uint64_t(T), uint64_t(p.n_parts),
+                    uint64_t(p.part_len), bits(rows_dev_.data), bits(blocks_dev_.data), bits(split_.data)}))
+            return;
         if (p.n_parts > 0) {
-            grow(split_, cuda::split_scratch_floats(p, n_head, kv.head_dim, T) * sizeof(float));
             cuda::launch_attention_split(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, kv.n_head_kv,
                                          kv.head_dim, scale, (const cuda::row_info *) rows_dev_.data,
                                          (const int32_t *) blocks_dev_.data, T, p, (float *) split_.data);
@@ -144,6 +203,7 @@ class cuda_backend final : public backend {
     }
     void kv_compress(const kv_compressed & cc, const kv_layer & kv, const kv_segment * segs, const int32_t * from,
                      int32_t n_segs) override {
+        if (refused_in_step("InfLLM v2 compression inside a step")) return;
         std::vector<cuda::sparse_seg> jobs;
         blocks_.clear();
         int32_t max_jobs = 0;
@@ -172,6 +232,7 @@ class cuda_backend final : public backend {
                           const kv_segment * segs, int32_t n_segs, int32_t n_head, float scale,
                           const sparse_attn_params & sp, uint64_t * selected, int32_t sel_words) override {
         sparse_check_args(kv, segs, n_segs, n_head, sp, selected, sel_words);
+        if (refused_in_step("sparse attention inside a step")) return;
         const int32_t nkv = kv.n_head_kv, hd = kv.head_dim;
         std::vector<cuda::sparse_row> rows;
         blocks_.clear();
@@ -223,19 +284,26 @@ class cuda_backend final : public backend {
             }
     }
     void silu_mul(float * out, const float * gate, const float * up, int64_t n) override {
+        if (replay({10, bits(out), bits(gate), bits(up), uint64_t(n)})) return;
         cuda::launch_silu_mul(stream_, out, gate, up, n);
     }
     void add_scaled(float * x, const float * a, float scale, int64_t n) override {
+        if (replay({11, bits(x), bits(a), bits(scale), uint64_t(n)})) return;
         cuda::launch_add_scaled(stream_, x, a, scale, n);
     }
-    void div_scalar(float * x, float d, int64_t n) override { cuda::launch_div_scalar(stream_, x, d, n); }
+    void div_scalar(float * x, float d, int64_t n) override {
+        if (replay({12, bits(x), bits(d), uint64_t(n)})) return;
+        cuda::launch_div_scalar(stream_, x, d, n);
+    }
     void get_rows(float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H) override {
+        if (replay({13, bits(dst), bits(src), bits(rows), uint64_t(R), uint64_t(H)})) return;
         cuda::launch_get_rows(stream_, dst, src, rows, R, H);
     }
 
     bool sample(const float * logits, int32_t n_vocab, const sample_row * rows, int32_t R,
                 const sample_adjust * adjust, int32_t n_adjust, sample_out * out) override {
         if (R <= 0) return true;
+        if (refused_in_step("sampling inside a step")) return true;
         // The kernel writes logits[token] for every adjust entry: check the tables before they go down.
         for (int32_t r = 0; r < R; ++r)
             if (rows[r].adjust_begin < 0 || rows[r].n_adjust < 0 || rows[r].adjust_begin > n_adjust - rows[r].n_adjust)
@@ -259,13 +327,47 @@ class cuda_backend final : public backend {
         return true;
     }
 
+    bool begin_graph_step(int64_t key) override {
+        if (!graphs_->begin(key)) return false;
+        staged_rows_.clear();  // the step's first table op always stages its tables (the same op every replay)
+        staged_blocks_.clear();
+        max_slots_ = 0;
+        return true;
+    }
+    bool end_graph_step() override {
+        const bool ran = graphs_->end();
+        for (buffer & b : deferred_) release(b);
+        deferred_.clear();
+        if (!ran) {
+            staged_rows_.clear();  // the eager retry uploads its tables again
+            staged_blocks_.clear();
+        }
+        return ran;
+    }
+    step_graph_stats graph_stats() const override { return graphs_->stats(); }
+
   private:
     static void bounds(const buffer & b, size_t off, size_t n, const char * what) {
         if (off > b.size || n > b.size - off)
             fail(MINICPM_STATUS_INTERNAL, std::string("backend cuda: ") + what + " outside a buffer");
     }
+    // Adds an op's launch parameters to the step's signature; true when the op must not launch (the step
+    // replays a graph).
+    bool replay(std::initializer_list<uint64_t> sig) {
+        graphs_->note(sig);
+        return graphs_->current() == step_mode::replay;
+    }
+    bool refused_in_step(const char * why) {
+        if (graphs_->current() == step_mode::eager) return false;
+        graphs_->refuse(why);
+        return true;
+    }
+    // Scratch grows by doubling, so that growing contexts and batches rarely move it (a move changes the
+    // pointers a recorded step graph holds: the step is then recorded again).
     void grow(buffer & b, size_t bytes) {
         if (b.size >= bytes) return;
+        bytes = std::max(bytes, b.size * 2);
+        if (graphs_->current() == step_mode::capture) graphs_->refuse("a scratch buffer grew during capture");
         synchronize();  // kernels in flight may still read the old buffer
         release(b);
         b = alloc(bytes, buffer_usage::compute);
@@ -333,7 +435,9 @@ class cuda_backend final : public backend {
 
     std::shared_ptr<cuda::device_arena> arena_;  // declared first: buffers go back to it before it may go
     cudaStream_t                stream_ = nullptr;
-    std::string                 name_;
+    std::unique_ptr<cuda::step_graphs> graphs_;
+    std::vector<buffer>         deferred_;  // released while capturing: given back when the step ends
+    std::string                 name_, features_;
     int32_t                     n_sms_ = 1;
     int32_t                     max_shared_ = 48 * 1024;  // dynamic shared memory a kernel may opt in to
     int32_t                     max_slots_ = 0;  // the longest row context of the staged batch

@@ -201,7 +201,11 @@ void launch_shape(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wde
     constexpr int BM = WM * MF * 16, BN = WN * k_qwarp_n;
     const size_t  smem = sizeof(qstage<BM, BN, Q4>) * k_qstages;
     auto *        kernel = qgemm_kernel<WM, WN, MF, Q4>;
-    MINICPM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    // Once per kernel (more than 48 KiB of shared memory needs the opt-in), not per launch: a launch may be
+    // recorded into a step graph.
+    static const cudaError_t opt_in =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    MINICPM_CUDA_CHECK(opt_in);
     const dim3 grid(unsigned(ceil_div(w.rows, BN)), unsigned(ceil_div(T, BM)));
     kernel<<<grid, WM * WN * k_warp, smem, s>>>(y, xb, w, T);
     MINICPM_CUDA_LAUNCHED("matmul: quantized tensor-core gemm");

@@ -109,6 +109,11 @@ scheduler::scheduler(const model & m, const minicpm_engine_params & params, std:
         cache_ = std::make_unique<prefix_cache>(kv_, seed);
     }
     sampler_scratch_.resize(size_t(host_.size()));
+    // On a device, the workspace of the largest step (a prompt chunk beside every decode row, as resolve()
+    // kept room for) is taken once: its address never moves, so recorded step graphs stay valid.
+    if (!be_->host_memory())
+        ws_.buf = be_->alloc(m.workspace_bytes(int64_t(cfg_.n_chunk) + cfg_.n_batch_max, cfg_.n_batch_max),
+                             buffer_usage::compute);
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -352,6 +357,9 @@ void scheduler::stats(struct minicpm_engine_stats & out) {
     std::copy_n(n_spec_at_depth_, MINICPM_SPEC_MAX_DEPTH, out.n_spec_at_depth);
     out.t_forward_us = t_forward_us_.load();
     out.t_attention_us = t_attention_us_.load();
+    out.n_graph_captures = graph_captures_.load();
+    out.n_graph_replays = graph_replays_.load();
+    out.n_graph_fallbacks = graph_fallbacks_.load();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -413,6 +421,10 @@ void scheduler::step(std::unique_lock<std::mutex> & lk) {
         model_.forward(*be_, ws_, kv_, b, on_device ? nullptr : logits_.data());
         t_forward_us_ += uint64_t(minicpm_time_us() - t_fwd);
         t_attention_us_ = uint64_t(ws_.attn_us);
+        const step_graph_stats gs = be_->graph_stats();
+        graph_captures_ = gs.captures;
+        graph_replays_ = gs.replays;
+        graph_fallbacks_ = gs.fallbacks;
 
         // Sampling touches only each request's own sampler, so entries run in parallel on the pool. A drafted
         // run samples its rows in order, accepting each confirmed draft before sampling the next row (so the

@@ -228,6 +228,7 @@ class scheduler {
     uint64_t n_spec_at_depth_[MINICPM_SPEC_MAX_DEPTH] = {};
     // Forward time and its attention part (ws_.attn_us), published after each forward for stats().
     std::atomic<uint64_t> t_forward_us_{0}, t_attention_us_{0};
+    std::atomic<uint64_t> graph_captures_{0}, graph_replays_{0}, graph_fallbacks_{0};  // backend step graphs
 
     // [engine] the batch under construction and reused buffers.
     std::vector<batch_entry>     entries_;

@@ -149,6 +149,11 @@ struct minicpm_model_params {
      * GPU such as Jetson, which shares the system's memory). A limit above the free memory, or one that
      * cannot hold the weights, fails the load with _OUT_OF_MEMORY. Ignored on the CPU. */
     uint64_t device_memory;
+    /* CUDA: 1 (default): decode steps (up to 64 rows) are recorded once per batch size as CUDA graphs and
+     * replayed, falling back to direct launches when a capture fails or a step differs from its graph
+     * (minicpm_engine_stats counts both); 0: always direct launches. Ignored on the CPU. */
+    uint8_t  cuda_graphs;
+    uint8_t  pad2_[7];
 };
 
 struct minicpm_model_info {
@@ -396,7 +401,14 @@ struct minicpm_engine_stats {
     uint64_t n_spec_accepted;   /* drafts kept (the sample after them not counted)                        */
     uint64_t n_spec_at_depth[MINICPM_SPEC_MAX_DEPTH]; /* [d-1]: verifies that kept at least d drafts       */
     uint64_t t_forward_us;      /* time in forward passes since init                                      */
-    uint64_t t_attention_us;    /* of which in attention ops (dense and sparse, incl. compressed keys)    */
+    uint64_t t_attention_us;    /* of which in attention ops (dense and sparse, incl. compressed keys;    */
+                                /* steps replayed as CUDA graphs are not split into ops)                  */
+    /* CUDA graphs (model_params.cuda_graphs; all 0 on the CPU or when they are off): graphs recorded,       */
+    /* steps that replayed one, and steps that tried one but ran as direct launches (capture failed, or the */
+    /* step's launches differed from the graph's: the batch size's graph is then recorded again).            */
+    uint64_t n_graph_captures;
+    uint64_t n_graph_replays;
+    uint64_t n_graph_fallbacks;
 };
 
 /* Doorbell: rung from the engine thread when a request goes from no pending events to some. n_ready is the

@@ -15,6 +15,9 @@
 
 namespace minicpm {
 
+// Steps of at most this many rows (decode batches, small verify trees) may run as step graphs.
+constexpr int64_t k_graph_max_rows = 64;
+
 // LongRoPE table, HF order of f32 operations: theta_i(p) = (p * (1 / f_i)) * inv_i with
 // inv_i = 1 / theta_base^(2i / d). HF builds its first cache for S = max_position_embeddings, so the long
 // factors apply exactly when that exceeds original_max_position_embeddings. cos and sin carry mscale.
@@ -76,6 +79,7 @@ std::unique_ptr<model> model::load(const std::string & dir, const model_load_opt
                                            " must be positive (head_dim even)");
     m->warnings_ = c.warnings;
     m->kind_ = kind;
+    m->step_graphs_ = opts.cuda_graphs;
     backend_options o;
     o.n_threads = 1;
     o.memory_limit = opts.device_memory;
@@ -185,7 +189,9 @@ void model::place_weights() {
 }
 
 std::unique_ptr<backend> model::make_backend(const backend_options & opts) const {
-    return minicpm::make_backend(kind_, opts);
+    backend_options o = opts;
+    o.step_graphs = step_graphs_;
+    return minicpm::make_backend(kind_, o);
 }
 
 void model::release_workspace(backend & be, forward_workspace & ws) const { be.release(ws.buf); }
@@ -341,12 +347,9 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
     const int32_t * tok = (const int32_t *) (base + o_tok);
     const int32_t * pos = (const int32_t *) (base + o_pos);
     const int32_t * rid = (const int32_t *) (base + o_rid);
-    be.upload(ws.buf, o_tok * 4, batch.tokens, size_t(T) * 4);
-    be.upload(ws.buf, o_pos * 4, ws.pos.data(), size_t(T) * 4);
-    if (R > 0) be.upload(ws.buf, o_rid * 4, batch.logit_rows, size_t(R) * 4);
-
     const float rscale = c.residual_scale();
     const float attn_scale = 1.0f / std::sqrt(float(hd));
+    float *     out = base + o_logits;
 
     auto cb = [&](const char * name, int32_t il, const float * data, int64_t n_rows, int64_t n_cols) {
         if (!batch.hook) return;
@@ -356,81 +359,108 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
         batch.hook(batch.hook_user, name, il, ws.hook_copy.data(), n_rows, n_cols);
     };
 
-    be.embed(x, tok, w.embed, T, c.scale_emb);
-    cb("inp_scaled", -1, x, T, H);
-    for (int32_t il = 0; il < c.n_layer; ++il) {
-        const layer_weights & lw = w.layers[size_t(il)];
-        const kv_layer        kvl = kv.layer(il);
+    // The step's ops up to the logits. timed: attention time is measured (a synchronize per layer), which a
+    // step graph cannot hold.
+    auto issue = [&](bool timed) {
+        be.upload(ws.buf, o_tok * 4, batch.tokens, size_t(T) * 4);
+        be.upload(ws.buf, o_pos * 4, ws.pos.data(), size_t(T) * 4);
+        if (R > 0) be.upload(ws.buf, o_rid * 4, batch.logit_rows, size_t(R) * 4);
+        be.embed(x, tok, w.embed, T, c.scale_emb);
+        cb("inp_scaled", -1, x, T, H);
+        for (int32_t il = 0; il < c.n_layer; ++il) {
+            const layer_weights & lw = w.layers[size_t(il)];
+            const kv_layer        kvl = kv.layer(il);
 
-        be.rms_norm(a, x, lw.attn_norm, T, c.rms_norm_eps);
-        cb("attn_norm", il, a, T, H);
-        be.matmul(q, a, lw.wq, T);
-        be.matmul(k, a, lw.wk, T);
-        be.matmul(v, a, lw.wv, T);
-        be.rope(q, pos, rope_table(), T, nh, hd);
-        be.rope(k, pos, rope_table(), T, nkv, hd);
-        cb("q_rope", il, q, T, int64_t(nh) * hd);
-        cb("k_rope", il, k, T, int64_t(nkv) * hd);
-        cb("v", il, v, T, int64_t(nkv) * hd);
-        be.kv_store(kvl, k, v, batch.segs, batch.n_segs);  // keys are cached after RoPE
-        const auto t_attn = std::chrono::steady_clock::now();
-        if (ws.sparse_segs.empty() && ws.comp_segs.empty()) {
-            be.attention(att, q, kvl, batch.segs, batch.n_segs, nh, attn_scale);
-        } else {
-            const kv_compressed cc = kv.compressed(il);
-            if (!ws.comp_segs.empty())
-                be.kv_compress(cc, kvl, ws.comp_segs.data(), ws.comp_from.data(), int32_t(ws.comp_segs.size()));
-            if (!ws.dense_segs.empty())
-                be.attention(att, q, kvl, ws.dense_segs.data(), int32_t(ws.dense_segs.size()), nh, attn_scale);
-            if (!ws.sparse_segs.empty())
-                be.sparse_attention(att, q, kvl, cc, ws.sparse_segs.data(), int32_t(ws.sparse_segs.size()), nh,
-                                    attn_scale, sp, nullptr, 0);
+            be.rms_norm(a, x, lw.attn_norm, T, c.rms_norm_eps);
+            cb("attn_norm", il, a, T, H);
+            be.matmul(q, a, lw.wq, T);
+            be.matmul(k, a, lw.wk, T);
+            be.matmul(v, a, lw.wv, T);
+            be.rope(q, pos, rope_table(), T, nh, hd);
+            be.rope(k, pos, rope_table(), T, nkv, hd);
+            cb("q_rope", il, q, T, int64_t(nh) * hd);
+            cb("k_rope", il, k, T, int64_t(nkv) * hd);
+            cb("v", il, v, T, int64_t(nkv) * hd);
+            be.kv_store(kvl, k, v, batch.segs, batch.n_segs);  // keys are cached after RoPE
+            const auto t_attn = std::chrono::steady_clock::now();
+            if (ws.sparse_segs.empty() && ws.comp_segs.empty()) {
+                be.attention(att, q, kvl, batch.segs, batch.n_segs, nh, attn_scale);
+            } else {
+                const kv_compressed cc = kv.compressed(il);
+                if (!ws.comp_segs.empty())
+                    be.kv_compress(cc, kvl, ws.comp_segs.data(), ws.comp_from.data(), int32_t(ws.comp_segs.size()));
+                if (!ws.dense_segs.empty())
+                    be.attention(att, q, kvl, ws.dense_segs.data(), int32_t(ws.dense_segs.size()), nh, attn_scale);
+                if (!ws.sparse_segs.empty())
+                    be.sparse_attention(att, q, kvl, cc, ws.sparse_segs.data(), int32_t(ws.sparse_segs.size()), nh,
+                                        attn_scale, sp, nullptr, 0);
+            }
+            if (timed) {
+                be.synchronize();
+                ws.attn_us +=
+                    std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t_attn)
+                        .count();
+            }
+            cb("attn_out", il, att, T, int64_t(nh) * hd);
+            be.matmul(o, att, lw.wo, T);
+            cb("attn_proj", il, o, T, H);
+            be.add_scaled(x, o, rscale, int64_t(T) * H);
+            cb("ffn_inp", il, x, T, H);
+
+            be.rms_norm(a, x, lw.ffn_norm, T, c.rms_norm_eps);
+            cb("ffn_norm", il, a, T, H);
+            be.matmul(gate, a, lw.w_gate, T);
+            be.matmul(up, a, lw.w_up, T);
+            be.silu_mul(gate, gate, up, int64_t(T) * F);
+            cb("ffn_act", il, gate, T, F);
+            be.matmul(o, gate, lw.w_down, T);
+            cb("ffn_out", il, o, T, H);
+            be.add_scaled(x, o, rscale, int64_t(T) * H);
+            cb("l_out", il, x, T, H);
         }
-        be.synchronize();
-        ws.attn_us += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t_attn)
-                          .count();
-        cb("attn_out", il, att, T, int64_t(nh) * hd);
-        be.matmul(o, att, lw.wo, T);
-        cb("attn_proj", il, o, T, H);
-        be.add_scaled(x, o, rscale, int64_t(T) * H);
-        cb("ffn_inp", il, x, T, H);
+        for (size_t i = 0; i < ws.comp_segs.size(); ++i) sparse_mark_valid(kv, ws.comp_segs[i], ws.comp_from[i]);
+        if (batch.hidden != nullptr) {
+            be.rms_norm(a, x, w.norm, T, c.rms_norm_eps);
+            be.download(batch.hidden, ws.buf, o_a * sizeof(float), size_t(T) * H * sizeof(float));
+        }
+        if (R == 0) return;
+        // Only the requested rows pay for the final norm and the vocabulary-sized head.
+        be.get_rows(rows, x, rid, R, H);
+        be.rms_norm(rows, rows, w.norm, R, c.rms_norm_eps);
+        cb("result_norm", -1, rows, R, H);
+        // HF divides the hidden state by hidden_size / dim_model_base before the head.
+        be.div_scalar(rows, c.logit_divisor(), int64_t(R) * H);
+        if (direct) return;
+        be.matmul(out, rows, w.head, R);
+        cb("result_output", -1, out, R, c.n_vocab);
+    };
 
-        be.rms_norm(a, x, lw.ffn_norm, T, c.rms_norm_eps);
-        cb("ffn_norm", il, a, T, H);
-        be.matmul(gate, a, lw.w_gate, T);
-        be.matmul(up, a, lw.w_up, T);
-        be.silu_mul(gate, gate, up, int64_t(T) * F);
-        cb("ffn_act", il, gate, T, F);
-        be.matmul(o, gate, lw.w_down, T);
-        cb("ffn_out", il, o, T, H);
-        be.add_scaled(x, o, rscale, int64_t(T) * H);
-        cb("l_out", il, x, T, H);
+    // A small step without host read-backs (hook, hidden states) or sparse ops may run as a step graph of
+    // the backend, keyed by its row and logit-row counts (which place the activations in the workspace); when
+    // the backend does not take it, or the graph cannot run, the same ops are issued directly.
+    const bool graphable = !direct && T <= k_graph_max_rows && !batch.hook && !batch.hidden &&
+                           ws.sparse_segs.empty() && ws.comp_segs.empty();
+    bool ran = false;
+    if (graphable && be.begin_graph_step(T << 20 | R)) {
+        try {
+            issue(false);
+            ran = be.end_graph_step();
+        } catch (...) {
+            be.end_graph_step();  // discards the attempt; the direct issue below reports the error if it recurs
+        }
     }
-    for (size_t i = 0; i < ws.comp_segs.size(); ++i) sparse_mark_valid(kv, ws.comp_segs[i], ws.comp_from[i]);
-    if (batch.hidden != nullptr) {
-        be.rms_norm(a, x, w.norm, T, c.rms_norm_eps);
-        be.download(batch.hidden, ws.buf, o_a * sizeof(float), size_t(T) * H * sizeof(float));
-    }
+    if (!ran) issue(true);
     if (R == 0) {
         be.synchronize();
         return;
     }
 
-    // Only the requested rows pay for the final norm and the vocabulary-sized head.
-    be.get_rows(rows, x, rid, R, H);
-    be.rms_norm(rows, rows, w.norm, R, c.rms_norm_eps);
-    cb("result_norm", -1, rows, R, H);
-    // HF divides the hidden state by hidden_size / dim_model_base before the head.
-    be.div_scalar(rows, c.logit_divisor(), int64_t(R) * H);
     if (direct) {
         be.matmul(logits, rows, w.head, R);
         be.synchronize();
         if (batch.hook) batch.hook(batch.hook_user, "result_output", -1, logits, R, c.n_vocab);
         return;
     }
-    float * out = base + o_logits;
-    be.matmul(out, rows, w.head, R);
-    cb("result_output", -1, out, R, c.n_vocab);
     if (keep) {
         ws.logits = out;
         ws.logits_offset = o_logits * sizeof(float);

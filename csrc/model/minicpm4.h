@@ -76,6 +76,7 @@ struct model_load_options {
     bool    quantize_head = true;
     int32_t sparse = 0;  // enum minicpm_sparse_mode: InfLLM v2 as config.json says, or forced on / off
     uint64_t device_memory = 0;  // CUDA: the device arena's size (backend_options::memory_limit)
+    bool     cuda_graphs = true; // CUDA: small steps replayed as step graphs (backend_options::step_graphs)
 };
 
 class model {
@@ -129,6 +130,7 @@ class model {
     std::vector<buffer>            imported_;
     buffer                         rope_;
     std::string                    warnings_;
+    bool                           step_graphs_ = true;  // backends made for contexts and engines record steps
 };
 
 }  // namespace minicpm

@@ -43,6 +43,7 @@ static const struct field model_params_fields[] = {
     FIELD(minicpm_model_params, quant_group_size), FIELD(minicpm_model_params, quantize_head),
     FIELD(minicpm_model_params, pad1_),
     FIELD(minicpm_model_params, sparse),       FIELD(minicpm_model_params, device_memory),
+    FIELD(minicpm_model_params, cuda_graphs),  FIELD(minicpm_model_params, pad2_),
 };
 static const struct field model_info_fields[] = {
     FIELD(minicpm_model_info, size),           FIELD(minicpm_model_info, n_vocab),
@@ -123,6 +124,8 @@ static const struct field engine_stats_fields[] = {
     FIELD(minicpm_engine_stats, n_spec_drafted),  FIELD(minicpm_engine_stats, n_spec_accepted),
     FIELD(minicpm_engine_stats, n_spec_at_depth),
     FIELD(minicpm_engine_stats, t_forward_us), FIELD(minicpm_engine_stats, t_attention_us),
+    FIELD(minicpm_engine_stats, n_graph_captures), FIELD(minicpm_engine_stats, n_graph_replays),
+    FIELD(minicpm_engine_stats, n_graph_fallbacks),
 };
 
 /* Fields whose offset differs from minicpm_struct_offset(), each printed (quiet: only counts). */

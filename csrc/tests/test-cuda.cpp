@@ -8,6 +8,7 @@
 #include "cpu/cpu-common.h"
 #include "cpu/ops-ref.h"
 #include "cpu/ops-sparse.h"
+#include "engine/context.h"
 #include "engine/sampler.h"
 #include "tests/tiny-model.h"
 
@@ -937,6 +938,81 @@ void test_arena() {
     minicpm_test::remove_dir(dir);
 }
 
+// CUDA graphs for decode steps: the same prompts and decode steps on a model loaded with graphs and on one
+// without; every step's logits must be bit-identical. Three sequences decode together, then two (a new batch
+// size), then three again (a replay of the first graph); one context grows from 250 across 256 slots, where the
+// attention changes from the plain kernel to split-K (a recorded graph no longer matches: fallback, then a new
+// recording). The graphs must actually have been recorded and replayed.
+void test_step_graphs() {
+    const std::string dir = minicpm_test::make_temp_dir("cuda-graphs");
+    minicpm_test::tiny_model_spec spec;
+    minicpm_test::write_tiny_model(dir, spec);
+    const int32_t V = spec.n_vocab, n_steps = 14;
+    const int32_t prompt_len[3] = {40, 250, 5};
+    std::vector<float> logits[2];
+    step_graph_stats   gs[2];
+    bool               ran[2] = {false, false};
+    for (int g = 0; g < 2; ++g) {
+        minicpm_model_params mp;
+        minicpm_model_default_params(&mp);
+        mp.backend = MINICPM_BACKEND_CUDA;
+        mp.cuda_graphs = uint8_t(g);
+        minicpm_model_t * m = nullptr;
+        if (minicpm_model_load(dir.c_str(), &mp, &m) != MINICPM_STATUS_OK) break;
+        minicpm_context_params cp;
+        minicpm_context_default_params(&cp);
+        cp.n_ctx = 512;
+        cp.n_seq_max = 3;
+        minicpm_context_t * ctx = nullptr;
+        if (minicpm_context_init(m, &cp, &ctx) != MINICPM_STATUS_OK) {
+            minicpm_model_free(m);
+            break;
+        }
+        std::vector<float> last(static_cast<size_t>(V));
+        bool ok = true;
+        for (int32_t sq = 0; sq < 3 && ok; ++sq) {
+            std::vector<int32_t> toks(size_t(prompt_len[sq])), ids(toks.size(), sq);
+            for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 31 + 7 * size_t(sq) + 3) % 500);
+            ok = minicpm_context_eval(ctx, toks.data(), ids.data(), nullptr, int32_t(toks.size()), last.data(), V) == 1;
+        }
+        for (int32_t step = 0; step < n_steps && ok; ++step) {
+            const int32_t nb = step >= 6 && step < 10 ? 2 : 3;  // batch 3, then 2, then 3 again
+            std::vector<int32_t> toks, ids;
+            for (int32_t sq = 0; sq < nb; ++sq) {
+                toks.push_back((step * 17 + sq * 5 + 11) % 500);
+                ids.push_back(sq);
+            }
+            const std::vector<uint8_t> out(size_t(nb), 1);
+            std::vector<float>         l(size_t(nb) * V);
+            ok = minicpm_context_eval(ctx, toks.data(), ids.data(), out.data(), nb, l.data(), int64_t(l.size())) == nb;
+            logits[g].insert(logits[g].end(), l.begin(), l.end());
+        }
+        ran[g] = ok;
+        gs[g] = ctx->impl->backend_ref().graph_stats();
+        minicpm_context_free(ctx);
+        minicpm_model_free(m);
+    }
+    minicpm_test::remove_dir(dir);
+    size_t differ = logits[0].size() == logits[1].size() ? 0 : logits[0].size() + 1;
+    double max_diff = 0;
+    for (size_t i = 0; differ == 0 && i < logits[0].size(); ++i)
+        if (std::memcmp(&logits[0][i], &logits[1][i], sizeof(float)) != 0) {
+            ++differ;
+            max_diff = std::max(max_diff, std::fabs(double(logits[0][i]) - double(logits[1][i])));
+        }
+    std::printf("step graphs: %s\n", gs[1].enabled ? "on" : gs[1].off_reason);
+    CHECK(ran[0] && ran[1] && !logits[0].empty() && differ == 0,
+          "CUDA graph decode steps vs eager: %zu of %zu logits differ (max |diff| %.3e), %d steps, batch 3 -> 2 -> 3, "
+          "context 250 -> %d", differ, logits[0].size(), n_steps, 250 + n_steps);
+    CHECK(!gs[0].enabled && gs[0].captures == 0 && gs[0].replays == 0,
+          "cuda_graphs = 0: graphs off (%s), %llu captures, %llu replays", gs[0].off_reason,
+          (unsigned long long) gs[0].captures, (unsigned long long) gs[0].replays);
+    CHECK(gs[1].enabled && gs[1].captures >= 2 && gs[1].replays >= 6 && gs[1].fallbacks >= 1,
+          "cuda_graphs = 1: %llu captures (>= 2: batch 3 and 2), %llu replays (>= 6), %llu fallbacks (>= 1: the "
+          "split-K switch at 256 slots)", (unsigned long long) gs[1].captures, (unsigned long long) gs[1].replays,
+          (unsigned long long) gs[1].fallbacks);
+}
+
 // Seconds per call of fn, after one warm-up call, averaged over reps.
 template <typename F> double time_calls(backend & be, int reps, F && fn) {
     fn();
@@ -1107,6 +1183,7 @@ int main(int argc, char ** argv) {
         // Last: a device fault is sticky, and the checks above should still be reported if one happens here.
         test_sparse(*be);
         test_model(true);
+        test_step_graphs();
         test_qgemm(*be);  // the newest kernel last, for the same reason
         if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) {
             perf(*be);

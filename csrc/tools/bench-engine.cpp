@@ -164,6 +164,8 @@ int main(int argc, char ** argv) {
     minicpm_model_default_params(&mp);
     if (const char * b = std::getenv("MINICPM_BACKEND"))  // cpu | cuda | auto (scripts/gpu-check.sh)
         mp.backend = std::string(b) == "cuda" ? MINICPM_BACKEND_CUDA : std::string(b) == "cpu" ? MINICPM_BACKEND_CPU : 0;
+    if (const char * g = std::getenv("MINICPM_CUDA_GRAPHS"))  // on | off (scripts/gpu-check.sh compares both)
+        mp.cuda_graphs = std::string(g) == "off" ? 0 : 1;
     const std::string quant = argc > 3 ? argv[3] : "";
     if (quant == "q8") mp.quantize = MINICPM_DTYPE_Q8;
     else if (quant == "q4") mp.quantize = MINICPM_DTYPE_Q4;
@@ -179,7 +181,8 @@ int main(int argc, char ** argv) {
     info.size = sizeof(info);
     rc = minicpm_model_info(model, &info);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_info", rc);
-    std::printf("backend: %s\n", info.backend_name);
+    std::printf("backend: %s%s\n", info.backend_name,
+                info.backend == MINICPM_BACKEND_CUDA ? (mp.cuda_graphs ? " (cuda graphs on)" : " (cuda graphs off)") : "");
     const char * forced = std::getenv("MINICPM_KERNELS");
     std::printf("kernels: %s%s%s%s\n", kernel_family(model, n_threads).c_str(), forced ? " (MINICPM_KERNELS=" : "",
                 forced ? forced : "", forced ? ")" : "");

@@ -121,6 +121,7 @@ export const modelOptions = {
   'kv-dtype': { type: 'string' },
   backend: { type: 'string' },
   'gpu-memory': { type: 'string' },
+  'cuda-graphs': { type: 'string' },
   exact: { type: 'boolean' },
   quantize: { type: 'string' },
   'quant-group': { type: 'string' },
@@ -145,6 +146,7 @@ export const modelHelp = `Model:
                            cpu or cuda (an error when this build or machine has none)
       --gpu-memory SIZE    CUDA: the one device memory arena for weights, KV and activations, allocated at
                            load (default 90% of the free device memory; half on Jetson)
+      --cuda-graphs on|off CUDA: replay decode steps as CUDA graphs (default on; off: direct kernel launches)
       --exact              CPU kernels with exact f32 products (no bf16 rounding of activations; slower prefill);
                            the same as MINICPM_KERNELS=exact
       --quantize q8|q4     quantize the weights at load (round to nearest; q8 symmetric, q4 asymmetric)
@@ -208,6 +210,7 @@ export function loadOptionsOf(values: Values): LoadOptions & { dir?: string } {
     kvDtype: kvDtypeOf(values),
     backend: backendOf(values),
     deviceMemory: size(values, 'gpu-memory', { min: 1 }),
+    cudaGraphs: cudaGraphsOf(values),
     exact: values.exact === true ? true : undefined,
     ...quantizeOf(values),
     prefixCache: values['no-prefix-cache'] === true ? false : undefined,
@@ -247,6 +250,13 @@ export function backendOf(values: Values): LoadOptions['backend'] {
   const b = BACKENDS.find((d) => d === raw)
   if (b === undefined) throw new UsageError(`--backend must be one of ${BACKENDS.join(', ')}, got '${raw}'`)
   return b
+}
+
+export function cudaGraphsOf(values: Values): boolean | undefined {
+  const raw = values['cuda-graphs']
+  if (raw === undefined) return undefined
+  if (raw !== 'on' && raw !== 'off') throw new UsageError(`--cuda-graphs must be on or off, got '${raw}'`)
+  return raw === 'on'
 }
 
 export function quantizeOf(values: Values): Pick<LoadOptions, 'quantize' | 'quantGroupSize'> {

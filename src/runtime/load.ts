@@ -35,6 +35,8 @@ export interface LoadOptions {
   backend?: Backend
   /** CUDA: bytes of the device memory arena (`--gpu-memory`); default 90% of the free device memory (half on Jetson). */
   deviceMemory?: number
+  /** CUDA: replay decode steps as CUDA graphs (`--cuda-graphs on|off`); default true. */
+  cudaGraphs?: boolean
   nBatchMax?: number
   nChunk?: number
   nQueueMax?: number
@@ -154,6 +156,7 @@ export async function loadModel(dir?: string, opts: LoadOptions = {}): Promise<M
     nThreads: opts.nThreads,
     backend: opts.backend,
     deviceMemory: opts.deviceMemory,
+    cudaGraphs: opts.cudaGraphs,
     quantize: opts.quantize,
     quantGroupSize: opts.quantGroupSize,
     quantizeHead: opts.quantizeHead,

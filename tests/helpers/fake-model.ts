@@ -144,6 +144,9 @@ export class FakeModel implements ServedModel {
       specDepthAcceptance: [],
       forwardUs: 0,
       attentionUs: 0,
+      graphCaptures: 0,
+      graphReplays: 0,
+      graphFallbacks: 0,
     }
   }
 
