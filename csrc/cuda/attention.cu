@@ -250,11 +250,12 @@ split_plan plan_split_attention(int32_t nh, int32_t nkv, int32_t hd, int64_t T, 
     if (T > k_split_max_rows || max_slots < k_split_min_slots || G * hd > k_split_threads * k_split_own ||
         split_shared_bytes(G, hd) > 48 * 1024)
         return p;
-    // Planned for the context rounded up to a power of two, so that the plan (baked into a recorded step
-    // graph) stays the same while a context grows to twice its length; partitions past a row's context are
-    // empty and weigh nothing in the combine.
-    int64_t ctx = k_split_min_slots;
-    while (ctx < max_slots) ctx *= 2;
+    // Planned for the context rounded up to 8..15 times a power of two: the plan (baked into a recorded step
+    // graph) then stays the same while a context grows by an eighth, at the cost of at most an eighth of the
+    // partitions running empty past a row's context (they weigh nothing in the combine).
+    int64_t step = 1;
+    while (max_slots > 16 * step) step *= 2;
+    const int64_t ctx = ceil_div(max_slots, step) * step;
     // About two blocks per SM, with partitions of at least 64 slots.
     const int64_t want = ceil_div(2 * int64_t(std::max(n_sms, 1)), T * nkv);
     const int64_t n = std::max<int64_t>(1, std::min<int64_t>(want, ceil_div(ctx, 64)));

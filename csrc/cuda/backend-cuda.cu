@@ -187,7 +187,8 @@ class cuda_backend final : public backend {
         const int64_t T = stage_rows(segs, n_segs);
         const cuda::split_plan p =
             cuda::plan_split_attention(n_head, kv.n_head_kv, kv.head_dim, T, max_slots_, n_sms_);
-        if (p.n_parts > 0) grow(split_, cuda::split_scratch_floats(p, n_head, kv.head_dim, T) * sizeof(float));
+        if (p.n_parts > 0)
+            grow(split_, cuda::split_scratch_floats(p, n_head, kv.head_dim, T) * sizeof(float), true);
         if (replay({9, bits(out), bits(q), bits(kv.k), bits(kv.v), uint64_t(kv.type), uint64_t(kv.n_head_kv),
                     uint64_t(kv.head_dim), uint64_t(n_head), bits(scale), uint64_t(T), uint64_t(p.n_parts),
                     uint64_t(p.part_len), bits(rows_dev_.data), bits(blocks_dev_.data), bits(split_.data)}))
@@ -362,11 +363,11 @@ class cuda_backend final : public backend {
         graphs_->refuse(why);
         return true;
     }
-    // Scratch grows by doubling, so that growing contexts and batches rarely move it (a move changes the
-    // pointers a recorded step graph holds: the step is then recorded again).
-    void grow(buffer & b, size_t bytes) {
+    // doubling: for the small tables and scratch of decode steps, so that growing contexts and batches rarely
+    // move them (a move changes the pointers a recorded step graph holds: the step is then recorded again).
+    void grow(buffer & b, size_t bytes, bool doubling = false) {
         if (b.size >= bytes) return;
-        bytes = std::max(bytes, b.size * 2);
+        if (doubling) bytes = std::max(bytes, b.size * 2);
         if (graphs_->current() == step_mode::capture) graphs_->refuse("a scratch buffer grew during capture");
         synchronize();  // kernels in flight may still read the old buffer
         release(b);
@@ -423,8 +424,8 @@ class cuda_backend final : public backend {
                           std::memcmp(staged_rows_.data(), rows_.data(), rb) == 0 &&
                           std::memcmp(staged_blocks_.data(), blocks_.data(), bb) == 0;
         if (!same) {
-            grow(rows_dev_, rb);
-            grow(blocks_dev_, bb);
+            grow(rows_dev_, rb, true);
+            grow(blocks_dev_, bb, true);
             upload(rows_dev_, 0, rows_.data(), rb);
             upload(blocks_dev_, 0, blocks_.data(), bb);
             staged_rows_.assign((const uint8_t *) rows_.data(), (const uint8_t *) rows_.data() + rb);
