@@ -213,11 +213,12 @@ void launch_shape(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wde
 
 template <bool Q4>
 void launch_for_rows(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T) {
-    // Few rows (batched decode): one m16 tile a warp, so a block does not stream weights for empty rows.
+    // Few rows (batched decode): one or two m16 tiles a warp, so a block does not stream weights for empty
+    // rows, and 64 weight rows a block, so that an FFN projection still spreads over every SM.
     if (T <= 16) {
-        launch_shape<1, 4, 1, Q4>(s, y, xb, w, T);
+        launch_shape<1, 2, 1, Q4>(s, y, xb, w, T);
     } else if (T <= 32) {
-        launch_shape<1, 4, 2, Q4>(s, y, xb, w, T);
+        launch_shape<1, 2, 2, Q4>(s, y, xb, w, T);
     } else {
         launch_shape<2, 4, 2, Q4>(s, y, xb, w, T);
     }
