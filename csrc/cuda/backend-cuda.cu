@@ -419,6 +419,11 @@ class cuda_backend final : public backend {
                 rows_[size_t(sg.row_begin + j)] = r;
             }
         }
+        // The block table padded to a power of two (at least 64 entries): its upload, which a step graph
+        // records, keeps its size while sequences cross block boundaries. Padding entries are never read.
+        size_t n_blocks = 64;
+        while (n_blocks < blocks_.size()) n_blocks *= 2;
+        blocks_.resize(n_blocks, 0);
         const size_t rb = rows_.size() * sizeof(cuda::row_info), bb = blocks_.size() * sizeof(int32_t);
         const bool same = rb == staged_rows_.size() && bb == staged_blocks_.size() &&
                           std::memcmp(staged_rows_.data(), rows_.data(), rb) == 0 &&
