@@ -65,7 +65,9 @@ template <int BM, int BN, bool Q4> struct qstage {
 };
 
 __device__ __forceinline__ int a_chunk(int r, int c) { return c ^ ((r & 1) << 2); }
-template <bool Q4> __device__ __forceinline__ int b_chunk(int r, int c) { return Q4 ? c ^ ((r >> 2) & 1) : c ^ (r & 2); }
+template <bool Q4> __device__ __forceinline__ int b_chunk(int r, int c) {
+    return Q4 ? c ^ ((r >> 2) & 1) : c ^ (r & 2);
+}
 
 // WM x WN warps; each warp computes MF m16 tiles (rows of T) by four n8 tiles (weight rows).
 template <int WM, int WN, int MF, bool Q4>
@@ -235,7 +237,8 @@ bool qgemm_supported(const wdesc & w) {
 void launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T) {
     if (T <= 0) return;
     if (ceil_div(T, 16) > 65535)
-        fail(MINICPM_STATUS_INVALID_ARGUMENT, "matmul: " + std::to_string(T) + " rows exceed the quantized gemm's grid");
+        fail(MINICPM_STATUS_INVALID_ARGUMENT,
+             "matmul: " + std::to_string(T) + " rows exceed the quantized gemm's grid");
     if (w.type == MINICPM_DTYPE_Q4) {
         launch_for_rows<true>(s, y, xb, w, T);
     } else {

@@ -436,12 +436,14 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
     };
 
     // A small step without host read-backs (hook, hidden states) or sparse ops may run as a step graph of
-    // the backend, keyed by its row and logit-row counts (which place the activations in the workspace); when
-    // the backend does not take it, or the graph cannot run, the same ops are issued directly.
+    // the backend, keyed by its workspace (a drafter's forward shares the engine's backend) and its row and
+    // logit-row counts (which place the activations in the workspace); when the backend does not take it, or
+    // the graph cannot run, the same ops are issued directly.
     const bool graphable = !direct && T <= k_graph_max_rows && !batch.hook && !batch.hidden &&
                            ws.sparse_segs.empty() && ws.comp_segs.empty();
+    const int64_t graph_key = int64_t((uint64_t(uintptr_t(&ws)) * 0x9E3779B97F4A7C15ull) ^ uint64_t(T << 20 | R));
     bool ran = false;
-    if (graphable && be.begin_graph_step(T << 20 | R)) {
+    if (graphable && be.begin_graph_step(graph_key)) {
         try {
             issue(false);
             ran = be.end_graph_step();

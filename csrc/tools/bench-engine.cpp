@@ -181,8 +181,8 @@ int main(int argc, char ** argv) {
     info.size = sizeof(info);
     rc = minicpm_model_info(model, &info);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_info", rc);
-    std::printf("backend: %s%s\n", info.backend_name,
-                info.backend == MINICPM_BACKEND_CUDA ? (mp.cuda_graphs ? " (cuda graphs on)" : " (cuda graphs off)") : "");
+    const char * graphs = mp.cuda_graphs ? " (cuda graphs on)" : " (cuda graphs off)";
+    std::printf("backend: %s%s\n", info.backend_name, info.backend == MINICPM_BACKEND_CUDA ? graphs : "");
     const char * forced = std::getenv("MINICPM_KERNELS");
     std::printf("kernels: %s%s%s%s\n", kernel_family(model, n_threads).c_str(), forced ? " (MINICPM_KERNELS=" : "",
                 forced ? forced : "", forced ? ")" : "");
