@@ -951,20 +951,24 @@ void test_step_graphs() {
     const int32_t prompt_len[3] = {40, 250, 5};
     std::vector<float> logits[2];
     step_graph_stats   gs[2];
+    std::string        off_reason[2];  // gs[g].off_reason lives as long as its backend
     bool               ran[2] = {false, false};
     for (int g = 0; g < 2; ++g) {
         minicpm_model_params mp;
         minicpm_model_default_params(&mp);
         mp.backend = MINICPM_BACKEND_CUDA;
         mp.cuda_graphs = uint8_t(g);
-        minicpm_model_t * m = nullptr;
-        if (minicpm_model_load(dir.c_str(), &mp, &m) != MINICPM_STATUS_OK) break;
+        minicpm_model_t *      m = nullptr;
+        minicpm_context_t *    ctx = nullptr;
         minicpm_context_params cp;
         minicpm_context_default_params(&cp);
         cp.n_ctx = 512;
         cp.n_seq_max = 3;
-        minicpm_context_t * ctx = nullptr;
-        if (minicpm_context_init(m, &cp, &ctx) != MINICPM_STATUS_OK) {
+        if (minicpm_model_load(dir.c_str(), &mp, &m) != MINICPM_STATUS_OK ||
+            minicpm_context_init(m, &cp, &ctx) != MINICPM_STATUS_OK) {
+            char msg[256] = "";
+            minicpm_last_error(msg, int32_t(sizeof(msg)));
+            std::printf("step graphs: model or context (cuda_graphs = %d): %s\n", g, msg);
             minicpm_model_free(m);
             break;
         }
@@ -988,24 +992,31 @@ void test_step_graphs() {
             logits[g].insert(logits[g].end(), l.begin(), l.end());
         }
         ran[g] = ok;
+        if (!ok) {
+            char msg[256] = "";
+            minicpm_last_error(msg, int32_t(sizeof(msg)));
+            std::printf("step graphs: eval (cuda_graphs = %d): %s\n", g, msg);
+        }
         gs[g] = ctx->impl->backend_ref().graph_stats();
+        off_reason[g] = gs[g].off_reason;
         minicpm_context_free(ctx);
         minicpm_model_free(m);
     }
     minicpm_test::remove_dir(dir);
-    size_t differ = logits[0].size() == logits[1].size() ? 0 : logits[0].size() + 1;
-    double max_diff = 0;
-    for (size_t i = 0; differ == 0 && i < logits[0].size(); ++i)
+    const bool same_size = logits[0].size() == logits[1].size();
+    size_t     differ = same_size ? 0 : logits[0].size() + 1;
+    double     max_diff = 0;
+    for (size_t i = 0; same_size && i < logits[0].size(); ++i)
         if (std::memcmp(&logits[0][i], &logits[1][i], sizeof(float)) != 0) {
             ++differ;
             max_diff = std::max(max_diff, std::fabs(double(logits[0][i]) - double(logits[1][i])));
         }
-    std::printf("step graphs: %s\n", gs[1].enabled ? "on" : gs[1].off_reason);
+    std::printf("step graphs: %s\n", gs[1].enabled ? "on" : off_reason[1].c_str());
     CHECK(ran[0] && ran[1] && !logits[0].empty() && differ == 0,
           "CUDA graph decode steps vs eager: %zu of %zu logits differ (max |diff| %.3e), %d steps, batch 3 -> 2 -> 3, "
           "context 250 -> %d", differ, logits[0].size(), n_steps, 250 + n_steps);
     CHECK(!gs[0].enabled && gs[0].captures == 0 && gs[0].replays == 0,
-          "cuda_graphs = 0: graphs off (%s), %llu captures, %llu replays", gs[0].off_reason,
+          "cuda_graphs = 0: graphs off (%s), %llu captures, %llu replays", off_reason[0].c_str(),
           (unsigned long long) gs[0].captures, (unsigned long long) gs[0].replays);
     CHECK(gs[1].enabled && gs[1].captures >= 2 && gs[1].replays >= 6 && gs[1].fallbacks >= 1,
           "cuda_graphs = 1: %llu captures (>= 2: batch 3 and 2), %llu replays (>= 6), %llu fallbacks (>= 1: the "
