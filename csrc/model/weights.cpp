@@ -6,6 +6,7 @@
 #include "core/status.h"
 #include "model/marlin.h"
 #include "model/safetensors.h"
+#include "model/torch-pickle.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -204,16 +205,26 @@ bool plain_file_name(const std::string & s) {
     return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos && s.find('\0') == std::string::npos;
 }
 
-// Maps dir/model.safetensors (or the shards of model.safetensors.index.json, or CPM.cu's model_gptq.safetensors)
-// into out->files and lists every tensor by name in table (pointing into headers, which must outlive it).
-void open_safetensors(const std::string & dir, bool use_mmap, loaded_model_files & out,
+// Maps the checkpoint's weight files into out->files and lists every tensor by name in table (pointing into
+// headers, which must outlive it). Looked for in this order: model.safetensors.index.json and its shards,
+// model.safetensors, CPM.cu's model_gptq.safetensors, pytorch_model.bin.index.json and its shards,
+// pytorch_model.bin (torch.save zip archives, their tensors mapped in place like safetensors ones).
+void open_weight_files(const std::string & dir, bool use_mmap, loaded_model_files & out,
                       std::deque<safetensors_header> & headers, std::map<std::string, located> & table,
                       std::string & listing) {
     // file name -> tensors the index assigns to it (single-file checkpoints list no names: take all)
     std::map<std::string, std::vector<std::string>> assigned;
-    const std::string index_path = dir + "/model.safetensors.index.json";
-    const bool sharded = file_exists(index_path);
-    listing = dir + "/model.safetensors";
+    std::string index_path;
+    for (const char * index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
+        if (index_path.empty() && file_exists(dir + "/" + index)) index_path = dir + "/" + index;
+    }
+    for (const char * single : {"model.safetensors", "model_gptq.safetensors", "pytorch_model.bin"}) {
+        if (index_path.empty() && listing.empty() && file_exists(dir + "/" + single)) {
+            listing = dir + "/" + single;
+            assigned[single];
+        }
+    }
+    const bool sharded = !index_path.empty();
     if (sharded) {
         listing = index_path;
         const std::string text = read_text(index_path);
@@ -229,26 +240,18 @@ void open_safetensors(const std::string & dir, bool use_mmap, loaded_model_files
             }
             assigned[m.second.string].push_back(m.first);
         }
-    } else {
-        if (!file_exists(listing) && file_exists(dir + "/model_gptq.safetensors")) {
-            listing = dir + "/model_gptq.safetensors";  // CPM.cu's Marlin repack (*-marlin-cpmcu)
-            assigned["model_gptq.safetensors"];
-        } else {
-            if (!file_exists(listing)) {
-                fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists" +
-                                            (file_exists(dir + "/pytorch_model.bin")
-                                                 ? " (pytorch_model.bin is not read: convert it to safetensors)"
-                                                 : ""));
-            }
-            assigned["model.safetensors"];
-        }
+    } else if (listing.empty()) {
+        fail(MINICPM_STATUS_IO, dir + ": no weights: none of model.safetensors, model.safetensors.index.json, "
+                                      "pytorch_model.bin, pytorch_model.bin.index.json exists");
     }
 
     for (const auto & a : assigned) {
         const std::string path = dir + "/" + a.first;
         out.files.push_back(std::make_unique<mapped_file>(path, use_mmap));
         const mapped_file & f = *out.files.back();
-        headers.push_back(parse_safetensors_header(f.data(), f.size(), path));
+        const bool torch_zip = path.size() > 4 && path.compare(path.size() - 4, 4, ".bin") == 0;
+        headers.push_back(torch_zip ? parse_torch_checkpoint(f.data(), f.size(), path)
+                                    : parse_safetensors_header(f.data(), f.size(), path));
         const safetensors_header & h = headers.back();
         std::map<std::string, const safetensors_entry *> in_file;
         for (const safetensors_entry & e : h.entries) in_file[e.name] = &e;
@@ -272,7 +275,7 @@ class loaded_tensor_files final : public tensor_files {
     loaded_tensor_files(const std::string & dir, bool use_mmap) {
         std::map<std::string, located> table;
         std::string                    listing;
-        open_safetensors(dir, use_mmap, files_, headers_, table, listing);
+        open_weight_files(dir, use_mmap, files_, headers_, table, listing);
         for (const auto & t : table) names_.push_back(t.first);
         binder_ = std::make_unique<tensor_binder>(files_, std::move(table), listing);
         listing_ = listing;
@@ -309,7 +312,7 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
     std::deque<safetensors_header> headers;  // kept alive: the table points into them
     std::map<std::string, located> table;
     std::string                    listing;
-    open_safetensors(dir, use_mmap, *out, headers, table, listing);
+    open_weight_files(dir, use_mmap, *out, headers, table, listing);
 
     tensor_binder b(*out, std::move(table), listing);
     model_weights & w = out->weights;

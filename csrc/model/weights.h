@@ -1,4 +1,4 @@
-// The model's tensors, mapped from safetensors files and checked against the config.
+// The model's tensors, mapped from safetensors files (or torch.save pytorch_model.bin) and checked against the config.
 #pragma once
 
 #include "core/tensor.h"
@@ -45,11 +45,13 @@ class model_files {
     std::deque<quantized_tensor> converted;
 };
 
-// Loads dir/config.json and dir/model.safetensors or the shards named by dir/model.safetensors.index.json.
+// Loads dir/config.json and dir/model.safetensors or the shards named by dir/model.safetensors.index.json
+// (or pytorch_model.bin / pytorch_model.bin.index.json, read as model/torch-pickle.h describes).
 // Throws minicpm::error with a message naming the file, the tensor and the problem.
 std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap);
 
-// The tensors of a safetensors checkpoint directory that is not a MiniCPM model (an EAGLE head): mapped, by name.
+// The tensors of a checkpoint directory that is not a MiniCPM model (an EAGLE head): mapped, by name, from the
+// same files load_model_files reads.
 class tensor_files {
   public:
     virtual ~tensor_files() = default;

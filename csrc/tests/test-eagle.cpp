@@ -2,6 +2,7 @@
 // published layout, reference ops:
 //   - head parity: eagle_head::forward (causal rows, then masked tree rows over them) against a plain double
 //     implementation written here from the checkpoint's values; FR-Spec logits equal the gathered columns;
+//   - the head saved as pytorch_model.bin (torch.save layout) gives its safetensors twin's outputs bit for bit;
 //   - greedy and sampled requests in a batch of mixed sequences: output == plain decoding token for token, with
 //     the full vocabulary and with an FR-Spec subset (every drafted token inside it), acceptance printed;
 //   - bad head directories (wrong hidden size, missing tensor, wrong shape, a plain model) give clear errors,
@@ -223,6 +224,41 @@ void test_head_parity(const std::string & head_dir) {
           head->vocab_size(), fr_err, head->token_of(5));
     minicpm::kv_seq_free(kv, seq);
     head->release_workspace(*be, ws);
+}
+
+// The head's features and logits over 6 causal rows (the head parity inputs), on the reference ops.
+std::vector<float> head_outputs(minicpm::eagle_head & head) {
+    const int32_t H = g_model->config().n_embd, V = g_model->config().n_vocab, T = 6;
+    auto be = g_model->make_backend(reference_ops());
+    minicpm::kv_pool         kv(*be, head.config(), minicpm::dtype::f32, 4);
+    minicpm::kv_seq          seq;
+    minicpm::eagle_workspace ws;
+    std::vector<int32_t> tok = {5, 77, 300, 12, 499, 64}, pos = {0, 1, 2, 3, 4, 5}, rows = {0, 1, 2, 3, 4, 5};
+    std::vector<float>   hid(size_t(T) * H), out(size_t(T) * (H + V));
+    for (size_t i = 0; i < hid.size(); ++i) hid[i] = float(std::cos(double(i) * 0.29) * 1.1);
+    minicpm::kv_seq_prepare(kv, seq, 0, T);
+    minicpm::kv_segment sg;
+    sg.n_rows = T;
+    sg.blocks = seq.blocks.data();
+    head.forward(*be, ws, kv, sg, tok.data(), hid.data(), pos.data(), T, out.data(), rows.data(), T,
+                 out.data() + size_t(T) * H);
+    minicpm::kv_seq_free(kv, seq);
+    head.release_workspace(*be, ws);
+    return out;
+}
+
+// The same head saved as pytorch_model.bin (torch.save layout, tests/torch-bin.h) must load to the same weights:
+// features and logits bit for bit those of its safetensors twin.
+void test_bin_twin(const std::string & head_dir, const std::string & bin_dir) {
+    const std::vector<float> a = head_outputs(*minicpm::eagle_head::load(head_dir, *g_model, true));
+    const std::vector<float> b = head_outputs(*minicpm::eagle_head::load(bin_dir, *g_model, true));
+    const std::vector<float> c = head_outputs(*minicpm::eagle_head::load(bin_dir, *g_model, false));
+    double diff = a.size() == b.size() && a.size() == c.size() ? 0.0 : 1e9;
+    for (size_t i = 0; i < a.size() && diff < 1e9; ++i)
+        diff = std::max({diff, std::fabs(double(a[i]) - double(b[i])), std::fabs(double(a[i]) - double(c[i]))});
+    CHECK(diff == 0.0 && std::memcmp(a.data(), b.data(), a.size() * 4) == 0,
+          "EAGLE head from pytorch_model.bin (mmap and read) vs its model.safetensors twin: %zu features + logits, "
+          "max abs diff %g (bit-identical wanted)", a.size(), diff);
 }
 
 minicpm_engine_params engine_params(int32_t kv_blocks = 96) {
@@ -562,12 +598,15 @@ int main() {
     g_spec.weight_std = 0.25f;
     minicpm_test::write_tiny_model(dir + "/target", g_spec);
     minicpm_test::write_tiny_eagle(dir + "/head", g_spec, g_head);
+    std::filesystem::create_directories(dir + "/head-bin");
+    minicpm_test::write_tiny_eagle(dir + "/head-bin", g_spec, g_head, true);
     collect_values(minicpm_test::tiny_raw_tensors(g_spec));
     collect_values(minicpm_test::tiny_eagle_raw_tensors(g_head));
     try {
         std::unique_ptr<minicpm::model> target = minicpm::model::load(dir + "/target", true, MINICPM_BACKEND_CPU);
         g_model = target.get();
         test_head_parity(dir + "/head");
+        test_bin_twin(dir + "/head", dir + "/head-bin");
         minicpm::tree_shape shape;  // CPM.cu CLI defaults 2 / 10 / 12
         test_batch(dir + "/head", 0, shape);
         test_batch(dir + "/head", 64, shape);
