@@ -140,25 +140,42 @@ class tensor_binder {
         if (!c.quant.present || c.quant.method != "gptq" || !c.quant.sym || c.quant.desc_act)
             fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": Marlin tensors need a symmetric GPTQ quantization_config "
                                                       "without desc_act in config.json");
-        int64_t N = 0;
-        for (int64_t n : Ns) N += n;
         const int64_t G = c.quant.group_size == -1 ? 1 : K / c.quant.group_size;
         if (c.quant.group_size != -1 && K % c.quant.group_size != 0)
             fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + "' in features " + std::to_string(K) +
                                                " are not a multiple of group_size " + std::to_string(c.quant.group_size));
+        return bind_marlin(prefix, Ns, K, G);
+    }
+
+    // The same with the group count G given (an EAGLE head: from its scales' shape).
+    std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K, int64_t G) {
+        int64_t N = 0;
+        for (int64_t n : Ns) N += n;
         const auto * qweight = (const int32_t *) raw(prefix + ".qweight", "I32", {K / 16, 2 * N});
         const auto * scales = (const uint16_t *) raw(prefix + ".scales", "F16", {G, N});
-        const quantized_tensor fused = marlin_to_q4(qweight, scales, N, K, G, listing_ + ": " + prefix);
+        quantized_tensor fused = marlin_to_q4(qweight, scales, N, K, G, listing_ + ": " + prefix);
         std::vector<tensor_desc> out;
         int64_t n0 = 0;
         for (int64_t n : Ns) {
-            out_.converted.push_back(Ns.size() == 1 ? fused : q4_rows(fused, n0, n0 + n));
-            out.push_back(out_.converted.back().desc());
-            out_.weights.n_params += uint64_t(n * K);
-            out_.weights.n_bytes += out.back().bytes();
+            out.push_back(keep(Ns.size() == 1 ? std::move(fused) : q4_rows(fused, n0, n0 + n)));
             n0 += n;
         }
         return out;
+    }
+
+    // Shape of a listed tensor (empty when absent).
+    std::vector<int64_t> shape(const std::string & name) const {
+        const auto it = table_.find(name);
+        return it == table_.end() ? std::vector<int64_t>{} : it->second.entry->shape;
+    }
+
+    // A converted tensor, owned with the files from now on.
+    tensor_desc keep(quantized_tensor && q) {
+        out_.converted.push_back(std::move(q));
+        const tensor_desc d = out_.converted.back().desc();
+        out_.weights.n_params += uint64_t(d.rows * d.cols);
+        out_.weights.n_bytes += d.bytes();
+        return d;
     }
 
     tensor_desc bind(const std::string & name, std::vector<int64_t> want) {
@@ -284,6 +301,14 @@ class loaded_tensor_files final : public tensor_files {
     tensor_desc bind(const std::string & name, const std::vector<int64_t> & shape) override {
         return binder_->bind(name, shape);
     }
+    std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K) override {
+        const std::vector<int64_t> s = binder_->shape(prefix + ".scales");
+        if (s.size() != 2 || s[0] < 1 || K % s[0] != 0)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + ".scales' must be [groups, out features] with "
+                                                      "the groups dividing the in features " + std::to_string(K));
+        return binder_->bind_marlin(prefix, Ns, K, s[0]);
+    }
+    tensor_desc keep(quantized_tensor && q) override { return binder_->keep(std::move(q)); }
     const std::vector<std::string> & names() const override { return names_; }
     const std::string &              listing() const override { return listing_; }
 

@@ -59,6 +59,11 @@ class tensor_files {
     // A BF16 / F16 / F32 tensor of exactly this shape; throws _BAD_MODEL naming the file, the tensor, and the
     // shape found (or that it is missing).
     virtual tensor_desc bind(const std::string & name, const std::vector<int64_t> & shape) = 0;
+    // CPM.cu's Marlin repack of a projection fused along N (the parts Ns) with K in features: prefix.qweight and
+    // prefix.scales, the group count read from the scales' shape; q4 tensors owned by this object.
+    virtual std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K) = 0;
+    // A tensor converted by the caller, owned by this object from now on.
+    virtual tensor_desc keep(quantized_tensor && q) = 0;
     virtual const std::vector<std::string> & names() const = 0;
     virtual const std::string &              listing() const = 0;  // the file named in messages
 };

@@ -394,13 +394,15 @@ function toToolMessage(m: ChatMessage): ToolMessage {
 
 /**
  * 'eagle' for an EAGLE draft head directory (its config names Eagle or carries eagle_config, or, given the
- * directory, its model.safetensors or pytorch_model.bin holds the head's fc.weight), else 'llm'.
+ * directory, its model.safetensors or pytorch_model.bin holds the head's fc.weight, or its Marlin
+ * model_gptq.safetensors fc.qweight), else 'llm'.
  */
 export function draftKind(config: Record<string, unknown>, dir?: string): 'eagle' | 'llm' {
   const names = JSON.stringify([config.architectures ?? '', config.model_type ?? '', config.auto_map ?? ''])
   if (/eagle/i.test(names) || config.eagle_config !== undefined) return 'eagle'
   if (dir === undefined) return 'llm'
-  const fc = safetensorsNames(join(dir, 'model.safetensors')).has('fc.weight') || torchBinKeys(join(dir, 'pytorch_model.bin'), 'fc.weight')
+  const tensors = new Set([...safetensorsNames(join(dir, 'model.safetensors')), ...safetensorsNames(join(dir, 'model_gptq.safetensors'))])
+  const fc = tensors.has('fc.weight') || tensors.has('fc.qweight') || torchBinKeys(join(dir, 'pytorch_model.bin'), 'fc.weight')
   return fc ? 'eagle' : 'llm'
 }
 
