@@ -227,18 +227,20 @@ bool plain_file_name(const std::string & s) {
 // model.safetensors, CPM.cu's model_gptq.safetensors, pytorch_model.bin.index.json and its shards,
 // pytorch_model.bin (torch.save zip archives, their tensors mapped in place like safetensors ones).
 void open_weight_files(const std::string & dir, bool use_mmap, loaded_model_files & out,
-                      std::deque<safetensors_header> & headers, std::map<std::string, located> & table,
-                      std::string & listing) {
+                       std::deque<safetensors_header> & headers, std::map<std::string, located> & table,
+                       std::string & listing) {
     // file name -> tensors the index assigns to it (single-file checkpoints list no names: take all)
     std::map<std::string, std::vector<std::string>> assigned;
-    std::string index_path;
-    for (const char * index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
-        if (index_path.empty() && file_exists(dir + "/" + index)) index_path = dir + "/" + index;
-    }
-    for (const char * single : {"model.safetensors", "model_gptq.safetensors", "pytorch_model.bin"}) {
-        if (index_path.empty() && listing.empty() && file_exists(dir + "/" + single)) {
-            listing = dir + "/" + single;
-            assigned[single];
+    std::string index_path;  // the first of these present wins (a repository may ship both formats)
+    for (const char * name : {"model.safetensors.index.json", "model.safetensors", "model_gptq.safetensors",
+                              "pytorch_model.bin.index.json", "pytorch_model.bin"}) {
+        if (!index_path.empty() || !listing.empty() || !file_exists(dir + "/" + name)) continue;
+        const std::string n = name;
+        if (n.size() > 11 && n.compare(n.size() - 11, 11, ".index.json") == 0) {
+            index_path = dir + "/" + n;
+        } else {
+            listing = dir + "/" + n;
+            assigned[n];
         }
     }
     const bool sharded = !index_path.empty();

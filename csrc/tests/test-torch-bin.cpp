@@ -135,6 +135,18 @@ void check_twins() {
         }
         remove_dir(dir);
     }
+    {  // both formats in one directory (as many hub repositories ship): the safetensors files win
+        tiny_model_spec other = base;
+        other.torch_bin = true;
+        other.n_shards = 2;
+        other.seed = base.seed + 1;
+        write_tiny_model(st_dir, other);
+        const auto got = load_model_files(st_dir, true);
+        size_t     compared = 0;
+        const size_t bad = differing_tensors(ref->weights, got->weights, compared);
+        CHECK(bad == 0, "model.safetensors beside pytorch_model.bin.index.json (other weights): %zu of %zu tensors "
+              "differ from the safetensors file", bad, compared);
+    }
     remove_dir(st_dir);
 
     const std::string empty = make_temp_dir("bin-none");
