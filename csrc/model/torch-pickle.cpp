@@ -31,6 +31,22 @@ bool torch_tensor_ref::contiguous() const {
     return true;
 }
 
+pickle_value::~pickle_value() {
+    std::vector<pickle_ref> stack;
+    auto take = [&](pickle_value & v) {
+        for (pickle_ref & x : v.items) stack.push_back(std::move(x));
+        for (auto & e : v.entries) stack.push_back(std::move(e.first)), stack.push_back(std::move(e.second));
+        v.items.clear();
+        v.entries.clear();
+    };
+    take(*this);
+    while (!stack.empty()) {
+        pickle_ref r = std::move(stack.back());
+        stack.pop_back();
+        if (r && r.use_count() == 1) take(*r);  // the last reference: empty it, so its destruction does not recurse
+    }
+}
+
 // torch.<Type>Storage -> the safetensors tag of its element type ("" when not a storage class).
 static std::string storage_dtype(const std::string & global) {
     static const std::pair<const char *, const char *> table[] = {

@@ -35,6 +35,10 @@ struct pickle_value {
     std::vector<pickle_ref>                       items;  // list, tuple
     std::vector<std::pair<pickle_ref, pickle_ref>> entries;  // dict, in insertion order
     torch_tensor_ref                              t;      // storage (key, dtype, numel) or tensor
+    pickle_value() = default;
+    pickle_value(const pickle_value &) = delete;
+    pickle_value & operator=(const pickle_value &) = delete;
+    ~pickle_value();  // without recursion: a hostile pickle may nest lists a million deep
 };
 
 // Interprets a data.pkl. Throws minicpm::error(_INVALID_ARGUMENT) prefixed with `what` on an unknown opcode or

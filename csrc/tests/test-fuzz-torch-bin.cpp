@@ -112,6 +112,9 @@ void named_cases(const std::string & dir) {
     expect_error("a value that is not a tensor", BAD, {"not a tensor"},
                  [&] { parse(state_dict(dir, {}, false, std::string("\x80\x02}(X\x01\0\0\0kK\x05u.", 15))); });
     expect_error("not a dict", BAD, {"no dict"}, [&] { parse(state_dict(dir, {}, false, "\x80\x02]." )); });
+    std::string deep = "\x80\x02" + std::string(1000000, ']') + std::string(999999, 'a') + ".";
+    expect_error("lists nested a million deep (freed without recursion)", BAD, {"no dict"},
+                 [&] { parse(state_dict(dir, {}, false, deep)); });
     expect_error("stack underflow", BAD, {"underflow"}, [&] { parse(state_dict(dir, {}, false, "\x80\x02R.")); });
     expect_error("pickle ends early", BAD, {"ends early"},
                  [&] { parse(state_dict(dir, {}, false, good_pickle().substr(0, good_pickle().size() - 1))); });
