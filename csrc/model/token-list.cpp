@@ -43,7 +43,8 @@ std::vector<int32_t> parse_token_list(const uint8_t * data, size_t n, const std:
         const zip_member * m = a.find("data/" + t.storage_key);
         if (m == nullptr) bad(what, "tensor storage data/" + t.storage_key + " missing");
         const std::vector<uint8_t> raw = zip_member_bytes(data, *m, what);
-        if (size_t(t.offset + t.numel()) * width > raw.size()) bad(what, "tensor larger than its storage");
+        if (uint64_t(t.offset) > raw.size() / width || uint64_t(t.numel()) > raw.size() / width - uint64_t(t.offset))
+            bad(what, "tensor larger than its storage");
         for (int64_t j = 0; j < t.numel(); ++j) {
             const uint8_t * q = raw.data() + size_t(t.offset + j) * width;
             push_id(ids, width == 8 ? int64_t(uint64_t(rd32(q)) | uint64_t(rd32(q + 4)) << 32) : int32_t(rd32(q)), what);

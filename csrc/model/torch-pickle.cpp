@@ -355,14 +355,14 @@ safetensors_header parse_torch_checkpoint(const uint8_t * data, uint64_t n, cons
             fail(MINICPM_STATUS_BAD_MODEL, where + ": storage data/" + t.storage_key + " is compressed; torch.save "
                                                "stores storages uncompressed so they can be mapped");
         const uint64_t esize = safetensors_dtype_size(t.dtype);
-        if (uint64_t(t.storage_numel) * esize != m->size)
+        if (uint64_t(t.storage_numel) > m->size / esize || uint64_t(t.storage_numel) * esize != m->size)
             fail(MINICPM_STATUS_BAD_MODEL, where + ": storage data/" + t.storage_key + " holds " + std::to_string(m->size) +
                                                " bytes, not " + std::to_string(t.storage_numel) + " " + t.dtype +
                                                " elements");
         const int64_t numel = t.numel();
-        if (numel > 0 && t.offset + numel > t.storage_numel)
-            fail(MINICPM_STATUS_BAD_MODEL, where + ": elements [" + std::to_string(t.offset) + ", " +
-                                               std::to_string(t.offset + numel) + ") lie outside its storage of " +
+        if (numel > 0 && (t.offset > t.storage_numel || numel > t.storage_numel - t.offset))
+            fail(MINICPM_STATUS_BAD_MODEL, where + ": " + std::to_string(numel) + " elements from offset " +
+                                               std::to_string(t.offset) + " lie outside its storage of " +
                                                std::to_string(t.storage_numel));
         safetensors_entry e;
         e.name = key->s;

@@ -150,7 +150,11 @@ void mutate(std::string & b, rng & r) {
         case 2: b.insert(pos, 1, char(r.next())); break;
         case 3: b.erase(pos, 1 + r.below(4)); break;
         case 4: b.resize(pos); break;
-        case 5: b.insert(pos, b.substr(r.below(b.size()), 1 + r.below(16))); break;
+        case 5: {  // the draws in order, so every platform makes the same inputs
+            const size_t from = r.below(b.size()), n = 1 + r.below(16);
+            b.insert(pos, b.substr(from, n));
+            break;
+        }
         default: for (int k = 0; k < 4 && pos + size_t(k) < b.size(); ++k) b[pos + size_t(k)] = char(0xff); break;
     }
 }
