@@ -6,7 +6,7 @@
  * through the library, the CLI and the server; bad head directories fail with a message.
  */
 import { afterAll, beforeAll, expect, test } from 'bun:test'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { loadModel, type Model } from '../src/index.ts'
@@ -97,6 +97,23 @@ test('an EAGLE head directory: detected from its config or its tensors; greedy =
   expect(draftKind({ architectures: ['MiniCPMEagle'] })).toBe('eagle')
   expect(draftKind({ architectures: ['MiniCPMForCausalLM'] }, eagleDir)).toBe('eagle') // fc.weight in the file
   expect(draftKind({ architectures: ['MiniCPMForCausalLM'] }, dir)).toBe('llm')
+  // pytorch_model.bin: the keys pickled in data.pkl, the archive's first (stored) member
+  const binDir = join(tmpdir(), `eagle-bin-${process.pid}`)
+  mkdirSync(binDir, { recursive: true })
+  try {
+    const pkl = Buffer.concat([Buffer.from('\x80\x02ccollections\nOrderedDict\n)R(X', 'latin1'), Buffer.from([9, 0, 0, 0]), Buffer.from('fc.weight')])
+    const local = Buffer.alloc(30)
+    local.writeUInt32LE(0x04034b50, 0)
+    local.writeUInt32LE(pkl.length, 18)
+    local.writeUInt32LE(pkl.length, 22)
+    local.writeUInt16LE('head/data.pkl'.length, 26)
+    writeFileSync(join(binDir, 'pytorch_model.bin'), Buffer.concat([local, Buffer.from('head/data.pkl'), pkl]))
+    expect(draftKind({ architectures: ['MiniCPMForCausalLM'] }, binDir)).toBe('eagle')
+    writeFileSync(join(binDir, 'pytorch_model.bin'), readFileSync(join(import.meta.dir, '../csrc/tests/data/torch-state.bin')))
+    expect(draftKind({ architectures: ['MiniCPMForCausalLM'] }, binDir)).toBe('llm') // a state dict without fc.weight
+  } finally {
+    rmSync(binDir, { recursive: true, force: true })
+  }
   const vocab = join(eagleDir, 'freq.bin')
   writeFileSync(vocab, new Uint8Array(Int32Array.from({ length: 200 }, (_, i) => (i * 7 + 1) % 512).buffer))
   for (const extra of [{}, { draftVocab: vocab, draftVocabSize: 128 }]) {

@@ -85,14 +85,15 @@ void store_transposed(float * y, int64_t ldy, const float * c, int n_rows, int n
 
 constexpr int64_t k_pf_ahead = 4;
 
-// Prefetches k block pk of the 32 weight rows at a (row stride K), or once pk runs past the last of nkb blocks,
-// the matching block of the next 32 rows.
-inline void prefetch_rows(const uint16_t * a, int64_t K, const uint16_t * next, int64_t pk, int64_t nkb) {
+// Prefetches k block pk of the 16 weight rows at a (row stride K), or once pk runs past the last of nkb blocks,
+// the matching block of the 16 rows at next (none when null).
+inline void prefetch_half(const uint16_t * a, int64_t K, const uint16_t * next, int64_t pk, int64_t nkb) {
     if (pk >= nkb) {
+        if (next == nullptr) return;
         a = next;
         pk -= nkb;
     }
-    for (int r = 0; r < 32; ++r) _mm_prefetch((const char *) (a + r * K + pk * 32), _MM_HINT_T0);
+    for (int r = 0; r < 16; ++r) _mm_prefetch((const char *) (a + r * K + pk * 32), _MM_HINT_T0);
 }
 
 // Copies weight rows [nb, nb + 32) into tile order: per k block, 32 rows x 32 bf16 (2 KiB, the two A tiles back
@@ -188,9 +189,37 @@ void amx_matmul_rows(float * y, int64_t ldy, const uint16_t * xb, int64_t T, con
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
-            if (n_tok > 16) {
+            if (a_step == 32) {
+                // W in place, one token pair (a verify step): the two 16-row halves stream one after the other.
+                // Walking all 32 rows together puts 16 lines of each k block in one L1 set when the row stride is
+                // 2 KiB (4 of them evicted before their tile load); a half puts 8.
+                const bool two = n_tok > 16;
+                for (int h = 0; h < 2; ++h) {
+                    const uint16_t * ah = a + h * a_half;
+                    const uint16_t * nh = h == 0 ? ah + a_half : next;
+                    for (int64_t kb = 0; kb < nkb; ++kb) {
+                        prefetch_half(ah, K, nh, kb + k_pf_ahead, nkb);
+                        if (h == 0) {
+                            _tile_loadd(4, ah + kb * 32, lda);
+                            _tile_loadd(6, b0 + kb * 512, 64);
+                            _tile_dpbf16ps(0, 4, 6);
+                            if (two) {
+                                _tile_loadd(7, b1 + kb * 512, 64);
+                                _tile_dpbf16ps(1, 4, 7);
+                            }
+                        } else {
+                            _tile_loadd(5, ah + kb * 32, lda);
+                            _tile_loadd(6, b0 + kb * 512, 64);
+                            _tile_dpbf16ps(2, 5, 6);
+                            if (two) {
+                                _tile_loadd(7, b1 + kb * 512, 64);
+                                _tile_dpbf16ps(3, 5, 7);
+                            }
+                        }
+                    }
+                }
+            } else if (n_tok > 16) {
                 for (int64_t kb = 0; kb < nkb; ++kb) {
-                    if (next) prefetch_rows(a, K, next, kb + k_pf_ahead, nkb);
                     // Loads interleaved with the products that need them, so the first product starts early.
                     _tile_loadd(4, a + kb * a_step, lda);
                     _tile_loadd(6, b0 + kb * 512, 64);
@@ -203,7 +232,6 @@ void amx_matmul_rows(float * y, int64_t ldy, const uint16_t * xb, int64_t T, con
                 }
             } else {
                 for (int64_t kb = 0; kb < nkb; ++kb) {
-                    if (next) prefetch_rows(a, K, next, kb + k_pf_ahead, nkb);
                     _tile_loadd(4, a + kb * a_step, lda);
                     _tile_loadd(6, b0 + kb * 512, 64);
                     _tile_dpbf16ps(0, 4, 6);

@@ -3,6 +3,7 @@
 
 #include "core/json.h"
 #include "core/status.h"
+#include "model/marlin.h"
 #include "model/weights.h"
 
 #include <cerrno>
@@ -43,9 +44,9 @@ std::unique_ptr<eagle_head> eagle_head::load(const std::string & dir, const mode
     const model_config & tc = target.config();
     auto files = std::shared_ptr<tensor_files>(open_tensor_files(dir, use_mmap));
     tensor_files & f = *files;
-    if (!f.has("fc.weight"))
+    if (!f.has("fc.weight") && !f.has("fc.qweight"))
         fail(MINICPM_STATUS_BAD_MODEL, f.listing() + ": no tensor 'fc.weight': not an EAGLE head in the "
-                                                     "MiniCPM4-8B-Eagle-FRSpec layout");
+                                                     "MiniCPM4-8B-Eagle-FRSpec layout (nor fc.qweight of its QAT -cpmcu form)");
     const std::string    src = dir + "/config.json";
     const std::string    text = read_config(src);
     const json_value     root = json_parse(text.data(), text.size(), src);
@@ -93,20 +94,33 @@ std::unique_ptr<eagle_head> eagle_head::load(const std::string & dir, const mode
     const int64_t H = c.n_embd, F = c.n_ff;
     const int64_t q = int64_t(c.n_head) * c.n_head_dim, kv = int64_t(c.n_head_kv) * c.n_head_dim;
     eagle_weights & w = h->w_;
-    w.fc = f.bind("fc.weight", {H, 2 * H});
+    if (f.has("fc.qweight")) {  // CPM.cu's QAT head: fc1 (embedding half) and fc2 (hidden half) Marlin-packed
+        const std::vector<tensor_desc> halves = f.bind_marlin("fc", {H, H}, H);  // concatenated on N
+        w.fc = f.keep(q4_side_by_side(halves[0], halves[1], f.listing() + ": fc"));
+    } else {
+        w.fc = f.bind("fc.weight", {H, 2 * H});
+    }
     const tensor_desc bias = f.bind("fc.bias", {H});
     w.norm1 = f.bind("input_norm1.weight", {H});
     w.norm2 = f.bind("input_norm2.weight", {H});
     layer_weights & L = w.layer;
     L.attn_norm = f.bind("layers.0.input_layernorm.weight", {H});
-    L.wq = f.bind("layers.0.self_attn.q_proj.weight", {q, H});
-    L.wk = f.bind("layers.0.self_attn.k_proj.weight", {kv, H});
-    L.wv = f.bind("layers.0.self_attn.v_proj.weight", {kv, H});
-    L.wo = f.bind("layers.0.self_attn.o_proj.weight", {H, q});
     L.ffn_norm = f.bind("layers.0.post_attention_layernorm.weight", {H});
-    L.w_gate = f.bind("layers.0.mlp.gate_proj.weight", {F, H});
-    L.w_up = f.bind("layers.0.mlp.up_proj.weight", {F, H});
-    L.w_down = f.bind("layers.0.mlp.down_proj.weight", {H, F});
+    if (f.has("layers.0.self_attn.qkv_proj.qweight")) {  // the QAT head's layer in Marlin form, fused as the target's
+        const auto qkv = f.bind_marlin("layers.0.self_attn.qkv_proj", {q, kv, kv}, H);
+        const auto gu = f.bind_marlin("layers.0.mlp.gate_up_proj", {F, F}, H);
+        L.wq = qkv[0], L.wk = qkv[1], L.wv = qkv[2], L.w_gate = gu[0], L.w_up = gu[1];
+        L.wo = f.bind_marlin("layers.0.self_attn.o_proj", {H}, q)[0];
+        L.w_down = f.bind_marlin("layers.0.mlp.down_proj", {H}, F)[0];
+    } else {
+        L.wq = f.bind("layers.0.self_attn.q_proj.weight", {q, H});
+        L.wk = f.bind("layers.0.self_attn.k_proj.weight", {kv, H});
+        L.wv = f.bind("layers.0.self_attn.v_proj.weight", {kv, H});
+        L.wo = f.bind("layers.0.self_attn.o_proj.weight", {H, q});
+        L.w_gate = f.bind("layers.0.mlp.gate_proj.weight", {F, H});
+        L.w_up = f.bind("layers.0.mlp.up_proj.weight", {F, H});
+        L.w_down = f.bind("layers.0.mlp.down_proj.weight", {H, F});
+    }
     for (const std::string & n : f.names()) {
         const bool known = n == "embed_tokens.weight" || n.rfind("fc.", 0) == 0 || n.rfind("input_norm", 0) == 0 ||
                            n.rfind("layers.0.", 0) == 0 || n.find("rotary_emb") != std::string::npos;
@@ -120,11 +134,19 @@ std::unique_ptr<eagle_head> eagle_head::load(const std::string & dir, const mode
     h->loader_ = minicpm::make_backend(target.backend_type(), o);
     std::vector<tensor_desc *> all = {&w.fc, &w.norm1, &w.norm2, &L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo,
                                       &L.ffn_norm, &L.w_gate, &L.w_up, &L.w_down};
-    h->placed_.reserve(all.size());  // descriptors point at these buffers
+    size_t n_parts = 0;
+    for (const tensor_desc * t : all) n_parts += 1 + (t->scales ? 1 : 0);
+    h->placed_.reserve(n_parts);  // descriptors point at these buffers
+    auto place = [&](const void * host, size_t bytes) -> const buffer & {
+        h->placed_.push_back(h->loader_->import_weights(host, bytes));
+        return h->placed_.back();
+    };
     for (tensor_desc * t : all) {
-        h->placed_.push_back(h->loader_->import_weights(t->data, t->data_bytes()));
-        t->data = h->placed_.back().data;
-        t->buf = &h->placed_.back();
+        const buffer & b = place(t->data, t->data_bytes());
+        t->data = b.data;
+        t->buf = &b;
+        // Marlin parts are symmetric without a permutation: scales are the only other part
+        if (t->scales) t->scales = place(t->scales, size_t(t->rows * t->n_groups()) * dtype_size(t->scale_type)).data;
     }
     std::vector<float> b(static_cast<size_t>(H));
     for (int64_t i = 0; i < H; ++i) {

@@ -96,4 +96,29 @@ quantized_tensor q4_rows(const quantized_tensor & q, int64_t n0, int64_t n1) {
     return o;
 }
 
+quantized_tensor q4_side_by_side(const tensor_desc & a, const tensor_desc & b, const std::string & name) {
+    if (a.type != dtype::q4 || b.type != dtype::q4 || a.rows != b.rows || a.group_size != b.group_size ||
+        a.cols % 2 != 0 || b.cols % 2 != 0 || a.cols % a.group_size != 0 || a.perm || b.perm || a.zeros || b.zeros ||
+        a.scale_type != dtype::f16 || b.scale_type != dtype::f16)
+        fail(MINICPM_STATUS_BAD_MODEL, name + ": the two halves differ in rows or group size, or are not symmetric q4 "
+                                              "with even in features that are a multiple of the group size");
+    quantized_tensor o;
+    o.type = dtype::q4;
+    o.rows = a.rows;
+    o.cols = a.cols + b.cols;
+    o.group_size = a.group_size;
+    const int64_t Ga = a.n_groups(), Gb = b.n_groups(), ra = a.cols / 2, rb = b.cols / 2;
+    o.data.resize(size_t(o.rows * (ra + rb)));
+    o.scales.resize(size_t(o.rows * (Ga + Gb)));
+    const uint8_t *da = (const uint8_t *) a.data, *db = (const uint8_t *) b.data;
+    const uint16_t *sa = (const uint16_t *) a.scales, *sb = (const uint16_t *) b.scales;
+    for (int64_t n = 0; n < o.rows; ++n) {
+        std::memcpy(&o.data[size_t(n * (ra + rb))], da + n * ra, size_t(ra));
+        std::memcpy(&o.data[size_t(n * (ra + rb) + ra)], db + n * rb, size_t(rb));
+        std::memcpy(&o.scales[size_t(n * (Ga + Gb))], sa + n * Ga, size_t(Ga) * 2);
+        std::memcpy(&o.scales[size_t(n * (Ga + Gb) + Ga)], sb + n * Gb, size_t(Gb) * 2);
+    }
+    return o;
+}
+
 }  // namespace minicpm

@@ -16,4 +16,8 @@ quantized_tensor marlin_to_q4(const int32_t * qweight, const uint16_t * scales, 
 // Rows [n0, n1) of a q4 tensor without a permutation (a slice of a fused qkv / gate_up projection).
 quantized_tensor q4_rows(const quantized_tensor & q, int64_t n0, int64_t n1);
 
+// [a | b]: two symmetric q4 tensors (host memory) of the same rows and group size, without permutations, side by side along
+// the in features (an EAGLE head's fc from its fc1 / fc2 halves, which CPM.cu repacks separately).
+quantized_tensor q4_side_by_side(const tensor_desc & a, const tensor_desc & b, const std::string & name);
+
 }  // namespace minicpm

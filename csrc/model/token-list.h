@@ -17,7 +17,4 @@ std::vector<int32_t> parse_token_list(const uint8_t * data, size_t n, const std:
 // Reads a file (throws _IO when it cannot be read) and checks each id against n_vocab (> 0).
 std::vector<int32_t> load_token_list(const std::string & path, int32_t n_vocab);
 
-// Raw DEFLATE (RFC 1951) into out; throws _INVALID_ARGUMENT on a malformed stream.
-void inflate_raw(const uint8_t * in, size_t n, std::vector<uint8_t> & out);
-
 }  // namespace minicpm

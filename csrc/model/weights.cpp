@@ -6,6 +6,7 @@
 #include "core/status.h"
 #include "model/marlin.h"
 #include "model/safetensors.h"
+#include "model/torch-pickle.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -139,25 +140,42 @@ class tensor_binder {
         if (!c.quant.present || c.quant.method != "gptq" || !c.quant.sym || c.quant.desc_act)
             fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": Marlin tensors need a symmetric GPTQ quantization_config "
                                                       "without desc_act in config.json");
-        int64_t N = 0;
-        for (int64_t n : Ns) N += n;
         const int64_t G = c.quant.group_size == -1 ? 1 : K / c.quant.group_size;
         if (c.quant.group_size != -1 && K % c.quant.group_size != 0)
             fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + "' in features " + std::to_string(K) +
                                                " are not a multiple of group_size " + std::to_string(c.quant.group_size));
+        return bind_marlin(prefix, Ns, K, G);
+    }
+
+    // The same with the group count G given (an EAGLE head: from its scales' shape).
+    std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K, int64_t G) {
+        int64_t N = 0;
+        for (int64_t n : Ns) N += n;
         const auto * qweight = (const int32_t *) raw(prefix + ".qweight", "I32", {K / 16, 2 * N});
         const auto * scales = (const uint16_t *) raw(prefix + ".scales", "F16", {G, N});
-        const quantized_tensor fused = marlin_to_q4(qweight, scales, N, K, G, listing_ + ": " + prefix);
+        quantized_tensor fused = marlin_to_q4(qweight, scales, N, K, G, listing_ + ": " + prefix);
         std::vector<tensor_desc> out;
         int64_t n0 = 0;
         for (int64_t n : Ns) {
-            out_.converted.push_back(Ns.size() == 1 ? fused : q4_rows(fused, n0, n0 + n));
-            out.push_back(out_.converted.back().desc());
-            out_.weights.n_params += uint64_t(n * K);
-            out_.weights.n_bytes += out.back().bytes();
+            out.push_back(keep(Ns.size() == 1 ? std::move(fused) : q4_rows(fused, n0, n0 + n)));
             n0 += n;
         }
         return out;
+    }
+
+    // Shape of a listed tensor (empty when absent).
+    std::vector<int64_t> shape(const std::string & name) const {
+        const auto it = table_.find(name);
+        return it == table_.end() ? std::vector<int64_t>{} : it->second.entry->shape;
+    }
+
+    // A converted tensor, owned with the files from now on.
+    tensor_desc keep(quantized_tensor && q) {
+        out_.converted.push_back(std::move(q));
+        const tensor_desc d = out_.converted.back().desc();
+        out_.weights.n_params += uint64_t(d.rows * d.cols);
+        out_.weights.n_bytes += d.bytes();
+        return d;
     }
 
     tensor_desc bind(const std::string & name, std::vector<int64_t> want) {
@@ -204,16 +222,28 @@ bool plain_file_name(const std::string & s) {
     return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos && s.find('\0') == std::string::npos;
 }
 
-// Maps dir/model.safetensors (or the shards of model.safetensors.index.json, or CPM.cu's model_gptq.safetensors)
-// into out->files and lists every tensor by name in table (pointing into headers, which must outlive it).
-void open_safetensors(const std::string & dir, bool use_mmap, loaded_model_files & out,
-                      std::deque<safetensors_header> & headers, std::map<std::string, located> & table,
-                      std::string & listing) {
+// Maps the checkpoint's weight files into out->files and lists every tensor by name in table (pointing into
+// headers, which must outlive it). Looked for in this order: model.safetensors.index.json and its shards,
+// model.safetensors, CPM.cu's model_gptq.safetensors, pytorch_model.bin.index.json and its shards,
+// pytorch_model.bin (torch.save zip archives, their tensors mapped in place like safetensors ones).
+void open_weight_files(const std::string & dir, bool use_mmap, loaded_model_files & out,
+                       std::deque<safetensors_header> & headers, std::map<std::string, located> & table,
+                       std::string & listing) {
     // file name -> tensors the index assigns to it (single-file checkpoints list no names: take all)
     std::map<std::string, std::vector<std::string>> assigned;
-    const std::string index_path = dir + "/model.safetensors.index.json";
-    const bool sharded = file_exists(index_path);
-    listing = dir + "/model.safetensors";
+    std::string index_path;  // the first of these present wins (a repository may ship both formats)
+    for (const char * name : {"model.safetensors.index.json", "model.safetensors", "model_gptq.safetensors",
+                              "pytorch_model.bin.index.json", "pytorch_model.bin"}) {
+        if (!index_path.empty() || !listing.empty() || !file_exists(dir + "/" + name)) continue;
+        const std::string n = name;
+        if (n.size() > 11 && n.compare(n.size() - 11, 11, ".index.json") == 0) {
+            index_path = dir + "/" + n;
+        } else {
+            listing = dir + "/" + n;
+            assigned[n];
+        }
+    }
+    const bool sharded = !index_path.empty();
     if (sharded) {
         listing = index_path;
         const std::string text = read_text(index_path);
@@ -229,26 +259,18 @@ void open_safetensors(const std::string & dir, bool use_mmap, loaded_model_files
             }
             assigned[m.second.string].push_back(m.first);
         }
-    } else {
-        if (!file_exists(listing) && file_exists(dir + "/model_gptq.safetensors")) {
-            listing = dir + "/model_gptq.safetensors";  // CPM.cu's Marlin repack (*-marlin-cpmcu)
-            assigned["model_gptq.safetensors"];
-        } else {
-            if (!file_exists(listing)) {
-                fail(MINICPM_STATUS_IO, dir + ": neither model.safetensors nor model.safetensors.index.json exists" +
-                                            (file_exists(dir + "/pytorch_model.bin")
-                                                 ? " (pytorch_model.bin is not read: convert it to safetensors)"
-                                                 : ""));
-            }
-            assigned["model.safetensors"];
-        }
+    } else if (listing.empty()) {
+        fail(MINICPM_STATUS_IO, dir + ": no weights: none of model.safetensors, model.safetensors.index.json, "
+                                      "pytorch_model.bin, pytorch_model.bin.index.json exists");
     }
 
     for (const auto & a : assigned) {
         const std::string path = dir + "/" + a.first;
         out.files.push_back(std::make_unique<mapped_file>(path, use_mmap));
         const mapped_file & f = *out.files.back();
-        headers.push_back(parse_safetensors_header(f.data(), f.size(), path));
+        const bool torch_zip = path.size() > 4 && path.compare(path.size() - 4, 4, ".bin") == 0;
+        headers.push_back(torch_zip ? parse_torch_checkpoint(f.data(), f.size(), path)
+                                    : parse_safetensors_header(f.data(), f.size(), path));
         const safetensors_header & h = headers.back();
         std::map<std::string, const safetensors_entry *> in_file;
         for (const safetensors_entry & e : h.entries) in_file[e.name] = &e;
@@ -272,7 +294,7 @@ class loaded_tensor_files final : public tensor_files {
     loaded_tensor_files(const std::string & dir, bool use_mmap) {
         std::map<std::string, located> table;
         std::string                    listing;
-        open_safetensors(dir, use_mmap, files_, headers_, table, listing);
+        open_weight_files(dir, use_mmap, files_, headers_, table, listing);
         for (const auto & t : table) names_.push_back(t.first);
         binder_ = std::make_unique<tensor_binder>(files_, std::move(table), listing);
         listing_ = listing;
@@ -281,6 +303,14 @@ class loaded_tensor_files final : public tensor_files {
     tensor_desc bind(const std::string & name, const std::vector<int64_t> & shape) override {
         return binder_->bind(name, shape);
     }
+    std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K) override {
+        const std::vector<int64_t> s = binder_->shape(prefix + ".scales");
+        if (s.size() != 2 || s[0] < 1 || K % s[0] != 0)
+            fail(MINICPM_STATUS_BAD_MODEL, listing_ + ": '" + prefix + ".scales' must be [groups, out features] with "
+                                                      "the groups dividing the in features " + std::to_string(K));
+        return binder_->bind_marlin(prefix, Ns, K, s[0]);
+    }
+    tensor_desc keep(quantized_tensor && q) override { return binder_->keep(std::move(q)); }
     const std::vector<std::string> & names() const override { return names_; }
     const std::string &              listing() const override { return listing_; }
 
@@ -309,7 +339,7 @@ std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_
     std::deque<safetensors_header> headers;  // kept alive: the table points into them
     std::map<std::string, located> table;
     std::string                    listing;
-    open_safetensors(dir, use_mmap, *out, headers, table, listing);
+    open_weight_files(dir, use_mmap, *out, headers, table, listing);
 
     tensor_binder b(*out, std::move(table), listing);
     model_weights & w = out->weights;

@@ -1,4 +1,4 @@
-// The model's tensors, mapped from safetensors files and checked against the config.
+// The model's tensors, mapped from safetensors files (or torch.save pytorch_model.bin) and checked against the config.
 #pragma once
 
 #include "core/tensor.h"
@@ -45,11 +45,13 @@ class model_files {
     std::deque<quantized_tensor> converted;
 };
 
-// Loads dir/config.json and dir/model.safetensors or the shards named by dir/model.safetensors.index.json.
+// Loads dir/config.json and dir/model.safetensors or the shards named by dir/model.safetensors.index.json
+// (or pytorch_model.bin / pytorch_model.bin.index.json, read as model/torch-pickle.h describes).
 // Throws minicpm::error with a message naming the file, the tensor and the problem.
 std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap);
 
-// The tensors of a safetensors checkpoint directory that is not a MiniCPM model (an EAGLE head): mapped, by name.
+// The tensors of a checkpoint directory that is not a MiniCPM model (an EAGLE head): mapped, by name, from the
+// same files load_model_files reads.
 class tensor_files {
   public:
     virtual ~tensor_files() = default;
@@ -57,6 +59,11 @@ class tensor_files {
     // A BF16 / F16 / F32 tensor of exactly this shape; throws _BAD_MODEL naming the file, the tensor, and the
     // shape found (or that it is missing).
     virtual tensor_desc bind(const std::string & name, const std::vector<int64_t> & shape) = 0;
+    // CPM.cu's Marlin repack of a projection fused along N (the parts Ns) with K in features: prefix.qweight and
+    // prefix.scales, the group count read from the scales' shape; q4 tensors owned by this object.
+    virtual std::vector<tensor_desc> bind_marlin(const std::string & prefix, const std::vector<int64_t> & Ns, int64_t K) = 0;
+    // A tensor converted by the caller, owned by this object from now on.
+    virtual tensor_desc keep(quantized_tensor && q) = 0;
     virtual const std::vector<std::string> & names() const = 0;
     virtual const std::string &              listing() const = 0;  // the file named in messages
 };

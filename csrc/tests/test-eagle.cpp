@@ -2,6 +2,8 @@
 // published layout, reference ops:
 //   - head parity: eagle_head::forward (causal rows, then masked tree rows over them) against a plain double
 //     implementation written here from the checkpoint's values; FR-Spec logits equal the gathered columns;
+//   - the head saved as pytorch_model.bin (torch.save layout) gives its safetensors twin's outputs bit for bit;
+//     in CPM.cu's QAT -cpmcu layout (Marlin int4) it gives its dequantized F32 twin's outputs, and drafts losslessly;
 //   - greedy and sampled requests in a batch of mixed sequences: output == plain decoding token for token, with
 //     the full vocabulary and with an FR-Spec subset (every drafted token inside it), acceptance printed;
 //   - bad head directories (wrong hidden size, missing tensor, wrong shape, a plain model) give clear errors,
@@ -10,6 +12,7 @@
 #include "engine/scheduler.h"
 #include "minicpm.h"
 #include "model/eagle.h"
+#include "tests/marlin-pack.h"
 #include "tests/tiny-model.h"
 
 #include <chrono>
@@ -223,6 +226,146 @@ void test_head_parity(const std::string & head_dir) {
           head->vocab_size(), fr_err, head->token_of(5));
     minicpm::kv_seq_free(kv, seq);
     head->release_workspace(*be, ws);
+}
+
+// The head's features and logits over 6 causal rows (the head parity inputs), on the reference ops.
+std::vector<float> head_outputs(minicpm::eagle_head & head) {
+    const int32_t H = g_model->config().n_embd, V = g_model->config().n_vocab, T = 6;
+    auto be = g_model->make_backend(reference_ops());
+    minicpm::kv_pool         kv(*be, head.config(), minicpm::dtype::f32, 4);
+    minicpm::kv_seq          seq;
+    minicpm::eagle_workspace ws;
+    std::vector<int32_t> tok = {5, 77, 300, 12, 499, 64}, pos = {0, 1, 2, 3, 4, 5}, rows = {0, 1, 2, 3, 4, 5};
+    std::vector<float>   hid(size_t(T) * H), out(size_t(T) * (H + V));
+    for (size_t i = 0; i < hid.size(); ++i) hid[i] = float(std::cos(double(i) * 0.29) * 1.1);
+    minicpm::kv_seq_prepare(kv, seq, 0, T);
+    minicpm::kv_segment sg;
+    sg.n_rows = T;
+    sg.blocks = seq.blocks.data();
+    head.forward(*be, ws, kv, sg, tok.data(), hid.data(), pos.data(), T, out.data(), rows.data(), T,
+                 out.data() + size_t(T) * H);
+    minicpm::kv_seq_free(kv, seq);
+    head.release_workspace(*be, ws);
+    return out;
+}
+
+// The same head saved as pytorch_model.bin (torch.save layout, tests/torch-bin.h) must load to the same weights:
+// features and logits bit for bit those of its safetensors twin.
+void test_bin_twin(const std::string & head_dir, const std::string & bin_dir) {
+    const std::vector<float> a = head_outputs(*minicpm::eagle_head::load(head_dir, *g_model, true));
+    const std::vector<float> b = head_outputs(*minicpm::eagle_head::load(bin_dir, *g_model, true));
+    const std::vector<float> c = head_outputs(*minicpm::eagle_head::load(bin_dir, *g_model, false));
+    double diff = a.size() == b.size() && a.size() == c.size() ? 0.0 : 1e9;
+    for (size_t i = 0; i < a.size() && diff < 1e9; ++i)
+        diff = std::max({diff, std::fabs(double(a[i]) - double(b[i])), std::fabs(double(a[i]) - double(c[i]))});
+    CHECK(diff == 0.0 && std::memcmp(a.data(), b.data(), a.size() * 4) == 0,
+          "EAGLE head from pytorch_model.bin (mmap and read) vs its model.safetensors twin: %zu features + logits, "
+          "max abs diff %g (bit-identical wanted)", a.size(), diff);
+}
+
+// The head as CPM.cu's QAT -cpmcu layout (model_gptq.safetensors): fc1 / fc2 (the embedding and hidden halves
+// of fc) each quantized to symmetric int4 and Marlin-repacked, concatenated on N; layers.0 fused as qkv_proj /
+// gate_up_proj plus o_proj / down_proj, Marlin-repacked; norms and fc.bias as they are. Its twin holds the same
+// int4 values dequantized, in F32 and the plain layout.
+void write_marlin_head(const std::string & dir, const std::string & twin_dir, int64_t group) {
+    const int64_t H = g_head.n_embd, F = g_head.n_ff, hd = g_head.head_dim();
+    const int64_t q = int64_t(g_head.n_head) * hd, kv = int64_t(g_head.n_head_kv) * hd;
+    std::vector<minicpm_test::raw_tensor> packed, twin;
+    auto f32 = [](const std::vector<double> & v) {
+        std::string b(v.size() * 4, '\0');
+        for (size_t i = 0; i < v.size(); ++i) {
+            const float f = float(v[i]);
+            std::memcpy(&b[i * 4], &f, 4);
+        }
+        return b;
+    };
+    auto bytes_of = [](const auto & v) { return std::string((const char *) v.data(), v.size() * sizeof(v[0])); };
+    // rows [n0, n0 + n) x columns [k0, k0 + k) of a named [rows, cols] weight
+    auto block = [&](const std::string & name, int64_t cols, int64_t n0, int64_t n, int64_t k0, int64_t k) {
+        std::vector<double> out;
+        for (int64_t r = n0; r < n0 + n; ++r)
+            for (int64_t c = k0; c < k0 + k; ++c) out.push_back(g_vals[name][size_t(r * cols + c)]);
+        return out;
+    };
+    // One Marlin tensor from the parts stacked on N; each part's dequantized weight goes to the twin.
+    auto marlin = [&](const std::string & prefix, const std::vector<std::string> & parts, const std::vector<int64_t> & Ns,
+                      int64_t K) {
+        std::vector<double> w;
+        for (size_t i = 0; i < parts.size(); ++i) {
+            const std::vector<double> b = block(parts[i] + ".weight", K, 0, Ns[i], 0, K);
+            w.insert(w.end(), b.begin(), b.end());
+        }
+        const int64_t N = int64_t(w.size()) / K;
+        const minicpm_test::marlin_q4 m = minicpm_test::quantize_sym_q4(w, N, K, K / group);
+        std::vector<int32_t> qw;
+        std::vector<uint16_t> sc;
+        minicpm_test::marlin_pack(m, qw, sc);
+        packed.push_back({prefix + ".qweight", "I32", {K / 16, 2 * N}, bytes_of(qw)});
+        packed.push_back({prefix + ".scales", "F16", {K / group, N}, bytes_of(sc)});
+        int64_t n0 = 0;
+        for (size_t i = 0; i < parts.size(); ++i) {
+            std::vector<double> d;
+            for (int64_t n = n0; n < n0 + Ns[i]; ++n)
+                for (int64_t k = 0; k < K; ++k) d.push_back(m.weight(n, k));
+            twin.push_back({parts[i] + ".weight", "F32", {Ns[i], K}, f32(d)});
+            n0 += Ns[i];
+        }
+    };
+    // fc: halves packed separately, then qweight rows and scale rows concatenated on N
+    std::vector<minicpm_test::marlin_q4> halves;
+    std::vector<std::vector<int32_t>> qws(2);
+    std::vector<std::vector<uint16_t>> scs(2);
+    for (int h = 0; h < 2; ++h) {
+        halves.push_back(minicpm_test::quantize_sym_q4(block("fc.weight", 2 * H, 0, H, h * H, H), H, H, H / group));
+        minicpm_test::marlin_pack(halves.back(), qws[size_t(h)], scs[size_t(h)]);
+    }
+    std::vector<int32_t> fq;
+    std::vector<uint16_t> fs;
+    for (int64_t r = 0; r < H / 16; ++r)
+        for (int h = 0; h < 2; ++h) fq.insert(fq.end(), qws[size_t(h)].begin() + r * 2 * H, qws[size_t(h)].begin() + (r + 1) * 2 * H);
+    for (int64_t g = 0; g < H / group; ++g)
+        for (int h = 0; h < 2; ++h) fs.insert(fs.end(), scs[size_t(h)].begin() + g * H, scs[size_t(h)].begin() + (g + 1) * H);
+    packed.push_back({"fc.qweight", "I32", {H / 16, 4 * H}, bytes_of(fq)});
+    packed.push_back({"fc.scales", "F16", {H / group, 2 * H}, bytes_of(fs)});
+    std::vector<double> fc;
+    for (int64_t n = 0; n < H; ++n)
+        for (int64_t k = 0; k < 2 * H; ++k) fc.push_back(halves[size_t(k / H)].weight(n, k % H));
+    twin.push_back({"fc.weight", "F32", {H, 2 * H}, f32(fc)});
+    const std::string a = "layers.0.self_attn.", m = "layers.0.mlp.";
+    marlin(a + "qkv_proj", {a + "q_proj", a + "k_proj", a + "v_proj"}, {q, kv, kv}, H);
+    marlin(a + "o_proj", {a + "o_proj"}, {H}, q);
+    marlin(m + "gate_up_proj", {m + "gate_proj", m + "up_proj"}, {F, F}, H);
+    marlin(m + "down_proj", {m + "down_proj"}, {H}, F);
+    for (const minicpm_test::raw_tensor & t : minicpm_test::tiny_eagle_raw_tensors(g_head))
+        if (t.shape.size() == 1) packed.push_back(t), twin.push_back(t);  // norms and fc.bias
+    std::filesystem::create_directories(dir);
+    std::filesystem::create_directories(twin_dir);
+    std::string cfg = minicpm_test::tiny_eagle_config_json(g_spec, g_head);
+    minicpm_test::write_file(twin_dir + "/config.json", cfg);
+    minicpm_test::write_file(twin_dir + "/model.safetensors", minicpm_test::safetensors_bytes(twin));
+    cfg.insert(cfg.rfind('}'), ",  \"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": " +
+                                   std::to_string(group) + ", \"sym\": true, \"desc_act\": false}\n");
+    minicpm_test::write_file(dir + "/config.json", cfg);
+    minicpm_test::write_file(dir + "/model_gptq.safetensors", minicpm_test::safetensors_bytes(packed));
+}
+
+// The QAT -cpmcu head loads; its outputs match its dequantized F32 twin (same weights, q4 vs f32 matmul).
+void test_marlin_head(const std::string & root) {
+    for (int64_t group : {32, 64}) {
+        const std::string dir = root + "/marlin-" + std::to_string(group), twin = root + "/marlin-twin-" + std::to_string(group);
+        write_marlin_head(dir, twin, group);
+        auto head = minicpm::eagle_head::load(dir, *g_model, true);
+        const std::vector<float> a = head_outputs(*head);
+        const std::vector<float> b = head_outputs(*minicpm::eagle_head::load(twin, *g_model, true));
+        double err = 0, mx = 0;
+        for (size_t i = 0; i < a.size() && a.size() == b.size(); ++i)
+            err = std::max(err, std::fabs(double(a[i]) - double(b[i]))), mx = std::max(mx, std::fabs(double(b[i])));
+        CHECK(a.size() == b.size() && head->weights().fc.type == minicpm::dtype::q4 && err <= 1e-4 * mx,
+              "QAT -cpmcu head (Marlin fc halves + fused layers.0, group %lld): fc %s [%lld, %lld]; features + logits "
+              "vs dequantized F32 twin: max abs diff %.3g (|max| %.3g, tolerance 1e-4 relative)",
+              (long long) group, minicpm::dtype_name(head->weights().fc.type), (long long) head->weights().fc.rows,
+              (long long) head->weights().fc.cols, err, mx);
+    }
 }
 
 minicpm_engine_params engine_params(int32_t kv_blocks = 96) {
@@ -562,12 +705,17 @@ int main() {
     g_spec.weight_std = 0.25f;
     minicpm_test::write_tiny_model(dir + "/target", g_spec);
     minicpm_test::write_tiny_eagle(dir + "/head", g_spec, g_head);
+    std::filesystem::create_directories(dir + "/head-bin");
+    minicpm_test::write_tiny_eagle(dir + "/head-bin", g_spec, g_head, true);
     collect_values(minicpm_test::tiny_raw_tensors(g_spec));
     collect_values(minicpm_test::tiny_eagle_raw_tensors(g_head));
     try {
         std::unique_ptr<minicpm::model> target = minicpm::model::load(dir + "/target", true, MINICPM_BACKEND_CPU);
         g_model = target.get();
         test_head_parity(dir + "/head");
+        test_bin_twin(dir + "/head", dir + "/head-bin");
+        test_marlin_head(dir);
+        test_batch(dir + "/marlin-32", 0, minicpm::tree_shape{});
         minicpm::tree_shape shape;  // CPM.cu CLI defaults 2 / 10 / 12
         test_batch(dir + "/head", 0, shape);
         test_batch(dir + "/head", 64, shape);

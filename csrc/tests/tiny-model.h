@@ -1,5 +1,6 @@
 // Test helpers shared by the native tests: a writer of tiny random-weight MiniCPM4 checkpoints in the exact hub
-// layout (config.json + model.safetensors, or shards + model.safetensors.index.json), a raw safetensors writer
+// layout (config.json + model.safetensors, or shards + model.safetensors.index.json; or the same as torch.save
+// pytorch_model.bin files, tests/torch-bin.h), a raw safetensors writer
 // for hand-made bad files, temp dirs, and CHECK macros that print every comparison and count failures.
 //
 //   minicpm_test::tiny_model_spec spec;              // defaults: vocab 512, hidden 64, 2 layers, bf16, tied
@@ -14,6 +15,7 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "tests/torch-bin.h"
 
 #include <algorithm>
 #include <cmath>
@@ -231,6 +233,7 @@ struct tiny_model_spec {
     minicpm::dtype weight_type = minicpm::dtype::bf16;  // embedding, projections, head
     minicpm::dtype norm_type = minicpm::dtype::bf16;    // RMSNorm gains (set f32 for the mixed layout)
     int32_t  n_shards = 1;            // 1: model.safetensors; N > 1: model-0000i-of-0000N.safetensors + index
+    bool     torch_bin = false;       // pytorch_model.bin (+ pytorch_model-0000i-of-0000N.bin and its index) instead
     uint64_t seed = 1234;
     float    weight_std = 0.04f;      // matrices; norm gains are 1 +- 0.1
     float    embed_std = 0.04f;
@@ -380,9 +383,10 @@ inline std::vector<raw_tensor> tiny_raw_tensors(const tiny_model_spec & s) {
     return out;
 }
 
-inline std::string tiny_shard_name(int32_t i, int32_t n) {
+inline std::string tiny_shard_name(int32_t i, int32_t n, bool torch_bin = false) {
     char buf[64];
-    std::snprintf(buf, sizeof(buf), "model-%05d-of-%05d.safetensors", i + 1, n);
+    std::snprintf(buf, sizeof(buf), torch_bin ? "pytorch_model-%05d-of-%05d.bin" : "model-%05d-of-%05d.safetensors",
+                  i + 1, n);
     return buf;
 }
 
@@ -406,7 +410,8 @@ inline void write_tiny_model(const std::string & dir, const tiny_model_spec & s)
             size_t sa = minicpm::dtype_size(a.type), sb = minicpm::dtype_size(b.type);
             return sa != sb ? sa > sb : a.name < b.name;
         });
-        const std::string file = n_shards == 1 ? "model.safetensors" : tiny_shard_name(k, n_shards);
+        const std::string file = n_shards == 1 ? (s.torch_bin ? "pytorch_model.bin" : "model.safetensors")
+                                               : tiny_shard_name(k, n_shards, s.torch_bin);
         std::vector<header_entry> entries;
         for (const tiny_tensor_desc & d : ts) {
             int64_t n = 1;
@@ -415,6 +420,16 @@ inline void write_tiny_model(const std::string & dir, const tiny_model_spec & s)
             total += entries.back().nbytes;
             if (!weight_map.empty()) weight_map += ",\n";
             weight_map += "    \"" + d.name + "\": \"" + file + "\"";
+        }
+        if (s.torch_bin) {  // one storage per tensor, keys counting from 0 as torch.save numbers them
+            torch_bin_writer w(dir + "/" + file, file.substr(0, file.size() - 4));
+            for (size_t i = 0; i < ts.size(); ++i) {
+                tiny_tensor_values(s, ts[i], vals);
+                w.storage(std::to_string(i), tiny_encode(vals, ts[i].type));
+                w.tensor({ts[i].name, tiny_dtype_tag(ts[i].type), ts[i].shape, std::to_string(i)});
+            }
+            w.finish();
+            continue;
         }
         const std::string h = safetensors_header_json(entries);
 
@@ -430,7 +445,7 @@ inline void write_tiny_model(const std::string & dir, const tiny_model_spec & s)
         if (!f) throw std::runtime_error("cannot write " + dir + "/" + file);
     }
     if (n_shards > 1) {
-        write_file(dir + "/model.safetensors.index.json", "{\n  \"metadata\": {\"total_size\": " +
+        write_file(dir + (s.torch_bin ? "/pytorch_model.bin.index.json" : "/model.safetensors.index.json"), "{\n  \"metadata\": {\"total_size\": " +
                                                               std::to_string(total) + "},\n  \"weight_map\": {\n" +
                                                               weight_map + "\n  }\n}\n");
     }
@@ -495,10 +510,19 @@ inline std::vector<raw_tensor> tiny_eagle_raw_tensors(const tiny_eagle_spec & e)
     return out;
 }
 
-// Writes dir/config.json and dir/model.safetensors (dir must exist); the tensors are held in memory.
-inline void write_tiny_eagle(const std::string & dir, const tiny_model_spec & target, const tiny_eagle_spec & e) {
+// Writes dir/config.json and dir/model.safetensors, or dir/pytorch_model.bin (dir must exist); the tensors are
+// held in memory.
+inline void write_tiny_eagle(const std::string & dir, const tiny_model_spec & target, const tiny_eagle_spec & e,
+                             bool torch_bin = false) {
     write_file(dir + "/config.json", tiny_eagle_config_json(target, e));
-    write_file(dir + "/model.safetensors", safetensors_bytes(tiny_eagle_raw_tensors(e)));
+    if (!torch_bin) return write_file(dir + "/model.safetensors", safetensors_bytes(tiny_eagle_raw_tensors(e)));
+    torch_bin_writer w(dir + "/pytorch_model.bin", "pytorch_model");
+    const std::vector<raw_tensor> ts = tiny_eagle_raw_tensors(e);
+    for (size_t i = 0; i < ts.size(); ++i) {
+        w.storage(std::to_string(i), ts[i].bytes);
+        w.tensor({ts[i].name, ts[i].dtype, ts[i].shape, std::to_string(i)});
+    }
+    w.finish();
 }
 
 }  // namespace minicpm_test

@@ -1,5 +1,5 @@
 // bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N] [N_SHAPES]: speculative decoding on the
-// fast ops (N_SHAPES 1: only the 2/10/12 tree in part 3, for a shorter run).
+// fast ops (N_SHAPES 1: only the 2/10/12 tree in part 3, for a shorter run; 0: no part 3).
 //   1. Cost of verifying a draft tree of 12 / 32 / 64 rows (random EAGLE-like tree masks) after a 256-token
 //      context, relative to one plain decode step (1 row), through context::eval_tree; best of 7 each.
 //   2. With EAGLE_DIR: the cost of one EAGLE head step (1 row, and one tree level of 10 rows) after a 256-row
@@ -214,6 +214,7 @@ int main(int argc, char ** argv) {
                     target->config().n_embd, target->config().n_vocab);
         const double plain_ms = bench_verify(*target, n_threads);
         if (!eagle.empty()) bench_head(*target, eagle, fr_n, n_threads, plain_ms);
+        if (n_shapes == 0) return 0;
         std::vector<engine_arm> arms;
         arms.push_back({"plain decode", nullptr, nullptr, 0, tree_shape{0, 0, 0}});
         for (tree_shape sh : {tree_shape{2, 10, 12}, tree_shape{4, 4, 16}}) {

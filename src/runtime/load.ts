@@ -397,12 +397,38 @@ function toToolMessage(m: ChatMessage): ToolMessage {
 
 /**
  * 'eagle' for an EAGLE draft head directory (its config names Eagle or carries eagle_config, or, given the
- * directory, its model.safetensors holds the head's fc.weight), else 'llm'.
+ * directory, its model.safetensors or pytorch_model.bin holds the head's fc.weight, or its Marlin
+ * model_gptq.safetensors fc.qweight), else 'llm'.
  */
 export function draftKind(config: Record<string, unknown>, dir?: string): 'eagle' | 'llm' {
   const names = JSON.stringify([config.architectures ?? '', config.model_type ?? '', config.auto_map ?? ''])
   if (/eagle/i.test(names) || config.eagle_config !== undefined) return 'eagle'
-  return dir !== undefined && safetensorsNames(join(dir, 'model.safetensors')).has('fc.weight') ? 'eagle' : 'llm'
+  if (dir === undefined) return 'llm'
+  const tensors = new Set([...safetensorsNames(join(dir, 'model.safetensors')), ...safetensorsNames(join(dir, 'model_gptq.safetensors'))])
+  const fc = tensors.has('fc.weight') || tensors.has('fc.qweight') || torchBinKeys(join(dir, 'pytorch_model.bin'), 'fc.weight')
+  return fc ? 'eagle' : 'llm'
+}
+
+/**
+ * Whether a torch.save file pickles the string key (BINUNICODE: 'X', u32 length, UTF-8): data.pkl is the archive's
+ * first member, stored uncompressed, so a state dict's keys lie in its first bytes. False when unreadable.
+ */
+function torchBinKeys(path: string, key: string): boolean {
+  try {
+    const fd = openSync(path, 'r')
+    try {
+      const head = Buffer.alloc(1 << 20)
+      const n = readSync(fd, head, 0, head.length, 0)
+      const k = Buffer.from(key, 'utf8')
+      const len = Buffer.alloc(4)
+      len.writeUInt32LE(k.length)
+      return head.subarray(0, n).includes(Buffer.concat([Buffer.from('X'), len, k]))
+    } finally {
+      closeSync(fd)
+    }
+  } catch {
+    return false
+  }
 }
 
 /** Tensor names in a safetensors header (8-byte little-endian length + JSON); empty when unreadable. */
