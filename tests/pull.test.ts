@@ -152,11 +152,16 @@ describe('pull', () => {
     expect(h.requests.filter((r) => r.path.startsWith('/api/')).at(-1)!.auth).toBe('Bearer hf_secret')
   })
 
-  test('a repo without safetensors, and a bad id, are refused with a reason', async () => {
-    useHub({ files: { 'config.json': new TextEncoder().encode('{}'), 'pytorch_model.bin': new Uint8Array(8) } })
-    expect(await pull(REPO).catch((e: Error) => e.message)).toContain(
-      'has no .safetensors weights (only pytorch_model.bin)',
-    )
+  test('a repo with only pytorch_model.bin is pulled; one with neither format, and a bad id, are refused', async () => {
+    const bin = { 'config.json': new TextEncoder().encode('{}'), 'pytorch_model.bin': new Uint8Array(8).fill(7) }
+    useHub({ files: { ...bin, 'modeling_minicpm.py': new TextEncoder().encode('print(1)') } })
+    const dir = await pull(REPO)
+    expect(readdirSync(dir).sort()).toEqual(['config.json', 'pytorch_model.bin'])
+    expect(cachedSnapshot(REPO)).toBe(dir)
+    useHub({ files: { 'config.json': bin['config.json'], 'model.gguf': new Uint8Array(8) } })
+    const refused = await pull(REPO).catch((e: Error) => e.message)
+    console.log(`gguf-only repo: ${refused}`)
+    expect(refused).toContain('has no .safetensors or pytorch_model.bin weights (only model.gguf)')
     expect(await pull('not-a-hub-id').catch((e: Error) => e.message)).toContain('is not a hub id')
   })
 })

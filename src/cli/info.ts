@@ -2,10 +2,11 @@
  * `info`: what a model directory holds (config summary, tensors, dtypes, bytes, tokenizer, random-weights
  * label) and whether the engine loads it. Exit code 1 when it does not load.
  */
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { NativeEngine, NativeModel, nativeLibrary } from '../../ffi/index'
 import { resolveModelDir } from '../runtime/load'
+import { weightFiles } from '../hub/weight-files'
 import { readModelDir } from '../runtime/model-dir'
 import { modelHelp, num, parse, progressBar, type Command } from './common'
 import { stderrLine } from './term'
@@ -21,7 +22,7 @@ export const info: Command = {
   summary: 'describe a model directory and check that it loads',
   usage: `Usage: minicpm-edge info [--model DIR] [--json]
 
-Prints the config summary, the safetensors files (tensor count, dtypes, bytes), the tokenizer kind, whether the
+Prints the config summary, the weight files (safetensors: tensor count, dtypes, bytes; pytorch_model.bin: bytes), the tokenizer kind, whether the
 weights are generated random ones, and whether the engine loads the model (exit code 1 when it does not).
 
       --json               print one JSON object instead of text
@@ -36,7 +37,7 @@ ${modelHelp.split('\n').slice(0, 3).join('\n')}`,
     const facts = readModelDir(dir)
     const c = facts.config
     const files = weightFiles(facts.dir)
-    const tensors = files.map((f) => ({ file: f, ...safetensorsSummary(join(facts.dir, f)) }))
+    const tensors = files.map((f) => ({ file: f, ...weightSummary(join(facts.dir, f)) }))
     const dtypes: Record<string, number> = {}
     for (const t of tensors) for (const [d, n] of Object.entries(t.dtypes)) dtypes[d] = (dtypes[d] ?? 0) + n
     const tokenizer = existsSync(join(facts.dir, 'tokenizer.json'))
@@ -120,19 +121,14 @@ function pick(obj: Record<string, unknown>, keys: string[]): Record<string, unkn
   return Object.fromEntries(keys.filter((k) => obj[k] !== undefined).map((k) => [k, obj[k]]))
 }
 
-function weightFiles(dir: string): string[] {
-  const index = join(dir, 'model.safetensors.index.json')
-  if (existsSync(index)) {
-    const map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {}
-    return [...new Set(Object.values(map))].sort()
-  }
-  if (existsSync(join(dir, 'model.safetensors'))) return ['model.safetensors']
-  return existsSync(join(dir, 'model_gptq.safetensors')) ? ['model_gptq.safetensors'] : [] // CPM.cu Marlin
-}
-
-/** Reads only the JSON header of a safetensors file (8-byte little-endian length, then the header). */
-function safetensorsSummary(path: string): { count: number; bytes: number; dtypes: Record<string, number> } {
+/**
+ * Reads only the JSON header of a safetensors file (8-byte little-endian length, then the header). A
+ * torch.save file (pytorch_model.bin) lists its tensors only inside a pickle: its size is given, and the
+ * engine's load line says what it holds.
+ */
+function weightSummary(path: string): { count: number; bytes: number; dtypes: Record<string, number> } {
   if (!existsSync(path)) return { count: 0, bytes: 0, dtypes: { missing: 1 } }
+  if (path.endsWith('.bin')) return { count: 0, bytes: statSync(path).size, dtypes: { 'torch.save': 1 } }
   const fd = openSync(path, 'r')
   try {
     const len = Buffer.alloc(8)
@@ -177,6 +173,7 @@ function printReport(r: {
   load: Load
 }): void {
   const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`
+  const pickled = r.files.some((f) => f.file.endsWith('.bin'))
   const lines = [
     `model        ${r.id}  (${r.dir})`,
     `weights      ${r.randomWeights ? 'RANDOM (generated test checkpoint; output is meaningless)' : 'trained (as published)'}`,
@@ -184,10 +181,10 @@ function printReport(r: {
     `config       ${Object.entries(r.config)
       .map(([k, v]) => `${k}=${v}`)
       .join(' ')}`,
-    `tensors      ${r.tensors} in ${r.files.length} file(s), ${mb(r.bytes)}; dtypes ${Object.entries(r.dtypes)
+    `tensors      ${pickled ? 'pickled' : r.tensors} in ${r.files.length} file(s), ${mb(r.bytes)}; dtypes ${Object.entries(r.dtypes)
       .map(([d, n]) => `${d}:${n}`)
       .join(' ')}`,
-    ...r.files.map((f) => `  ${f.file}: ${f.tensors} tensors, ${mb(f.bytes)}`),
+    ...r.files.map((f) => `  ${f.file}: ${f.file.endsWith('.bin') ? 'torch.save' : `${f.tensors} tensors`}, ${mb(f.bytes)}`),
     `tokenizer    ${r.tokenizer}`,
     `generation   ${JSON.stringify(r.generationDefaults)}`,
     r.load.ok

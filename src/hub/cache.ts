@@ -5,9 +5,10 @@
  * `$HF_HUB_CACHE/models--<org>--<name>/{blobs/<sha>, snapshots/<commit>/<file> -> ../../blobs/<sha>, refs/<rev>}`
  * (HF_HUB_CACHE defaults to $HF_HOME/hub, HF_HOME to $XDG_CACHE_HOME/huggingface or ~/.cache/huggingface).
  */
-import { existsSync, readFileSync, statSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
+import { weightFiles } from './weight-files'
 
 /** `org/name` (letters, digits, `-`, `_`, `.`), the form the hub, vLLM and `ollama pull`-style tools take. */
 export function isHubId(s: string): boolean {
@@ -54,8 +55,8 @@ export function repoOfSnapshot(dir: string): string | null {
 }
 
 /**
- * The cached snapshot of `repo` at `revision` if it is complete: config.json, and every safetensors file its
- * index names (or at least one safetensors file), all resolving to real blobs. A partial download (by us or
+ * The cached snapshot of `repo` at `revision` if it is complete: config.json, and every weight file of the
+ * format the engine would load (weight-files.ts), all resolving to real blobs. A partial download (by us or
  * by another tool) is never taken for a model.
  */
 export function cachedSnapshot(repo: string, revision = 'main'): string | null {
@@ -79,15 +80,6 @@ export function snapshotComplete(dir: string): boolean {
     }
   }
   if (!file('config.json')) return false
-  const index = join(dir, 'model.safetensors.index.json')
-  if (existsSync(index)) {
-    try {
-      const map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {}
-      const shards = new Set(Object.values(map))
-      return shards.size > 0 && [...shards].every(file)
-    } catch {
-      return false
-    }
-  }
-  return file('model.safetensors')
+  const weights = weightFiles(dir)
+  return weights.length > 0 && weights.every(file)
 }

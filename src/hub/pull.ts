@@ -2,9 +2,10 @@
  * pull(): a model from the Hugging Face hub into the standard HF cache, the way `ollama pull`, `vllm serve
  * org/model` and `llama-server -hf` users expect. The repo's files are listed through the hub API
  * (`/api/models/<repo>/revision/<rev>?blobs=true`); only what the engine reads is fetched (config, generation
- * config, tokenizer files, safetensors and their index). Each file goes to `blobs/<sha>.incomplete`, is
- * resumed with a Range request after a dropped connection, checked against the size the hub lists and, for
- * LFS files, the sha256 it reports, and only then renamed into place. The snapshot's links are made after
+ * config, tokenizer files, the weights and their index: safetensors, or pytorch_model.bin where a repo has
+ * none). Each file goes to `blobs/<sha>.incomplete`, is resumed with a Range request after a dropped
+ * connection, checked against the size the hub lists and, for LFS files, the sha256 it reports, and only then
+ * renamed into place. The snapshot's links are made after
  * every blob is verified, config.json last, so a half-finished pull never looks like a model.
  */
 import { createHash } from 'node:crypto'
@@ -13,6 +14,7 @@ import { open } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import { formatSize } from '../util/size'
 import { cachedSnapshot, hubEndpoint, hubOffline, hubToken, isHubId, repoCacheDir } from './cache'
+import { isWeightFile } from './weight-files'
 
 export interface PullOptions {
   revision?: string
@@ -31,15 +33,14 @@ interface Sibling {
   lfs?: { sha256: string; size: number }
 }
 
-/** What the engine reads from a repo; everything else (PyTorch weights, code, docs, images) is left. */
+/** What the engine reads from a repo; everything else (code, docs, images, other formats) is left. */
 export function wanted(name: string): boolean {
   if (name.includes('/')) return false
   return (
     /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens)\.json$/.test(name) ||
     name === 'tokenizer.model' ||
     name === 'chat_template.jinja' ||
-    name.endsWith('.safetensors') ||
-    name.endsWith('.safetensors.index.json')
+    isWeightFile(name) !== null
   )
 }
 
@@ -110,13 +111,17 @@ export async function pull(repo: string, opts: PullOptions = {}): Promise<string
     }
     throw e
   }
-  const files = listing.siblings.filter((s) => wanted(s.rfilename))
+  // PyTorch's pytorch_model.bin is fetched only where a repo has no safetensors (as transformers prefers them).
+  const hasSafetensors = listing.siblings.some((s) => isWeightFile(s.rfilename) === 'safetensors')
+  const files = listing.siblings.filter(
+    (s) => wanted(s.rfilename) && !(hasSafetensors && isWeightFile(s.rfilename) === 'bin'),
+  )
   const names = files.map((f) => f.rfilename)
   if (!names.includes('config.json')) throw new HubError(`${repo} has no config.json: it is not a transformers model`)
-  if (!names.some((n) => n.endsWith('.safetensors'))) {
+  if (!names.some((n) => isWeightFile(n) !== null && !n.endsWith('.index.json'))) {
     const others = listing.siblings.map((s) => s.rfilename).filter((n) => /\.(bin|pt|pth|gguf)$/.test(n))
     throw new HubError(
-      `${repo} has no .safetensors weights${others.length ? ` (only ${others.slice(0, 3).join(', ')})` : ''}; minicpm-edge reads safetensors`,
+      `${repo} has no .safetensors or pytorch_model.bin weights${others.length ? ` (only ${others.slice(0, 3).join(', ')})` : ''}; minicpm-edge reads those two formats`,
     )
   }
 
