@@ -1,0 +1,75 @@
+// Repacking a stored q8 / q4 tensor into the panels of qpack.h (once per weight, at load).
+#include "cpu/qpack.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace minicpm {
+
+namespace {
+
+constexpr int64_t k_panel = 16;  // rows per panel: the 16 int32 lanes of a 512-bit vpdpbusd
+constexpr int64_t k_block = 32;  // columns per activation block
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// Column k of stored row r in the u8 form.
+inline uint8_t u8_at(const uint8_t * w, bool q4, int64_t K, int64_t r, int64_t k) {
+    if (!q4) return uint8_t(w[r * K + k] ^ 0x80u);
+    return uint8_t((w[r * (K / 2) + k / 2] >> (4 * (k & 1))) & 0xfu);
+}
+
+}  // namespace
+
+qpack_layout qpack_layout_of(const tensor_desc & w) {
+    qpack_layout L;
+    L.N = w.rows;
+    L.K = w.cols;
+    L.G = w.n_groups();
+    L.group = std::min<int64_t>(w.group_size > 0 ? w.group_size : w.cols, w.cols);
+    L.q4 = w.type == dtype::q4;
+    L.f16_scales = w.scale_type == dtype::f16;
+    L.zeros = w.zeros != nullptr;
+    L.weight_bytes = k_panel * (L.q4 ? L.K / 2 : L.K);
+    const int64_t extra = L.G * k_panel * (L.f16_scales ? 2 : 4) + (L.zeros ? L.G * k_panel : 0);
+    L.panel_bytes = round_up(L.weight_bytes + extra, 64);
+    L.n_panels = (L.N + k_panel - 1) / k_panel;
+    return L;
+}
+
+size_t qpack_bytes(const tensor_desc & w) {
+    const qpack_layout L = qpack_layout_of(w);
+    return size_t(L.n_panels * L.panel_bytes);
+}
+
+void qpack(const tensor_desc & w, uint8_t * out) {
+    const qpack_layout L = qpack_layout_of(w);
+    const uint8_t *    src = (const uint8_t *) w.data;
+    const int64_t      ss = L.f16_scales ? 2 : 4, quads = L.q4 ? 4 : 8;
+    std::memset(out, 0, size_t(L.n_panels * L.panel_bytes));
+    for (int64_t p = 0; p < L.n_panels; ++p) {
+        uint8_t *     panel = out + p * L.panel_bytes;
+        const int64_t nr = std::min(k_panel, L.N - p * k_panel);
+        for (int64_t b = 0; b < L.K / k_block; ++b)
+            for (int64_t i = 0; i < quads; ++i) {
+                uint8_t * v = panel + (b * quads + i) * 64;
+                for (int64_t r = 0; r < nr; ++r)
+                    for (int64_t j = 0; j < 4; ++j) {
+                        const int64_t row = p * k_panel + r, k = b * k_block + 4 * i + j;
+                        v[4 * r + j] = L.q4 ? uint8_t(u8_at(src, true, L.K, row, k) |
+                                                      u8_at(src, true, L.K, row, k + 16) << 4)
+                                            : u8_at(src, false, L.K, row, k);
+                    }
+            }
+        uint8_t * sc = panel + L.weight_bytes;
+        uint8_t * zp = sc + L.G * k_panel * ss;
+        for (int64_t g = 0; g < L.G; ++g)
+            for (int64_t r = 0; r < nr; ++r) {
+                const int64_t i = (p * k_panel + r) * L.G + g;
+                std::memcpy(sc + (g * k_panel + r) * ss, (const uint8_t *) w.scales + i * ss, size_t(ss));
+                if (L.zeros) zp[g * k_panel + r] = w.zeros[i];
+            }
+    }
+}
+
+}  // namespace minicpm

@@ -1,0 +1,109 @@
+// AVX512-VNNI kernel over packed weights (qpack.h): lane r of every vector is row r of a 16-row panel, so one
+// 64-byte weight load feeds vpdpbusd for up to 8 tokens (each token's 4 activations broadcast), the integer dot
+// of a 32-column block stays in int32, and each block costs one convert and one FMA per token; no horizontal
+// sums. The panel is read once per pass of up to 8 tokens, front to back.
+#include "cpu/qpack.h"
+
+// GCC 12's AVX-512 headers trip -Wuninitialized inside their own intrinsics (a known header false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cstring>
+
+namespace minicpm {
+
+namespace {
+
+inline __m512i bcast4(const int8_t * x) {
+    int32_t v;
+    std::memcpy(&v, x, 4);
+    return _mm512_set1_epi32(v);
+}
+
+// Tokens t0 .. t0 + TT - 1 against panel p. One token gets two accumulator chains so that vpdpbusd latency
+// does not bound it.
+template <bool Q4, int TT>
+inline void panel(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t t0,
+                  const uint8_t * pw, const qpack_layout & L, int64_t p) {
+    constexpr int C = TT == 1 ? 2 : 1;
+    const int64_t K = L.K, G = L.G, nb = K / 32, bpg = L.group / 32;
+    const uint8_t * sc = pw + L.weight_bytes;
+    const uint8_t * zp = sc + G * 16 * (L.f16_scales ? 2 : 4);
+    const __m512i   m4 = _mm512_set1_epi8(0x0f);
+    const __m512    c0 = _mm512_set1_ps(Q4 ? 8.0f : 128.0f);
+    __m512          tot[TT];
+    for (int t = 0; t < TT; ++t) tot[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+        const __m512 z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (zp + g * 16))))
+                                 : c0;
+        __m512 grp[TT];
+        // Offset correction first: the group's dot of (u - c) is sum_b s_b * dot(u, x_b) - c * sum_b s_b * sum(x_b).
+        for (int t = 0; t < TT; ++t) grp[t] = _mm512_mul_ps(_mm512_set1_ps(-xg[(t0 + t) * G + g]), z);
+        const int64_t b1 = g + 1 == G ? nb : (g + 1) * bpg;
+        for (int64_t b = g * bpg; b < b1; ++b) {
+            __m512i acc[TT][C];
+            for (int t = 0; t < TT; ++t)
+                for (int c = 0; c < C; ++c) acc[t][c] = _mm512_setzero_si512();
+            if (Q4) {
+                const uint8_t * wb = pw + b * 256;
+                for (int i = 0; i < 4; ++i) {
+                    const __m512i v = _mm512_load_si512(wb + 64 * i);
+                    const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    for (int t = 0; t < TT; ++t) {
+                        const int8_t * x = xq + (t0 + t) * K + b * 32 + 4 * i;
+                        acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], lo, bcast4(x));
+                        acc[t][C - 1] = _mm512_dpbusd_epi32(acc[t][C - 1], hi, bcast4(x + 16));
+                    }
+                }
+            } else {
+                const uint8_t * wb = pw + b * 512;
+                for (int i = 0; i < 8; ++i) {
+                    const __m512i v = _mm512_load_si512(wb + 64 * i);
+                    for (int t = 0; t < TT; ++t)
+                        acc[t][i % C] =
+                            _mm512_dpbusd_epi32(acc[t][i % C], v, bcast4(xq + (t0 + t) * K + b * 32 + 4 * i));
+                }
+            }
+            for (int t = 0; t < TT; ++t) {
+                __m512i a = acc[t][0];
+                if (C == 2) a = _mm512_add_epi32(a, acc[t][C - 1]);
+                grp[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(xs[(t0 + t) * nb + b]), grp[t]);
+            }
+        }
+        const __m512 s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (sc + g * 32)))
+                                      : _mm512_loadu_ps((const float *) sc + g * 16);
+        for (int t = 0; t < TT; ++t) tot[t] = _mm512_fmadd_ps(grp[t], s, tot[t]);
+    }
+    const int64_t   nr = L.N - p * 16;
+    const __mmask16 m = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
+    for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ldy + p * 16, m, tot[t]);
+}
+
+template <bool Q4>
+void run(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
+         const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+        const uint8_t * pw = packed + p * L.panel_bytes;
+        int64_t         t = 0;
+        for (; t + 8 <= T; t += 8) panel<Q4, 8>(y, ldy, xq, xs, xg, t, pw, L, p);
+        if (t + 4 <= T) panel<Q4, 4>(y, ldy, xq, xs, xg, t, pw, L, p), t += 4;
+        if (t + 2 <= T) panel<Q4, 2>(y, ldy, xq, xs, xg, t, pw, L, p), t += 2;
+        if (t < T) panel<Q4, 1>(y, ldy, xq, xs, xg, t, pw, L, p);
+    }
+}
+
+}  // namespace
+
+void qpacked_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
+                        const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1) {
+    if (L.q4) {
+        run<true>(y, ldy, xq, xs, xg, T, packed, L, p0, p1);
+    } else {
+        run<false>(y, ldy, xq, xs, xg, T, packed, L, p0, p1);
+    }
+}
+
+}  // namespace minicpm
