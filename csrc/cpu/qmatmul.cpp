@@ -65,27 +65,6 @@ void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t
     }
 }
 
-// Activation row x[K] for the packed kernels: int8 q in natural order, one scale per 32-column block (xs[K/32])
-// and per group g the sum over its blocks of scale * sum(q) (xg[G]). Same int8 values as quantize_act_row.
-void quantize_act_blocks(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg) {
-    const int64_t G = ceil_div(K, group);
-    for (int64_t g = 0; g < G; ++g) xg[g] = 0.0f;
-    for (int64_t b = 0; b < K / k_block; ++b) {
-        const float * xb = x + b * k_block;
-        float         amax = 0.0f;
-        for (int64_t i = 0; i < k_block; ++i) amax = std::max(amax, std::fabs(xb[i]));
-        const float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t     tot = 0;
-        for (int64_t i = 0; i < k_block; ++i) {
-            const int32_t v = int32_t(round_even(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
-            q[b * k_block + i] = int8_t(v);
-            tot += v;
-        }
-        xs[b] = s;
-        xg[b * k_block / group] += s * float(tot);
-    }
-}
-
 // One stored row (K columns) into the u8 form.
 void unpack_row(const uint8_t * w, bool q4, int64_t K, uint8_t * u) {
     if (!q4) {
@@ -136,11 +115,13 @@ const qmatmul_variant k_portable = {"portable", "", qdot_portable};
 // Batches of 8 rows and more go to AMX: below that the VNNI dot kernel keeps up with memory; from 8 rows on its
 // per-token conversions make it compute-bound while AMX (weights streamed once, prefetched) is not.
 const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 8};
+const qpacked_kernels k_packed_avx512 = {qpack_quantize_avx512, qpacked_avx512vnni};
+const qpacked_kernels k_packed_avx2 = {qpack_quantize_avx2, qpacked_avxvnni};
 const qmatmul_variant k_amxint8 = {"amx-int8", "amx_tile amx_int8 avx512f avx512bw avx512_vnni", qdot_avx512vnni,
-                                   &k_amx_gemm, qpacked_avx512vnni};
+                                   &k_amx_gemm, &k_packed_avx512};
 const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni, nullptr,
-                                      qpacked_avx512vnni};
-const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni, nullptr, qpacked_avxvnni};
+                                      &k_packed_avx512};
+const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni, nullptr, &k_packed_avx2};
 
 struct vnni_features {
     bool avx512vnni = false, avxvnni = false, amxint8 = false;
@@ -270,17 +251,17 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
     int8_t * xqp = xq.data();
     float *  xsp = xs.data();
     float *  xgp = xg.data();
-    for (int64_t t = 0; t < T; ++t) quantize_act_blocks(x + t * K, K, L.group, xqp + t * K, xsp + t * nb, xgp + t * G);
+    for (int64_t t = 0; t < T; ++t) v.packed->quantize(x + t * K, K, L.group, xqp + t * K, xsp + t * nb, xgp + t * G);
     const uint8_t * pk = (const uint8_t *) w.packed;
     // A small matrix (under ~256 KiB of weights) stays on this thread: waking the pool costs more.
     if (L.n_panels * L.panel_bytes < (int64_t(256) << 10) || tp.size() == 1) {
-        v.packed(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
+        v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
         return;
     }
     const int64_t n_tasks = std::min<int64_t>(L.n_panels, int64_t(tp.size()) * 4);
     tp.run(n_tasks, [&](int64_t i, int) {
         const int64_t p0 = L.n_panels * i / n_tasks, p1 = L.n_panels * (i + 1) / n_tasks;
-        v.packed(y, L.N, xqp, xsp, xgp, T, pk, L, p0, p1);
+        v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, p0, p1);
     });
 }
 

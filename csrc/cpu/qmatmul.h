@@ -59,7 +59,7 @@ struct qmatmul_variant {
     const char *          features;  // CPU features used
     qdot_fn               dot;
     const qgemm_kernels * gemm = nullptr;  // nullptr: the dot kernel at every T
-    qpacked_fn            packed = nullptr;  // the kernel over w.packed (qpack.h); nullptr: the stored rows only
+    const qpacked_kernels * packed = nullptr;  // the kernels over w.packed (qpack.h); nullptr: stored rows only
 };
 
 // The variants this CPU runs, best first (tests compare each with the plain op).

@@ -2,6 +2,7 @@
 #include "cpu/qpack.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace minicpm {
@@ -13,6 +14,13 @@ constexpr int64_t k_block = 32;  // columns per activation block
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
+// Round to nearest, ties to even, for |v| < 2^22 without a libm call: adding and removing 1.5 * 2^23 leaves v
+// rounded to an integer (IEEE arithmetic; no -ffast-math).
+inline float round_even(float v) {
+    constexpr float m = 12582912.0f;
+    return (v + m) - m;
+}
+
 // Column k of stored row r in the u8 form.
 inline uint8_t u8_at(const uint8_t * w, bool q4, int64_t K, int64_t r, int64_t k) {
     if (!q4) return uint8_t(w[r * K + k] ^ 0x80u);
@@ -20,6 +28,27 @@ inline uint8_t u8_at(const uint8_t * w, bool q4, int64_t K, int64_t r, int64_t k
 }
 
 }  // namespace
+
+void qpack_quantize(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg) {
+    const int64_t G = (K + group - 1) / group;
+    for (int64_t g = 0; g < G; ++g) xg[g] = 0.0f;
+    for (int64_t b = 0; b < K / k_block; ++b) {
+        const float * xb = x + b * k_block;
+        float         amax = 0.0f;
+        for (int64_t i = 0; i < k_block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+        const float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t     tot = 0;
+        for (int64_t i = 0; i < k_block; ++i) {
+            const int32_t v = int32_t(round_even(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
+            q[b * k_block + i] = int8_t(v);
+            tot += v;
+        }
+        xs[b] = s;
+        // The product is exact in double and rounded once to float, so no compiler can fuse it into the sum:
+        // every kernel's quantizer gets the same bits whether its target has FMA or not.
+        xg[b * k_block / group] += float(double(s) * double(tot));
+    }
+}
 
 qpack_layout qpack_layout_of(const tensor_desc & w) {
     qpack_layout L;

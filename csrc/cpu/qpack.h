@@ -33,12 +33,25 @@ size_t       qpack_bytes(const tensor_desc & w);
 // Writes the packed copy of w to out (qpack_bytes(w) bytes, 64-byte aligned).
 void         qpack(const tensor_desc & w, uint8_t * out);
 
-// y[t, 16 p + r] for t < T, panels p in [p0, p1), rows below N. xq [T][K] int8 in natural order; xs [T][K/32]
-// block scales; xg [T][G]: per group, sum over its blocks of scale * sum of the block's int8 values.
+// Activation row x[K] for the packed kernels: int8 q[K] in natural order, rounded to nearest (ties to even)
+// after scaling each 32-column block by 127 / max|x| (xs[K/32]: max|x| / 127), and per group g the sum over its
+// blocks of xs * sum(q) (xg[G]). qpack_quantize is the definition; a kernel's own must give the same bits.
+typedef void (*qpack_quantize_fn)(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
+void qpack_quantize(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
+
+// y[t, 16 p + r] for t < T, panels p in [p0, p1), rows below N; xq [T][K], xs [T][K/32], xg [T][G] as
+// quantized above.
 typedef void (*qpacked_fn)(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                            const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
 
+struct qpacked_kernels {
+    qpack_quantize_fn quantize;
+    qpacked_fn        rows;
+};
+
 #if defined(MINICPM_X86)
+void qpack_quantize_avx512(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
+void qpack_quantize_avx2(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 void qpacked_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                         const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
 void qpacked_avxvnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,

@@ -97,6 +97,28 @@ void run(float * y, int64_t ldy, const int8_t * xq, const float * xs, const floa
 
 }  // namespace
 
+// qpack_quantize 32 columns at a time: the same products, clamp and ties-to-even rounding, so the same bits.
+void qpack_quantize_avx512(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg) {
+    const int64_t G = (K + group - 1) / group;
+    for (int64_t g = 0; g < G; ++g) xg[g] = 0.0f;
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t b = 0; b < K / 32; ++b) {
+        const __m512 a = _mm512_loadu_ps(x + 32 * b), c = _mm512_loadu_ps(x + 32 * b + 16);
+        const float  amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+        const float  s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const __m512 vi = _mm512_set1_ps(inv);
+        constexpr int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        const __m512i qa = _mm512_cvtps_epi32(
+            _mm512_roundscale_ps(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(a, vi), lo), hi), rnd));
+        const __m512i qc = _mm512_cvtps_epi32(
+            _mm512_roundscale_ps(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(c, vi), lo), hi), rnd));
+        _mm_storeu_si128((__m128i *) (q + 32 * b), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *) (q + 32 * b + 16), _mm512_cvtepi32_epi8(qc));
+        xs[b] = s;
+        xg[32 * b / group] += float(double(s) * double(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc))));
+    }
+}
+
 void qpacked_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                         const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1) {
     if (L.q4) {

@@ -93,6 +93,43 @@ void run(float * y, int64_t ldy, const int8_t * xq, const float * xs, const floa
 
 }  // namespace
 
+// qpack_quantize 32 columns at a time with AVX2: the same products, clamp and rounding, so the same bits.
+void qpack_quantize_avx2(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg) {
+    const int64_t G = (K + group - 1) / group;
+    for (int64_t g = 0; g < G; ++g) xg[g] = 0.0f;
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < K / 32; ++b) {
+        __m256 v[4];
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; ++j) {
+            v[j] = _mm256_loadu_ps(x + 32 * b + 8 * j);
+            m = _mm256_max_ps(_mm256_and_ps(v[j], absm), m);
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float  amax = _mm_cvtss_f32(m4);
+        const float  s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const __m256 vi = _mm256_set1_ps(inv);
+        __m256i      qi[4];
+        for (int j = 0; j < 4; ++j)
+            qi[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[j], vi), lo), hi),
+                                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        // int32 -> int8 (saturating packs keep order within 128-bit lanes; the permute restores it)
+        const __m256i w01 = _mm256_packs_epi32(qi[0], qi[1]), w23 = _mm256_packs_epi32(qi[2], qi[3]);
+        const __m256i b8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23),
+                                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *) (q + 32 * b), b8);
+        const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        xs[b] = s;
+        xg[32 * b / group] += float(double(s) * double(_mm_cvtsi128_si32(s4)));
+    }
+}
+
 void qpacked_avxvnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                      const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1) {
     if (L.q4) {

@@ -182,6 +182,30 @@ void test_random(thread_pool & tp, const qmatmul_variant & v, bool packed) {
         }
 }
 
+// A packed variant's own activation quantizer against qpack_quantize (the definition): the same bits, on values
+// of every magnitude, an all-zero block, exact ties (x.5 after scaling) and a group that ends early.
+void test_quantize(const qmatmul_variant & v) {
+    for (int64_t group : {32, 64, 128, 1 << 20}) {
+        const int64_t K = 320, G = (K + group - 1) / group;
+        std::vector<float> x(static_cast<size_t>(K));
+        std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+        for (int64_t k = 0; k < K; ++k) x[size_t(k)] = ud(g_rng) * std::ldexp(1.0f, int(g_rng() % 40) - 20);
+        for (int64_t k = 32; k < 64; ++k) x[size_t(k)] = 0.0f;
+        for (int64_t k = 64; k < 96; ++k) x[size_t(k)] = float(k - 80) + 0.5f;  // max 15.5 * 127/15.5: ties
+        x[64] = 127.0f;
+        std::vector<int8_t> qr(static_cast<size_t>(K)), qv(static_cast<size_t>(K));
+        std::vector<float>  sr(static_cast<size_t>(K / 32)), sv(sr.size()), gr(static_cast<size_t>(G)), gv(gr.size());
+        qpack_quantize(x.data(), K, group, qr.data(), sr.data(), gr.data());
+        v.packed->quantize(x.data(), K, group, qv.data(), sv.data(), gv.data());
+        int64_t bad = 0;
+        for (int64_t k = 0; k < K; ++k) bad += qr[size_t(k)] != qv[size_t(k)];
+        for (size_t b = 0; b < sr.size(); ++b) bad += std::memcmp(&sr[b], &sv[b], 4) != 0;
+        for (size_t g = 0; g < gr.size(); ++g) bad += std::memcmp(&gr[g], &gv[g], 4) != 0;
+        check(bad == 0, "quantize %-14s K=%lld group %lld: %lld of %lld values differ from qpack_quantize", v.name,
+              (long long) K, (long long) group, (long long) bad, (long long) (K + K / 32 + G));
+    }
+}
+
 void test_rtn() {
     for (dtype t : {dtype::q8, dtype::q4})
         for (int32_t group : {64, 128, 1 << 20}) {
@@ -361,6 +385,7 @@ int main(int argc, char ** argv) {
     for (const qmatmul_variant * q : all)
         for (bool packed : {false, true})
             if (!packed || q->packed) {
+                if (packed) test_quantize(*q);
                 test_exact(tp, *q, packed);
                 test_extremes(tp, *q, packed);
                 test_random(tp, *q, packed);
