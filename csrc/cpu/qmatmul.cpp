@@ -258,9 +258,11 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
         v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
         return;
     }
-    const int64_t n_tasks = std::min<int64_t>(L.n_panels, int64_t(tp.size()) * 4);
+    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side.
+    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * 4);
+    auto          edge = [&](int64_t i) { return std::min(L.n_panels, (L.n_panels * i / n_tasks + 3) / 4 * 4); };
     tp.run(n_tasks, [&](int64_t i, int) {
-        const int64_t p0 = L.n_panels * i / n_tasks, p1 = L.n_panels * (i + 1) / n_tasks;
+        const int64_t p0 = edge(i), p1 = edge(i + 1);
         v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, p0, p1);
     });
 }

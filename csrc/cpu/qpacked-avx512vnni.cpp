@@ -1,7 +1,7 @@
 // AVX512-VNNI kernel over packed weights (qpack.h): lane r of every vector is row r of a 16-row panel, so one
 // 64-byte weight load feeds vpdpbusd for up to 8 tokens (each token's 4 activations broadcast), the integer dot
 // of a 32-column block stays in int32, and each block costs one convert and one FMA per token; no horizontal
-// sums. The panel is read once per pass of up to 8 tokens, front to back.
+// sums. Batches read each panel once per 8 tokens; decode reads 4 panels side by side with software prefetch.
 #include "cpu/qpack.h"
 
 // GCC 12's AVX-512 headers trip -Wuninitialized inside their own intrinsics (a known header false positive).
@@ -23,75 +23,97 @@ inline __m512i bcast4(const int8_t * x) {
     return _mm512_set1_epi32(v);
 }
 
-// Tokens t0 .. t0 + TT - 1 against panel p. One token gets two accumulator chains so that vpdpbusd latency
-// does not bound it.
-template <bool Q4, int TT>
-inline void panel(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t t0,
-                  const uint8_t * pw, const qpack_layout & L, int64_t p) {
-    constexpr int C = TT == 1 ? 2 : 1;
-    const int64_t K = L.K, G = L.G, nb = K / 32, bpg = L.group / 32;
-    const uint8_t * sc = pw + L.weight_bytes;
-    const uint8_t * zp = sc + G * 16 * (L.f16_scales ? 2 : 4);
-    const __m512i   m4 = _mm512_set1_epi8(0x0f);
-    const __m512    c0 = _mm512_set1_ps(Q4 ? 8.0f : 128.0f);
-    __m512          tot[TT];
-    for (int t = 0; t < TT; ++t) tot[t] = _mm512_setzero_ps();
+// Software prefetch distance in each panel stream: the hardware prefetcher stops at every 4 KiB page and ramps up
+// again; a prefetch this far ahead keeps the next page's lines in flight.
+constexpr int64_t k_prefetch = 4096;
+
+// Tokens t0 .. t0 + TT - 1 against panels p .. p + P - 1 (P streams read side by side, as the bandwidth probe
+// of bench-engine does: one stream per core draws noticeably less). A single token and panel gets two
+// accumulator chains so that vpdpbusd latency does not bound it.
+template <bool Q4, int TT, int P>
+inline void panels(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t t0,
+                   const uint8_t * packed, const qpack_layout & L, int64_t p) {
+    constexpr int   C = TT * P == 1 ? 2 : 1;
+    const int64_t   K = L.K, G = L.G, nb = K / 32, bpg = L.group / 32;
+    const int64_t   ss = L.f16_scales ? 2 : 4;
+    const uint8_t * pw[P];
+    for (int j = 0; j < P; ++j) pw[j] = packed + (p + j) * L.panel_bytes;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512  c0 = _mm512_set1_ps(Q4 ? 8.0f : 128.0f);
+    __m512        tot[P][TT];
+    for (int j = 0; j < P; ++j)
+        for (int t = 0; t < TT; ++t) tot[j][t] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; ++g) {
-        const __m512 z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (zp + g * 16))))
-                                 : c0;
-        __m512 grp[TT];
+        __m512 grp[P][TT];
         // Offset correction first: the group's dot of (u - c) is sum_b s_b * dot(u, x_b) - c * sum_b s_b * sum(x_b).
-        for (int t = 0; t < TT; ++t) grp[t] = _mm512_mul_ps(_mm512_set1_ps(-xg[(t0 + t) * G + g]), z);
+        for (int j = 0; j < P; ++j) {
+            const uint8_t * zp = pw[j] + L.weight_bytes + G * 16 * ss + g * 16;
+            const __m512    z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) zp)))
+                                        : c0;
+            for (int t = 0; t < TT; ++t) grp[j][t] = _mm512_mul_ps(_mm512_set1_ps(-xg[(t0 + t) * G + g]), z);
+        }
         const int64_t b1 = g + 1 == G ? nb : (g + 1) * bpg;
         for (int64_t b = g * bpg; b < b1; ++b) {
-            __m512i acc[TT][C];
-            for (int t = 0; t < TT; ++t)
-                for (int c = 0; c < C; ++c) acc[t][c] = _mm512_setzero_si512();
-            if (Q4) {
-                const uint8_t * wb = pw + b * 256;
-                for (int i = 0; i < 4; ++i) {
-                    const __m512i v = _mm512_load_si512(wb + 64 * i);
-                    const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                    for (int t = 0; t < TT; ++t) {
-                        const int8_t * x = xq + (t0 + t) * K + b * 32 + 4 * i;
-                        acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], lo, bcast4(x));
-                        acc[t][C - 1] = _mm512_dpbusd_epi32(acc[t][C - 1], hi, bcast4(x + 16));
+            __m512i acc[P][TT][C];
+            for (int j = 0; j < P; ++j)
+                for (int t = 0; t < TT; ++t)
+                    for (int c = 0; c < C; ++c) acc[j][t][c] = _mm512_setzero_si512();
+            for (int i = 0; i < (Q4 ? 4 : 8); ++i)
+                for (int j = 0; j < P; ++j) {
+                    const uint8_t * wv = pw[j] + b * (Q4 ? 256 : 512) + 64 * i;
+                    if (k_prefetch) _mm_prefetch((const char *) (wv + k_prefetch), _MM_HINT_T0);
+                    const __m512i v = _mm512_load_si512(wv);
+                    if (Q4) {
+                        const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                        for (int t = 0; t < TT; ++t) {
+                            const int8_t * x = xq + (t0 + t) * K + b * 32 + 4 * i;
+                            acc[j][t][0] = _mm512_dpbusd_epi32(acc[j][t][0], lo, bcast4(x));
+                            acc[j][t][C - 1] = _mm512_dpbusd_epi32(acc[j][t][C - 1], hi, bcast4(x + 16));
+                        }
+                    } else {
+                        for (int t = 0; t < TT; ++t)
+                            acc[j][t][i % C] = _mm512_dpbusd_epi32(acc[j][t][i % C], v,
+                                                                   bcast4(xq + (t0 + t) * K + b * 32 + 4 * i));
                     }
                 }
-            } else {
-                const uint8_t * wb = pw + b * 512;
-                for (int i = 0; i < 8; ++i) {
-                    const __m512i v = _mm512_load_si512(wb + 64 * i);
-                    for (int t = 0; t < TT; ++t)
-                        acc[t][i % C] =
-                            _mm512_dpbusd_epi32(acc[t][i % C], v, bcast4(xq + (t0 + t) * K + b * 32 + 4 * i));
+            for (int t = 0; t < TT; ++t) {
+                const __m512 sx = _mm512_set1_ps(xs[(t0 + t) * nb + b]);
+                for (int j = 0; j < P; ++j) {
+                    __m512i a = acc[j][t][0];
+                    if (C == 2) a = _mm512_add_epi32(a, acc[j][t][C - 1]);
+                    grp[j][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), sx, grp[j][t]);
                 }
             }
-            for (int t = 0; t < TT; ++t) {
-                __m512i a = acc[t][0];
-                if (C == 2) a = _mm512_add_epi32(a, acc[t][C - 1]);
-                grp[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(xs[(t0 + t) * nb + b]), grp[t]);
-            }
         }
-        const __m512 s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (sc + g * 32)))
-                                      : _mm512_loadu_ps((const float *) sc + g * 16);
-        for (int t = 0; t < TT; ++t) tot[t] = _mm512_fmadd_ps(grp[t], s, tot[t]);
+        for (int j = 0; j < P; ++j) {
+            const uint8_t * sc = pw[j] + L.weight_bytes + g * 16 * ss;
+            const __m512    s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) sc))
+                                             : _mm512_loadu_ps((const float *) sc);
+            for (int t = 0; t < TT; ++t) tot[j][t] = _mm512_fmadd_ps(grp[j][t], s, tot[j][t]);
+        }
     }
-    const int64_t   nr = L.N - p * 16;
-    const __mmask16 m = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
-    for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ldy + p * 16, m, tot[t]);
+    for (int j = 0; j < P; ++j) {
+        const int64_t   nr = L.N - (p + j) * 16;
+        const __mmask16 m = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
+        for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + (t0 + t) * ldy + (p + j) * 16, m, tot[j][t]);
+    }
 }
+
+constexpr int k_decode_panels = 4;
 
 template <bool Q4>
 void run(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
          const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-        const uint8_t * pw = packed + p * L.panel_bytes;
-        int64_t         t = 0;
-        for (; t + 8 <= T; t += 8) panel<Q4, 8>(y, ldy, xq, xs, xg, t, pw, L, p);
-        if (t + 4 <= T) panel<Q4, 4>(y, ldy, xq, xs, xg, t, pw, L, p), t += 4;
-        if (t + 2 <= T) panel<Q4, 2>(y, ldy, xq, xs, xg, t, pw, L, p), t += 2;
-        if (t < T) panel<Q4, 1>(y, ldy, xq, xs, xg, t, pw, L, p);
+    int64_t p = p0;
+    if (T == 1)  // decode: panels side by side
+        for (; p + k_decode_panels <= p1; p += k_decode_panels)
+            panels<Q4, 1, k_decode_panels>(y, ldy, xq, xs, xg, 0, packed, L, p);
+    for (; p < p1; ++p) {
+        int64_t t = 0;
+        for (; t + 8 <= T; t += 8) panels<Q4, 8, 1>(y, ldy, xq, xs, xg, t, packed, L, p);
+        if (t + 4 <= T) panels<Q4, 4, 1>(y, ldy, xq, xs, xg, t, packed, L, p), t += 4;
+        if (t + 2 <= T) panels<Q4, 2, 1>(y, ldy, xq, xs, xg, t, packed, L, p), t += 2;
+        if (t < T) panels<Q4, 1, 1>(y, ldy, xq, xs, xg, t, packed, L, p);
     }
 }
 

@@ -113,7 +113,9 @@ void test_exact(thread_pool & tp, const qmatmul_variant & v, bool packed) {
     } cases[] = {{dtype::q8, 37, 256, 128, false}, {dtype::q8, 19, 192, 64, false}, {dtype::q8, 8, 128, 128, false},
                  {dtype::q8, 45, 192, 32, false},  {dtype::q8, 33, 128, 1 << 20, false},
                  {dtype::q4, 33, 256, 128, false}, {dtype::q4, 21, 320, 64, true},  {dtype::q4, 6, 128, 128, true},
-                 {dtype::q4, 27, 256, 32, true},   {dtype::q4, 40, 192, 32, false}};
+                 {dtype::q4, 27, 256, 32, true},   {dtype::q4, 40, 192, 32, false},
+                 // packed: 4 panels side by side at T = 1, then single ones, the last one short
+                 {dtype::q8, 83, 256, 32, false},  {dtype::q4, 70, 192, 64, true}};
     // T >= 8 runs a variant's batched (AMX) path where it has one; odd N and T exercise the tile edges.
     for (const c & k : cases)
         for (int64_t T : {1, 2, 5, 9, 16, 37}) {
