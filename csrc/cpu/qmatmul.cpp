@@ -22,9 +22,10 @@ namespace {
 constexpr int64_t k_block = 32;      // activation quantization block
 constexpr int64_t k_step = 64;       // columns per kernel step
 constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
-// Packed weights: batches up to this many rows run the packed kernel (weights read once per 8 tokens); larger
-// ones go to the variant's batched (AMX) path where it has one.
-constexpr int64_t k_packed_gemm_rows = 16;
+// Packed weights: batches below this many rows run the packed kernel (each panel read from memory once, then
+// from L1 per 8 tokens); it keeps up with AMX-INT8 up to about 64 rows (test-qmatmul's timings), and larger
+// batches go to the variant's batched (AMX) path where it has one.
+constexpr int64_t k_packed_gemm_rows = 64;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -73,7 +73,7 @@ bool qmatmul_supported(const tensor_desc & w);
 // True when this CPU runs a variant with a packed kernel: worth preparing w.packed for.
 bool qmatmul_packs();
 // y[T,N] = x[T,K] . W^T with variant v. w must be qmatmul_supported. With w.packed set, v's packed kernel
-// runs batches below 16 rows.
+// runs batches below 64 rows.
 void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
              int64_t T);
 
