@@ -21,9 +21,8 @@ inline float round_even(float v) {
     return (v + m) - m;
 }
 
-// Column k of stored row r in the u8 form.
-inline uint8_t u8_at(const uint8_t * w, bool q4, int64_t K, int64_t r, int64_t k) {
-    if (!q4) return uint8_t(w[r * K + k] ^ 0x80u);
+// Column k of stored q4 row r: its nibble.
+inline uint8_t u8_at(const uint8_t * w, int64_t K, int64_t r, int64_t k) {
     return uint8_t((w[r * (K / 2) + k / 2] >> (4 * (k & 1))) & 0xfu);
 }
 
@@ -82,13 +81,18 @@ void qpack(const tensor_desc & w, uint8_t * out) {
         for (int64_t b = 0; b < L.K / k_block; ++b)
             for (int64_t i = 0; i < quads; ++i) {
                 uint8_t * v = panel + (b * quads + i) * 64;
-                for (int64_t r = 0; r < nr; ++r)
-                    for (int64_t j = 0; j < 4; ++j) {
-                        const int64_t row = p * k_panel + r, k = b * k_block + 4 * i + j;
-                        v[4 * r + j] = L.q4 ? uint8_t(u8_at(src, true, L.K, row, k) |
-                                                      u8_at(src, true, L.K, row, k + 16) << 4)
-                                            : u8_at(src, false, L.K, row, k);
+                for (int64_t r = 0; r < nr; ++r) {
+                    const int64_t row = p * k_panel + r, k = b * k_block + 4 * i;
+                    if (!L.q4) {  // 4 columns at once: + 128 is a flip of each byte's top bit
+                        uint32_t q;
+                        std::memcpy(&q, src + row * L.K + k, 4);
+                        q ^= 0x80808080u;
+                        std::memcpy(v + 4 * r, &q, 4);
+                        continue;
                     }
+                    for (int64_t j = 0; j < 4; ++j)
+                        v[4 * r + j] = uint8_t(u8_at(src, L.K, row, k + j) | u8_at(src, L.K, row, k + 16 + j) << 4);
+                }
             }
         uint8_t * sc = panel + L.weight_bytes;
         uint8_t * zp = sc + L.G * k_panel * ss;
