@@ -144,6 +144,12 @@ class backend {
     virtual void   release(buffer & b) = 0;                      // idempotent; b becomes empty
     // Weights as read from the checkpoint: a host backend wraps the mapping in place, a device copies it.
     virtual buffer import_weights(const void * host, size_t bytes) = 0;
+    // A backend-specific copy of placed weight w that its kernels read faster (w.packed), or an empty buffer
+    // (the default): the x86 CPU backend interleaves quantized weights for its integer kernels (cpu/qpack.h).
+    virtual buffer prepare_weights(const tensor_desc & w) {
+        (void) w;
+        return {};
+    }
     virtual void upload(const buffer & dst, size_t offset, const void * src, size_t bytes) = 0;
     virtual void download(void * dst, const buffer & src, size_t offset, size_t bytes) = 0;
     virtual void copy(const buffer & dst, size_t dst_offset, const buffer & src, size_t src_offset, size_t bytes) = 0;

@@ -29,6 +29,8 @@ struct tensor_desc {
     const void *   scales = nullptr;
     const uint8_t * zeros = nullptr;
     const int32_t * perm = nullptr;
+    // A copy the CPU backend prepared for its x86 integer kernels (cpu/qpack.h), or nullptr; never saved.
+    const void *   packed = nullptr;
 
     bool    quantized() const { return dtype_is_quantized(type); }
     int64_t n_groups() const;  // groups per row (1 for a plain type)

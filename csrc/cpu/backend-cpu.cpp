@@ -6,6 +6,7 @@
 #include "cpu/ops-fast.h"
 #include "cpu/ops-ref.h"
 #include "cpu/ops-sparse.h"
+#include "cpu/qmatmul.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -60,6 +61,19 @@ class cpu_backend final : public backend {
         b.size = bytes;
         b.usage = buffer_usage::weights;
         b.owned = false;
+        return b;
+    }
+    buffer prepare_weights(const tensor_desc & w) override {
+        buffer b;
+        if (!kt_ || !w.quantized() || !qmatmul_supported(w) || !qmatmul_packs()) return b;
+        const size_t bytes = qpack_bytes(w);
+        b.data = std::aligned_alloc(64, bytes);  // multiple of 64 (qpack.h); released by free()
+        if (!b.data)
+            fail(MINICPM_STATUS_OUT_OF_MEMORY,
+                 "cpu backend: cannot allocate " + std::to_string(bytes) + " bytes for packed weights");
+        b.size = bytes;
+        b.usage = buffer_usage::weights;
+        qpack(w, (uint8_t *) b.data);
         return b;
     }
     void upload(const buffer & dst, size_t off, const void * src, size_t n) override {

@@ -22,6 +22,10 @@ namespace {
 constexpr int64_t k_block = 32;      // activation quantization block
 constexpr int64_t k_step = 64;       // columns per kernel step
 constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
+// Packed weights: batches below this many rows run the packed kernel (each panel read from memory once, then
+// from L1 per 8 tokens); it keeps up with AMX-INT8 up to about 64 rows (test-qmatmul's timings), and larger
+// batches go to the variant's batched (AMX) path where it has one.
+constexpr int64_t k_packed_gemm_rows = 64;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -112,10 +116,13 @@ const qmatmul_variant k_portable = {"portable", "", qdot_portable};
 // Batches of 8 rows and more go to AMX: below that the VNNI dot kernel keeps up with memory; from 8 rows on its
 // per-token conversions make it compute-bound while AMX (weights streamed once, prefetched) is not.
 const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 8};
+const qpacked_kernels k_packed_avx512 = {qpack_quantize_avx512, qpacked_avx512vnni};
+const qpacked_kernels k_packed_avx2 = {qpack_quantize_avx2, qpacked_avxvnni};
 const qmatmul_variant k_amxint8 = {"amx-int8", "amx_tile amx_int8 avx512f avx512bw avx512_vnni", qdot_avx512vnni,
-                                   &k_amx_gemm};
-const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni};
-const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni};
+                                   &k_amx_gemm, &k_packed_avx512};
+const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni, nullptr,
+                                      &k_packed_avx512};
+const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni, nullptr, &k_packed_avx2};
 
 struct vnni_features {
     bool avx512vnni = false, avxvnni = false, amxint8 = false;
@@ -188,6 +195,14 @@ const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt) {
     return k_portable;
 }
 
+bool qmatmul_packs() {
+    const qmatmul_variant * v[8];
+    const int n = std::min(qmatmul_variants(v, 8), 8);
+    for (int i = 0; i < n; ++i)
+        if (v[i]->packed != nullptr) return true;
+    return false;
+}
+
 bool qmatmul_supported(const tensor_desc & w) {
     if (!w.quantized() || w.perm != nullptr || w.cols % k_step != 0) return false;
     if (w.scale_type != dtype::f32 && w.scale_type != dtype::f16) return false;
@@ -222,10 +237,45 @@ void qgemm(const qgemm_kernels & gk, thread_pool & tp, float * y, const float * 
     });
 }
 
+// The packed path: activations quantized per 32-column block in natural order, then tasks of whole panels,
+// a few per thread so that each thread streams long runs of consecutive panels.
+void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
+             int64_t T) {
+    const qpack_layout L = qpack_layout_of(w);
+    const int64_t      K = L.K, G = L.G, nb = K / k_block;
+    static thread_local std::vector<int8_t> xq;
+    static thread_local std::vector<float>  xs, xg;
+    xq.resize(size_t(T * K));
+    xs.resize(size_t(T * nb));
+    xg.resize(size_t(T * G));
+    // Pointers, not the thread_local vectors themselves: the pool's threads must see this thread's buffers.
+    int8_t * xqp = xq.data();
+    float *  xsp = xs.data();
+    float *  xgp = xg.data();
+    for (int64_t t = 0; t < T; ++t) v.packed->quantize(x + t * K, K, L.group, xqp + t * K, xsp + t * nb, xgp + t * G);
+    const uint8_t * pk = (const uint8_t *) w.packed;
+    // A small matrix (under ~256 KiB of weights) stays on this thread: waking the pool costs more.
+    if (L.n_panels * L.panel_bytes < (int64_t(256) << 10) || tp.size() == 1) {
+        v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
+        return;
+    }
+    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side.
+    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * 4);
+    auto          edge = [&](int64_t i) { return std::min(L.n_panels, (L.n_panels * i / n_tasks + 3) / 4 * 4); };
+    tp.run(n_tasks, [&](int64_t i, int) {
+        const int64_t p0 = edge(i), p1 = edge(i + 1);
+        v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, p0, p1);
+    });
+}
+
 }  // namespace
 
 void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
              int64_t T) {
+    if (w.packed != nullptr && v.packed != nullptr && (v.gemm == nullptr || T < k_packed_gemm_rows)) {
+        qpacked(v, tp, y, x, w, T);
+        return;
+    }
     if (v.gemm != nullptr && T >= v.gemm->min_rows) {
         qgemm(*v.gemm, tp, y, x, w, T);
         return;

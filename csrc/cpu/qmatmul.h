@@ -19,6 +19,7 @@
 
 #include "core/backend.h"
 #include "core/threadpool.h"
+#include "cpu/qpack.h"
 
 #include <cstdint>
 
@@ -58,6 +59,7 @@ struct qmatmul_variant {
     const char *          features;  // CPU features used
     qdot_fn               dot;
     const qgemm_kernels * gemm = nullptr;  // nullptr: the dot kernel at every T
+    const qpacked_kernels * packed = nullptr;  // the kernels over w.packed (qpack.h); nullptr: stored rows only
 };
 
 // The variants this CPU runs, best first (tests compare each with the plain op).
@@ -68,7 +70,10 @@ const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt);
 // True when w runs through the integer kernels (q8 / q4, K a multiple of 64, group 32 or a multiple of 64,
 // no g_idx permutation).
 bool qmatmul_supported(const tensor_desc & w);
-// y[T,N] = x[T,K] . W^T with variant v. w must be qmatmul_supported.
+// True when this CPU runs a variant with a packed kernel: worth preparing w.packed for.
+bool qmatmul_packs();
+// y[T,N] = x[T,K] . W^T with variant v. w must be qmatmul_supported. With w.packed set, v's packed kernel
+// runs batches below 64 rows.
 void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
              int64_t T);
 

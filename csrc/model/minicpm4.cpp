@@ -166,7 +166,8 @@ void model::place_weights() {
         for (tensor_desc * t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_norm, &L.w_gate, &L.w_up, &L.w_down})
             all.push_back(t);
     size_t n_parts = 0;
-    for (const tensor_desc * t : all) n_parts += 1 + (t->scales ? 1 : 0) + (t->zeros ? 1 : 0) + (t->perm ? 1 : 0);
+    for (const tensor_desc * t : all)  // data, its quantization parts and a prepared copy
+        n_parts += 1 + (t->scales ? 1 : 0) + (t->zeros ? 1 : 0) + (t->perm ? 1 : 0) + (t->quantized() ? 1 : 0);
     imported_.reserve(n_parts);  // descriptors keep pointers to these buffers: no reallocation
     auto place = [&](const void * host, size_t bytes) -> const buffer & {
         imported_.push_back(loader_->import_weights(host, bytes));
@@ -180,6 +181,13 @@ void model::place_weights() {
         if (t->scales) t->scales = place(t->scales, size_t(g) * dtype_size(t->scale_type)).data;
         if (t->zeros) t->zeros = (const uint8_t *) place(t->zeros, size_t(g)).data;
         if (t->perm) t->perm = (const int32_t *) place(t->perm, size_t(t->cols) * 4).data;
+        if (t->quantized()) {
+            buffer p = loader_->prepare_weights(*t);
+            if (p.data) {
+                imported_.push_back(p);
+                t->packed = p.data;
+            }
+        }
     }
     if (w.head.data == nullptr || files_->config.tie_word_embeddings) w.head = w.embed;
     // Sizes as placed (after any conversion): what a decode step reads.

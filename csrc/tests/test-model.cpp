@@ -327,6 +327,13 @@ static void test_quantized() {
         // int8 activations: ~1e-5 NMSE per matmul (test-qmatmul); measured rel ~2e-3 over 2 layers and the head.
         check_close(what, compare(eval_all(ctx_fast, spec.n_vocab, toks), eval_all(ctx_ref, spec.n_vocab, toks)),
                     std::max(TOL_FAST, 1e-2));
+        // Then decode (one row, then 5): the x86 families run these on the packed copy (cpu/qpack.h).
+        for (const std::vector<int32_t> & next : {std::vector<int32_t>{7}, prompt(5, spec.n_vocab, 6)}) {
+            std::snprintf(what, sizeof(what), "%s g64: decode %zu row(s) after the prompt, fast vs reference",
+                          q == MINICPM_DTYPE_Q8 ? "q8" : "q4", next.size());
+            check_close(what, compare(eval_all(ctx_fast, spec.n_vocab, next), eval_all(ctx_ref, spec.n_vocab, next)),
+                        std::max(TOL_FAST, 1e-2));
+        }
     }
     minicpm_test::remove_dir(dir);
 }

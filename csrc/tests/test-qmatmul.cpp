@@ -6,6 +6,8 @@
 //   2. random data: the error comes from quantizing activations to int8 per 32 columns alone; printed, bounded;
 //   3. the round-to-nearest quantizer (q8 symmetric, q4 asymmetric): |w - dequant(w)| <= scale / 2;
 //   4. GPTQ (AutoGPTQ v1) pack -> gptq_to_q4 round trip, symmetric and asymmetric, with a g_idx permutation.
+// Cases 1 and 2 run each variant on the stored rows and, where it has a packed kernel, again on the packed copy
+// (cpu/qpack.h) the CPU backend prepares ("+packed" in the case name).
 #include "core/status.h"
 #include "core/threadpool.h"
 #include "cpu/cpu-common.h"
@@ -44,10 +46,22 @@ bool check(bool ok, const char * fmt, ...) {
 }
 
 struct qw {
-    std::vector<uint8_t>  data, zeros;
+    std::vector<uint8_t>  data, zeros, pack;
     std::vector<uint16_t> scales;
     tensor_desc           d;
 };
+
+// Sets w.d.packed to a packed copy of w's current values (64-byte aligned inside w.pack) when packed is true.
+void pack_weights(qw & w, bool packed) {
+    w.d.packed = nullptr;
+    if (!packed) return;
+    w.pack.assign(qpack_bytes(w.d) + 64, 0);
+    uint8_t * p = w.pack.data() + (64 - uintptr_t(w.pack.data()) % 64) % 64;
+    qpack(w.d, p);
+    w.d.packed = p;
+}
+
+const char * path_name(bool packed) { return packed ? "+packed" : ""; }
 
 // Random integer weights; scales = 1 when unit, else random in [0.002, 0.05].
 qw random_weights(dtype t, int64_t N, int64_t K, int32_t group, bool zeros, bool unit) {
@@ -90,7 +104,7 @@ double rel_err(const std::vector<float> & ref, const std::vector<float> & got, d
     return max_ref > 0 ? max_abs / max_ref : max_abs;
 }
 
-void test_exact(thread_pool & tp, const qmatmul_variant & v) {
+void test_exact(thread_pool & tp, const qmatmul_variant & v, bool packed) {
     struct c {
         dtype   t;
         int64_t N, K;
@@ -99,11 +113,14 @@ void test_exact(thread_pool & tp, const qmatmul_variant & v) {
     } cases[] = {{dtype::q8, 37, 256, 128, false}, {dtype::q8, 19, 192, 64, false}, {dtype::q8, 8, 128, 128, false},
                  {dtype::q8, 45, 192, 32, false},  {dtype::q8, 33, 128, 1 << 20, false},
                  {dtype::q4, 33, 256, 128, false}, {dtype::q4, 21, 320, 64, true},  {dtype::q4, 6, 128, 128, true},
-                 {dtype::q4, 27, 256, 32, true},   {dtype::q4, 40, 192, 32, false}};
+                 {dtype::q4, 27, 256, 32, true},   {dtype::q4, 40, 192, 32, false},
+                 // packed: 4 panels side by side at T = 1, then single ones, the last one short
+                 {dtype::q8, 83, 256, 32, false},  {dtype::q4, 70, 192, 64, true}};
     // T >= 8 runs a variant's batched (AMX) path where it has one; odd N and T exercise the tile edges.
     for (const c & k : cases)
         for (int64_t T : {1, 2, 5, 9, 16, 37}) {
             qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, true);
+            pack_weights(w, packed);
             // integers in [-127, 127], each 32-block holding a +-127 so its scale is exactly 1
             std::vector<float> x(size_t(T * k.K));
             for (size_t i = 0; i < x.size(); ++i) x[i] = float(int32_t(g_rng() % 255) - 127);
@@ -113,19 +130,20 @@ void test_exact(thread_pool & tp, const qmatmul_variant & v) {
             qmatmul(v, tp, got.data(), x.data(), w.d, T);
             int64_t bad = 0;
             for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != got[i];
-            check(bad == 0, "exact %-14s %s g=%d%s N=%lld K=%lld T=%lld: %lld of %zu results differ", v.name,
-                  dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K, (long long) T,
+            check(bad == 0, "exact %s%-14s %s g=%d%s N=%lld K=%lld T=%lld: %lld of %zu results differ", v.name,
+                  path_name(packed), dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K, (long long) T,
                   (long long) bad, ref.size());
         }
 }
 
 // The largest products: q8 weights of -128 (a stored int8 may hold it) and 127 against activations of -127 / 127,
 // signs chosen so every product of a row has the same sign; no partial sum of any variant may overflow.
-void test_extremes(thread_pool & tp, const qmatmul_variant & v) {
+void test_extremes(thread_pool & tp, const qmatmul_variant & v, bool packed) {
     const int64_t N = 4, K = 128, T = 3;
     qw w = random_weights(dtype::q8, N, K, 128, false, true);
     for (int64_t n = 0; n < N; ++n)
         for (int64_t k = 0; k < K; ++k) w.data[size_t(n * K + k)] = uint8_t(int8_t(n % 2 ? 127 : -128));
+    pack_weights(w, packed);
     std::vector<float> x(size_t(T * K));
     for (int64_t t = 0; t < T; ++t)
         for (int64_t k = 0; k < K; ++k) x[size_t(t * K + k)] = t == 1 ? 127.0f : -127.0f;
@@ -134,11 +152,11 @@ void test_extremes(thread_pool & tp, const qmatmul_variant & v) {
     qmatmul(v, tp, got.data(), x.data(), w.d, T);
     int64_t bad = 0;
     for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != got[i];
-    check(bad == 0, "extremes %-9s q8 -128/127 x -127/127 N=%lld K=%lld T=%lld: %lld of %zu differ (y[0] %.0f, want %.0f)",
-          v.name, (long long) N, (long long) K, (long long) T, (long long) bad, ref.size(), got[0], ref[0]);
+    check(bad == 0, "extremes %s%-9s q8 -128/127 x -127/127 N=%lld K=%lld T=%lld: %lld of %zu differ (y[0] %.0f, want %.0f)",
+          v.name, path_name(packed), (long long) N, (long long) K, (long long) T, (long long) bad, ref.size(), got[0], ref[0]);
 }
 
-void test_random(thread_pool & tp, const qmatmul_variant & v) {
+void test_random(thread_pool & tp, const qmatmul_variant & v, bool packed) {
     struct c {
         dtype   t;
         int64_t N, K;
@@ -150,6 +168,7 @@ void test_random(thread_pool & tp, const qmatmul_variant & v) {
     for (const c & k : cases)
         for (int64_t T : {1, 4, 7, 33, 64}) {
             qw w = random_weights(k.t, k.N, k.K, k.group, k.zeros, false);
+            pack_weights(w, packed);
             std::uniform_real_distribution<float> xd(-2.0f, 2.0f);
             std::vector<float> x(size_t(T * k.K));
             for (auto & e : x) e = xd(g_rng);
@@ -159,10 +178,34 @@ void test_random(thread_pool & tp, const qmatmul_variant & v) {
             double nmse = 0;
             const double rel = rel_err(ref, got, &nmse);
             // int8 activations per 32: relative step 1/127 per element; random-walk sums give NMSE ~1e-5.
-            check(nmse < 1e-4 && rel < 2e-2, "random %-14s %s g=%d%s N=%lld K=%lld T=%lld: max rel %.3e nmse %.3e (thr 1e-4)",
-                  v.name, dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K,
+            check(nmse < 1e-4 && rel < 2e-2, "random %s%-14s %s g=%d%s N=%lld K=%lld T=%lld: max rel %.3e nmse %.3e (thr 1e-4)",
+                  v.name, path_name(packed), dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K,
                   (long long) T, rel, nmse);
         }
+}
+
+// A packed variant's own activation quantizer against qpack_quantize (the definition): the same bits, on values
+// of every magnitude, an all-zero block, exact ties (x.5 after scaling) and a group that ends early.
+void test_quantize(const qmatmul_variant & v) {
+    for (int64_t group : {32, 64, 128, 1 << 20}) {
+        const int64_t K = 320, G = (K + group - 1) / group;
+        std::vector<float> x(static_cast<size_t>(K));
+        std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+        for (int64_t k = 0; k < K; ++k) x[size_t(k)] = ud(g_rng) * std::ldexp(1.0f, int(g_rng() % 40) - 20);
+        for (int64_t k = 32; k < 64; ++k) x[size_t(k)] = 0.0f;
+        for (int64_t k = 64; k < 96; ++k) x[size_t(k)] = float(k - 80) + 0.5f;  // max 15.5 * 127/15.5: ties
+        x[64] = 127.0f;
+        std::vector<int8_t> qr(static_cast<size_t>(K)), qv(static_cast<size_t>(K));
+        std::vector<float>  sr(static_cast<size_t>(K / 32)), sv(sr.size()), gr(static_cast<size_t>(G)), gv(gr.size());
+        qpack_quantize(x.data(), K, group, qr.data(), sr.data(), gr.data());
+        v.packed->quantize(x.data(), K, group, qv.data(), sv.data(), gv.data());
+        int64_t bad = 0;
+        for (int64_t k = 0; k < K; ++k) bad += qr[size_t(k)] != qv[size_t(k)];
+        for (size_t b = 0; b < sr.size(); ++b) bad += std::memcmp(&sr[b], &sv[b], 4) != 0;
+        for (size_t g = 0; g < gr.size(); ++g) bad += std::memcmp(&gr[g], &gv[g], 4) != 0;
+        check(bad == 0, "quantize %-14s K=%lld group %lld: %lld of %lld values differ from qpack_quantize", v.name,
+              (long long) K, (long long) group, (long long) bad, (long long) (K + K / 32 + G));
+    }
 }
 
 void test_rtn() {
@@ -248,9 +291,10 @@ void test_gptq_roundtrip() {
 }
 
 // Rough speed per variant on a decode-shaped and a prefill-shaped matmul (informational).
-void bench(thread_pool & tp, const qmatmul_variant & v) {
+void bench(thread_pool & tp, const qmatmul_variant & v, bool packed) {
     for (dtype t : {dtype::q8, dtype::q4}) {
         qw w = random_weights(t, 1024, 1024, 128, t == dtype::q4, false);
+        pack_weights(w, packed);
         for (int64_t T : {1, 8, 64, 256}) {
             std::vector<float> x(size_t(T * 1024), 0.5f), y(size_t(T * 1024));
             int reps = 0;
@@ -261,8 +305,8 @@ void bench(thread_pool & tp, const qmatmul_variant & v) {
                 ++reps;
                 el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             } while (el < 0.05);
-            std::printf("info %-14s %s 1024x1024 g128 T=%-3lld %8.1f us  %7.1f GMAC/s  %6.1f GB/s of weights\n", v.name,
-                        dtype_name(t), (long long) T, el / reps * 1e6, 1024.0 * 1024 * T * reps / el / 1e9,
+            std::printf("info %s%-14s %s 1024x1024 g128 T=%-3lld %8.1f us  %7.1f GMAC/s  %6.1f GB/s of weights\n", v.name,
+                        path_name(packed), dtype_name(t), (long long) T, el / reps * 1e6, 1024.0 * 1024 * T * reps / el / 1e9,
                         double(w.d.bytes()) * reps / el / 1e9);
         }
     }
@@ -270,12 +314,13 @@ void bench(thread_pool & tp, const qmatmul_variant & v) {
 
 // --bench: batch 1, 8 and 16 decode through a weight set far larger than the caches (DRAM-bound), and a prefill-sized
 // batch, per variant: GB/s of weights streamed and GMAC/s. Informational; not part of the test run.
-void bench_large(thread_pool & tp, const qmatmul_variant & v) {
+void bench_large(thread_pool & tp, const qmatmul_variant & v, bool packed) {
     for (dtype t : {dtype::q8, dtype::q4})
         for (int32_t group : {32, 128}) {
             const int64_t N = t == dtype::q8 ? 131072 : 262144, K = 1024;
             qw w = random_weights(t, N, K, group, false, false);
-            for (int64_t T : {1, 8, 16}) {
+            pack_weights(w, packed);
+            for (int64_t T : {1, 2, 4, 8, 16}) {
                 std::vector<float> x(size_t(T * K), 0.5f), y(size_t(T * N));
                 qmatmul(v, tp, y.data(), x.data(), w.d, T);
                 double best = 1e30;
@@ -284,8 +329,8 @@ void bench_large(thread_pool & tp, const qmatmul_variant & v) {
                     qmatmul(v, tp, y.data(), x.data(), w.d, T);
                     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
                 }
-                std::printf("bench %-14s %s g%-3d %lldx%lld T=%lld: %7.2f ms  %6.1f GB/s of weights  %6.1f GMAC/s\n",
-                            v.name, dtype_name(t), group, (long long) N, (long long) K, (long long) T, best * 1e3,
+                std::printf("bench %s%-14s %s g%-3d %lldx%lld T=%lld: %7.2f ms  %6.1f GB/s of weights  %6.1f GMAC/s\n",
+                            v.name, path_name(packed), dtype_name(t), group, (long long) N, (long long) K, (long long) T, best * 1e3,
                             double(w.d.bytes()) / best / 1e9, double(N * K * T) / best / 1e9);
             }
         }
@@ -334,15 +379,22 @@ int main(int argc, char ** argv) {
         }
     if (large) {
         for (const qmatmul_variant * q : all)
-            if (only ? std::strcmp(q->name, only) == 0 : std::strcmp(q->name, "portable") != 0) bench_large(tp, *q);
+            if (only ? std::strcmp(q->name, only) == 0 : std::strcmp(q->name, "portable") != 0)
+                for (bool packed : {false, true})
+                    if (!packed || q->packed) bench_large(tp, *q, packed);
         return 0;
     }
-    for (const qmatmul_variant * q : all) {
-        test_exact(tp, *q);
-        test_extremes(tp, *q);
-        test_random(tp, *q);
-    }
-    for (const qmatmul_variant * q : all) bench(tp, *q);
+    for (const qmatmul_variant * q : all)
+        for (bool packed : {false, true})
+            if (!packed || q->packed) {
+                if (packed) test_quantize(*q);
+                test_exact(tp, *q, packed);
+                test_extremes(tp, *q, packed);
+                test_random(tp, *q, packed);
+            }
+    for (const qmatmul_variant * q : all)
+        for (bool packed : {false, true})
+            if (!packed || q->packed) bench(tp, *q, packed);
     std::printf("%d cases, %d failed\n", g_cases, g_failures);
     return g_failures == 0 ? 0 : 1;
 }
