@@ -1,6 +1,6 @@
 // Speculative decoding on an InfLLM v2 target past dense_len (token trees through the sparse op, each tree row
 // selecting blocks as plain decoding would after committing its ancestors; cpu/ops-sparse.h). A generated
-// sparse checkpoint with dense_len 300, a batch of mixed sequences that start below it, cross it or start past
+// sparse checkpoint with dense_len 200, a batch of mixed sequences that start below it, cross it or start past
 // it, reference ops (batch composition cannot change a bit of the logits). Every drafter is wrapped so that it
 // drafts greedy trees for sampled requests too (token matching against the target's own draws): the output of
 // every request, greedy or sampled, must then equal plain decoding token for token. Drafters: the EAGLE head
@@ -23,7 +23,7 @@ using minicpm_test::reference_ops;
 
 namespace {
 
-constexpr int32_t k_dense_len = 300;
+constexpr int32_t k_dense_len = 200;
 const minicpm::model * g_model = nullptr;
 
 minicpm_engine_params engine_params() {
@@ -31,7 +31,7 @@ minicpm_engine_params engine_params() {
     minicpm_engine_default_params(&p);
     p.n_threads = 2;
     p.n_chunk = 64;
-    p.n_ctx = 640;
+    p.n_ctx = 384;
     p.kv_dtype = MINICPM_DTYPE_F32;
     p.kv_bytes = uint64_t(64) * minicpm::kv_pool::bytes_per_block(g_model->config(), minicpm::dtype::f32);
     return p;
@@ -58,11 +58,11 @@ struct req {
 
 // Crossing dense_len while generating, starting past it, staying below it; greedy and sampled.
 std::vector<req> mixed_requests(bool sampled) {
-    std::vector<req> r = {{prompt_of(280, 1), greedy(200)},
-                          {prompt_of(330, 2), greedy(150)},
-                          {prompt_of(200, 3), sampled ? hot(200, 7) : greedy(200)},
-                          {prompt_of(60, 4), greedy(120)},
-                          {prompt_of(290, 5), sampled ? hot(190, 99) : greedy(190)}};
+    std::vector<req> r = {{prompt_of(190, 1), greedy(100)},
+                          {prompt_of(230, 2), greedy(60)},
+                          {prompt_of(120, 3), sampled ? hot(110, 7) : greedy(110)},
+                          {prompt_of(40, 4), greedy(50)},
+                          {prompt_of(175, 5), sampled ? hot(90, 99) : greedy(90)}};
     return r;
 }
 
@@ -161,9 +161,10 @@ void check_arm(const char * label, const minicpm::tree_shape & shape, const make
 
 std::string add_sparse_config(const std::string & dir) {
     std::string cfg = minicpm_test::read_file(dir + "/config.json");
-    // window 128 = 2 local blocks, topk 3: past 320 slots the selection leaves blocks out.
+    // window 128 = 2 local blocks, topk 2 (the init block and one scored): past 256 slots the selection leaves
+    // blocks out.
     cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
-                               "\"block_size\": 64, \"window_size\": 128, \"topk\": 3, \"use_nope\": false, "
+                               "\"block_size\": 64, \"window_size\": 128, \"topk\": 2, \"use_nope\": false, "
                                "\"dense_len\": " + std::to_string(k_dense_len) + "}\n");
     minicpm_test::write_file(dir + "/config.json", cfg);
     return dir;
@@ -211,10 +212,8 @@ int main() {
             };
         };
         check_arm("EAGLE head (random)", cpmcu, eagle(cpmcu), true, false);
-        check_arm("EAGLE head (random)", deep, eagle(deep), false, false);
         check_arm("weak draft model", cpmcu, model_draft(*weak_model, cpmcu), true, false);
         check_arm("target as drafter", deep, model_draft(*target, deep), false, true);
-        check_arm("target as drafter", cpmcu, model_draft(*target, cpmcu), true, false);
     } catch (const std::exception & ex) {
         CHECK(false, "unexpected exception: %s", ex.what());
     }
