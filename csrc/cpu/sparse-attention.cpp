@@ -215,21 +215,28 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
     const int32_t nkv = kv.n_head_kv, hd = kv.head_dim, group = n_head / nkv;
     // Tasks: (segment, up to k_rows consecutive rows, KV head). The rows of a task share each KV block they
     // select: it is converted once and every row that selected it consumes it (prefill); decode rows are tasks
-    // of their own, and so is every tree row (each sees its own sequence, sparse_row_view).
+    // of their own. A tree's rows share the blocks of committed slots; a block holding slots of a row's own
+    // sequence past them (sparse_row_view) is gathered per row. Trees are split finely enough to keep every
+    // thread busy.
     constexpr int32_t k_rows = 16;
     struct task {
         int32_t seg, r0, r1, hk;
     };
     std::vector<task> tasks;
+    sparse_row_view   v;
     for (int32_t s = 0; s < n_segs; ++s) {
-        const int32_t step = segs[s].mask != nullptr ? 1 : k_rows;
-        for (int32_t r0 = 0; r0 < segs[s].n_rows; r0 += step) {
-            if (segs[s].mask != nullptr) {  // rows of the dense op (core/backend.h) are not tasks
-                sparse_row_view v;
-                sparse_row_view_of(v, segs[s], r0);
-                if (v.p + 1 < sp.dense_len) continue;
+        const kv_segment & sg = segs[s];
+        const int32_t step = sg.mask == nullptr ? k_rows
+                                                : std::clamp(sg.n_rows * nkv / std::max(1, tp.size()), 1, k_rows);
+        for (int32_t r0 = 0; r0 < sg.n_rows; r0 += step) {
+            const int32_t r1 = std::min(sg.n_rows, r0 + step);
+            bool          any = sg.mask == nullptr;  // a tree chunk whose rows all go to the dense op is no task
+            for (int32_t r = r0; r < r1 && !any; ++r) {
+                sparse_row_view_of(v, sg, r);
+                any = v.p + 1 >= sp.dense_len;
             }
-            for (int32_t hk = 0; hk < nkv; ++hk) tasks.push_back({s, r0, std::min(segs[s].n_rows, r0 + step), hk});
+            if (any)
+                for (int32_t hk = 0; hk < nkv; ++hk) tasks.push_back({s, r0, r1, hk});
         }
     }
     const int32_t G16 = std::min(group, 16);
@@ -238,15 +245,23 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
         static thread_local std::vector<uint64_t> row_bits, uni;
         static thread_local std::vector<float> st_o, st_m, st_l, qs;
         static thread_local std::vector<sparse_row_view> views;
+        static thread_local std::vector<char> skip;
         const task &       t = tasks[size_t(i)];
         const kv_segment & sg = segs[t.seg];
         const int32_t      R = t.r1 - t.r0;
         views.resize(size_t(R));
-        for (int32_t r = 0; r < R; ++r) sparse_row_view_of(views[size_t(r)], sg, t.r0 + r);
-        const int32_t p_last = views[size_t(R - 1)].p, words = p_last / 64 / 64 + 1;
+        skip.assign(size_t(R), 0);
+        int32_t p_last = 0;
+        for (int32_t r = 0; r < R; ++r) {
+            sparse_row_view_of(views[size_t(r)], sg, t.r0 + r);
+            skip[size_t(r)] = sg.mask != nullptr && views[size_t(r)].p + 1 < sp.dense_len;  // the dense op's row
+            if (!skip[size_t(r)]) p_last = std::max(p_last, views[size_t(r)].p);
+        }
+        const int32_t words = p_last / 64 / 64 + 1;
         row_bits.assign(size_t(R) * words, 0);
         uni.assign(size_t(words), 0);
         for (int32_t r = t.r0; r < t.r1; ++r) {
+            if (skip[size_t(r - t.r0)]) continue;
             const int64_t row = sg.row_begin + r;
             select_blocks_fast(kt, w, q + row * n_head * hd, t.hk, group, hd, views[size_t(r - t.r0)], kv, cc,
                                sg.blocks, sp, scale);
@@ -274,14 +289,13 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
         for (int32_t wd = 0; wd < words; ++wd)
             for (uint64_t bitset = uni[size_t(wd)]; bitset != 0; bitset &= bitset - 1) {
                 const int32_t b = wd * 64 + __builtin_ctzll(bitset), n_load = std::min(64, p_last - 64 * b + 1);
-                if (sg.mask == nullptr || 64 * b + n_load <= views[0].n_fixed) {
-                    kt.load_block(w.kt.data(), w.vb.data(), kv, sg.blocks[b], t.hk, n_load);
-                } else {  // a tree row's block with tail slots (such tasks have one row)
-                    gather_block(w.kt.data(), w.vb.data(), kv, sg.blocks, views[0], b, t.hk, n_load);
-                }
+                // Committed slots only (every slot of an unmasked segment is its own): one load for all rows.
+                const bool shared = sg.mask == nullptr || 64 * b + n_load <= sg.n_past;
+                if (shared) kt.load_block(w.kt.data(), w.vb.data(), kv, sg.blocks[b], t.hk, n_load);
                 for (int32_t r = 0; r < R; ++r) {
                     if (!((row_bits[size_t(r) * words + size_t(wd)] >> (b % 64)) & 1)) continue;
                     const int32_t n = std::min(64, views[size_t(r)].p - 64 * b + 1);
+                    if (!shared) gather_block(w.kt.data(), w.vb.data(), kv, sg.blocks, views[size_t(r)], b, t.hk, n);
                     for (int32_t c0 = 0; c0 < group; c0 += G16) {
                         const size_t at = size_t(r) * group + size_t(c0);
                         kt.block_heads(st_o.data() + at * hd, st_m.data() + at, st_l.data() + at, qs.data() + at * hd,
@@ -290,6 +304,7 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
                 }
             }
         for (int32_t r = 0; r < R; ++r) {
+            if (skip[size_t(r)]) continue;
             float * dst = out + ((sg.row_begin + t.r0 + r) * int64_t(n_head) + int64_t(t.hk) * group) * hd;
             for (int32_t h = 0; h < group; ++h) {
                 const float inv = 1.0f / st_l[size_t(r) * group + size_t(h)];
