@@ -104,7 +104,7 @@ float dot(const float * a, const float * b, int32_t n) {
     return acc;
 }
 
-// Kernel j of level g as the view sees it: cached, or one of its tail kernels (tail[level]).
+// Kernel j of level g as the view sees it: cached, or one of its tail kernels (in tail).
 const float * view_kernel(const kv_compressed & cc, const sparse_kernel_geom & g, const std::vector<float> & tail,
                           const sparse_row_view & v, const int32_t * blocks, int32_t h, int32_t j, int32_t hd) {
     const int32_t j0 = g.count(v.n_fixed);
@@ -129,12 +129,14 @@ void select_blocks(std::vector<int32_t> & sel, const float * qrow, int32_t g, in
     if (sp.lse == sparse_lse::c2) sparse_tail_kernels(t2, v, cc.c2, kv, blocks, g);
     for (int32_t hh = 0; hh < group; ++hh) {
         const float * qh = qrow + int64_t(g * group + hh) * hd;
-        for (int32_t j = 0; j < n1; ++j) s[size_t(j)] = dot(qh, view_kernel(cc, cc.c1, t1, v, blocks, g, j, hd), hd) * scale;
+        for (int32_t j = 0; j < n1; ++j)
+            s[size_t(j)] = dot(qh, view_kernel(cc, cc.c1, t1, v, blocks, g, j, hd), hd) * scale;
         // lse over C1 (exact) or C2 (approximate); no visible kernel: the head adds nothing (INFLLM_V2.md D11).
         std::vector<float> l2;
         const std::vector<float> * lv = &s;
         if (sp.lse == sparse_lse::c2) {
-            for (int32_t j = 0; j < n2; ++j) l2.push_back(dot(qh, view_kernel(cc, cc.c2, t2, v, blocks, g, j, hd), hd) * scale);
+            for (int32_t j = 0; j < n2; ++j)
+                l2.push_back(dot(qh, view_kernel(cc, cc.c2, t2, v, blocks, g, j, hd), hd) * scale);
             lv = &l2;
         }
         if (lv->empty()) continue;

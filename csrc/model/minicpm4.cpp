@@ -295,9 +295,8 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
                 // dense_len there take the dense op; the sparse op runs the others after it (core/backend.h),
                 // over compressed caches of the committed slots only.
                 bool any_dense = false, any_sparse = false;
-                for (int32_t j = 0; j < sg.n_rows; ++j) {
-                    const uint64_t shown = j == 0 ? 0 : sg.mask[j] & (~uint64_t(0) >> (64 - j));
-                    const bool     dense = int64_t(sg.n_past) + __builtin_popcountll(shown) + 1 < sp.dense_len;
+                for (int32_t j = 0; j < sg.n_rows; ++j) {  // masks name earlier rows only (checked above)
+                    const bool dense = int64_t(sg.n_past) + __builtin_popcountll(sg.mask[j]) + 1 < sp.dense_len;
                     any_dense |= dense;
                     any_sparse |= !dense;
                 }
