@@ -52,16 +52,16 @@ void sparse_row_view_of(sparse_row_view & v, const kv_segment & sg, int32_t r) {
 int32_t sparse_tail_kernels(std::vector<float> & out, const sparse_row_view & v, const sparse_kernel_geom & g,
                             const kv_layer & kv, const int32_t * blocks, int32_t h) {
     const int32_t hd = kv.head_dim, j0 = g.count(v.n_fixed), n = g.count(int64_t(v.p) + 1) - j0;
-    out.resize(size_t(std::max(n, 0)) * size_t(hd));
-    for (int32_t j = j0; j < j0 + n; ++j)
-        for (int32_t d = 0; d < hd; ++d) {
-            float sum = 0.0f;
-            for (int32_t i = 0; i < g.ks; ++i) {
-                const int32_t t = v.slot(g.st * j + i);
-                sum += load_f32(kv.k, kv.type, kv_offset(kv, blocks[t / 64], h, t % 64) + d);
-            }
-            out[size_t(j - j0) * size_t(hd) + size_t(d)] = sum / float(g.ks);
+    out.assign(size_t(std::max(n, 0)) * size_t(hd), 0.0f);
+    for (int32_t j = j0; j < j0 + n; ++j) {
+        float * sum = out.data() + size_t(j - j0) * size_t(hd);  // per d, the rows added in order
+        for (int32_t i = 0; i < g.ks; ++i) {
+            const int32_t t = v.slot(g.st * j + i);
+            const int64_t off = kv_offset(kv, blocks[t / 64], h, t % 64);
+            for (int32_t d = 0; d < hd; ++d) sum[d] += load_f32(kv.k, kv.type, off + d);
         }
+        for (int32_t d = 0; d < hd; ++d) sum[d] = sum[d] / float(g.ks);
+    }
     return std::max(n, 0);
 }
 

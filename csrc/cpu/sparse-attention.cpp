@@ -185,12 +185,15 @@ void select_blocks_fast(const sparse_kernel_table & kt, sparse_scratch & w, cons
         if (w.lim[size_t(b)]) w.sel.push_back(b);
 }
 
-// Stage 2 input for a block of a tree row's view that holds tail slots: its first n slots gathered from the
-// pool slots they live in, converted as load_block converts (bitwise the same values; zeros past n).
-void gather_block(float * kt, float * vb, const kv_layer & kv, const int32_t * blocks, const sparse_row_view & v,
-                  int32_t b, int32_t hk, int32_t n) {
+// Stage 2 input for a block of a tree row's view that holds tail slots: its first n slots, the committed ones
+// (slots below n_base) copied from the block loaded into bkt / bvb, the row's own ones converted from the pool
+// slots they live in as load_block converts them (bitwise the same values; zeros past n).
+void gather_block(float * kt, float * vb, const float * bkt, const float * bvb, int32_t n_base, const kv_layer & kv,
+                  const int32_t * blocks, const sparse_row_view & v, int32_t b, int32_t hk, int32_t n) {
     const int32_t hd = kv.head_dim;
-    for (int32_t j = 0; j < 64; ++j) {
+    std::memcpy(kt, bkt, size_t(hd) * 64 * 4);
+    std::memcpy(vb, bvb, size_t(std::min(n_base, n)) * size_t(hd) * 4);
+    for (int32_t j = n_base; j < 64; ++j) {
         if (j >= n) {
             for (int32_t d = 0; d < hd; ++d) kt[d * 64 + j] = 0.0f;
             continue;
@@ -246,6 +249,7 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
         static thread_local std::vector<float> st_o, st_m, st_l, qs;
         static thread_local std::vector<sparse_row_view> views;
         static thread_local std::vector<char> skip;
+        static thread_local std::vector<float> bkt, bvb;  // a tree's block with tail slots: its committed part
         const task &       t = tasks[size_t(i)];
         const kv_segment & sg = segs[t.seg];
         const int32_t      R = t.r1 - t.r0;
@@ -285,17 +289,24 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
         }
         w.kt.resize(size_t(hd) * 64);
         w.vb.resize(size_t(hd) * 64);
+        bkt.resize(size_t(hd) * 64);
+        bvb.resize(size_t(hd) * 64);
         w.sc.resize(64);
         for (int32_t wd = 0; wd < words; ++wd)
             for (uint64_t bitset = uni[size_t(wd)]; bitset != 0; bitset &= bitset - 1) {
                 const int32_t b = wd * 64 + __builtin_ctzll(bitset), n_load = std::min(64, p_last - 64 * b + 1);
                 // Committed slots only (every slot of an unmasked segment is its own): one load for all rows.
-                const bool shared = sg.mask == nullptr || 64 * b + n_load <= sg.n_past;
-                if (shared) kt.load_block(w.kt.data(), w.vb.data(), kv, sg.blocks[b], t.hk, n_load);
+                // Otherwise its committed part is loaded once and each row adds its own slots to a copy.
+                const bool    shared = sg.mask == nullptr || 64 * b + n_load <= sg.n_past;
+                const int32_t n_base = shared ? n_load : std::max(0, sg.n_past - 64 * b);
+                kt.load_block(shared ? w.kt.data() : bkt.data(), shared ? w.vb.data() : bvb.data(), kv, sg.blocks[b],
+                              t.hk, n_base);
                 for (int32_t r = 0; r < R; ++r) {
                     if (!((row_bits[size_t(r) * words + size_t(wd)] >> (b % 64)) & 1)) continue;
                     const int32_t n = std::min(64, views[size_t(r)].p - 64 * b + 1);
-                    if (!shared) gather_block(w.kt.data(), w.vb.data(), kv, sg.blocks, views[size_t(r)], b, t.hk, n);
+                    if (!shared)
+                        gather_block(w.kt.data(), w.vb.data(), bkt.data(), bvb.data(), n_base, kv, sg.blocks,
+                                     views[size_t(r)], b, t.hk, n);
                     for (int32_t c0 = 0; c0 < group; c0 += G16) {
                         const size_t at = size_t(r) * group + size_t(c0);
                         kt.block_heads(st_o.data() + at * hd, st_m.data() + at, st_l.data() + at, qs.data() + at * hd,
