@@ -136,6 +136,8 @@ class backend {
     // True when backend addresses are host addresses (CPU): results may then be written straight into host
     // arrays instead of being downloaded.
     virtual bool         host_memory() const = 0;
+    // True when sparse_attention() takes token trees (masked segments); false: it refuses them (_UNSUPPORTED).
+    virtual bool         sparse_trees() const = 0;
     // The host thread pool of a CPU backend (host-side work such as sampling may share it); nullptr otherwise.
     virtual thread_pool * host_pool() { return nullptr; }
 
@@ -183,7 +185,11 @@ class backend {
                              const int32_t * from, int32_t n_segs) = 0;
     // Like attention(), but row j of segment s (slot p = n_past + j) attends only to the 64-slot blocks
     // INFLLM_V2.md steps 1-9 select for it and its KV head (every block 0..p/64 when p + 1 < dense_len). The
-    // compressed caches must cover every slot the rows see (kv_compress). Tree masks are refused
+    // compressed caches must cover every slot the rows see (kv_compress). A tree row (masked segment) runs
+    // those steps on the sequence plain decoding would hold after committing the rows its mask shows
+    // (cpu/ops-sparse.h, sparse_row_view): the caches need to cover only the n_past committed slots, and tree
+    // rows whose p there has p + 1 < dense_len are left alone (out and selected untouched) for the dense op, so
+    // that they compute exactly what plain decoding computes. Backends without sparse_trees() refuse masks
     // (_UNSUPPORTED). selected (optional, host memory): bit b of word w at [row][kv head][sel_words] is set
     // when block 64 w + b is attended.
     virtual void sparse_attention(float * out, const float * q, const kv_layer & kv, const kv_compressed & cc,

@@ -27,13 +27,42 @@ void sparse_check_args(const kv_layer & kv, const kv_segment * segs, int32_t n_s
     if (k_sparse_block % sp.kernel_stride != 0 || sp.kernel_size < sp.kernel_stride)
         fail(MINICPM_STATUS_INTERNAL, "sparse attention: kernel_stride must divide 64 and not exceed kernel_size");
     for (int32_t s = 0; s < n_segs; ++s) {
-        if (segs[s].mask != nullptr)
-            fail(MINICPM_STATUS_UNSUPPORTED,
-                 "sparse attention: token trees (speculative decoding) are not supported with InfLLM v2 beyond "
-                 "dense_len; run without a drafter, or load with sparse attention off");
+        if (segs[s].mask != nullptr && segs[s].n_rows > k_max_tree_rows)
+            fail(MINICPM_STATUS_INTERNAL, "sparse attention: a token tree of " + std::to_string(segs[s].n_rows) +
+                                              " rows (at most " + std::to_string(k_max_tree_rows) + ")");
         if (selected != nullptr && (int64_t(segs[s].n_past) + segs[s].n_rows + 63) / 64 > 64 * int64_t(sel_words))
             fail(MINICPM_STATUS_INTERNAL, "sparse attention: selection buffer too small");
     }
+}
+
+void sparse_row_view_of(sparse_row_view & v, const kv_segment & sg, int32_t r) {
+    v.tail.clear();
+    if (sg.mask == nullptr) {
+        v.p = sg.n_past + r;
+        v.n_fixed = v.p + 1;
+        return;
+    }
+    v.n_fixed = sg.n_past;
+    for (int32_t i = 0; i < r; ++i)
+        if ((sg.mask[r] >> i) & 1u) v.tail.push_back(sg.n_past + i);
+    v.tail.push_back(sg.n_past + r);
+    v.p = sg.n_past + int32_t(v.tail.size()) - 1;
+}
+
+int32_t sparse_tail_kernels(std::vector<float> & out, const sparse_row_view & v, const sparse_kernel_geom & g,
+                            const kv_layer & kv, const int32_t * blocks, int32_t h) {
+    const int32_t hd = kv.head_dim, j0 = g.count(v.n_fixed), n = g.count(int64_t(v.p) + 1) - j0;
+    out.assign(size_t(std::max(n, 0)) * size_t(hd), 0.0f);
+    for (int32_t j = j0; j < j0 + n; ++j) {
+        float * sum = out.data() + size_t(j - j0) * size_t(hd);  // per d, the rows added in order
+        for (int32_t i = 0; i < g.ks; ++i) {
+            const int32_t t = v.slot(g.st * j + i);
+            const int64_t off = kv_offset(kv, blocks[t / 64], h, t % 64);
+            for (int32_t d = 0; d < hd; ++d) sum[d] += load_f32(kv.k, kv.type, off + d);
+        }
+        for (int32_t d = 0; d < hd; ++d) sum[d] = sum[d] / float(g.ks);
+    }
+    return std::max(n, 0);
 }
 
 // ---- step 2: compression -------------------------------------------------------------------------------------
@@ -75,10 +104,18 @@ float dot(const float * a, const float * b, int32_t n) {
     return acc;
 }
 
-// The blocks query slot p attends through KV head g, ascending. qrow = the row's nh * hd query values.
-void select_blocks(std::vector<int32_t> & sel, const float * qrow, int32_t g, int32_t group, int32_t hd, int32_t p,
-                   const kv_compressed & cc, const int32_t * blocks, const sparse_attn_params & sp, float scale) {
-    const int32_t B = k_sparse_block, qb = p / B, nb = qb + 1, L = sp.window_blocks;
+// Kernel j of level g as the view sees it: cached, or one of its tail kernels (in tail).
+const float * view_kernel(const kv_compressed & cc, const sparse_kernel_geom & g, const std::vector<float> & tail,
+                          const sparse_row_view & v, const int32_t * blocks, int32_t h, int32_t j, int32_t hd) {
+    const int32_t j0 = g.count(v.n_fixed);
+    return j < j0 ? cc.at(g, blocks, h, j, hd) : tail.data() + size_t(j - j0) * size_t(hd);
+}
+
+// The blocks the view's row attends through KV head g, ascending. qrow = the row's nh * hd query values.
+void select_blocks(std::vector<int32_t> & sel, const float * qrow, int32_t g, int32_t group, int32_t hd,
+                   const sparse_row_view & v, const kv_layer & kv, const kv_compressed & cc, const int32_t * blocks,
+                   const sparse_attn_params & sp, float scale) {
+    const int32_t p = v.p, B = k_sparse_block, qb = p / B, nb = qb + 1, L = sp.window_blocks;
     sel.clear();
     // Step 1, per query: dense while p + 1 < dense_len.
     if (p + 1 < sp.dense_len) {
@@ -87,15 +124,19 @@ void select_blocks(std::vector<int32_t> & sel, const float * qrow, int32_t g, in
     }
     // Steps 3-4: stage-1 scores over the visible C1 kernels, summed over the group's heads.
     const int32_t n1 = cc.c1.count(int64_t(p) + 1), n2 = cc.c2.count(int64_t(p) + 1);
-    std::vector<float> S(static_cast<size_t>(n1), 0.0f), s(static_cast<size_t>(n1), 0.0f);
+    std::vector<float> S(static_cast<size_t>(n1), 0.0f), s(static_cast<size_t>(n1), 0.0f), t1, t2;
+    sparse_tail_kernels(t1, v, cc.c1, kv, blocks, g);
+    if (sp.lse == sparse_lse::c2) sparse_tail_kernels(t2, v, cc.c2, kv, blocks, g);
     for (int32_t hh = 0; hh < group; ++hh) {
         const float * qh = qrow + int64_t(g * group + hh) * hd;
-        for (int32_t j = 0; j < n1; ++j) s[size_t(j)] = dot(qh, cc.at(cc.c1, blocks, g, j, hd), hd) * scale;
+        for (int32_t j = 0; j < n1; ++j)
+            s[size_t(j)] = dot(qh, view_kernel(cc, cc.c1, t1, v, blocks, g, j, hd), hd) * scale;
         // lse over C1 (exact) or C2 (approximate); no visible kernel: the head adds nothing (INFLLM_V2.md D11).
         std::vector<float> l2;
         const std::vector<float> * lv = &s;
         if (sp.lse == sparse_lse::c2) {
-            for (int32_t j = 0; j < n2; ++j) l2.push_back(dot(qh, cc.at(cc.c2, blocks, g, j, hd), hd) * scale);
+            for (int32_t j = 0; j < n2; ++j)
+                l2.push_back(dot(qh, view_kernel(cc, cc.c2, t2, v, blocks, g, j, hd), hd) * scale);
             lv = &l2;
         }
         if (lv->empty()) continue;
@@ -149,14 +190,17 @@ void ref_sparse_attention(float * out, const float * q, const kv_layer & kv, con
     const int32_t nkv = kv.n_head_kv, hd = kv.head_dim, group = n_head / nkv;
     std::vector<int32_t> sel, slots;
     std::vector<float>   w;
+    sparse_row_view      v;
     for (int32_t s = 0; s < n_segs; ++s) {
         const kv_segment & sg = segs[s];
         for (int32_t r = 0; r < sg.n_rows; ++r) {
             const int64_t row = sg.row_begin + r;
-            const int32_t p = sg.n_past + r;
+            sparse_row_view_of(v, sg, r);
+            const int32_t p = v.p;
+            if (sg.mask != nullptr && p + 1 < sp.dense_len) continue;  // the dense op's row (see core/backend.h)
             const float * qrow = q + row * n_head * hd;
             for (int32_t g = 0; g < nkv; ++g) {
-                select_blocks(sel, qrow, g, group, hd, p, cc, sg.blocks, sp, scale);
+                select_blocks(sel, qrow, g, group, hd, v, kv, cc, sg.blocks, sp, scale);
                 if (selected != nullptr) {
                     uint64_t * bits = selected + (row * nkv + g) * sel_words;
                     std::memset(bits, 0, size_t(sel_words) * 8);
@@ -164,7 +208,7 @@ void ref_sparse_attention(float * out, const float * q, const kv_layer & kv, con
                 }
                 slots.clear();
                 for (int32_t b : sel)
-                    for (int32_t t = b * 64; t < b * 64 + 64 && t <= p; ++t) slots.push_back(t);
+                    for (int32_t t = b * 64; t < b * 64 + 64 && t <= p; ++t) slots.push_back(v.slot(t));
                 w.assign(slots.size(), 0.0f);
                 for (int32_t hh = 0; hh < group; ++hh) {
                     const int32_t h = g * group + hh;

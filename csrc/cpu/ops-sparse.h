@@ -17,8 +17,30 @@
 #include "cpu/ops-fast.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace minicpm {
+
+// The sequence one row attends as plain decoding would hold it (ENGINE_REFERENCE.md §3.1 step 8). An unmasked
+// row sees its segment's slots 0..p as they are. A tree row (segment mask) sees the n_past committed slots, then
+// the rows its mask shows in row order, then itself: the sequence plain decoding has at slot p = n_past + (rows
+// shown) after committing those rows. Steps 1-9 run on that sequence: selection, windows and the dense switch
+// use that p, and its kernels that end past the committed slots (the "tail kernels") are computed per row from
+// that sequence's keys, never stored (the caches hold committed slots only). They must be: a tail kernel
+// changes the LSE over C1 (or C2) and thereby every stage-1 score, so reusing another row's kernels or leaving
+// them out can change the selection even though the blocks the tail kernels pool into are all local ones.
+struct sparse_row_view {
+    int32_t              p = 0;        // the row's slot in its sequence
+    int32_t              n_fixed = 0;  // slots [0, n_fixed) are pool slots of the same index, kernels cached
+    std::vector<int32_t> tail;         // pool slots of the sequence's slots n_fixed .. p
+
+    int32_t slot(int32_t t) const { return t < n_fixed ? t : tail[size_t(t - n_fixed)]; }
+};
+void sparse_row_view_of(sparse_row_view & v, const kv_segment & sg, int32_t r);
+// The kernels of level g that end in the view's tail, j in [g.count(n_fixed), g.count(p + 1)), for KV head h,
+// in the reference's arithmetic (ref_kv_compress): out[(j - g.count(n_fixed)) * hd + d]. Returns their count.
+int32_t sparse_tail_kernels(std::vector<float> & out, const sparse_row_view & v, const sparse_kernel_geom & g,
+                            const kv_layer & kv, const int32_t * blocks, int32_t h);
 
 void ref_kv_compress(const kv_compressed & cc, const kv_layer & kv, const kv_segment * segs, const int32_t * from,
                      int32_t n_segs);
@@ -52,7 +74,7 @@ const sparse_kernel_table & sparse_kernels_avx2();
 const sparse_kernel_table & sparse_kernels_avx512();
 #endif
 
-// Shared checks of both op sets (a tree mask, head counts, a selection buffer too small): throw with a message.
+// Shared checks of both op sets (head counts, tree size, a selection buffer too small): throw with a message.
 void sparse_check_args(const kv_layer & kv, const kv_segment * segs, int32_t n_segs, int32_t n_head,
                        const sparse_attn_params & sp, const uint64_t * selected, int32_t sel_words);
 

@@ -103,26 +103,30 @@ namespace {
 
 // Per-thread scratch of one (row, KV head) task; grows with the context (linearly), never with its square.
 struct sparse_scratch {
-    std::vector<float>   qT, s1, s2, S, R, q, kt, vb, sc;
+    std::vector<float>   qT, s1, s2, S, R, q, kt, vb, sc, t1, t2;
     std::vector<int32_t> order, sel, lim;
 };
 
-// Scores of the n visible kernels of level g (KV head hk) for the lanes of qT into s[n][16].
+// Scores of the n visible kernels of level g (KV head hk) for the lanes of qT into s[n][16]: the cached ones,
+// then the view's tail kernels (contiguous in tail). Each kernel's score is computed alone, so splitting the
+// calls leaves the bits unchanged.
 void level_scores(const sparse_kernel_table & kt, float * s, const float * qT, const kv_compressed & cc,
                   const sparse_kernel_geom & g, const int32_t * blocks, int32_t hk, int32_t n, int32_t hd,
-                  float scale) {
+                  float scale, const sparse_row_view & v, const std::vector<float> & tail) {
+    const int32_t nc = std::min(n, g.count(v.n_fixed));
     // Kernels stored in one block are contiguous: one call per block.
-    for (int32_t b = 0, j0 = 0; j0 < n; ++b) {
-        const int32_t j1 = std::min(n, g.first_in(b + 1));
+    for (int32_t b = 0, j0 = 0; j0 < nc; ++b) {
+        const int32_t j1 = std::min(nc, g.first_in(b + 1));
         if (j1 > j0) kt.scores(s + int64_t(j0) * 16, qT, cc.at(g, blocks, hk, j0, hd), j1 - j0, hd, scale);
         j0 = std::max(j0, j1);
     }
+    if (n > nc) kt.scores(s + int64_t(nc) * 16, qT, tail.data(), n - nc, hd, scale);
 }
 
 void select_blocks_fast(const sparse_kernel_table & kt, sparse_scratch & w, const float * qrow, int32_t hk,
-                        int32_t group, int32_t hd, int32_t p, const kv_compressed & cc, const int32_t * blocks,
-                        const sparse_attn_params & sp, float scale) {
-    const int32_t qb = p / 64, nb = qb + 1, L = sp.window_blocks;
+                        int32_t group, int32_t hd, const sparse_row_view & v, const kv_layer & kv,
+                        const kv_compressed & cc, const int32_t * blocks, const sparse_attn_params & sp, float scale) {
+    const int32_t p = v.p, qb = p / 64, nb = qb + 1, L = sp.window_blocks;
     w.sel.clear();
     if (p + 1 < sp.dense_len) {
         for (int32_t b = 0; b < nb; ++b) w.sel.push_back(b);
@@ -135,6 +139,8 @@ void select_blocks_fast(const sparse_kernel_table & kt, sparse_scratch & w, cons
     const bool    c2 = sp.lse == sparse_lse::c2;
     const int32_t n_l = c2 ? n2 : n1;
     if (c2) w.s2.resize(size_t(n2) * 16 + 16);
+    sparse_tail_kernels(w.t1, v, cc.c1, kv, blocks, hk);
+    if (c2) sparse_tail_kernels(w.t2, v, cc.c2, kv, blocks, hk);
     for (int32_t c0 = 0; c0 < group && n1 > 0 && n_l > 0; c0 += 16) {
         const int32_t Gc = std::min(16, group - c0);
         std::fill(w.qT.begin(), w.qT.end(), 0.0f);
@@ -142,8 +148,8 @@ void select_blocks_fast(const sparse_kernel_table & kt, sparse_scratch & w, cons
             const float * qh = qrow + int64_t(hk * group + c0 + i) * hd;
             for (int32_t d = 0; d < hd; ++d) w.qT[size_t(d) * 16 + size_t(i)] = qh[d];
         }
-        level_scores(kt, w.s1.data(), w.qT.data(), cc, cc.c1, blocks, hk, n1, hd, scale);
-        if (c2) level_scores(kt, w.s2.data(), w.qT.data(), cc, cc.c2, blocks, hk, n2, hd, scale);
+        level_scores(kt, w.s1.data(), w.qT.data(), cc, cc.c1, blocks, hk, n1, hd, scale, v, w.t1);
+        if (c2) level_scores(kt, w.s2.data(), w.qT.data(), cc, cc.c2, blocks, hk, n2, hd, scale, v, w.t2);
         float lse[16];
         kt.lse(lse, c2 ? w.s2.data() : w.s1.data(), n_l);
         kt.group_sum(w.S.data(), w.s1.data(), lse, n1, Gc, true);
@@ -179,6 +185,28 @@ void select_blocks_fast(const sparse_kernel_table & kt, sparse_scratch & w, cons
         if (w.lim[size_t(b)]) w.sel.push_back(b);
 }
 
+// Stage 2 input for a block of a tree row's view that holds tail slots: its first n slots, the committed ones
+// (slots below n_base) copied from the block loaded into bkt / bvb, the row's own ones converted from the pool
+// slots they live in as load_block converts them (bitwise the same values; zeros past n).
+void gather_block(float * kt, float * vb, const float * bkt, const float * bvb, int32_t n_base, const kv_layer & kv,
+                  const int32_t * blocks, const sparse_row_view & v, int32_t b, int32_t hk, int32_t n) {
+    const int32_t hd = kv.head_dim;
+    std::memcpy(kt, bkt, size_t(hd) * 64 * 4);
+    std::memcpy(vb, bvb, size_t(std::min(n_base, n)) * size_t(hd) * 4);
+    for (int32_t j = n_base; j < 64; ++j) {
+        if (j >= n) {
+            for (int32_t d = 0; d < hd; ++d) kt[d * 64 + j] = 0.0f;
+            continue;
+        }
+        const int32_t t = v.slot(64 * b + j);
+        const int64_t off = kv_offset(kv, blocks[t / 64], hk, t % 64);
+        for (int32_t d = 0; d < hd; ++d) {
+            kt[d * 64 + j] = load_f32(kv.k, kv.type, off + d);
+            vb[j * hd + d] = load_f32(kv.v, kv.type, off + d);
+        }
+    }
+}
+
 }  // namespace
 
 void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, float * out, const float * q,
@@ -190,28 +218,57 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
     const int32_t nkv = kv.n_head_kv, hd = kv.head_dim, group = n_head / nkv;
     // Tasks: (segment, up to k_rows consecutive rows, KV head). The rows of a task share each KV block they
     // select: it is converted once and every row that selected it consumes it (prefill); decode rows are tasks
-    // of their own.
+    // of their own. A tree's rows share the blocks of committed slots; a block holding slots of a row's own
+    // sequence past them (sparse_row_view) is gathered per row. Trees are split finely enough to keep every
+    // thread busy.
     constexpr int32_t k_rows = 16;
     struct task {
         int32_t seg, r0, r1, hk;
     };
     std::vector<task> tasks;
-    for (int32_t s = 0; s < n_segs; ++s)
-        for (int32_t r0 = 0; r0 < segs[s].n_rows; r0 += k_rows)
-            for (int32_t hk = 0; hk < nkv; ++hk) tasks.push_back({s, r0, std::min(segs[s].n_rows, r0 + k_rows), hk});
+    sparse_row_view   v;
+    for (int32_t s = 0; s < n_segs; ++s) {
+        const kv_segment & sg = segs[s];
+        const int32_t step = sg.mask == nullptr ? k_rows
+                                                : std::clamp(sg.n_rows * nkv / std::max(1, tp.size()), 1, k_rows);
+        for (int32_t r0 = 0; r0 < sg.n_rows; r0 += step) {
+            const int32_t r1 = std::min(sg.n_rows, r0 + step);
+            bool          any = sg.mask == nullptr;  // a tree chunk whose rows all go to the dense op is no task
+            for (int32_t r = r0; r < r1 && !any; ++r) {
+                sparse_row_view_of(v, sg, r);
+                any = v.p + 1 >= sp.dense_len;
+            }
+            if (any)
+                for (int32_t hk = 0; hk < nkv; ++hk) tasks.push_back({s, r0, r1, hk});
+        }
+    }
     const int32_t G16 = std::min(group, 16);
     tp.run(int64_t(tasks.size()), [&](int64_t i, int) {
         static thread_local sparse_scratch w;
         static thread_local std::vector<uint64_t> row_bits, uni;
         static thread_local std::vector<float> st_o, st_m, st_l, qs;
+        static thread_local std::vector<sparse_row_view> views;
+        static thread_local std::vector<char> skip;
+        static thread_local std::vector<float> bkt, bvb;  // a tree's block with tail slots: its committed part
         const task &       t = tasks[size_t(i)];
         const kv_segment & sg = segs[t.seg];
-        const int32_t      R = t.r1 - t.r0, p_last = sg.n_past + t.r1 - 1, words = p_last / 64 / 64 + 1;
+        const int32_t      R = t.r1 - t.r0;
+        views.resize(size_t(R));
+        skip.assign(size_t(R), 0);
+        int32_t p_last = 0;
+        for (int32_t r = 0; r < R; ++r) {
+            sparse_row_view_of(views[size_t(r)], sg, t.r0 + r);
+            skip[size_t(r)] = sg.mask != nullptr && views[size_t(r)].p + 1 < sp.dense_len;  // the dense op's row
+            if (!skip[size_t(r)]) p_last = std::max(p_last, views[size_t(r)].p);
+        }
+        const int32_t words = p_last / 64 / 64 + 1;
         row_bits.assign(size_t(R) * words, 0);
         uni.assign(size_t(words), 0);
         for (int32_t r = t.r0; r < t.r1; ++r) {
+            if (skip[size_t(r - t.r0)]) continue;
             const int64_t row = sg.row_begin + r;
-            select_blocks_fast(kt, w, q + row * n_head * hd, t.hk, group, hd, sg.n_past + r, cc, sg.blocks, sp, scale);
+            select_blocks_fast(kt, w, q + row * n_head * hd, t.hk, group, hd, views[size_t(r - t.r0)], kv, cc,
+                               sg.blocks, sp, scale);
             uint64_t * bits = row_bits.data() + size_t(r - t.r0) * words;
             for (int32_t b : w.sel) bits[b / 64] |= uint64_t(1) << (b % 64);
             for (int32_t k = 0; k < words; ++k) uni[size_t(k)] |= bits[k];
@@ -232,14 +289,24 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
         }
         w.kt.resize(size_t(hd) * 64);
         w.vb.resize(size_t(hd) * 64);
+        bkt.resize(size_t(hd) * 64);
+        bvb.resize(size_t(hd) * 64);
         w.sc.resize(64);
         for (int32_t wd = 0; wd < words; ++wd)
             for (uint64_t bitset = uni[size_t(wd)]; bitset != 0; bitset &= bitset - 1) {
-                const int32_t b = wd * 64 + __builtin_ctzll(bitset);
-                kt.load_block(w.kt.data(), w.vb.data(), kv, sg.blocks[b], t.hk, std::min(64, p_last - 64 * b + 1));
+                const int32_t b = wd * 64 + __builtin_ctzll(bitset), n_load = std::min(64, p_last - 64 * b + 1);
+                // Committed slots only (every slot of an unmasked segment is its own): one load for all rows.
+                // Otherwise its committed part is loaded once and each row adds its own slots to a copy.
+                const bool    shared = sg.mask == nullptr || 64 * b + n_load <= sg.n_past;
+                const int32_t n_base = shared ? n_load : std::max(0, sg.n_past - 64 * b);
+                kt.load_block(shared ? w.kt.data() : bkt.data(), shared ? w.vb.data() : bvb.data(), kv, sg.blocks[b],
+                              t.hk, n_base);
                 for (int32_t r = 0; r < R; ++r) {
                     if (!((row_bits[size_t(r) * words + size_t(wd)] >> (b % 64)) & 1)) continue;
-                    const int32_t n = std::min(64, sg.n_past + t.r0 + r - 64 * b + 1);
+                    const int32_t n = std::min(64, views[size_t(r)].p - 64 * b + 1);
+                    if (!shared)
+                        gather_block(w.kt.data(), w.vb.data(), bkt.data(), bvb.data(), n_base, kv, sg.blocks,
+                                     views[size_t(r)], b, t.hk, n);
                     for (int32_t c0 = 0; c0 < group; c0 += G16) {
                         const size_t at = size_t(r) * group + size_t(c0);
                         kt.block_heads(st_o.data() + at * hd, st_m.data() + at, st_l.data() + at, qs.data() + at * hd,
@@ -248,6 +315,7 @@ void fast_sparse_attention(const cpu_kernel_table & ktab, thread_pool & tp, floa
                 }
             }
         for (int32_t r = 0; r < R; ++r) {
+            if (skip[size_t(r)]) continue;
             float * dst = out + ((sg.row_begin + t.r0 + r) * int64_t(n_head) + int64_t(t.hk) * group) * hd;
             for (int32_t h = 0; h < group; ++h) {
                 const float inv = 1.0f / st_l[size_t(r) * group + size_t(h)];

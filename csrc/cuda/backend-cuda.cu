@@ -80,6 +80,7 @@ class cuda_backend final : public backend {
     const char * features() const override { return features_.c_str(); }
     int          n_threads() const override { return 1; }
     bool         host_memory() const override { return false; }
+    bool         sparse_trees() const override { return false; }  // the select kernel has no tree-row views
 
     buffer alloc(size_t bytes, buffer_usage usage) override {
         buffer b;
@@ -234,6 +235,11 @@ class cuda_backend final : public backend {
                           const sparse_attn_params & sp, uint64_t * selected, int32_t sel_words) override {
         sparse_check_args(kv, segs, n_segs, n_head, sp, selected, sel_words);
         if (refused_in_step("sparse attention inside a step")) return;
+        for (int32_t s = 0; s < n_segs; ++s)
+            if (segs[s].mask != nullptr)
+                fail(MINICPM_STATUS_UNSUPPORTED,
+                     "backend cuda: token trees (speculative decoding) are not supported with InfLLM v2 beyond "
+                     "dense_len; run without a drafter, on the CPU, or load with sparse attention off");
         const int32_t nkv = kv.n_head_kv, hd = kv.head_dim;
         std::vector<cuda::sparse_row> rows;
         blocks_.clear();

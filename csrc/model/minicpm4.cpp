@@ -292,7 +292,8 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
 
     // InfLLM v2 (INFLLM_V2.md): rows whose slot p has p + 1 < dense_len run the dense op, the others the sparse
     // op (the per-query switch, so the logits do not depend on how a prompt is chunked). The compressed keys of
-    // every unmasked segment are kept current for all layers, from the first stale slot on.
+    // every unmasked segment are kept current for all layers, from the first stale slot on; those of a token
+    // tree's sequence up to its committed slots only (tree rows may be rejected).
     const bool sparse = c.sparse.enabled;
     const sparse_attn_params sp = c.sparse.params();
     ws.dense_segs.clear();
@@ -304,11 +305,24 @@ void model::forward(backend & be, forward_workspace & ws, kv_pool & kv, const ba
             const kv_segment & sg = batch.segs[s];
             const int32_t n_dense = std::clamp(sp.dense_len - 1 - sg.n_past, 0, sg.n_rows);  // rows with p+1 < dense_len
             if (sg.mask != nullptr) {
-                if (n_dense < sg.n_rows)
-                    fail(MINICPM_STATUS_UNSUPPORTED, "forward: token trees (speculative decoding) beyond dense_len (" +
-                                                         std::to_string(sp.dense_len) +
-                                                         ") are not supported with InfLLM v2 sparse attention");
-                ws.dense_segs.push_back(sg);
+                // A tree row's p is n_past + its ancestors (the slot plain decoding gives it). Rows below
+                // dense_len there take the dense op; the sparse op runs the others after it (core/backend.h),
+                // over compressed caches of the committed slots only.
+                bool any_dense = false, any_sparse = false;
+                for (int32_t j = 0; j < sg.n_rows; ++j) {  // masks name earlier rows only (checked above)
+                    const bool dense = int64_t(sg.n_past) + __builtin_popcountll(sg.mask[j]) + 1 < sp.dense_len;
+                    any_dense |= dense;
+                    any_sparse |= !dense;
+                }
+                if (any_dense) ws.dense_segs.push_back(sg);
+                if (any_sparse) {
+                    kv_segment committed = sg;
+                    committed.n_rows = 0;
+                    committed.mask = nullptr;
+                    ws.comp_segs.push_back(committed);
+                    ws.comp_from.push_back(sparse_stale_from(kv, committed));
+                    ws.sparse_segs.push_back(sg);
+                }
                 continue;
             }
             ws.comp_segs.push_back(sg);

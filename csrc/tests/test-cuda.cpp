@@ -521,7 +521,7 @@ void test_sparse(backend & be) {
         {32, 2, 128, {{10000, 1}, {8190, 2}, {12287, 1}}, dtype::bf16, sparse_8b(V::v2, L::c2)},
     };
     for (const sparse_case & c : cases) test_sparse_case(be, c);
-    // A token tree beyond dense_len is refused with a status, not run.
+    // A token tree beyond dense_len is refused with a status, not run, and the backend says so up front.
     device               dv{be};
     std::vector<int32_t> table = {0};
     const uint64_t       mask[2] = {0, 1};
@@ -535,8 +535,9 @@ void test_sparse(backend & be) {
     } catch (const error & e) {
         status = e.status();
     }
-    CHECK(status == MINICPM_STATUS_UNSUPPORTED, "sparse attention with a token tree: status %d (want %d, unsupported)",
-          status, MINICPM_STATUS_UNSUPPORTED);
+    CHECK(status == MINICPM_STATUS_UNSUPPORTED && !be.sparse_trees(),
+          "sparse attention with a token tree: status %d (want %d, unsupported), sparse_trees() %d (want 0: the "
+          "engine stops drafting before dense_len)", status, MINICPM_STATUS_UNSUPPORTED, int(be.sparse_trees()));
 }
 
 // Device sampling vs engine/sampler.cpp (the specification). Greedy: the same token, exactly, on a full-size

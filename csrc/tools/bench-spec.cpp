@@ -1,5 +1,7 @@
-// bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N] [N_SHAPES]: speculative decoding on the
-// fast ops (N_SHAPES 1: only the 2/10/12 tree in part 3, for a shorter run; 0: no part 3).
+// bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N] [N_SHAPES] [CONTEXT]: speculative decoding
+// on the fast ops (N_SHAPES 1: only the 2/10/12 tree in part 3, for a shorter run; 0: no part 3). CONTEXT (default
+// 256 in part 1, a 64-token prompt in part 3) replaces both: an InfLLM v2 target then verifies and decodes past
+// dense_len when CONTEXT reaches it.
 //   1. Cost of verifying a draft tree of 12 / 32 / 64 rows (random EAGLE-like tree masks) after a 256-token
 //      context, relative to one plain decode step (1 row), through context::eval_tree; best of 7 each.
 //   2. With EAGLE_DIR: the cost of one EAGLE head step (1 row, and one tree level of 10 rows) after a 256-row
@@ -41,15 +43,15 @@ struct spread {
     }
 };
 
-static double bench_verify(const model & m, int32_t n_threads) {
+static double bench_verify(const model & m, int32_t n_threads, int32_t n_past) {
     minicpm_context_params cp;
     minicpm_context_default_params(&cp);
-    cp.n_ctx = 512;
+    cp.n_ctx = std::max(512, n_past + 128);
     cp.n_seq_max = 1;
     cp.n_threads = n_threads;
     cp.kv_dtype = MINICPM_DTYPE_BF16;
     context ctx(m, cp);
-    const int32_t V = m.config().n_vocab, n_past = 256;
+    const int32_t V = m.config().n_vocab;
     std::vector<int32_t> prompt(static_cast<size_t>(n_past));
     for (int32_t i = 0; i < n_past; ++i) prompt[size_t(i)] = 100 + (i * 37) % 5000;
     std::vector<float> last(static_cast<size_t>(V));
@@ -79,8 +81,8 @@ static double bench_verify(const model & m, int32_t n_threads) {
             if (rep > 0) s.v.push_back(dt * 1e3);  // the first run warms up
         }
         if (n == 1) plain_best = s.best();
-        std::printf("verify %2d rows: best %7.2f ms  median %7.2f  worst %7.2f  = %.2f plain steps (best/best)\n", n,
-                    s.best(), s.median(), s.worst(), s.best() / plain_best);
+        std::printf("verify %2d rows after %d: best %7.2f ms  median %7.2f  worst %7.2f  = %.2f plain steps "
+                    "(best/best)\n", n, n_past, s.best(), s.median(), s.worst(), s.best() / plain_best);
     }
     return plain_best;
 }
@@ -148,15 +150,15 @@ struct engine_arm {
     double              mean_accept = 1.0;
 };
 
-static void run_arm(const model & target, engine_arm & a, int32_t n_threads) {
+static void run_arm(const model & target, engine_arm & a, int32_t n_threads, int32_t n_prompt) {
     minicpm_engine_params p;
     minicpm_engine_default_params(&p);
     p.n_threads = n_threads;
-    p.n_ctx = 512;
+    p.n_ctx = std::max(512, n_prompt + 192);
     p.n_batch_max = 4;
-    p.kv_bytes = uint64_t(64) << 20;
-    std::vector<int32_t> prompt(64);
-    for (int32_t i = 0; i < 64; ++i) prompt[size_t(i)] = 100 + (i * 37) % 5000;
+    p.kv_bytes = uint64_t(64 + n_prompt / 8) << 20;
+    std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
+    for (int32_t i = 0; i < n_prompt; ++i) prompt[size_t(i)] = 100 + (i * 37) % 5000;
     minicpm_sampling_params sp;
     minicpm_sampling_default_params(&sp);
     sp.temperature = 0;
@@ -177,7 +179,7 @@ static void run_arm(const model & target, engine_arm & a, int32_t n_threads) {
         s.set_drafter(std::make_shared<eagle_drafter>(std::move(head), s.backend_ref(), dtype::bf16, 64, a.shape),
                       a.shape.tree_size - 1);
     }
-    const uint64_t id = s.submit(prompt.data(), 64, &sp, nullptr, 0, nullptr, nullptr, 0);
+    const uint64_t id = s.submit(prompt.data(), n_prompt, &sp, nullptr, 0, nullptr, nullptr, 0);
     int32_t        n = 0;
     double         t_first = 0, t_end = 0;
     minicpm_event  ev[64];
@@ -199,20 +201,23 @@ static void run_arm(const model & target, engine_arm & a, int32_t n_threads) {
 
 int main(int argc, char ** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR] [FR_N] [N_SHAPES]\n");
+        std::fprintf(stderr, "usage: bench-spec TARGET_DIR [RANDOM_DRAFT_DIR|-] [n_threads] [EAGLE_DIR|-] [FR_N] [N_SHAPES] "
+                             "[CONTEXT]\n");
         return 2;
     }
     const int32_t n_threads = argc > 3 ? std::atoi(argv[3]) : 0;
-    const std::string eagle = argc > 4 ? argv[4] : "";
+    const std::string eagle = argc > 4 && std::string(argv[4]) != "-" ? argv[4] : "";
     const int32_t fr_n = argc > 5 ? std::atoi(argv[5]) : 32768;
     const int32_t n_shapes = argc > 6 ? std::atoi(argv[6]) : 2;
+    const int32_t context = argc > 7 ? std::atoi(argv[7]) : 0;
     try {
         std::unique_ptr<model> target = model::load(argv[1], true, MINICPM_BACKEND_CPU);
         const bool             has_weak = argc > 2 && std::string(argv[2]) != "-";
         std::unique_ptr<model> weak = has_weak ? model::load(argv[2], true, MINICPM_BACKEND_CPU) : nullptr;
-        std::printf("target %s: %d layers, hidden %d, vocab %d\n", argv[1], target->config().n_layer,
-                    target->config().n_embd, target->config().n_vocab);
-        const double plain_ms = bench_verify(*target, n_threads);
+        const model_config & mc = target->config();
+        std::printf("target %s: %d layers, hidden %d, vocab %d, InfLLM v2 %s\n", argv[1], mc.n_layer, mc.n_embd,
+                    mc.n_vocab, mc.sparse.enabled ? ("on, dense_len " + std::to_string(mc.sparse.dense_len)).c_str() : "off");
+        const double plain_ms = bench_verify(*target, n_threads, context > 0 ? context : 256);
         if (!eagle.empty()) bench_head(*target, eagle, fr_n, n_threads, plain_ms);
         if (n_shapes == 0) return 0;
         std::vector<engine_arm> arms;
@@ -227,7 +232,7 @@ int main(int argc, char ** argv) {
             }
         }
         for (int rep = 0; rep < 3; ++rep)
-            for (engine_arm & a : arms) run_arm(*target, a, n_threads);
+            for (engine_arm & a : arms) run_arm(*target, a, n_threads, context > 0 ? context : 64);
         for (const engine_arm & a : arms) {
             char fr[32] = "";
             if (a.fr_n > 0) std::snprintf(fr, sizeof(fr), " (%d rows)", a.fr_n);
