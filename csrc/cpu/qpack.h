@@ -1,6 +1,6 @@
-// The interleaved ("packed") copy of a quantized weight that the x86 VNNI kernels read when decoding: made
-// once when the CPU backend prepares the model's weights; the stored tensor (what is saved, what the plain
-// ops, AMX and NEON read) is left as it is.
+// The interleaved ("packed") copy of a quantized weight that the x86 integer kernels read (VNNI when decoding,
+// AMX-INT8 tiles for batches): made once when the CPU backend prepares the model's weights; the stored tensor
+// (what is saved, what the plain ops and NEON read) is left as it is.
 //
 // Panels of 16 rows, one after another (the last one zero-padded), each one sequential stream:
 //   weights, per 32-column block b and 4-column quad i (q8: i < 8; q4: i < 4), 64 bytes = 16 rows x 4 u8 in
@@ -47,6 +47,8 @@ typedef void (*qpacked_fn)(float * y, int64_t ldy, const int8_t * xq, const floa
 struct qpacked_kernels {
     qpack_quantize_fn quantize;
     qpacked_fn        rows;
+    qpacked_fn        batch = nullptr;  // batches of at least batch_min_rows rows, where it beats rows
+    int64_t           batch_min_rows = 0;
 };
 
 #if defined(MINICPM_X86)
@@ -54,6 +56,9 @@ void qpack_quantize_avx512(const float * x, int64_t K, int64_t group, int8_t * q
 void qpack_quantize_avx2(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 void qpacked_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                         const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
+// AMX-INT8 tiles (tdpbsud), 32 tokens x 2 panels at a time.
+void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
+                     const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
 void qpacked_avxvnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                      const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
 #endif

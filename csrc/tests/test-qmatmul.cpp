@@ -363,9 +363,10 @@ int main(int argc, char ** argv) {
     std::printf("\n");
     test_rtn();
     test_gptq_roundtrip();
-    // A variant with a batched path is also run with that path at every T (min_rows 1), so that its tile edges
-    // are tested at small T too and the two paths can be timed side by side.
+    // A variant with a batched path is also run with that path at every T (min_rows 1, and its packed batch
+    // kernel too), so that its tile edges are tested at small T too and the two paths can be timed side by side.
     std::vector<qgemm_kernels>   forced_gemm(size_t(n) + 1);
+    std::vector<qpacked_kernels> forced_packed(size_t(n) + 1);
     std::vector<qmatmul_variant> forced(size_t(n) + 1);
     std::vector<std::string>     forced_names(size_t(n) + 1);
     std::vector<const qmatmul_variant *> all(v, v + n);
@@ -374,7 +375,13 @@ int main(int argc, char ** argv) {
             forced_gemm[size_t(i)] = *v[i]->gemm;
             forced_gemm[size_t(i)].min_rows = 1;
             forced_names[size_t(i)] = std::string(v[i]->name) + "(T>=1)";
-            forced[size_t(i)] = {forced_names[size_t(i)].c_str(), v[i]->features, v[i]->dot, &forced_gemm[size_t(i)]};
+            const qpacked_kernels * pk = v[i]->packed;
+            if (pk != nullptr && pk->batch != nullptr) {
+                forced_packed[size_t(i)] = *pk;
+                forced_packed[size_t(i)].batch_min_rows = 1;
+                pk = &forced_packed[size_t(i)];
+            }
+            forced[size_t(i)] = {forced_names[size_t(i)].c_str(), v[i]->features, v[i]->dot, &forced_gemm[size_t(i)], pk};
             all.push_back(&forced[size_t(i)]);
         }
     if (large) {
