@@ -3,7 +3,7 @@
 // a q4 block's 4 quads unpack into 8 (low nibbles: columns 0-15, high: 16-31) in an L1 scratch tile. The
 // activations, quantized per 32-column block in natural order, are the A tile (16 tokens x 32 s8) read in
 // place. C comes out as [token][row], so it needs no transpose; per block it is scaled by the token's block
-// scale, per group offset-corrected and scaled by the row's group scale, as the VNNI kernel does.
+// scale, per group offset-corrected and scaled by the row's group scale, in the VNNI kernel's order.
 #include "cpu/ops-fast.h"
 #include "cpu/qmatmul.h"
 
@@ -22,112 +22,83 @@ namespace minicpm {
 
 namespace {
 
-// The 8 B-tile rows of block b of a q4 panel: nibble columns in natural order.
-inline void unpack_q4(uint8_t * dst, const uint8_t * blk) {
+// The 8 B-tile rows of each 32-column block of a q4 panel (nibble columns in natural order), all K columns.
+void unpack_q4(uint8_t * dst, const uint8_t * panel, int64_t nb) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    for (int i = 0; i < 4; ++i) {
-        const __m512i v = _mm512_load_si512(blk + 64 * i);
-        _mm512_store_si512(dst + 64 * i, _mm512_and_si512(v, m4));
-        _mm512_store_si512(dst + 64 * (4 + i), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
-    }
+    for (int64_t b = 0; b < nb; ++b)
+        for (int i = 0; i < 4; ++i) {
+            const __m512i v = _mm512_load_si512(panel + 256 * b + 64 * i);
+            _mm512_store_si512(dst + 512 * b + 64 * i, _mm512_and_si512(v, m4));
+            _mm512_store_si512(dst + 512 * b + 64 * (4 + i), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        }
 }
 
-// grp[16 tokens][row stride 32] += float(c) * xs[token] for the n_tok tokens of a C tile.
-inline void scale_add(float * grp, const int32_t * c, const float * xs, int64_t nb, int n_tok) {
-    for (int m = 0; m < n_tok; ++m) {
-        const __m512 f = _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * m));
-        _mm512_store_ps(grp + 32 * m, _mm512_fmadd_ps(f, _mm512_set1_ps(xs[m * nb]), _mm512_load_ps(grp + 32 * m)));
+// One 16-token x 16-row tile over all K: the group's float sums stay in 16 registers (one per token), so each
+// block costs a tile store and 16 convert + FMA; two C tiles alternate so that AMX and the vector units overlap.
+void tile_rows(float * y, int64_t ldy, const int8_t * a, const float * xs, const float * xg, int n_tok,
+               const uint8_t * bw, const uint8_t * panel, const qpack_layout & L, int64_t nrows) {
+    const int64_t K = L.K, G = L.G, nb = K / 32, bpg = L.group / 32, ss = L.f16_scales ? 2 : 4;
+    alignas(64) int32_t c[2][256];
+    __m512              tot[16], grp[16];
+    for (int m = 0; m < 16; ++m) tot[m] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+        const uint8_t * zp = panel + L.weight_bytes + G * 16 * ss + g * 16;
+        const __m512    z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) zp)))
+                                    : _mm512_set1_ps(L.q4 ? 8.0f : 128.0f);
+        // Offset first, as the VNNI kernel does: sum_b s_b * dot(u, x_b) - c * sum_b s_b * sum(x_b).
+        for (int m = 0; m < 16; ++m) grp[m] = _mm512_mul_ps(_mm512_set1_ps(m < n_tok ? -xg[m * G + g] : 0.0f), z);
+        const int64_t b0 = g * bpg, b1 = g + 1 == G ? nb : (g + 1) * bpg;
+        for (int64_t b = b0; b < b1; ++b) {
+            const int k = int(b & 1);
+            _tile_loadd(4, a + 32 * b, K);
+            _tile_loadd(6, bw + 512 * b, 64);
+            if (k == 0) {
+                _tile_zero(0);
+                _tile_dpbsud(0, 4, 6);
+                _tile_stored(0, c[0], 64);
+            } else {
+                _tile_zero(1);
+                _tile_dpbsud(1, 4, 6);
+                _tile_stored(1, c[1], 64);
+            }
+            for (int m = 0; m < 16; ++m)
+                grp[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[k] + 16 * m)),
+                                         _mm512_set1_ps(m < n_tok ? xs[m * nb + b] : 0.0f), grp[m]);
+        }
+        const uint8_t * sc = panel + L.weight_bytes + g * 16 * ss;
+        const __m512    s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) sc))
+                                         : _mm512_loadu_ps((const float *) sc);
+        for (int m = 0; m < 16; ++m) tot[m] = _mm512_fmadd_ps(grp[m], s, tot[m]);
     }
+    const __mmask16 mask = nrows >= 16 ? __mmask16(0xffff) : __mmask16((1u << nrows) - 1);
+    for (int m = 0; m < n_tok; ++m) _mm512_mask_storeu_ps(y + m * ldy, mask, tot[m]);
 }
 
 }  // namespace
 
 void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                      const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1) {
-    const int64_t K = L.K, G = L.G, nb = K / 32, bpg = L.group / 32, ss = L.f16_scales ? 2 : 4;
+    const int64_t K = L.K, nb = K / 32;
     // A last token tile of fewer than 16 rows is read from a zero-padded copy: tile loads take 16 rows.
-    static thread_local std::vector<int8_t> pad;
+    static thread_local std::vector<int8_t>  pad;
+    static thread_local std::vector<uint8_t> q4buf;
     const int64_t T16 = T / 16 * 16;
     if (T16 < T) {
         pad.assign(size_t(16 * K), 0);
         std::memcpy(pad.data(), xq + T16 * K, size_t((T - T16) * K));
     }
-    alignas(64) int32_t c[4][256];
-    alignas(64) uint8_t bq4[2][512];
-    alignas(64) float   grp[32 * 32], tot[32 * 32];  // [32 tokens][2 panels x 16 rows]
-    const __m512        c0 = _mm512_set1_ps(L.q4 ? 8.0f : 128.0f);
+    if (L.q4) q4buf.resize(size_t(16 * K) + 64);
+    uint8_t * q4b = (uint8_t *) (((uintptr_t) q4buf.data() + 63) & ~uintptr_t(63));
     amx_request_permission();  // process-wide once granted; cached per thread
     qamx_load_config();
-    for (int64_t p = p0; p < p1; p += 2) {
-        const int       np = p + 1 < p1 ? 2 : 1;
-        const uint8_t * pw[2] = {packed + p * L.panel_bytes, packed + (p + np - 1) * L.panel_bytes};
-        for (int64_t t0 = 0; t0 < T; t0 += 32) {
-            const int      nt[2] = {int(std::min<int64_t>(16, T - t0)), int(std::clamp<int64_t>(T - t0 - 16, 0, 16))};
-            const int8_t * a[2];
-            for (int h = 0; h < 2; ++h) a[h] = t0 + 16 * h < T16 ? xq + (t0 + 16 * h) * K : pad.data();
-            std::memset(tot, 0, sizeof(tot));
-            for (int64_t g = 0; g < G; ++g) {
-                std::memset(grp, 0, sizeof(grp));
-                const int64_t b1 = g + 1 == G ? nb : (g + 1) * bpg;
-                for (int64_t b = g * bpg; b < b1; ++b) {
-                    const uint8_t * bw[2];
-                    for (int j = 0; j < np; ++j) {
-                        if (L.q4) {
-                            unpack_q4(bq4[j], pw[j] + b * 256);
-                            bw[j] = bq4[j];
-                        } else {
-                            bw[j] = pw[j] + b * 512;
-                        }
-                    }
-                    _tile_loadd(6, bw[0], 64);
-                    _tile_loadd(4, a[0] + b * 32, K);
-                    _tile_zero(0);
-                    _tile_dpbsud(0, 4, 6);
-                    _tile_stored(0, c[0], 64);
-                    if (nt[1] > 0) {
-                        _tile_loadd(5, a[1] + b * 32, K);
-                        _tile_zero(1);
-                        _tile_dpbsud(1, 5, 6);
-                        _tile_stored(1, c[1], 64);
-                    }
-                    if (np == 2) {
-                        _tile_loadd(7, bw[1], 64);
-                        _tile_zero(2);
-                        _tile_dpbsud(2, 4, 7);
-                        _tile_stored(2, c[2], 64);
-                        if (nt[1] > 0) {
-                            _tile_zero(3);
-                            _tile_dpbsud(3, 5, 7);
-                            _tile_stored(3, c[3], 64);
-                        }
-                    }
-                    const float * sx = xs + t0 * nb + b;
-                    for (int j = 0; j < np; ++j)
-                        for (int h = 0; h < 2; ++h)
-                            scale_add(grp + 16 * 32 * h + 16 * j, c[2 * j + h], sx + 16 * h * nb, nb, nt[h]);
-                }
-                // tot += (grp - xg * zero point) * group scale: the offset of the u8 form comes out per group.
-                for (int j = 0; j < np; ++j) {
-                    const uint8_t * sc = pw[j] + L.weight_bytes + g * 16 * ss;
-                    const __m512    s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) sc))
-                                                     : _mm512_loadu_ps((const float *) sc);
-                    const uint8_t * zp = pw[j] + L.weight_bytes + G * 16 * ss + g * 16;
-                    const __m512    z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) zp)))
-                                                : c0;
-                    for (int m = 0; m < nt[0] + nt[1]; ++m) {
-                        float *      acc = tot + 32 * m + 16 * j;
-                        const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(xg[(t0 + m) * G + g]), z,
-                                                          _mm512_load_ps(grp + 32 * m + 16 * j));
-                        _mm512_store_ps(acc, _mm512_fmadd_ps(d, s, _mm512_load_ps(acc)));
-                    }
-                }
-            }
-            for (int j = 0; j < np; ++j) {
-                const int64_t   nr = L.N - (p + j) * 16;
-                const __mmask16 m = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
-                for (int t = 0; t < nt[0] + nt[1]; ++t)
-                    _mm512_mask_storeu_ps(y + (t0 + t) * ldy + (p + j) * 16, m, _mm512_load_ps(tot + 32 * t + 16 * j));
-            }
+    for (int64_t p = p0; p < p1; ++p) {
+        const uint8_t * panel = packed + p * L.panel_bytes;
+        if (L.q4) unpack_q4(q4b, panel, nb);  // once per panel, then read from L1 / L2 by every token tile
+        const uint8_t * bw = L.q4 ? q4b : panel;
+        for (int64_t t0 = 0; t0 < T; t0 += 16) {
+            const int      n_tok = int(std::min<int64_t>(16, T - t0));
+            const int8_t * a = t0 < T16 ? xq + t0 * K : pad.data();
+            tile_rows(y + t0 * ldy + 16 * p, ldy, a, xs + t0 * nb, xg + t0 * L.G, n_tok, bw, panel, L, L.N - 16 * p);
         }
     }
     _tile_release();
