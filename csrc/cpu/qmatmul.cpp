@@ -286,7 +286,7 @@ void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float
         qpacked(v, tp, y, x, w, T);
         return;
     }
-    if (v.gemm != nullptr && T >= v.gemm->min_rows) {
+    if (v.gemm != nullptr && T >= v.gemm->min_rows && w.data != nullptr) {
         qgemm(*v.gemm, tp, y, x, w, T);
         return;
     }
@@ -323,8 +323,14 @@ void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float
         wc.resize(size_t(k_rows_task * G));
         const int64_t n0 = i * k_rows_task, nr = std::min(k_rows_task, N - n0);
         row_scales(w, n0, nr, ws.data(), wc.data());
-        v.dot(y, N, xqp, xlsp, xgsp, T, K, (const uint8_t *) w.data + n0 * row_bytes, q4, ws.data(), wc.data(), nr,
-              n0, G, gsteps);
+        const uint8_t * rows = (const uint8_t *) w.data + n0 * row_bytes;
+        if (w.data == nullptr) {  // stored rows dropped (a variant without packed kernels): from the packed copy
+            static thread_local std::vector<uint8_t> unpacked;
+            unpacked.resize(size_t(nr * row_bytes));
+            qunpack_rows(w, n0, nr, unpacked.data());
+            rows = unpacked.data();
+        }
+        v.dot(y, N, xqp, xlsp, xgsp, T, K, rows, q4, ws.data(), wc.data(), nr, n0, G, gsteps);
     };
     if (small) {
         for (int64_t i = 0; i < n_tasks; ++i) task(i, 0);

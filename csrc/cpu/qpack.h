@@ -33,6 +33,11 @@ size_t       qpack_bytes(const tensor_desc & w);
 // Writes the packed copy of w to out (qpack_bytes(w) bytes, 64-byte aligned).
 void         qpack(const tensor_desc & w, uint8_t * out);
 
+// Rows [r0, r0 + nr) of w's stored data (the tensor.h q8 / q4 row-major form, nr * K or nr * K / 2 bytes) read
+// back from its packed copy w.packed: the packing is lossless, so these are the bytes it was made from. For
+// paths that need the stored rows after the backend dropped them (w.data nullptr; see model::place_weights).
+void qunpack_rows(const tensor_desc & w, int64_t r0, int64_t nr, uint8_t * out);
+
 // Activation row x[K] for the packed kernels: int8 q[K] in natural order, rounded to nearest (ties to even)
 // after scaling each 32-column block by 127 / max|x| (xs[K/32]: max|x| / 127), and per group g the sum over its
 // blocks of xs * sum(q) (xg[G]). qpack_quantize is the definition; a kernel's own must give the same bits.
