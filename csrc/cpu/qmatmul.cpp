@@ -269,8 +269,10 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
         rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
         return;
     }
-    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side.
-    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * 4);
+    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side. The batch kernel regroups the
+    // activations per call, so it gets one task per thread.
+    const int64_t per_thread = rows == v.packed->rows ? 4 : 1;
+    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * per_thread);
     auto          edge = [&](int64_t i) { return std::min(L.n_panels, (L.n_panels * i / n_tasks + 3) / 4 * 4); };
     tp.run(n_tasks, [&](int64_t i, int) {
         const int64_t p0 = edge(i), p1 = edge(i + 1);
