@@ -262,17 +262,22 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
         tp.run(ceil_div(T, 16), [&](int64_t i, int) { quantize(i * 16, std::min(T, i * 16 + 16)); });
     }
     const uint8_t * pk = (const uint8_t *) w.packed;
-    const qpacked_fn rows = v.packed->batch != nullptr && T >= v.packed->batch_min_rows ? v.packed->batch
-                                                                                         : v.packed->rows;
+    const bool       batch = v.packed->batch != nullptr && T >= v.packed->batch_min_rows;
+    const qpacked_fn rows = batch ? v.packed->batch : v.packed->rows;
+    static thread_local std::vector<int8_t> xa;
+    if (batch) {
+        xa.resize(qpack_tile_bytes(T, K));
+        qpack_tile_x(xqp, T, K, xa.data());
+        xqp = xa.data();
+    }
     // A small matrix (under ~256 KiB of weights) stays on this thread: waking the pool costs more.
     if (L.n_panels * L.panel_bytes < (int64_t(256) << 10) || tp.size() == 1) {
         rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
         return;
     }
-    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side. The batch kernel regroups the
-    // activations per call, so it gets one task per thread.
-    const int64_t per_thread = rows == v.packed->rows ? 4 : 1;
-    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * per_thread);
+    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side. Batches take more tasks, so
+    // that a thread slowed by other work on its core leaves its share to the others.
+    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * (batch ? 16 : 4));
     auto          edge = [&](int64_t i) { return std::min(L.n_panels, (L.n_panels * i / n_tasks + 3) / 4 * 4); };
     tp.run(n_tasks, [&](int64_t i, int) {
         const int64_t p0 = edge(i), p1 = edge(i + 1);

@@ -105,6 +105,14 @@ void qpack(const tensor_desc & w, uint8_t * out) {
     }
 }
 
+void qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int8_t * xa) {
+    const int64_t nb = K / k_block;
+    std::memset(xa, 0, qpack_tile_bytes(T, K));
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t b = 0; b < nb; ++b)
+            std::memcpy(xa + ((t / 16) * nb + b) * 512 + (t % 16) * k_block, xq + t * K + k_block * b, k_block);
+}
+
 void qunpack_rows(const tensor_desc & w, int64_t r0, int64_t nr, uint8_t * out) {
     const qpack_layout L = qpack_layout_of(w);
     const int64_t      quads = L.q4 ? 4 : 8, row_bytes = L.q4 ? L.K / 2 : L.K;

@@ -44,6 +44,11 @@ void qunpack_rows(const tensor_desc & w, int64_t r0, int64_t nr, uint8_t * out);
 typedef void (*qpack_quantize_fn)(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 void qpack_quantize(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 
+// xq [T][K] regrouped as AMX A tiles for the batch kernels: [token tile][32-column block][16 tokens x 32], zero
+// past T, with one more zero tile so that tiles can be read in pairs: qpack_tile_bytes(T, K) bytes.
+inline size_t qpack_tile_bytes(int64_t T, int64_t K) { return size_t(((T + 15) / 16 + 1) * K * 16); }
+void         qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int8_t * xa);
+
 // y[t, 16 p + r] for t < T, panels p in [p0, p1), rows below N; xq [T][K], xs [T][K/32], xg [T][G] as
 // quantized above.
 typedef void (*qpacked_fn)(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
@@ -52,7 +57,7 @@ typedef void (*qpacked_fn)(float * y, int64_t ldy, const int8_t * xq, const floa
 struct qpacked_kernels {
     qpack_quantize_fn quantize;
     qpacked_fn        rows;
-    qpacked_fn        batch = nullptr;  // batches of at least batch_min_rows rows, where it beats rows
+    qpacked_fn        batch = nullptr;  // batches of at least batch_min_rows rows; xq in A-tile order
     int64_t           batch_min_rows = 0;
 };
 
@@ -61,7 +66,7 @@ void qpack_quantize_avx512(const float * x, int64_t K, int64_t group, int8_t * q
 void qpack_quantize_avx2(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 void qpacked_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                         const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
-// AMX-INT8 tiles (tdpbsud), 32 tokens x 2 panels at a time.
+// AMX-INT8 tiles (tdpbsud), 32 tokens x 2 panels at a time; xq in A-tile order (qpack_tile_x).
 void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                      const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
 void qpacked_avxvnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,

@@ -33,81 +33,95 @@ void unpack_q4(uint8_t * dst, const uint8_t * panel, int64_t nb) {
         }
 }
 
-// One 16-token x 16-row tile over all K: the group's float sums stay in 16 registers (one per token), so each
-// block costs a tile store and 16 convert + FMA. The next block's tile product is issued before this block's
-// vector work, on the other tile set (A 4 / 5, B 6 / 7, C 0 / 1), so that AMX and the vector units overlap.
-void tile_rows(float * y, int64_t ldy, const int8_t * a, const float * xs, const float * xg, int n_tok,
-               const uint8_t * bw, const uint8_t * panel, const qpack_layout & L, int64_t nrows) {
-    const int64_t G = L.G, nb = L.K / 32, bpg = L.group / 32, ss = L.f16_scales ? 2 : 4;
-    alignas(64) int32_t c[2][256];
-    auto issue = [&](int64_t b) {
-        if (b % 2 == 0) {
-            _tile_loadd(4, a + 512 * b, 32);
-            _tile_loadd(6, bw + 512 * b, 64);
-            _tile_zero(0);
-            _tile_dpbsud(0, 4, 6);
-            _tile_stored(0, c[0], 64);
-        } else {
-            _tile_loadd(5, a + 512 * b, 32);
-            _tile_loadd(7, bw + 512 * b, 64);
-            _tile_zero(1);
-            _tile_dpbsud(1, 5, 7);
-            _tile_stored(1, c[1], 64);
-        }
-    };
-    __m512 tot[16], grp[16];
-    for (int m = 0; m < 16; ++m) tot[m] = _mm512_setzero_ps();
-    issue(0);
-    for (int64_t b = 0; b < nb; ++b) {
-        const int64_t g = b / bpg;
-        if (b % bpg == 0) {
-            const uint8_t * zp = panel + L.weight_bytes + G * 16 * ss + g * 16;
-            const __m512 z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) zp)))
-                                     : _mm512_set1_ps(L.q4 ? 8.0f : 128.0f);
-            // Offset first, as the VNNI kernel does: sum_b s_b * dot(u, x_b) - c * sum_b s_b * sum(x_b).
-            for (int m = 0; m < 16; ++m) grp[m] = _mm512_mul_ps(_mm512_set1_ps(m < n_tok ? -xg[m * G + g] : 0.0f), z);
-        }
-        if (b + 1 < nb) issue(b + 1);
-        const int32_t * cb = c[b % 2];
-        for (int m = 0; m < 16; ++m)
-            grp[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * m)),
-                                     _mm512_set1_ps(m < n_tok ? xs[m * nb + b] : 0.0f), grp[m]);
-        if (b + 1 == nb || (b + 1) % bpg == 0) {
-            const uint8_t * sc = panel + L.weight_bytes + g * 16 * ss;
-            const __m512    s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) sc))
-                                             : _mm512_loadu_ps((const float *) sc);
-            for (int m = 0; m < 16; ++m) tot[m] = _mm512_fmadd_ps(grp[m], s, tot[m]);
-        }
+// grp[16 tokens][row stride 32] += float(c) * xs[token] for the n_tok tokens of a C tile.
+inline void scale_add(float * grp, const int32_t * c, const float * xs, int64_t nb, int n_tok) {
+    for (int m = 0; m < n_tok; ++m) {
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * m));
+        _mm512_store_ps(grp + 32 * m, _mm512_fmadd_ps(f, _mm512_set1_ps(xs[m * nb]), _mm512_load_ps(grp + 32 * m)));
     }
-    const __mmask16 mask = nrows >= 16 ? __mmask16(0xffff) : __mmask16((1u << nrows) - 1);
-    for (int m = 0; m < n_tok; ++m) _mm512_mask_storeu_ps(y + m * ldy, mask, tot[m]);
 }
 
 }  // namespace
 
 void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                      const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1) {
-    const int64_t K = L.K, nb = K / 32, n_tiles = (T + 15) / 16;
-    // Activations regrouped as A tiles, [token tile][block][16 tokens x 32], zero past T: each tile load is 512
-    // contiguous bytes (rows K apart would share few L1 sets), and a last partial tile reads zeros.
-    static thread_local std::vector<int8_t>  xa;
+    const int64_t K = L.K, G = L.G, nb = K / 32, bpg = L.group / 32, ss = L.f16_scales ? 2 : 4;
+    const int64_t n_tiles = (T + 15) / 16;
+    const int8_t * xa = xq;  // A tiles (qpack_tile_x)
     static thread_local std::vector<uint8_t> q4buf;
-    xa.assign(size_t(n_tiles * nb * 512), 0);
-    for (int64_t t = 0; t < T; ++t)
-        for (int64_t b = 0; b < nb; ++b)
-            std::memcpy(xa.data() + ((t / 16) * nb + b) * 512 + (t % 16) * 32, xq + t * K + 32 * b, 32);
-    if (L.q4) q4buf.resize(size_t(16 * K) + 64);
+    if (L.q4) q4buf.resize(size_t(2 * 16 * K) + 64);
     uint8_t * q4b = (uint8_t *) (((uintptr_t) q4buf.data() + 63) & ~uintptr_t(63));
+    alignas(64) int32_t c[4][256];
+    alignas(64) float   grp[32 * 32], tot[32 * 32];  // [32 tokens][2 panels x 16 rows]
+    const __m512        c0 = _mm512_set1_ps(L.q4 ? 8.0f : 128.0f);
     amx_request_permission();  // process-wide once granted; cached per thread
     qamx_load_config();
-    for (int64_t p = p0; p < p1; ++p) {
-        const uint8_t * panel = packed + p * L.panel_bytes;
-        if (L.q4) unpack_q4(q4b, panel, nb);  // once per panel, then read from L1 / L2 by every token tile
-        const uint8_t * bw = L.q4 ? q4b : panel;
-        for (int64_t tt = 0; tt < n_tiles; ++tt) {
-            const int n_tok = int(std::min<int64_t>(16, T - 16 * tt));
-            tile_rows(y + 16 * tt * ldy + 16 * p, ldy, xa.data() + tt * nb * 512, xs + 16 * tt * nb,
-                      xg + 16 * tt * L.G, n_tok, bw, panel, L, L.N - 16 * p);
+    for (int64_t p = p0; p < p1; p += 2) {
+        const int       np = p + 1 < p1 ? 2 : 1;
+        const uint8_t * pw[2] = {packed + p * L.panel_bytes, packed + (p + np - 1) * L.panel_bytes};
+        const uint8_t * bw[2] = {pw[0], pw[1]};
+        if (L.q4)  // once per panel pair, then read from L1 / L2 by every token pair
+            for (int j = 0; j < np; ++j) {
+                unpack_q4(q4b + j * 16 * K, pw[j], nb);
+                bw[j] = q4b + j * 16 * K;
+            }
+        for (int64_t tt = 0; tt < n_tiles; tt += 2) {
+            const int      nt[2] = {int(std::min<int64_t>(16, T - 16 * tt)), int(std::clamp<int64_t>(T - 16 * tt - 16, 0, 16))};
+            const int8_t * a0 = xa + tt * nb * 512, * a1 = a0 + nb * 512;
+            const int64_t  t0 = 16 * tt;
+            std::memset(tot, 0, sizeof(tot));
+            for (int64_t g = 0; g < G; ++g) {
+                std::memset(grp, 0, sizeof(grp));
+                const int64_t b1 = g + 1 == G ? nb : (g + 1) * bpg;
+                for (int64_t b = g * bpg; b < b1; ++b) {
+                    // All products of the block first, then the stores: the vector work waits once per block.
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_loadd(4, a0 + 512 * b, 32);
+                    _tile_loadd(6, bw[0] + 512 * b, 64);
+                    _tile_loadd(5, a1 + 512 * b, 32);
+                    _tile_dpbsud(0, 4, 6);
+                    _tile_dpbsud(1, 5, 6);
+                    if (np == 2) {
+                        _tile_zero(2);
+                        _tile_zero(3);
+                        _tile_loadd(7, bw[1] + 512 * b, 64);
+                        _tile_dpbsud(2, 4, 7);
+                        _tile_dpbsud(3, 5, 7);
+                    }
+                    _tile_stored(0, c[0], 64);
+                    _tile_stored(1, c[1], 64);
+                    if (np == 2) {
+                        _tile_stored(2, c[2], 64);
+                        _tile_stored(3, c[3], 64);
+                    }
+                    const float * sx = xs + t0 * nb + b;
+                    for (int j = 0; j < np; ++j)
+                        for (int h = 0; h < 2; ++h)
+                            scale_add(grp + 16 * 32 * h + 16 * j, c[2 * j + h], sx + 16 * h * nb, nb, nt[h]);
+                }
+                // tot += (grp - xg * zero point) * group scale: the offset of the u8 form comes out per group.
+                for (int j = 0; j < np; ++j) {
+                    const uint8_t * sc = pw[j] + L.weight_bytes + g * 16 * ss;
+                    const __m512    s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) sc))
+                                                     : _mm512_loadu_ps((const float *) sc);
+                    const uint8_t * zp = pw[j] + L.weight_bytes + G * 16 * ss + g * 16;
+                    const __m512    z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) zp)))
+                                                : c0;
+                    for (int m = 0; m < nt[0] + nt[1]; ++m) {
+                        float *      acc = tot + 32 * m + 16 * j;
+                        const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(xg[(t0 + m) * G + g]), z,
+                                                          _mm512_load_ps(grp + 32 * m + 16 * j));
+                        _mm512_store_ps(acc, _mm512_fmadd_ps(d, s, _mm512_load_ps(acc)));
+                    }
+                }
+            }
+            for (int j = 0; j < np; ++j) {
+                const int64_t   nr = L.N - (p + j) * 16;
+                const __mmask16 m = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
+                for (int t = 0; t < nt[0] + nt[1]; ++t)
+                    _mm512_mask_storeu_ps(y + (t0 + t) * ldy + (p + j) * 16, m, _mm512_load_ps(tot + 32 * t + 16 * j));
+            }
         }
     }
     _tile_release();
