@@ -41,6 +41,17 @@ inline void scale_add(float * grp, const int32_t * c, const float * xs, int64_t 
     }
 }
 
+// Group of one block (group 32): tot[16 tokens][row stride 32] += (float(c) * xs - xg * z) * s directly, in the
+// VNNI kernel's order, with no group sums kept.
+inline void scale_fold(float * tot, const int32_t * c, const float * xs, int64_t nb, const float * xg, int64_t G,
+                       __m512 z, __m512 s, int n_tok) {
+    for (int m = 0; m < n_tok; ++m) {
+        const __m512 off = _mm512_mul_ps(_mm512_set1_ps(-xg[m * G]), z);
+        const __m512 d = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * m)), _mm512_set1_ps(xs[m * nb]), off);
+        _mm512_store_ps(tot + 32 * m, _mm512_fmadd_ps(d, s, _mm512_load_ps(tot + 32 * m)));
+    }
+}
+
 }  // namespace
 
 void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
@@ -71,7 +82,20 @@ void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs
             const int64_t  t0 = 16 * tt;
             std::memset(tot, 0, sizeof(tot));
             for (int64_t g = 0; g < G; ++g) {
-                std::memset(grp, 0, sizeof(grp));
+                __m512 s[2], z[2];  // per panel: the group's scales and zero points
+                for (int j = 0; j < np; ++j) {
+                    const uint8_t * sc = pw[j] + L.weight_bytes + g * 16 * ss;
+                    const uint8_t * zp = pw[j] + L.weight_bytes + G * 16 * ss + g * 16;
+                    s[j] = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) sc))
+                                        : _mm512_loadu_ps((const float *) sc);
+                    z[j] = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) zp))) : c0;
+                }
+                // Offset first, as the VNNI kernel does: sum_b s_b * dot(u, x_b) - c * sum_b s_b * sum(x_b).
+                if (bpg > 1)
+                    for (int m = 0; m < nt[0] + nt[1]; ++m)
+                        for (int j = 0; j < np; ++j)
+                            _mm512_store_ps(grp + 32 * m + 16 * j,
+                                            _mm512_mul_ps(_mm512_set1_ps(-xg[(t0 + m) * G + g]), z[j]));
                 const int64_t b1 = g + 1 == G ? nb : (g + 1) * bpg;
                 for (int64_t b = g * bpg; b < b1; ++b) {
                     // All products of the block first, then the stores: the vector work waits once per block.
@@ -97,24 +121,21 @@ void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs
                     }
                     const float * sx = xs + t0 * nb + b;
                     for (int j = 0; j < np; ++j)
-                        for (int h = 0; h < 2; ++h)
-                            scale_add(grp + 16 * 32 * h + 16 * j, c[2 * j + h], sx + 16 * h * nb, nb, nt[h]);
+                        for (int h = 0; h < 2; ++h) {
+                            if (bpg == 1) {
+                                scale_fold(tot + 16 * 32 * h + 16 * j, c[2 * j + h], sx + 16 * h * nb, nb,
+                                           xg + (t0 + 16 * h) * G + g, G, z[j], s[j], nt[h]);
+                            } else {
+                                scale_add(grp + 16 * 32 * h + 16 * j, c[2 * j + h], sx + 16 * h * nb, nb, nt[h]);
+                            }
+                        }
                 }
-                // tot += (grp - xg * zero point) * group scale: the offset of the u8 form comes out per group.
-                for (int j = 0; j < np; ++j) {
-                    const uint8_t * sc = pw[j] + L.weight_bytes + g * 16 * ss;
-                    const __m512    s = L.f16_scales ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) sc))
-                                                     : _mm512_loadu_ps((const float *) sc);
-                    const uint8_t * zp = pw[j] + L.weight_bytes + G * 16 * ss + g * 16;
-                    const __m512    z = L.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) zp)))
-                                                : c0;
+                if (bpg == 1) continue;
+                for (int j = 0; j < np; ++j)
                     for (int m = 0; m < nt[0] + nt[1]; ++m) {
-                        float *      acc = tot + 32 * m + 16 * j;
-                        const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(xg[(t0 + m) * G + g]), z,
-                                                          _mm512_load_ps(grp + 32 * m + 16 * j));
-                        _mm512_store_ps(acc, _mm512_fmadd_ps(d, s, _mm512_load_ps(acc)));
+                        float * acc = tot + 32 * m + 16 * j;
+                        _mm512_store_ps(acc, _mm512_fmadd_ps(_mm512_load_ps(grp + 32 * m + 16 * j), s[j], _mm512_load_ps(acc)));
                     }
-                }
             }
             for (int j = 0; j < np; ++j) {
                 const int64_t   nr = L.N - (p + j) * 16;
