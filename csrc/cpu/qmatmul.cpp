@@ -253,24 +253,28 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
     int8_t * xqp = xq.data();
     float *  xsp = xs.data();
     float *  xgp = xg.data();
-    auto quantize = [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t)
-            v.packed->quantize(x + t * K, K, L.group, xqp + t * K, xsp + t * nb, xgp + t * G);
-    };
-    if (T < 16) {
-        quantize(0, T);
-    } else {
-        tp.run(ceil_div(T, 16), [&](int64_t i, int) { quantize(i * 16, std::min(T, i * 16 + 16)); });
-    }
     const uint8_t * pk = (const uint8_t *) w.packed;
     const bool       batch = v.packed->batch != nullptr && T >= v.packed->batch_min_rows;
     const qpacked_fn rows = batch ? v.packed->batch : v.packed->rows;
     static thread_local std::vector<int8_t> xa;
+    int8_t * xap = nullptr;
     if (batch) {
         xa.resize(qpack_tile_bytes(T, K));
-        qpack_tile_x(xqp, T, K, xa.data());
-        xqp = xa.data();
+        xap = xa.data();
+        std::memset(xap + (T + 15) / 16 * 16 * K, 0, size_t(16 * K));  // the extra zero tile
     }
+    // Tasks of one 16-token tile: quantized, then regrouped for the batch kernel on the same thread.
+    auto quantize = [&](int64_t i) {
+        for (int64_t t = 16 * i; t < std::min(T, 16 * i + 16); ++t)
+            v.packed->quantize(x + t * K, K, L.group, xqp + t * K, xsp + t * nb, xgp + t * G);
+        if (batch) qpack_tile_x(xqp, T, K, i, xap);
+    };
+    if (T < 16) {
+        quantize(0);
+    } else {
+        tp.run(ceil_div(T, 16), [&](int64_t i, int) { quantize(i); });
+    }
+    if (batch) xqp = xap;
     // A small matrix (under ~256 KiB of weights) stays on this thread: waking the pool costs more.
     if (L.n_panels * L.panel_bytes < (int64_t(256) << 10) || tp.size() == 1) {
         rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);

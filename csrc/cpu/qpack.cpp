@@ -105,12 +105,13 @@ void qpack(const tensor_desc & w, uint8_t * out) {
     }
 }
 
-void qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int8_t * xa) {
-    const int64_t nb = K / k_block;
-    std::memset(xa, 0, qpack_tile_bytes(T, K));
-    for (int64_t t = 0; t < T; ++t)
+void qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int64_t i, int8_t * xa) {
+    const int64_t nb = K / k_block, n = std::min<int64_t>(16, T - 16 * i);
+    int8_t *      tile = xa + i * 16 * K;
+    if (n < 16) std::memset(tile, 0, size_t(16 * K));
+    for (int64_t t = 0; t < n; ++t)
         for (int64_t b = 0; b < nb; ++b)
-            std::memcpy(xa + ((t / 16) * nb + b) * 512 + (t % 16) * k_block, xq + t * K + k_block * b, k_block);
+            std::memcpy(tile + b * 512 + t * k_block, xq + (16 * i + t) * K + k_block * b, k_block);
 }
 
 void qunpack_rows(const tensor_desc & w, int64_t r0, int64_t nr, uint8_t * out) {

@@ -46,8 +46,9 @@ void qpack_quantize(const float * x, int64_t K, int64_t group, int8_t * q, float
 
 // xq [T][K] regrouped as AMX A tiles for the batch kernels: [token tile][32-column block][16 tokens x 32], zero
 // past T, with one more zero tile so that tiles can be read in pairs: qpack_tile_bytes(T, K) bytes.
+// qpack_tile_x writes token tile i (tokens 16 i .. 16 i + 15); the caller zeroes the extra tile.
 inline size_t qpack_tile_bytes(int64_t T, int64_t K) { return size_t(((T + 15) / 16 + 1) * K * 16); }
-void         qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int8_t * xa);
+void         qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int64_t i, int8_t * xa);
 
 // y[t, 16 p + r] for t < T, panels p in [p0, p1), rows below N; xq [T][K], xs [T][K/32], xg [T][G] as
 // quantized above.
