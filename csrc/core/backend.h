@@ -148,6 +148,7 @@ class backend {
     virtual buffer import_weights(const void * host, size_t bytes) = 0;
     // A backend-specific copy of placed weight w that its kernels read faster (w.packed), or an empty buffer
     // (the default): the x86 CPU backend interleaves quantized weights for its integer kernels (cpu/qpack.h).
+    // A copy is lossless and complete, so the caller may drop w's stored rows (tensor.h).
     virtual buffer prepare_weights(const tensor_desc & w) {
         (void) w;
         return {};

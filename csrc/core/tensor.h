@@ -29,7 +29,8 @@ struct tensor_desc {
     const void *   scales = nullptr;
     const uint8_t * zeros = nullptr;
     const int32_t * perm = nullptr;
-    // A copy the CPU backend prepared for its x86 integer kernels (cpu/qpack.h), or nullptr; never saved.
+    // A copy the CPU backend prepared for its x86 integer kernels (cpu/qpack.h), or nullptr; never saved. With
+    // it set, data may be nullptr: the stored rows were dropped and are read back from it (qunpack_rows).
     const void *   packed = nullptr;
 
     bool    quantized() const { return dtype_is_quantized(type); }

@@ -66,7 +66,7 @@ class cpu_backend final : public backend {
     }
     buffer prepare_weights(const tensor_desc & w) override {
         buffer b;
-        if (!kt_ || !w.quantized() || !qmatmul_supported(w) || !qmatmul_packs()) return b;
+        if (!kt_ || !w.quantized() || !qmatmul_supported(w) || qmatmul_for(*kt_).packed == nullptr) return b;
         const size_t bytes = qpack_bytes(w);
         b.data = std::aligned_alloc(64, bytes);  // multiple of 64 (qpack.h); released by free()
         if (!b.data)

@@ -5,6 +5,7 @@
 #include "cpu/ops-ref.h"
 
 #include "cpu/cpu-common.h"
+#include "cpu/qpack.h"
 
 #include <cmath>
 #include <vector>
@@ -17,15 +18,25 @@ void dequantize_row(const tensor_desc & w, int64_t n, float * out) {
         for (int64_t k = 0; k < K; ++k) out[k] = load_f32(w.row(n), w.type, k);
         return;
     }
+    // Stored rows the backend dropped (tensor.h: data nullptr, packed set) come back from the packed copy.
+    static thread_local std::vector<uint8_t> row;
+    const uint8_t * data = (const uint8_t *) w.data;
+    int64_t         base = n * K;  // element index of the row's first value in data
+    if (data == nullptr) {
+        row.resize(size_t(w.type == dtype::q4 ? K / 2 : K));
+        qunpack_rows(w, n, 1, row.data());
+        data = row.data();
+        base = 0;
+    }
     const int64_t G = w.n_groups();
     for (int64_t k = 0; k < K; ++k) {
         const int64_t g = w.perm ? w.perm[k] : k / w.group_size;
         const float   s = load_f32(w.scales, w.scale_type, n * G + g);
-        const int64_t i = n * K + k;
+        const int64_t i = base + k;
         if (w.type == dtype::q8) {
-            out[k] = float(((const int8_t *) w.data)[i]) * s;
+            out[k] = float(((const int8_t *) data)[i]) * s;
         } else {
-            const uint8_t byte = ((const uint8_t *) w.data)[i / 2];
+            const uint8_t byte = data[i / 2];
             const int32_t q = (i % 2 == 0) ? (byte & 0xf) : (byte >> 4);
             const int32_t z = w.zeros ? w.zeros[n * G + g] : 8;
             out[k] = float(q - z) * s;

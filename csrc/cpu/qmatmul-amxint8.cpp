@@ -28,10 +28,11 @@ struct tile_config {
     uint8_t  rows[16];
 };
 
-// Tiles 0-3: C (16 weight rows x 16 tokens, s32); 4-5: A (16 weight rows x 32 int8); 6-7: B (8 column quads x
-// 16 tokens x 4 int8). Written through a volatile object: GCC 12 may drop plain stores that only
-// _tile_loadconfig reads (CPU_NOTES.md).
-void load_config() {
+}  // namespace
+
+// Tiles 0-3: 16 x 16 s32; 4-5: 16 rows x 32 int8; 6-7: 8 column quads x 16 x 4 int8 (qmatmul.h). Written
+// through a volatile object: GCC 12 may drop plain stores that only _tile_loadconfig reads (CPU_NOTES.md).
+void qamx_load_config() {
     alignas(64) volatile tile_config cfg;
     volatile uint8_t * bytes = (volatile uint8_t *) &cfg;
     for (size_t i = 0; i < sizeof(tile_config); ++i) bytes[i] = 0;
@@ -51,6 +52,8 @@ void load_config() {
     asm volatile("" ::: "memory");
     _tile_loadconfig((const void *) &cfg);
 }
+
+namespace {
 
 // In-register transpose of a 16 x 16 matrix of 32-bit elements.
 void transpose16(__m512i r[16]) {
@@ -196,7 +199,7 @@ void qgemm_rows_amx(float * y, int64_t ldy, const int8_t * xa, const float * sx,
     alignas(64) float   acc[32 * 32];  // [32 weight rows][32 tokens]
     float * sw = (float *) (scratch + 32 * ld_unpacked);  // [nkb][32]: each block's group scale per row
     amx_request_permission();  // process-wide once granted; cached per thread
-    load_config();
+    qamx_load_config();
     for (int64_t nb = n0; nb < n0 + nr; nb += 32) {
         const int rows = int(N - nb < 32 ? N - nb : 32);
         const int8_t * a = (const int8_t *) w + nb * K;

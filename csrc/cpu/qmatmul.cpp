@@ -22,10 +22,10 @@ namespace {
 constexpr int64_t k_block = 32;      // activation quantization block
 constexpr int64_t k_step = 64;       // columns per kernel step
 constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
-// Packed weights: batches below this many rows run the packed kernel (each panel read from memory once, then
-// from L1 per 8 tokens); it keeps up with AMX-INT8 up to about 64 rows (test-qmatmul's timings), and larger
-// batches go to the variant's batched (AMX) path where it has one.
-constexpr int64_t k_packed_gemm_rows = 64;
+// Packed weights: batches of at least this many rows run the AMX-INT8 packed kernel; below it the VNNI one
+// (each panel read from memory once, then from L1 per 8 tokens) is faster: at T = 8 by 1.2-1.5x, at 64-256
+// about even on a 1024 x 1024 matrix (test-qmatmul's info lines); prefill-sized batches favour the tiles.
+constexpr int64_t k_packed_amx_rows = 64;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -117,9 +117,10 @@ const qmatmul_variant k_portable = {"portable", "", qdot_portable};
 // per-token conversions make it compute-bound while AMX (weights streamed once, prefetched) is not.
 const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 8};
 const qpacked_kernels k_packed_avx512 = {qpack_quantize_avx512, qpacked_avx512vnni};
+const qpacked_kernels k_packed_amx = {qpack_quantize_avx512, qpacked_avx512vnni, qpacked_amxint8, k_packed_amx_rows};
 const qpacked_kernels k_packed_avx2 = {qpack_quantize_avx2, qpacked_avxvnni};
 const qmatmul_variant k_amxint8 = {"amx-int8", "amx_tile amx_int8 avx512f avx512bw avx512_vnni", qdot_avx512vnni,
-                                   &k_amx_gemm, &k_packed_avx512};
+                                   &k_amx_gemm, &k_packed_amx};
 const qmatmul_variant k_avx512vnni = {"avx512-vnni", "avx512f avx512bw avx512_vnni", qdot_avx512vnni, nullptr,
                                       &k_packed_avx512};
 const qmatmul_variant k_avxvnni = {"avx-vnni", "avx2 avx_vnni", qdot_avxvnni, nullptr, &k_packed_avx2};
@@ -252,19 +253,40 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
     int8_t * xqp = xq.data();
     float *  xsp = xs.data();
     float *  xgp = xg.data();
-    for (int64_t t = 0; t < T; ++t) v.packed->quantize(x + t * K, K, L.group, xqp + t * K, xsp + t * nb, xgp + t * G);
     const uint8_t * pk = (const uint8_t *) w.packed;
+    const bool       batch = v.packed->batch != nullptr && T >= v.packed->batch_min_rows;
+    const qpacked_fn rows = batch ? v.packed->batch : v.packed->rows;
+    static thread_local std::vector<int8_t> xa;
+    int8_t * xap = nullptr;
+    if (batch) {
+        xa.resize(qpack_tile_bytes(T, K));
+        xap = xa.data();
+        std::memset(xap + (T + 15) / 16 * 16 * K, 0, size_t(16 * K));  // the extra zero tile
+    }
+    // Tasks of one 16-token tile: quantized, then regrouped for the batch kernel on the same thread.
+    auto quantize = [&](int64_t i) {
+        for (int64_t t = 16 * i; t < std::min(T, 16 * i + 16); ++t)
+            v.packed->quantize(x + t * K, K, L.group, xqp + t * K, xsp + t * nb, xgp + t * G);
+        if (batch) qpack_tile_x(xqp, T, K, i, xap);
+    };
+    if (T < 16) {
+        quantize(0);
+    } else {
+        tp.run(ceil_div(T, 16), [&](int64_t i, int) { quantize(i); });
+    }
+    if (batch) xqp = xap;
     // A small matrix (under ~256 KiB of weights) stays on this thread: waking the pool costs more.
     if (L.n_panels * L.panel_bytes < (int64_t(256) << 10) || tp.size() == 1) {
-        v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
+        rows(y, L.N, xqp, xsp, xgp, T, pk, L, 0, L.n_panels);
         return;
     }
-    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side.
-    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * 4);
+    // Task edges on multiples of 4 panels: the decode kernels read 4 side by side. Batches take more tasks, so
+    // that a thread slowed by other work on its core leaves its share to the others.
+    const int64_t n_tasks = std::min<int64_t>((L.n_panels + 3) / 4, int64_t(tp.size()) * (batch ? 16 : 4));
     auto          edge = [&](int64_t i) { return std::min(L.n_panels, (L.n_panels * i / n_tasks + 3) / 4 * 4); };
     tp.run(n_tasks, [&](int64_t i, int) {
         const int64_t p0 = edge(i), p1 = edge(i + 1);
-        v.packed->rows(y, L.N, xqp, xsp, xgp, T, pk, L, p0, p1);
+        rows(y, L.N, xqp, xsp, xgp, T, pk, L, p0, p1);
     });
 }
 
@@ -272,11 +294,11 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
 
 void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
              int64_t T) {
-    if (w.packed != nullptr && v.packed != nullptr && (v.gemm == nullptr || T < k_packed_gemm_rows)) {
+    if (w.packed != nullptr && v.packed != nullptr) {
         qpacked(v, tp, y, x, w, T);
         return;
     }
-    if (v.gemm != nullptr && T >= v.gemm->min_rows) {
+    if (v.gemm != nullptr && T >= v.gemm->min_rows && w.data != nullptr) {
         qgemm(*v.gemm, tp, y, x, w, T);
         return;
     }
@@ -313,8 +335,14 @@ void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float
         wc.resize(size_t(k_rows_task * G));
         const int64_t n0 = i * k_rows_task, nr = std::min(k_rows_task, N - n0);
         row_scales(w, n0, nr, ws.data(), wc.data());
-        v.dot(y, N, xqp, xlsp, xgsp, T, K, (const uint8_t *) w.data + n0 * row_bytes, q4, ws.data(), wc.data(), nr,
-              n0, G, gsteps);
+        const uint8_t * rows = (const uint8_t *) w.data + n0 * row_bytes;
+        if (w.data == nullptr) {  // stored rows dropped (a variant without packed kernels): from the packed copy
+            static thread_local std::vector<uint8_t> unpacked;
+            unpacked.resize(size_t(nr * row_bytes));
+            qunpack_rows(w, n0, nr, unpacked.data());
+            rows = unpacked.data();
+        }
+        v.dot(y, N, xqp, xlsp, xgsp, T, K, rows, q4, ws.data(), wc.data(), nr, n0, G, gsteps);
     };
     if (small) {
         for (int64_t i = 0; i < n_tasks; ++i) task(i, 0);

@@ -72,8 +72,8 @@ const qmatmul_variant & qmatmul_for(const cpu_kernel_table & kt);
 bool qmatmul_supported(const tensor_desc & w);
 // True when this CPU runs a variant with a packed kernel: worth preparing w.packed for.
 bool qmatmul_packs();
-// y[T,N] = x[T,K] . W^T with variant v. w must be qmatmul_supported. With w.packed set, v's packed kernel
-// runs batches below 64 rows.
+// y[T,N] = x[T,K] . W^T with variant v. w must be qmatmul_supported. With w.packed set, v's packed kernels
+// run every T and w.data is not read.
 void qmatmul(const qmatmul_variant & v, thread_pool & tp, float * y, const float * x, const tensor_desc & w,
              int64_t T);
 
@@ -81,6 +81,9 @@ void qdot_portable(float * y, int64_t ldy, const int8_t * xq, const float * xls,
                    int64_t K, const uint8_t * w, bool q4, const float * ws, const float * wc, int64_t nr, int64_t n0,
                    int64_t G, int64_t gsteps);
 #if defined(MINICPM_X86)
+// The AMX-INT8 tile shapes both AMX kernels use: tiles 0-3 C (16 x 16 s32), 4-5 A (16 rows x 32 int8), 6-7 B
+// (8 rows x 64 bytes: 8 column quads x 16 x 4 int8).
+void qamx_load_config();
 void qgemm_pack_x_amx(int8_t * xa, float * sx, const float * x, int64_t T, int64_t K, bool q4, int64_t t0,
                       int64_t t1);
 void qgemm_rows_amx(float * y, int64_t ldy, const int8_t * xa, const float * sx, int64_t T, int64_t K,

@@ -105,4 +105,40 @@ void qpack(const tensor_desc & w, uint8_t * out) {
     }
 }
 
+void qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int64_t i, int8_t * xa) {
+    const int64_t nb = K / k_block, n = std::min<int64_t>(16, T - 16 * i);
+    int8_t *      tile = xa + i * 16 * K;
+    if (n < 16) std::memset(tile, 0, size_t(16 * K));
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t b = 0; b < nb; ++b)
+            std::memcpy(tile + b * 512 + t * k_block, xq + (16 * i + t) * K + k_block * b, k_block);
+}
+
+void qunpack_rows(const tensor_desc & w, int64_t r0, int64_t nr, uint8_t * out) {
+    const qpack_layout L = qpack_layout_of(w);
+    const int64_t      quads = L.q4 ? 4 : 8, row_bytes = L.q4 ? L.K / 2 : L.K;
+    for (int64_t r = 0; r < nr; ++r) {
+        const int64_t   row = r0 + r;
+        const uint8_t * panel = (const uint8_t *) w.packed + (row / k_panel) * L.panel_bytes;
+        uint8_t *       dst = out + r * row_bytes;
+        for (int64_t b = 0; b < L.K / k_block; ++b)
+            for (int64_t i = 0; i < quads; ++i) {
+                const uint8_t * v = panel + (b * quads + i) * 64 + 4 * (row % k_panel);
+                const int64_t   k = b * k_block + 4 * i;
+                for (int64_t j = 0; j < 4; ++j) {
+                    if (!L.q4) {
+                        dst[k + j] = uint8_t(v[j] ^ 0x80u);
+                        continue;
+                    }
+                    // columns k + j and k + 16 + j; a byte holds columns 2c (low nibble) and 2c + 1
+                    for (const int64_t c : {k + j, k + 16 + j}) {
+                        const uint8_t u = c == k + j ? uint8_t(v[j] & 0xfu) : uint8_t(v[j] >> 4);
+                        uint8_t &     d = dst[c / 2];
+                        d = c % 2 == 0 ? uint8_t((d & 0xf0u) | u) : uint8_t((d & 0x0fu) | u << 4);
+                    }
+                }
+            }
+    }
+}
+
 }  // namespace minicpm

@@ -1,6 +1,6 @@
-// The interleaved ("packed") copy of a quantized weight that the x86 VNNI kernels read when decoding: made
-// once when the CPU backend prepares the model's weights; the stored tensor (what is saved, what the plain
-// ops, AMX and NEON read) is left as it is.
+// The interleaved ("packed") copy of a quantized weight that the x86 integer kernels read (VNNI when decoding,
+// AMX-INT8 tiles for batches): made once when the CPU backend prepares the model's weights; the stored tensor
+// (what is saved, what the plain ops and NEON read) is left as it is.
 //
 // Panels of 16 rows, one after another (the last one zero-padded), each one sequential stream:
 //   weights, per 32-column block b and 4-column quad i (q8: i < 8; q4: i < 4), 64 bytes = 16 rows x 4 u8 in
@@ -33,11 +33,22 @@ size_t       qpack_bytes(const tensor_desc & w);
 // Writes the packed copy of w to out (qpack_bytes(w) bytes, 64-byte aligned).
 void         qpack(const tensor_desc & w, uint8_t * out);
 
+// Rows [r0, r0 + nr) of w's stored data (the tensor.h q8 / q4 row-major form, nr * K or nr * K / 2 bytes) read
+// back from its packed copy w.packed: the packing is lossless, so these are the bytes it was made from. For
+// paths that need the stored rows after the backend dropped them (w.data nullptr; see model::place_weights).
+void qunpack_rows(const tensor_desc & w, int64_t r0, int64_t nr, uint8_t * out);
+
 // Activation row x[K] for the packed kernels: int8 q[K] in natural order, rounded to nearest (ties to even)
 // after scaling each 32-column block by 127 / max|x| (xs[K/32]: max|x| / 127), and per group g the sum over its
 // blocks of xs * sum(q) (xg[G]). qpack_quantize is the definition; a kernel's own must give the same bits.
 typedef void (*qpack_quantize_fn)(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 void qpack_quantize(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
+
+// xq [T][K] regrouped as AMX A tiles for the batch kernels: [token tile][32-column block][16 tokens x 32], zero
+// past T, with one more zero tile so that tiles can be read in pairs: qpack_tile_bytes(T, K) bytes.
+// qpack_tile_x writes token tile i (tokens 16 i .. 16 i + 15); the caller zeroes the extra tile.
+inline size_t qpack_tile_bytes(int64_t T, int64_t K) { return size_t(((T + 15) / 16 + 1) * K * 16); }
+void         qpack_tile_x(const int8_t * xq, int64_t T, int64_t K, int64_t i, int8_t * xa);
 
 // y[t, 16 p + r] for t < T, panels p in [p0, p1), rows below N; xq [T][K], xs [T][K/32], xg [T][G] as
 // quantized above.
@@ -47,6 +58,8 @@ typedef void (*qpacked_fn)(float * y, int64_t ldy, const int8_t * xq, const floa
 struct qpacked_kernels {
     qpack_quantize_fn quantize;
     qpacked_fn        rows;
+    qpacked_fn        batch = nullptr;  // batches of at least batch_min_rows rows; xq in A-tile order
+    int64_t           batch_min_rows = 0;
 };
 
 #if defined(MINICPM_X86)
@@ -54,6 +67,9 @@ void qpack_quantize_avx512(const float * x, int64_t K, int64_t group, int8_t * q
 void qpack_quantize_avx2(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 void qpacked_avx512vnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                         const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
+// AMX-INT8 tiles (tdpbsud), 32 tokens x 2 panels at a time; xq in A-tile order (qpack_tile_x).
+void qpacked_amxint8(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
+                     const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
 void qpacked_avxvnni(float * y, int64_t ldy, const int8_t * xq, const float * xs, const float * xg, int64_t T,
                      const uint8_t * packed, const qpack_layout & L, int64_t p0, int64_t p1);
 #endif

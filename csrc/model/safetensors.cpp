@@ -84,6 +84,16 @@ mapped_file::~mapped_file() {
     else std::free(data_);
 }
 
+void mapped_file::drop_pages(const void * p, size_t n) const {
+    const uintptr_t a = uintptr_t(p), lo = uintptr_t(data_), hi = lo + size_t(size_);
+    if (!mapped_ || a < lo || a + n > hi) return;
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t first = (a + page - 1) / page * page, last = (a + n) / page * page;  // whole pages inside
+    // A private read-only file mapping never written: dropped pages refault from the file unchanged. A failure
+    // only leaves them resident.
+    if (last > first) (void) ::madvise((void *) first, last - first, MADV_DONTNEED);
+}
+
 uint64_t safetensors_dtype_size(const std::string & tag) {
     static const struct {
         const char * tag;

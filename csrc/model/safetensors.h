@@ -18,6 +18,9 @@ class mapped_file {
     const uint8_t *     data() const { return data_; }
     uint64_t            size() const { return size_; }
     const std::string & path() const { return path_; }
+    // Gives back the whole pages inside [p, p + n) when the file is mapped (read only, so they read back from
+    // the file if touched again); a no-op for a file read into memory or a range outside it.
+    void drop_pages(const void * p, size_t n) const;
 
   private:
     std::string path_;

@@ -2,6 +2,7 @@
 
 #include "core/json.h"
 #include "core/status.h"
+#include "cpu/qpack.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -87,6 +88,15 @@ const char * plain_dtype(dtype t) {
     }
 }
 
+// A quantized matrix's stored rows: in place, or read back from the packed copy when the CPU backend dropped
+// them (core/tensor.h); the packing is lossless, so the file is the same either way.
+const uint8_t * stored_rows(const tensor_desc & d, std::vector<uint8_t> & tmp) {
+    if (d.data != nullptr || d.packed == nullptr) return (const uint8_t *) d.data;
+    tmp.resize(d.data_bytes());
+    qunpack_rows(d, 0, d.rows, tmp.data());
+    return tmp.data();
+}
+
 class writer {
   public:
     std::vector<out_tensor> tensors;
@@ -123,7 +133,9 @@ class writer {
             fail(MINICPM_STATUS_UNSUPPORTED, prefix + ": group size " + std::to_string(d.group_size) +
                                                  " differs from the checkpoint's " + std::to_string(group));
         out_tensor q{prefix + ".qweight", "I8", {N, K}, {}};
-        q.bytes.assign((const uint8_t *) d.data, (const uint8_t *) d.data + size_t(N * K));
+        std::vector<uint8_t> tmp;
+        const uint8_t *      data = stored_rows(d, tmp);
+        q.bytes.assign(data, data + size_t(N * K));
         out_tensor s{prefix + ".scales", "F16", {N, G}, {}};
         s.bytes.assign((const uint8_t *) d.scales, (const uint8_t *) d.scales + size_t(N * G) * 2);
         tensors.push_back(std::move(q));
@@ -137,7 +149,8 @@ class writer {
                      std::to_string(d.group_size) + " does not fit GPTQ (both multiples of 8, in features a multiple "
                      "of the checkpoint's group size " + std::to_string(group) + "); choose another --quant-group");
         // Row n's nibbles k8*8 .. k8*8+7 are, byte for byte, GPTQ's word [k8][n]: a transpose of 32-bit words.
-        const uint8_t *      nib = (const uint8_t *) d.data;
+        std::vector<uint8_t> tmp;
+        const uint8_t *      nib = stored_rows(d, tmp);
         const int64_t        K8 = K / 8;
         std::vector<int32_t> qweight(size_t(K8 * N), 0);
         for (int64_t k0 = 0; k0 < K8; k0 += 32)

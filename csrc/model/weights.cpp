@@ -27,6 +27,11 @@ class loaded_model_files : public model_files {
   public:
     std::vector<std::unique_ptr<mapped_file>> files;
     std::vector<std::unique_ptr<uint8_t, decltype(&std::free)>> realigned;  // copies of misaligned tensors
+
+    void release_data(const void * p, size_t n) override {
+        model_files::release_data(p, n);
+        for (const auto & f : files) f->drop_pages(p, n);
+    }
 };
 
 bool file_exists(const std::string & path) {
@@ -326,6 +331,12 @@ class loaded_tensor_files final : public tensor_files {
 
 std::unique_ptr<tensor_files> open_tensor_files(const std::string & dir, bool use_mmap) {
     return std::make_unique<loaded_tensor_files>(dir, use_mmap);
+}
+
+void model_files::release_data(const void * p, size_t n) {
+    (void) n;
+    for (quantized_tensor & q : converted)
+        if (!q.data.empty() && q.data.data() == p) std::vector<uint8_t>().swap(q.data);
 }
 
 std::unique_ptr<model_files> load_model_files(const std::string & dir, bool use_mmap) {

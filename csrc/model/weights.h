@@ -43,6 +43,9 @@ class model_files {
     model_weights weights;
     // Host memory of converted tensors (GPTQ unpacked, on-the-fly quantized); descriptors point into them.
     std::deque<quantized_tensor> converted;
+    // The n bytes at p (a tensor's data) are not read again: a converted tensor's rows are freed; pages inside a
+    // mapped file are dropped from this process (they read back from the file if touched); anything else stays.
+    virtual void release_data(const void * p, size_t n);
 };
 
 // Loads dir/config.json and dir/model.safetensors or the shards named by dir/model.safetensors.index.json

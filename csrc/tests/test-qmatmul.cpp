@@ -5,7 +5,8 @@
 //      the largest products (q8 -128 and 127 against -127 / 127) included;
 //   2. random data: the error comes from quantizing activations to int8 per 32 columns alone; printed, bounded;
 //   3. the round-to-nearest quantizer (q8 symmetric, q4 asymmetric): |w - dequant(w)| <= scale / 2;
-//   4. GPTQ (AutoGPTQ v1) pack -> gptq_to_q4 round trip, symmetric and asymmetric, with a g_idx permutation.
+//   4. GPTQ (AutoGPTQ v1) pack -> gptq_to_q4 round trip, symmetric and asymmetric, with a g_idx permutation;
+//   5. the packed copy unpacks to the stored bytes, and with the stored rows dropped every path stays exact.
 // Cases 1 and 2 run each variant on the stored rows and, where it has a packed kernel, again on the packed copy
 // (cpu/qpack.h) the CPU backend prepares ("+packed" in the case name).
 #include "core/status.h"
@@ -181,6 +182,50 @@ void test_random(thread_pool & tp, const qmatmul_variant & v, bool packed) {
             check(nmse < 1e-4 && rel < 2e-2, "random %s%-14s %s g=%d%s N=%lld K=%lld T=%lld: max rel %.3e nmse %.3e (thr 1e-4)",
                   v.name, path_name(packed), dtype_name(k.t), k.group, k.zeros ? " zeros" : "", (long long) k.N, (long long) k.K,
                   (long long) T, rel, nmse);
+        }
+}
+
+// qunpack_rows gives back the stored bytes the packing was made from: every row, whole and in ranges that
+// start and end inside panels (N not a multiple of 16), q8 with -128 and q4 with every nibble.
+void test_unpack() {
+    for (dtype t : {dtype::q8, dtype::q4})
+        for (int64_t N : {5, 16, 37}) {
+            qw w = random_weights(t, N, 192, 64, t == dtype::q4, false);
+            if (t == dtype::q8) w.data[3] = 0x80;
+            pack_weights(w, true);
+            const size_t         row = size_t(t == dtype::q8 ? 192 : 96);
+            std::vector<uint8_t> got(w.data.size(), 0x5a);
+            qunpack_rows(w.d, 0, N, got.data());
+            int64_t bad = 0;
+            for (size_t i = 0; i < got.size(); ++i) bad += got[i] != w.data[i];
+            const int64_t r0 = N / 3, nr = N - N / 3 - 1;
+            std::vector<uint8_t> part(size_t(nr) * row, 0xa5);
+            qunpack_rows(w.d, r0, nr, part.data());
+            for (size_t i = 0; i < part.size(); ++i) bad += part[i] != w.data[size_t(r0) * row + i];
+            check(bad == 0, "unpack %s N=%lld K=192 (rows 0..%lld and %lld..%lld): %lld bytes differ from the stored ones",
+                  dtype_name(t), (long long) N, (long long) N - 1, (long long) r0, (long long) (r0 + nr - 1), (long long) bad);
+        }
+}
+
+// Stored rows dropped (data nullptr, as the model does once a projection is packed): every variant, including
+// those without packed kernels and their batched paths, and the plain op itself still give the exact results.
+void test_dropped(thread_pool & tp, const qmatmul_variant & v) {
+    for (dtype t : {dtype::q8, dtype::q4})
+        for (int64_t T : {1, 9, 70}) {
+            qw w = random_weights(t, 45, 256, 64, t == dtype::q4, true);
+            std::vector<float> x(size_t(T * 256));
+            for (size_t i = 0; i < x.size(); ++i) x[i] = float(int32_t(g_rng() % 255) - 127);
+            for (size_t b = 0; b < x.size(); b += 32) x[b + g_rng() % 32] = 127.0f;
+            std::vector<float> ref(size_t(T * 45)), got(ref.size(), NAN), plain(ref.size(), NAN);
+            ref_matmul(ref.data(), x.data(), w.d, T);
+            pack_weights(w, true);
+            w.d.data = nullptr;
+            qmatmul(v, tp, got.data(), x.data(), w.d, T);
+            ref_matmul(plain.data(), x.data(), w.d, T);
+            int64_t bad = 0, bad_plain = 0;
+            for (size_t i = 0; i < ref.size(); ++i) bad += ref[i] != got[i], bad_plain += ref[i] != plain[i];
+            check(bad == 0 && bad_plain == 0, "dropped rows %-14s %s N=45 K=256 T=%lld: %lld of %zu differ (plain op %lld)",
+                  v.name, dtype_name(t), (long long) T, (long long) bad, ref.size(), (long long) bad_plain);
         }
 }
 
@@ -363,9 +408,10 @@ int main(int argc, char ** argv) {
     std::printf("\n");
     test_rtn();
     test_gptq_roundtrip();
-    // A variant with a batched path is also run with that path at every T (min_rows 1), so that its tile edges
-    // are tested at small T too and the two paths can be timed side by side.
+    // A variant with a batched path is also run with that path at every T (min_rows 1, and its packed batch
+    // kernel too), so that its tile edges are tested at small T too and the two paths can be timed side by side.
     std::vector<qgemm_kernels>   forced_gemm(size_t(n) + 1);
+    std::vector<qpacked_kernels> forced_packed(size_t(n) + 1);
     std::vector<qmatmul_variant> forced(size_t(n) + 1);
     std::vector<std::string>     forced_names(size_t(n) + 1);
     std::vector<const qmatmul_variant *> all(v, v + n);
@@ -374,7 +420,13 @@ int main(int argc, char ** argv) {
             forced_gemm[size_t(i)] = *v[i]->gemm;
             forced_gemm[size_t(i)].min_rows = 1;
             forced_names[size_t(i)] = std::string(v[i]->name) + "(T>=1)";
-            forced[size_t(i)] = {forced_names[size_t(i)].c_str(), v[i]->features, v[i]->dot, &forced_gemm[size_t(i)]};
+            const qpacked_kernels * pk = v[i]->packed;
+            if (pk != nullptr && pk->batch != nullptr) {
+                forced_packed[size_t(i)] = *pk;
+                forced_packed[size_t(i)].batch_min_rows = 1;
+                pk = &forced_packed[size_t(i)];
+            }
+            forced[size_t(i)] = {forced_names[size_t(i)].c_str(), v[i]->features, v[i]->dot, &forced_gemm[size_t(i)], pk};
             all.push_back(&forced[size_t(i)]);
         }
     if (large) {
@@ -384,6 +436,8 @@ int main(int argc, char ** argv) {
                     if (!packed || q->packed) bench_large(tp, *q, packed);
         return 0;
     }
+    test_unpack();
+    for (const qmatmul_variant * q : all) test_dropped(tp, *q);
     for (const qmatmul_variant * q : all)
         for (bool packed : {false, true})
             if (!packed || q->packed) {

@@ -145,6 +145,25 @@ std::string kernel_family(minicpm_model_t * model, int32_t n_threads) {
 
 }  // namespace
 
+// Resident memory from /proc/self/status: total, anonymous (heap: converted and packed weights) and file-backed
+// (mapped checkpoint pages), in MiB; "n/a" where the file does not exist.
+std::string resident_memory() {
+    std::FILE * f = std::fopen("/proc/self/status", "r");
+    if (f == nullptr) return "n/a";
+    char   line[256];
+    double rss = -1, anon = -1, file = -1;
+    while (std::fgets(line, sizeof(line), f)) {
+        double kb = 0;
+        if (std::sscanf(line, "VmRSS: %lf", &kb) == 1) rss = kb / 1024;
+        if (std::sscanf(line, "RssAnon: %lf", &kb) == 1) anon = kb / 1024;
+        if (std::sscanf(line, "RssFile: %lf", &kb) == 1) file = kb / 1024;
+    }
+    std::fclose(f);
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%.0f MiB (anonymous %.0f MiB, file-backed %.0f MiB)", rss, anon, file);
+    return buf;
+}
+
 int main(int argc, char ** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: bench-engine MODEL_DIR [n_threads] [q8|q4] [quant_group]\n");
@@ -177,6 +196,7 @@ int main(int argc, char ** argv) {
     minicpm_model_t * model = nullptr;
     int32_t rc = minicpm_model_load(argv[1], &mp, &model);
     if (rc != MINICPM_STATUS_OK) die("minicpm_model_load", rc);
+    std::printf("resident after load: %s\n", resident_memory().c_str());
     struct minicpm_model_info info = {};
     info.size = sizeof(info);
     rc = minicpm_model_info(model, &info);
