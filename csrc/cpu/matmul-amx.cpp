@@ -7,12 +7,7 @@
 // (token, k pair). Register blocking: 2 A tiles (32 weight rows) x 2 B tiles (32 tokens) -> 4 C tiles.
 #include "cpu/ops-fast.h"
 
-// GCC 12 reports false (maybe-)uninitialized warnings inside the intrinsics' _mm*_undefined_* placeholders.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "cpu/x86-intrin.h"
 #include <sys/syscall.h>
 #include <unistd.h>
 

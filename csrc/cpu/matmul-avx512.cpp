@@ -5,12 +5,7 @@
 // elements as f32, masking off the low half gives the odd ones, and x is pre-split into even/odd halves to match.
 #include "cpu/ops-fast.h"
 
-// GCC 12 reports false (maybe-)uninitialized warnings inside the intrinsics' _mm*_undefined_* placeholders.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "cpu/x86-intrin.h"
 
 namespace minicpm {
 

@@ -13,12 +13,7 @@
 // weight block from L2 once per token chunk.
 #include "cpu/ops-fast.h"
 
-// GCC 12 reports false (maybe-)uninitialized warnings inside the intrinsics' _mm*_undefined_* placeholders.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "cpu/x86-intrin.h"
 
 namespace minicpm {
 

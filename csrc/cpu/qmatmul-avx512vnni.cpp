@@ -3,12 +3,7 @@
 // group scale. Tiles of 2 weight rows x 4 tokens.
 #include "cpu/qmatmul.h"
 
-// GCC 12's AVX-512 headers trip -Wuninitialized inside their own intrinsics (a known header false positive).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "cpu/x86-intrin.h"
 
 namespace minicpm {
 

@@ -29,13 +29,6 @@ constexpr int64_t k_packed_amx_rows = 64;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Round to nearest, ties to even (as nearbyint in the default mode) for |v| < 2^22, without a libm call per
-// element: adding and removing 1.5 * 2^23 leaves v rounded to an integer (IEEE arithmetic; no -ffast-math).
-inline float round_even(float v) {
-    constexpr float m = 12582912.0f;
-    return (v + m) - m;
-}
-
 // Position p inside a 64-column chunk -> the column it holds (q4: even columns first, then odd).
 inline int64_t chunk_col(bool q4, int64_t p) { return q4 ? (p < 32 ? 2 * p : 2 * (p - 32) + 1) : p; }
 
@@ -48,18 +41,8 @@ void quantize_act_row(const float * x, int64_t K, bool q4, int64_t group, int8_t
     for (int64_t c = 0; c < K; c += k_step) {
         int8_t qn[k_step];
         for (int64_t b = 0; b < k_step / k_block; ++b) {
-            const float * xb = x + c + b * k_block;
-            float amax = 0.0f;
-            for (int64_t i = 0; i < k_block; ++i) amax = std::max(amax, std::fabs(xb[i]));
-            const float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            int32_t tot = 0;
-            for (int64_t i = 0; i < k_block; ++i) {
-                const int32_t v = int32_t(round_even(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
-                qn[b * k_block + i] = int8_t(v);
-                tot += v;
-            }
-            sx[b] = s;
-            gs[(c + b * k_block) / group] += s * float(tot);
+            const int32_t tot = quantize_block32(x + c + b * k_block, qn + b * k_block, &sx[b]);
+            gs[(c + b * k_block) / group] += sx[b] * float(tot);
         }
         for (int64_t p = 0; p < k_step; ++p) q[c + p] = qn[chunk_col(q4, p)];
         for (int64_t l = 0; l < k_step / 4; ++l) ls[(c + 4 * l) / 4] = sx[chunk_col(q4, 4 * l) / k_block];

@@ -28,24 +28,28 @@ inline uint8_t u8_at(const uint8_t * w, int64_t K, int64_t r, int64_t k) {
 
 }  // namespace
 
+int32_t quantize_block32(const float * x, int8_t * q, float * scale) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < k_block; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t     tot = 0;
+    for (int64_t i = 0; i < k_block; ++i) {
+        const int32_t v = int32_t(round_even(std::clamp(x[i] * inv, -127.0f, 127.0f)));
+        q[i] = int8_t(v);
+        tot += v;
+    }
+    *scale = amax / 127.0f;
+    return tot;
+}
+
 void qpack_quantize(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg) {
     const int64_t G = (K + group - 1) / group;
     for (int64_t g = 0; g < G; ++g) xg[g] = 0.0f;
     for (int64_t b = 0; b < K / k_block; ++b) {
-        const float * xb = x + b * k_block;
-        float         amax = 0.0f;
-        for (int64_t i = 0; i < k_block; ++i) amax = std::max(amax, std::fabs(xb[i]));
-        const float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t     tot = 0;
-        for (int64_t i = 0; i < k_block; ++i) {
-            const int32_t v = int32_t(round_even(std::clamp(xb[i] * inv, -127.0f, 127.0f)));
-            q[b * k_block + i] = int8_t(v);
-            tot += v;
-        }
-        xs[b] = s;
+        const int32_t tot = quantize_block32(x + b * k_block, q + b * k_block, &xs[b]);
         // The product is exact in double and rounded once to float, so no compiler can fuse it into the sum:
         // every kernel's quantizer gets the same bits whether its target has FMA or not.
-        xg[b * k_block / group] += float(double(s) * double(tot));
+        xg[b * k_block / group] += float(double(xs[b]) * double(tot));
     }
 }
 

@@ -41,6 +41,9 @@ void qunpack_rows(const tensor_desc & w, int64_t r0, int64_t nr, uint8_t * out);
 // Activation row x[K] for the packed kernels: int8 q[K] in natural order, rounded to nearest (ties to even)
 // after scaling each 32-column block by 127 / max|x| (xs[K/32]: max|x| / 127), and per group g the sum over its
 // blocks of xs * sum(q) (xg[G]). qpack_quantize is the definition; a kernel's own must give the same bits.
+// One 32-column block: q = round_even(x * 127 / max|x|) (0 for an all-zero block), *scale = max|x| / 127;
+// returns sum(q). The block quantizer of every integer path (this file's and qmatmul.h's).
+int32_t quantize_block32(const float * x, int8_t * q, float * scale);
 typedef void (*qpack_quantize_fn)(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 void qpack_quantize(const float * x, int64_t K, int64_t group, int8_t * q, float * xs, float * xg);
 

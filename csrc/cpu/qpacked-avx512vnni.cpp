@@ -4,12 +4,7 @@
 // sums. Batches read each panel once per 8 tokens; decode reads 4 panels side by side with software prefetch.
 #include "cpu/qpack.h"
 
-// GCC 12's AVX-512 headers trip -Wuninitialized inside their own intrinsics (a known header false positive).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "cpu/x86-intrin.h"
 
 
 namespace minicpm {

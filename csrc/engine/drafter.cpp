@@ -158,6 +158,17 @@ void top_k_logprobs(const float * l, int32_t n, int32_t k, std::vector<std::pair
     for (auto & c : out) c.first -= lse;
 }
 
+void keep_best_children(const std::vector<tree_candidate> & cands, std::vector<int32_t> & children, int32_t k,
+                        int32_t chain_child, std::vector<int32_t> & chain) {
+    std::stable_sort(children.begin(), children.end(),
+                     [&](int32_t a, int32_t b) { return cands[size_t(a)].score > cands[size_t(b)].score; });
+    if (int32_t(children.size()) > k) children.resize(size_t(k));
+    if (chain_child >= 0) {
+        if (std::find(children.begin(), children.end(), chain_child) == children.end()) children.back() = chain_child;
+        chain.push_back(chain_child);
+    }
+}
+
 void select_draft_tree(const std::vector<tree_candidate> & cands, const std::vector<int32_t> & chain, int32_t S,
                        draft_tree & out) {
     std::vector<char>    kept(cands.size(), 0);
@@ -391,13 +402,7 @@ void model_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_
             }
         }
         expanded.insert(expanded.end(), frontier.begin(), frontier.end());
-        std::stable_sort(children.begin(), children.end(),
-                         [&](int32_t a, int32_t b) { return cands[size_t(a)].score > cands[size_t(b)].score; });
-        if (int32_t(children.size()) > K) children.resize(size_t(K));
-        if (chain_child >= 0) {
-            if (std::find(children.begin(), children.end(), chain_child) == children.end()) children.back() = chain_child;
-            chain.push_back(chain_child);
-        }
+        keep_best_children(cands, children, K, chain_child, chain);
         frontier = children;
     }
 

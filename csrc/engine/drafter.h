@@ -101,6 +101,11 @@ struct tree_candidate {
 // The k best columns of one logit row with their log-softmax, best first (ties: lower column).
 void top_k_logprobs(const float * logits, int32_t n, int32_t k, std::vector<std::pair<float, int32_t>> & out);
 
+// The next frontier of a tree level: children (candidate indices) sorted by cumulative score, the best k kept;
+// a chain child (the greedy path, >= 0) stays in place of the last one when it fell out, and joins chain.
+void keep_best_children(const std::vector<tree_candidate> & cands, std::vector<int32_t> & children, int32_t k,
+                        int32_t chain_child, std::vector<int32_t> & chain);
+
 // Keeps max_nodes candidates as the draft tree: the chain (candidate indices, root child first), then the
 // best cumulative scores whose parent is kept; parents before children (by depth, then score).
 void select_draft_tree(const std::vector<tree_candidate> & cands, const std::vector<int32_t> & chain, int32_t max_nodes,

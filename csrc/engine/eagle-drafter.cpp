@@ -162,13 +162,7 @@ void eagle_drafter::draft(uint64_t id, const int32_t * tokens, int32_t n, int32_
             }
         }
         expanded.insert(expanded.end(), frontier.begin(), frontier.end());
-        std::stable_sort(children.begin(), children.end(),
-                         [&](int32_t a, int32_t b) { return cands[size_t(a)].score > cands[size_t(b)].score; });
-        if (int32_t(children.size()) > K) children.resize(size_t(K));
-        if (chain_child >= 0) {
-            if (std::find(children.begin(), children.end(), chain_child) == children.end()) children.back() = chain_child;
-            chain.push_back(chain_child);
-        }
+        keep_best_children(cands, children, K, chain_child, chain);
         frontier = children;
     }
 

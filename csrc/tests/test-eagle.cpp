@@ -13,6 +13,7 @@
 #include "minicpm.h"
 #include "model/eagle.h"
 #include "tests/marlin-pack.h"
+#include "tests/spec-requests.h"
 #include "tests/tiny-model.h"
 
 #include <chrono>
@@ -21,6 +22,9 @@
 
 using minicpm::scheduler;
 using minicpm_test::greedy;
+using minicpm_test::prompt_of;
+using minicpm_test::run_all;
+using req = minicpm_test::spec_request;
 using minicpm_test::reference_ops;
 using minicpm_test::str;
 
@@ -379,17 +383,6 @@ minicpm_engine_params engine_params(int32_t kv_blocks = 96) {
     return p;
 }
 
-struct req {
-    std::vector<int32_t>    prompt;
-    minicpm_sampling_params sp;
-};
-
-std::vector<int32_t> prompt_of(int32_t n, int32_t salt) {
-    std::vector<int32_t> t;
-    for (int32_t i = 0; i < n; ++i) t.push_back(4 + (i * 37 + salt * 101) % 500);
-    return t;
-}
-
 minicpm_sampling_params hot(int32_t n, uint64_t seed) {
     minicpm_sampling_params s = greedy(n);
     s.temperature = 0.8f;
@@ -398,28 +391,6 @@ minicpm_sampling_params hot(int32_t n, uint64_t seed) {
     s.penalty_last_n = 16;
     s.seed = seed;
     return s;
-}
-
-std::vector<std::vector<int32_t>> run_all(scheduler & s, const std::vector<req> & reqs) {
-    std::vector<uint64_t> ids;
-    for (const req & r : reqs) ids.push_back(s.submit(r.prompt.data(), int32_t(r.prompt.size()), &r.sp, nullptr, 0, nullptr, nullptr, 0));
-    std::vector<std::vector<int32_t>> out;
-    for (uint64_t id : ids) {
-        std::vector<int32_t> o;
-        bool                 done = false;
-        minicpm_event        buf[16];
-        const auto           deadline = std::chrono::steady_clock::now() + std::chrono::seconds(180);
-        while (!done && std::chrono::steady_clock::now() < deadline) {
-            const int32_t n = s.drain(id, buf, 16, nullptr);
-            for (int32_t i = 0; i < n; ++i) {
-                if (buf[i].token >= 0) o.push_back(buf[i].token);
-                done = done || buf[i].finish_reason != MINICPM_FINISH_NONE;
-            }
-            if (n == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
-        }
-        out.push_back(o);
-    }
-    return out;
 }
 
 double observed_error(const std::vector<req> & reqs, const std::vector<std::vector<int32_t>> & out,
@@ -494,7 +465,7 @@ void test_batch(const std::string & head_dir, int32_t n_vocab_subset, const mini
     std::vector<std::vector<int32_t>> plain;
     {
         scheduler s(*g_model, engine_params(kv_blocks), reference_ops());
-        plain = run_all(s, reqs);
+        plain = run_all(s, reqs, 180);
     }
     const int32_t V = g_model->config().n_vocab;
     std::vector<int32_t> ids;  // a ranked list: the plain output's ids first, then the rest
@@ -516,7 +487,7 @@ void test_batch(const std::string & head_dir, int32_t n_vocab_subset, const mini
     rd->H = g_model->config().n_embd;
     s.set_drafter(rd, shape.tree_size - 1);
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<std::vector<int32_t>> drafted = run_all(s, reqs);
+    const std::vector<std::vector<int32_t>> drafted = run_all(s, reqs, 180);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     struct minicpm_engine_stats st{};
     s.stats(st);
@@ -684,7 +655,7 @@ void test_sparse_target(const std::string & root) {
                                                                    s.backend_ref(), minicpm::dtype::f32, 32, shape),
                           shape.tree_size - 1);
         }
-        out[arm] = run_all(s, reqs);
+        out[arm] = run_all(s, reqs, 180);
         struct minicpm_engine_stats st{};
         s.stats(st);
         verifies = st.n_spec_verifies;

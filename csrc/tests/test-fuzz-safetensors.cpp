@@ -15,17 +15,6 @@ namespace {
 constexpr int k_header_inputs = 24000;
 constexpr int k_file_inputs = 300;
 
-struct rng {
-    uint64_t s;
-    uint64_t next() {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        uint64_t z = s;
-        z = (z ^ (z >> 33)) * 0xff51afd7ed558ccdull;
-        return z ^ (z >> 29);
-    }
-    size_t below(size_t n) { return n == 0 ? 0 : size_t(next() % n); }
-};
-
 const char * const k_numbers[] = {"1e300", "-1", "18446744073709551615", "18446744073709551616", "9223372036854775807",
                                   "9223372036854775808", "-9223372036854775808", "0", "-0", "1.5", "1e-400", "4294967296",
                                   "99999999999999999999999999", "2147483648", "1e19", "0.0", "65536"};

@@ -19,17 +19,6 @@ constexpr int k_byte_inputs = 6000;
 constexpr int k_pickle_inputs = 6000;
 constexpr int k_file_inputs = 200;
 
-struct rng {
-    uint64_t s;
-    uint64_t next() {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        uint64_t z = s;
-        z = (z ^ (z >> 33)) * 0xff51afd7ed558ccdull;
-        return z ^ (z >> 29);
-    }
-    size_t below(size_t n) { return n == 0 ? 0 : size_t(next() % n); }
-};
-
 std::string f32_bytes(int n, float v0) {
     std::string b(size_t(n) * 4, '\0');
     for (int i = 0; i < n; ++i) {

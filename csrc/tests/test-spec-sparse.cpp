@@ -10,15 +10,18 @@
 #include "engine/scheduler.h"
 #include "minicpm.h"
 #include "model/eagle.h"
+#include "tests/spec-requests.h"
 #include "tests/tiny-model.h"
 
 #include <chrono>
 #include <filesystem>
 #include <functional>
-#include <thread>
 
 using minicpm::scheduler;
 using minicpm_test::greedy;
+using minicpm_test::prompt_of;
+using minicpm_test::run_all;
+using req = minicpm_test::spec_request;
 using minicpm_test::reference_ops;
 
 namespace {
@@ -45,17 +48,6 @@ minicpm_sampling_params hot(int32_t n_max_tokens, uint64_t seed) {
     return s;
 }
 
-std::vector<int32_t> prompt_of(int32_t n, int32_t salt) {
-    std::vector<int32_t> t;
-    for (int32_t i = 0; i < n; ++i) t.push_back(4 + (i * 37 + salt * 101) % 500);
-    return t;
-}
-
-struct req {
-    std::vector<int32_t>    prompt;
-    minicpm_sampling_params sp;
-};
-
 // Crossing dense_len while generating, starting past it, staying below it; greedy and sampled.
 std::vector<req> mixed_requests(bool sampled) {
     std::vector<req> r = {{prompt_of(190, 1), greedy(100)},
@@ -64,29 +56,6 @@ std::vector<req> mixed_requests(bool sampled) {
                           {prompt_of(40, 4), greedy(50)},
                           {prompt_of(175, 5), sampled ? hot(90, 99) : greedy(90)}};
     return r;
-}
-
-std::vector<std::vector<int32_t>> run_all(scheduler & s, const std::vector<req> & reqs) {
-    std::vector<uint64_t> ids;
-    for (const req & r : reqs)
-        ids.push_back(s.submit(r.prompt.data(), int32_t(r.prompt.size()), &r.sp, nullptr, 0, nullptr, nullptr, 0));
-    std::vector<std::vector<int32_t>> out;
-    for (uint64_t id : ids) {
-        std::vector<int32_t> toks;
-        bool                 done = false;
-        minicpm_event        buf[16];
-        const auto           deadline = std::chrono::steady_clock::now() + std::chrono::seconds(300);
-        while (!done && std::chrono::steady_clock::now() < deadline) {
-            const int32_t n = s.drain(id, buf, 16, nullptr);
-            for (int32_t i = 0; i < n; ++i) {
-                if (buf[i].token >= 0) toks.push_back(buf[i].token);
-                done |= buf[i].finish_reason != MINICPM_FINISH_NONE;
-            }
-            if (n == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
-        }
-        out.push_back(toks);
-    }
-    return out;
 }
 
 // Greedy trees for every request; counts the trees and how many reach past dense_len.

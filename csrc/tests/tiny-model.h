@@ -525,4 +525,16 @@ inline void write_tiny_eagle(const std::string & dir, const tiny_model_spec & ta
     w.finish();
 }
 
+// The fuzz tests' generator (an LCG step with a murmur-style finaliser): the same inputs on every platform.
+struct rng {
+    uint64_t s;
+    uint64_t next() {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t z = s;
+        z = (z ^ (z >> 33)) * 0xff51afd7ed558ccdull;
+        return z ^ (z >> 29);
+    }
+    size_t below(size_t n) { return n == 0 ? 0 : size_t(next() % n); }
+};
+
 }  // namespace minicpm_test
