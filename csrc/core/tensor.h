@@ -29,8 +29,9 @@ struct tensor_desc {
     const void *   scales = nullptr;
     const uint8_t * zeros = nullptr;
     const int32_t * perm = nullptr;
-    // A copy the CPU backend prepared for its x86 integer kernels (cpu/qpack.h), or nullptr; never saved. With
-    // it set, data may be nullptr: the stored rows were dropped and are read back from it (qunpack_rows).
+    // A copy the backend prepared for its kernels, or nullptr; never saved. CPU: interleaved for the x86
+    // integer kernels (cpu/qpack.h); CUDA: act-order columns sorted by group (cuda/ops.cuh). With it set, data
+    // may be nullptr: the stored rows were dropped (on the CPU they are read back from it, qunpack_rows).
     const void *   packed = nullptr;
 
     bool    quantized() const { return dtype_is_quantized(type); }

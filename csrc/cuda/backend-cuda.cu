@@ -109,6 +109,39 @@ class cuda_backend final : public backend {
         MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
         return b;
     }
+    // GPTQ act-order weights (a g_idx permutation) get a copy with their K columns sorted by group (stable,
+    // so in each group the columns keep their order), which the fast kernels read like a group-ordered weight
+    // (ops.cuh, reordered_desc). A g_idx whose groups do not hold group_size columns each (the last one: the
+    // rest) keeps the dequantizing kernel, which reads any grouping; a group index outside the scales is refused.
+    buffer prepare_weights(const tensor_desc & w) override {
+        const cuda::wdesc d = cuda::to_wdesc(w);
+        if (!cuda::reorder_supported(d)) return {};
+        const int64_t        K = w.cols, G = w.n_groups(), gs = w.group_size;
+        std::vector<int32_t> g_idx(size_t(K), 0), order(size_t(K), 0);
+        MINICPM_CUDA_CHECK(cudaMemcpyAsync(g_idx.data(), w.perm, size_t(K) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        std::vector<int64_t> next(size_t(G), 0);  // per group: its columns seen so far, then where the next goes
+        for (int64_t k = 0; k < K; ++k) {
+            const int32_t g = g_idx[size_t(k)];
+            if (g < 0 || g >= G)
+                fail(MINICPM_STATUS_INVALID_ARGUMENT, "backend cuda: g_idx[" + std::to_string(k) + "] = " +
+                                                          std::to_string(g) + " of a " + std::to_string(w.rows) + " x " +
+                                                          std::to_string(K) + " weight is outside its " +
+                                                          std::to_string(G) + " groups");
+            ++next[size_t(g)];
+        }
+        for (int64_t g = 0; g < G; ++g) {
+            if (next[size_t(g)] != std::min(gs, K - g * gs)) return {};
+            next[size_t(g)] = g * gs;
+        }
+        for (int64_t k = 0; k < K; ++k) order[size_t(next[size_t(g_idx[size_t(k)])]++)] = int32_t(k);
+        buffer        b = alloc(cuda::reordered_bytes(d), buffer_usage::weights);
+        const size_t  at = size_t((const uint8_t *) cuda::reordered_desc(d, b.data).order - (const uint8_t *) b.data);
+        upload(b, at, order.data(), order.size() * sizeof(int32_t));
+        cuda::launch_reorder_columns(stream_, b.data, d);
+        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // order (host) is read by the copy until here
+        return b;
+    }
     void upload(const buffer & dst, size_t off, const void * src, size_t n) override {
         bounds(dst, off, n, "upload");
         if (n && graphs_->current() != step_mode::eager) {
@@ -150,10 +183,12 @@ class cuda_backend final : public backend {
     }
     device_memory_info device_memory() const override { return arena_->info(); }
 
+    // A prepared weight (w.packed: act-order columns reordered) is read from its copy alone.
     void matmul(float * y, const float * x, const tensor_desc & w, int64_t T) override {
-        const cuda::wdesc d = cuda::to_wdesc(w);
-        if (cuda::matmul_uses_tensor_cores(d, T)) grow(xb_, size_t(T * w.cols) * 2);
-        if (replay({4, bits(y), bits(x), bits(w.data), bits(w.scales), bits(w.zeros), bits(w.perm), uint64_t(w.type),
+        const cuda::wdesc d = w.packed ? cuda::reordered_desc(cuda::to_wdesc(w), w.packed) : cuda::to_wdesc(w);
+        const size_t      scratch = cuda::matmul_scratch_bytes(d, T);
+        if (scratch > 0) grow(xb_, scratch);
+        if (replay({4, bits(y), bits(x), bits(d.data), bits(w.scales), bits(w.zeros), bits(w.perm), uint64_t(w.type),
                     uint64_t(w.scale_type), uint64_t(w.group_size), uint64_t(w.rows), uint64_t(w.cols), uint64_t(T),
                     bits(xb_.data)}))
             return;

@@ -55,11 +55,12 @@ struct wdesc {
     const void *    scales;
     const uint8_t * zeros;
     const int32_t * perm;
+    const int32_t * order;  // a reordered copy's column order (reordered_desc), else nullptr
 };
 
 inline wdesc to_wdesc(const tensor_desc & t) {
     return {int32_t(t.type), t.group_size, int32_t(t.scale_type), t.rows, t.cols, t.n_groups(), t.data, t.scales,
-            t.zeros, t.perm};
+            t.zeros, t.perm, nullptr};
 }
 
 // w[n][k] as f32, for every format (the definitions of core/tensor.h).

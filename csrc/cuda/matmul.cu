@@ -6,11 +6,17 @@
 //     path);
 //   larger batches with q8 / q4 weights in group order: the quantized tensor-core GEMM (qgemm.cu) over
 //     activations rounded once to bf16;
-//   anything else (f32, permuted q8 / q4 at large T): the warp-per-row kernel over chunks of 8 rows; q8 / q4
-//     rows in group order are read packed, 16 bytes a lane (gemv_packed_kernel).
+//   anything else (f32, permuted q8 / q4 without a reordered copy at large T): the warp-per-row kernel over
+//     chunks of 8 rows; q8 / q4 rows in group order are read packed, 16 bytes a lane (gemv_packed_kernel).
+// GPTQ act-order weights (g_idx) run as group-ordered ones from their reordered copy (reordered_desc): the
+// activations are gathered into the copy's column order on their way into the scratch (rounded to bf16 for
+// the GEMM, f32 for the GEMV), which is the only extra work.
 #include "cuda/ops.cuh"
 
 #include <mma.h>
+
+#include <algorithm>
+#include <type_traits>
 
 namespace minicpm {
 namespace cuda {
@@ -116,9 +122,34 @@ template <typename H> __device__ __forceinline__ H to_half_type(float v);
 template <> __device__ __forceinline__ __nv_bfloat16 to_half_type<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ __forceinline__ __half to_half_type<__half>(float v) { return __float2half_rn(v); }
 
-template <typename H> __global__ void round_kernel(H * out, const float * x, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        out[i] = to_half_type<H>(x[i]);
+// out[t][j] = x[t][order[j]] (order nullptr: x[t][j]) for rows of K, rounded to H (f32: copied).
+template <typename H>
+__global__ void round_kernel(H * out, const float * x, int64_t n, const int32_t * order, int64_t K) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const float v = order ? x[i - i % K + order[i % K]] : x[i];
+        if constexpr (std::is_same<H, float>::value) {
+            out[i] = v;
+        } else {
+            out[i] = to_half_type<H>(v);
+        }
+    }
+}
+
+// Row n of a reordered copy: column j of the copy is column order[j] of w (q4: nibbles, two per byte).
+template <bool Q4> __global__ void reorder_kernel(uint8_t * out, const uint8_t * in, const int32_t * order, int64_t K) {
+    const int64_t n = blockIdx.x, row = Q4 ? K / 2 : K;
+    for (int64_t b = threadIdx.x; b < row; b += blockDim.x) {
+        if (Q4) {
+            uint8_t v = 0;
+            for (int h = 0; h < 2; ++h) {
+                const int64_t k = n * K + order[2 * b + h];
+                v |= uint8_t(((in[k / 2] >> (4 * (k % 2))) & 0xf) << (4 * h));
+            }
+            out[n * row + b] = v;
+        } else {
+            out[n * row + b] = in[n * K + order[b]];
+        }
+    }
 }
 
 constexpr int k_tile = 64, k_kstep = 32, k_pad = 8;
@@ -165,18 +196,22 @@ __global__ void gemm_tc_kernel(float * y, const H * xb, const H * w, int64_t T, 
     }
 }
 
-template <typename H> void round_activations(cudaStream_t s, H * xb, const float * x, int64_t n) {
-    round_kernel<H><<<unsigned(std::min<int64_t>(ceil_div(n, 256), 65535)), 256, 0, s>>>(xb, x, n);
+template <typename H>
+void round_activations(cudaStream_t s, H * xb, const float * x, int64_t T, const wdesc & w) {
+    const int64_t n = T * w.cols;
+    round_kernel<H><<<unsigned(std::min<int64_t>(ceil_div(n, 256), 65535)), 256, 0, s>>>(xb, x, n, w.order, w.cols);
     MINICPM_CUDA_LAUNCHED("matmul: round activations");
 }
 
 template <typename H>
 void gemm_tc(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
-    round_activations<H>(s, (H *) xb, x, T * w.cols);
+    round_activations<H>(s, (H *) xb, x, T, w);
     const dim3 grid(unsigned(ceil_div(w.rows, k_tile)), unsigned(ceil_div(T, k_tile)));
     gemm_tc_kernel<H><<<grid, 4 * k_warp, 0, s>>>(y, (const H *) xb, (const H *) w.data, T, w.rows, w.cols);
     MINICPM_CUDA_LAUNCHED("matmul: tensor-core gemm");
 }
+
+size_t data_bytes(const wdesc & w) { return size_t(w.type == MINICPM_DTYPE_Q4 ? w.rows * w.cols / 2 : w.rows * w.cols); }
 
 }  // namespace
 
@@ -184,11 +219,44 @@ bool matmul_uses_tensor_cores(const wdesc & w, int64_t T) {
     return T > k_gemv_rows && (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16 || qgemm_supported(w));
 }
 
+size_t matmul_scratch_bytes(const wdesc & w, int64_t T) {
+    if (matmul_uses_tensor_cores(w, T)) return size_t(T * w.cols) * 2;
+    return w.order ? size_t(std::min<int64_t>(T, k_gemv_rows) * w.cols) * sizeof(float) : 0;
+}
+
+bool reorder_supported(const wdesc & w) {
+    if ((w.type != MINICPM_DTYPE_Q8 && w.type != MINICPM_DTYPE_Q4) || w.perm == nullptr) return false;
+    wdesc r = w;
+    r.perm = nullptr;
+    r.data = nullptr;  // the copy: aligned
+    return qgemm_supported(r) && packed_gemv(r);
+}
+
+size_t reordered_bytes(const wdesc & w) { return (data_bytes(w) + 15) / 16 * 16 + size_t(w.cols) * sizeof(int32_t); }
+
+wdesc reordered_desc(const wdesc & w, const void * copy) {
+    wdesc r = w;
+    r.data = copy;
+    r.perm = nullptr;
+    r.order = (const int32_t *) ((const uint8_t *) copy + (data_bytes(w) + 15) / 16 * 16);
+    return r;
+}
+
+void launch_reorder_columns(cudaStream_t s, void * copy, const wdesc & w) {
+    const wdesc r = reordered_desc(w, copy);
+    if (w.type == MINICPM_DTYPE_Q4) {
+        reorder_kernel<true><<<unsigned(w.rows), 256, 0, s>>>((uint8_t *) copy, (const uint8_t *) w.data, r.order, w.cols);
+    } else {
+        reorder_kernel<false><<<unsigned(w.rows), 256, 0, s>>>((uint8_t *) copy, (const uint8_t *) w.data, r.order, w.cols);
+    }
+    MINICPM_CUDA_LAUNCHED("matmul: reorder act-order columns");
+}
+
 void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
     if (T <= 0) return;
     if (matmul_uses_tensor_cores(w, T)) {
         if (qgemm_supported(w)) {
-            round_activations<__nv_bfloat16>(s, (__nv_bfloat16 *) xb, x, T * w.cols);
+            round_activations<__nv_bfloat16>(s, (__nv_bfloat16 *) xb, x, T, w);
             launch_qgemm(s, y, (const __nv_bfloat16 *) xb, w, T);
         } else if (w.type == MINICPM_DTYPE_BF16) {
             gemm_tc<__nv_bfloat16>(s, y, x, w, T, xb);
@@ -199,13 +267,22 @@ void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, 
     }
     const unsigned blocks = unsigned(ceil_div(w.rows, k_gemv_warps));
     const bool packed = packed_gemv(w);
+    // A reordered copy has no g_idx left to read: only the packed GEMV over gathered activations is right.
+    if (w.order && !packed) fail(MINICPM_STATUS_INTERNAL, "matmul: a reordered weight outside the packed GEMV");
     for (int64_t t0 = 0; t0 < T; t0 += k_gemv_rows) {
+        const int64_t rows = std::min<int64_t>(k_gemv_rows, T - t0);
+        const float * xs = x + t0 * w.cols;
+        float *       ys = y + t0 * w.rows;
+        if (w.order) {  // this chunk's rows gathered into the copy's column order
+            round_activations<float>(s, (float *) xb, xs, rows, w);
+            xs = (const float *) xb;
+        }
         if (packed && w.type == MINICPM_DTYPE_Q4) {
-            gemv_packed_kernel<k_gemv_rows, true><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+            gemv_packed_kernel<k_gemv_rows, true><<<blocks, k_gemv_warps * k_warp, 0, s>>>(ys, xs, w, rows, 0);
         } else if (packed) {
-            gemv_packed_kernel<k_gemv_rows, false><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+            gemv_packed_kernel<k_gemv_rows, false><<<blocks, k_gemv_warps * k_warp, 0, s>>>(ys, xs, w, rows, 0);
         } else {
-            gemv_kernel<k_gemv_rows><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, T, t0);
+            gemv_kernel<k_gemv_rows><<<blocks, k_gemv_warps * k_warp, 0, s>>>(ys, xs, w, rows, 0);
         }
         MINICPM_CUDA_LAUNCHED("matmul: gemv");
     }

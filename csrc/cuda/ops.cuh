@@ -17,9 +17,20 @@ void launch_add_scaled(cudaStream_t s, float * x, const float * a, float scale, 
 void launch_div_scalar(cudaStream_t s, float * x, float d, int64_t n);
 void launch_get_rows(cudaStream_t s, float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H);
 
-// matmul.cu: y[T,N] = x[T,K] . W[N,K]^T. xb is scratch for T x K bf16/f16 activations (tensor-core path).
-void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb);
-bool matmul_uses_tensor_cores(const wdesc & w, int64_t T);
+// matmul.cu: y[T,N] = x[T,K] . W[N,K]^T. xb is scratch of matmul_scratch_bytes (activations rounded to
+// 16 bits for the tensor cores, or gathered into a reordered weight's column order for the GEMV).
+bool   matmul_uses_tensor_cores(const wdesc & w, int64_t T);
+size_t matmul_scratch_bytes(const wdesc & w, int64_t T);
+void   launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb);
+// GPTQ act-order (a g_idx permutation): a copy of the weight whose K columns are sorted by group, read like a
+// group-ordered weight by the packed GEMV and the quantized GEMM, with the column order (order[j]: the
+// original column at position j) after the rows. Scales and zero points are per group: they are not copied.
+// reorder_supported: the copy would take both fast kernels. reordered_desc: the copy as the kernels read it.
+bool   reorder_supported(const wdesc & w);
+size_t reordered_bytes(const wdesc & w);
+wdesc  reordered_desc(const wdesc & w, const void * copy);
+// Writes the copy's rows from w's; its order (the copy's tail) must be in place.
+void   launch_reorder_columns(cudaStream_t s, void * copy, const wdesc & w);
 
 // qgemm.cu: the quantized tensor-core GEMM over activations already rounded to bf16 (xb, T x K). Supported:
 // q8 / q4 without a column permutation, K a multiple of 64, groups a multiple of 32 (or one per row), rows

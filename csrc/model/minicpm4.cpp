@@ -191,12 +191,19 @@ void model::place_weights() {
     }
     if (w.head.data == nullptr || files_->config.tie_word_embeddings) w.head = w.embed;
     // A projection with a prepared copy is read from it alone: its stored rows go (heap freed, mapped pages
-    // dropped) and saving reads them back from the copy. The embedding keeps them for its row lookups, and with
-    // it a tied or quantized head, which FR-Spec gathers rows from.
+    // dropped; a device backend's copy of them released) and saving reads them back from the copy (CPU). The
+    // embedding keeps them for its row lookups, and with it a tied or quantized head, which FR-Spec gathers
+    // rows from.
     for (layer_weights & L : w.layers)
         for (tensor_desc * t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
             if (t->packed != nullptr && t->data != w.embed.data && t->data != w.head.data) {
-                files_->release_data(t->data, t->data_bytes());
+                if (loader_->host_memory()) {
+                    files_->release_data(t->data, t->data_bytes());
+                } else {
+                    for (buffer & b : imported_)
+                        if (b.data == t->data) loader_->release(b);
+                    t->buf = nullptr;
+                }
                 t->data = nullptr;
             }
     // Sizes as placed (after any conversion): what a decode step reads.

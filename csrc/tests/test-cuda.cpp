@@ -1,8 +1,8 @@
 // Every op of the CUDA backend against the CPU reference op (the specification), then the whole model: logits
 // of a generated checkpoint on the CUDA backend vs the CPU reference. NMSE per case, printed. Exits 77 (ctest:
 // skipped, and reported as such by scripts/test.sh) when the build has no CUDA backend or the machine no device.
-// `test-cuda --perf` also times the GEMV (GB/s) and the tensor-core GEMMs, bf16 and q8 / q4 (TFLOP/s), for
-// scripts/gpu-check.sh.
+// `test-cuda --perf` also times the GEMV (GB/s) and the tensor-core GEMMs, bf16 and q8 / q4 (TFLOP/s; q4 also in
+// GPTQ act-order), for scripts/gpu-check.sh.
 #include "core/backend.h"
 #include "core/status.h"
 #include "cpu/cpu-common.h"
@@ -317,6 +317,85 @@ void test_qgemm(backend & be) {
         be.matmul(yd, dv.put(x), w.dev, T);
         expect(std::string("matmul ") + dtype_name(t) + " LM head N=73448 K=1024 T=" + std::to_string(T) +
                    " (mma q-gemm)", yr, dv.get(yd, yr.size()), 2e-5);
+    }
+}
+
+// A g_idx for K columns in groups of `group`: each group holds group columns (the last one the rest), the
+// columns of a group scattered over K (GPTQ act-order).
+std::vector<int32_t> act_order_g_idx(int64_t K, int64_t group) {
+    std::vector<int32_t> g(static_cast<size_t>(K));
+    for (int64_t k = 0; k < K; ++k) g[size_t(k)] = int32_t(k / group);
+    std::shuffle(g.begin(), g.end(), g_rng);
+    return g;
+}
+
+// GPTQ act-order (a g_idx permutation): the backend's prepared copy (columns sorted by group) against the plain
+// CPU op on the permuted weight, through the packed GEMV (T <= 8: gathered f32 activations, the NMSE bound of
+// the group-ordered GEMV) and the quantized GEMM (bf16 activations: its bound). The copy is read alone: the
+// descriptor's stored rows are dropped as the model drops them. Then a g_idx with a group index outside the
+// scales (refused, _INVALID_ARGUMENT) and one whose groups are uneven (no copy: the dequantizing kernel).
+void test_act_order(backend & be) {
+    device dv{be};
+    struct acase {
+        dtype   type, scale_type;
+        int64_t N, K, group;
+        bool    zeros;
+    };
+    const acase cases[] = {{dtype::q4, dtype::f16, 200, 1024, 32, true},  {dtype::q4, dtype::f16, 136, 2048, 128, false},
+                           {dtype::q4, dtype::bf16, 77, 640, 128, true},  {dtype::q8, dtype::f16, 200, 1024, 32, false},
+                           {dtype::q8, dtype::f16, 96, 2048, 128, false}, {dtype::q8, dtype::f32, 130, 576, 128, false}};
+    for (const acase & ac : cases) {
+        qweights   w = make_qweights(dv, ac.type, ac.scale_type, ac.N, ac.K, ac.group, ac.zeros);
+        const auto g_idx = act_order_g_idx(ac.K, ac.group);
+        w.host.perm = g_idx.data();
+        w.dev.perm = dv.put(g_idx);
+        dv.held.push_back(be.prepare_weights(w.dev));
+        const std::string name = std::string("matmul act-order ") + dtype_name(ac.type) + " scales " +
+                                 dtype_name(ac.scale_type) + " N=" + std::to_string(ac.N) + " K=" +
+                                 std::to_string(ac.K) + " group " + std::to_string(ac.group) + (ac.zeros ? " zeros" : "");
+        CHECK(dv.held.back().data != nullptr, "%s: the backend prepared a reordered copy", name.c_str());
+        if (dv.held.back().data == nullptr) continue;
+        tensor_desc dw = w.dev;
+        dw.packed = dv.held.back().data;
+        dw.data = nullptr;
+        for (int64_t T : {1, 5, 9, 64, 300}) {
+            const auto x = rnd(size_t(T * ac.K));
+            std::vector<float> yr(size_t(T * ac.N));
+            ref_matmul(yr.data(), x.data(), w.host, T);
+            float * yd = dv.zeros(yr.size());
+            be.matmul(yd, dv.put(x), dw, T);
+            expect(name + " T=" + std::to_string(T) + (T > 8 ? " (mma q-gemm)" : " (gemv)"), yr, dv.get(yd, yr.size()),
+                   T > 8 ? 2e-5 : 1e-10);
+        }
+    }
+    const int64_t N = 64, K = 512, group = 128;
+    qweights      w = make_qweights(dv, dtype::q4, dtype::f16, N, K, group, true);
+    auto          bad = act_order_g_idx(K, group);
+    bad[77] = int32_t(K / group);
+    w.dev.perm = dv.put(bad);
+    int32_t     status = MINICPM_STATUS_OK;
+    std::string why;
+    try {
+        dv.held.push_back(be.prepare_weights(w.dev));
+    } catch (const error & e) {
+        status = e.status();
+        why = e.what();
+    }
+    CHECK(status == MINICPM_STATUS_INVALID_ARGUMENT && why.find("g_idx[77]") != std::string::npos,
+          "act-order g_idx with a group outside the scales refused: status %d (%s)", status, why.c_str());
+    auto uneven = act_order_g_idx(K, group);
+    std::replace(uneven.begin(), uneven.end(), 3, 2);  // group 2 holds 256 columns, group 3 none
+    w.host.perm = uneven.data();
+    w.dev.perm = dv.put(uneven);
+    const buffer none = be.prepare_weights(w.dev);
+    CHECK(none.data == nullptr, "act-order g_idx with uneven groups: no reordered copy (dequantizing kernel)");
+    for (int64_t T : {1, 17}) {
+        const auto x = rnd(size_t(T * K));
+        std::vector<float> yr(size_t(T * N));
+        ref_matmul(yr.data(), x.data(), w.host, T);
+        float * yd = dv.zeros(yr.size());
+        be.matmul(yd, dv.put(x), w.dev, T);
+        expect("matmul q4 g_idx with uneven groups T=" + std::to_string(T), yr, dv.get(yd, yr.size()), 1e-10);
     }
 }
 
@@ -1035,9 +1114,9 @@ template <typename F> double time_calls(backend & be, int reps, F && fn) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-// `test-cuda --perf` (scripts/gpu-check.sh): GEMV GB/s per weight format, tensor-core GEMM TFLOP/s, split-K
-// decode attention (KV GB/s) and the device sampler, on MiniCPM4 shapes. Weights are a constant pattern: only
-// the time matters here.
+// `test-cuda --perf` (scripts/gpu-check.sh): GEMV GB/s per weight format, tensor-core GEMM TFLOP/s (quantized:
+// group order and GPTQ act-order), split-K decode attention (KV GB/s) and the device sampler, on MiniCPM4
+// shapes. Weights are a constant pattern: only the time matters here.
 void perf_sparse(backend & be);
 
 void perf(backend & be) {
@@ -1091,6 +1170,34 @@ void perf(backend & be) {
                 std::printf("perf: GEMM %s mma T=%lld %lldx%lld group 128: %.1f TFLOP/s (%.3f ms, %.1f GB/s of "
                             "weights)\n", dtype_name(t), (long long) T, (long long) N, (long long) K,
                             2.0 * double(T * N * K) / st / 1e12, st * 1e3, double(bytes) / st / 1e9);
+            }
+        }
+    }
+    {
+        // The same q4 projection (groups of 128, zero points) in GPTQ act-order, from its reordered copy: the
+        // GEMV and the GEMM with the activations gathered, to set beside the group-ordered lines above.
+        const int64_t N = 14336, K = 4096, G = K / 128;
+        const std::vector<uint8_t> w4(size_t(N * K / 2), 0x87), sc(size_t(N * G) * 2, 0x1c), zp(size_t(N * G), 8);
+        tensor_desc dw = plain(dtype::q4, N, K, dv.put(w4));
+        dw.group_size = 128;
+        dw.scale_type = dtype::f16;
+        dw.scales = dv.put(sc);
+        dw.zeros = dv.put(zp);
+        dw.perm = dv.put(act_order_g_idx(K, 128));
+        dv.held.push_back(be.prepare_weights(dw));
+        dw.packed = dv.held.back().data;
+        const double bytes = double(w4.size() + sc.size() + zp.size());
+        for (int64_t T : {int64_t(1), int64_t(16), int64_t(512)}) {
+            float * xt = dv.put(rnd(size_t(T * K)));
+            float * yt = dv.zeros(size_t(T * N));
+            const double st = time_calls(be, T <= 64 ? 50 : 10, [&] { be.matmul(yt, xt, dw, T); });
+            if (T == 1) {
+                std::printf("perf: GEMV q4 act-order %lldx%lld T=1: %.1f GB/s (%.3f ms)\n", (long long) N,
+                            (long long) K, bytes / st / 1e9, st * 1e3);
+            } else {
+                std::printf("perf: GEMM q4 act-order mma T=%lld %lldx%lld group 128: %.1f TFLOP/s (%.3f ms, %.1f GB/s "
+                            "of weights)\n", (long long) T, (long long) N, (long long) K,
+                            2.0 * double(T * N * K) / st / 1e12, st * 1e3, bytes / st / 1e9);
             }
         }
     }
@@ -1196,7 +1303,8 @@ int main(int argc, char ** argv) {
         test_sparse(*be);
         test_model(true);
         test_step_graphs();
-        test_qgemm(*be);  // the newest kernel last, for the same reason
+        test_qgemm(*be);  // the newest kernels last, for the same reason
+        test_act_order(*be);
         if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) {
             perf(*be);
             perf_sparse(*be);
