@@ -65,6 +65,7 @@ class cuda_backend final : public backend {
         release(blocks_dev_);
         release(xb_);
         release(split_);
+        release(qsplit_);
         release(sample_keys_);
         release(sample_rows_);
         release(sample_adjust_);
@@ -188,11 +189,14 @@ class cuda_backend final : public backend {
         const cuda::wdesc d = w.packed ? cuda::reordered_desc(cuda::to_wdesc(w), w.packed) : cuda::to_wdesc(w);
         const size_t      scratch = cuda::matmul_scratch_bytes(d, T);
         if (scratch > 0) grow(xb_, scratch);
+        const int32_t splits =
+            cuda::matmul_uses_tensor_cores(d, T) && cuda::qgemm_supported(d) ? cuda::plan_qgemm_splits(d, T, n_sms_) : 1;
+        if (splits > 1) grow(qsplit_, size_t(cuda::k_qsplit_floats) * sizeof(float));  // one size: never grows again
         if (replay({4, bits(y), bits(x), bits(d.data), bits(w.scales), bits(w.zeros), bits(w.perm), uint64_t(w.type),
                     uint64_t(w.scale_type), uint64_t(w.group_size), uint64_t(w.rows), uint64_t(w.cols), uint64_t(T),
-                    bits(xb_.data)}))
+                    bits(xb_.data), uint64_t(splits), bits(qsplit_.data)}))
             return;
-        cuda::launch_matmul(stream_, y, x, d, T, xb_.data);
+        cuda::launch_matmul(stream_, y, x, d, T, xb_.data, splits, (float *) qsplit_.data);
     }
     void rms_norm(float * y, const float * x, const tensor_desc & g, int64_t T, float eps) override {
         if (replay({5, bits(y), bits(x), bits(g.data), uint64_t(g.type), uint64_t(g.cols), uint64_t(T), bits(eps)}))
@@ -489,6 +493,7 @@ class cuda_backend final : public backend {
     int32_t                     max_shared_ = 48 * 1024;  // dynamic shared memory a kernel may opt in to
     int32_t                     max_slots_ = 0;  // the longest row context of the staged batch
     buffer                      xb_, rows_dev_, blocks_dev_, split_;
+    buffer                      qsplit_;  // split-K partials of the quantized GEMM (k_qsplit_floats)
     buffer                      sample_keys_, sample_rows_, sample_adjust_, sample_out_;
     std::vector<cuda::row_info> rows_;
     std::vector<int32_t>        blocks_;

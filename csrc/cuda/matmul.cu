@@ -252,12 +252,13 @@ void launch_reorder_columns(cudaStream_t s, void * copy, const wdesc & w) {
     MINICPM_CUDA_LAUNCHED("matmul: reorder act-order columns");
 }
 
-void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
+void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb, int32_t splits,
+                   float * partials) {
     if (T <= 0) return;
     if (matmul_uses_tensor_cores(w, T)) {
         if (qgemm_supported(w)) {
             round_activations<__nv_bfloat16>(s, (__nv_bfloat16 *) xb, x, T, w);
-            launch_qgemm(s, y, (const __nv_bfloat16 *) xb, w, T);
+            launch_qgemm(s, y, (const __nv_bfloat16 *) xb, w, T, splits, partials);
         } else if (w.type == MINICPM_DTYPE_BF16) {
             gemm_tc<__nv_bfloat16>(s, y, x, w, T, xb);
         } else {

@@ -18,10 +18,12 @@ void launch_div_scalar(cudaStream_t s, float * x, float d, int64_t n);
 void launch_get_rows(cudaStream_t s, float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H);
 
 // matmul.cu: y[T,N] = x[T,K] . W[N,K]^T. xb is scratch of matmul_scratch_bytes (activations rounded to
-// 16 bits for the tensor cores, or gathered into a reordered weight's column order for the GEMV).
+// 16 bits for the tensor cores, or gathered into a reordered weight's column order for the GEMV); q-gemm splits
+// of K (plan_qgemm_splits) write their partials to `partials` (k_qsplit_floats).
 bool   matmul_uses_tensor_cores(const wdesc & w, int64_t T);
 size_t matmul_scratch_bytes(const wdesc & w, int64_t T);
-void   launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb);
+void   launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb, int32_t splits,
+                     float * partials);
 // GPTQ act-order (a g_idx permutation): a copy of the weight whose K columns are sorted by group, read like a
 // group-ordered weight by the packed GEMV and the quantized GEMM, with the column order (order[j]: the
 // original column at position j) after the rows. Scales and zero points are per group: they are not copied.
@@ -34,9 +36,13 @@ void   launch_reorder_columns(cudaStream_t s, void * copy, const wdesc & w);
 
 // qgemm.cu: the quantized tensor-core GEMM over activations already rounded to bf16 (xb, T x K). Supported:
 // q8 / q4 without a column permutation, K a multiple of 64, groups a multiple of 32 (or one per row), rows
-// 16-byte aligned.
-bool qgemm_supported(const wdesc & w);
-void launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T);
+// 16-byte aligned. splits > 1 cuts K into that many spans (split-K) whose f32 partials, splits x T x N floats
+// (at most k_qsplit_floats), are added in a fixed order: plan_qgemm_splits picks it for grids under one wave.
+constexpr int64_t k_qsplit_floats = int64_t(2) << 20;  // the partials' scratch, one fixed size (8 MiB)
+bool    qgemm_supported(const wdesc & w);
+int32_t plan_qgemm_splits(const wdesc & w, int64_t T, int32_t n_sms);
+void    launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T, int32_t splits,
+                     float * partials);
 
 // attention.cu: rows described by rows[T]; blocks is the flattened block table.
 void launch_kv_store(cudaStream_t s, void * k_pool, void * v_pool, int32_t kv_type, int32_t nkv, int32_t hd,

@@ -11,7 +11,14 @@
 // 16 contiguous bytes, and keeps both mma steps of a span inside one quantization group (groups are multiples
 // of 32). The dot product does not depend on the order of K, so A and B only have to agree, which they do by
 // using the same map.
+//
+// Split-K: when the output tiles are fewer than the SMs (batched decode through a projection with a long K, such as
+// the 8B MLP down projection), grid.z cuts K into spans of whole 64-column tiles; each span writes an f32 partial
+// [T][N] and a second kernel adds the partials in split order. No atomics: a replayed step graph gives the same
+// bits every time.
 #include "cuda/ops.cuh"
+
+#include <algorithm>
 
 namespace minicpm {
 namespace cuda {
@@ -21,6 +28,9 @@ namespace {
 constexpr int k_qk = 64;       // K columns per pipeline stage (two 32-column spans)
 constexpr int k_qstages = 3;   // cp.async pipeline depth
 constexpr int k_qwarp_n = 32;  // output columns (weight rows) per warp: four n8 tiles
+constexpr int k_qsplit_max = 16;        // K spans of one split GEMM
+constexpr int k_qsplit_min_tiles = 4;   // 64-column tiles a span streams at least (the pipeline stays full)
+constexpr int k_qsplit_blocks_per_sm = 4;  // the blocks a split grid aims at per SM (bytes in flight)
 
 __device__ __forceinline__ uint32_t smem_addr(const void * p) { return uint32_t(__cvta_generic_to_shared(p)); }
 
@@ -69,10 +79,11 @@ template <bool Q4> __device__ __forceinline__ int b_chunk(int r, int c) {
     return Q4 ? c ^ ((r >> 2) & 1) : c ^ (r & 2);
 }
 
-// WM x WN warps; each warp computes MF m16 tiles (rows of T) by four n8 tiles (weight rows).
+// WM x WN warps; each warp computes MF m16 tiles (rows of T) by four n8 tiles (weight rows). The explicit
+// minimum of one block per SM: without it ptxas held the 2 x 4 shapes to 128 registers and spilled.
 template <int WM, int WN, int MF, bool Q4>
-__global__ void __launch_bounds__(WM * WN * k_warp)
-qgemm_kernel(float * y, const __nv_bfloat16 * xb, wdesc w, int64_t T) {
+__global__ void __launch_bounds__(WM * WN * k_warp, 1)
+qgemm_kernel(float * y, const __nv_bfloat16 * xb, wdesc w, int64_t T, int span_tiles) {
     constexpr int BM = WM * MF * 16, BN = WN * k_qwarp_n, NT = WM * WN * k_warp;
     constexpr int b_row_bytes = Q4 ? k_qk / 2 : k_qk, b_chunks = b_row_bytes / 16;
     using stage_t = qstage<BM, BN, Q4>;
@@ -84,11 +95,12 @@ qgemm_kernel(float * y, const __nv_bfloat16 * xb, wdesc w, int64_t T) {
     const int     wm = warp / WN, wn = warp % WN, g = lane / 4, t = lane % 4;
     const uint8_t * wbytes = (const uint8_t *) w.data;
     const int64_t   row_bytes = Q4 ? K / 2 : K;
-    const int       n_tiles = int(K / k_qk);
+    // K span of this block (grid.z; the whole of K without a split); its partial goes to y + z T N.
+    const int kt0 = int(blockIdx.z) * span_tiles, n_tiles = min(int(K / k_qk) - kt0, span_tiles);
 
     auto load_tile = [&](int s, int kt) {
         stage_t &     sg = st[s];
-        const int64_t k0 = int64_t(kt) * k_qk;
+        const int64_t k0 = int64_t(kt0 + kt) * k_qk;
         for (int e = tid; e < BM * 8; e += NT) {
             const int     r = e / 8, c = e % 8;
             const bool    in = t0 + r < T;
@@ -194,12 +206,12 @@ qgemm_kernel(float * y, const __nv_bfloat16 * xb, wdesc w, int64_t T) {
             for (int e = 0; e < 4; ++e) {
                 const int64_t row = t0 + wm * MF * 16 + i * 16 + g + (e >= 2 ? 8 : 0);
                 const int64_t col = n0 + wn * k_qwarp_n + j * 8 + 2 * t + (e & 1);
-                if (row < T && col < N) y[row * N + col] = acc[i][j][e];
+                if (row < T && col < N) y[(int64_t(blockIdx.z) * T + row) * N + col] = acc[i][j][e];
             }
 }
 
 template <int WM, int WN, int MF, bool Q4>
-void launch_shape(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T) {
+void launch_shape(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T, int32_t splits) {
     constexpr int BM = WM * MF * 16, BN = WN * k_qwarp_n;
     const size_t  smem = sizeof(qstage<BM, BN, Q4>) * k_qstages;
     auto *        kernel = qgemm_kernel<WM, WN, MF, Q4>;
@@ -208,21 +220,42 @@ void launch_shape(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wde
     static const cudaError_t opt_in =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     MINICPM_CUDA_CHECK(opt_in);
-    const dim3 grid(unsigned(ceil_div(w.rows, BN)), unsigned(ceil_div(T, BM)));
-    kernel<<<grid, WM * WN * k_warp, smem, s>>>(y, xb, w, T);
+    const int  tiles = int(w.cols / k_qk);
+    const dim3 grid(unsigned(ceil_div(w.rows, BN)), unsigned(ceil_div(T, BM)), unsigned(splits));
+    kernel<<<grid, WM * WN * k_warp, smem, s>>>(y, xb, w, T, int(ceil_div(tiles, splits)));
     MINICPM_CUDA_LAUNCHED("matmul: quantized tensor-core gemm");
 }
 
+// The output tile of the shape launch_for_rows picks for T rows: BM rows of T by BN weight rows.
+struct qtile {
+    int bm, bn;
+};
+qtile tile_for_rows(int64_t T) {
+    if (T <= 16) return {16, 2 * k_qwarp_n};
+    if (T <= 32) return {32, 2 * k_qwarp_n};
+    return {64, 4 * k_qwarp_n};
+}
+
 template <bool Q4>
-void launch_for_rows(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T) {
+void launch_for_rows(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T,
+                     int32_t splits) {
     // Few rows (batched decode): one or two m16 tiles a warp, so a block does not stream weights for empty
     // rows, and 64 weight rows a block, so that an FFN projection still spreads over every SM.
     if (T <= 16) {
-        launch_shape<1, 2, 1, Q4>(s, y, xb, w, T);
+        launch_shape<1, 2, 1, Q4>(s, y, xb, w, T, splits);
     } else if (T <= 32) {
-        launch_shape<1, 2, 2, Q4>(s, y, xb, w, T);
+        launch_shape<1, 2, 2, Q4>(s, y, xb, w, T, splits);
     } else {
-        launch_shape<2, 4, 2, Q4>(s, y, xb, w, T);
+        launch_shape<2, 4, 2, Q4>(s, y, xb, w, T, splits);
+    }
+}
+
+// y[i] = sum of the splits' partials, in split order (the same bits on every run).
+__global__ void qsplit_reduce_kernel(float * y, const float * part, int64_t n, int32_t splits) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        float v = part[i];
+        for (int32_t z = 1; z < splits; ++z) v += part[z * n + i];
+        y[i] = v;
     }
 }
 
@@ -234,16 +267,34 @@ bool qgemm_supported(const wdesc & w) {
            uintptr_t(w.data) % 16 == 0;  // rows are read in 16-byte copies
 }
 
-void launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T) {
+int32_t plan_qgemm_splits(const wdesc & w, int64_t T, int32_t n_sms) {
+    const qtile   q = tile_for_rows(T);
+    const int64_t blocks = ceil_div(w.rows, q.bn) * ceil_div(T, q.bm), tiles = w.cols / k_qk;
+    if (T <= 0 || blocks >= n_sms) return 1;
+    int64_t n = ceil_div(int64_t(k_qsplit_blocks_per_sm) * n_sms, blocks);
+    n = std::min<int64_t>({n, k_qsplit_max, tiles / k_qsplit_min_tiles, k_qsplit_floats / (T * w.rows)});
+    if (n < 2) return 1;
+    return int32_t(ceil_div(tiles, ceil_div(tiles, n)));  // every span holds at least one tile
+}
+
+void launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T, int32_t splits,
+                  float * partials) {
     if (T <= 0) return;
     if (ceil_div(T, 16) > 65535)
         fail(MINICPM_STATUS_INVALID_ARGUMENT,
              "matmul: " + std::to_string(T) + " rows exceed the quantized gemm's grid");
+    if (splits < 1 || splits > k_qsplit_max || (splits > 1 && (partials == nullptr || splits * T * w.rows > k_qsplit_floats)))
+        fail(MINICPM_STATUS_INTERNAL, "matmul: quantized gemm split " + std::to_string(splits) + " without its scratch");
+    float * out = splits > 1 ? partials : y;
     if (w.type == MINICPM_DTYPE_Q4) {
-        launch_for_rows<true>(s, y, xb, w, T);
+        launch_for_rows<true>(s, out, xb, w, T, splits);
     } else {
-        launch_for_rows<false>(s, y, xb, w, T);
+        launch_for_rows<false>(s, out, xb, w, T, splits);
     }
+    if (splits == 1) return;
+    const int64_t n = T * w.rows;
+    qsplit_reduce_kernel<<<unsigned(std::min<int64_t>(ceil_div(n, 256), 4096)), 256, 0, s>>>(y, partials, n, splits);
+    MINICPM_CUDA_LAUNCHED("matmul: quantized gemm split-K reduction");
 }
 
 }  // namespace cuda

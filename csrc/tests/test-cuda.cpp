@@ -2,7 +2,7 @@
 // of a generated checkpoint on the CUDA backend vs the CPU reference. NMSE per case, printed. Exits 77 (ctest:
 // skipped, and reported as such by scripts/test.sh) when the build has no CUDA backend or the machine no device.
 // `test-cuda --perf` also times the GEMV (GB/s) and the tensor-core GEMMs, bf16 and q8 / q4 (TFLOP/s; q4 also in
-// GPTQ act-order), for scripts/gpu-check.sh.
+// GPTQ act-order and split-K), for scripts/gpu-check.sh.
 #include "core/backend.h"
 #include "core/status.h"
 #include "cpu/cpu-common.h"
@@ -396,6 +396,33 @@ void test_act_order(backend & be) {
         float * yd = dv.zeros(yr.size());
         be.matmul(yd, dv.put(x), w.dev, T);
         expect("matmul q4 g_idx with uneven groups T=" + std::to_string(T), yr, dv.get(yd, yr.size()), 1e-10);
+    }
+}
+
+// Split-K of the quantized GEMM on the 8B MLP down projection (N 4096, K 16384): at T = 9 .. 64 its output tiles
+// are fewer than the SMs of a data-centre GPU (32 or 64 blocks; 132 SMs on an H200), so K is cut into spans whose
+// partials are added in a fixed order. Against the plain op, then the same call twice: bit-identical.
+void test_qgemm_split(backend & be) {
+    device dv{be};
+    const int64_t N = 4096, K = 16384;
+    for (dtype t : {dtype::q4, dtype::q8}) {
+        const int64_t  group = t == dtype::q4 ? 128 : 32;
+        const qweights w = make_qweights(dv, t, dtype::f16, N, K, group, t == dtype::q4);
+        for (int64_t T : t == dtype::q4 ? std::vector<int64_t>{9, 24, 64} : std::vector<int64_t>{16, 40}) {
+            const auto x = rnd(size_t(T * K));
+            std::vector<float> yr(size_t(T * N));
+            ref_matmul(yr.data(), x.data(), w.host, T);
+            float * xd = dv.put(x);
+            float * yd = dv.zeros(yr.size()), * y2 = dv.zeros(yr.size());
+            be.matmul(yd, xd, w.dev, T);
+            be.matmul(y2, xd, w.dev, T);
+            const auto a = dv.get(yd, yr.size()), b = dv.get(y2, yr.size());
+            const std::string name = std::string("matmul split-K ") + dtype_name(t) + " 8B down N=4096 K=16384 group " +
+                                     std::to_string(group) + " T=" + std::to_string(T);
+            expect(name, yr, a, 2e-5);
+            CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0, "%s: two calls bit-identical",
+                  name.c_str());
+        }
     }
 }
 
@@ -1115,8 +1142,8 @@ template <typename F> double time_calls(backend & be, int reps, F && fn) {
 }
 
 // `test-cuda --perf` (scripts/gpu-check.sh): GEMV GB/s per weight format, tensor-core GEMM TFLOP/s (quantized:
-// group order and GPTQ act-order), split-K decode attention (KV GB/s) and the device sampler, on MiniCPM4
-// shapes. Weights are a constant pattern: only the time matters here.
+// group order, GPTQ act-order, split-K on the 8B down projection), split-K decode attention (KV GB/s) and the
+// device sampler, on MiniCPM4 shapes. Weights are a constant pattern: only the time matters here.
 void perf_sparse(backend & be);
 
 void perf(backend & be) {
@@ -1199,6 +1226,26 @@ void perf(backend & be) {
                             "of weights)\n", (long long) T, (long long) N, (long long) K,
                             2.0 * double(T * N * K) / st / 1e12, st * 1e3, bytes / st / 1e9);
             }
+        }
+    }
+    {
+        // Split-K: the 8B MLP down projection (N 4096, K 16384) at batched-decode rows, where the q-gemm's
+        // output tiles underfill the SMs; weight bandwidth is the headline. T = 8 (the GEMV) for comparison.
+        const int64_t N = 4096, K = 16384, G = K / 128;
+        const std::vector<uint8_t> w4(size_t(N * K / 2), 0x87), sc(size_t(N * G) * 2, 0x1c), zp(size_t(N * G), 8);
+        tensor_desc dw = plain(dtype::q4, N, K, dv.put(w4));
+        dw.group_size = 128;
+        dw.scale_type = dtype::f16;
+        dw.scales = dv.put(sc);
+        dw.zeros = dv.put(zp);
+        const double bytes = double(w4.size() + sc.size() + zp.size());
+        for (int64_t T : {int64_t(8), int64_t(9), int64_t(16), int64_t(32), int64_t(64)}) {
+            float * xt = dv.put(rnd(size_t(T * K)));
+            float * yt = dv.zeros(size_t(T * N));
+            const double st = time_calls(be, 50, [&] { be.matmul(yt, xt, dw, T); });
+            std::printf("perf: GEMM q4 %s T=%lld %lldx%lld group 128: %.1f GB/s of weights (%.3f ms, %.2f TFLOP/s)\n",
+                        T > 8 ? "split-K mma" : "gemv", (long long) T, (long long) N, (long long) K, bytes / st / 1e9,
+                        st * 1e3, 2.0 * double(T * N * K) / st / 1e12);
         }
     }
     {
@@ -1305,6 +1352,7 @@ int main(int argc, char ** argv) {
         test_step_graphs();
         test_qgemm(*be);  // the newest kernels last, for the same reason
         test_act_order(*be);
+        test_qgemm_split(*be);
         if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) {
             perf(*be);
             perf_sparse(*be);
