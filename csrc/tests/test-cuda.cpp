@@ -809,11 +809,46 @@ void test_sample_distribution(backend & be) {
     }
 }
 
+// A GPTQ desc_act checkpoint (AutoGPTQ v1 layout: qweight [K/8][N], qzeros [G][N/8] holding zero - 1, f16
+// scales [G][N], g_idx [K] with each group's columns scattered) of the tiny model's shape: random nibbles,
+// zero points and scales for every projection; the other tensors as write_tiny_model writes them.
+void write_act_order_model(const std::string & dir, const minicpm_test::tiny_model_spec & spec, int32_t group) {
+    std::vector<minicpm_test::raw_tensor> out;
+    for (minicpm_test::raw_tensor & t : minicpm_test::tiny_raw_tensors(spec)) {
+        const std::string suffix = ".weight";
+        if (t.name.find("_proj.weight") == std::string::npos) {
+            out.push_back(std::move(t));
+            continue;
+        }
+        const std::string p = t.name.substr(0, t.name.size() - suffix.size());
+        const int64_t     N = t.shape[0], K = t.shape[1], G = K / group;
+        std::vector<int32_t> qw(size_t(K / 8 * N)), qz(size_t(G * N / 8), 0);
+        for (int32_t & v : qw) v = int32_t(g_rng());
+        for (int64_t g = 0; g < G; ++g)
+            for (int64_t n = 0; n < N; ++n)
+                qz[size_t(g * (N / 8) + n / 8)] |= int32_t(uint32_t(g_rng() % 15) << (4 * (n % 8)));
+        std::vector<uint16_t> sc(size_t(G * N));
+        for (uint16_t & v : sc) v = f32_to_f16(std::uniform_real_distribution<float>(0.004f, 0.012f)(g_rng));
+        const std::vector<int32_t> g_idx = act_order_g_idx(K, group);
+        auto bytes = [](const void * d, size_t n) { return std::string((const char *) d, n); };
+        out.push_back({p + ".qweight", "I32", {K / 8, N}, bytes(qw.data(), qw.size() * 4)});
+        out.push_back({p + ".qzeros", "I32", {G, N / 8}, bytes(qz.data(), qz.size() * 4)});
+        out.push_back({p + ".scales", "F16", {G, N}, bytes(sc.data(), sc.size() * 2)});
+        out.push_back({p + ".g_idx", "I32", {K}, bytes(g_idx.data(), g_idx.size() * 4)});
+    }
+    std::string cfg = minicpm_test::tiny_config_json(spec);
+    cfg.insert(cfg.rfind('}'), ",\n  \"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": " +
+                                   std::to_string(group) + ", \"desc_act\": true, \"sym\": false}\n");
+    minicpm_test::write_file(dir + "/config.json", cfg);
+    minicpm_test::write_file(dir + "/model.safetensors", minicpm_test::safetensors_bytes(out));
+}
+
 // The whole model through the public API: CUDA logits vs the CPU reference ops on the same checkpoint.
 // sparse: a checkpoint with an InfLLM v2 sparse_config (G = 8, dense_len 300, top-k 3, window 2 blocks), 640
 // tokens of prefill then 8 decode calls, so that both paths run sparse rows through kv_compress and
-// sparse_attention on the device.
-void test_model(bool sparse) {
+// sparse_attention on the device. act_order: a GPTQ desc_act checkpoint (groups of 32), 100 tokens of prefill
+// (the act-order q-gemm) then 8 decode calls (the act-order GEMV), with the device's original rows released.
+void test_model(bool sparse, bool act_order = false) {
     const std::string dir = minicpm_test::make_temp_dir("cuda-model");
     minicpm_test::tiny_model_spec spec;
     spec.tie_word_embeddings = false;
@@ -826,7 +861,11 @@ void test_model(bool sparse) {
         spec.n_head_kv = 2;
         spec.n_ff = 256;
     }
-    minicpm_test::write_tiny_model(dir, spec);
+    if (act_order) {
+        write_act_order_model(dir, spec, 32);
+    } else {
+        minicpm_test::write_tiny_model(dir, spec);
+    }
     if (sparse) {
         std::string cfg = minicpm_test::read_file(dir + "/config.json");
         cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
@@ -834,7 +873,7 @@ void test_model(bool sparse) {
                                    "\"dense_len\": 300}\n");
         minicpm_test::write_file(dir + "/config.json", cfg);
     }
-    const int32_t n_prompt = sparse ? 640 : 100, n_decode = sparse ? 8 : 0, V = spec.n_vocab;
+    const int32_t n_prompt = sparse ? 640 : 100, n_decode = sparse || act_order ? 8 : 0, V = spec.n_vocab;
     std::vector<int32_t> toks(size_t(n_prompt + n_decode));
     for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 5) % 500);
     std::vector<float> logits[2];
@@ -877,7 +916,8 @@ void test_model(bool sparse) {
     const bool ran = !logits[0].empty() && logits[0].size() == logits[1].size();
     const double e = ran ? nmse(logits[0], logits[1]) : 1.0;
     CHECK(ran && e < 1e-4, "model logits, %d tokens%s, CUDA vs CPU reference: nmse %.3e (thr 1e-4)",
-          int32_t(toks.size()), sparse ? " (InfLLM v2 hf, prefill + decode)" : "", e);
+          int32_t(toks.size()), sparse ? " (InfLLM v2 hf, prefill + decode)" : act_order ? " (GPTQ act-order q4)" : "",
+          e);
 }
 
 // The engine on the CUDA backend samples on the device (one plain row per request): each greedy token of a
@@ -1352,6 +1392,7 @@ int main(int argc, char ** argv) {
         test_step_graphs();
         test_qgemm(*be);  // the newest kernels last, for the same reason
         test_act_order(*be);
+        test_model(false, true);
         test_qgemm_split(*be);
         if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) {
             perf(*be);
