@@ -149,6 +149,13 @@ void test_elementwise(backend & be) {
     }
 }
 
+// A quantized matmul case: format, scale type, shape, group size, zero points or none.
+struct qcase {
+    dtype   type, scale_type;
+    int64_t N, K, group;
+    bool    zeros;
+};
+
 void test_matmul(backend & be) {
     device dv{be};
     const int64_t shapes[][2] = {{77, 1000}, {128, 1024}, {33, 64}, {300, 200}};
@@ -173,11 +180,6 @@ void test_matmul(backend & be) {
     }
     // Quantized weights read packed (group-ordered columns, groups of whole 16-byte loads): q8 with f16 and
     // bf16 scales, q4 with zero points and without (8), decode and small-batch rows.
-    struct qcase {
-        dtype   type, scale_type;
-        int64_t N, K, group;
-        bool    zeros;
-    };
     const qcase qcases[] = {{dtype::q8, dtype::f16, 72, 512, 128, false},
                             {dtype::q8, dtype::bf16, 33, 1024, 32, false},
                             {dtype::q4, dtype::f16, 72, 512, 128, true},
@@ -280,11 +282,6 @@ qweights make_qweights(device & dv, dtype type, dtype scale_type, int64_t N, int
 // Activations are rounded to bf16 once, weights are exact: the NMSE bound is the bf16 GEMM's.
 void test_qgemm(backend & be) {
     device dv{be};
-    struct qcase {
-        dtype   type, scale_type;
-        int64_t N, K, group;
-        bool    zeros;
-    };
     const qcase cases[] = {{dtype::q8, dtype::f16, 77, 64, 32, false},    {dtype::q8, dtype::bf16, 200, 192, 64, false},
                            {dtype::q8, dtype::f32, 131, 512, 128, false}, {dtype::q8, dtype::f16, 129, 320, 320, false},
                            {dtype::q4, dtype::f16, 77, 128, 32, true},    {dtype::q4, dtype::bf16, 250, 576, 64, false},
@@ -336,15 +333,10 @@ std::vector<int32_t> act_order_g_idx(int64_t K, int64_t group) {
 // scales (refused, _INVALID_ARGUMENT) and one whose groups are uneven (no copy: the dequantizing kernel).
 void test_act_order(backend & be) {
     device dv{be};
-    struct acase {
-        dtype   type, scale_type;
-        int64_t N, K, group;
-        bool    zeros;
-    };
-    const acase cases[] = {{dtype::q4, dtype::f16, 200, 1024, 32, true},  {dtype::q4, dtype::f16, 136, 2048, 128, false},
+    const qcase cases[] = {{dtype::q4, dtype::f16, 200, 1024, 32, true},  {dtype::q4, dtype::f16, 136, 2048, 128, false},
                            {dtype::q4, dtype::bf16, 77, 640, 128, true},  {dtype::q8, dtype::f16, 200, 1024, 32, false},
                            {dtype::q8, dtype::f16, 96, 2048, 128, false}, {dtype::q8, dtype::f32, 130, 576, 128, false}};
-    for (const acase & ac : cases) {
+    for (const qcase & ac : cases) {
         qweights   w = make_qweights(dv, ac.type, ac.scale_type, ac.N, ac.K, ac.group, ac.zeros);
         const auto g_idx = act_order_g_idx(ac.K, ac.group);
         w.host.perm = g_idx.data();
@@ -1186,6 +1178,19 @@ template <typename F> double time_calls(backend & be, int reps, F && fn) {
 // device sampler, on MiniCPM4 shapes. Weights are a constant pattern: only the time matters here.
 void perf_sparse(backend & be);
 
+// A constant-pattern q4 weight in groups of 128 with zero points, on the device; bytes: what one pass reads.
+tensor_desc perf_q4(device & dv, int64_t N, int64_t K, double & bytes) {
+    const int64_t              G = K / 128;
+    const std::vector<uint8_t> w4(size_t(N * K / 2), 0x87), sc(size_t(N * G) * 2, 0x1c), zp(size_t(N * G), 8);
+    tensor_desc                dw = plain(dtype::q4, N, K, dv.put(w4));
+    dw.group_size = 128;
+    dw.scale_type = dtype::f16;
+    dw.scales = dv.put(sc);
+    dw.zeros = dv.put(zp);
+    bytes = double(w4.size() + sc.size() + zp.size());
+    return dw;
+}
+
 void perf(backend & be) {
     device dv{be};
     {
@@ -1243,17 +1248,12 @@ void perf(backend & be) {
     {
         // The same q4 projection (groups of 128, zero points) in GPTQ act-order, from its reordered copy: the
         // GEMV and the GEMM with the activations gathered, to set beside the group-ordered lines above.
-        const int64_t N = 14336, K = 4096, G = K / 128;
-        const std::vector<uint8_t> w4(size_t(N * K / 2), 0x87), sc(size_t(N * G) * 2, 0x1c), zp(size_t(N * G), 8);
-        tensor_desc dw = plain(dtype::q4, N, K, dv.put(w4));
-        dw.group_size = 128;
-        dw.scale_type = dtype::f16;
-        dw.scales = dv.put(sc);
-        dw.zeros = dv.put(zp);
+        const int64_t N = 14336, K = 4096;
+        double        bytes = 0;
+        tensor_desc   dw = perf_q4(dv, N, K, bytes);
         dw.perm = dv.put(act_order_g_idx(K, 128));
         dv.held.push_back(be.prepare_weights(dw));
         dw.packed = dv.held.back().data;
-        const double bytes = double(w4.size() + sc.size() + zp.size());
         for (int64_t T : {int64_t(1), int64_t(16), int64_t(512)}) {
             float * xt = dv.put(rnd(size_t(T * K)));
             float * yt = dv.zeros(size_t(T * N));
@@ -1271,14 +1271,9 @@ void perf(backend & be) {
     {
         // Split-K: the 8B MLP down projection (N 4096, K 16384) at batched-decode rows, where the q-gemm's
         // output tiles underfill the SMs; weight bandwidth is the headline. T = 8 (the GEMV) for comparison.
-        const int64_t N = 4096, K = 16384, G = K / 128;
-        const std::vector<uint8_t> w4(size_t(N * K / 2), 0x87), sc(size_t(N * G) * 2, 0x1c), zp(size_t(N * G), 8);
-        tensor_desc dw = plain(dtype::q4, N, K, dv.put(w4));
-        dw.group_size = 128;
-        dw.scale_type = dtype::f16;
-        dw.scales = dv.put(sc);
-        dw.zeros = dv.put(zp);
-        const double bytes = double(w4.size() + sc.size() + zp.size());
+        const int64_t     N = 4096, K = 16384;
+        double            bytes = 0;
+        const tensor_desc dw = perf_q4(dv, N, K, bytes);
         for (int64_t T : {int64_t(8), int64_t(9), int64_t(16), int64_t(32), int64_t(64)}) {
             float * xt = dv.put(rnd(size_t(T * K)));
             float * yt = dv.zeros(size_t(T * N));
