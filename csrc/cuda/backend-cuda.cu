@@ -404,8 +404,14 @@ class cuda_backend final : public backend {
 
     // Flattens the segments into per-row records and one block table; uploads them only when they differ
     // from the last batch's (every layer of one forward passes the same segments).
+    // Rows of the batch that no segment names (attention over a subset, as InfLLM v2's dense rows) get j = -1:
+    // the kernels leave them alone, as the CPU ops do.
     int64_t stage_rows(const kv_segment * segs, int32_t n_segs) {
-        rows_.clear();
+        int32_t n_rows = 0;
+        for (int32_t s = 0; s < n_segs; ++s) n_rows = std::max(n_rows, segs[s].row_begin + segs[s].n_rows);
+        cuda::row_info gap{};
+        gap.j = -1;
+        rows_.assign(size_t(n_rows), gap);
         blocks_.clear();
         max_slots_ = 0;
         for (int32_t s = 0; s < n_segs; ++s) {
@@ -421,7 +427,6 @@ class cuda_backend final : public backend {
                 r.blocks_off = off;
                 r.causal = sg.mask == nullptr;
                 r.mask = sg.mask ? sg.mask[j] : 0;
-                if (size_t(sg.row_begin + j) >= rows_.size()) rows_.resize(size_t(sg.row_begin + j) + 1);
                 rows_[size_t(sg.row_begin + j)] = r;
             }
         }
