@@ -19,7 +19,8 @@ using cuda::check;
 
 constexpr int64_t k_select_scratch_floats = int64_t(16) << 20;  // stage-1 scores held at once (64 MiB)
 // Pinned host staging of a step graph's uploads: token ids, positions, logit rows, the row table and the
-// block tables of up to 64 rows at 1M-token contexts.
+// block tables (padded to a power of two: 64 rows at 128K-token contexts take 512 KiB). A step whose uploads
+// do not fit runs eagerly (a fallback in the stats).
 constexpr size_t k_step_staging_bytes = size_t(1) << 20;
 
 uint64_t bits(const void * p) { return uint64_t(uintptr_t(p)); }
