@@ -125,7 +125,8 @@ ops_rc=${PIPESTATUS[0]}
 grep -E "^(ok|FAIL)" "$work/ops.log" | awk '{print $1}' | sort | uniq -c | sed 's/^ */ops: /' | tee -a "$summary"
 grep -E "^FAIL" "$work/ops.log" | tee -a "$summary"
 grep -E "^(section|backend|SKIPPED)" "$work/ops.log" | tee -a "$summary"
-grep -E "model logits|engine|sample|arena|graph|q-gemm.*(LM head|FAIL)" "$work/ops.log" | grep -v "^perf:" | tee -a "$summary"
+grep -E "model logits|engine|sample|arena|graph|q-gemm.*(LM head|FAIL)" "$work/ops.log" | grep -v -E "^(perf:|section)" |
+    tee -a "$summary"
 # InfLLM v2: ok / FAIL per check family (caches bit-identical, block sets identical, output NMSE).
 grep -E "^(ok|FAIL) +(kv_compress|sparse)" "$work/ops.log" | awk '{print $1, ($2 == "kv_compress" ? $2 : $2 " " $3)}' | sort | uniq -c |
     sed 's/^ */infllm v2: /' | tee -a "$summary"
@@ -180,9 +181,10 @@ for run in 0.5b 0.5b:graphs-off 0.5b:q4 8b; do
     [ "$bench_rc" -eq 0 ] || fail_step "bench $run" "exit code $bench_rc$([ "$bench_rc" -eq 124 ] && echo ': timed out')"
 done
 
-# ---- compute-sanitizer over the small op sections, with the arena off (MINICPM_CUDA_ARENA=off: one allocation
-# per buffer, so that an access past a buffer is past an allocation): memcheck for out-of-bounds and misaligned
-# accesses, racecheck for shared-memory hazards. Only when the budget has the time; a finding fails the check.
+# ---- compute-sanitizer over the small op sections, in test-cuda's own process (--in-process: no forked
+# children for the tool to follow) and with the arena off (MINICPM_CUDA_ARENA=off: one allocation per buffer, so
+# that an access past a buffer is past an allocation): memcheck for out-of-bounds and misaligned accesses,
+# racecheck for shared-memory hazards. Only when the budget has the time; a finding fails the check.
 if command -v compute-sanitizer > /dev/null; then
     for tool in memcheck racecheck; do
         if [ $((budget - ($(date +%s) - start))) -lt 90 ]; then
@@ -193,8 +195,8 @@ if command -v compute-sanitizer > /dev/null; then
         [ "$tool" = racecheck ] && sections="attention"
         t0=$(date +%s)
         # shellcheck disable=SC2086 # the section names are words
-        MINICPM_CUDA_ARENA=off timeout "$(cap 120)" compute-sanitizer --tool "$tool" --target-processes all \
-            --error-exitcode 9 ./build-gpu/test-cuda --timeout 100 $sections > "$work/$tool.log" 2>&1
+        MINICPM_CUDA_ARENA=off timeout "$(cap 120)" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+            ./build-gpu/test-cuda --in-process $sections > "$work/$tool.log" 2>&1
         rc=$?
         note "sanitizer $tool ($sections): exit code $rc in $(($(date +%s) - t0)) s; $(grep -c "^=========  *[A-Z]" "$work/$tool.log") report lines"
         grep -m 8 -E "^========= +(Invalid|Race|Error|Warning|Program hit)" "$work/$tool.log" | tee -a "$summary"

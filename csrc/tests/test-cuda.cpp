@@ -1217,6 +1217,7 @@ struct section_counts {
     int32_t checks = 0, failures = 0;
 };
 
+// fd: the pipe to the parent (< 0: the section runs in this process).
 void run_section(const section & s, int fd) {
     std::unique_ptr<backend> be;
     try {
@@ -1228,7 +1229,7 @@ void run_section(const section & s, int fd) {
     }
     const section_counts c = {minicpm_test::n_checks(), minicpm_test::n_failures()};
     std::fflush(stdout);
-    if (write(fd, &c, sizeof(c)) != ssize_t(sizeof(c))) _exit(3);
+    if (fd >= 0 && write(fd, &c, sizeof(c)) != ssize_t(sizeof(c))) _exit(3);
 }
 
 // How a child process ended: its counts (when it got to write them), its exit status (-1: killed or died of a
@@ -1293,23 +1294,25 @@ template <typename F> child_end in_child(F && fn, double timeout_s) {
 }
 
 int usage() {
-    std::printf("usage: test-cuda [--perf] [--timeout SECONDS] [SECTION...]\nsections:");
+    std::printf("usage: test-cuda [--perf] [--timeout SECONDS | --in-process] [SECTION...]\nsections:");
     for (const section & s : k_sections) std::printf(" %s", s.name);
     std::printf("\n(default: every section but perf; --perf adds it; each runs in a process of its own, killed after "
-                "--timeout seconds, default 300)\n");
+                "--timeout seconds, default 300; --in-process: all in this one, as compute-sanitizer wants them)\n");
     return 2;
 }
 
 }  // namespace
 
 int main(int argc, char ** argv) {
-    bool                      with_perf = false;
+    bool                      with_perf = false, in_process = false;
     double                    timeout_s = 300;
     std::vector<std::string> names;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--perf") {
             with_perf = true;
+        } else if (a == "--in-process") {
+            in_process = true;
         } else if (a == "--timeout" && i + 1 < argc) {
             timeout_s = std::atof(argv[++i]);
         } else if (std::any_of(std::begin(k_sections), std::end(k_sections),
@@ -1320,6 +1323,22 @@ int main(int argc, char ** argv) {
         }
     }
     if (timeout_s <= 0) return usage();
+    const auto chosen = [&](const section & s) {
+        const bool perf_one = std::strcmp(s.name, "perf") == 0;
+        return (names.empty() ? !perf_one : std::find(names.begin(), names.end(), s.name) != names.end()) ||
+               (perf_one && with_perf);
+    };
+    if (in_process) {
+        try {
+            make_backend(backend_kind::cuda, backend_options{});
+        } catch (const error & e) {
+            std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
+            return 77;
+        }
+        for (const section & s : k_sections)
+            if (chosen(s)) run_section(s, -1);
+        return minicpm_test::finish();
+    }
     // The device check runs in a child too: this process must never touch CUDA before it forks.
     const child_end probe = in_child(
         [](int fd) {
@@ -1342,10 +1361,7 @@ int main(int argc, char ** argv) {
     }
     int32_t checks = 0, failures = 0;
     for (const section & s : k_sections) {
-        const bool perf_one = std::strcmp(s.name, "perf") == 0;
-        const bool chosen = (names.empty() ? !perf_one : std::find(names.begin(), names.end(), s.name) != names.end()) ||
-                            (perf_one && with_perf);
-        if (!chosen) continue;
+        if (!chosen(s)) continue;
         const auto      t0 = std::chrono::steady_clock::now();
         const child_end end = in_child([&](int fd) { run_section(s, fd); }, timeout_s);
         if (!end.why.empty())
