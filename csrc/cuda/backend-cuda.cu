@@ -90,7 +90,11 @@ class cuda_backend final : public backend {
         static const char * const names[] = {"weights", "KV cache", "activations"};
         b.data = arena_->take(bytes, names[int(usage)]);
         b.size = bytes;
-        MINICPM_CUDA_CHECK(cudaMemsetAsync(b.data, 0, bytes, stream_));
+        const cudaError_t e = cudaMemsetAsync(b.data, 0, bytes, stream_);
+        if (e != cudaSuccess) {
+            arena_->give(b.data);  // a failed alloc holds no range of the arena
+            check(e, "cudaMemsetAsync (zero-filling a new buffer)");
+        }
         return b;
     }
     void release(buffer & b) override {
@@ -106,8 +110,13 @@ class cuda_backend final : public backend {
     }
     buffer import_weights(const void * host, size_t bytes) override {
         buffer b = alloc(bytes, buffer_usage::weights);
-        upload(b, 0, host, bytes);
-        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
+        try {
+            upload(b, 0, host, bytes);
+            MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
+        } catch (...) {
+            release(b);  // the arena may serve other backends: a failed import holds none of it
+            throw;
+        }
         return b;
     }
     void upload(const buffer & dst, size_t off, const void * src, size_t n) override {
@@ -396,9 +405,15 @@ class cuda_backend final : public backend {
     };
     const void * stage(staged & st, const void * data, size_t bytes) {
         if (bytes != st.last.size() || std::memcmp(st.last.data(), data, bytes) != 0) {
+            st.last.clear();  // forgotten until the upload is issued: after a failure the next call uploads again
             grow(st.dev, std::max<size_t>(bytes, 1));
             st.last.assign((const uint8_t *) data, (const uint8_t *) data + bytes);
-            upload(st.dev, 0, st.last.data(), bytes);  // from the kept copy: the caller's table may go first
+            try {
+                upload(st.dev, 0, st.last.data(), bytes);  // from the kept copy: the caller's table may go first
+            } catch (...) {
+                st.last.clear();
+                throw;
+            }
         }
         return st.dev.data;
     }
@@ -441,6 +456,10 @@ class cuda_backend final : public backend {
                           std::memcmp(staged_rows_.data(), rows_.data(), rb) == 0 &&
                           std::memcmp(staged_blocks_.data(), blocks_.data(), bb) == 0;
         if (!same) {
+            // Forgotten until both uploads are issued: a failure in between (a buffer moved by grow and not
+            // refilled) must not let the next batch with the same tables skip its upload.
+            staged_rows_.clear();
+            staged_blocks_.clear();
             grow(rows_dev_, rb, true);
             grow(blocks_dev_, bb, true);
             upload(rows_dev_, 0, rows_.data(), rb);
