@@ -251,7 +251,8 @@ size_t split_shared_bytes(int32_t G, int32_t hd) {
 split_plan plan_split_attention(int32_t nh, int32_t nkv, int32_t hd, int64_t T, int32_t max_slots, int32_t n_sms) {
     split_plan p;
     const int32_t G = nh / nkv;
-    if (T > k_split_max_rows || max_slots < k_split_min_slots || G * hd > k_split_threads * k_split_own ||
+    // T == 0 (segments of no rows over a long context) would divide by zero below.
+    if (T <= 0 || T > k_split_max_rows || max_slots < k_split_min_slots || G * hd > k_split_threads * k_split_own ||
         split_shared_bytes(G, hd) > 48 * 1024)
         return p;
     // Planned for the context rounded up to 8..15 times a power of two: the plan (baked into a recorded step
