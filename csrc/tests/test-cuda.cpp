@@ -335,9 +335,9 @@ void test_kv_attention(backend & be) {
     };
     // The first four take the one-block-per-head kernel (many rows or a short context); the others, at most
     // 64 rows with a context of 256 slots or more, the split-K kernel (GQA 8: 16/2 heads, GQA 16: 32/2), with
-    // rows whose own context is short beside long ones (partitions past a row's context are empty). The last two
-    // leave rows out (as InfLLM v2's dense op runs over some rows only): their outputs and KV slots stay as
-    // they were, one kernel each.
+    // rows whose own context is short beside long ones (partitions past a row's context are empty). Then
+    // segments of no rows over a long context (alone: a batch of no rows), and two cases that leave rows out
+    // (as InfLLM v2's dense op runs over some rows only): their outputs and KV slots stay as they were.
     const tcase cases[] = {{16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}, false},
                            {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}, false},
                            {16, 2, 64, {{61, 10}}, true},
@@ -348,6 +348,8 @@ void test_kv_attention(backend & be) {
                            {32, 2, 128, {{300, 1}}, false},
                            {16, 2, 64, {{4000, 1}}, false},
                            {12, 3, 64, {{640, 4}, {70, 1}}, false},
+                           {16, 2, 64, {{300, 0}, {5, 1}}, false},
+                           {16, 2, 64, {{300, 0}}, false},
                            {16, 2, 64, {{0, 20}, {100, 3}}, false, true},
                            {16, 2, 64, {{300, 1}, {1000, 2}}, false, true}};
     for (const tcase & c : cases) {
