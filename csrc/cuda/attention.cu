@@ -185,6 +185,7 @@ __global__ void attention_split_kernel(float * part_o, float * part_ml, const fl
             ps[g * k_split_chunk + lane] = p;
             float sum = p;
             for (int o = k_warp / 2; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            __syncwarp();  // every lane has read ms[g] before lane 0 overwrites it (a shuffle orders no memory)
             if (lane == 0) {
                 const float a = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
                 al[g] = a;
