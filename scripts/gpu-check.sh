@@ -181,26 +181,33 @@ for run in 0.5b 0.5b:graphs-off 0.5b:q4 8b; do
     [ "$bench_rc" -eq 0 ] || fail_step "bench $run" "exit code $bench_rc$([ "$bench_rc" -eq 124 ] && echo ': timed out')"
 done
 
-# ---- compute-sanitizer over the small op sections, in test-cuda's own process (--in-process: no forked
-# children for the tool to follow) and with the arena off (MINICPM_CUDA_ARENA=off: one allocation per buffer, so
-# that an access past a buffer is past an allocation): memcheck for out-of-bounds and misaligned accesses,
-# racecheck for shared-memory hazards. Only when the budget has the time; a finding fails the check.
+# ---- compute-sanitizer, in test-cuda's own process (--in-process: no forked children for the tool to follow)
+# and with the arena off (MINICPM_CUDA_ARENA=off: one allocation per buffer, so that an access past a buffer is
+# past an allocation): memcheck over the sections that died of a CUDA error or a signal above (it names the
+# kernel and the address), else over the small op sections; racecheck (shared-memory hazards) over attention.
+# Only when the budget has the time; a finding (exit code 9) fails the check.
+faulted=$(sed -n 's/^FAIL section \([a-z-]*\): \(cuda:\|died of signal\).*/\1/p' "$work/ops.log" | sort -u | tr '\n' ' ')
 if command -v compute-sanitizer > /dev/null; then
     for tool in memcheck racecheck; do
         if [ $((budget - ($(date +%s) - start))) -lt 90 ]; then
             note "sanitizer $tool: not run (under 90 s of the budget left)"
             continue
         fi
-        sections="elementwise attention"
+        sections=${faulted:-elementwise attention}
         [ "$tool" = racecheck ] && sections="attention"
         t0=$(date +%s)
         # shellcheck disable=SC2086 # the section names are words
         MINICPM_CUDA_ARENA=off timeout "$(cap 120)" compute-sanitizer --tool "$tool" --error-exitcode 9 \
             ./build-gpu/test-cuda --in-process $sections > "$work/$tool.log" 2>&1
         rc=$?
-        note "sanitizer $tool ($sections): exit code $rc in $(($(date +%s) - t0)) s; $(grep -c "^=========  *[A-Z]" "$work/$tool.log") report lines"
-        grep -m 8 -E "^========= +(Invalid|Race|Error|Warning|Program hit)" "$work/$tool.log" | tee -a "$summary"
-        [ "$rc" -eq 0 ] || fail_step "sanitizer $tool" "log in $work/$tool.log"
+        note "sanitizer $tool (${sections% }): exit code $rc in $(($(date +%s) - t0)) s (9: findings; 1: test failures under the tool)"
+        grep -E "^========= +[A-Z]+ SUMMARY" "$work/$tool.log" | tee -a "$summary"
+        grep -v "SUMMARY" "$work/$tool.log" | grep -m 8 -E "^========= +(Invalid|Error|Warning|Race|Program hit|Hazard)" |
+            tee -a "$summary"
+        case $rc in
+            9) fail_step "sanitizer $tool" "log in $work/$tool.log" ;;
+            124) fail_step "sanitizer $tool" "timed out" ;;
+        esac
     done
 else
     note "sanitizer: compute-sanitizer not found"
