@@ -84,9 +84,25 @@ struct device {
     }
 };
 
+// On a failure also the largest difference and the first values: enough to tell a wrong op from an unwritten
+// (zero) or faulted (NaN) output without a second run.
 void expect(const std::string & name, const std::vector<float> & ref, const std::vector<float> & got, double thr) {
     const double e = nmse(ref, got);
-    CHECK(e <= thr, "%-60s nmse %.3e (thr %.0e)", name.c_str(), e, thr);
+    if (CHECK(e <= thr, "%-60s nmse %.3e (thr %.0e)", name.c_str(), e, thr) || ref.empty()) return;
+    size_t worst = 0;
+    double wd = -1.0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        double d = std::fabs(double(got[i]) - double(ref[i]));
+        if (std::isnan(d)) d = INFINITY;
+        if (d > wd) {
+            wd = d;
+            worst = i;
+        }
+    }
+    std::printf("     max |diff| %.3e at %zu (ref %.6g, got %.6g); first values ref/got:", wd, worst, double(ref[worst]),
+                double(got[worst]));
+    for (size_t i = 0; i < ref.size() && i < 4; ++i) std::printf(" %.5g/%.5g", double(ref[i]), double(got[i]));
+    std::printf("\n");
 }
 
 tensor_desc plain(dtype t, int64_t rows, int64_t cols, const void * data) {
