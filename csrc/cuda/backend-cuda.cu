@@ -110,13 +110,8 @@ class cuda_backend final : public backend {
     }
     buffer import_weights(const void * host, size_t bytes) override {
         buffer b = alloc(bytes, buffer_usage::weights);
-        try {
-            upload(b, 0, host, bytes);
-            MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
-        } catch (...) {
-            release(b);  // the arena may serve other backends: a failed import holds none of it
-            throw;
-        }
+        upload(b, 0, host, bytes);
+        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
         return b;
     }
     void upload(const buffer & dst, size_t off, const void * src, size_t n) override {
