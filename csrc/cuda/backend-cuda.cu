@@ -400,15 +400,9 @@ class cuda_backend final : public backend {
     };
     const void * stage(staged & st, const void * data, size_t bytes) {
         if (bytes != st.last.size() || std::memcmp(st.last.data(), data, bytes) != 0) {
-            st.last.clear();  // forgotten until the upload is issued: after a failure the next call uploads again
             grow(st.dev, std::max<size_t>(bytes, 1));
             st.last.assign((const uint8_t *) data, (const uint8_t *) data + bytes);
-            try {
-                upload(st.dev, 0, st.last.data(), bytes);  // from the kept copy: the caller's table may go first
-            } catch (...) {
-                st.last.clear();
-                throw;
-            }
+            upload(st.dev, 0, st.last.data(), bytes);  // from the kept copy: the caller's table may go first
         }
         return st.dev.data;
     }
