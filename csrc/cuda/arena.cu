@@ -1,5 +1,8 @@
 #include "cuda/arena.cuh"
 
+#include <cstdlib>
+#include <cstring>
+
 namespace minicpm {
 namespace cuda {
 
@@ -20,7 +23,9 @@ std::shared_ptr<device_arena> device_arena::acquire(uint64_t limit, bool integra
                                                mib(free_b) + " free of " + mib(total_b) + " on the device");
     const uint64_t size = limit > 0 ? limit : integrated ? free_b / 2 : free_b / 10 * 9;
     std::shared_ptr<device_arena> a(new device_arena());
-    const cudaError_t e = cudaMalloc(&a->base_, size);
+    const char *      env = std::getenv("MINICPM_CUDA_ARENA");
+    const bool        one_block = env == nullptr || std::strcmp(env, "off") != 0;
+    const cudaError_t e = one_block ? cudaMalloc(&a->base_, size) : cudaSuccess;
     if (e != cudaSuccess) {
         cudaGetLastError();  // clear the sticky allocation error
         fail(MINICPM_STATUS_OUT_OF_MEMORY, "backend cuda: cannot allocate the device arena of " + mib(size) + " (" +
@@ -35,6 +40,7 @@ std::shared_ptr<device_arena> device_arena::acquire(uint64_t limit, bool integra
 
 device_arena::~device_arena() {
     if (base_) cudaFree(base_);
+    for (const auto & b : own_) cudaFree(b.first);
 }
 
 void * device_arena::take(size_t bytes, const char * usage) {
@@ -45,12 +51,29 @@ void * device_arena::take(size_t bytes, const char * usage) {
              "backend cuda: " + std::to_string(bytes) + " bytes of " + usage + " do not fit in the device arena (" +
                  mib(ranges_->size()) + ", " + mib(ranges_->free_bytes()) + " free, largest piece " +
                  mib(ranges_->largest_free()) + "); raise the device memory limit (model params device_memory)");
-    return base_ + at;
+    if (base_) return base_ + at;
+    void *            p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();  // not sticky: the next launch check must not report it again
+        ranges_->give(at);
+        check(e, usage);
+    }
+    own_[p] = at;
+    return p;
 }
 
 void device_arena::give(void * p) {
     std::lock_guard<std::mutex> lk(mu_);
-    ranges_->give(size_t((uint8_t *) p - base_));
+    if (base_) {
+        ranges_->give(size_t((uint8_t *) p - base_));
+        return;
+    }
+    const auto it = own_.find(p);
+    if (it == own_.end()) return;  // not thrown: give runs in destructors
+    ranges_->give(it->second);
+    own_.erase(it);
+    cudaFree(p);
 }
 
 device_memory_info device_arena::info() const {

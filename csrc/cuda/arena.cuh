@@ -2,11 +2,14 @@
 // sized from its memory limit, and shared by every CUDA backend alive
 // (the model's weights, each engine's KV pool and workspace) until the last one goes. Buffers are carved
 // from it first-fit (core/range-alloc.h), so a run allocates no device memory after load and a limit holds.
+// MINICPM_CUDA_ARENA=off (for compute-sanitizer runs, scripts/gpu-check.sh): the same accounting, but each buffer
+// is an allocation of its own, so that an access past a buffer is past an allocation, which memcheck reports.
 #pragma once
 
 #include "core/range-alloc.h"
 #include "cuda/common.cuh"
 
+#include <map>
 #include <memory>
 #include <mutex>
 
@@ -29,8 +32,9 @@ class device_arena {
   private:
     device_arena() = default;
     mutable std::mutex               mu_;
-    uint8_t *                        base_ = nullptr;
+    uint8_t *                        base_ = nullptr;  // nullptr: MINICPM_CUDA_ARENA=off
     std::unique_ptr<range_allocator> ranges_;
+    std::map<void *, size_t>         own_;  // arena off: each buffer's allocation -> its range in the accounting
     uint64_t                         dev_free_ = 0, dev_total_ = 0;  // at creation, before the arena
 };
 

@@ -32,6 +32,7 @@ __global__ void kv_store_kernel(void * kp, void * vp, int32_t kv_type, int32_t n
                                 const float * v, const row_info * rows, const int32_t * blocks) {
     const int64_t  t = blockIdx.x;
     const row_info r = rows[t];
+    if (r.j < 0) return;
     for (int32_t e = threadIdx.x; e < nkv * hd; e += blockDim.x) {
         const int32_t h = e / hd, d = e % hd;
         const int64_t at = kv_index(blocks, r, r.n_past + r.j, h, nkv, hd) + d;
@@ -55,6 +56,7 @@ __global__ void attention_kernel(float * out, const float * q, const void * kp, 
     const int64_t  t = blockIdx.x;
     const int32_t  h = blockIdx.y, hk = h / (nh / nkv);
     const row_info r = rows[t];
+    if (r.j < 0) return;  // the whole block: before any barrier
     const float *  qh = q + (t * nh + h) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         qs[d] = qh[d] * scale;
@@ -126,6 +128,7 @@ __global__ void attention_split_kernel(float * part_o, float * part_ml, const fl
     float * ls = ms + G;                      // [G] running sum
     float * al = ls + G;                      // [G] rescale of what came before this chunk
     const row_info r = rows[t];
+    if (r.j < 0) return;  // the whole block: before any barrier (combine skips the row too)
     const int32_t  n_slots = r.n_past + r.j + 1;
     const int32_t  s0 = part * part_len, s1 = min(s0 + part_len, n_slots);  // empty past the row's context
     const int      warp = threadIdx.x / k_warp, lane = threadIdx.x % k_warp, n_warps = blockDim.x / k_warp;
@@ -182,6 +185,7 @@ __global__ void attention_split_kernel(float * part_o, float * part_ml, const fl
             ps[g * k_split_chunk + lane] = p;
             float sum = p;
             for (int o = k_warp / 2; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            __syncwarp();  // every lane has read ms[g] before lane 0 overwrites it (a shuffle orders no memory)
             if (lane == 0) {
                 const float a = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
                 al[g] = a;
@@ -211,9 +215,10 @@ __global__ void attention_split_kernel(float * part_o, float * part_ml, const fl
 
 // out[t, h] = sum_p w_p o_p / sum_p w_p with w_p = l_p exp(m_p - M); empty partitions (l_p = 0) weigh nothing.
 __global__ void attention_combine_kernel(float * out, const float * part_o, const float * part_ml, int32_t hd,
-                                         int32_t n_parts) {
+                                         int32_t n_parts, const row_info * rows) {
     extern __shared__ float wts[];  // [n_parts]
     __shared__ float den;
+    if (rows[blockIdx.x].j < 0) return;
     const int64_t th = int64_t(blockIdx.x) * gridDim.y + blockIdx.y;
     const float * ml = part_ml + th * n_parts * 2;
     if (threadIdx.x == 0) {
@@ -247,7 +252,8 @@ size_t split_shared_bytes(int32_t G, int32_t hd) {
 split_plan plan_split_attention(int32_t nh, int32_t nkv, int32_t hd, int64_t T, int32_t max_slots, int32_t n_sms) {
     split_plan p;
     const int32_t G = nh / nkv;
-    if (T > k_split_max_rows || max_slots < k_split_min_slots || G * hd > k_split_threads * k_split_own ||
+    // T == 0 (segments of no rows over a long context) would divide by zero below.
+    if (T <= 0 || T > k_split_max_rows || max_slots < k_split_min_slots || G * hd > k_split_threads * k_split_own ||
         split_shared_bytes(G, hd) > 48 * 1024)
         return p;
     // Planned for the context rounded up to 8..15 times a power of two: the plan (baked into a recorded step
@@ -279,7 +285,7 @@ void launch_attention_split(cudaStream_t s, float * out, const float * q, const 
         part_o, part_ml, q, k_pool, v_pool, kv_type, nh, nkv, hd, scale, rows, blocks, p.part_len, p.n_parts);
     MINICPM_CUDA_LAUNCHED("attention: split-K partitions");
     attention_combine_kernel<<<dim3(unsigned(T), unsigned(nh)), 128, size_t(p.n_parts) * sizeof(float), s>>>(
-        out, part_o, part_ml, hd, p.n_parts);
+        out, part_o, part_ml, hd, p.n_parts, rows);
     MINICPM_CUDA_LAUNCHED("attention: split-K combine");
 }
 

@@ -19,7 +19,8 @@ using cuda::check;
 
 constexpr int64_t k_select_scratch_floats = int64_t(16) << 20;  // stage-1 scores held at once (64 MiB)
 // Pinned host staging of a step graph's uploads: token ids, positions, logit rows, the row table and the
-// block tables of up to 64 rows at 1M-token contexts.
+// block tables (padded to a power of two: 64 rows at 128K-token contexts take 512 KiB). A step whose uploads
+// do not fit runs eagerly (a fallback in the stats).
 constexpr size_t k_step_staging_bytes = size_t(1) << 20;
 
 uint64_t bits(const void * p) { return uint64_t(uintptr_t(p)); }
@@ -90,7 +91,11 @@ class cuda_backend final : public backend {
         static const char * const names[] = {"weights", "KV cache", "activations"};
         b.data = arena_->take(bytes, names[int(usage)]);
         b.size = bytes;
-        MINICPM_CUDA_CHECK(cudaMemsetAsync(b.data, 0, bytes, stream_));
+        const cudaError_t e = cudaMemsetAsync(b.data, 0, bytes, stream_);
+        if (e != cudaSuccess) {
+            arena_->give(b.data);  // a failed alloc holds no range of the arena
+            check(e, "cudaMemsetAsync (zero-filling a new buffer)");
+        }
         return b;
     }
     void release(buffer & b) override {
@@ -443,8 +448,14 @@ class cuda_backend final : public backend {
 
     // Flattens the segments into per-row records and one block table; uploads them only when they differ
     // from the last batch's (every layer of one forward passes the same segments).
+    // Rows of the batch that no segment names (attention over a subset, as InfLLM v2's dense rows) get j = -1:
+    // the kernels leave them alone, as the CPU ops do.
     int64_t stage_rows(const kv_segment * segs, int32_t n_segs) {
-        rows_.clear();
+        int32_t n_rows = 0;
+        for (int32_t s = 0; s < n_segs; ++s) n_rows = std::max(n_rows, segs[s].row_begin + segs[s].n_rows);
+        cuda::row_info gap{};
+        gap.j = -1;
+        rows_.assign(size_t(n_rows), gap);
         blocks_.clear();
         max_slots_ = 0;
         for (int32_t s = 0; s < n_segs; ++s) {
@@ -460,7 +471,6 @@ class cuda_backend final : public backend {
                 r.blocks_off = off;
                 r.causal = sg.mask == nullptr;
                 r.mask = sg.mask ? sg.mask[j] : 0;
-                if (size_t(sg.row_begin + j) >= rows_.size()) rows_.resize(size_t(sg.row_begin + j) + 1);
                 rows_[size_t(sg.row_begin + j)] = r;
             }
         }
@@ -474,6 +484,10 @@ class cuda_backend final : public backend {
                           std::memcmp(staged_rows_.data(), rows_.data(), rb) == 0 &&
                           std::memcmp(staged_blocks_.data(), blocks_.data(), bb) == 0;
         if (!same) {
+            // Forgotten until both uploads are issued: a failure in between (a buffer moved by grow and not
+            // refilled) must not let the next batch with the same tables skip its upload.
+            staged_rows_.clear();
+            staged_blocks_.clear();
             grow(rows_dev_, rb, true);
             grow(blocks_dev_, bb, true);
             upload(rows_dev_, 0, rows_.data(), rb);

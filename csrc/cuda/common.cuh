@@ -76,8 +76,9 @@ __device__ __forceinline__ float load_weight(const wdesc & w, int64_t n, int64_t
     return float(q - z) * s;
 }
 
-// One batch row as the KV ops see it: its segment's committed slots, its row index in the segment, where its
-// segment's block table starts in the flattened table, and which earlier rows it sees (causal or a mask).
+// One batch row as the KV ops see it: its segment's committed slots, its row index in the segment (-1: a row
+// of no segment, which the ops skip), where its segment's block table starts in the flattened table, and which
+// earlier rows it sees (causal or a mask).
 struct row_info {
     int32_t  j;
     int32_t  n_past;

@@ -45,8 +45,8 @@ __global__ void rope_kernel(float * x, const int32_t * pos, const float * cos_si
         float *       u = x + (t * nh + h) * hd;
         const float   c = cs[2 * i], s = cs[2 * i + 1];
         const float   a = u[i], b = u[i + half];
-        u[i] = a * c - b * s;
-        u[i + half] = b * c + a * s;
+        u[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));  // unfused, as add_scaled_kernel
+        u[i + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
     }
 }
 
@@ -57,9 +57,11 @@ __global__ void silu_mul_kernel(float * out, const float * gate, const float * u
     }
 }
 
+// A product then a sum, each rounded, as the CPU op: nvcc would otherwise fuse them into one FMA (one rounding),
+// and the residual stream would drift from the reference by an ulp per layer.
 __global__ void add_scaled_kernel(float * x, const float * a, float scale, int64_t n) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        x[i] += a[i] * scale;
+        x[i] = __fadd_rn(x[i], __fmul_rn(a[i], scale));
 }
 
 __global__ void div_scalar_kernel(float * x, float d, int64_t n) {

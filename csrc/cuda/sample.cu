@@ -97,7 +97,9 @@ __device__ uint4 philox(uint64_t seed, uint64_t counter) {
     return make_uint4(c0, c1, c2, c3);
 }
 
-__global__ void sample_kernel(uint32_t * keys, const float * logits, int32_t V, const sample_row * rows,
+// 1024 threads a block: at most 64 registers a thread, which the bounds make the compiler keep to (a launch
+// of a kernel that uses more fails with "too many resources requested").
+__global__ void __launch_bounds__(k_sample_threads) sample_kernel(uint32_t * keys, const float * logits, int32_t V, const sample_row * rows,
                               const sample_adjust * adjust, sample_out * out) {
     __shared__ reduce_space rs;
     __shared__ double       part[k_sample_threads];

@@ -2,7 +2,9 @@
 // of a generated checkpoint on the CUDA backend vs the CPU reference. NMSE per case, printed. Exits 77 (ctest:
 // skipped, and reported as such by scripts/test.sh) when the build has no CUDA backend or the machine no device.
 // `test-cuda --perf` also times the GEMV (GB/s) and the tensor-core GEMMs, bf16 and q8 / q4 (TFLOP/s; q4 also in
-// GPTQ act-order and split-K), for scripts/gpu-check.sh.
+// GPTQ act-order and split-K), for scripts/gpu-check.sh. Each section runs in a process of its own with a time
+// limit (see main), so that one kernel fault or hang is one FAIL line and the other sections still report;
+// `test-cuda SECTION...` runs some.
 #include "core/backend.h"
 #include "core/status.h"
 #include "cpu/cpu-common.h"
@@ -15,12 +17,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace minicpm;
 
@@ -78,9 +85,25 @@ struct device {
     }
 };
 
+// On a failure also the largest difference and the first values: enough to tell a wrong op from an unwritten
+// (zero) or faulted (NaN) output without a second run.
 void expect(const std::string & name, const std::vector<float> & ref, const std::vector<float> & got, double thr) {
     const double e = nmse(ref, got);
-    CHECK(e <= thr, "%-60s nmse %.3e (thr %.0e)", name.c_str(), e, thr);
+    if (CHECK(e <= thr, "%-60s nmse %.3e (thr %.0e)", name.c_str(), e, thr) || ref.empty()) return;
+    size_t worst = 0;
+    double wd = -1.0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        double d = std::fabs(double(got[i]) - double(ref[i]));
+        if (std::isnan(d)) d = INFINITY;
+        if (d > wd) {
+            wd = d;
+            worst = i;
+        }
+    }
+    std::printf("     max |diff| %.3e at %zu (ref %.6g, got %.6g); first values ref/got:", wd, worst, double(ref[worst]),
+                double(got[worst]));
+    for (size_t i = 0; i < ref.size() && i < 4; ++i) std::printf(" %.5g/%.5g", double(ref[i]), double(got[i]));
+    std::printf("\n");
 }
 
 tensor_desc plain(dtype t, int64_t rows, int64_t cols, const void * data) {
@@ -423,10 +446,13 @@ void test_kv_attention(backend & be) {
         int32_t nh, nkv, hd;
         std::vector<std::pair<int32_t, int32_t>> segs;  // (n_past, n_rows)
         bool tree;
+        bool gaps = false;  // a batch row before each segment that no segment names: the ops leave it alone
     };
     // The first four take the one-block-per-head kernel (many rows or a short context); the others, at most
     // 64 rows with a context of 256 slots or more, the split-K kernel (GQA 8: 16/2 heads, GQA 16: 32/2), with
-    // rows whose own context is short beside long ones (partitions past a row's context are empty).
+    // rows whose own context is short beside long ones (partitions past a row's context are empty). Then
+    // segments of no rows over a long context (alone: a batch of no rows), and two cases that leave rows out
+    // (as InfLLM v2's dense op runs over some rows only): their outputs and KV slots stay as they were.
     const tcase cases[] = {{16, 2, 64, {{0, 70}, {63, 3}, {130, 1}}, false},
                            {32, 2, 128, {{0, 17}, {64, 2}, {65, 65}}, false},
                            {16, 2, 64, {{61, 10}}, true},
@@ -436,14 +462,18 @@ void test_kv_attention(backend & be) {
                            {16, 2, 64, {{700, 10}}, true},
                            {32, 2, 128, {{300, 1}}, false},
                            {16, 2, 64, {{4000, 1}}, false},
-                           {12, 3, 64, {{640, 4}, {70, 1}}, false}};
+                           {12, 3, 64, {{640, 4}, {70, 1}}, false},
+                           {16, 2, 64, {{300, 0}, {5, 1}}, false},
+                           {16, 2, 64, {{300, 0}}, false},
+                           {16, 2, 64, {{0, 20}, {100, 3}}, false, true},
+                           {16, 2, 64, {{300, 1}, {1000, 2}}, false, true}};
     for (const tcase & c : cases) {
         for (dtype kvt : {dtype::f32, dtype::bf16, dtype::f16}) {
             device dv{be};
             int32_t nb = 0, T = 0;
             for (auto & s : c.segs) {
                 nb += (s.first + s.second + 63) / 64;
-                T += s.second;
+                T += s.second + (c.gaps ? 1 : 0);
             }
             std::vector<int32_t> order(static_cast<size_t>(nb));
             for (int32_t i = 0; i < nb; ++i) order[size_t(i)] = nb - 1 - i;
@@ -463,6 +493,7 @@ void test_kv_attention(backend & be) {
             std::vector<kv_segment> segs;
             int32_t row = 0;
             for (size_t i = 0; i < c.segs.size(); ++i) {
+                row += c.gaps ? 1 : 0;
                 segs.push_back({row, c.segs[i].second, c.segs[i].first, tables[i].data(), c.tree ? mask.data() : nullptr});
                 row += c.segs[i].second;
             }
@@ -484,13 +515,13 @@ void test_kv_attention(backend & be) {
             float * od = dv.zeros(q.size());
             be.attention(od, dv.put(q), dk, segs.data(), int32_t(segs.size()), c.nh, scale);
             const bool same = dv.get(kd, kh.size()) == kh && dv.get(vd, vh.size()) == vh;
-            CHECK(same, "kv_store kv=%s nh=%d hd=%d%s: pools %s", dtype_name(kvt), c.nh, c.hd, c.tree ? " tree" : "",
-                  same ? "byte-identical" : "DIFFER");
+            CHECK(same, "kv_store kv=%s nh=%d hd=%d%s%s: pools %s", dtype_name(kvt), c.nh, c.hd, c.tree ? " tree" : "",
+                  c.gaps ? " rows left out" : "", same ? "byte-identical" : "DIFFER");
             int32_t ctx = 0;
             for (auto & s : c.segs) ctx = std::max(ctx, s.first + s.second);
             expect(std::string("attention kv=") + dtype_name(kvt) + " nh=" + std::to_string(c.nh) + " nkv=" +
                        std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) + " rows=" + std::to_string(T) +
-                       " ctx=" + std::to_string(ctx) + (c.tree ? " tree" : ""),
+                       " ctx=" + std::to_string(ctx) + (c.tree ? " tree" : "") + (c.gaps ? " rows left out" : ""),
                    outr, dv.get(od, outr.size()), 1e-10);
         }
     }
@@ -1355,46 +1386,204 @@ void perf_sparse(backend & be) {
     }
 }
 
+// ---- the run: every section in a process of its own (fork, before anything touches CUDA). A kernel fault
+// poisons its process's CUDA context for good (sticky errors): every later call fails, so the sections after it
+// would report that one fault again as failures of their own. A section that crashes, or runs past its time, is
+// one FAIL line naming it; the others still run and report.
+
+struct section {
+    const char * name;
+    bool         on_backend;  // runs on a CUDA backend made for it (the others load models, which make their own)
+    void (*run)(backend * be);
+};
+
+const section k_sections[] = {
+    {"arena", false, [](backend *) { test_arena(); }},  // a process's first CUDA backend sizes its arena
+    {"elementwise", true, [](backend * be) { test_elementwise(*be); }},
+    {"matmul", true, [](backend * be) { test_matmul(*be); }},
+    {"attention", true, [](backend * be) { test_kv_attention(*be); }},
+    {"sample", true,
+     [](backend * be) {
+         test_sample_greedy(*be);
+         test_sample_distribution(*be);
+     }},
+    {"model", false, [](backend *) { test_model(false); }},
+    {"engine", false, [](backend *) { test_engine_sampling(); }},
+    {"sparse", true, [](backend * be) { test_sparse(*be); }},
+    {"sparse-model", false, [](backend *) { test_model(true); }},
+    {"graphs", false, [](backend *) { test_step_graphs(); }},
+    {"qgemm", true, [](backend * be) { test_qgemm(*be); }},
+    {"act-order", true, [](backend * be) { test_act_order(*be); }},
+    {"act-order-model", false, [](backend *) { test_model(false, true); }},
+    {"qgemm-split", true, [](backend * be) { test_qgemm_split(*be); }},
+    {"perf", true,
+     [](backend * be) {
+         perf(*be);
+         perf_sparse(*be);
+     }},
+};
+
+// What a section's process reports through its pipe when it gets to the end.
+struct section_counts {
+    int32_t checks = 0, failures = 0;
+};
+
+// fd: the pipe to the parent (< 0: the section runs in this process).
+void run_section(const section & s, int fd) {
+    std::unique_ptr<backend> be;
+    try {
+        if (s.on_backend) be = make_backend(backend_kind::cuda, backend_options{});
+        s.run(be.get());
+        if (be) be->synchronize();  // a fault in the section's last kernels is its own, reported here
+    } catch (const std::exception & e) {
+        CHECK(false, "section %s: %s", s.name, e.what());
+    }
+    const section_counts c = {minicpm_test::n_checks(), minicpm_test::n_failures()};
+    std::fflush(stdout);
+    if (fd >= 0 && write(fd, &c, sizeof(c)) != ssize_t(sizeof(c))) _exit(3);
+}
+
+// How a child process ended: its counts (when it got to write them), its exit status (-1: killed or died of a
+// signal) and, when it did not end well, why.
+struct child_end {
+    section_counts counts;
+    bool           counted = false;
+    int            status = -1;
+    std::string    why;
+};
+
+// Runs fn(fd) in a child process, for at most timeout_s seconds; fn writes its counts to fd.
+template <typename F> child_end in_child(F && fn, double timeout_s) {
+    child_end end;
+    int       fds[2];
+    if (pipe(fds) != 0) {
+        end.why = "pipe failed";
+        return end;
+    }
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        minicpm_test::n_checks() = 0;  // the child counts its own checks only
+        minicpm_test::n_failures() = 0;
+        fn(fds[1]);
+        std::fflush(stdout);
+        _exit(0);  // no static destructors: the parent's process is the one that finishes
+    }
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        end.why = "fork failed";
+        return end;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    int  status = 0;
+    bool timed_out = false;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (std::chrono::steady_clock::now() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            timed_out = true;
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    end.counted = read(fds[0], &end.counts, sizeof(end.counts)) == ssize_t(sizeof(end.counts));
+    close(fds[0]);
+    char buf[96] = "";
+    if (timed_out) {
+        std::snprintf(buf, sizeof(buf), "ran past its %.0f s and was killed", timeout_s);
+    } else if (WIFSIGNALED(status)) {
+        std::snprintf(buf, sizeof(buf), "died of signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    } else {
+        end.status = WEXITSTATUS(status);
+        if (end.status != 0) std::snprintf(buf, sizeof(buf), "exited with status %d", end.status);
+    }
+    if (!end.counted && buf[0] == '\0') std::snprintf(buf, sizeof(buf), "ended without reporting its checks");
+    end.why = buf;
+    return end;
+}
+
+int usage() {
+    std::printf("usage: test-cuda [--perf] [--timeout SECONDS | --in-process] [SECTION...]\nsections:");
+    for (const section & s : k_sections) std::printf(" %s", s.name);
+    std::printf("\n(default: every section but perf; --perf adds it; each runs in a process of its own, killed after "
+                "--timeout seconds, default 300; --in-process: all in this one, as compute-sanitizer wants them)\n");
+    return 2;
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
-    try {
-        make_backend(backend_kind::cuda, backend_options{});  // gone at once, and with it its device arena
-    } catch (const error & e) {
-        std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
-        return 77;
+    bool                      with_perf = false, in_process = false;
+    double                    timeout_s = 300;
+    std::vector<std::string> names;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--perf") {
+            with_perf = true;
+        } else if (a == "--in-process") {
+            in_process = true;
+        } else if (a == "--timeout" && i + 1 < argc) {
+            timeout_s = std::atof(argv[++i]);
+        } else if (std::any_of(std::begin(k_sections), std::end(k_sections),
+                               [&](const section & s) { return a == s.name; })) {
+            names.push_back(a);
+        } else {
+            return usage();
+        }
     }
-    test_arena();  // first: the arena is made by the first CUDA backend alive
-    std::unique_ptr<backend> be;
-    try {
-        be = make_backend(backend_kind::cuda, backend_options{});
-    } catch (const error & e) {
-        CHECK(false, "CUDA backend: %s", e.what());
+    if (timeout_s <= 0) return usage();
+    const auto chosen = [&](const section & s) {
+        const bool perf_one = std::strcmp(s.name, "perf") == 0;
+        return (names.empty() ? !perf_one : std::find(names.begin(), names.end(), s.name) != names.end()) ||
+               (perf_one && with_perf);
+    };
+    if (in_process) {
+        try {
+            make_backend(backend_kind::cuda, backend_options{});
+        } catch (const error & e) {
+            std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
+            return 77;
+        }
+        for (const section & s : k_sections)
+            if (chosen(s)) run_section(s, -1);
         return minicpm_test::finish();
     }
-    std::printf("backend: %s\n", be->name());
-    try {
-        test_elementwise(*be);
-        test_matmul(*be);
-        test_kv_attention(*be);
-        test_sample_greedy(*be);
-        test_sample_distribution(*be);
-        test_model(false);
-        test_engine_sampling();
-        // Last: a device fault is sticky, and the checks above should still be reported if one happens here.
-        test_sparse(*be);
-        test_model(true);
-        test_step_graphs();
-        test_qgemm(*be);  // the newest kernels last, for the same reason
-        test_act_order(*be);
-        test_model(false, true);
-        test_qgemm_split(*be);
-        if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) {
-            perf(*be);
-            perf_sparse(*be);
-        }
-    } catch (const std::exception & e) {
-        CHECK(false, "unexpected exception: %s", e.what());
+    // The device check runs in a child too: this process must never touch CUDA before it forks.
+    const child_end probe = in_child(
+        [](int fd) {
+            try {
+                const std::unique_ptr<backend> be = make_backend(backend_kind::cuda, backend_options{});
+                std::printf("backend: %s (%s)\n", be->name(), be->features());
+            } catch (const error & e) {
+                std::printf("SKIPPED: CUDA op tests: %s\n", e.what());
+                std::fflush(stdout);
+                _exit(77);
+            }
+            const section_counts none;
+            if (write(fd, &none, sizeof(none)) != ssize_t(sizeof(none))) _exit(3);
+        },
+        60);
+    if (probe.status == 77) return 77;
+    if (!probe.why.empty()) {
+        CHECK(false, "CUDA device check: %s", probe.why.c_str());
+        return minicpm_test::finish();
     }
+    int32_t checks = 0, failures = 0;
+    for (const section & s : k_sections) {
+        if (!chosen(s)) continue;
+        const auto      t0 = std::chrono::steady_clock::now();
+        const child_end end = in_child([&](int fd) { run_section(s, fd); }, timeout_s);
+        if (!end.why.empty())
+            CHECK(false, "section %s: %s%s", s.name, end.why.c_str(),
+                  end.counted ? " after its checks" : " (the checks it printed before are not counted)");
+        checks += end.counts.checks;
+        failures += end.counts.failures;
+        std::printf("section %s: %d checks, %d failed, %.1f s\n", s.name, end.counts.checks, end.counts.failures,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    minicpm_test::n_checks() += checks;
+    minicpm_test::n_failures() += failures;
     return minicpm_test::finish();
 }
