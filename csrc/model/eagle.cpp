@@ -167,6 +167,7 @@ eagle_head::~eagle_head() {
     for (buffer & b : placed_) loader_->release(b);
     loader_->release(bias_);
     loader_->release(fr_head_);
+    loader_->release(fr_prepared_);
 }
 
 void eagle_head::restrict_vocab(const std::vector<int32_t> & ids, int32_t n) {
@@ -174,6 +175,7 @@ void eagle_head::restrict_vocab(const std::vector<int32_t> & ids, int32_t n) {
     const int32_t       V = cfg_.n_vocab;
     if (n <= 0 || n > int32_t(ids.size())) n = int32_t(ids.size());
     loader_->release(fr_head_);
+    loader_->release(fr_prepared_);
     remap_.clear();
     w_.head = full;
     if (n == 0) return;
@@ -189,9 +191,9 @@ void eagle_head::restrict_vocab(const std::vector<int32_t> & ids, int32_t n) {
     }
     // One compact [n, H] matrix in the head's own format: data rows, then scales and zero points per row.
     const int64_t G = full.n_groups();
-    const size_t  data_row = full.type == dtype::q4 ? size_t(full.cols) / 2 : size_t(full.cols) * dtype_size(full.type);
     if (full.type == dtype::q4 && full.cols % 2 != 0)
         fail(MINICPM_STATUS_UNSUPPORTED, "draft vocabulary: a q4 LM head with an odd row length cannot be gathered");
+    const size_t data_row = full.data_bytes() / size_t(full.rows);  // whole bytes: q4 rows are even
     const size_t scale_row = full.scales ? size_t(G) * dtype_size(full.scale_type) : 0;
     const size_t zero_row = full.zeros ? size_t(G) : 0;
     const size_t at_scales = round_up(size_t(n) * data_row) * 4, at_zeros = at_scales + round_up(size_t(n) * scale_row) * 4;
@@ -223,6 +225,12 @@ void eagle_head::restrict_vocab(const std::vector<int32_t> & ids, int32_t n) {
     d.data = fr_head_.data;
     if (full.scales) d.scales = (const uint8_t *) fr_head_.data + at_scales;
     if (full.zeros) d.zeros = (const uint8_t *) fr_head_.data + at_zeros;
+    // The full head's prepared copy holds the full head's rows: the compact one gets its own.
+    d.packed = nullptr;
+    if (d.quantized()) {
+        fr_prepared_ = loader_->prepare_weights(d);
+        d.packed = fr_prepared_.data;
+    }
     w_.head = d;
     remap_.assign(ids.begin(), ids.begin() + n);
 }

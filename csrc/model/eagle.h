@@ -74,6 +74,7 @@ class eagle_head {
     std::vector<buffer>          placed_;
     buffer                       bias_;     // fc.bias as f32
     buffer                       fr_head_;  // the compact FR-Spec head
+    buffer                       fr_prepared_;  // its prepared copy (x86: packed panels), if the backend makes one
     std::vector<int32_t>         remap_;
 };
 

@@ -1,7 +1,8 @@
 // EAGLE draft heads (model/eagle.h, engine/eagle-drafter.h) on a tiny random target and a random head in the
 // published layout, reference ops:
 //   - head parity: eagle_head::forward (causal rows, then masked tree rows over them) against a plain double
-//     implementation written here from the checkpoint's values; FR-Spec logits equal the gathered columns;
+//     implementation written here from the checkpoint's values; FR-Spec logits equal the gathered columns,
+//     also on a target quantized at load (fast ops);
 //   - the head saved as pytorch_model.bin (torch.save layout) gives its safetensors twin's outputs bit for bit;
 //     in CPM.cu's QAT -cpmcu layout (Marlin int4) it gives its dequantized F32 twin's outputs, and drafts losslessly;
 //   - greedy and sampled requests in a batch of mixed sequences: output == plain decoding token for token, with
@@ -230,6 +231,58 @@ void test_head_parity(const std::string & head_dir) {
           head->vocab_size(), fr_err, head->token_of(5));
     minicpm::kv_seq_free(kv, seq);
     head->release_workspace(*be, ws);
+}
+
+// FR-Spec on a target quantized at load, head included, on the fast ops (x86: the packed copy of each quantized
+// matrix): the compact head holds the full head's rows, so its logits equal the full head's gathered columns.
+void test_fr_spec_quantized(const std::string & target_dir, const std::string & head_dir) {
+    for (const int32_t q : {int32_t(MINICPM_DTYPE_Q8), int32_t(MINICPM_DTYPE_Q4)}) {
+        minicpm::model_load_options o;
+        o.backend = MINICPM_BACKEND_CPU;
+        o.quantize = q;
+        o.quant_group_size = 32;
+        const std::unique_ptr<minicpm::model>      m = minicpm::model::load(target_dir, o);
+        const std::unique_ptr<minicpm::eagle_head> head = minicpm::eagle_head::load(head_dir, *m, true);
+        const std::unique_ptr<minicpm::backend>    be = m->make_backend(minicpm::backend_options{});
+        minicpm::kv_pool         kv(*be, head->config(), minicpm::dtype::f32, 4);
+        minicpm::kv_seq          seq;
+        minicpm::eagle_workspace ws;
+        const int32_t H = m->config().n_embd, T = 6;
+        const std::vector<int32_t> tok = {5, 77, 300, 12, 499, 64}, pos = {0, 1, 2, 3, 4, 5}, rows = {0, 1, 2, 3, 4, 5};
+        std::vector<float>         hid(size_t(T) * H), feat(size_t(T) * H);
+        for (size_t i = 0; i < hid.size(); ++i) hid[i] = float(std::cos(double(i) * 0.29) * 1.1);
+        auto run = [&](int32_t V) {
+            std::vector<float> logits(size_t(T) * V);
+            minicpm::kv_seq_truncate(kv, seq, 0);
+            minicpm::kv_seq_prepare(kv, seq, 0, T);
+            minicpm::kv_segment sg;
+            sg.n_rows = T;
+            sg.blocks = seq.blocks.data();
+            head->forward(*be, ws, kv, sg, tok.data(), hid.data(), pos.data(), T, feat.data(), rows.data(), T,
+                          logits.data());
+            return logits;
+        };
+        const int32_t            V = head->vocab_size();
+        const std::vector<float> full = run(V);
+        std::vector<int32_t>     ids;
+        for (int32_t i = 0; i < 40; ++i) ids.push_back((i * 97 + 11) % V);
+        head->restrict_vocab(ids, 40);
+        const std::vector<float> compact = run(40);
+        double err = 0, mx = 0;
+        for (int32_t t = 0; t < T; ++t)
+            for (int32_t j = 0; j < 40; ++j) {
+                const double f = full[size_t(t) * V + ids[size_t(j)]];
+                err = std::max(err, std::fabs(double(compact[size_t(t) * 40 + j]) - f));
+                mx = std::max(mx, std::fabs(f));
+            }
+        CHECK(m->weights().head.quantized() && err == 0.0,
+              "FR-Spec head of 40 rows on a %s target (head quantized: %s), fast ops (%s): logits == full-head "
+              "columns: max abs diff %.3g (|max| %.3g)",
+              q == MINICPM_DTYPE_Q8 ? "q8 g32" : "q4 g32", m->weights().head.quantized() ? "yes" : "no", be->name(),
+              err, mx);
+        minicpm::kv_seq_free(kv, seq);
+        head->release_workspace(*be, ws);
+    }
 }
 
 // The head's features and logits over 6 causal rows (the head parity inputs), on the reference ops.
@@ -684,6 +737,7 @@ int main() {
         std::unique_ptr<minicpm::model> target = minicpm::model::load(dir + "/target", true, MINICPM_BACKEND_CPU);
         g_model = target.get();
         test_head_parity(dir + "/head");
+        test_fr_spec_quantized(dir + "/target", dir + "/head");
         test_bin_twin(dir + "/head", dir + "/head-bin");
         test_marlin_head(dir);
         test_batch(dir + "/marlin-32", 0, minicpm::tree_shape{});
