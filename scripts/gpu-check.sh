@@ -3,7 +3,8 @@
 # builds the CUDA backend for this GPU, runs every CUDA op against the CPU op and the model parity test
 # (test-cuda: NMSE per op, split-K decode attention, the device sampler's greedy / chi-square / seed checks,
 # packed q8/q4 GEMV, the q8/q4 tensor-core GEMM (mma.sync), the device arena, the engine sampling on the device,
-# InfLLM v2 compression / block selection / sparse attention and a sparse checkpoint, CUDA graph decode steps
+# InfLLM v2 compression / block selection / sparse attention, token-tree rows of it and a sparse checkpoint,
+# speculative decoding on it past dense_len against plain decoding, CUDA graph decode steps
 # bit-identical to eager ones), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMMs (TFLOP/s,
 # bf16 and q8 / q4), split-K attention, a sparse decode step dense vs sparse and the sampler, each against the
 # device's peak where this script knows it, and the engine (prefill, decode at batch 1/8/32) on MiniCPM4-0.5B-
@@ -47,9 +48,12 @@ note "build: ok in $(($(date +%s) - t0)) s"
 ops_rc=${PIPESTATUS[0]}
 grep -E "^(ok|FAIL)" "$work/ops.log" | awk '{print $1}' | sort | uniq -c | sed 's/^ */ops: /' | tee -a "$summary"
 grep -E "^FAIL" "$work/ops.log" | tee -a "$summary"
-grep -E "model logits|engine|sample|arena|graph|q-gemm.*(LM head|FAIL)" "$work/ops.log" | grep -v "^perf:" | tee -a "$summary"
-# InfLLM v2: ok / FAIL per check family (caches bit-identical, block sets identical, output NMSE).
-grep -E "^(ok|FAIL) +(kv_compress|sparse)" "$work/ops.log" | awk '{print $1, ($2 == "kv_compress" ? $2 : $2 " " $3)}' | sort | uniq -c |
+grep -E "model logits|engine|sample|arena|graph|spec sparse|q-gemm.*(LM head|FAIL)" "$work/ops.log" | grep -v "^perf:" |
+    tee -a "$summary"
+# InfLLM v2: ok / FAIL per check family (caches bit-identical, block sets identical, output NMSE; for token trees
+# also the row kinds present and the dense op's rows untouched).
+grep -E "^(ok|FAIL) +(kv_compress|sparse)" "$work/ops.log" |
+    awk '{print $1, ($2 == "kv_compress" ? $2 : $3 == "tree" ? $2 " " $3 " " $4 : $2 " " $3)}' | sort | uniq -c |
     sed 's/^ */infllm v2: /' | tee -a "$summary"
 # Each perf line with its share of the device peak: GB/s against the memory peak, TFLOP/s against the tensor peak
 # (the first rate of a line is its headline).
