@@ -6,6 +6,7 @@
 #include "engine/drafter.h"
 #include "engine/scheduler.h"
 #include "minicpm.h"
+#include "tests/tiny-model.h"
 
 #include <algorithm>
 #include <chrono>
@@ -50,6 +51,19 @@ inline std::vector<std::vector<int32_t>> run_all(minicpm::scheduler & s, const s
         out.push_back(toks);
     }
     return out;
+}
+
+// The sparse speculative target's shape (test-spec-sparse, test-cuda): G = 8, weights strong enough that greedy
+// tokens are not near ties.
+inline tiny_model_spec spec_target() {
+    tiny_model_spec spec;
+    spec.n_embd = 256;
+    spec.n_head = 16;
+    spec.n_head_kv = 2;
+    spec.n_ff = 256;
+    spec.weight_std = 0.25f;
+    spec.tie_word_embeddings = false;
+    return spec;
 }
 
 // Greedy trees for every request; counts the trees, their depths, and how many reach past dense_len.

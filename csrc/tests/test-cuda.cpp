@@ -856,16 +856,6 @@ void test_sample_distribution(backend & be) {
     }
 }
 
-// Adds an InfLLM v2 sparse_config (kernels 32 / 16, one init block) to a generated checkpoint.
-void add_sparse_config(const std::string & dir, int32_t window, int32_t topk, int32_t dense_len) {
-    std::string cfg = minicpm_test::read_file(dir + "/config.json");
-    cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, "
-                               "\"init_blocks\": 1, \"block_size\": 64, \"window_size\": " + std::to_string(window) +
-                               ", \"topk\": " + std::to_string(topk) + ", \"use_nope\": false, \"dense_len\": " +
-                               std::to_string(dense_len) + "}\n");
-    minicpm_test::write_file(dir + "/config.json", cfg);
-}
-
 // The whole model through the public API: CUDA logits vs the CPU reference ops on the same checkpoint.
 // sparse: a checkpoint with an InfLLM v2 sparse_config (G = 8, dense_len 300, top-k 3, window 2 blocks), 640
 // tokens of prefill then 8 decode calls, so that both paths run sparse rows through kv_compress and
@@ -884,7 +874,7 @@ void test_model(bool sparse) {
         spec.n_ff = 256;
     }
     minicpm_test::write_tiny_model(dir, spec);
-    if (sparse) add_sparse_config(dir, 128, 3, 300);
+    if (sparse) minicpm_test::add_sparse_config(dir, 128, 3, 300);
     const int32_t n_prompt = sparse ? 640 : 100, n_decode = sparse ? 8 : 0, V = spec.n_vocab;
     std::vector<int32_t> toks(size_t(n_prompt + n_decode));
     for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 5) % 500);
@@ -941,16 +931,10 @@ void test_spec_sparse(int32_t backend_request) {
     const std::string dir = minicpm_test::make_temp_dir("cuda-spec-sparse");
     std::filesystem::create_directories(dir + "/target");
     std::filesystem::create_directories(dir + "/weak");
-    minicpm_test::tiny_model_spec spec;
-    spec.n_embd = 256;
-    spec.n_head = 16;
-    spec.n_head_kv = 2;
-    spec.n_ff = 256;
-    spec.weight_std = 0.25f;
+    minicpm_test::tiny_model_spec spec = minicpm_test::spec_target();
     spec.weight_type = dtype::f32;
-    spec.tie_word_embeddings = false;
     minicpm_test::write_tiny_model(dir + "/target", spec);
-    add_sparse_config(dir + "/target", 128, 2, dense_len);  // 2 local blocks, top-k 2: sparse past 256 slots
+    minicpm_test::add_sparse_config(dir + "/target", 128, 2, dense_len);  // 2 local blocks, top-k 2: sparse past 256
     minicpm_test::tiny_model_spec weak = spec;
     weak.seed = 777;
     weak.n_layer = 1;

@@ -106,31 +106,16 @@ void check_arm(const char * label, const minicpm::tree_shape & shape, const make
               label, (unsigned long long) st.n_spec_accepted, (long long) d->sum_depth, (long long) d->n_trees);
 }
 
-std::string add_sparse_config(const std::string & dir) {
-    std::string cfg = minicpm_test::read_file(dir + "/config.json");
-    // window 128 = 2 local blocks, topk 2 (the init block and one scored): past 256 slots the selection leaves
-    // blocks out.
-    cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
-                               "\"block_size\": 64, \"window_size\": 128, \"topk\": 2, \"use_nope\": false, "
-                               "\"dense_len\": " + std::to_string(k_dense_len) + "}\n");
-    minicpm_test::write_file(dir + "/config.json", cfg);
-    return dir;
-}
-
 }  // namespace
 
 int main() {
     const std::string dir = minicpm_test::make_temp_dir("spec-sparse");
     for (const char * sub : {"/target", "/head", "/weak"}) std::filesystem::create_directories(dir + sub);
-    minicpm_test::tiny_model_spec spec;
-    spec.n_embd = 256;
-    spec.n_head = 16;
-    spec.n_head_kv = 2;
-    spec.n_ff = 256;
-    spec.weight_std = 0.25f;
-    spec.tie_word_embeddings = false;
+    const minicpm_test::tiny_model_spec spec = minicpm_test::spec_target();
     minicpm_test::write_tiny_model(dir + "/target", spec);
-    add_sparse_config(dir + "/target");
+    // window 128 = 2 local blocks, topk 2 (the init block and one scored): past 256 slots the selection leaves
+    // blocks out.
+    minicpm_test::add_sparse_config(dir + "/target", 128, 2, k_dense_len);
     minicpm_test::tiny_eagle_spec e;
     e.n_embd = 256, e.n_head = 16, e.n_head_kv = 2, e.n_ff = 256;
     minicpm_test::write_tiny_eagle(dir + "/head", spec, e);
