@@ -1360,7 +1360,8 @@ void perf(backend & be) {
 
 
 // One decode step's attention on the 8B shape (nh 32, nkv 2, hd 128, bf16 KV) at long contexts, dense vs
-// InfLLM v2 (hf, 8B sparse_config: compression of the new slot, selection, attention over 96 blocks).
+// InfLLM v2 (hf, 8B sparse_config: compression of the new slot, selection, attention over 96 blocks; a verify
+// tree's rows past dense_len).
 void perf_sparse(backend & be) {
     device dv{be};
     const int32_t nh = 32, nkv = 2, hd = 128;
@@ -1386,6 +1387,24 @@ void perf_sparse(backend & be) {
             });
             std::printf("perf: sparse decode nh=%d nkv=%d hd=%d ctx=%d rows=1: dense %.3f ms, sparse (hf, 96 blocks) "
                         "%.3f ms per layer\n", nh, nkv, hd, ctx, dense * 1e3, sparse * 1e3);
+        }
+        // A verify tree of 16 rows ending the context (binary: row j's parent is (j - 1) / 2) against the same rows
+        // as a causal chunk: what the per-row views and tail kernels cost.
+        constexpr int32_t n = 16;
+        std::vector<uint64_t> mask(size_t(n), 0);
+        for (int32_t j = 1; j < n; ++j) mask[size_t(j)] = mask[size_t((j - 1) / 2)] | uint64_t(1) << ((j - 1) / 2);
+        const kv_segment chunk = {0, n, ctx - n, table.data(), nullptr}, tree = {0, n, ctx - n, table.data(), mask.data()};
+        float * qn = dv.put(rnd(size_t(n) * nh * hd));
+        float * on = dv.zeros(size_t(n) * nh * hd);
+        for (int rep = 0; rep < 2; ++rep) {  // interleaved
+            const double causal = time_calls(be, 20, [&] {
+                be.sparse_attention(on, qn, kv, cc, &chunk, 1, nh, 0.088f, sp, nullptr, 0);
+            });
+            const double treed = time_calls(be, 20, [&] {
+                be.sparse_attention(on, qn, kv, cc, &tree, 1, nh, 0.088f, sp, nullptr, 0);
+            });
+            std::printf("perf: sparse verify nh=%d nkv=%d hd=%d ctx=%d rows=%d: causal chunk %.3f ms, tree (binary) "
+                        "%.3f ms per layer\n", nh, nkv, hd, ctx, n, causal * 1e3, treed * 1e3);
         }
     }
 }
