@@ -6,7 +6,8 @@
 # InfLLM v2 compression / block selection / sparse attention, token-tree rows of it and a sparse checkpoint,
 # speculative decoding on it past dense_len against plain decoding, CUDA graph decode steps
 # bit-identical to eager ones), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMMs (TFLOP/s,
-# bf16 and q8 / q4), split-K attention, a sparse decode step dense vs sparse and the sampler, each against the
+# bf16 and q8 / q4), split-K attention, a sparse decode step dense vs sparse, a sparse verify tree vs the same
+# rows as a causal chunk and the sampler, each against the
 # device's peak where this script knows it, and the engine (prefill, decode at batch 1/8/32) on MiniCPM4-0.5B-
 # and 8B-shaped random BF16 checkpoints (0.5B also q4, and also with CUDA graphs off). Everything is printed and
 # the summary lines are written to $1 (default gpu-check-summary.txt). Meant to finish within 8 minutes.
