@@ -1,5 +1,6 @@
 // Every op of the CUDA backend against the CPU reference op (the specification), then the whole model: logits
-// of a generated checkpoint on the CUDA backend vs the CPU reference. NMSE per case, printed. Exits 77 (ctest:
+// of a generated checkpoint on the CUDA backend vs the CPU reference, and speculative decoding on a sparse one
+// vs plain decoding on the device. NMSE per case, printed. Exits 77 (ctest:
 // skipped, and reported as such by scripts/test.sh) when the build has no CUDA backend or the machine no device.
 // `test-cuda --perf` also times the GEMV (GB/s) and the tensor-core GEMMs, bf16 and q8 / q4 (TFLOP/s), for
 // scripts/gpu-check.sh.
