@@ -4,9 +4,11 @@
 # (test-cuda: NMSE per op, split-K decode attention, the device sampler's greedy / chi-square / seed checks,
 # packed q8/q4 GEMV, the q8/q4 tensor-core GEMM (mma.sync; GPTQ act-order from reordered copies, split-K on
 # the 8B down projection, bit-identical repeats), the device arena, the engine sampling on the device,
-# InfLLM v2 compression / block selection / sparse attention and a sparse checkpoint, CUDA graph decode steps
+# InfLLM v2 compression / block selection / sparse attention, token-tree rows of it and a sparse checkpoint,
+# speculative decoding on it past dense_len against plain decoding, CUDA graph decode steps
 # bit-identical to eager ones), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMMs (TFLOP/s,
-# bf16 and q8 / q4, q4 act-order and split-K), split-K attention, a sparse decode step dense vs sparse and the sampler, each against the
+# bf16 and q8 / q4, q4 act-order and split-K), split-K attention, a sparse decode step dense vs sparse, a sparse
+# verify tree vs the same rows as a causal chunk and the sampler, each against the
 # device's peak where this script knows it, and the engine (prefill, decode at batch 1/8/32) on MiniCPM4-0.5B-
 # and 8B-shaped random BF16 checkpoints (0.5B also q4, and also with CUDA graphs off); last, when time is left,
 # compute-sanitizer over the small op sections. Everything is printed and the summary lines are written to $1
@@ -126,14 +128,16 @@ ops_rc=${PIPESTATUS[0]}
 grep -E "^(ok|FAIL)" "$work/ops.log" | awk '{print $1}' | sort | uniq -c | sed 's/^ */ops: /' | tee -a "$summary"
 grep -E "^FAIL" "$work/ops.log" | tee -a "$summary"
 grep -E "^(section|backend|SKIPPED)" "$work/ops.log" | tee -a "$summary"
-grep -E "model logits|engine|sample|arena|graph|q-gemm.*(LM head|FAIL)" "$work/ops.log" | grep -v -E "^(perf:|section)" |
-    tee -a "$summary"
+grep -E "model logits|engine|sample|arena|graph|spec sparse|q-gemm.*(LM head|FAIL)" "$work/ops.log" |
+    grep -v -E "^(perf:|section)" | tee -a "$summary"
 # Quantized matmul: ok / FAIL for GPTQ act-order (parity, g_idx refusals) and split-K (parity, repeats).
 grep -E "^(ok|FAIL) +(matmul act-order|act-order g_idx|matmul q4 g_idx|matmul split-K)" "$work/ops.log" |
     awk '{print $1, ($3 == "split-K" ? "split-K" : "act-order")}' | sort | uniq -c | sed 's/^ */quantized matmul: /' |
     tee -a "$summary"
-# InfLLM v2: ok / FAIL per check family (caches bit-identical, block sets identical, output NMSE).
-grep -E "^(ok|FAIL) +(kv_compress|sparse)" "$work/ops.log" | awk '{print $1, ($2 == "kv_compress" ? $2 : $2 " " $3)}' | sort | uniq -c |
+# InfLLM v2: ok / FAIL per check family (caches bit-identical, block sets identical, output NMSE; for token trees
+# also the row kinds present and the dense op's rows untouched).
+grep -E "^(ok|FAIL) +(kv_compress|sparse)" "$work/ops.log" |
+    awk '{print $1, ($2 == "kv_compress" ? $2 : $3 == "tree" ? $2 " " $3 " " $4 : $2 " " $3)}' | sort | uniq -c |
     sed 's/^ */infllm v2: /' | tee -a "$summary"
 # Each perf line with its share of the device peak: GB/s against the memory peak, TFLOP/s against the tensor peak
 # (the first rate of a line is its headline).

@@ -3,7 +3,7 @@
 // reused by every layer's kv_store and attention. Inside a step graph (step-graph.cuh) every op adds its
 // launch parameters to the step's signature and, when the step replays a graph, only stages its host data.
 #include "cuda/arena.cuh"
-#include "cpu/ops-sparse.h"  // sparse_check_args: the CPU ops' argument checks
+#include "cpu/ops-sparse.h"  // sparse_check_args, sparse_row_view_of: the CPU ops' checks and tree-row views
 #include "cuda/ops.cuh"
 #include "cuda/step-graph.cuh"
 
@@ -71,8 +71,10 @@ class cuda_backend final : public backend {
         release(sample_rows_);
         release(sample_adjust_);
         release(sample_out_);
-        for (staged * st : {&comp_segs_, &comp_blocks_, &sparse_rows_, &sparse_blocks_}) release(st->dev);
+        for (staged * st : {&comp_segs_, &comp_blocks_, &sparse_rows_, &sparse_blocks_, &sparse_tails_})
+            release(st->dev);
         release(select_s_);
+        release(select_tail_);
         release(select_bits_);
         if (stream_) cudaStreamDestroy(stream_);
     }
@@ -82,7 +84,7 @@ class cuda_backend final : public backend {
     const char * features() const override { return features_.c_str(); }
     int          n_threads() const override { return 1; }
     bool         host_memory() const override { return false; }
-    bool         sparse_trees() const override { return false; }  // the select kernel has no tree-row views
+    bool         sparse_trees() const override { return true; }
 
     buffer alloc(size_t bytes, buffer_usage usage) override {
         buffer b;
@@ -279,20 +281,32 @@ class cuda_backend final : public backend {
                           const sparse_attn_params & sp, uint64_t * selected, int32_t sel_words) override {
         sparse_check_args(kv, segs, n_segs, n_head, sp, selected, sel_words);
         if (refused_in_step("sparse attention inside a step")) return;
-        for (int32_t s = 0; s < n_segs; ++s)
-            if (segs[s].mask != nullptr)
-                fail(MINICPM_STATUS_UNSUPPORTED,
-                     "backend cuda: token trees (speculative decoding) are not supported with InfLLM v2 beyond "
-                     "dense_len; run without a drafter, on the CPU, or load with sparse attention off");
         const int32_t nkv = kv.n_head_kv, hd = kv.head_dim;
+        // One record per row that runs here (a tree's rows below dense_len are the dense op's: left untouched),
+        // with its view of the sequence (sparse_row_view): a tree row's tail slots and tail kernels.
         std::vector<cuda::sparse_row> rows;
         blocks_.clear();
-        int32_t max_p = 0, max_sel = 0;  // max_sel: the most blocks a row may select (steps 1, 7, 8)
+        tails_.clear();
+        int32_t         max_p = 0, max_sel = 0;  // max_sel: the most blocks a row may select (steps 1, 7, 8)
+        int32_t         n_tail_rows = 0, t1_cap = 0, t2_cap = 0;
+        sparse_row_view v;
         for (int32_t s = 0; s < n_segs; ++s) {
-            const int32_t off = append_blocks(segs[s]);
-            for (int32_t j = 0; j < segs[s].n_rows; ++j) {
-                const int32_t p = segs[s].n_past + j, nb = p / MINICPM_KV_BLOCK_SIZE + 1;
-                rows.push_back({segs[s].row_begin + j, p, off});
+            const kv_segment & sg = segs[s];
+            const int32_t      off = append_blocks(sg);
+            for (int32_t j = 0; j < sg.n_rows; ++j) {
+                sparse_row_view_of(v, sg, j);
+                const int32_t p = v.p, nb = p / MINICPM_KV_BLOCK_SIZE + 1;
+                if (sg.mask != nullptr && p + 1 < sp.dense_len) continue;
+                cuda::sparse_row r = {sg.row_begin + j, p, off, v.n_fixed, 0, 0};
+                if (!v.tail.empty()) {
+                    r.tail_off = int32_t(tails_.size());
+                    r.tk_off = n_tail_rows++;
+                    tails_.insert(tails_.end(), v.tail.begin(), v.tail.end());
+                    t1_cap = std::max(t1_cap, cc.c1.count(int64_t(p) + 1) - cc.c1.count(v.n_fixed));
+                    if (sp.lse == sparse_lse::c2)
+                        t2_cap = std::max(t2_cap, cc.c2.count(int64_t(p) + 1) - cc.c2.count(v.n_fixed));
+                }
+                rows.push_back(r);
                 max_p = std::max(max_p, p);
                 max_sel = std::max(max_sel, p + 1 < sp.dense_len ? nb : std::min(nb, sp.topk + sp.window_blocks));
             }
@@ -312,18 +326,23 @@ class cuda_backend final : public backend {
         const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>({T, k_select_scratch_floats / per_row, 65535}));
         const auto *  rows_dev = (const cuda::sparse_row *) stage(sparse_rows_, rows.data(), rows.size() * sizeof(rows[0]));
         const auto *  blocks_dev = (const int32_t *) stage(sparse_blocks_, blocks_.data(), blocks_.size() * sizeof(int32_t));
+        const size_t tail_floats = size_t(n_tail_rows) * size_t(nkv) * size_t(t1_cap + t2_cap) * size_t(hd);
+        grow(select_tail_, std::max<size_t>(1, tail_floats * sizeof(float)));
+        const auto * tails_dev = (const int32_t *) stage(sparse_tails_, tails_.data(), tails_.size() * sizeof(int32_t));
+        const cuda::sparse_tails tl = {tails_dev, (float *) select_tail_.data, t1_cap, t2_cap};
+        cuda::launch_sparse_tail_kernels(stream_, tl, cc, kv.k, int32_t(kv.type), nkv, hd, rows_dev, T, blocks_dev);
         grow(select_s_, size_t(chunk * per_row) * sizeof(float));
         grow(select_bits_, size_t(T) * size_t(nkv) * size_t(words) * sizeof(uint64_t));
         auto *                    bits = (uint64_t *) select_bits_.data;
         const cuda::sparse_scratch w = {(float *) select_s_.data, (float *) select_s_.data + chunk * n_head * n1_cap,
                                         (float *) select_s_.data + chunk * n_head * (n1_cap + n2_cap), n1_cap, n2_cap};
         for (int64_t r0 = 0; r0 < T; r0 += chunk)
-            cuda::launch_sparse_select(stream_, bits + r0 * nkv * words, words, w, cc, q, n_head, nkv, hd, scale, sp,
-                                       rows_dev + r0, std::min(chunk, T - r0), blocks_dev);
+            cuda::launch_sparse_select(stream_, bits + r0 * nkv * words, words, w, cc, tl, q, n_head, nkv, hd, scale,
+                                       sp, rows_dev + r0, std::min(chunk, T - r0), blocks_dev);
         const int32_t parts = cuda::sparse_attention_parts(T, max_sel);
         if (parts > 1) grow(split_, size_t(T) * size_t(n_head) * size_t(parts) * size_t(hd + 2) * sizeof(float));
         cuda::launch_sparse_attention(stream_, out, q, kv.k, kv.v, int32_t(kv.type), n_head, nkv, hd, scale, rows_dev,
-                                      T, blocks_dev, bits, words, parts, (float *) split_.data);
+                                      T, blocks_dev, tl.slots, bits, words, parts, (float *) split_.data);
         if (selected == nullptr) return;
         std::vector<uint64_t> host(size_t(T) * nkv * words);
         download(host.data(), select_bits_, 0, host.size() * sizeof(uint64_t));
@@ -512,8 +531,10 @@ class cuda_backend final : public backend {
     std::vector<cuda::row_info> rows_;
     std::vector<int32_t>        blocks_;
     std::vector<uint8_t>        staged_rows_, staged_blocks_;
-    staged                      comp_segs_, comp_blocks_, sparse_rows_, sparse_blocks_;  // InfLLM v2 tables
-    buffer                      select_s_, select_bits_;  // stage-1 scratch of a row chunk; selected blocks
+    staged                      comp_segs_, comp_blocks_, sparse_rows_, sparse_blocks_, sparse_tails_;  // InfLLM v2
+    std::vector<int32_t>        tails_;  // tree rows' tail slots (cuda::sparse_tails)
+    // stage-1 scratch of a row chunk; selected blocks; tree rows' tail kernels
+    buffer                      select_s_, select_bits_, select_tail_;
 };
 
 }  // namespace

@@ -62,16 +62,31 @@ void       launch_attention_split(cudaStream_t s, float * out, const float * q, 
                                   const row_info * rows, const int32_t * blocks, int64_t T, const split_plan & p,
                                   float * scratch);
 
-// sparse.cu (InfLLM v2). A segment's compression jobs: C1 kernels j0[0] .. j0[0] + n[0] - 1, C2 likewise; a
-// row of sparse attention: its batch row, its slot p, where its segment's block table starts.
+// sparse.cu (InfLLM v2). A segment's compression jobs: C1 kernels j0[0] .. j0[0] + n[0] - 1, C2 likewise.
 struct sparse_seg {
     int32_t j0[2], n[2], blocks_off;
 };
+// A row of sparse attention: its batch row, its slot p in the sequence it attends (cpu/ops-sparse.h,
+// sparse_row_view), where its segment's block table starts. Slots below n_fixed are the pool slots of the same
+// index, with cached kernels; slots n_fixed .. p (a tree row's ancestors, then itself) are the pool slots
+// tails[tail_off ..], and the kernels that end among them are the row's own, at tail-kernel row tk_off. An
+// unmasked row has n_fixed = p + 1: no tail.
 struct sparse_row {
-    int32_t row, p, blocks_off;
+    int32_t row, p, blocks_off, n_fixed, tail_off, tk_off;
+};
+// The tree rows' tail slots, and their tail kernels k[tk_off][nkv][t1_cap + t2_cap][hd]: C1 ones, then C2 ones
+// (LSE over C2 only); kernel j of a level sits at j - count(n_fixed).
+struct sparse_tails {
+    const int32_t * slots;
+    float *         k;
+    int32_t         t1_cap, t2_cap;
 };
 void   launch_kv_compress(cudaStream_t s, const kv_compressed & cc, const void * k_pool, int32_t kv_type, int32_t nkv,
                           int32_t hd, const sparse_seg * segs, int32_t n_segs, int32_t max_jobs, const int32_t * blocks);
+// Computes the tail kernels of rows[T] (rows without a tail do nothing), in kv_compress's arithmetic.
+void   launch_sparse_tail_kernels(cudaStream_t s, const sparse_tails & tl, const kv_compressed & cc,
+                                  const void * k_pool, int32_t kv_type, int32_t nkv, int32_t hd,
+                                  const sparse_row * rows, int64_t T, const int32_t * blocks);
 // Stage-1 scratch for T rows: s1 [T][nh][n1_cap], s2 [T][nh][n2_cap] (LSE over C2 only), lse [T][nh].
 struct sparse_scratch {
     float * s1, * s2, * lse;
@@ -81,16 +96,17 @@ struct sparse_scratch {
 size_t select_shared_bytes(int32_t G, int32_t hd, int32_t nb_cap);
 // Writes sel[T][nkv][sel_words] (blocks 0 .. 64 sel_words - 1).
 void launch_sparse_select(cudaStream_t s, uint64_t * sel, int32_t sel_words, const sparse_scratch & w,
-                          const kv_compressed & cc, const float * q, int32_t nh, int32_t nkv, int32_t hd, float scale,
-                          const sparse_attn_params & sp, const sparse_row * rows, int64_t T, const int32_t * blocks);
+                          const kv_compressed & cc, const sparse_tails & tl, const float * q, int32_t nh, int32_t nkv,
+                          int32_t hd, float scale, const sparse_attn_params & sp, const sparse_row * rows, int64_t T,
+                          const int32_t * blocks);
 // Stage 2 over the selected blocks. n_parts (sparse_attention_parts: 1 for many rows) > 1 cuts each row's
 // selection into parts; scratch then holds T x nh x n_parts x (hd + 2) floats. max_sel: the most blocks any
-// row may select.
+// row may select. tails: sparse_tails::slots.
 int32_t sparse_attention_parts(int64_t T, int32_t max_sel);
 void    launch_sparse_attention(cudaStream_t s, float * out, const float * q, const void * k_pool, const void * v_pool,
                                 int32_t kv_type, int32_t nh, int32_t nkv, int32_t hd, float scale, const sparse_row * rows,
-                                int64_t T, const int32_t * blocks, const uint64_t * sel, int32_t sel_words,
-                                int32_t n_parts, float * scratch);
+                                int64_t T, const int32_t * blocks, const int32_t * tails, const uint64_t * sel,
+                                int32_t sel_words, int32_t n_parts, float * scratch);
 
 // sample.cu: keys is scratch of R x V words; rows and adjust are device copies of the host tables.
 void launch_sample(cudaStream_t s, sample_out * out, uint32_t * keys, const float * logits, int32_t V,

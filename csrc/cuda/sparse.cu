@@ -18,6 +18,12 @@
 // attention: one thread block of 64 threads per (row, query head) walks the selected 64-slot blocks with an
 // online softmax, like the dense kernel of attention.cu walks all of them. For few rows (decode) the selected
 // blocks are cut into parts of 8, one thread block each, merged by a combine kernel (as split-K attention).
+//
+// Token trees (cpu/ops-sparse.h, sparse_row_view): a tree row runs all of the above on the sequence plain
+// decoding would hold after its ancestors, through its row record (ops.cuh, sparse_row): slots past the committed
+// ones map to its ancestors' pool slots, and the kernels that end among them are computed for that row alone
+// first (tail kernel), in the compression kernel's arithmetic, and scored in place of cached ones. An unmasked
+// row maps every slot to itself and has no tail kernel, so its arithmetic is unchanged.
 #include "cuda/ops.cuh"
 
 #include <algorithm>
@@ -83,6 +89,17 @@ __device__ __forceinline__ int64_t kv_at(const int32_t * blocks, int32_t slot, i
     return ((int64_t(blocks[slot / k_blk]) * nkv + h) * k_blk + slot % k_blk) * hd;
 }
 
+// The pool slot of slot t of the sequence row r attends (t <= r.p).
+__device__ __forceinline__ int32_t view_slot(const sparse_row & r, const int32_t * tails, int32_t t) {
+    return t < r.n_fixed ? t : tails[r.tail_off + t - r.n_fixed];
+}
+
+// Tail kernel jj (kernel count(n_fixed) + jj) of row r's level (second: C2) for KV head h.
+__device__ __forceinline__ float * tail_at(const sparse_tails & tl, const sparse_row & r, int32_t nkv, int32_t h,
+                                           bool second, int32_t jj, int32_t hd) {
+    return tl.k + ((int64_t(r.tk_off) * nkv + h) * (tl.t1_cap + tl.t2_cap) + (second ? tl.t1_cap : 0) + jj) * hd;
+}
+
 // grid (jobs, segments, KV heads); a job is one C1 or C2 kernel of its segment.
 __global__ void compress_kernel(side cc, const void * kp, int32_t kv_type, int32_t nkv, int32_t hd,
                                 const sparse_seg * segs, const int32_t * blocks) {
@@ -105,12 +122,35 @@ __global__ void compress_kernel(side cc, const void * kp, int32_t kv_type, int32
     }
 }
 
+// A tree row's tail kernels, as compress_kernel computes a cached one (rows added in order per d, then the
+// division) over the row's own slots. grid (rows, KV heads, t1_cap + t2_cap); rows without a tail return.
+__global__ void tail_kernel(sparse_tails tl, side cc, const void * kp, int32_t kv_type, int32_t nkv, int32_t hd,
+                            const sparse_row * rows, const int32_t * blocks) {
+    const sparse_row r = rows[blockIdx.x];
+    if (r.n_fixed > r.p) return;
+    const bool    second = int32_t(blockIdx.z) >= tl.t1_cap;
+    const geom &  g = second ? cc.c2 : cc.c1;
+    const int32_t jc = g.count(r.n_fixed), jj = second ? blockIdx.z - tl.t1_cap : blockIdx.z, h = blockIdx.y;
+    if (jc + jj >= g.count(int64_t(r.p) + 1)) return;
+    const int32_t   j = jc + jj;
+    const int32_t * bt = blocks + r.blocks_off;
+    float *         dst = tail_at(tl, r, nkv, h, second, jj, hd);
+    for (int32_t d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int32_t i = 0; i < g.ks; ++i) {
+            const int32_t t = view_slot(r, tl.slots, g.st * j + i);
+            sum = __fadd_rn(sum, load_plain(kp, kv_type, kv_at(bt, t, h, nkv, hd) + d));
+        }
+        dst[d] = __fdiv_rn(sum, float(g.ks));
+    }
+}
+
 // Stage 1, scores: s[row][h][j] = dot(q_h, C[j]) * scale for every kernel j a sparse row sees, C1 (and C2 when
 // the LSE runs over C2). grid (kernel tiles, rows, KV heads): a tile's 32 kernels are staged in shared memory
 // once and scored against every query head of the group.
 __global__ void score_kernel(float * s1, float * s2, int32_t n1_cap, int32_t n2_cap, int32_t n1_tiles, side cc,
-                             const float * q, int32_t nh, int32_t nkv, int32_t hd, float scale, int32_t dense_len,
-                             const sparse_row * rows, const int32_t * blocks) {
+                             sparse_tails tl, const float * q, int32_t nh, int32_t nkv, int32_t hd, float scale,
+                             int32_t dense_len, const sparse_row * rows, const int32_t * blocks) {
     extern __shared__ float sh[];
     const int32_t    G = nh / nkv, g = blockIdx.z, ld = hd + 1;
     const sparse_row r = rows[blockIdx.y];
@@ -118,7 +158,7 @@ __global__ void score_kernel(float * s1, float * s2, int32_t n1_cap, int32_t n2_
     const bool    second = int32_t(blockIdx.x) >= n1_tiles;
     const geom &  lv = second ? cc.c2 : cc.c1;
     const int32_t j0 = (second ? blockIdx.x - n1_tiles : blockIdx.x) * k_score_tile;
-    const int32_t n = lv.count(int64_t(r.p) + 1);
+    const int32_t n = lv.count(int64_t(r.p) + 1), jc = lv.count(r.n_fixed);  // jc: the cached ones
     if (j0 >= n) return;
     const int32_t * bt = blocks + r.blocks_off;
     float *         qs = sh;           // [G][hd]
@@ -126,7 +166,8 @@ __global__ void score_kernel(float * s1, float * s2, int32_t n1_cap, int32_t n2_
     for (int32_t e = threadIdx.x; e < G * hd; e += blockDim.x) qs[e] = q[(int64_t(r.row) * nh + g * G) * hd + e];
     for (int32_t e = threadIdx.x; e < k_score_tile * hd; e += blockDim.x) {
         const int32_t jj = e / hd, d = e % hd;
-        if (j0 + jj < n) cs[jj * ld + d] = cc.at(lv, bt, g, j0 + jj, hd)[d];
+        const int32_t j = j0 + jj;
+        if (j < n) cs[jj * ld + d] = (j < jc ? cc.at(lv, bt, g, j, hd) : tail_at(tl, r, nkv, g, second, j - jc, hd))[d];
     }
     __syncthreads();
     float *       out = second ? s2 : s1;
@@ -240,12 +281,13 @@ __global__ void select_kernel(uint64_t * sel, int32_t sel_words, const float * s
 __global__ void sparse_attention_kernel(float * out, float * part_o, float * part_ml, const float * q, const void * kp,
                                         const void * vp, int32_t kv_type, int32_t nh, int32_t nkv, int32_t hd,
                                         float scale, const sparse_row * rows, const int32_t * blocks,
-                                        const uint64_t * sel, int32_t sel_words, int32_t bpp) {
+                                        const int32_t * tails, const uint64_t * sel, int32_t sel_words, int32_t bpp) {
     extern __shared__ float sh[];
     float *          qs = sh;           // [hd]
     float *          ps = qs + hd;      // [64]
     float *          red = ps + k_blk;  // [2]
     float *          acc = red + 2;     // [hd]
+    int32_t *        pool = (int32_t *) (acc + hd);  // [64] the pool slots of the block's slots
     const int32_t    h = blockIdx.y, hk = h / (nh / nkv), first = blockIdx.z * bpp;
     const sparse_row r = rows[blockIdx.x];
     const int32_t *  bt = blocks + r.blocks_off;
@@ -263,7 +305,8 @@ __global__ void sparse_attention_kernel(float * out, float * part_o, float * par
         const int32_t slot = b * k_blk + threadIdx.x;
         float         score = -INFINITY;
         if (slot <= r.p) {
-            const int64_t at = kv_at(bt, slot, hk, nkv, hd);
+            pool[threadIdx.x] = view_slot(r, tails, slot);
+            const int64_t at = kv_at(bt, pool[threadIdx.x], hk, nkv, hd);
             float         s = 0.0f;
             for (int32_t d = 0; d < hd; ++d) s += qs[d] * load_plain(kp, kv_type, at + d);
             score = s;
@@ -286,7 +329,7 @@ __global__ void sparse_attention_kernel(float * out, float * part_o, float * par
         const int32_t lim = min(k_blk, r.p - b * k_blk + 1);
         for (int d = threadIdx.x; d < hd; d += blockDim.x) {
             float a = acc[d] * alpha;
-            for (int32_t i = 0; i < lim; ++i) a += ps[i] * load_plain(vp, kv_type, kv_at(bt, b * k_blk + i, hk, nkv, hd) + d);
+            for (int32_t i = 0; i < lim; ++i) a += ps[i] * load_plain(vp, kv_type, kv_at(bt, pool[i], hk, nkv, hd) + d);
             acc[d] = a;
         }
         __syncthreads();
@@ -336,13 +379,23 @@ void launch_kv_compress(cudaStream_t s, const kv_compressed & cc, const void * k
     MINICPM_CUDA_LAUNCHED("kv_compress");
 }
 
+void launch_sparse_tail_kernels(cudaStream_t s, const sparse_tails & tl, const kv_compressed & cc,
+                                const void * k_pool, int32_t kv_type, int32_t nkv, int32_t hd,
+                                const sparse_row * rows, int64_t T, const int32_t * blocks) {
+    if (T == 0 || tl.t1_cap + tl.t2_cap == 0) return;
+    tail_kernel<<<dim3(unsigned(T), unsigned(nkv), unsigned(tl.t1_cap + tl.t2_cap)), std::min(hd, 128), 0, s>>>(
+        tl, to_side(cc), k_pool, kv_type, nkv, hd, rows, blocks);
+    MINICPM_CUDA_LAUNCHED("sparse tail kernels");
+}
+
 size_t select_shared_bytes(int32_t G, int32_t hd, int32_t nb_cap) {
     return std::max(size_t(G * hd + k_score_tile * (hd + 1)), size_t(nb_cap)) * sizeof(float);
 }
 
 void launch_sparse_select(cudaStream_t s, uint64_t * sel, int32_t sel_words, const sparse_scratch & w,
-                          const kv_compressed & cc, const float * q, int32_t nh, int32_t nkv, int32_t hd, float scale,
-                          const sparse_attn_params & sp, const sparse_row * rows, int64_t T, const int32_t * blocks) {
+                          const kv_compressed & cc, const sparse_tails & tl, const float * q, int32_t nh, int32_t nkv,
+                          int32_t hd, float scale, const sparse_attn_params & sp, const sparse_row * rows, int64_t T,
+                          const int32_t * blocks) {
     if (T == 0) return;
     const side    sd = to_side(cc);
     const int32_t n1_tiles = int32_t(ceil_div(w.n1_cap, k_score_tile));
@@ -354,7 +407,7 @@ void launch_sparse_select(cudaStream_t s, uint64_t * sel, int32_t sel_words, con
     if (sel_shared > 48 * 1024)
         MINICPM_CUDA_CHECK(cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sel_shared)));
     score_kernel<<<dim3(unsigned(n1_tiles + n2_tiles), unsigned(T), unsigned(nkv)), k_score_threads, score_shared, s>>>(
-        w.s1, w.s2, w.n1_cap, w.n2_cap, n1_tiles, sd, q, nh, nkv, hd, scale, sp.dense_len, rows, blocks);
+        w.s1, w.s2, w.n1_cap, w.n2_cap, n1_tiles, sd, tl, q, nh, nkv, hd, scale, sp.dense_len, rows, blocks);
     MINICPM_CUDA_LAUNCHED("sparse scores");
     lse_kernel<<<dim3(unsigned(T), unsigned(nh)), k_lse_threads, 0, s>>>(w.lse, w.s1, w.s2, w.n1_cap, w.n2_cap, sp, sd,
                                                                           nh, rows);
@@ -371,14 +424,14 @@ int32_t sparse_attention_parts(int64_t T, int32_t max_sel) {
 
 void launch_sparse_attention(cudaStream_t s, float * out, const float * q, const void * k_pool, const void * v_pool,
                              int32_t kv_type, int32_t nh, int32_t nkv, int32_t hd, float scale, const sparse_row * rows,
-                             int64_t T, const int32_t * blocks, const uint64_t * sel, int32_t sel_words, int32_t n_parts,
-                             float * scratch) {
+                             int64_t T, const int32_t * blocks, const int32_t * tails, const uint64_t * sel,
+                             int32_t sel_words, int32_t n_parts, float * scratch) {
     if (T == 0) return;
-    const size_t shared = size_t(2 * hd + k_blk + 2) * sizeof(float);
+    const size_t shared = size_t(2 * hd + k_blk + 2) * sizeof(float) + k_blk * sizeof(int32_t);
     float *      part_o = n_parts > 1 ? scratch : nullptr;
     float *      part_ml = n_parts > 1 ? scratch + T * nh * n_parts * hd : nullptr;
     sparse_attention_kernel<<<dim3(unsigned(T), unsigned(nh), unsigned(n_parts)), k_blk, shared, s>>>(
-        out, part_o, part_ml, q, k_pool, v_pool, kv_type, nh, nkv, hd, scale, rows, blocks, sel, sel_words,
+        out, part_o, part_ml, q, k_pool, v_pool, kv_type, nh, nkv, hd, scale, rows, blocks, tails, sel, sel_words,
         n_parts > 1 ? k_part_blocks : sel_words * 64);
     MINICPM_CUDA_LAUNCHED("sparse attention");
     if (n_parts == 1) return;

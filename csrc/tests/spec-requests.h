@@ -1,11 +1,16 @@
-// Requests for the speculative-decoding tests (test-eagle, test-spec-sparse): deterministic prompts, and a run
-// of a batch through a scheduler that collects every request's tokens.
+// Requests for the speculative-decoding tests (test-eagle, test-spec-sparse, test-cuda): deterministic prompts,
+// a run of a batch through a scheduler that collects every request's tokens, and a drafter wrapper that counts
+// the trees reaching past a sparse target's dense_len.
 #pragma once
 
+#include "engine/drafter.h"
 #include "engine/scheduler.h"
 #include "minicpm.h"
+#include "tests/tiny-model.h"
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -47,5 +52,43 @@ inline std::vector<std::vector<int32_t>> run_all(minicpm::scheduler & s, const s
     }
     return out;
 }
+
+// The sparse speculative target's shape (test-spec-sparse, test-cuda): G = 8, weights strong enough that greedy
+// tokens are not near ties.
+inline tiny_model_spec spec_target() {
+    tiny_model_spec spec;
+    spec.n_embd = 256;
+    spec.n_head = 16;
+    spec.n_head_kv = 2;
+    spec.n_ff = 256;
+    spec.weight_std = 0.25f;
+    spec.tie_word_embeddings = false;
+    return spec;
+}
+
+// Greedy trees for every request; counts the trees, their depths, and how many reach past dense_len.
+class counting_drafter final : public minicpm::drafter {
+  public:
+    counting_drafter(std::shared_ptr<minicpm::drafter> in, int32_t dense_len)
+        : in_(std::move(in)), dense_len_(dense_len) {}
+    int64_t n_trees = 0, n_past_dense = 0, sum_depth = 0;
+    void draft(uint64_t id, const int32_t * t, int32_t n, int32_t mn, int32_t md, minicpm::draft_tree & out) override {
+        in_->draft(id, t, n, mn, md, out);
+        int32_t depth = 0;
+        for (int32_t i = 0; i < out.size(); ++i) depth = std::max(depth, out.depth(i));
+        if (out.size() == 0) return;
+        ++n_trees;
+        sum_depth += depth;
+        // The verify rows sit at slots n - 1 (the sampled token) .. n - 1 + depth.
+        n_past_dense += int64_t(n) + depth >= dense_len_;
+    }
+    void release(uint64_t id) override { in_->release(id); }
+    bool wants_hidden() const override { return in_->wants_hidden(); }
+    void observe(uint64_t id, int32_t pos, const float * h, int32_t n) override { in_->observe(id, pos, h, n); }
+
+  private:
+    std::shared_ptr<minicpm::drafter> in_;
+    int32_t                           dense_len_;
+};
 
 }  // namespace minicpm_test

@@ -1,5 +1,6 @@
 // Every op of the CUDA backend against the CPU reference op (the specification), then the whole model: logits
-// of a generated checkpoint on the CUDA backend vs the CPU reference. NMSE per case, printed. Exits 77 (ctest:
+// of a generated checkpoint on the CUDA backend vs the CPU reference, and speculative decoding on a sparse one
+// vs plain decoding on the device. NMSE per case, printed. Exits 77 (ctest:
 // skipped, and reported as such by scripts/test.sh) when the build has no CUDA backend or the machine no device.
 // `test-cuda --perf` also times the GEMV (GB/s) and the tensor-core GEMMs, bf16 and q8 / q4 (TFLOP/s; q4 also in
 // GPTQ act-order and split-K), for scripts/gpu-check.sh. Each section runs in a process of its own with a time
@@ -12,6 +13,8 @@
 #include "cpu/ops-sparse.h"
 #include "engine/context.h"
 #include "engine/sampler.h"
+#include "model/kv-cache.h"
+#include "tests/spec-requests.h"
 #include "tests/tiny-model.h"
 
 #include <algorithm>
@@ -20,6 +23,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -650,23 +654,173 @@ void test_sparse(backend & be) {
         {32, 2, 128, {{10000, 1}, {8190, 2}, {12287, 1}}, dtype::bf16, sparse_8b(V::v2, L::c2)},
     };
     for (const sparse_case & c : cases) test_sparse_case(be, c);
-    // A token tree beyond dense_len is refused with a status, not run, and the backend says so up front.
-    device               dv{be};
-    std::vector<int32_t> table = {0};
-    const uint64_t       mask[2] = {0, 1};
-    const kv_segment     tree = {0, 2, 10, table.data(), mask};
-    const kv_layer       dk = {dtype::f32, dv.zeros(64 * 2 * 8), dv.zeros(64 * 2 * 8), 1, 8};
-    const sparse_attn_params sp = small_sparse(V::hf, L::c1);
-    int32_t status = 0;
-    try {
-        be.sparse_attention(dv.zeros(2 * 8), dv.zeros(2 * 8), dk, make_kv_compressed(sp, 1, 8, dv.zeros(64)), &tree, 1,
-                            1, 1.0f, sp, nullptr, 0);
-    } catch (const error & e) {
-        status = e.status();
+}
+
+// Token trees vs the reference op (cpu/ops-sparse.h, sparse_row_view): each tree row selects and attends on the
+// sequence plain decoding holds after its ancestors, with the compressed kernels that end among them (tail
+// kernels) computed for that row alone. The caches cover the committed slots only and every float past them is
+// NaN on both sides, so a kernel read from the caches instead of the row's own shows up as a NaN. One batch:
+// several trees (n_past straddling dense_len, 16-slot kernel ends, 64-slot block ends) and one plain decode row.
+// A tree's rows below dense_len belong to the dense op: their output and selection must stay as they were.
+struct sparse_tree_case {
+    int32_t              nh, nkv, hd;
+    std::vector<int32_t> trees;  // n_past of each tree
+    int32_t              tree_rows, decode_past;
+    dtype                kvt;
+    sparse_attn_params   sp;
+};
+
+// Ancestor masks of an n-row tree: row 0 the root; a row's parent is mostly the row before it (deep chains,
+// whose tail kernels complete inside them), else any earlier row (siblings).
+std::vector<uint64_t> tree_masks(int32_t n) {
+    std::vector<uint64_t> m(size_t(n), 0);
+    for (int32_t j = 1; j < n; ++j) {
+        const int32_t up = g_rng() % 3 == 0 ? int32_t(g_rng() % uint32_t(j)) : j - 1;
+        m[size_t(j)] = m[size_t(up)] | uint64_t(1) << up;
     }
-    CHECK(status == MINICPM_STATUS_UNSUPPORTED && !be.sparse_trees(),
-          "sparse attention with a token tree: status %d (want %d, unsupported), sparse_trees() %d (want 0: the "
-          "engine stops drafting before dense_len)", status, MINICPM_STATUS_UNSUPPORTED, int(be.sparse_trees()));
+    return m;
+}
+
+void test_sparse_tree_case(backend & be, const sparse_tree_case & c) {
+    device                dv{be};
+    const int32_t         n_trees = int32_t(c.trees.size()), ns = n_trees + 1;
+    std::vector<int32_t>  past(c.trees);
+    past.push_back(c.decode_past);
+    std::vector<std::vector<uint64_t>> masks;
+    for (int32_t t = 0; t < n_trees; ++t) masks.push_back(tree_masks(c.tree_rows));
+    int32_t nb = 0, max_nb = 0;
+    for (int32_t s = 0; s < ns; ++s) {
+        const int32_t rows = s < n_trees ? c.tree_rows : 1, n = (past[size_t(s)] + rows + 63) / 64;
+        nb += n;
+        max_nb = std::max(max_nb, n);
+    }
+    std::vector<int32_t> order(static_cast<size_t>(nb));
+    for (int32_t i = 0; i < nb; ++i) order[size_t(i)] = i;
+    std::shuffle(order.begin(), order.end(), g_rng);  // block tables out of order
+    std::vector<kv_segment> segs, comp;
+    std::vector<int32_t>    zero(size_t(ns), 0);
+    int32_t                 T = 0;
+    for (int32_t s = 0, next = 0; s < ns; ++s) {
+        const bool    tree = s < n_trees;
+        const int32_t rows = tree ? c.tree_rows : 1;
+        segs.push_back({T, rows, past[size_t(s)], order.data() + next, tree ? masks[size_t(s)].data() : nullptr});
+        comp.push_back({T, tree ? 0 : rows, past[size_t(s)], order.data() + next, nullptr});  // committed slots
+        T += rows;
+        next += (past[size_t(s)] + rows + 63) / 64;
+    }
+    const size_t       pool = size_t(nb) * c.nkv * 64 * c.hd;
+    std::vector<float> kf = rnd(pool);
+    // The trees' keys larger than the committed ones: the kernels ending among a row's ancestors then weigh in
+    // each head's LSE by a different amount, so that leaving them out changes selections (uniform keys would
+    // shift every head's LSE alike and leave the ranking as it is).
+    for (int32_t s = 0; s < n_trees; ++s)
+        for (int32_t t = past[size_t(s)]; t < past[size_t(s)] + c.tree_rows; ++t)
+            for (int32_t h = 0; h < c.nkv; ++h)
+                for (int32_t d = 0; d < c.hd; ++d)
+                    kf[((size_t(segs[size_t(s)].blocks[t / 64]) * c.nkv + h) * 64 + t % 64) * c.hd + d] *= 16.0f;
+    const auto kh = raw(kf, c.kvt), vh = raw(rnd(pool), c.kvt);
+    const auto q = rnd(size_t(T) * c.nh * c.hd, -2, 2);
+    const kv_layer      hk = {c.kvt, (void *) kh.data(), (void *) vh.data(), c.nkv, c.hd};
+    const int64_t       side_floats = int64_t(nb) * make_kv_compressed(c.sp, c.nkv, c.hd, nullptr).block_floats;
+    std::vector<float>  side_h(size_t(side_floats), NAN);
+    const std::vector<float> side_0 = side_h;
+    const kv_compressed cch = make_kv_compressed(c.sp, c.nkv, c.hd, side_h.data());
+    ref_kv_compress(cch, hk, comp.data(), zero.data(), ns);
+    const int32_t         words = (max_nb + 63) / 64;
+    const uint64_t        fill = 0x5a5a5a5a5a5a5a5aull;  // selection words a row leaves alone keep it
+    std::vector<uint64_t> sel_r(size_t(T) * c.nkv * words, fill), sel_d(sel_r.size(), fill);
+    std::vector<float>    out_r(q.size(), NAN);
+    const float           scale = 1.0f / std::sqrt(float(c.hd));
+    ref_sparse_attention(out_r.data(), q.data(), hk, cch, segs.data(), ns, c.nh, scale, c.sp, sel_r.data(), words);
+
+    const kv_layer      dk = {c.kvt, dv.put(kh), dv.put(vh), c.nkv, c.hd};
+    float *             side_d = dv.put(side_0);
+    const kv_compressed ccd = make_kv_compressed(c.sp, c.nkv, c.hd, side_d);
+    be.kv_compress(ccd, dk, comp.data(), zero.data(), ns);
+    float * od = dv.put(std::vector<float>(q.size(), NAN));
+    be.sparse_attention(od, dv.put(q), dk, ccd, segs.data(), ns, c.nh, scale, c.sp, sel_d.data(), words);
+    const std::vector<float> out_d = dv.get(od, q.size()), side_got = dv.get(side_d, side_h.size());
+
+    // Per row: its p as plain decoding holds it, whether it is sparse, whether it has tail kernels.
+    int32_t n_dense = 0, n_sparse = 0, n_tail = 0, max_depth = 0, untouched = 0;
+    std::vector<float> ref_rows, got_rows;
+    sparse_row_view    v;
+    for (int32_t s = 0; s < ns; ++s)
+        for (int32_t j = 0; j < segs[size_t(s)].n_rows; ++j) {
+            sparse_row_view_of(v, segs[size_t(s)], j);
+            const int32_t row = segs[size_t(s)].row_begin + j;
+            const size_t  o = size_t(row) * c.nh * c.hd, n = size_t(c.nh) * c.hd;
+            max_depth = std::max(max_depth, int32_t(v.tail.size()) - 1);
+            if (segs[size_t(s)].mask != nullptr && v.p + 1 < c.sp.dense_len) {
+                ++n_dense;
+                bool same = true;  // NaN output, selection words still the fill
+                for (size_t e = 0; e < n; ++e) same &= std::isnan(out_d[o + e]);
+                for (size_t w = 0; w < size_t(c.nkv) * words; ++w) same &= sel_d[size_t(row) * c.nkv * words + w] == fill;
+                untouched += same;
+                continue;
+            }
+            ++n_sparse;
+            n_tail += !v.tail.empty() && cch.c1.count(int64_t(v.p) + 1) > cch.c1.count(v.n_fixed);
+            ref_rows.insert(ref_rows.end(), out_r.begin() + o, out_r.begin() + o + n);
+            got_rows.insert(got_rows.end(), out_d.begin() + o, out_d.begin() + o + n);
+        }
+    int32_t differ = 0, strict = 0;
+    for (int32_t r = 0; r < T; ++r)
+        for (int32_t g = 0; g < c.nkv; ++g) {
+            const size_t at = (size_t(r) * c.nkv + g) * words;
+            differ += !std::equal(sel_r.begin() + at, sel_r.begin() + at + words, sel_d.begin() + at);
+            int32_t cnt = 0, top = -1;
+            for (int32_t w = 0; w < words && sel_r[at] != fill; ++w) {
+                cnt += __builtin_popcountll(sel_r[at + w]);
+                if (sel_r[at + w]) top = 64 * w + 63 - __builtin_clzll(sel_r[at + w]);
+            }
+            strict += sel_r[at] != fill && cnt < top + 1;
+        }
+    std::string name = std::string(c.sp.variant == sparse_variant::hf ? "hf" : "v2") +
+                       (c.sp.lse == sparse_lse::c1 ? " lse=c1" : " lse=c2") + " kv=" + dtype_name(c.kvt) +
+                       " nh=" + std::to_string(c.nh) + " nkv=" + std::to_string(c.nkv) + " hd=" + std::to_string(c.hd) +
+                       " ks/st=" + std::to_string(c.sp.kernel_size) + "/" + std::to_string(c.sp.kernel_stride) +
+                       " dense_len=" + std::to_string(c.sp.dense_len) + " trees " + std::to_string(c.tree_rows) + "@";
+    for (int32_t t = 0; t < n_trees; ++t) name += (t ? "," : "") + std::to_string(c.trees[size_t(t)]);
+    name += " +decode@" + std::to_string(c.decode_past);
+    CHECK(std::memcmp(side_got.data(), side_h.data(), side_h.size() * sizeof(float)) == 0,
+          "kv_compress %s: committed C1/C2 caches bit-identical, NaN past them untouched", name.c_str());
+    CHECK(n_tail > 0 && n_dense > 0 && n_sparse > n_tail,
+          "sparse tree rows %s: dense %d, sparse %d (%d with tail kernels), depth <= %d: every kind present",
+          name.c_str(), n_dense, n_sparse, n_tail, max_depth);
+    CHECK(untouched == n_dense, "sparse tree dense-op %s: %d of %d rows untouched (output and selection)",
+          name.c_str(), untouched, n_dense);
+    CHECK(differ == 0, "sparse tree select %s: %d of %d (row, KV head) block sets differ; %d sets sparse",
+          name.c_str(), differ, T * c.nkv, strict);
+    expect("sparse tree attention " + name, ref_rows, got_rows, 1e-10);
+}
+
+void test_sparse_trees(backend & be) {
+    using V = sparse_variant;
+    using L = sparse_lse;
+    auto tree_sp = [](V v, L l) {  // test-sparse's tree geometry: dense_len 1700, 3 local blocks, top-k 6
+        sparse_attn_params sp = small_sparse(v, l);
+        sp.window_blocks = 3;
+        sp.topk = 6;
+        sp.dense_len = 1700;
+        return sp;
+    };
+    // n_past 1690: straddles dense_len; 1711: a 16-slot kernel end and a 64-slot block end inside; 1727: starts on
+    // a block's last slot; 1775: crosses a C2 kernel end (1791).
+    const std::vector<int32_t> around = {1690, 1711, 1727, 1775};
+    // The same data whatever ran before (a mutation that drops tail kernels fails every case); the later tests
+    // draw what they drew before.
+    const std::mt19937 before = g_rng;
+    g_rng.seed(1212);
+    const sparse_tree_case cases[] = {
+        {16, 2, 64, around, 40, 2000, dtype::f32, tree_sp(V::hf, L::c1)},
+        {32, 2, 128, around, 40, 2000, dtype::bf16, tree_sp(V::v2, L::c2)},
+        {6, 2, 48, {290, 600, 639}, 24, 900, dtype::f16, small_sparse(V::hf, L::c2)},            // G = 3
+        {8, 2, 64, {280, 300, 511}, 33, 700, dtype::f32, small_sparse(V::v2, L::c1, 64, 32)},     // ks/st 64/32
+        {32, 2, 128, {8180, 8191, 9000}, 32, 12287, dtype::bf16, sparse_8b(V::hf, L::c1)},      // 8B config
+    };
+    for (const sparse_tree_case & c : cases) test_sparse_tree_case(be, c);
+    g_rng = before;
 }
 
 // Device sampling vs engine/sampler.cpp (the specification). Greedy: the same token, exactly, on a full-size
@@ -889,13 +1043,7 @@ void test_model(bool sparse, bool act_order = false) {
     } else {
         minicpm_test::write_tiny_model(dir, spec);
     }
-    if (sparse) {
-        std::string cfg = minicpm_test::read_file(dir + "/config.json");
-        cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
-                                   "\"block_size\": 64, \"window_size\": 128, \"topk\": 3, \"use_nope\": false, "
-                                   "\"dense_len\": 300}\n");
-        minicpm_test::write_file(dir + "/config.json", cfg);
-    }
+    if (sparse) minicpm_test::add_sparse_config(dir, 128, 3, 300);
     const int32_t n_prompt = sparse ? 640 : 100, n_decode = sparse || act_order ? 8 : 0, V = spec.n_vocab;
     std::vector<int32_t> toks(size_t(n_prompt + n_decode));
     for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 37 + 5) % 500);
@@ -941,6 +1089,83 @@ void test_model(bool sparse, bool act_order = false) {
     CHECK(ran && e < 1e-4, "model logits, %d tokens%s, CUDA vs CPU reference: nmse %.3e (thr 1e-4)",
           int32_t(toks.size()), sparse ? " (InfLLM v2 hf, prefill + decode)" : act_order ? " (GPTQ act-order q4)" : "",
           e);
+}
+
+// Speculative decoding on an InfLLM v2 target past dense_len, on the given backend (test-spec-sparse's checkpoint
+// and requests, greedy): verify trees run through the sparse op, each tree row as plain decoding would after its
+// ancestors, so the output must equal plain decoding on the same backend token for token. Drafters: the target
+// itself (deep trees, accepted), a weak model (rejections). f32 weights keep the device matmul in f32 at every
+// batch size, so a verify batch rounds like the plain one up to the attention kernels' order of sums.
+void test_spec_sparse(int32_t backend_request) {
+    constexpr int32_t dense_len = 200;
+    const std::string dir = minicpm_test::make_temp_dir("cuda-spec-sparse");
+    std::filesystem::create_directories(dir + "/target");
+    std::filesystem::create_directories(dir + "/weak");
+    minicpm_test::tiny_model_spec spec = minicpm_test::spec_target();
+    spec.weight_type = dtype::f32;
+    minicpm_test::write_tiny_model(dir + "/target", spec);
+    minicpm_test::add_sparse_config(dir + "/target", 128, 2, dense_len);  // 2 local blocks, top-k 2: sparse past 256
+    minicpm_test::tiny_model_spec weak = spec;
+    weak.seed = 777;
+    weak.n_layer = 1;
+    minicpm_test::write_tiny_model(dir + "/weak", weak);
+    try {
+        const auto target = model::load(dir + "/target", true, backend_request);
+        const auto weak_model = model::load(dir + "/weak", true, backend_request);
+        minicpm_engine_params ep;
+        minicpm_engine_default_params(&ep);
+        ep.n_chunk = 64;
+        ep.n_ctx = 384;
+        ep.kv_dtype = MINICPM_DTYPE_F32;
+        ep.kv_bytes = uint64_t(64) * kv_pool::bytes_per_block(target->config(), dtype::f32);
+        using minicpm_test::greedy;
+        using minicpm_test::prompt_of;
+        // Crossing dense_len while generating, starting past it, staying below it.
+        const std::vector<minicpm_test::spec_request> reqs = {{prompt_of(190, 1), greedy(100)},
+                                                              {prompt_of(230, 2), greedy(60)},
+                                                              {prompt_of(120, 3), greedy(110)},
+                                                              {prompt_of(40, 4), greedy(50)},
+                                                              {prompt_of(175, 5), greedy(90)}};
+        std::vector<std::vector<int32_t>> plain;
+        {
+            scheduler s(*target, ep);
+            plain = minicpm_test::run_all(s, reqs, 120);
+        }
+        struct arm {
+            const char * label;
+            const model * draft;
+            tree_shape   shape;
+        };
+        for (const arm & a : {arm{"target as drafter", target.get(), tree_shape{4, 4, 16}},
+                              arm{"weak draft model", weak_model.get(), tree_shape{}}}) {
+            scheduler s(*target, ep);
+            auto      d = std::make_shared<minicpm_test::counting_drafter>(
+                std::make_shared<model_drafter>(*a.draft, target->config().n_vocab, s.backend_ref(), dtype::f32, 96,
+                                                a.shape),
+                dense_len);
+            s.set_drafter(d, a.shape.tree_size - 1);
+            const std::vector<std::vector<int32_t>> spec_out = minicpm_test::run_all(s, reqs, 120);
+            struct minicpm_engine_stats st{};
+            s.stats(st);
+            int64_t total = 0, first_diff = -1;
+            for (size_t i = 0; i < reqs.size(); ++i) {
+                for (size_t t = 0; first_diff < 0 && t < plain[i].size(); ++t)
+                    if (t >= spec_out[i].size() || spec_out[i][t] != plain[i][t]) first_diff = total + int64_t(t);
+                total += int64_t(plain[i].size());
+            }
+            CHECK(spec_out == plain && d->n_past_dense > 0 && total == 410,
+                  "spec sparse %s on %s (tree %d/%d/%d): output == plain decoding for %lld tokens in 5 greedy "
+                  "requests (first difference at token %lld); %lld trees, %lld reaching past dense_len %d; %llu "
+                  "verifies, %llu drafts accepted of %lld tree depths", a.label, s.backend_ref().name(),
+                  a.shape.num_iter, a.shape.top_k, a.shape.tree_size, (long long) total, (long long) first_diff,
+                  (long long) d->n_trees, (long long) d->n_past_dense, dense_len,
+                  (unsigned long long) st.n_spec_verifies, (unsigned long long) st.n_spec_accepted,
+                  (long long) d->sum_depth);
+        }
+    } catch (const std::exception & e) {
+        CHECK(false, "spec sparse: unexpected exception: %s", e.what());
+    }
+    minicpm_test::remove_dir(dir);
 }
 
 // The engine on the CUDA backend samples on the device (one plain row per request): each greedy token of a
@@ -1356,7 +1581,8 @@ void perf(backend & be) {
 
 
 // One decode step's attention on the 8B shape (nh 32, nkv 2, hd 128, bf16 KV) at long contexts, dense vs
-// InfLLM v2 (hf, 8B sparse_config: compression of the new slot, selection, attention over 96 blocks).
+// InfLLM v2 (hf, 8B sparse_config: compression of the new slot, selection, attention over 96 blocks; a verify
+// tree's rows past dense_len).
 void perf_sparse(backend & be) {
     device dv{be};
     const int32_t nh = 32, nkv = 2, hd = 128;
@@ -1382,6 +1608,24 @@ void perf_sparse(backend & be) {
             });
             std::printf("perf: sparse decode nh=%d nkv=%d hd=%d ctx=%d rows=1: dense %.3f ms, sparse (hf, 96 blocks) "
                         "%.3f ms per layer\n", nh, nkv, hd, ctx, dense * 1e3, sparse * 1e3);
+        }
+        // A verify tree of 16 rows ending the context (binary: row j's parent is (j - 1) / 2) against the same rows
+        // as a causal chunk: what the per-row views and tail kernels cost.
+        constexpr int32_t n = 16;
+        std::vector<uint64_t> mask(size_t(n), 0);
+        for (int32_t j = 1; j < n; ++j) mask[size_t(j)] = mask[size_t((j - 1) / 2)] | uint64_t(1) << ((j - 1) / 2);
+        const kv_segment chunk = {0, n, ctx - n, table.data(), nullptr}, tree = {0, n, ctx - n, table.data(), mask.data()};
+        float * qn = dv.put(rnd(size_t(n) * nh * hd));
+        float * on = dv.zeros(size_t(n) * nh * hd);
+        for (int rep = 0; rep < 2; ++rep) {  // interleaved
+            const double causal = time_calls(be, 20, [&] {
+                be.sparse_attention(on, qn, kv, cc, &chunk, 1, nh, 0.088f, sp, nullptr, 0);
+            });
+            const double treed = time_calls(be, 20, [&] {
+                be.sparse_attention(on, qn, kv, cc, &tree, 1, nh, 0.088f, sp, nullptr, 0);
+            });
+            std::printf("perf: sparse verify nh=%d nkv=%d hd=%d ctx=%d rows=%d: causal chunk %.3f ms, tree (binary) "
+                        "%.3f ms per layer\n", nh, nkv, hd, ctx, n, causal * 1e3, treed * 1e3);
         }
     }
 }
@@ -1410,7 +1654,9 @@ const section k_sections[] = {
     {"model", false, [](backend *) { test_model(false); }},
     {"engine", false, [](backend *) { test_engine_sampling(); }},
     {"sparse", true, [](backend * be) { test_sparse(*be); }},
+    {"sparse-trees", true, [](backend * be) { test_sparse_trees(*be); }},
     {"sparse-model", false, [](backend *) { test_model(true); }},
+    {"spec-sparse", false, [](backend *) { test_spec_sparse(MINICPM_BACKEND_CUDA); }},
     {"graphs", false, [](backend *) { test_step_graphs(); }},
     {"qgemm", true, [](backend * be) { test_qgemm(*be); }},
     {"act-order", true, [](backend * be) { test_act_order(*be); }},

@@ -682,11 +682,7 @@ void test_sparse_target(const std::string & root) {
     std::filesystem::create_directories(dir);
     std::filesystem::create_directories(head_dir);
     minicpm_test::write_tiny_model(dir, spec);
-    std::string cfg = minicpm_test::read_file(dir + "/config.json");
-    cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
-                               "\"block_size\": 64, \"window_size\": 128, \"topk\": 3, \"use_nope\": false, "
-                               "\"dense_len\": 300}\n");
-    minicpm_test::write_file(dir + "/config.json", cfg);
+    minicpm_test::add_sparse_config(dir, 128, 3, 300);
     minicpm_test::tiny_eagle_spec e;
     e.n_embd = 256, e.n_head = 16, e.n_head_kv = 2, e.n_ff = 256;
     minicpm_test::write_tiny_eagle(head_dir, spec, e);

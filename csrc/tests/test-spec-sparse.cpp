@@ -18,6 +18,7 @@
 #include <functional>
 
 using minicpm::scheduler;
+using minicpm_test::counting_drafter;
 using minicpm_test::greedy;
 using minicpm_test::prompt_of;
 using minicpm_test::run_all;
@@ -58,29 +59,6 @@ std::vector<req> mixed_requests(bool sampled) {
     return r;
 }
 
-// Greedy trees for every request; counts the trees and how many reach past dense_len.
-class counting final : public minicpm::drafter {
-  public:
-    explicit counting(std::shared_ptr<minicpm::drafter> in) : in_(std::move(in)) {}
-    int64_t n_trees = 0, n_past_dense = 0, sum_depth = 0;
-    void draft(uint64_t id, const int32_t * t, int32_t n, int32_t mn, int32_t md, minicpm::draft_tree & out) override {
-        in_->draft(id, t, n, mn, md, out);
-        int32_t depth = 0;
-        for (int32_t i = 0; i < out.size(); ++i) depth = std::max(depth, out.depth(i));
-        if (out.size() == 0) return;
-        ++n_trees;
-        sum_depth += depth;
-        // The verify rows sit at slots n - 1 (the sampled token) .. n - 1 + depth.
-        n_past_dense += int64_t(n) + depth >= k_dense_len;
-    }
-    void release(uint64_t id) override { in_->release(id); }
-    bool wants_hidden() const override { return in_->wants_hidden(); }
-    void observe(uint64_t id, int32_t pos, const float * h, int32_t n) override { in_->observe(id, pos, h, n); }
-
-  private:
-    std::shared_ptr<minicpm::drafter> in_;
-};
-
 using make_drafter = std::function<std::shared_ptr<minicpm::drafter>(scheduler &)>;
 
 // expect_all: every drafted level must be accepted (the target drafting for itself, greedy).
@@ -94,7 +72,7 @@ void check_arm(const char * label, const minicpm::tree_shape & shape, const make
         plain = run_all(s, reqs);
     }
     scheduler s(*g_model, engine_params(), reference_ops());
-    auto      d = std::make_shared<counting>(make(s));
+    auto      d = std::make_shared<counting_drafter>(make(s), k_dense_len);
     s.set_drafter(d, shape.tree_size - 1);
     const auto t0 = std::chrono::steady_clock::now();
     spec = run_all(s, reqs);
@@ -128,31 +106,16 @@ void check_arm(const char * label, const minicpm::tree_shape & shape, const make
               label, (unsigned long long) st.n_spec_accepted, (long long) d->sum_depth, (long long) d->n_trees);
 }
 
-std::string add_sparse_config(const std::string & dir) {
-    std::string cfg = minicpm_test::read_file(dir + "/config.json");
-    // window 128 = 2 local blocks, topk 2 (the init block and one scored): past 256 slots the selection leaves
-    // blocks out.
-    cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, \"init_blocks\": 1, "
-                               "\"block_size\": 64, \"window_size\": 128, \"topk\": 2, \"use_nope\": false, "
-                               "\"dense_len\": " + std::to_string(k_dense_len) + "}\n");
-    minicpm_test::write_file(dir + "/config.json", cfg);
-    return dir;
-}
-
 }  // namespace
 
 int main() {
     const std::string dir = minicpm_test::make_temp_dir("spec-sparse");
     for (const char * sub : {"/target", "/head", "/weak"}) std::filesystem::create_directories(dir + sub);
-    minicpm_test::tiny_model_spec spec;
-    spec.n_embd = 256;
-    spec.n_head = 16;
-    spec.n_head_kv = 2;
-    spec.n_ff = 256;
-    spec.weight_std = 0.25f;
-    spec.tie_word_embeddings = false;
+    const minicpm_test::tiny_model_spec spec = minicpm_test::spec_target();
     minicpm_test::write_tiny_model(dir + "/target", spec);
-    add_sparse_config(dir + "/target");
+    // window 128 = 2 local blocks, topk 2 (the init block and one scored): past 256 slots the selection leaves
+    // blocks out.
+    minicpm_test::add_sparse_config(dir + "/target", 128, 2, k_dense_len);
     minicpm_test::tiny_eagle_spec e;
     e.n_embd = 256, e.n_head = 16, e.n_head_kv = 2, e.n_ff = 256;
     minicpm_test::write_tiny_eagle(dir + "/head", spec, e);

@@ -145,6 +145,16 @@ inline std::string read_file(const std::string & path) {
     return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
+// Adds an InfLLM v2 sparse_config (kernels 32 / 16, one init block, 64-slot blocks) to a generated checkpoint.
+inline void add_sparse_config(const std::string & dir, int32_t window, int32_t topk, int32_t dense_len) {
+    std::string cfg = read_file(dir + "/config.json");
+    cfg.insert(cfg.rfind('}'), ",\n  \"sparse_config\": {\"kernel_size\": 32, \"kernel_stride\": 16, "
+                               "\"init_blocks\": 1, \"block_size\": 64, \"window_size\": " + std::to_string(window) +
+                               ", \"topk\": " + std::to_string(topk) + ", \"use_nope\": false, \"dense_len\": " +
+                               std::to_string(dense_len) + "}\n");
+    write_file(dir + "/config.json", cfg);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // raw safetensors writer (for hand-made good and bad files)
 
