@@ -136,8 +136,6 @@ class backend {
     // True when backend addresses are host addresses (CPU): results may then be written straight into host
     // arrays instead of being downloaded.
     virtual bool         host_memory() const = 0;
-    // True when sparse_attention() takes token trees (masked segments); false: it refuses them (_UNSUPPORTED).
-    virtual bool         sparse_trees() const = 0;
     // The host thread pool of a CPU backend (host-side work such as sampling may share it); nullptr otherwise.
     virtual thread_pool * host_pool() { return nullptr; }
 
@@ -190,9 +188,8 @@ class backend {
     // those steps on the sequence plain decoding would hold after committing the rows its mask shows
     // (cpu/ops-sparse.h, sparse_row_view): the caches need to cover only the n_past committed slots, and tree
     // rows whose p there has p + 1 < dense_len are left alone (out and selected untouched) for the dense op, so
-    // that they compute exactly what plain decoding computes. Backends without sparse_trees() refuse masks
-    // (_UNSUPPORTED). selected (optional, host memory): bit b of word w at [row][kv head][sel_words] is set
-    // when block 64 w + b is attended.
+    // that they compute exactly what plain decoding computes. selected (optional, host memory): bit b of word w
+    // at [row][kv head][sel_words] is set when block 64 w + b is attended.
     virtual void sparse_attention(float * out, const float * q, const kv_layer & kv, const kv_compressed & cc,
                                   const kv_segment * segs, int32_t n_segs, int32_t n_head, float scale,
                                   const sparse_attn_params & sp, uint64_t * selected, int32_t sel_words) = 0;

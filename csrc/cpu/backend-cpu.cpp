@@ -37,7 +37,6 @@ class cpu_backend final : public backend {
     const char *  features() const override { return kt_ ? kt_->features : ""; }
     int           n_threads() const override { return pool_.size(); }
     bool          host_memory() const override { return true; }
-    bool          sparse_trees() const override { return true; }
     thread_pool * host_pool() override { return &pool_; }
 
     buffer alloc(size_t bytes, buffer_usage usage) override {

@@ -84,7 +84,6 @@ class cuda_backend final : public backend {
     const char * features() const override { return features_.c_str(); }
     int          n_threads() const override { return 1; }
     bool         host_memory() const override { return false; }
-    bool         sparse_trees() const override { return true; }
 
     buffer alloc(size_t bytes, buffer_usage usage) override {
         buffer b;

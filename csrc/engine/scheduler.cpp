@@ -663,12 +663,6 @@ void scheduler::make_drafts(std::unique_lock<std::mutex> & lk) {
         int32_t room = cfg_.n_ctx - int32_t(r->tokens.size()) - 1;
         if (r->n_max_tokens > 0) room = std::min(room, r->n_max_tokens - r->n_generated - 1);
         if (room <= 0) continue;
-        // A backend whose InfLLM v2 op takes no token trees refuses one past dense_len: there drafting stops
-        // before a tree of max_draft_ nodes could reach it, and decoding goes on plain.
-        const model_config & mc = model_.config();
-        if (mc.sparse.enabled && !be_->sparse_trees() &&
-            int64_t(r->tokens.size()) + max_draft_ > int64_t(mc.sparse.dense_len) - 1)
-            continue;
         todo.push_back(r);
         depth.push_back(room);
     }

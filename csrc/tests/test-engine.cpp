@@ -431,7 +431,6 @@ class failing_backend final : public minicpm::backend {
     const char * features() const override { return in_->features(); }
     int n_threads() const override { return in_->n_threads(); }
     bool host_memory() const override { return in_->host_memory() && !device_like_; }
-    bool sparse_trees() const override { return in_->sparse_trees(); }
     // Greedy rows as sampler::adjust + argmax would pick them; a batch with a sampled row is declined.
     bool sample(const float * logits, int32_t V, const minicpm::sample_row * rows, int32_t R,
                 const minicpm::sample_adjust * adj, int32_t, minicpm::sample_out * out) override {
