@@ -457,9 +457,11 @@ class cuda_backend final : public backend {
     };
     const void * stage(staged & st, const void * data, size_t bytes) {
         if (bytes != st.last.size() || std::memcmp(st.last.data(), data, bytes) != 0) {
+            st.last.clear();  // until the upload is issued: a throw below must not leave the table looking staged
             grow(st.dev, std::max<size_t>(bytes, 1));
-            st.last.assign((const uint8_t *) data, (const uint8_t *) data + bytes);
-            upload(st.dev, 0, st.last.data(), bytes);  // from the kept copy: the caller's table may go first
+            std::vector<uint8_t> kept((const uint8_t *) data, (const uint8_t *) data + bytes);
+            upload(st.dev, 0, kept.data(), bytes);  // from the kept copy: the caller's table may go first
+            st.last = std::move(kept);
         }
         return st.dev.data;
     }
