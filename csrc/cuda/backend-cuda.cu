@@ -111,8 +111,13 @@ class cuda_backend final : public backend {
     }
     buffer import_weights(const void * host, size_t bytes) override {
         buffer b = alloc(bytes, buffer_usage::weights);
-        upload(b, 0, host, bytes);
-        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
+        try {
+            upload(b, 0, host, bytes);
+            MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
+        } catch (...) {
+            release(b);  // a failed upload holds no range of the arena
+            throw;
+        }
         return b;
     }
     // GPTQ act-order weights (a g_idx permutation) get a copy with their K columns sorted by group (stable,
