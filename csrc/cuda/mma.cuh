@@ -44,10 +44,13 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
 
 // More than 48 KiB of dynamic shared memory needs a per-kernel opt-in: made once, not per launch (a launch may be
 // recorded into a step graph), but only a success is remembered, so a failure is reported by every launch that
-// would have run without it (`done`: one flag per kernel).
+// would have run without it (`done`: one flag per kernel). The carveout asks for all of the unified L1 as shared
+// memory (a hint; the copies bypass L1), so that two pipelines of ~100 KiB fit an SM where it has the room.
 template <typename F> void opt_in_shared(F * kernel, size_t bytes, std::atomic<bool> & done) {
     if (done.load(std::memory_order_acquire)) return;
     MINICPM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    MINICPM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            int(cudaSharedmemCarveoutMaxShared)));
     done.store(true, std::memory_order_release);
 }
 
