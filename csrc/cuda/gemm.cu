@@ -5,8 +5,8 @@
 // ldmatrix.x4. A shared row is 64 values (128 bytes, eight 16-byte chunks); chunk c of row r is stored at
 // c ^ (r & 7), so the eight rows one ldmatrix phase reads sit in eight different bank groups.
 //
-// Tiles: 128 x 128 outputs a block (8 warps of 64 x 32) for prefill; 16 / 32 / 64 rows of T by 128 weight rows for
-// batched decode, where the GEMM is bound by the weight stream. Blocks walk the output in groups of 8 row tiles
+// Tiles: 128 x 256 or 128 x 128 outputs a block (8 warps of 64 x 64 or 64 x 32) for prefill; 16 / 32 / 64 rows of
+// T by 128 weight rows for batched decode, where the GEMM is bound by the weight stream. Blocks walk the output in groups of 8 row tiles
 // (all the tiles of a group share a weight tile), so a wave of blocks reads each weight tile from HBM once and
 // the activations from L2. When the tiles are fewer than the SMs, grid.z splits K into spans whose f32
 // partials are added in split order by a second kernel (no atomics: the same bits every run).
@@ -35,9 +35,10 @@ constexpr int k_gsplit_blocks_per_sm = 2;   // the blocks a split grid aims at p
 __device__ __forceinline__ int swz(int r, int c) { return r * k_gk + ((c ^ (r & 7)) << 3); }
 
 // WM x WN warps; each warp computes MF m16 tiles (rows of T) by NF n8 tiles (weight rows), NF even (ldmatrix.x4
-// reads two n8 tiles at once). Grid: x the output tiles in raster groups, z the K spans.
-template <typename H, int WM, int WN, int MF, int NF>
-__global__ void __launch_bounds__(WM * WN * k_warp, 2)
+// reads two n8 tiles at once). Grid: x the output tiles in raster groups, z the K spans. Two blocks an SM (at most
+// 128 registers a thread) but for the 64 x 64 warp tiles, whose 128 accumulators need more.
+template <typename H, int WM, int WN, int MF, int NF, int MIN_BLOCKS = (MF * NF > 16 ? 1 : 2)>
+__global__ void __launch_bounds__(WM * WN * k_warp, MIN_BLOCKS)
 gemm16_kernel(float * y, const H * a, const H * b, const float * row_scale, int64_t T, int64_t N, int64_t K,
               int tiles_m, int tiles_n, int span_tiles) {
     constexpr int BM = WM * MF * 16, BN = WN * NF * 8, NT = WM * WN * k_warp, ROWS = BM + BN;
@@ -137,6 +138,29 @@ gemm16_kernel(float * y, const H * a, const H * b, const float * row_scale, int6
             }
 }
 
+template <int WM, int WN, int MF, int NF> constexpr size_t shared_bytes() {
+    return size_t(k_gstages) * (WM * MF * 16 + WN * NF * 8) * k_gk * 2;
+}
+
+// Device 0's (the backend's) SM count and the shared memory a block may opt into, read once; zeros if unknown.
+struct gemm_caps {
+    int n_sms = 0, smem_optin = 0;
+};
+const gemm_caps & device_caps() {
+    static const gemm_caps caps = [] {
+        gemm_caps c;
+        int       dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&c.n_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&c.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+            cudaGetLastError();  // not sticky: only the wide tile is given up
+            return gemm_caps{};
+        }
+        return c;
+    }();
+    return caps;
+}
+
 // The output tile of a shape: BM rows of T by BN weight rows.
 struct gtile {
     int bm, bn;
@@ -153,7 +177,7 @@ template <typename H, int WM, int WN, int MF, int NF>
 void launch_shape(cudaStream_t s, float * y, const H * xb, const float * row_scale, const wdesc & w, int64_t T,
                   int32_t splits) {
     constexpr int BM = WM * MF * 16, BN = WN * NF * 8;
-    const size_t  smem = size_t(k_gstages) * (BM + BN) * k_gk * sizeof(H);
+    const size_t  smem = shared_bytes<WM, WN, MF, NF>();
     auto *        kernel = gemm16_kernel<H, WM, WN, MF, NF>;
     static std::atomic<bool> opted{false};
     opt_in_shared(kernel, smem, opted);
@@ -179,7 +203,16 @@ void launch_for_rows(cudaStream_t s, float * y, const H * xb, const float * row_
     } else if (T <= 64) {
         launch_shape<H, 2, 4, 2, 4>(s, y, xb, row_scale, w, T, splits);
     } else {
-        launch_shape<H, 2, 4, 4, 4>(s, y, xb, row_scale, w, T, splits);
+        // 128 x 256 tiles (64 x 64 a warp: a third less shared-memory traffic per mma than 64 x 32, which on sm_90
+        // is the bound) where they fill the SMs on their own (so no split either) and their 144 KiB of
+        // pipeline fit (not on sm_86 / sm_89); 128 x 128 otherwise.
+        const gemm_caps & c = device_caps();
+        if (splits == 1 && c.n_sms > 0 && size_t(c.smem_optin) >= shared_bytes<2, 4, 4, 8>() &&
+            ceil_div(T, 128) * ceil_div(w.rows, 256) >= c.n_sms) {
+            launch_shape<H, 2, 4, 4, 8>(s, y, xb, row_scale, w, T, splits);
+        } else {
+            launch_shape<H, 2, 4, 4, 4>(s, y, xb, row_scale, w, T, splits);
+        }
     }
 }
 

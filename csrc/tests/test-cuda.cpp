@@ -276,7 +276,9 @@ void test_matmul(backend & be) {
 // The bf16 / f16 tensor-core GEMM (gemm.cu: mma.sync, cp.async pipeline) against the plain CPU op: T across
 // every tile shape (16 / 32 / 64 / 128 rows) and its edges, up to 1030 rows (raster groups of 8 row tiles and a
 // partial one); odd N; K = 1024, 4096, 16384 and K a multiple of 8 but not of 64 (a zero-filled last step); the
-// 0.5B LM head (73448 rows). K = 16384 over 200 rows underfills any GPU: split-K, run twice (bit-identical).
+// 128 x 256 tiles, which only grids of at least one block per SM take (N = 12801 and 4353, and the 0.5B LM head,
+// 73448 rows: 150+ blocks, enough up to 148 SMs). K = 16384 over 200 rows underfills any GPU: split-K, run twice
+// (bit-identical).
 // Then the paths the GEMM does not take: K not a multiple of 8 and weight rows that are not 16-byte aligned
 // (the warp-per-row kernel, GEMV and large T), and f16 activations past f16's range (rows scaled by a power
 // of two). Activations are rounded once to 16 bits: the NMSE bound is the 16-bit GEMM's.
@@ -290,7 +292,9 @@ void test_gemm16(backend & be) {
                            {300, 256, {100, 1030}},
                            {131, 4096, {1, 8, 9, 65, 300}},
                            {200, 16384, {1, 9, 64}},
-                           {96, 1000, {24, 129}}};
+                           {96, 1000, {24, 129}},
+                           {12801, 136, {260}},
+                           {4353, 72, {1100}}};
     for (dtype wt : {dtype::bf16, dtype::f16}) {
         for (const gcase & c : cases) {
             const auto        w = raw(rnd(size_t(c.N * c.K)), wt);
