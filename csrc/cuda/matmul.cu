@@ -28,6 +28,7 @@ constexpr int k_gemv_rows = 8;     // T handled by one pass of the warp-per-row 
 constexpr int k_gemv_warps = 4;    // warps (output rows) per thread block
 // 16-byte weight loads a lane issues before it uses the first: one in flight per lane leaves an H200's HBM
 // (4.8 TB/s) mostly idle. A lane still adds its loads in the order of the one-at-a-time loop (the same bits).
+// Weights are read once per call: streaming loads (evict first), so the activations stay cached.
 constexpr int k_gemv_unroll = 4;
 
 // Eight consecutive activations (p 32-byte aligned when vec).
@@ -58,7 +59,7 @@ __global__ void gemv_kernel(float * y, const float * x, wdesc w, int64_t T, int6
             uint4 raw[k_gemv_unroll];
 #pragma unroll
             for (int u = 0; u < k_gemv_unroll; ++u)
-                if (c0 + u * k_warp < chunks) raw[u] = row[c0 + u * k_warp];
+                if (c0 + u * k_warp < chunks) raw[u] = __ldcs(row + c0 + u * k_warp);
 #pragma unroll
             for (int u = 0; u < k_gemv_unroll; ++u) {
                 const int64_t c = c0 + u * k_warp;
@@ -115,7 +116,7 @@ __global__ void gemv_packed_kernel(float * y, const float * x, wdesc w, int64_t 
         uint4 raw[k_gemv_unroll];
 #pragma unroll
         for (int u = 0; u < k_gemv_unroll; ++u)
-            if (c0 + u * k_warp < chunks) raw[u] = row[c0 + u * k_warp];
+            if (c0 + u * k_warp < chunks) raw[u] = __ldcs(row + c0 + u * k_warp);
 #pragma unroll
         for (int u = 0; u < k_gemv_unroll; ++u) {
             const int64_t c = c0 + u * k_warp;
