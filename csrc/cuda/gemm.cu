@@ -5,14 +5,15 @@
 // ldmatrix.x4. A shared row is 64 values (128 bytes, eight 16-byte chunks); chunk c of row r is stored at
 // c ^ (r & 7), so the eight rows one ldmatrix phase reads sit in eight different bank groups.
 //
-// Tiles: 128 x 256 or 128 x 128 outputs a block (8 warps of 64 x 64 or 64 x 32) for prefill; 16 / 32 / 64 rows of
-// T by 128 weight rows for batched decode, where the GEMM is bound by the weight stream. Blocks walk the output in groups of 8 row tiles
-// (all the tiles of a group share a weight tile), so a wave of blocks reads each weight tile from HBM once and
-// the activations from L2. When the tiles are fewer than the SMs, grid.z splits K into spans whose f32
-// partials are added in split order by a second kernel (no atomics: the same bits every run).
+// Tiles: 128 x 256 or 128 x 128 outputs a block (8 warps of 64 x 64 or 64 x 32) for prefill; 16 / 32 / 64 rows
+// of T by 128 weight rows for batched decode, where the GEMM is bound by the weight stream. Blocks walk the
+// output in groups of 8 row tiles (all the tiles of a group share a weight tile), so a wave of blocks reads each
+// weight tile from HBM once and the activations from L2. When the tiles are fewer than the SMs, grid.z splits K
+// into spans whose f32 partials are added in split order by a second kernel (no atomics: the same bits every run).
 //
-// Expected share of the dense bf16 peak: mma.sync with this pipeline reaches roughly 70-80% on sm_80 (A100); on
-// sm_90 (H100 / H200) mma.sync itself tops out near 60-70% of the peak, which only wgmma with TMA reaches.
+// Expected share of the dense bf16 peak (not yet measured): mma.sync with this pipeline reaches roughly 70-80% on
+// sm_80 (A100); on sm_90 (H100 / H200) mma.sync itself tops out near 60-70% of the peak, beyond which only wgmma
+// (with TMA) goes.
 #include "cuda/mma.cuh"
 #include "cuda/ops.cuh"
 
@@ -240,7 +241,8 @@ void launch_gemm16(cudaStream_t s, float * y, const void * xb, const float * row
         fail(MINICPM_STATUS_INTERNAL, "matmul: a weight or scratch the tensor-core gemm cannot read");
     if (splits < 1 || splits > k_gsplit_max ||
         (splits > 1 && (partials == nullptr || splits * T * w.rows > k_qsplit_floats)))
-        fail(MINICPM_STATUS_INTERNAL, "matmul: tensor-core gemm split " + std::to_string(splits) + " without its scratch");
+        fail(MINICPM_STATUS_INTERNAL,
+             "matmul: tensor-core gemm split " + std::to_string(splits) + " without its scratch");
     float * out = splits > 1 ? partials : y;
     if (w.type == MINICPM_DTYPE_BF16) {
         launch_for_rows(s, out, (const __nv_bfloat16 *) xb, row_scale, w, T, splits);

@@ -23,8 +23,8 @@ void launch_get_rows(cudaStream_t s, float * dst, const float * src, const int32
 bool    matmul_uses_tensor_cores(const wdesc & w, int64_t T);
 size_t  matmul_scratch_bytes(const wdesc & w, int64_t T);
 int32_t plan_matmul_splits(const wdesc & w, int64_t T, int32_t n_sms);
-void   launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb, int32_t splits,
-                     float * partials);
+void    launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb, int32_t splits,
+                      float * partials);
 // GPTQ act-order (a g_idx permutation): a copy of the weight whose K columns are sorted by group, read like a
 // group-ordered weight by the packed GEMV and the quantized GEMM, with the column order (order[j]: the
 // original column at position j) after the rows. Scales and zero points are per group: they are not copied.
@@ -45,7 +45,7 @@ int32_t plan_qgemm_splits(const wdesc & w, int64_t T, int32_t n_sms);
 void    launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T, int32_t splits,
                      float * partials);
 
-// Adds splits partials of n floats each (partials[z n + i]) into y[i], in split order.
+// Both GEMMs' split-K: y[i] = the sum of `splits` partials of n floats each (partials[z n + i]), in split order.
 void launch_split_reduce(cudaStream_t s, float * y, const float * partials, int64_t n, int32_t splits);
 
 // gemm.cu: the bf16 / f16 tensor-core GEMM over activations already rounded to the weight's type (xb, T x K,

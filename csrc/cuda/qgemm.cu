@@ -166,8 +166,8 @@ qgemm_kernel(float * y, const __nv_bfloat16 * xb, wdesc w, int64_t T, int span_t
                     const uint32_t * lo = (const uint32_t *) &alo[i];
                     const uint32_t * hi = (const uint32_t *) &ahi[i];
                     for (int j = 0; j < 4; ++j)
-                        mma_16816<true>(part[i][j], lo[2 * c], hi[2 * c], lo[2 * c + 1], hi[2 * c + 1], b[j][2 * c],
-                                 b[j][2 * c + 1]);
+                        mma_16816<true>(part[i][j], lo[2 * c], hi[2 * c], lo[2 * c + 1], hi[2 * c + 1],
+                                        b[j][2 * c], b[j][2 * c + 1]);
                 }
             }
             // Accumulator element e sits in column 2t + (e & 1) of its n8 tile.

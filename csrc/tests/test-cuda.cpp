@@ -370,12 +370,14 @@ void test_gemm16(backend & be) {
         double     worst = -1.0;
         int64_t    at = 0;
         for (int64_t t = 0; t < T; ++t) {
-            const std::vector<float> r(yr.begin() + t * N, yr.begin() + (t + 1) * N), g(yg.begin() + t * N, yg.begin() + (t + 1) * N);
+            const std::vector<float> r(yr.begin() + t * N, yr.begin() + (t + 1) * N);
+            const std::vector<float> g(yg.begin() + t * N, yg.begin() + (t + 1) * N);
             const double e = nmse(r, g);
             if (e > worst) worst = e, at = t;
         }
-        CHECK(worst <= 2e-5, "matmul %s N=64 K=1024 T=17 activations up to 3e9 (mma gemm): worst row nmse %.3e (row %lld, "
-              "thr 2e-05)", dtype_name(wt), worst, (long long) at);
+        CHECK(worst <= 2e-5,
+              "matmul %s N=64 K=1024 T=17 activations up to 3e9 (mma gemm): worst row nmse %.3e (row %lld, thr 2e-05)",
+              dtype_name(wt), worst, (long long) at);
     }
 }
 
@@ -1338,9 +1340,9 @@ void perf(backend & be) {
             const char * name;
             int64_t      N, K;
         };
-        const pshape shapes[] = {{"0.5B gate/up", 4096, 1024}, {"0.5B down", 1024, 4096},   {"0.5B LM head", 73448, 1024},
-                                 {"8B q/o", 4096, 4096},       {"8B gate/up", 16384, 4096}, {"8B down", 4096, 16384},
-                                 {"8B LM head", 73448, 4096}};
+        const pshape shapes[] = {{"0.5B gate/up", 4096, 1024}, {"0.5B down", 1024, 4096}, {"0.5B LM head", 73448, 1024},
+                                 {"8B q/o", 4096, 4096},       {"8B gate/up", 16384, 4096},
+                                 {"8B down", 4096, 16384},     {"8B LM head", 73448, 4096}};
         for (const pshape & p : shapes) {
             const bool   b8 = p.name[0] == '8';
             device       pd{be};
