@@ -5,10 +5,11 @@
 # packed q8/q4 GEMV, the q8/q4 tensor-core GEMM (mma.sync; GPTQ act-order from reordered copies, split-K on
 # the 8B down projection, bit-identical repeats), the device arena, the engine sampling on the device,
 # InfLLM v2 compression / block selection / sparse attention, token-tree rows of it and a sparse checkpoint,
-# speculative decoding on it past dense_len against plain decoding, CUDA graph decode steps
-# bit-identical to eager ones), then benchmarks GEMV (GB/s, bf16 / q8 / q4), the tensor-core GEMMs (TFLOP/s,
-# bf16 and q8 / q4, q4 act-order and split-K), split-K attention, a sparse decode step dense vs sparse, a sparse
-# verify tree vs the same rows as a causal chunk and the sampler, each against the
+# speculative decoding on it past dense_len against plain decoding, CUDA graph decode steps bit-identical to
+# eager ones), then benchmarks GEMV (GB/s, bf16 / q8 / q4; bf16 on the 8B shapes), the tensor-core GEMMs
+# (TFLOP/s: bf16 on the 0.5B and 8B prefill shapes at T = 512 / 2048, q8 / q4, q4 act-order; GB/s of weights:
+# bf16 batched decode on the 8B shapes, q4 split-K), split-K attention, a sparse decode step dense vs sparse, a
+# sparse verify tree vs the same rows as a causal chunk and the sampler, each against the
 # device's peak where this script knows it, and the engine (prefill, decode at batch 1/8/32) on MiniCPM4-0.5B-
 # and 8B-shaped random BF16 checkpoints (0.5B also q4, and also with CUDA graphs off); last, when time is left,
 # compute-sanitizer over the small op sections. Everything is printed and the summary lines are written to $1
@@ -128,8 +129,11 @@ ops_rc=${PIPESTATUS[0]}
 grep -E "^(ok|FAIL)" "$work/ops.log" | awk '{print $1}' | sort | uniq -c | sed 's/^ */ops: /' | tee -a "$summary"
 grep -E "^FAIL" "$work/ops.log" | tee -a "$summary"
 grep -E "^(section|backend|SKIPPED)" "$work/ops.log" | tee -a "$summary"
-grep -E "model logits|engine|sample|arena|graph|spec sparse|q-gemm.*(LM head|FAIL)" "$work/ops.log" |
+grep -E "model logits|engine|sample|arena|graph|spec sparse|(q-gemm|mma gemm).*(LM head|FAIL)" "$work/ops.log" |
     grep -v -E "^(perf:|section)" | tee -a "$summary"
+# bf16 / f16 tensor-core GEMM: ok / FAIL over its parity cases and split-K repeats.
+grep -E "^(ok|FAIL) +matmul (bf16|f16) .*mma gemm" "$work/ops.log" | awk '{print $1, "bf16/f16 gemm"}' | sort | uniq -c |
+    sed 's/^ */16-bit matmul: /' | tee -a "$summary"
 # Quantized matmul: ok / FAIL for GPTQ act-order (parity, g_idx refusals) and split-K (parity, repeats).
 grep -E "^(ok|FAIL) +(matmul act-order|act-order g_idx|matmul q4 g_idx|matmul split-K)" "$work/ops.log" |
     awk '{print $1, ($3 == "split-K" ? "split-K" : "act-order")}' | sort | uniq -c | sed 's/^ */quantized matmul: /' |

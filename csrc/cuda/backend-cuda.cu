@@ -112,8 +112,13 @@ class cuda_backend final : public backend {
     }
     buffer import_weights(const void * host, size_t bytes) override {
         buffer b = alloc(bytes, buffer_usage::weights);
-        upload(b, 0, host, bytes);
-        MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
+        try {
+            upload(b, 0, host, bytes);
+            MINICPM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host mapping may go away after load
+        } catch (...) {
+            release(b);  // a failed upload holds no range of the arena
+            throw;
+        }
         return b;
     }
     // GPTQ act-order weights (a g_idx permutation) get a copy with their K columns sorted by group (stable,
@@ -195,8 +200,7 @@ class cuda_backend final : public backend {
         const cuda::wdesc d = w.packed ? cuda::reordered_desc(cuda::to_wdesc(w), w.packed) : cuda::to_wdesc(w);
         const size_t      scratch = cuda::matmul_scratch_bytes(d, T);
         if (scratch > 0) grow(xb_, scratch);
-        const int32_t splits =
-            cuda::matmul_uses_tensor_cores(d, T) && cuda::qgemm_supported(d) ? cuda::plan_qgemm_splits(d, T, n_sms_) : 1;
+        const int32_t splits = cuda::plan_matmul_splits(d, T, n_sms_);
         if (splits > 1) grow(qsplit_, size_t(cuda::k_qsplit_floats) * sizeof(float));  // one size: never grows again
         if (replay({4, bits(y), bits(x), bits(d.data), bits(w.scales), bits(w.zeros), bits(w.perm), uint64_t(w.type),
                     uint64_t(w.scale_type), uint64_t(w.group_size), uint64_t(w.rows), uint64_t(w.cols), uint64_t(T),

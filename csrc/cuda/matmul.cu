@@ -1,19 +1,20 @@
 // y[T,N] = x[T,K] . W[N,K]^T on the GPU.
 //   small batches (T <= 8, decode): one warp per output row streams the row once for all T activations
-//     (16-byte loads for f16/bf16 rows whose K is a multiple of 8); memory-bound by design;
-//   larger batches with f16/bf16 weights: tensor cores (WMMA 16x16x16, f32 accumulation) on 64x64 output
-//     tiles, activations rounded once to the weight's 16-bit type (the same class of rounding as the CPU's AMX
-//     path);
+//     (16-byte loads, four in flight per lane, for f16/bf16 rows whose K is a multiple of 8 and that are
+//     16-byte aligned); memory-bound by design;
+//   larger batches with f16/bf16 weights: the tensor-core GEMM (gemm.cu), activations rounded once to the
+//     weight's 16-bit type (the same class of rounding as the CPU's AMX path). f16 weights: a row whose
+//     largest |x| would overflow f16 (65504; the CPU op keeps f32) is scaled by a power of two first and its
+//     outputs scaled back (exact), so it keeps f16's relative precision against its largest value;
 //   larger batches with q8 / q4 weights in group order: the quantized tensor-core GEMM (qgemm.cu) over
 //     activations rounded once to bf16;
-//   anything else (f32, permuted q8 / q4 without a reordered copy at large T): the warp-per-row kernel over
-//     chunks of 8 rows; q8 / q4 rows in group order are read packed, 16 bytes a lane (gemv_packed_kernel).
+//   anything else (f32, K not a multiple of 8, unaligned rows, permuted q8 / q4 without a reordered copy at
+//     large T): the warp-per-row kernel over chunks of 8 rows; q8 / q4 rows in group order are read packed,
+//     16 bytes a load, four loads in flight a lane (gemv_packed_kernel).
 // GPTQ act-order weights (g_idx) run as group-ordered ones from their reordered copy (reordered_desc): the
 // activations are gathered into the copy's column order on their way into the scratch (rounded to bf16 for
 // the GEMM, f32 for the GEMV), which is the only extra work.
 #include "cuda/ops.cuh"
-
-#include <mma.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -25,6 +26,20 @@ namespace {
 
 constexpr int k_gemv_rows = 8;     // T handled by one pass of the warp-per-row kernel
 constexpr int k_gemv_warps = 4;    // warps (output rows) per thread block
+// 16-byte weight loads a lane issues before it uses the first: one in flight per lane leaves an H200's HBM
+// (4.8 TB/s) mostly idle. A lane still adds its loads in the order of the one-at-a-time loop (the same bits).
+// Weights are read once per call: streaming loads (evict first), so the activations stay cached.
+constexpr int k_gemv_unroll = 4;
+
+// Eight consecutive activations (p 32-byte aligned when vec).
+__device__ __forceinline__ void load8(float (&v)[8], const float * p, bool vec) {
+    if (vec) {
+        const float4 lo = ((const float4 *) p)[0], hi = ((const float4 *) p)[1];
+        v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    } else {
+        for (int e = 0; e < 8; ++e) v[e] = p[e];
+    }
+}
 
 template <int TT>
 __global__ void gemv_kernel(float * y, const float * x, wdesc w, int64_t T, int64_t t0) {
@@ -34,24 +49,36 @@ __global__ void gemv_kernel(float * y, const float * x, wdesc w, int64_t T, int6
     const int64_t K = w.cols;
     float         acc[TT];
     for (int t = 0; t < TT; ++t) acc[t] = 0.0f;
-    const bool vec = (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16) && K % 8 == 0;
+    const bool vec = (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16) && K % 8 == 0 &&
+                     uintptr_t(w.data) % 16 == 0;
     if (vec) {
         const uint4 * row = (const uint4 *) ((const uint16_t *) w.data + n * K);
-        for (int64_t c = lane; c < K / 8; c += k_warp) {
-            const uint4 raw = row[c];
-            float       wf[8];
-            const uint16_t * h = (const uint16_t *) &raw;
-            for (int e = 0; e < 8; ++e) {
-                if (w.type == MINICPM_DTYPE_BF16) {
-                    wf[e] = __uint_as_float(uint32_t(h[e]) << 16);
-                } else {
-                    wf[e] = __half2float(__ushort_as_half(h[e]));
+        const int64_t chunks = K / 8;
+        const bool    xvec = uintptr_t(x) % 16 == 0;
+        for (int64_t c0 = lane; c0 < chunks; c0 += k_warp * k_gemv_unroll) {
+            uint4 raw[k_gemv_unroll];
+#pragma unroll
+            for (int u = 0; u < k_gemv_unroll; ++u)
+                if (c0 + u * k_warp < chunks) raw[u] = __ldcs(row + c0 + u * k_warp);
+#pragma unroll
+            for (int u = 0; u < k_gemv_unroll; ++u) {
+                const int64_t c = c0 + u * k_warp;
+                if (c >= chunks) break;
+                float            wf[8];
+                const uint16_t * h = (const uint16_t *) &raw[u];
+                for (int e = 0; e < 8; ++e) {
+                    if (w.type == MINICPM_DTYPE_BF16) {
+                        wf[e] = __uint_as_float(uint32_t(h[e]) << 16);
+                    } else {
+                        wf[e] = __half2float(__ushort_as_half(h[e]));
+                    }
                 }
-            }
-            for (int t = 0; t < TT; ++t) {
-                if (t0 + t >= T) break;
-                const float * xr = x + (t0 + t) * K + c * 8;
-                for (int e = 0; e < 8; ++e) acc[t] += wf[e] * xr[e];
+                for (int t = 0; t < TT; ++t) {
+                    if (t0 + t >= T) break;
+                    float xr[8];
+                    load8(xr, x + (t0 + t) * K + c * 8, xvec);
+                    for (int e = 0; e < 8; ++e) acc[t] += wf[e] * xr[e];
+                }
             }
         }
     } else {
@@ -83,27 +110,40 @@ __global__ void gemv_packed_kernel(float * y, const float * x, wdesc w, int64_t 
     const uint4 * row = (const uint4 *) ((const uint8_t *) w.data + (Q4 ? n * K / 2 : n * K));
     float         acc[TT];
     for (int t = 0; t < TT; ++t) acc[t] = 0.0f;
-    for (int64_t c = lane; c < K / per; c += k_warp) {
-        const uint4     raw = row[c];
-        const uint8_t * b = (const uint8_t *) &raw;
-        const int64_t   k0 = c * per, g = k0 / w.group_size;
-        const float     s = load_plain(w.scales, w.scale_type, n * w.n_groups + g);
-        float           wf[per];
-        if (Q4) {
-            const int32_t z = w.zeros ? w.zeros[n * w.n_groups + g] : 8;
-            for (int e = 0; e < 16; ++e) {
-                wf[2 * e] = float(int32_t(b[e] & 0xf) - z);
-                wf[2 * e + 1] = float(int32_t(b[e] >> 4) - z);
+    const int64_t chunks = K / per;
+    const bool    xvec = uintptr_t(x) % 16 == 0;
+    for (int64_t c0 = lane; c0 < chunks; c0 += k_warp * k_gemv_unroll) {
+        uint4 raw[k_gemv_unroll];
+#pragma unroll
+        for (int u = 0; u < k_gemv_unroll; ++u)
+            if (c0 + u * k_warp < chunks) raw[u] = __ldcs(row + c0 + u * k_warp);
+#pragma unroll
+        for (int u = 0; u < k_gemv_unroll; ++u) {
+            const int64_t c = c0 + u * k_warp;
+            if (c >= chunks) break;
+            const uint8_t * b = (const uint8_t *) &raw[u];
+            const int64_t   k0 = c * per, g = k0 / w.group_size;
+            const float     s = load_plain(w.scales, w.scale_type, n * w.n_groups + g);
+            float           wf[per];
+            if (Q4) {
+                const int32_t z = w.zeros ? w.zeros[n * w.n_groups + g] : 8;
+                for (int e = 0; e < 16; ++e) {
+                    wf[2 * e] = float(int32_t(b[e] & 0xf) - z);
+                    wf[2 * e + 1] = float(int32_t(b[e] >> 4) - z);
+                }
+            } else {
+                for (int e = 0; e < 16; ++e) wf[e] = float(int8_t(b[e]));
             }
-        } else {
-            for (int e = 0; e < 16; ++e) wf[e] = float(int8_t(b[e]));
-        }
-        for (int t = 0; t < TT; ++t) {
-            if (t0 + t >= T) break;
-            const float * xr = x + (t0 + t) * K + k0;
-            float         dot = 0.0f;
-            for (int e = 0; e < per; ++e) dot += wf[e] * xr[e];
-            acc[t] += s * dot;
+            for (int t = 0; t < TT; ++t) {
+                if (t0 + t >= T) break;
+                float dot = 0.0f;
+                for (int e0 = 0; e0 < per; e0 += 8) {
+                    float xr[8];
+                    load8(xr, x + (t0 + t) * K + k0 + e0, xvec);
+                    for (int e = 0; e < 8; ++e) dot += wf[e0 + e] * xr[e];
+                }
+                acc[t] += s * dot;
+            }
         }
     }
     for (int t = 0; t < TT; ++t) {
@@ -115,14 +155,10 @@ __global__ void gemv_packed_kernel(float * y, const float * x, wdesc w, int64_t 
 
 bool packed_gemv(const wdesc & w) {
     return (w.type == MINICPM_DTYPE_Q8 || w.type == MINICPM_DTYPE_Q4) && w.perm == nullptr && w.group_size > 0 &&
-           w.group_size % 32 == 0 && w.cols % 32 == 0;
+           w.group_size % 32 == 0 && w.cols % 32 == 0 && uintptr_t(w.data) % 16 == 0;  // 16-byte loads
 }
 
-template <typename H> __device__ __forceinline__ H to_half_type(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 to_half_type<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half to_half_type<__half>(float v) { return __float2half_rn(v); }
-
-// out[t][j] = x[t][order[j]] (order nullptr: x[t][j]) for rows of K, rounded to H (f32: copied).
+// out[t][j] = x[t][order[j]] (order nullptr: x[t][j]) for rows of K, rounded to bf16 (H f32: copied).
 template <typename H>
 __global__ void round_kernel(H * out, const float * x, int64_t n, const int32_t * order, int64_t K) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -130,7 +166,7 @@ __global__ void round_kernel(H * out, const float * x, int64_t n, const int32_t 
         if constexpr (std::is_same<H, float>::value) {
             out[i] = v;
         } else {
-            out[i] = to_half_type<H>(v);
+            out[i] = __float2bfloat16_rn(v);
         }
     }
 }
@@ -152,48 +188,32 @@ template <bool Q4> __global__ void reorder_kernel(uint8_t * out, const uint8_t *
     }
 }
 
-constexpr int k_tile = 64, k_kstep = 32, k_pad = 8;
-
-// One 64 x 64 tile of y per block of 4 warps (2 x 2, each 32 x 32 = 2 x 2 fragments). Tiles past the edges
-// are zero-filled in shared memory, so any T, N and K work.
-template <typename H>
-__global__ void gemm_tc_kernel(float * y, const H * xb, const H * w, int64_t T, int64_t N, int64_t K) {
-    using namespace nvcuda;
-    __shared__ __align__(32) H  as[k_tile][k_kstep + k_pad];
-    __shared__ __align__(32) H  bs[k_tile][k_kstep + k_pad];
-    __shared__ __align__(32) float cs[k_tile][k_tile + 4];
-    const int64_t t0 = int64_t(blockIdx.y) * k_tile, n0 = int64_t(blockIdx.x) * k_tile;
-    const int     warp = threadIdx.x / k_warp, wr = warp / 2, wc = warp % 2;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-    const H zero = to_half_type<H>(0.0f);
-    for (int64_t k0 = 0; k0 < K; k0 += k_kstep) {
-        for (int e = threadIdx.x; e < k_tile * k_kstep; e += blockDim.x) {
-            const int r = e / k_kstep, c = e % k_kstep;
-            const int64_t k = k0 + c;
-            as[r][c] = (t0 + r < T && k < K) ? xb[(t0 + r) * K + k] : zero;
-            bs[r][c] = (n0 + r < N && k < K) ? w[(n0 + r) * K + k] : zero;
-        }
-        __syncthreads();
-        for (int kk = 0; kk < k_kstep; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> a[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::col_major> b[2];
-            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &as[wr * 32 + i * 16][kk], k_kstep + k_pad);
-            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &bs[wc * 32 + j * 16][kk], k_kstep + k_pad);
-            for (int i = 0; i < 2; ++i)
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j)
-            wmma::store_matrix_sync(&cs[wr * 32 + i * 16][wc * 32 + j * 16], acc[i][j], k_tile + 4, wmma::mem_row_major);
+// Row t of x (K values) rounded to f16, scaled by 2^-p when its largest |x| is past f16's largest value (65504),
+// p such that the largest scaled value is under 2^15; row_scale[t] = 2^p undoes it in the GEMM's epilogue. One
+// block per row; a row of inf or NaN keeps scale 1 (its outputs are not finite either way).
+__global__ void round_f16_rows_kernel(__half * out, float * row_scale, const float * x, int64_t K) {
+    __shared__ float part[32];
+    const float *    xr = x + int64_t(blockIdx.x) * K;
+    float            m = 0.0f;
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) m = fmaxf(m, fabsf(xr[k]));
+    for (int o = k_warp / 2; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (threadIdx.x % k_warp == 0) part[threadIdx.x / k_warp] = m;
     __syncthreads();
-    for (int e = threadIdx.x; e < k_tile * k_tile; e += blockDim.x) {
-        const int r = e / k_tile, c = e % k_tile;
-        if (t0 + r < T && n0 + c < N) y[(t0 + r) * N + n0 + c] = cs[r][c];
+    m = 0.0f;
+    for (unsigned i = 0; i < blockDim.x / k_warp; ++i) m = fmaxf(m, part[i]);
+    int p = 0;
+    if (m > 65504.0f && isfinite(m)) {
+        frexpf(m, &p);  // m = f 2^p, f in [0.5, 1)
+        p -= 15;
     }
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
+        out[int64_t(blockIdx.x) * K + k] = __float2half_rn(ldexpf(xr[k], -p));
+    if (threadIdx.x == 0) row_scale[blockIdx.x] = ldexpf(1.0f, p);
+}
+
+// The f16 GEMM's row scales: after the rounded activations, 16-byte aligned.
+float * f16_row_scales(void * xb, int64_t T, int64_t K) {
+    return (float *) ((uint8_t *) xb + (size_t(T * K) * 2 + 15) / 16 * 16);
 }
 
 template <typename H>
@@ -203,23 +223,36 @@ void round_activations(cudaStream_t s, H * xb, const float * x, int64_t T, const
     MINICPM_CUDA_LAUNCHED("matmul: round activations");
 }
 
-template <typename H>
-void gemm_tc(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb) {
-    round_activations<H>(s, (H *) xb, x, T, w);
-    const dim3 grid(unsigned(ceil_div(w.rows, k_tile)), unsigned(ceil_div(T, k_tile)));
-    gemm_tc_kernel<H><<<grid, 4 * k_warp, 0, s>>>(y, (const H *) xb, (const H *) w.data, T, w.rows, w.cols);
-    MINICPM_CUDA_LAUNCHED("matmul: tensor-core gemm");
-}
-
 size_t data_bytes(const wdesc & w) { return size_t(w.type == MINICPM_DTYPE_Q4 ? w.rows * w.cols / 2 : w.rows * w.cols); }
+
+// TT: the rows a kernel is built for (1: batch-1 decode, in fewer registers, so more warps stream the weights).
+template <int TT>
+void launch_gemv(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t rows, bool packed) {
+    const unsigned blocks = unsigned(ceil_div(w.rows, k_gemv_warps));
+    if (packed && w.type == MINICPM_DTYPE_Q4) {
+        gemv_packed_kernel<TT, true><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, rows, 0);
+    } else if (packed) {
+        gemv_packed_kernel<TT, false><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, rows, 0);
+    } else {
+        gemv_kernel<TT><<<blocks, k_gemv_warps * k_warp, 0, s>>>(y, x, w, rows, 0);
+    }
+    MINICPM_CUDA_LAUNCHED("matmul: gemv");
+}
 
 }  // namespace
 
 bool matmul_uses_tensor_cores(const wdesc & w, int64_t T) {
-    return T > k_gemv_rows && (w.type == MINICPM_DTYPE_BF16 || w.type == MINICPM_DTYPE_F16 || qgemm_supported(w));
+    return T > k_gemv_rows && (gemm16_supported(w) || qgemm_supported(w));
+}
+
+int32_t plan_matmul_splits(const wdesc & w, int64_t T, int32_t n_sms) {
+    if (!matmul_uses_tensor_cores(w, T)) return 1;
+    return qgemm_supported(w) ? plan_qgemm_splits(w, T, n_sms) : plan_gemm16_splits(w, T, n_sms);
 }
 
 size_t matmul_scratch_bytes(const wdesc & w, int64_t T) {
+    if (matmul_uses_tensor_cores(w, T) && w.type == MINICPM_DTYPE_F16)
+        return (size_t(T * w.cols) * 2 + 15) / 16 * 16 + size_t(T) * sizeof(float);  // + row scales
     if (matmul_uses_tensor_cores(w, T)) return size_t(T * w.cols) * 2;
     return w.order ? size_t(std::min<int64_t>(T, k_gemv_rows) * w.cols) * sizeof(float) : 0;
 }
@@ -260,13 +293,16 @@ void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, 
             round_activations<__nv_bfloat16>(s, (__nv_bfloat16 *) xb, x, T, w);
             launch_qgemm(s, y, (const __nv_bfloat16 *) xb, w, T, splits, partials);
         } else if (w.type == MINICPM_DTYPE_BF16) {
-            gemm_tc<__nv_bfloat16>(s, y, x, w, T, xb);
+            round_activations<__nv_bfloat16>(s, (__nv_bfloat16 *) xb, x, T, w);
+            launch_gemm16(s, y, xb, nullptr, w, T, splits, partials);
         } else {
-            gemm_tc<__half>(s, y, x, w, T, xb);
+            float * row_scale = f16_row_scales(xb, T, w.cols);
+            round_f16_rows_kernel<<<unsigned(T), 256, 0, s>>>((__half *) xb, row_scale, x, w.cols);
+            MINICPM_CUDA_LAUNCHED("matmul: round activations to f16");
+            launch_gemm16(s, y, xb, row_scale, w, T, splits, partials);
         }
         return;
     }
-    const unsigned blocks = unsigned(ceil_div(w.rows, k_gemv_warps));
     const bool packed = packed_gemv(w);
     // A reordered copy has no g_idx left to read: only the packed GEMV over gathered activations is right.
     if (w.order && !packed) fail(MINICPM_STATUS_INTERNAL, "matmul: a reordered weight outside the packed GEMV");
@@ -278,14 +314,11 @@ void launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, 
             round_activations<float>(s, (float *) xb, xs, rows, w);
             xs = (const float *) xb;
         }
-        if (packed && w.type == MINICPM_DTYPE_Q4) {
-            gemv_packed_kernel<k_gemv_rows, true><<<blocks, k_gemv_warps * k_warp, 0, s>>>(ys, xs, w, rows, 0);
-        } else if (packed) {
-            gemv_packed_kernel<k_gemv_rows, false><<<blocks, k_gemv_warps * k_warp, 0, s>>>(ys, xs, w, rows, 0);
+        if (rows == 1) {
+            launch_gemv<1>(s, ys, xs, w, rows, packed);
         } else {
-            gemv_kernel<k_gemv_rows><<<blocks, k_gemv_warps * k_warp, 0, s>>>(ys, xs, w, rows, 0);
+            launch_gemv<k_gemv_rows>(s, ys, xs, w, rows, packed);
         }
-        MINICPM_CUDA_LAUNCHED("matmul: gemv");
     }
 }
 

@@ -18,12 +18,13 @@ void launch_div_scalar(cudaStream_t s, float * x, float d, int64_t n);
 void launch_get_rows(cudaStream_t s, float * dst, const float * src, const int32_t * rows, int64_t R, int64_t H);
 
 // matmul.cu: y[T,N] = x[T,K] . W[N,K]^T. xb is scratch of matmul_scratch_bytes (activations rounded to
-// 16 bits for the tensor cores, or gathered into a reordered weight's column order for the GEMV); q-gemm splits
-// of K (plan_qgemm_splits) write their partials to `partials` (k_qsplit_floats).
-bool   matmul_uses_tensor_cores(const wdesc & w, int64_t T);
-size_t matmul_scratch_bytes(const wdesc & w, int64_t T);
-void   launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb, int32_t splits,
-                     float * partials);
+// 16 bits for the tensor cores, or gathered into a reordered weight's column order for the GEMV); splits of K
+// (plan_matmul_splits: the tensor-core GEMMs' plans) write their partials to `partials` (k_qsplit_floats).
+bool    matmul_uses_tensor_cores(const wdesc & w, int64_t T);
+size_t  matmul_scratch_bytes(const wdesc & w, int64_t T);
+int32_t plan_matmul_splits(const wdesc & w, int64_t T, int32_t n_sms);
+void    launch_matmul(cudaStream_t s, float * y, const float * x, const wdesc & w, int64_t T, void * xb, int32_t splits,
+                      float * partials);
 // GPTQ act-order (a g_idx permutation): a copy of the weight whose K columns are sorted by group, read like a
 // group-ordered weight by the packed GEMV and the quantized GEMM, with the column order (order[j]: the
 // original column at position j) after the rows. Scales and zero points are per group: they are not copied.
@@ -43,6 +44,18 @@ bool    qgemm_supported(const wdesc & w);
 int32_t plan_qgemm_splits(const wdesc & w, int64_t T, int32_t n_sms);
 void    launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wdesc & w, int64_t T, int32_t splits,
                      float * partials);
+
+// Both GEMMs' split-K: y[i] = the sum of `splits` partials of n floats each (partials[z n + i]), in split order.
+void launch_split_reduce(cudaStream_t s, float * y, const float * partials, int64_t n, int32_t splits);
+
+// gemm.cu: the bf16 / f16 tensor-core GEMM over activations already rounded to the weight's type (xb, T x K,
+// 16-byte aligned); row_scale (T floats, or nullptr) multiplies each output row. Supported: K a multiple of
+// 8, rows 16-byte aligned. splits > 1 cuts K like the q-gemm (plan_gemm16_splits, partials of at most
+// k_qsplit_floats).
+bool    gemm16_supported(const wdesc & w);
+int32_t plan_gemm16_splits(const wdesc & w, int64_t T, int32_t n_sms);
+void    launch_gemm16(cudaStream_t s, float * y, const void * xb, const float * row_scale, const wdesc & w, int64_t T,
+                      int32_t splits, float * partials);
 
 // attention.cu: rows described by rows[T]; blocks is the flattened block table.
 void launch_kv_store(cudaStream_t s, void * k_pool, void * v_pool, int32_t kv_type, int32_t nkv, int32_t hd,

@@ -16,6 +16,7 @@
 // the 8B MLP down projection), grid.z cuts K into spans of whole 64-column tiles; each span writes an f32 partial
 // [T][N] and a second kernel adds the partials in split order. No atomics: a replayed step graph gives the same
 // bits every time.
+#include "cuda/mma.cuh"
 #include "cuda/ops.cuh"
 
 #include <algorithm>
@@ -31,23 +32,6 @@ constexpr int k_qwarp_n = 32;  // output columns (weight rows) per warp: four n8
 constexpr int k_qsplit_max = 16;        // K spans of one split GEMM
 constexpr int k_qsplit_min_tiles = 4;   // 64-column tiles a span streams at least (the pipeline stays full)
 constexpr int k_qsplit_blocks_per_sm = 4;  // the blocks a split grid aims at per SM (bytes in flight)
-
-__device__ __forceinline__ uint32_t smem_addr(const void * p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-// 16 bytes global -> shared; src_bytes 0 fills the destination with zeros (rows past T or N).
-__device__ __forceinline__ void cp_async16(void * dst, const void * src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -182,8 +166,8 @@ qgemm_kernel(float * y, const __nv_bfloat16 * xb, wdesc w, int64_t T, int span_t
                     const uint32_t * lo = (const uint32_t *) &alo[i];
                     const uint32_t * hi = (const uint32_t *) &ahi[i];
                     for (int j = 0; j < 4; ++j)
-                        mma_bf16(part[i][j], lo[2 * c], hi[2 * c], lo[2 * c + 1], hi[2 * c + 1], b[j][2 * c],
-                                 b[j][2 * c + 1]);
+                        mma_16816<true>(part[i][j], lo[2 * c], hi[2 * c], lo[2 * c + 1], hi[2 * c + 1],
+                                        b[j][2 * c], b[j][2 * c + 1]);
                 }
             }
             // Accumulator element e sits in column 2t + (e & 1) of its n8 tile.
@@ -215,11 +199,8 @@ void launch_shape(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wde
     constexpr int BM = WM * MF * 16, BN = WN * k_qwarp_n;
     const size_t  smem = sizeof(qstage<BM, BN, Q4>) * k_qstages;
     auto *        kernel = qgemm_kernel<WM, WN, MF, Q4>;
-    // Once per kernel (more than 48 KiB of shared memory needs the opt-in), not per launch: a launch may be
-    // recorded into a step graph.
-    static const cudaError_t opt_in =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    MINICPM_CUDA_CHECK(opt_in);
+    static std::atomic<bool> opted{false};
+    opt_in_shared(kernel, smem, opted);
     const int  tiles = int(w.cols / k_qk);
     const dim3 grid(unsigned(ceil_div(w.rows, BN)), unsigned(ceil_div(T, BM)), unsigned(splits));
     kernel<<<grid, WM * WN * k_warp, smem, s>>>(y, xb, w, T, int(ceil_div(tiles, splits)));
@@ -251,7 +232,7 @@ void launch_for_rows(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const 
 }
 
 // y[i] = sum of the splits' partials, in split order (the same bits on every run).
-__global__ void qsplit_reduce_kernel(float * y, const float * part, int64_t n, int32_t splits) {
+__global__ void split_reduce_kernel(float * y, const float * part, int64_t n, int32_t splits) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
         float v = part[i];
         for (int32_t z = 1; z < splits; ++z) v += part[z * n + i];
@@ -260,6 +241,11 @@ __global__ void qsplit_reduce_kernel(float * y, const float * part, int64_t n, i
 }
 
 }  // namespace
+
+void launch_split_reduce(cudaStream_t s, float * y, const float * partials, int64_t n, int32_t splits) {
+    split_reduce_kernel<<<unsigned(std::min<int64_t>(ceil_div(n, 256), 4096)), 256, 0, s>>>(y, partials, n, splits);
+    MINICPM_CUDA_LAUNCHED("matmul: split-K reduction");
+}
 
 bool qgemm_supported(const wdesc & w) {
     return (w.type == MINICPM_DTYPE_Q8 || w.type == MINICPM_DTYPE_Q4) && w.perm == nullptr && w.group_size > 0 &&
@@ -292,9 +278,7 @@ void launch_qgemm(cudaStream_t s, float * y, const __nv_bfloat16 * xb, const wde
         launch_for_rows<false>(s, out, xb, w, T, splits);
     }
     if (splits == 1) return;
-    const int64_t n = T * w.rows;
-    qsplit_reduce_kernel<<<unsigned(std::min<int64_t>(ceil_div(n, 256), 4096)), 256, 0, s>>>(y, partials, n, splits);
-    MINICPM_CUDA_LAUNCHED("matmul: quantized gemm split-K reduction");
+    launch_split_reduce(s, y, partials, T * w.rows, splits);
 }
 
 }  // namespace cuda

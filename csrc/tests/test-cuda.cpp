@@ -277,6 +277,114 @@ void test_matmul(backend & be) {
     }
 }
 
+// The bf16 / f16 tensor-core GEMM (gemm.cu: mma.sync, cp.async pipeline) against the plain CPU op: T across
+// every tile shape (16 / 32 / 64 / 128 rows) and its edges, up to 1030 rows (raster groups of 8 row tiles and a
+// partial one); odd N; K = 1024, 4096, 16384 and K a multiple of 8 but not of 64 (a zero-filled last step); the
+// 128 x 256 tiles, which only grids of at least one block per SM take (N = 12801 and 4353, and the 0.5B LM head,
+// 73448 rows: 150+ blocks, enough up to 148 SMs). K = 16384 over 200 rows underfills any GPU: split-K, run twice
+// (bit-identical).
+// Then the paths the GEMM does not take: K not a multiple of 8 and weight rows that are not 16-byte aligned
+// (the warp-per-row kernel, GEMV and large T), and f16 activations past f16's range (rows scaled by a power
+// of two). Activations are rounded once to 16 bits: the NMSE bound is the 16-bit GEMM's.
+void test_gemm16(backend & be) {
+    device dv{be};
+    struct gcase {
+        int64_t              N, K;
+        std::vector<int64_t> Ts;
+    };
+    const gcase cases[] = {{77, 1024, {9, 16, 17, 32, 33, 63, 64, 65, 128, 300, 1030}},
+                           {300, 256, {100, 1030}},
+                           {131, 4096, {1, 8, 9, 65, 300}},
+                           {200, 16384, {1, 9, 64}},
+                           {96, 1000, {24, 129}},
+                           {12801, 136, {260}},
+                           {4353, 72, {1100}}};
+    for (dtype wt : {dtype::bf16, dtype::f16}) {
+        for (const gcase & c : cases) {
+            const auto        w = raw(rnd(size_t(c.N * c.K)), wt);
+            const tensor_desc hw = plain(wt, c.N, c.K, w.data());
+            const tensor_desc dw = plain(wt, c.N, c.K, dv.put(w));
+            for (int64_t T : c.Ts) {
+                const auto         x = rnd(size_t(T * c.K));
+                std::vector<float> yr(size_t(T * c.N));
+                ref_matmul(yr.data(), x.data(), hw, T);
+                float * xd = dv.put(x);
+                float * yd = dv.zeros(yr.size()), * y2 = dv.zeros(yr.size());
+                be.matmul(yd, xd, dw, T);
+                const auto        a = dv.get(yd, yr.size());
+                const bool        split = c.K == 16384 && T > 8;
+                const std::string name = "matmul " + std::string(dtype_name(wt)) + " N=" + std::to_string(c.N) +
+                                         " K=" + std::to_string(c.K) + " T=" + std::to_string(T) +
+                                         (T <= 8 ? " (gemv)" : split ? " (mma gemm, split-K)" : " (mma gemm)");
+                expect(name, yr, a, T > 8 ? 2e-5 : 1e-10);
+                if (!split) continue;
+                be.matmul(y2, xd, dw, T);
+                const auto b = dv.get(y2, yr.size());
+                CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0, "%s: two calls bit-identical",
+                      name.c_str());
+            }
+        }
+    }
+    {
+        const int64_t     N = 73448, K = 1024, T = 72;  // the MiniCPM4-0.5B LM head (tied embeddings, bf16)
+        const auto        w = raw(rnd(size_t(N * K)), dtype::bf16);
+        const tensor_desc hw = plain(dtype::bf16, N, K, w.data());
+        const auto        x = rnd(size_t(T * K));
+        std::vector<float> yr(size_t(T * N));
+        ref_matmul(yr.data(), x.data(), hw, T);
+        float * yd = dv.zeros(yr.size());
+        be.matmul(yd, dv.put(x), plain(dtype::bf16, N, K, dv.put(w)), T);
+        expect("matmul bf16 LM head N=73448 K=1024 T=72 (mma gemm)", yr, dv.get(yd, yr.size()), 2e-5);
+    }
+    // K = 100 (rows not whole 16-byte chunks), and K = 1024 rows starting 2 bytes past a 16-byte boundary.
+    for (dtype wt : {dtype::bf16, dtype::f16}) {
+        for (const bool shifted : {false, true}) {
+            const int64_t     N = 40, K = shifted ? 1024 : 100, off = shifted ? 2 : 0;
+            const auto        w = raw(rnd(size_t(N * K + 1)), wt);
+            const tensor_desc hw = plain(wt, N, K, w.data() + off);
+            const tensor_desc dw = plain(wt, N, K, dv.put(w) + off);
+            for (int64_t T : {1, 17}) {
+                const auto         x = rnd(size_t(T * K));
+                std::vector<float> yr(size_t(T * N));
+                ref_matmul(yr.data(), x.data(), hw, T);
+                float * yd = dv.zeros(yr.size());
+                be.matmul(yd, dv.put(x), dw, T);
+                expect("matmul " + std::string(dtype_name(wt)) + " N=40 K=" + std::to_string(K) +
+                           (shifted ? " rows 2 bytes off 16-byte alignment" : "") + " T=" + std::to_string(T) +
+                           " (warp-per-row kernel)", yr, dv.get(yd, yr.size()), 1e-10);
+            }
+        }
+    }
+    // Activations past f16's range in some rows (7e4, 1e5 and 3e9 beside values in [-1, 1]): those rows are
+    // scaled by a power of two on their way to f16, the others are not; bf16 alike, for comparison. NMSE per
+    // row (the worst printed), so that the rows of large values do not hide the others.
+    for (dtype wt : {dtype::f16, dtype::bf16}) {
+        const int64_t     N = 64, K = 1024, T = 17;
+        const auto        w = raw(rnd(size_t(N * K)), wt);
+        const tensor_desc hw = plain(wt, N, K, w.data());
+        auto              x = rnd(size_t(T * K));
+        x[size_t(3 * K + 5)] = 1e5f;
+        x[size_t(10 * K + 700)] = -3e9f;
+        x[size_t(16 * K + 1023)] = 70000.0f;
+        std::vector<float> yr(size_t(T * N));
+        ref_matmul(yr.data(), x.data(), hw, T);
+        float * yd = dv.zeros(yr.size());
+        be.matmul(yd, dv.put(x), plain(wt, N, K, dv.put(w)), T);
+        const auto yg = dv.get(yd, yr.size());
+        double     worst = -1.0;
+        int64_t    at = 0;
+        for (int64_t t = 0; t < T; ++t) {
+            const std::vector<float> r(yr.begin() + t * N, yr.begin() + (t + 1) * N);
+            const std::vector<float> g(yg.begin() + t * N, yg.begin() + (t + 1) * N);
+            const double e = nmse(r, g);
+            if (e > worst) worst = e, at = t;
+        }
+        CHECK(worst <= 2e-5,
+              "matmul %s N=64 K=1024 T=17 activations up to 3e9 (mma gemm): worst row nmse %.3e (row %lld, thr 2e-05)",
+              dtype_name(wt), worst, (long long) at);
+    }
+}
+
 // A random q8 / q4 tensor in the engine's layout, on the host and on the device (group >= K: one per row).
 struct qweights {
     std::vector<uint8_t> q, sc, z;
@@ -1450,19 +1558,34 @@ tensor_desc perf_q4(device & dv, int64_t N, int64_t K, double & bytes) {
 void perf(backend & be) {
     device dv{be};
     {
-        const int64_t N = 73448, K = 1024;  // the MiniCPM4-0.5B LM head
-        const std::vector<uint8_t> w(size_t(N * K) * 2, 0x3c);
-        const tensor_desc dw = plain(dtype::bf16, N, K, dv.put(w));
-        for (int64_t T : {int64_t(1), int64_t(512), int64_t(2048)}) {
-            float * xd = dv.put(rnd(size_t(T * K)));
-            float * yd = dv.zeros(size_t(T * N));
-            const double s = time_calls(be, T == 1 ? 50 : 10, [&] { be.matmul(yd, xd, dw, T); });
-            if (T == 1) {
-                std::printf("perf: GEMV bf16 %lldx%lld: %.1f GB/s (%.3f ms)\n", (long long) N, (long long) K,
-                            double(N * K * 2) / s / 1e9, s * 1e3);
-            } else {
-                std::printf("perf: GEMM bf16 T=%lld %lldx%lld: %.1f TFLOP/s (%.3f ms)\n", (long long) T, (long long) N,
-                            (long long) K, 2.0 * double(T * N * K) / s / 1e12, s * 1e3);
+        // bf16 weights on MiniCPM4 shapes: the tensor-core GEMM at prefill rows (T = 512, 2048: TFLOP/s), and
+        // on the 8B ones also the GEMV at T = 1 and batched decode at T = 16, 64 (GB/s of weights: bound by the
+        // weight stream; the 8B down projection splits K). Weights are released after each shape.
+        struct pshape {
+            const char * name;
+            int64_t      N, K;
+        };
+        const pshape shapes[] = {{"0.5B gate/up", 4096, 1024}, {"0.5B down", 1024, 4096}, {"0.5B LM head", 73448, 1024},
+                                 {"8B q/o", 4096, 4096},       {"8B gate/up", 16384, 4096},
+                                 {"8B down", 4096, 16384},     {"8B LM head", 73448, 4096}};
+        for (const pshape & p : shapes) {
+            const bool   b8 = p.name[0] == '8';
+            device       pd{be};
+            const double bytes = double(p.N * p.K) * 2;
+            const tensor_desc dw = plain(dtype::bf16, p.N, p.K, pd.put(std::vector<uint8_t>(size_t(bytes), 0x3c)));
+            for (int64_t T : b8 ? std::vector<int64_t>{1, 16, 64, 512, 2048} : std::vector<int64_t>{512, 2048}) {
+                float *      xd = pd.put(rnd(size_t(T * p.K)));
+                float *      yd = pd.zeros(size_t(T * p.N));
+                const double s = time_calls(be, T <= 64 ? 50 : 10, [&] { be.matmul(yd, xd, dw, T); });
+                const double tf = 2.0 * double(T * p.N * p.K) / s / 1e12;
+                if (T <= 64) {
+                    std::printf("perf: %s bf16 %s %lldx%lld T=%lld: %.1f GB/s of weights (%.3f ms, %.2f TFLOP/s)\n",
+                                T == 1 ? "GEMV" : "GEMM", p.name, (long long) p.N, (long long) p.K, (long long) T,
+                                bytes / s / 1e9, s * 1e3, tf);
+                } else {
+                    std::printf("perf: GEMM bf16 %s %lldx%lld T=%lld: %.1f TFLOP/s (%.3f ms)\n", p.name,
+                                (long long) p.N, (long long) p.K, (long long) T, tf, s * 1e3);
+                }
             }
         }
     }
@@ -1644,7 +1767,11 @@ struct section {
 const section k_sections[] = {
     {"arena", false, [](backend *) { test_arena(); }},  // a process's first CUDA backend sizes its arena
     {"elementwise", true, [](backend * be) { test_elementwise(*be); }},
-    {"matmul", true, [](backend * be) { test_matmul(*be); }},
+    {"matmul", true,
+     [](backend * be) {
+         test_matmul(*be);
+         test_gemm16(*be);
+     }},
     {"attention", true, [](backend * be) { test_kv_attention(*be); }},
     {"sample", true,
      [](backend * be) {
