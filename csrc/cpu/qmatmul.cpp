@@ -22,10 +22,14 @@ namespace {
 constexpr int64_t k_block = 32;      // activation quantization block
 constexpr int64_t k_step = 64;       // columns per kernel step
 constexpr int64_t k_rows_task = 16;  // weight rows unpacked per task
-// Packed weights: batches of at least this many rows run the AMX-INT8 packed kernel; below it the VNNI one
-// (each panel read from memory once, then from L1 per 8 tokens) is faster: at T = 8 by 1.2-1.5x, at 64-256
-// about even on a 1024 x 1024 matrix (test-qmatmul's info lines); prefill-sized batches favour the tiles.
-constexpr int64_t k_packed_amx_rows = 64;
+// Packed weights: batches of at least this many rows run the AMX-INT8 packed kernel, smaller ones the VNNI one.
+// bench-engine, 0.5B, q8 g32, interleaved with the previous main in one locked sitting (18:18 UTC, load 2.2-2.6):
+// batch 32 624 tok/s with AMX from 17 rows vs 539 with VNNI below 64; batch 8 on VNNI 321 vs 309 (the same
+// kernel), where AMX from 2 rows gave 294 vs 315 in an earlier sitting although test-qmatmul --bench timed that
+// matmul alone 4-9% faster. q4 keeps VNNI below 64: in test-qmatmul --bench (32 x 4096 x 1024, every path in
+// turns) it led AMX at 2-8 rows (g32 T = 8: 5.2 vs 6.2 ms) and was even at 16-32. Both paths spend most of a
+// batch on the per-block scaling of the int32 sums, which the tiles do not shorten.
+constexpr int64_t k_packed_amx_rows = 17, k_packed_amx_rows_q4 = 64;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -100,7 +104,8 @@ const qmatmul_variant k_portable = {"portable", "", qdot_portable};
 // per-token conversions make it compute-bound while AMX (weights streamed once, prefetched) is not.
 const qgemm_kernels   k_amx_gemm = {qgemm_pack_x_amx, qgemm_rows_amx, 8};
 const qpacked_kernels k_packed_avx512 = {qpack_quantize_avx512, qpacked_avx512vnni};
-const qpacked_kernels k_packed_amx = {qpack_quantize_avx512, qpacked_avx512vnni, qpacked_amxint8, k_packed_amx_rows};
+const qpacked_kernels k_packed_amx = {qpack_quantize_avx512, qpacked_avx512vnni, qpacked_amxint8, k_packed_amx_rows,
+                                      k_packed_amx_rows_q4};
 const qpacked_kernels k_packed_avx2 = {qpack_quantize_avx2, qpacked_avxvnni};
 const qmatmul_variant k_amxint8 = {"amx-int8", "amx_tile amx_int8 avx512f avx512bw avx512_vnni", qdot_avx512vnni,
                                    &k_amx_gemm, &k_packed_amx};
@@ -237,7 +242,7 @@ void qpacked(const qmatmul_variant & v, thread_pool & tp, float * y, const float
     float *  xsp = xs.data();
     float *  xgp = xg.data();
     const uint8_t * pk = (const uint8_t *) w.packed;
-    const bool       batch = v.packed->batch != nullptr && T >= v.packed->batch_min_rows;
+    const bool batch = v.packed->batch != nullptr && T >= (L.q4 ? v.packed->batch_min_rows_q4 : v.packed->batch_min_rows);
     const qpacked_fn rows = batch ? v.packed->batch : v.packed->rows;
     static thread_local std::vector<int8_t> xa;
     int8_t * xap = nullptr;

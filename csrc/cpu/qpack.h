@@ -61,8 +61,8 @@ typedef void (*qpacked_fn)(float * y, int64_t ldy, const int8_t * xq, const floa
 struct qpacked_kernels {
     qpack_quantize_fn quantize;
     qpacked_fn        rows;
-    qpacked_fn        batch = nullptr;  // batches of at least batch_min_rows rows; xq in A-tile order
-    int64_t           batch_min_rows = 0;
+    qpacked_fn        batch = nullptr;  // batches of at least batch_min_rows rows (q4: _q4); xq in A-tile order
+    int64_t           batch_min_rows = 0, batch_min_rows_q4 = 0;
 };
 
 #if defined(MINICPM_X86)
