@@ -195,7 +195,10 @@ bool qmatmul_packs() {
 bool qmatmul_supported(const tensor_desc & w) {
     if (!w.quantized() || w.perm != nullptr || w.cols % k_step != 0) return false;
     if (w.scale_type != dtype::f32 && w.scale_type != dtype::f16) return false;
-    return w.group_size >= w.cols || w.group_size == k_block || (w.group_size > 0 && w.group_size % k_step == 0);
+    if (w.group_size <= 0) return false;
+    if (w.group_size >= w.cols) return true;
+    // The stored-row kernels count groups in whole K steps: a short last group is the dequantizing op's.
+    return w.cols % w.group_size == 0 && (w.group_size == k_block || w.group_size % k_step == 0);
 }
 
 namespace {
