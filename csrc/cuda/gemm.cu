@@ -71,17 +71,8 @@ gemm16_kernel(float * y, const H * a, const H * b, const float * row_scale, int6
 
     // Chunks past K (K a multiple of 8, not of 64) and rows past T or N are zero-filled.
     auto load_tile = [&](int s, int kt) {
-        H *           st = sm + s * ROWS * k_gk;
-        const int64_t k0 = int64_t(kt0 + kt) * k_gk;
-        for (int e = tid; e < ROWS * 8; e += NT) {
-            const int     r = e / 8, c = e % 8;
-            const int64_t k = k0 + c * 8;
-            const bool    is_a = r < BM;
-            const int64_t row = is_a ? t0 + r : n0 + (r - BM);
-            const bool    in = (is_a ? row < T : row < N) && k < K;
-            const H *     base = is_a ? a : b;
-            cp_async16(st + swz(r, c), in ? base + row * K + k : base, in ? 16 : 0);
-        }
+        load_swizzled_step<H, BM, ROWS, NT>((uint8_t *) (sm + s * ROWS * k_gk), a, b, t0, n0, T, N, K,
+                                            int64_t(kt0 + kt) * k_gk);
     };
 
     float acc[MF][NF][4];  // registers: every index below is a constant after unrolling

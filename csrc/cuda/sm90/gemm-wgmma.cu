@@ -96,17 +96,8 @@ gemm16_wgmma_kernel(float * y, const H * a, const H * b, const float * row_scale
 
     // Rows 0..127 of a stage are A (x), 128..383 B (W); chunk c of row r at byte r * 128 + 16 (c ^ (r & 7)).
     auto load_tile = [&](int s, int kt) {
-        uint8_t *     st = sm + s * k_wstage_bytes;
-        const int64_t k0 = int64_t(kt0 + kt) * k_wbk;
-        for (int e = tid; e < (k_wbm + k_wbn) * 8; e += k_wthreads) {
-            const int     r = e / 8, c = e % 8;
-            const int64_t k = k0 + c * 8;
-            const bool    is_a = r < k_wbm;
-            const int64_t row = is_a ? t0 + r : n0 + (r - k_wbm);
-            const bool    in = (is_a ? row < T : row < N) && k < K;
-            const H *     src = is_a ? a : b;
-            cp_async16(st + r * 128 + ((c ^ (r & 7)) << 4), in ? src + row * K + k : src, in ? 16 : 0);
-        }
+        load_swizzled_step<H, k_wbm, k_wbm + k_wbn, k_wthreads>(sm + s * k_wstage_bytes, a, b, t0, n0, T, N, K,
+                                                                int64_t(kt0 + kt) * k_wbk);
     };
 
     float acc[128];  // n8 tile j, element e: row 16 warp + lane / 4 + 8 (e / 2), column 8 j + 2 (lane % 4) + e % 2
