@@ -73,6 +73,12 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N> __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// The compiler takes an MMA's accumulators as written at issue: tying each register to an empty asm after
+// wgmma.wait_group keeps the epilogue's reads behind the wait.
+__device__ __forceinline__ void fence_acc(float (&d)[128]) {
+#pragma unroll
+    for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 // This thread's completed cp.async writes (generic proxy) made visible to wgmma's reads (async proxy).
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -123,6 +129,7 @@ gemm16_wgmma_kernel(float * y, const H * a, const H * b, const float * row_scale
         wgmma_wait<1>();
     }
     wgmma_wait<0>();
+    fence_acc(acc);
     cp_async_wait<0>();  // no copy may still target shared memory when the block exits
 
     // The same stores as gemm.cu: rows N floats apart, row_scale (f16 rows scaled on their way in) undone.
