@@ -364,7 +364,8 @@ std::string gemm16_sm90_start() {
         const std::string why = run_probe();
         g_wgmma_state.enabled = why.empty();
         g_wgmma_on.store(why.empty(), std::memory_order_release);
-        return why.empty() ? std::string(" wgmma-gemm (sm_90a, probe passed)") : " (wgmma gemm off: probe: " + why + ")";
+        if (why.empty()) return std::string(" wgmma-gemm (sm_90a, probe passed)");
+        return " (wgmma gemm off: probe: " + why + ")";
     }();
     g_wgmma_state.report = report;
     return report;

@@ -1666,14 +1666,6 @@ void perf(backend & be) {
                 float *      yd = pd.zeros(size_t(T * p.N));
                 const double s = time_calls(be, T <= 64 ? 50 : 10, [&] { be.matmul(yd, xd, dw, T); });
                 const double tf = 2.0 * double(T * p.N * p.K) / s / 1e12;
-                if (T >= 128 && wgmma) {  // the same shape on mma.sync, for the wgmma GEMM's gain
-                    force_mma_sync(true);
-                    const double sm = time_calls(be, 10, [&] { be.matmul(yd, xd, dw, T); });
-                    force_mma_sync(false);
-                    std::printf("perf: GEMM bf16 %s %lldx%lld T=%lld mma.sync: %.1f TFLOP/s (%.3f ms)\n", p.name,
-                                (long long) p.N, (long long) p.K, (long long) T, 2.0 * double(T * p.N * p.K) / sm / 1e12,
-                                sm * 1e3);
-                }
                 if (T <= 64) {
                     std::printf("perf: %s bf16 %s %lldx%lld T=%lld: %.1f GB/s of weights (%.3f ms, %.2f TFLOP/s)\n",
                                 T == 1 ? "GEMV" : "GEMM", p.name, (long long) p.N, (long long) p.K, (long long) T,
@@ -1681,6 +1673,14 @@ void perf(backend & be) {
                 } else {
                     std::printf("perf: GEMM bf16 %s %lldx%lld T=%lld%s: %.1f TFLOP/s (%.3f ms)\n", p.name,
                                 (long long) p.N, (long long) p.K, (long long) T, wgmma ? " wgmma" : "", tf, s * 1e3);
+                }
+                if (T >= 128 && wgmma) {  // the same shape on mma.sync, for the wgmma GEMM's gain
+                    force_mma_sync(true);
+                    const double sm = time_calls(be, 10, [&] { be.matmul(yd, xd, dw, T); });
+                    const double tfm = 2.0 * double(T * p.N * p.K) / sm / 1e12;
+                    force_mma_sync(false);
+                    std::printf("perf: GEMM bf16 %s %lldx%lld T=%lld mma.sync: %.1f TFLOP/s (%.3f ms)\n", p.name,
+                                (long long) p.N, (long long) p.K, (long long) T, tfm, sm * 1e3);
                 }
             }
         }

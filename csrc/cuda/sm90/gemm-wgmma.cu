@@ -120,7 +120,8 @@ gemm16_wgmma_kernel(float * y, const H * a, const H * b, const float * row_scale
         __syncthreads();
         if (kt + k_wstages - 2 < n_tiles) load_tile((kt + k_wstages - 2) % k_wstages, kt + k_wstages - 2);
         cp_async_commit();
-        const uint32_t sa = base + (kt % k_wstages) * k_wstage_bytes + wg * 64 * 128, sb = sa - wg * 64 * 128 + k_wa_bytes;
+        const uint32_t stage = base + (kt % k_wstages) * k_wstage_bytes;
+        const uint32_t sa = stage + wg * 64 * 128, sb = stage + k_wa_bytes;  // this warpgroup's 64 A rows; all of B
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < k_wbk / 16; ++kk)
