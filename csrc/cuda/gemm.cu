@@ -12,8 +12,8 @@
 // into spans whose f32 partials are added in split order by a second kernel (no atomics: the same bits every run).
 //
 // Expected share of the dense bf16 peak (not yet measured): mma.sync with this pipeline reaches roughly 70-80% on
-// sm_80 (A100); on sm_90 (H100 / H200) mma.sync itself tops out near 60-70% of the peak, beyond which only wgmma
-// (with TMA) goes.
+// sm_80 (A100); on sm_90 (H100 / H200) mma.sync itself tops out near 60-70% of the peak, so there GEMMs of 128
+// rows or more go to the wgmma kernel (sm90/gemm-wgmma.cu) once the start-up probe at the end of this file passed.
 #include "cuda/mma.cuh"
 #include "cuda/ops.cuh"
 
