@@ -2,7 +2,8 @@
 # The GPU check (issue: CUDA backend), for a machine with an NVIDIA GPU and only a C++ compiler, nvcc and cmake:
 # builds the CUDA backend for this GPU, runs every CUDA op against the CPU op and the model parity test
 # (test-cuda: NMSE per op, split-K decode attention, the device sampler's greedy / chi-square / seed checks,
-# packed q8/q4 GEMV, the q8/q4 tensor-core GEMM (mma.sync; GPTQ act-order from reordered copies, split-K on
+# packed q8/q4 GEMV, on sm_90 the wgmma bf16/f16 GEMM (start-up probe, parity vs CPU and mma.sync), the q8/q4
+# tensor-core GEMM (mma.sync; GPTQ act-order from reordered copies, split-K on
 # the 8B down projection, bit-identical repeats), the device arena, the engine sampling on the device,
 # InfLLM v2 compression / block selection / sparse attention, token-tree rows of it and a sparse checkpoint,
 # speculative decoding on it past dense_len against plain decoding, CUDA graph decode steps bit-identical to
@@ -131,6 +132,8 @@ grep -E "^FAIL" "$work/ops.log" | tee -a "$summary"
 grep -E "^(section|backend|SKIPPED)" "$work/ops.log" | tee -a "$summary"
 grep -E "model logits|engine|sample|arena|graph|spec sparse|(q-gemm|mma gemm).*(LM head|FAIL)" "$work/ops.log" |
     grep -v -E "^(perf:|section)" | tee -a "$summary"
+# sm_90: the wgmma GEMM's start-up probe and its checks (parity vs the CPU op, vs mma.sync), or why skipped.
+grep -E "^(SKIP gemm-sm90|gemm-sm90:)|^(ok|FAIL) +(gemm-sm90|.*wgmma)" "$work/ops.log" | tee -a "$summary"
 # bf16 / f16 tensor-core GEMM: ok / FAIL over its parity cases and split-K repeats.
 grep -E "^(ok|FAIL) +matmul (bf16|f16) .*mma gemm" "$work/ops.log" | awk '{print $1, "bf16/f16 gemm"}' | sort | uniq -c |
     sed 's/^ */16-bit matmul: /' | tee -a "$summary"

@@ -47,6 +47,8 @@ class cuda_backend final : public backend {
             fail(MINICPM_STATUS_UNSUPPORTED, std::string("backend cuda: ") + prop.name + " is compute capability " +
                                                  std::to_string(prop.major) + "." + std::to_string(prop.minor) +
                                                  "; sm_80 or newer is needed (bf16 tensor cores)");
+        // Before the arena takes the memory and before any capture: the probe allocates and synchronizes.
+        const std::string wgmma = cuda::gemm16_sm90_start();
         arena_ = cuda::device_arena::acquire(o.memory_limit, prop.integrated != 0);
         MINICPM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         name_ = std::string("cuda ") + prop.name;
@@ -58,7 +60,7 @@ class cuda_backend final : public backend {
         const step_graph_stats gs = graphs_->stats();
         if (gs.enabled) name_ = "cuda+graphs " + std::string(prop.name);
         features_ = std::string("cuda sm_80+ bf16 tensor cores") +
-                    (gs.enabled ? " cuda-graphs" : std::string(" (cuda graphs off: ") + gs.off_reason + ")");
+                    (gs.enabled ? " cuda-graphs" : std::string(" (cuda graphs off: ") + gs.off_reason + ")") + wgmma;
     }
     ~cuda_backend() override {
         graphs_.reset();

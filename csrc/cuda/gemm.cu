@@ -12,13 +12,15 @@
 // into spans whose f32 partials are added in split order by a second kernel (no atomics: the same bits every run).
 //
 // Expected share of the dense bf16 peak (not yet measured): mma.sync with this pipeline reaches roughly 70-80% on
-// sm_80 (A100); on sm_90 (H100 / H200) mma.sync itself tops out near 60-70% of the peak, beyond which only wgmma
-// (with TMA) goes.
+// sm_80 (A100); on sm_90 (H100 / H200) mma.sync itself tops out near 60-70% of the peak, so there GEMMs of 128
+// rows or more go to the wgmma kernel (sm90/gemm-wgmma.cu) once the start-up probe at the end of this file passed.
 #include "cuda/mma.cuh"
 #include "cuda/ops.cuh"
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
+#include <vector>
 
 namespace minicpm {
 namespace cuda {
@@ -31,6 +33,16 @@ constexpr int k_group_m = 8;                // row tiles of a raster group
 constexpr int k_gsplit_max = 16;            // K spans of one split GEMM
 constexpr int k_gsplit_min_tiles = 4;       // 64-column steps a span streams at least (the pipeline stays full)
 constexpr int k_gsplit_blocks_per_sm = 2;   // the blocks a split grid aims at per SM
+constexpr int k_wgmma_min_rows = 128;       // T from which sm_90 takes the wgmma GEMM (its row tile)
+
+// The sm_90 wgmma GEMM: on after gemm16_sm90_start's probe passed; the test switch (gemm16_allow_wgmma).
+std::atomic<bool> g_wgmma_on{false}, g_wgmma_allowed{true};
+wgmma_state       g_wgmma_state;  // written once, by the probe, before any GEMM
+
+bool use_wgmma(int64_t T) {
+    return T >= k_wgmma_min_rows && g_wgmma_on.load(std::memory_order_acquire) &&
+           g_wgmma_allowed.load(std::memory_order_relaxed);
+}
 
 // Shared-memory offset (in 16-bit values) of chunk c of row r: rows of 64 values, chunks swizzled.
 __device__ __forceinline__ int swz(int r, int c) { return r * k_gk + ((c ^ (r & 7)) << 3); }
@@ -59,17 +71,8 @@ gemm16_kernel(float * y, const H * a, const H * b, const float * row_scale, int6
 
     // Chunks past K (K a multiple of 8, not of 64) and rows past T or N are zero-filled.
     auto load_tile = [&](int s, int kt) {
-        H *           st = sm + s * ROWS * k_gk;
-        const int64_t k0 = int64_t(kt0 + kt) * k_gk;
-        for (int e = tid; e < ROWS * 8; e += NT) {
-            const int     r = e / 8, c = e % 8;
-            const int64_t k = k0 + c * 8;
-            const bool    is_a = r < BM;
-            const int64_t row = is_a ? t0 + r : n0 + (r - BM);
-            const bool    in = (is_a ? row < T : row < N) && k < K;
-            const H *     base = is_a ? a : b;
-            cp_async16(st + swz(r, c), in ? base + row * K + k : base, in ? 16 : 0);
-        }
+        load_swizzled_step<H, BM, ROWS, NT>((uint8_t *) (sm + s * ROWS * k_gk), a, b, t0, n0, T, N, K,
+                                            int64_t(kt0 + kt) * k_gk);
     };
 
     float acc[MF][NF][4];  // registers: every index below is a constant after unrolling
@@ -225,10 +228,12 @@ bool gemm16_supported(const wdesc & w) {
 }
 
 int32_t plan_gemm16_splits(const wdesc & w, int64_t T, int32_t n_sms) {
-    const gtile   g = tile_for_rows(T);
+    // The wgmma GEMM runs one 128 x 256 block an SM: its splits fill one wave (64 tiles on 132 SMs: 2 spans).
+    const bool    wg = use_wgmma(T);
+    const gtile   g = wg ? gtile{128, 256} : tile_for_rows(T);
     const int64_t blocks = ceil_div(w.rows, g.bn) * ceil_div(T, g.bm), steps = ceil_div(w.cols, k_gk);
     if (T <= 0 || blocks >= n_sms) return 1;
-    int64_t n = ceil_div(int64_t(k_gsplit_blocks_per_sm) * n_sms, blocks);
+    int64_t n = wg ? n_sms / blocks : ceil_div(int64_t(k_gsplit_blocks_per_sm) * n_sms, blocks);
     n = std::min<int64_t>({n, k_gsplit_max, steps / k_gsplit_min_tiles, k_qsplit_floats / (T * w.rows)});
     if (n < 2) return 1;
     return int32_t(ceil_div(steps, ceil_div(steps, n)));  // every span holds at least one step
@@ -244,13 +249,131 @@ void launch_gemm16(cudaStream_t s, float * y, const void * xb, const float * row
         fail(MINICPM_STATUS_INTERNAL,
              "matmul: tensor-core gemm split " + std::to_string(splits) + " without its scratch");
     float * out = splits > 1 ? partials : y;
-    if (w.type == MINICPM_DTYPE_BF16) {
+    if (use_wgmma(T)) {
+        launch_gemm16_wgmma(s, out, xb, row_scale, w, T, splits);
+    } else if (w.type == MINICPM_DTYPE_BF16) {
         launch_for_rows(s, out, (const __nv_bfloat16 *) xb, row_scale, w, T, splits);
     } else {
         launch_for_rows(s, out, (const __half *) xb, row_scale, w, T, splits);
     }
     if (splits > 1) launch_split_reduce(s, y, partials, T * w.rows, splits);
 }
+
+// ---- sm_90: the wgmma GEMM's start-up probe. It first runs blind on a new device, so one wrong descriptor or
+// pipeline step must cost only the fast path: both GEMMs run on small problems over every edge of the wgmma
+// tiles (a partial row tile, a partial weight tile, odd N, a zero-filled K tail); the inputs are halves of small
+// integers, whose products and sums are exact in f32 in any order, so the outputs must agree bit for bit. All
+// buffers are sized to the problem and the kernel reads and writes only inside T x K, N x K and T x N, so a
+// wrong result stays a wrong result, not an illegal address (which would end the context).
+
+#if !MINICPM_CUDA_SM90
+// Without nvcc's sm_90a the probe never turns the path on: unreachable.
+void launch_gemm16_wgmma(cudaStream_t, float *, const void *, const float *, const wdesc &, int64_t, int32_t) {
+    fail(MINICPM_STATUS_INTERNAL, "matmul: the wgmma gemm is not in this build");
+}
+#endif
+
+namespace {
+
+template <typename H> __global__ void probe_fill_kernel(H * p, int64_t n, int mul, int mod) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const float v = float(int((i * mul + 1) % mod) - mod / 2) * 0.5f;
+        if constexpr (std::is_same<H, __nv_bfloat16>::value) {
+            p[i] = __float2bfloat16_rn(v);
+        } else {
+            p[i] = __float2half_rn(v);
+        }
+    }
+}
+
+struct probe_case {
+    int32_t type;
+    int64_t T, N, K;
+};
+
+// "" when both GEMMs agree on c, else why not. Throws (a CUDA error) out of the launches.
+template <typename H> std::string probe_one(const probe_case & c, uint8_t * buf) {
+    H *     x = (H *) buf;
+    H *     wd = x + c.T * c.K;
+    float * y1 = (float *) (wd + c.N * c.K);  // 16-bit parts hold even counts of 8 values: 16-byte aligned
+    float * y2 = y1 + c.T * c.N;
+    probe_fill_kernel<H><<<64, 256>>>(x, c.T * c.K, 7, 9);
+    probe_fill_kernel<H><<<64, 256>>>(wd, c.N * c.K, 5, 7);
+    MINICPM_CUDA_LAUNCHED("wgmma probe: fill");
+    MINICPM_CUDA_CHECK(cudaMemset(y2, 0xff, size_t(c.T * c.N) * sizeof(float)));  // NaN: an output not written
+    const wdesc w = {c.type, 0, 0, c.N, c.K, 0, wd, nullptr, nullptr, nullptr, nullptr};
+    launch_for_rows(nullptr, y1, (const H *) x, nullptr, w, c.T, 1);
+    launch_gemm16_wgmma(nullptr, y2, x, nullptr, w, c.T, 1);
+    MINICPM_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> a(size_t(c.T * c.N)), b(a.size());
+    MINICPM_CUDA_CHECK(cudaMemcpy(a.data(), y1, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    MINICPM_CUDA_CHECK(cudaMemcpy(b.data(), y2, b.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    size_t bad = 0, first = 0;
+    for (size_t i = a.size(); i-- > 0;)
+        if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) ++bad, first = i;
+    if (bad == 0) return "";
+    return std::to_string(bad) + " of " + std::to_string(a.size()) + " outputs differ at T=" + std::to_string(c.T) +
+           " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " (first: row " +
+           std::to_string(first / c.N) + " column " + std::to_string(first % c.N) + ", " + std::to_string(b[first]) +
+           " vs " + std::to_string(a[first]) + ")";
+}
+
+// The probe's verdict: "" (passed) or why the path stays off.
+std::string run_probe() {
+    const probe_case cases[] = {{MINICPM_DTYPE_BF16, 192, 384, 256}, {MINICPM_DTYPE_F16, 200, 327, 264}};
+    size_t           bytes = 0;
+    for (const probe_case & c : cases)
+        bytes = std::max(bytes, size_t(c.T * c.K + c.N * c.K) * 2 + size_t(c.T * c.N) * 2 * sizeof(float));
+    void * buf = nullptr;
+    if (cudaMalloc(&buf, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        return "no memory for the probe";
+    }
+    std::string why;
+    try {
+        for (const probe_case & c : cases) {
+            why = c.type == MINICPM_DTYPE_BF16 ? probe_one<__nv_bfloat16>(c, (uint8_t *) buf)
+                                               : probe_one<__half>(c, (uint8_t *) buf);
+            if (!why.empty()) break;
+        }
+    } catch (const std::exception & e) {
+        why = e.what();
+        cudaGetLastError();  // clears an error that is not sticky; a sticky one shows again below
+        if (cudaDeviceSynchronize() != cudaSuccess) why += "; the CUDA context is lost (sticky error)";
+    }
+    cudaFree(buf);
+    cudaGetLastError();
+    return why;
+}
+
+}  // namespace
+
+std::string gemm16_sm90_start() {
+    static const std::string report = [] {
+        int dev = 0, major = 0, minor = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+            cudaGetLastError();
+            return std::string();
+        }
+        g_wgmma_state.sm90 = major == 9 && minor == 0;
+        g_wgmma_state.built = MINICPM_CUDA_SM90 != 0;
+        if (!g_wgmma_state.sm90) return std::string();
+        if (!g_wgmma_state.built) return std::string(" (wgmma gemm off: not built, nvcc without sm_90a)");
+        const std::string why = run_probe();
+        g_wgmma_state.enabled = why.empty();
+        g_wgmma_on.store(why.empty(), std::memory_order_release);
+        if (why.empty()) return std::string(" wgmma-gemm (sm_90a, probe passed)");
+        return " (wgmma gemm off: probe: " + why + ")";
+    }();
+    g_wgmma_state.report = report;
+    return report;
+}
+
+wgmma_state gemm16_wgmma_state() { return g_wgmma_state; }
+
+void gemm16_allow_wgmma(bool allow) { g_wgmma_allowed.store(allow, std::memory_order_relaxed); }
 
 }  // namespace cuda
 }  // namespace minicpm

@@ -18,6 +18,24 @@ __device__ __forceinline__ void cp_async16(void * dst, const void * src, int src
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// One 64-column step (from column k0) of A rows t0.. (BM of them, T in all) and B rows n0.. (ROWS - BM, N in
+// all), both K values a row, into a shared stage of ROWS rows of 128 bytes by NT threads: 16-byte chunk c of
+// row r goes to chunk c ^ (r & 7) (the 128-byte swizzle: gemm.cu's ldmatrix reads and wgmma's descriptors both
+// expect it). Chunks past K (a multiple of 8) and rows past T or N are zero-filled.
+template <typename H, int BM, int ROWS, int NT>
+__device__ __forceinline__ void load_swizzled_step(uint8_t * st, const H * a, const H * b, int64_t t0, int64_t n0,
+                                                   int64_t T, int64_t N, int64_t K, int64_t k0) {
+    for (int e = threadIdx.x; e < ROWS * 8; e += NT) {
+        const int     r = e / 8, c = e % 8;
+        const int64_t k = k0 + c * 8;
+        const bool    is_a = r < BM;
+        const int64_t row = is_a ? t0 + r : n0 + (r - BM);
+        const bool    in = (is_a ? row < T : row < N) && k < K;
+        const H *     base = is_a ? a : b;
+        cp_async16(st + r * 128 + ((c ^ (r & 7)) << 4), in ? base + row * K + k : base, in ? 16 : 0);
+    }
+}
+
 // Four 8 x 8 matrices of 16-bit values; lane l gives the address of row l % 8 of matrix l / 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void * p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

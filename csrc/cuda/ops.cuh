@@ -3,6 +3,7 @@
 #pragma once
 
 #include "cuda/common.cuh"
+#include "cuda/gemm-sm90.h"
 
 namespace minicpm {
 namespace cuda {
@@ -56,6 +57,18 @@ bool    gemm16_supported(const wdesc & w);
 int32_t plan_gemm16_splits(const wdesc & w, int64_t T, int32_t n_sms);
 void    launch_gemm16(cudaStream_t s, float * y, const void * xb, const float * row_scale, const wdesc & w, int64_t T,
                       int32_t splits, float * partials);
+
+#ifndef MINICPM_CUDA_SM90
+#define MINICPM_CUDA_SM90 0
+#endif
+// gemm.cu's sm_90 path: the wgmma GEMM (sm90/gemm-wgmma.cu, built for sm_90a alone when nvcc has it:
+// MINICPM_CUDA_SM90), 128 x 256 tiles; the same arguments as launch_gemm16, out the T x N slab of split 0 (the
+// partials when splits > 1). gemm.cu calls it only on compute capability 9.0 after its start-up probe passed.
+void launch_gemm16_wgmma(cudaStream_t s, float * out, const void * xb, const float * row_scale, const wdesc & w,
+                         int64_t T, int32_t splits);
+// Runs the probe once (backend start, before any capture): the wgmma GEMM against the mma.sync one on small
+// fixed problems. Returns the text for the backend's features ("" off sm_90).
+std::string gemm16_sm90_start();
 
 // attention.cu: rows described by rows[T]; blocks is the flattened block table.
 void launch_kv_store(cudaStream_t s, void * k_pool, void * v_pool, int32_t kv_type, int32_t nkv, int32_t hd,

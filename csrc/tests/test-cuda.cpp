@@ -16,6 +16,9 @@
 #include "model/kv-cache.h"
 #include "tests/spec-requests.h"
 #include "tests/tiny-model.h"
+#if MINICPM_CUDA
+#include "cuda/gemm-sm90.h"  // the wgmma GEMM's probe verdict and the switch to mma.sync
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -44,6 +47,22 @@ std::vector<float> rnd(size_t n, float lo = -1.0f, float hi = 1.0f) {
     std::vector<float> v(n);
     for (float & x : v) x = d(g_rng);
     return v;
+}
+
+// sm_90: whether the wgmma GEMM's start-up probe passed; the switch that sends bf16 / f16 GEMMs to mma.sync.
+bool wgmma_on() {
+#if MINICPM_CUDA
+    return cuda::gemm16_wgmma_state().enabled;
+#else
+    return false;
+#endif
+}
+void force_mma_sync(bool on) {
+#if MINICPM_CUDA
+    cuda::gemm16_allow_wgmma(!on);
+#else
+    (void) on;
+#endif
 }
 
 std::vector<uint8_t> raw(const std::vector<float> & v, dtype t) {
@@ -383,6 +402,74 @@ void test_gemm16(backend & be) {
               "matmul %s N=64 K=1024 T=17 activations up to 3e9 (mma gemm): worst row nmse %.3e (row %lld, thr 2e-05)",
               dtype_name(wt), worst, (long long) at);
     }
+}
+
+// The sm_90 wgmma GEMM (sm90/gemm-wgmma.cu), on a compute capability 9.0 device only (skipped with the reason
+// elsewhere): the start-up probe's verdict, then MiniCPM4 prefill shapes (0.5B and 8B projections, odd N, the
+// LM head; T = 128 .. 2048, T not a multiple of the 128-row tile; T = 128 on N = 4096 splits K) against the plain
+// CPU op on sampled rows (the reference is too slow for all of them), and against the mma.sync GEMM on every
+// output. wgmma and mma.sync add the same rounded products in another order: close (nmse <= 1e-10), not expected
+// bit-identical; the share of identical outputs is printed.
+void test_gemm_sm90(backend & be) {
+#if MINICPM_CUDA
+    const cuda::wgmma_state st = cuda::gemm16_wgmma_state();
+    if (!st.sm90) {
+        std::printf("SKIP gemm-sm90: the device is not compute capability 9.0; the wgmma gemm runs only there\n");
+        return;
+    }
+    std::printf("gemm-sm90: start-up probe:%s\n", st.report.c_str());
+    CHECK(st.built, "gemm-sm90: the library holds the sm_90a wgmma kernel");
+    CHECK(st.enabled, "gemm-sm90: the start-up probe passed (wgmma vs mma.sync bit-identical on its exact inputs)");
+    if (!st.enabled) return;
+    struct scase {
+        const char *         name;
+        dtype                wt;
+        int64_t              N, K;
+        std::vector<int64_t> Ts;
+    };
+    const scase cases[] = {{"0.5B q/o", dtype::bf16, 1024, 1024, {128, 300, 2048}},
+                           {"0.5B gate/up", dtype::f16, 4096, 1024, {129, 512}},
+                           {"0.5B down", dtype::bf16, 1024, 4096, {512}},
+                           {"odd N, K tail", dtype::f16, 1001, 1000, {255, 640}},
+                           {"odd N, K tail", dtype::bf16, 333, 72, {130}},
+                           {"8B q/o", dtype::bf16, 4096, 4096, {128, 512, 2048}},
+                           {"8B gate/up", dtype::bf16, 16384, 4096, {512}},
+                           {"8B down", dtype::f16, 4096, 16384, {256}},
+                           {"0.5B LM head", dtype::bf16, 73448, 1024, {128, 300}}};
+    for (const scase & c : cases) {
+        device            dv{be};
+        const auto        w = raw(rnd(size_t(c.N * c.K)), c.wt);
+        const tensor_desc hw = plain(c.wt, c.N, c.K, w.data());
+        const tensor_desc dw = plain(c.wt, c.N, c.K, dv.put(w));
+        for (int64_t T : c.Ts) {
+            const auto x = rnd(size_t(T * c.K));
+            float *    xd = dv.put(x);
+            float *    ya = dv.zeros(size_t(T * c.N)), * yb = dv.zeros(size_t(T * c.N));
+            be.matmul(ya, xd, dw, T);
+            force_mma_sync(true);
+            be.matmul(yb, xd, dw, T);
+            force_mma_sync(false);
+            const auto a = dv.get(ya, size_t(T * c.N)), b = dv.get(yb, size_t(T * c.N));
+            // Sampled rows: both ends of the first and last row tiles and the middle.
+            std::vector<int64_t> rows = {0, 1, 63, 64, 127, T / 2, T - 2, T - 1};
+            std::sort(rows.begin(), rows.end());
+            rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+            std::vector<float> xs, ref(rows.size() * size_t(c.N)), got;
+            for (int64_t r : rows) {
+                xs.insert(xs.end(), x.begin() + r * c.K, x.begin() + (r + 1) * c.K);
+                got.insert(got.end(), a.begin() + r * c.N, a.begin() + (r + 1) * c.N);
+            }
+            ref_matmul(ref.data(), xs.data(), hw, int64_t(rows.size()));
+            const std::string name = "matmul " + std::string(dtype_name(c.wt)) + " " + c.name + " N=" +
+                                     std::to_string(c.N) + " K=" + std::to_string(c.K) + " T=" + std::to_string(T);
+            expect(name + " (wgmma gemm, " + std::to_string(rows.size()) + " rows vs CPU)", ref, got, 2e-5);
+            size_t same = 0;
+            for (size_t i = 0; i < a.size(); ++i) same += std::memcmp(&a[i], &b[i], sizeof(float)) == 0;
+            CHECK(nmse(b, a) <= 1e-10, "%s wgmma vs mma.sync: nmse %.3e (thr 1e-10), %zu of %zu outputs bit-identical "
+                  "(not expected of all: another order of the same sums)", name.c_str(), nmse(b, a), same, a.size());
+        }
+    }
+#endif
 }
 
 // A random q8 / q4 tensor in the engine's layout, on the host and on the device (group >= K: one per row).
@@ -1565,6 +1652,7 @@ void perf(backend & be) {
             const char * name;
             int64_t      N, K;
         };
+        const bool wgmma = wgmma_on();  // sm_90: timed against mma.sync too
         const pshape shapes[] = {{"0.5B gate/up", 4096, 1024}, {"0.5B down", 1024, 4096}, {"0.5B LM head", 73448, 1024},
                                  {"8B q/o", 4096, 4096},       {"8B gate/up", 16384, 4096},
                                  {"8B down", 4096, 16384},     {"8B LM head", 73448, 4096}};
@@ -1583,8 +1671,16 @@ void perf(backend & be) {
                                 T == 1 ? "GEMV" : "GEMM", p.name, (long long) p.N, (long long) p.K, (long long) T,
                                 bytes / s / 1e9, s * 1e3, tf);
                 } else {
-                    std::printf("perf: GEMM bf16 %s %lldx%lld T=%lld: %.1f TFLOP/s (%.3f ms)\n", p.name,
-                                (long long) p.N, (long long) p.K, (long long) T, tf, s * 1e3);
+                    std::printf("perf: GEMM bf16 %s %lldx%lld T=%lld%s: %.1f TFLOP/s (%.3f ms)\n", p.name,
+                                (long long) p.N, (long long) p.K, (long long) T, wgmma ? " wgmma" : "", tf, s * 1e3);
+                }
+                if (T >= 128 && wgmma) {  // the same shape on mma.sync, for the wgmma GEMM's gain
+                    force_mma_sync(true);
+                    const double sm = time_calls(be, 10, [&] { be.matmul(yd, xd, dw, T); });
+                    const double tfm = 2.0 * double(T * p.N * p.K) / sm / 1e12;
+                    force_mma_sync(false);
+                    std::printf("perf: GEMM bf16 %s %lldx%lld T=%lld mma.sync: %.1f TFLOP/s (%.3f ms)\n", p.name,
+                                (long long) p.N, (long long) p.K, (long long) T, tfm, sm * 1e3);
                 }
             }
         }
@@ -1772,6 +1868,7 @@ const section k_sections[] = {
          test_matmul(*be);
          test_gemm16(*be);
      }},
+    {"gemm-sm90", true, [](backend * be) { test_gemm_sm90(*be); }},
     {"attention", true, [](backend * be) { test_kv_attention(*be); }},
     {"sample", true,
      [](backend * be) {
