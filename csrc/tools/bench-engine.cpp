@@ -253,8 +253,12 @@ int main(int argc, char ** argv) {
     for (int32_t i = 0; i < n_tg; ++i) tg_s += decode_step_s(bc, 0, 1, n_rounds + i);
 
     std::printf("memory read bandwidth: %.1f GB/s (%d threads x 256 MiB, best of %d)\n", bw, bw_threads, n_rounds);
-    // Decode roofline: every weight byte once per step (a tied head is the embedding, read in full) + KV reads.
-    const double step_bytes = double(info.weight_bytes) + double(info.kv_bytes_per_token) * (ctx_len + n_rounds / 2);
+    // Bytes one batch-1 step must read: every weight (a tied embedding is read in full as the LM head; an untied
+    // one only as rows) plus the KV cache of the context.
+    const uint64_t esz = info.weight_dtype == MINICPM_DTYPE_F32 ? 4 : 2;
+    const uint64_t embed_bytes = uint64_t(info.n_vocab) * uint64_t(info.n_embd) * esz;
+    const uint64_t weight_bytes = info.tied_head ? info.weight_bytes : info.weight_bytes - embed_bytes;
+    const double   step_bytes = double(weight_bytes) + double(info.kv_bytes_per_token) * (ctx_len + n_rounds / 2);
     std::printf("weights: %s%s, %.1f MB, %.2f bits/weight; decode roofline %.1f tok/s at %.1f GB/s\n",
                 quant.empty() ? "as stored" : quant.c_str(),
                 quant.empty() ? "" : (" group " + std::to_string(mp.quant_group_size > 0 ? mp.quant_group_size : 128)).c_str(), double(info.weight_bytes) / 1e6,
@@ -267,14 +271,7 @@ int main(int argc, char ** argv) {
     std::printf("decode batch 8: %.1f tok/s aggregate (%.2fx batch 1)\n", 8.0 / step8, step1 / step8 * 8.0);
     std::printf("decode batch 32: %.1f tok/s aggregate (%.2fx batch 1)\n", 32.0 / step32, step1 / step32 * 32.0);
 
-    // Bytes one batch-1 step must read: every weight (a tied embedding is read in full as the LM head; an untied
-    // one only as rows) plus the bf16 KV cache of the context.
-    const uint64_t esz = info.weight_dtype == MINICPM_DTYPE_F32 ? 4 : 2;
-    const uint64_t embed_bytes = uint64_t(info.n_vocab) * uint64_t(info.n_embd) * esz;
-    const uint64_t weight_bytes = info.tied_head ? info.weight_bytes : info.weight_bytes - embed_bytes;
-    const uint64_t kv_per_token =
-        2u * uint64_t(info.n_layer) * uint64_t(info.n_head_kv) * uint64_t(info.n_head_dim) * 2u;  // k and v, bf16
-    const uint64_t kv_bytes = uint64_t(ctx_len + n_rounds / 2) * kv_per_token;
+    const uint64_t kv_bytes = uint64_t(ctx_len + n_rounds / 2) * info.kv_bytes_per_token;
     const double bytes = double(weight_bytes + kv_bytes);
     std::printf("bytes read per decode step: %.1f MB (weights %.1f MB + KV %.1f MB)\n", bytes / 1e6,
                 double(weight_bytes) / 1e6, double(kv_bytes) / 1e6);
