@@ -31,6 +31,13 @@ constexpr int k_gemv_warps = 4;    // warps (output rows) per thread block
 // Weights are read once per call: streaming loads (evict first), so the activations stay cached.
 constexpr int k_gemv_unroll = 4;
 
+// The chunks c0, c0 + 32, ... (up to k_gemv_unroll of them, below chunks) of a row, all issued before any is used.
+__device__ __forceinline__ void load_chunks(uint4 (&raw)[k_gemv_unroll], const uint4 * row, int64_t c0, int64_t chunks) {
+#pragma unroll
+    for (int u = 0; u < k_gemv_unroll; ++u)
+        if (c0 + u * k_warp < chunks) raw[u] = __ldcs(row + c0 + u * k_warp);
+}
+
 // Eight consecutive activations (p 32-byte aligned when vec).
 __device__ __forceinline__ void load8(float (&v)[8], const float * p, bool vec) {
     if (vec) {
@@ -57,9 +64,7 @@ __global__ void gemv_kernel(float * y, const float * x, wdesc w, int64_t T, int6
         const bool    xvec = uintptr_t(x) % 16 == 0;
         for (int64_t c0 = lane; c0 < chunks; c0 += k_warp * k_gemv_unroll) {
             uint4 raw[k_gemv_unroll];
-#pragma unroll
-            for (int u = 0; u < k_gemv_unroll; ++u)
-                if (c0 + u * k_warp < chunks) raw[u] = __ldcs(row + c0 + u * k_warp);
+            load_chunks(raw, row, c0, chunks);
 #pragma unroll
             for (int u = 0; u < k_gemv_unroll; ++u) {
                 const int64_t c = c0 + u * k_warp;
@@ -114,9 +119,7 @@ __global__ void gemv_packed_kernel(float * y, const float * x, wdesc w, int64_t 
     const bool    xvec = uintptr_t(x) % 16 == 0;
     for (int64_t c0 = lane; c0 < chunks; c0 += k_warp * k_gemv_unroll) {
         uint4 raw[k_gemv_unroll];
-#pragma unroll
-        for (int u = 0; u < k_gemv_unroll; ++u)
-            if (c0 + u * k_warp < chunks) raw[u] = __ldcs(row + c0 + u * k_warp);
+        load_chunks(raw, row, c0, chunks);
 #pragma unroll
         for (int u = 0; u < k_gemv_unroll; ++u) {
             const int64_t c = c0 + u * k_warp;
